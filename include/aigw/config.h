@@ -1,0 +1,82 @@
+/* config.h - the configuration snapshot: JSON file + environment overrides */
+#ifndef AIGW_CONFIG_H
+#define AIGW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <jwt.h>
+
+#define AIGW_MAX_JWT_KEYS 8
+#define AIGW_MAX_BACKENDS 16
+#define AIGW_QUERY_TYPES 4
+
+/* One verification key; the algorithm is pinned to it. */
+struct aigw_jwt_key {
+    char kid[64];
+    jwt_alg_t alg;         /* JWT_ALG_HS256, _RS256 or _ES256, never NONE */
+    unsigned char *key;    /* HS: secret bytes; RS/ES: SPKI PEM text */
+    size_t key_len;
+};
+
+struct aigw_backend_cfg {
+    char name[64];
+    char *url;             /* base URL, e.g. http://127.0.0.1:8081 */
+    int slots;             /* max requests in flight to this backend */
+    int max_connections;   /* pooled connections kept to it */
+};
+
+struct aigw_config {
+    /* http */
+    char *listen_addr;     /* IPv4/IPv6 literal; default 127.0.0.1 */
+    int port;
+    int threads;           /* MHD worker threads; 0 = number of CPUs */
+    size_t max_body_bytes;
+    size_t max_header_bytes;
+    int max_connections;
+    int max_connections_per_ip;
+    int connection_timeout_s;
+    int max_json_depth;
+
+    /* dependencies */
+    char *database_url;
+    int db_pool_size;
+    char *redis_url;
+    int redis_pool_size;
+    int redis_timeout_ms;
+
+    /* auth */
+    struct aigw_jwt_key jwt_keys[AIGW_MAX_JWT_KEYS];
+    size_t n_jwt_keys;
+    char *jwt_issuer;      /* NULL = not checked */
+    char *jwt_audience;    /* NULL = not checked */
+    int jwt_leeway_s;
+
+    /* tenants */
+    int tenant_cache_ttl_s;
+
+    /* upstream */
+    struct aigw_backend_cfg backends[AIGW_MAX_BACKENDS];
+    size_t n_backends;
+    int health_interval_ms;
+
+    /* logging */
+    int log_level;         /* syslog priority */
+};
+
+/* Load path (JSON) into *cfg, apply defaults, expand "${VAR}" / "${VAR:-def}"
+ * in string values from the environment, then apply the env overrides
+ * AIGW_DATABASE_URL, AIGW_REDIS_URL, AIGW_LISTEN_ADDR, AIGW_PORT, AIGW_LOG_LEVEL.
+ * On failure returns -1 with a one-line reason in err (no secrets) and
+ * leaves *cfg empty; on success returns 0 and the caller owns *cfg
+ * (release with aigw_config_free). */
+int aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen);
+
+/* Free everything cfg owns and zero it. NULL-safe. */
+void aigw_config_free(struct aigw_config *cfg);
+
+/* Find a key by kid; with kid == NULL, the only key when exactly one is
+ * configured. NULL when not found. */
+const struct aigw_jwt_key *aigw_config_find_key(const struct aigw_config *cfg, const char *kid);
+
+#endif

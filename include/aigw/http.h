@@ -1,0 +1,104 @@
+/* http.h - the request object, the stage chain and the response helpers */
+#ifndef AIGW_HTTP_H
+#define AIGW_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aigw/jwt.h"
+#include "aigw/pool.h"
+#include "aigw/server.h"
+
+struct MHD_Connection;
+struct aigw_tenant;
+
+/* The one status enum for control flow (nginx-style).
+ * OK: go on with the next stage. DONE: a response is set on the request.
+ * AGAIN: the request is suspended; it re-enters the same stage on resume. */
+enum aigw_rc { AIGW_OK, AIGW_DONE, AIGW_AGAIN, AIGW_ERR };
+
+struct aigw_req;
+typedef enum aigw_rc (*aigw_stage_fn)(struct aigw_req *req);
+
+#define AIGW_MAX_STAGES 16
+#define AIGW_MAX_PARAMS 2
+#define AIGW_MAX_RESP_HEADERS 12
+
+struct aigw_route {
+    const char *method;                /* "GET", "POST", ... */
+    const char *path;                  /* "/api/ai/limits"; "{}" matches one segment */
+    aigw_stage_fn stages[AIGW_MAX_STAGES]; /* run in order, NULL-terminated; the last is the handler */
+};
+
+struct aigw_hdr {
+    const char *name, *value;
+};
+
+struct aigw_req {
+    struct aigw_server *srv;
+    struct MHD_Connection *conn;
+    struct aigw_pool *pool;            /* owns everything below unless noted */
+    const char *method, *url;
+    const struct aigw_route *route;
+    const char *params[AIGW_MAX_PARAMS]; /* "{}" path segments */
+    size_t stage;                      /* index of the stage to run next */
+    char request_id[65];
+    int64_t start_us;
+
+    /* upload */
+    char *body;
+    size_t body_len, body_cap;
+    bool body_too_large;
+    json_t *json;                      /* parsed body (owned via pool cleanup) */
+
+    /* identity */
+    struct aigw_claims claims;
+    bool authenticated;
+    struct aigw_tenant *tenant;        /* counted reference, put on completion */
+
+    /* response */
+    int status;
+    char *resp_body;                   /* pool-owned */
+    size_t resp_len;
+    const char *content_type;
+    struct aigw_hdr resp_headers[AIGW_MAX_RESP_HEADERS];
+    size_t n_resp_headers;
+    const char *error_code;            /* set by aigw_req_fail, for the access log */
+    bool responded;                    /* a response was queued to MHD */
+};
+
+/* Value of request header name (case-insensitive) or NULL. */
+const char *aigw_req_header(struct aigw_req *req, const char *name);
+/* Value of query-string argument name or NULL. */
+const char *aigw_req_arg(struct aigw_req *req, const char *name);
+
+/* Add a response header; both strings must outlive the request (pool or
+ * static). Silently ignored beyond AIGW_MAX_RESP_HEADERS. */
+void aigw_req_add_header(struct aigw_req *req, const char *name, const char *value);
+
+/* Set a JSON response: status and body (the reference is stolen). Returns
+ * AIGW_DONE, so a stage can `return aigw_req_json(req, 200, body);`. */
+enum aigw_rc aigw_req_json(struct aigw_req *req, int status, json_t *body);
+
+/* Set the standard error response {"error":{"code","message","request_id"}}
+ * plus the fields of extra (stolen, may be NULL). Adds WWW-Authenticate to
+ * 401s. message must not contain secrets or user text. Returns AIGW_DONE. */
+enum aigw_rc aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *extra,
+                                 const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+#define aigw_req_fail(req, status, code, ...) aigw_req_fail_extra(req, status, code, NULL, __VA_ARGS__)
+
+/* Start the HTTP daemon on srv (uses srv->cfg). Returns 0, or -1 (logged). */
+int aigw_http_start(struct aigw_server *srv);
+/* Stop accepting, then stop the daemon. */
+void aigw_http_stop(struct aigw_server *srv);
+
+/* Route table lookup. Returns the route (params[] filled with pool-owned
+ * copies of "{}" segments), or NULL with *status 404 or 405 and, for 405,
+ * allow filled with the "GET, POST"-style list of methods of that path. */
+const struct aigw_route *aigw_router_match(struct aigw_pool *pool, const char *method, const char *path,
+                                           const char **params, int *status, char *allow,
+                                           size_t allow_cap);
+
+#endif

@@ -1,0 +1,37 @@
+/* jwt.h - JWT verification with pinned algorithms (libjwt 1.10 checks none of the claims) */
+#ifndef AIGW_JWT_H
+#define AIGW_JWT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aigw/config.h"
+
+#define AIGW_JWT_MAX_LEN 8192
+
+/* The verified identity carried by a token. */
+struct aigw_claims {
+    char sub[128];         /* "sub" or "user_id"; may be empty */
+    char tenant[128];      /* "tenant_id": a tenant uuid or its code */
+    char role[32];         /* "role"; may be empty */
+    char kid[64];          /* the key that verified it */
+    int64_t exp;
+};
+
+/* Verify token (len bytes, not necessarily NUL-terminated) against the keys of
+ * cfg at wall-clock time now: the header's alg must equal the pinned alg of
+ * the key chosen by kid, the signature must verify, exp is required and
+ * checked, nbf/iat checked when present (leeway from cfg), iss/aud when
+ * configured, tenant_id required. Returns 0 and fills *out, or -1 with a
+ * short static reason in *why (safe to log: never contains token bytes). */
+int aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, int64_t now,
+                    struct aigw_claims *out, const char **why);
+
+/* Sign a token with key (HS256: key->key is the secret; RS256/ES256: pem is
+ * the PRIVATE key PEM, key->key is ignored). claims_json is a JSON object
+ * text with the claims. Returns a malloc'd token or NULL. Used by the
+ * aigw-token tool and the tests. */
+char *aigw_jwt_sign(const struct aigw_jwt_key *key, const unsigned char *private_pem,
+                    size_t private_len, const char *claims_json);
+
+#endif

@@ -1,0 +1,41 @@
+/* pg.h - PostgreSQL connection pool and the RLS-scoped query helper */
+#ifndef AIGW_PG_H
+#define AIGW_PG_H
+
+#include <libpq-fe.h>
+
+struct aigw_pg_pool;
+
+/* Create a pool of at most size connections to url (a libpq URI or
+ * key=value string). Connections are opened lazily. Never fails. Owner: the
+ * caller (aigw_pg_pool_destroy). */
+struct aigw_pg_pool *aigw_pg_pool_create(const char *url, int size);
+void aigw_pg_pool_destroy(struct aigw_pg_pool *pool);
+
+/* Open one standalone connection with aigw's session settings (statement
+ * timeout, application_name). NULL on failure (reason logged). Owner: caller,
+ * PQfinish. Used for LISTEN and by the tests. */
+PGconn *aigw_pg_connect(const char *url);
+
+/* Check out a healthy connection, waiting at most timeout_ms for a free one.
+ * NULL when none could be had or connecting failed (logged). */
+PGconn *aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms);
+
+/* Return conn to the pool. A connection that is broken is closed; one left
+ * inside a transaction is rolled back first, so no tenant setting or open
+ * transaction ever leaks to the next user. NULL is ignored. */
+void aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn);
+
+/* Run sql with app.current_tenant set, transaction-locally, to the tenant
+ * whose id or code is tenant_ref (resolved by aigw_tenant_id(); an unknown
+ * ref sets '' and RLS then shows nothing). One round trip: the setting and
+ * the statement go in one pipeline sync, i.e. one implicit transaction.
+ * Returns the statement's result (PGRES_TUPLES_OK / PGRES_COMMAND_OK), owned
+ * by the caller (PQclear), or NULL on any error (logged without parameters). */
+PGresult *aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
+                              const char *const *params);
+
+/* Plain parameterized statement; same result contract as above. */
+PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);
+
+#endif

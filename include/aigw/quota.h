@@ -1,0 +1,29 @@
+/* quota.h - the monthly query quota: a month-keyed Redis counter rebuilt from PostgreSQL */
+#ifndef AIGW_QUOTA_H
+#define AIGW_QUOTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aigw/server.h"
+#include "aigw/tenant.h"
+
+/* Prepare the Lua scripts; call once before threads start. */
+void aigw_quota_init(void);
+
+/* Redis key of tenant_id's counter for the UTC month containing now:
+ * "aigw:{<tenant id>}:q:YYYYMM" (hash tag = tenant id). */
+void aigw_quota_key(const char *tenant_id, int64_t now, char *out, size_t cap);
+
+/* Billed queries of tenant t this month. Reads the Redis counter; when the
+ * key is missing (first use this month, or Redis lost it) it is rebuilt from
+ * the billed rows of ai_usage_logs, never reset to zero. Falls back to the
+ * PostgreSQL count when Redis is down. Returns 0 with *used set, or -1 when
+ * neither store could answer (logged). */
+int aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, long *used);
+
+/* Count the billed usage rows of tenant t in the UTC month containing now
+ * (the rebuild source). Returns 0 or -1. */
+int aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *count);
+
+#endif

@@ -1,0 +1,35 @@
+/* server.h - the one documented global: everything a request may read.
+ *
+ * Filled in by main() before the HTTP daemon starts; read-only afterwards
+ * except for the fields that are themselves thread-safe objects (pools,
+ * caches) or atomics. */
+#ifndef AIGW_SERVER_H
+#define AIGW_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "aigw/config.h"
+
+struct MHD_Daemon;
+struct aigw_pg_pool;
+struct aigw_redis_pool;
+struct aigw_tenant_cache;
+struct aigw_health;
+struct aigw_listener;
+
+struct aigw_server {
+    struct aigw_config cfg;                 /* read-only while serving */
+    struct MHD_Daemon *mhd;
+    struct aigw_pg_pool *pg;                /* thread-safe checkout pool */
+    struct aigw_redis_pool *redis;          /* thread-safe checkout pool */
+    struct aigw_tenant_cache *tenants;      /* thread-safe */
+    struct aigw_health *health;             /* upstream /health prober */
+    struct aigw_listener *listener;         /* LISTEN/NOTIFY thread */
+    atomic_bool stopping;
+    int64_t started_wall_s;
+    uint16_t bound_port;
+};
+
+#endif

@@ -1,0 +1,42 @@
+/* util.h - allocation that aborts on failure, time, hashing and small string helpers */
+#ifndef AIGW_UTIL_H
+#define AIGW_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Allocate or abort: small allocations never fail in a way worth handling
+ * (h2o and Redis do the same). Sizes driven by input are checked by callers. */
+void *aigw_xmalloc(size_t n);
+void *aigw_xcalloc(size_t count, size_t n);
+void *aigw_xrealloc(void *p, size_t n);
+char *aigw_xstrdup(const char *s);
+char *aigw_xstrndup(const char *s, size_t n);
+
+/* Monotonic clock in milliseconds / microseconds (CLOCK_MONOTONIC). */
+int64_t aigw_now_ms(void);
+int64_t aigw_now_us(void);
+/* Wall clock, seconds since the epoch. */
+int64_t aigw_wall_s(void);
+
+/* SHA-256 of buf into out[32]. Never fails. */
+void aigw_sha256(const void *buf, size_t len, unsigned char out[32]);
+/* Lower-case hex of n bytes into out (2n+1 bytes incl. NUL). */
+void aigw_hex(const unsigned char *in, size_t n, char *out);
+/* Fill buf with n cryptographically random bytes; aborts if the RNG fails. */
+void aigw_random(void *buf, size_t n);
+
+/* Case-insensitive prefix test. */
+bool aigw_has_prefix_ci(const char *s, const char *prefix);
+/* True when s (len bytes) is a canonical textual UUID (8-4-4-4-12 hex). */
+bool aigw_is_uuid(const char *s, size_t len);
+/* Parse a base-10 integer in [min,max]; false on any junk or overflow. */
+bool aigw_parse_long(const char *s, long min, long max, long *out);
+/* RFC 3339 UTC timestamp ("2026-12-01T00:00:00Z") of t into out[32]. */
+void aigw_rfc3339(int64_t t, char out[32]);
+/* Start of the UTC month after the one containing t, and "YYYYMM" of t. */
+int64_t aigw_next_month_start(int64_t t);
+void aigw_month_key(int64_t t, char out[8]);
+
+#endif

@@ -1,0 +1,239 @@
+/* pg.c - a small checkout pool of libpq connections and the RLS helper */
+#include "aigw/pg.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aigw/log.h"
+#include "aigw/util.h"
+
+struct aigw_pg_pool {
+    char *url;
+    int size;
+    pthread_mutex_t lock;  /* guards idle, n_idle, n_out */
+    pthread_cond_t freed;  /* signalled when a connection is returned */
+    PGconn **idle;
+    int n_idle;
+    int n_out;             /* checked out (or being connected) */
+};
+
+static const char SET_TENANT_SQL[] =
+    "SELECT set_config('app.current_tenant', COALESCE(aigw_tenant_id($1)::text, ''), true)";
+
+struct aigw_pg_pool *
+aigw_pg_pool_create(const char *url, int size)
+{
+    struct aigw_pg_pool *pool = aigw_xcalloc(1, sizeof(*pool));
+
+    pool->url = aigw_xstrdup(url);
+    pool->size = size;
+    pool->idle = aigw_xcalloc((size_t)size, sizeof(PGconn *));
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->freed, NULL);
+    return pool;
+}
+
+void
+aigw_pg_pool_destroy(struct aigw_pg_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    for (int i = 0; i < pool->n_idle; i++)
+        PQfinish(pool->idle[i]);
+    pthread_cond_destroy(&pool->freed);
+    pthread_mutex_destroy(&pool->lock);
+    free(pool->idle);
+    free(pool->url);
+    free(pool);
+}
+
+static void
+first_line(const char *msg, char *out, size_t cap)
+{
+    size_t n = strcspn(msg, "\n");
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, msg, n);
+    out[n] = '\0';
+}
+
+PGconn *
+aigw_pg_connect(const char *url)
+{
+    const char *keys[] = {"dbname", "application_name", "connect_timeout", "options", NULL};
+    const char *vals[] = {url, "aigw", "3", "-c statement_timeout=5000 -c lock_timeout=2000", NULL};
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    char why[256];
+
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK)
+        return conn;
+    first_line(conn ? PQerrorMessage(conn) : "out of memory", why, sizeof(why));
+    aigw_log(LOG_ERR, "postgresql: connect failed: %s", why);
+    PQfinish(conn);
+    return NULL;
+}
+
+PGconn *
+aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
+{
+    struct timespec deadline;
+    PGconn *conn = NULL;
+
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&pool->lock);
+    while (pool->n_idle == 0 && pool->n_out >= pool->size) {
+        if (pthread_cond_timedwait(&pool->freed, &pool->lock, &deadline) == ETIMEDOUT)
+            break;
+    }
+    if (pool->n_idle > 0) {
+        conn = pool->idle[--pool->n_idle];
+        pool->n_out++;
+    } else if (pool->n_out < pool->size) {
+        pool->n_out++; /* reserve the slot, connect outside the lock */
+    } else {
+        pthread_mutex_unlock(&pool->lock);
+        aigw_log(LOG_WARNING, "postgresql: pool exhausted (%d connections busy)", pool->size);
+        return NULL;
+    }
+    pthread_mutex_unlock(&pool->lock);
+
+    if (conn != NULL && PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    if (conn == NULL)
+        conn = aigw_pg_connect(pool->url);
+    if (conn == NULL) {
+        pthread_mutex_lock(&pool->lock);
+        pool->n_out--;
+        pthread_cond_signal(&pool->freed);
+        pthread_mutex_unlock(&pool->lock);
+    }
+    return conn;
+}
+
+void
+aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn)
+{
+    if (conn == NULL)
+        return;
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    } else if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(conn, "ROLLBACK");
+
+        PQclear(r);
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+            PQfinish(conn);
+            conn = NULL;
+        }
+    }
+    pthread_mutex_lock(&pool->lock);
+    pool->n_out--;
+    if (conn != NULL)
+        pool->idle[pool->n_idle++] = conn;
+    pthread_cond_signal(&pool->freed);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+static bool
+result_ok(PGresult *r)
+{
+    ExecStatusType st = PQresultStatus(r);
+
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+}
+
+static void
+log_result_error(const char *what, PGconn *conn, PGresult *r)
+{
+    char why[256];
+    const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(conn);
+
+    first_line(msg && *msg ? msg : PQerrorMessage(conn), why, sizeof(why));
+    aigw_log(LOG_ERR, "postgresql: %s failed: %s", what, why);
+}
+
+PGresult *
+aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params)
+{
+    PGresult *r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+
+    if (r != NULL && result_ok(r))
+        return r;
+    log_result_error("query", conn, r);
+    PQclear(r);
+    return NULL;
+}
+
+PGresult *
+aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
+                    const char *const *params)
+{
+    PGresult *r, *out = NULL;
+    bool failed = false, synced = false;
+    int idx = 0;
+
+    if (PQenterPipelineMode(conn) != 1) {
+        log_result_error("pipeline", conn, NULL);
+        return NULL;
+    }
+    if (PQsendQueryParams(conn, SET_TENANT_SQL, 1, NULL, &tenant_ref, NULL, NULL, 0) != 1 ||
+        PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) != 1 ||
+        PQpipelineSync(conn) != 1) {
+        log_result_error("send", conn, NULL);
+        failed = true;
+        goto out;
+    }
+    /* results: set_config, NULL, statement, NULL, SYNC */
+    while (!synced) {
+        r = PQgetResult(conn);
+        if (r == NULL) {
+            if (PQstatus(conn) != CONNECTION_OK) {
+                failed = true;
+                break;
+            }
+            idx++;
+            continue;
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_PIPELINE_SYNC:
+            synced = true;
+            PQclear(r);
+            break;
+        case PGRES_TUPLES_OK:
+        case PGRES_COMMAND_OK:
+            if (idx == 1 && out == NULL)
+                out = r;
+            else
+                PQclear(r);
+            break;
+        default:
+            if (!failed)
+                log_result_error("tenant query", conn, r);
+            failed = true;
+            PQclear(r);
+            break;
+        }
+    }
+out:
+    if (PQexitPipelineMode(conn) != 1)
+        failed = true; /* aigw_pg_release closes a connection left in pipeline mode */
+    if (failed) {
+        PQclear(out);
+        return NULL;
+    }
+    return out;
+}

@@ -1,0 +1,455 @@
+/* config.c - parse and validate the JSON configuration; strict about unknown keys */
+#include "aigw/config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aigw/log.h"
+#include "aigw/util.h"
+
+struct ctx {
+    char *err;
+    size_t errlen;
+    int failed;
+};
+
+static void __attribute__((format(printf, 2, 3)))
+fail(struct ctx *c, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (c->failed++)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(c->err, c->errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Expand ${VAR} and ${VAR:-default}; returns a malloc'd string or NULL. */
+static char *
+expand(struct ctx *c, const char *where, const char *s)
+{
+    size_t cap = strlen(s) + 64, len = 0;
+    char *out = aigw_xmalloc(cap);
+
+    while (*s) {
+        const char *val = NULL, *end;
+        char name[128];
+        size_t n;
+
+        if (s[0] != '$' || s[1] != '{') {
+            if (len + 2 > cap)
+                out = aigw_xrealloc(out, cap *= 2);
+            out[len++] = *s++;
+            continue;
+        }
+        end = strchr(s, '}');
+        if (end == NULL) {
+            fail(c, "%s: unterminated ${ in value", where);
+            free(out);
+            return NULL;
+        }
+        n = (size_t)(end - (s + 2));
+        if (n == 0 || n >= sizeof(name)) {
+            fail(c, "%s: bad variable reference", where);
+            free(out);
+            return NULL;
+        }
+        memcpy(name, s + 2, n);
+        name[n] = '\0';
+        char *dflt = strstr(name, ":-");
+        if (dflt != NULL) {
+            *dflt = '\0';
+            dflt += 2;
+        }
+        val = getenv(name);
+        if (val == NULL || *val == '\0')
+            val = dflt;
+        if (val == NULL) {
+            fail(c, "%s: environment variable %s is not set", where, name);
+            free(out);
+            return NULL;
+        }
+        n = strlen(val);
+        while (len + n + 1 > cap)
+            out = aigw_xrealloc(out, cap *= 2);
+        memcpy(out + len, val, n);
+        len += n;
+        s = end + 1;
+    }
+    out[len] = '\0';
+    return out;
+}
+
+static void
+check_keys(struct ctx *c, json_t *obj, const char *where, const char *const *allowed)
+{
+    const char *k;
+    json_t *v;
+
+    if (!json_is_object(obj)) {
+        fail(c, "%s: must be an object", where);
+        return;
+    }
+    json_object_foreach(obj, k, v) {
+        size_t i;
+
+        if (k[0] == '_')
+            continue; /* "_comment" keys document the file */
+        for (i = 0; allowed[i] != NULL; i++)
+            if (strcmp(k, allowed[i]) == 0)
+                break;
+        if (allowed[i] == NULL)
+            fail(c, "%s: unknown key \"%s\"", where, k);
+    }
+}
+
+static void
+get_int(struct ctx *c, json_t *obj, const char *key, long min, long max, int *out)
+{
+    json_t *v = obj ? json_object_get(obj, key) : NULL;
+
+    if (v == NULL)
+        return;
+    if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+        fail(c, "%s: must be an integer in [%ld, %ld]", key, min, max);
+        return;
+    }
+    *out = (int)json_integer_value(v);
+}
+
+static void
+get_size(struct ctx *c, json_t *obj, const char *key, long min, long max, size_t *out)
+{
+    int v = (int)*out;
+
+    get_int(c, obj, key, min, max, &v);
+    *out = (size_t)v;
+}
+
+/* Replace *out with the expanded string value of obj[key], if present. */
+static void
+get_str(struct ctx *c, json_t *obj, const char *key, char **out)
+{
+    json_t *v = obj ? json_object_get(obj, key) : NULL;
+    char *s;
+
+    if (v == NULL || json_is_null(v))
+        return;
+    if (!json_is_string(v)) {
+        fail(c, "%s: must be a string", key);
+        return;
+    }
+    s = expand(c, key, json_string_value(v));
+    if (s == NULL)
+        return;
+    free(*out);
+    *out = s;
+}
+
+static int
+read_file(const char *path, unsigned char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    unsigned char *buf = NULL;
+    size_t cap = 0, n = 0, r;
+
+    if (f == NULL)
+        return -1;
+    do {
+        if (n == cap)
+            buf = aigw_xrealloc(buf, cap = cap ? cap * 2 : 4096);
+        r = fread(buf + n, 1, cap - n, f);
+        n += r;
+    } while (r > 0 && n < (1 << 20));
+    fclose(f);
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
+static void
+parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
+{
+    static const char *const allowed[] = {"kid", "alg", "secret", "secret_file",
+                                          "public_key", "public_key_file", NULL};
+    char where[32], *kid = NULL, *alg = NULL, *secret = NULL, *file = NULL, *pem = NULL;
+
+    snprintf(where, sizeof(where), "jwt.keys[%zu]", idx);
+    check_keys(c, k, where, allowed);
+    get_str(c, k, "kid", &kid);
+    get_str(c, k, "alg", &alg);
+    get_str(c, k, "secret", &secret);
+    get_str(c, k, "public_key", &pem);
+    if (c->failed)
+        goto out;
+    if (kid == NULL || *kid == '\0' || strlen(kid) >= sizeof(key->kid)) {
+        fail(c, "%s: kid is required (1..63 chars)", where);
+        goto out;
+    }
+    snprintf(key->kid, sizeof(key->kid), "%s", kid);
+    key->alg = alg ? jwt_str_alg(alg) : JWT_ALG_INVAL;
+    if (key->alg != JWT_ALG_HS256 && key->alg != JWT_ALG_RS256 && key->alg != JWT_ALG_ES256) {
+        fail(c, "%s: alg must be HS256, RS256 or ES256", where);
+        goto out;
+    }
+    if (key->alg == JWT_ALG_HS256) {
+        get_str(c, k, "secret_file", &file);
+        if (secret != NULL) {
+            key->key = (unsigned char *)secret;
+            key->key_len = strlen(secret);
+            secret = NULL;
+        } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
+            fail(c, "%s: cannot read secret_file %s", where, file);
+            goto out;
+        }
+        /* strip one trailing newline from files */
+        while (key->key_len > 0 && (key->key[key->key_len - 1] == '\n' || key->key[key->key_len - 1] == '\r'))
+            key->key_len--;
+        if (key->key == NULL || key->key_len < 32)
+            fail(c, "%s: HS256 needs a secret of at least 32 bytes", where);
+    } else {
+        get_str(c, k, "public_key_file", &file);
+        if (pem != NULL) {
+            key->key = (unsigned char *)pem;
+            key->key_len = strlen(pem);
+            pem = NULL;
+        } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
+            fail(c, "%s: cannot read public_key_file %s", where, file);
+            goto out;
+        }
+        if (key->key == NULL || memmem(key->key, key->key_len, "PRIVATE KEY", 11) != NULL ||
+            memmem(key->key, key->key_len, "-----BEGIN PUBLIC KEY-----", 26) == NULL)
+            fail(c, "%s: RS256/ES256 need a PEM public key (SPKI)", where);
+    }
+out:
+    free(kid);
+    free(alg);
+    free(secret);
+    free(file);
+    free(pem);
+}
+
+static void
+parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
+{
+    static const char *const allowed[] = {"name", "url", "slots", "max_connections", NULL};
+    char where[40], *name = NULL;
+
+    snprintf(where, sizeof(where), "upstream.backends[%zu]", idx);
+    check_keys(c, b, where, allowed);
+    get_str(c, b, "name", &name);
+    get_str(c, b, "url", &be->url);
+    be->slots = 4;
+    be->max_connections = 4;
+    get_int(c, b, "slots", 1, 100000, &be->slots);
+    get_int(c, b, "max_connections", 1, 100000, &be->max_connections);
+    if (name == NULL || *name == '\0' || strlen(name) >= sizeof(be->name))
+        fail(c, "%s: name is required (1..63 chars)", where);
+    else
+        snprintf(be->name, sizeof(be->name), "%s", name);
+    if (be->url == NULL || !(aigw_has_prefix_ci(be->url, "http://") || aigw_has_prefix_ci(be->url, "https://")))
+        fail(c, "%s: url must start with http:// or https://", where);
+    free(name);
+}
+
+static void
+set_defaults(struct aigw_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->listen_addr = aigw_xstrdup("127.0.0.1");
+    cfg->port = 8080;
+    cfg->max_body_bytes = 256 * 1024;
+    cfg->max_header_bytes = 16 * 1024;
+    cfg->max_connections = 10000;
+    cfg->max_connections_per_ip = 0;
+    cfg->connection_timeout_s = 30;
+    cfg->max_json_depth = 32;
+    cfg->db_pool_size = 8;
+    cfg->redis_pool_size = 8;
+    cfg->redis_timeout_ms = 500;
+    cfg->jwt_leeway_s = 30;
+    cfg->tenant_cache_ttl_s = 60;
+    cfg->health_interval_ms = 2000;
+    cfg->log_level = LOG_INFO;
+}
+
+static void
+apply_env(struct ctx *c, struct aigw_config *cfg)
+{
+    const char *v;
+    long n;
+
+    if ((v = getenv("AIGW_DATABASE_URL")) != NULL && *v) {
+        free(cfg->database_url);
+        cfg->database_url = aigw_xstrdup(v);
+    }
+    if ((v = getenv("AIGW_REDIS_URL")) != NULL && *v) {
+        free(cfg->redis_url);
+        cfg->redis_url = aigw_xstrdup(v);
+    }
+    if ((v = getenv("AIGW_LISTEN_ADDR")) != NULL && *v) {
+        free(cfg->listen_addr);
+        cfg->listen_addr = aigw_xstrdup(v);
+    }
+    if ((v = getenv("AIGW_PORT")) != NULL && *v) {
+        if (aigw_parse_long(v, 0, 65535, &n))
+            cfg->port = (int)n;
+        else
+            fail(c, "AIGW_PORT: must be a port number");
+    }
+    if ((v = getenv("AIGW_LOG_LEVEL")) != NULL && *v) {
+        if (aigw_log_level_parse(v) < 0)
+            fail(c, "AIGW_LOG_LEVEL: unknown level");
+        else
+            cfg->log_level = aigw_log_level_parse(v);
+    }
+}
+
+int
+aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen)
+{
+    static const char *const top[] = {"listen", "http", "database", "redis", "jwt",
+                                      "tenants", "upstream", "log", NULL};
+    static const char *const listen_k[] = {"address", "port", NULL};
+    static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
+                                         "max_connections", "max_connections_per_ip",
+                                         "connection_timeout_s", "max_json_depth", NULL};
+    static const char *const db_k[] = {"url", "pool_size", NULL};
+    static const char *const redis_k[] = {"url", "pool_size", "timeout_ms", NULL};
+    static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
+    static const char *const tenants_k[] = {"cache_ttl_s", NULL};
+    static const char *const up_k[] = {"health_interval_ms", "backends", NULL};
+    static const char *const log_k[] = {"level", NULL};
+    struct ctx c = {err, errlen, 0};
+    json_error_t jerr;
+    json_t *root, *sec, *arr;
+    char *level = NULL;
+
+    set_defaults(cfg);
+    root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        fail(&c, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+        goto out;
+    }
+    check_keys(&c, root, "config", top);
+
+#define SECTION(name, keys) \
+    ((sec = json_object_get(root, name)) != NULL ? (check_keys(&c, sec, name, keys), sec) : NULL)
+
+    if ((sec = SECTION("listen", listen_k)) != NULL) {
+        get_str(&c, sec, "address", &cfg->listen_addr);
+        get_int(&c, sec, "port", 0, 65535, &cfg->port);
+    }
+    if ((sec = SECTION("http", http_k)) != NULL) {
+        get_int(&c, sec, "threads", 0, 256, &cfg->threads);
+        get_size(&c, sec, "max_body_bytes", 1024, 64L << 20, &cfg->max_body_bytes);
+        get_size(&c, sec, "max_header_bytes", 4096, 1L << 20, &cfg->max_header_bytes);
+        get_int(&c, sec, "max_connections", 1, 1000000, &cfg->max_connections);
+        get_int(&c, sec, "max_connections_per_ip", 0, 1000000, &cfg->max_connections_per_ip);
+        get_int(&c, sec, "connection_timeout_s", 1, 3600, &cfg->connection_timeout_s);
+        get_int(&c, sec, "max_json_depth", 2, 1000, &cfg->max_json_depth);
+    }
+    if ((sec = SECTION("database", db_k)) != NULL) {
+        get_str(&c, sec, "url", &cfg->database_url);
+        get_int(&c, sec, "pool_size", 1, 1000, &cfg->db_pool_size);
+    }
+    if ((sec = SECTION("redis", redis_k)) != NULL) {
+        get_str(&c, sec, "url", &cfg->redis_url);
+        get_int(&c, sec, "pool_size", 1, 1000, &cfg->redis_pool_size);
+        get_int(&c, sec, "timeout_ms", 1, 60000, &cfg->redis_timeout_ms);
+    }
+    if ((sec = SECTION("jwt", jwt_k)) != NULL) {
+        get_str(&c, sec, "issuer", &cfg->jwt_issuer);
+        get_str(&c, sec, "audience", &cfg->jwt_audience);
+        get_int(&c, sec, "leeway_s", 0, 300, &cfg->jwt_leeway_s);
+        arr = json_object_get(sec, "keys");
+        if (arr != NULL && (!json_is_array(arr) || json_array_size(arr) > AIGW_MAX_JWT_KEYS))
+            fail(&c, "jwt.keys: must be an array of at most %d keys", AIGW_MAX_JWT_KEYS);
+        else if (arr != NULL) {
+            for (size_t i = 0; i < json_array_size(arr) && !c.failed; i++) {
+                parse_key(&c, json_array_get(arr, i), i, &cfg->jwt_keys[i]);
+                cfg->n_jwt_keys = i + 1;
+                for (size_t j = 0; j < i; j++)
+                    if (strcmp(cfg->jwt_keys[j].kid, cfg->jwt_keys[i].kid) == 0)
+                        fail(&c, "jwt.keys: duplicate kid \"%s\"", cfg->jwt_keys[i].kid);
+            }
+        }
+    }
+    if ((sec = SECTION("tenants", tenants_k)) != NULL)
+        get_int(&c, sec, "cache_ttl_s", 0, 86400, &cfg->tenant_cache_ttl_s);
+    if ((sec = SECTION("upstream", up_k)) != NULL) {
+        get_int(&c, sec, "health_interval_ms", 100, 3600000, &cfg->health_interval_ms);
+        arr = json_object_get(sec, "backends");
+        if (arr != NULL && (!json_is_array(arr) || json_array_size(arr) > AIGW_MAX_BACKENDS))
+            fail(&c, "upstream.backends: must be an array of at most %d", AIGW_MAX_BACKENDS);
+        else if (arr != NULL) {
+            for (size_t i = 0; i < json_array_size(arr) && !c.failed; i++) {
+                parse_backend(&c, json_array_get(arr, i), i, &cfg->backends[i]);
+                cfg->n_backends = i + 1;
+                for (size_t j = 0; j < i; j++)
+                    if (strcmp(cfg->backends[j].name, cfg->backends[i].name) == 0)
+                        fail(&c, "upstream.backends: duplicate name \"%s\"", cfg->backends[i].name);
+            }
+        }
+    }
+    if ((sec = SECTION("log", log_k)) != NULL) {
+        get_str(&c, sec, "level", &level);
+        if (level != NULL && aigw_log_level_parse(level) < 0)
+            fail(&c, "log.level: unknown level \"%s\"", level);
+        else if (level != NULL)
+            cfg->log_level = aigw_log_level_parse(level);
+    }
+#undef SECTION
+    apply_env(&c, cfg);
+    if (!c.failed && (cfg->database_url == NULL || *cfg->database_url == '\0'))
+        fail(&c, "database.url (or AIGW_DATABASE_URL) is required");
+    if (!c.failed && (cfg->redis_url == NULL || *cfg->redis_url == '\0'))
+        fail(&c, "redis.url (or AIGW_REDIS_URL) is required");
+    if (!c.failed && cfg->n_jwt_keys == 0)
+        fail(&c, "jwt.keys: at least one key is required");
+out:
+    free(level);
+    json_decref(root);
+    if (c.failed) {
+        aigw_config_free(cfg);
+        return -1;
+    }
+    return 0;
+}
+
+void
+aigw_config_free(struct aigw_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->listen_addr);
+    free(cfg->database_url);
+    free(cfg->redis_url);
+    free(cfg->jwt_issuer);
+    free(cfg->jwt_audience);
+    for (size_t i = 0; i < AIGW_MAX_JWT_KEYS; i++) {
+        if (cfg->jwt_keys[i].key != NULL)
+            explicit_bzero(cfg->jwt_keys[i].key, cfg->jwt_keys[i].key_len);
+        free(cfg->jwt_keys[i].key);
+    }
+    for (size_t i = 0; i < AIGW_MAX_BACKENDS; i++)
+        free(cfg->backends[i].url);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+const struct aigw_jwt_key *
+aigw_config_find_key(const struct aigw_config *cfg, const char *kid)
+{
+    if (kid == NULL)
+        return cfg->n_jwt_keys == 1 ? &cfg->jwt_keys[0] : NULL;
+    for (size_t i = 0; i < cfg->n_jwt_keys; i++)
+        if (strcmp(cfg->jwt_keys[i].kid, kid) == 0)
+            return &cfg->jwt_keys[i];
+    return NULL;
+}

@@ -1,0 +1,246 @@
+/* tenant_cache.c - tenant snapshots keyed by the JWT's tenant reference (id or
+ * code). An epoch counter makes invalidation race-free: a load that started
+ * before an invalidation is returned to its caller but never cached. */
+#include "aigw/tenant.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/log.h"
+#include "aigw/util.h"
+
+#define BUCKETS 1024
+
+const char *const aigw_feature_names[AIGW_N_FEATURES] = {
+    "knowledge", "sales", "inventory", "patient_analytics", "api_access",
+};
+
+struct entry {
+    struct entry *next;
+    char *ref;
+    struct aigw_tenant *tenant;
+    int64_t loaded_ms;
+};
+
+struct aigw_tenant_cache {
+    int ttl_ms;
+    pthread_mutex_t lock;  /* guards buckets and epoch */
+    uint64_t epoch;        /* bumped by every invalidation */
+    struct entry *buckets[BUCKETS];
+};
+
+static const char LOAD_SQL[] =
+    "SELECT t.id, t.code, t.name, t.tier, t.status, t.ai_enabled,"
+    " COALESCE((t.overrides->>'monthly_query_limit')::int, p.monthly_query_limit),"
+    " COALESCE((t.overrides->>'requests_per_minute')::int, p.requests_per_minute),"
+    " COALESCE((t.overrides->>'max_tokens')::int, p.max_tokens),"
+    " array_to_string(p.features, ','), t.cache_ttl_s"
+    " FROM tenants t JOIN plans p ON p.tier = t.tier";
+
+bool
+aigw_tenant_active(const struct aigw_tenant *t)
+{
+    return t->ai_enabled && (strcmp(t->status, "active") == 0 || strcmp(t->status, "trial") == 0);
+}
+
+struct aigw_tenant_cache *
+aigw_tenant_cache_create(int ttl_s)
+{
+    struct aigw_tenant_cache *c = aigw_xcalloc(1, sizeof(*c));
+
+    c->ttl_ms = ttl_s * 1000;
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void
+aigw_tenant_put(struct aigw_tenant *t)
+{
+    if (t != NULL && atomic_fetch_sub(&t->refs, 1) == 1)
+        free(t);
+}
+
+static void
+free_entry(struct entry *e)
+{
+    aigw_tenant_put(e->tenant);
+    free(e->ref);
+    free(e);
+}
+
+void
+aigw_tenant_cache_destroy(struct aigw_tenant_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < BUCKETS; i++)
+        for (struct entry *e = c->buckets[i], *next; e != NULL; e = next) {
+            next = e->next;
+            free_entry(e);
+        }
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static size_t
+bucket_of(const char *ref)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+
+    for (; *ref; ref++)
+        h = (h ^ (unsigned char)*ref) * 1099511628211ULL;
+    return (size_t)(h % BUCKETS);
+}
+
+static unsigned
+parse_features(const char *list)
+{
+    unsigned bits = 0;
+    const char *p = list;
+
+    while (*p) {
+        size_t n = strcspn(p, ",");
+
+        for (int i = 0; i < AIGW_N_FEATURES; i++)
+            if (strlen(aigw_feature_names[i]) == n && strncmp(p, aigw_feature_names[i], n) == 0)
+                bits |= 1u << i;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return bits;
+}
+
+static void
+copy_field(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* 0 found, 1 not found, -1 error */
+static int
+load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
+{
+    PGconn *conn = aigw_pg_acquire(pool, 2000);
+    PGresult *r;
+    struct aigw_tenant *t;
+    int rc;
+
+    if (conn == NULL)
+        return -1;
+    r = aigw_pg_exec_tenant(conn, ref, LOAD_SQL, 0, NULL);
+    aigw_pg_release(pool, conn);
+    if (r == NULL)
+        return -1;
+    if (PQntuples(r) != 1) {
+        rc = 1;
+        goto out;
+    }
+    t = aigw_xcalloc(1, sizeof(*t));
+    atomic_init(&t->refs, 1);
+    copy_field(t->id, sizeof(t->id), PQgetvalue(r, 0, 0));
+    copy_field(t->code, sizeof(t->code), PQgetvalue(r, 0, 1));
+    copy_field(t->name, sizeof(t->name), PQgetvalue(r, 0, 2));
+    copy_field(t->tier, sizeof(t->tier), PQgetvalue(r, 0, 3));
+    copy_field(t->status, sizeof(t->status), PQgetvalue(r, 0, 4));
+    t->ai_enabled = PQgetvalue(r, 0, 5)[0] == 't';
+    t->monthly_limit = strtol(PQgetvalue(r, 0, 6), NULL, 10);
+    t->requests_per_minute = (int)strtol(PQgetvalue(r, 0, 7), NULL, 10);
+    t->max_tokens = (int)strtol(PQgetvalue(r, 0, 8), NULL, 10);
+    t->features = parse_features(PQgetvalue(r, 0, 9));
+    t->cache_ttl_s = (int)strtol(PQgetvalue(r, 0, 10), NULL, 10);
+    *out = t;
+    rc = 0;
+out:
+    PQclear(r);
+    return rc;
+}
+
+int
+aigw_tenant_get(struct aigw_tenant_cache *c, struct aigw_pg_pool *pool, const char *ref,
+                struct aigw_tenant **out)
+{
+    size_t b = bucket_of(ref);
+    int64_t now = aigw_now_ms();
+    struct aigw_tenant *t = NULL;
+    uint64_t epoch;
+    int rc;
+
+    *out = NULL;
+    pthread_mutex_lock(&c->lock);
+    for (struct entry **pe = &c->buckets[b]; *pe != NULL; pe = &(*pe)->next) {
+        struct entry *e = *pe;
+
+        if (strcmp(e->ref, ref) != 0)
+            continue;
+        if (now - e->loaded_ms < c->ttl_ms) {
+            t = e->tenant;
+            atomic_fetch_add(&t->refs, 1);
+        } else {
+            *pe = e->next;
+            free_entry(e);
+        }
+        break;
+    }
+    epoch = c->epoch;
+    pthread_mutex_unlock(&c->lock);
+    if (t != NULL) {
+        *out = t;
+        return 0;
+    }
+
+    rc = load(pool, ref, &t);
+    if (rc != 0)
+        return rc;
+    pthread_mutex_lock(&c->lock);
+    if (c->epoch == epoch && c->ttl_ms > 0) {
+        bool present = false;
+
+        for (struct entry *e = c->buckets[b]; e != NULL; e = e->next)
+            present |= strcmp(e->ref, ref) == 0;
+        if (!present) {
+            struct entry *e = aigw_xcalloc(1, sizeof(*e));
+
+            e->ref = aigw_xstrdup(ref);
+            e->tenant = t;
+            e->loaded_ms = now;
+            atomic_fetch_add(&t->refs, 1);
+            e->next = c->buckets[b];
+            c->buckets[b] = e;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    *out = t;
+    return 0;
+}
+
+void
+aigw_tenant_cache_invalidate(struct aigw_tenant_cache *c, const char *id)
+{
+    bool all = id == NULL || strcmp(id, "*") == 0;
+    int dropped = 0;
+
+    pthread_mutex_lock(&c->lock);
+    c->epoch++;
+    for (size_t i = 0; i < BUCKETS; i++) {
+        for (struct entry **pe = &c->buckets[i]; *pe != NULL;) {
+            struct entry *e = *pe;
+
+            if (all || strcmp(e->tenant->id, id) == 0) {
+                *pe = e->next;
+                free_entry(e);
+                dropped++;
+            } else {
+                pe = &e->next;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    aigw_log(LOG_DEBUG, "tenant cache: invalidated %s (%d entries)", all ? "all" : id, dropped);
+}

@@ -1,0 +1,192 @@
+/* util.c - allocation, clocks, hashing, parsing helpers shared by every module */
+#include "aigw/util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static void
+oom(size_t n)
+{
+    fprintf(stderr, "<2>aigw: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *
+aigw_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+
+    if (p == NULL)
+        oom(n);
+    return p;
+}
+
+void *
+aigw_xcalloc(size_t count, size_t n)
+{
+    void *p = calloc(count ? count : 1, n ? n : 1);
+
+    if (p == NULL)
+        oom(count * n);
+    return p;
+}
+
+void *
+aigw_xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+
+    if (q == NULL)
+        oom(n);
+    return q;
+}
+
+char *
+aigw_xstrdup(const char *s)
+{
+    return aigw_xstrndup(s, strlen(s));
+}
+
+char *
+aigw_xstrndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *p = aigw_xmalloc(len + 1);
+
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+int64_t
+aigw_now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t
+aigw_now_ms(void)
+{
+    return aigw_now_us() / 1000;
+}
+
+int64_t
+aigw_wall_s(void)
+{
+    return (int64_t)time(NULL);
+}
+
+void
+aigw_sha256(const void *buf, size_t len, unsigned char out[32])
+{
+    unsigned int outlen = 0;
+
+    if (EVP_Digest(buf, len, out, &outlen, EVP_sha256(), NULL) != 1)
+        abort();
+}
+
+void
+aigw_hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void
+aigw_random(void *buf, size_t n)
+{
+    if (RAND_bytes(buf, (int)n) != 1) {
+        fprintf(stderr, "<2>aigw: RAND_bytes failed\n");
+        abort();
+    }
+}
+
+bool
+aigw_has_prefix_ci(const char *s, const char *prefix)
+{
+    return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+bool
+aigw_is_uuid(const char *s, size_t len)
+{
+    if (len != 36)
+        return false;
+    for (size_t i = 0; i < 36; i++) {
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (s[i] != '-')
+                return false;
+        } else if (!isxdigit((unsigned char)s[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool
+aigw_parse_long(const char *s, long min, long max, long *out)
+{
+    char *end = NULL;
+    long v;
+
+    if (s == NULL || *s == '\0')
+        return false;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno != 0 || *end != '\0' || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+void
+aigw_rfc3339(int64_t t, char out[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    gmtime_r(&tt, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int64_t
+aigw_next_month_start(int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    gmtime_r(&tt, &tm);
+    tm.tm_mday = 1;
+    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+    tm.tm_mon += 1;
+    if (tm.tm_mon == 12) {
+        tm.tm_mon = 0;
+        tm.tm_year += 1;
+    }
+    return (int64_t)timegm(&tm);
+}
+
+void
+aigw_month_key(int64_t t, char out[8])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+
+    gmtime_r(&tt, &tm);
+    strftime(out, 8, "%Y%m", &tm);
+}

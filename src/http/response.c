@@ -1,0 +1,81 @@
+/* response.c - request accessors and the JSON / error response builders */
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/http.h"
+#include "aigw/util.h"
+
+const char *
+aigw_req_header(struct aigw_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const char *
+aigw_req_arg(struct aigw_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+void
+aigw_req_add_header(struct aigw_req *req, const char *name, const char *value)
+{
+    if (req->n_resp_headers == AIGW_MAX_RESP_HEADERS)
+        return;
+    req->resp_headers[req->n_resp_headers].name = name;
+    req->resp_headers[req->n_resp_headers].value = value;
+    req->n_resp_headers++;
+}
+
+enum aigw_rc
+aigw_req_json(struct aigw_req *req, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    size_t len;
+
+    json_decref(body);
+    if (text == NULL) {
+        text = aigw_xstrdup("{\"error\":{\"code\":\"internal\",\"message\":\"response encoding failed\"}}");
+        status = 500;
+    }
+    len = strlen(text);
+    req->resp_body = aigw_pool_alloc(req->pool, len + 2);
+    memcpy(req->resp_body, text, len);
+    req->resp_body[len] = '\n';
+    req->resp_len = len + 1;
+    free(text);
+    req->status = status;
+    req->content_type = "application/json; charset=utf-8";
+    return AIGW_DONE;
+}
+
+enum aigw_rc
+aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *extra,
+                    const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    json_t *err, *root;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    err = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "request_id", req->request_id);
+    if (err == NULL) /* msg was not UTF-8: never echo it */
+        err = json_pack("{s:s, s:s, s:s}", "code", code, "message", code, "request_id", req->request_id);
+    if (extra != NULL) {
+        json_object_update(err, extra);
+        json_decref(extra);
+    }
+    root = json_pack("{s:o}", "error", err);
+    req->error_code = code;
+    if (status == 401)
+        aigw_req_add_header(req, "WWW-Authenticate",
+                            req->claims.tenant[0] || aigw_req_header(req, "Authorization")
+                                ? "Bearer realm=\"aigw\", error=\"invalid_token\""
+                                : "Bearer realm=\"aigw\"");
+    return aigw_req_json(req, status, root);
+}

@@ -1,0 +1,68 @@
+/* router.c - the route table: method + path -> stage chain. const after start. */
+#include <stdio.h>
+#include <string.h>
+
+#include "aigw/api.h"
+#include "aigw/http.h"
+#include "aigw/stages.h"
+
+#define CLINIC_GET(handler) {aigw_stage_authenticate, aigw_stage_tenant, handler, NULL}
+#define CLINIC_POST(handler) \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, handler, NULL}
+
+static const struct aigw_route routes[] = {
+    {"GET", "/healthz", {aigw_api_healthz, NULL}},
+    {"GET", "/readyz", {aigw_api_readyz, NULL}},
+    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits)},
+    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate)},
+};
+
+/* Match path against pattern segment by segment; "{}" captures one segment. */
+static int
+path_match(struct aigw_pool *pool, const char *pattern, const char *path, const char **params)
+{
+    int np = 0;
+
+    while (*pattern && *path) {
+        if (pattern[0] == '{' && pattern[1] == '}') {
+            size_t n = strcspn(path, "/");
+
+            if (n == 0 || np == AIGW_MAX_PARAMS)
+                return 0;
+            if (params != NULL)
+                params[np] = aigw_pool_strndup(pool, path, n);
+            np++;
+            path += n;
+            pattern += 2;
+        } else if (*pattern++ != *path++) {
+            return 0;
+        }
+    }
+    return *pattern == '\0' && *path == '\0';
+}
+
+const struct aigw_route *
+aigw_router_match(struct aigw_pool *pool, const char *method, const char *path, const char **params,
+                  int *status, char *allow, size_t allow_cap)
+{
+    size_t off = 0;
+    bool path_known = false;
+
+    if (strcmp(method, "HEAD") == 0)
+        method = "GET"; /* MHD sends no body for HEAD */
+
+    allow[0] = '\0';
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+        if (!path_match(pool, routes[i].path, path, NULL))
+            continue;
+        if (strcmp(routes[i].method, method) == 0) {
+            path_match(pool, routes[i].path, path, params);
+            return &routes[i];
+        }
+        path_known = true;
+        if (off < allow_cap)
+            off += (size_t)snprintf(allow + off, allow_cap - off, "%s%s", off ? ", " : "", routes[i].method);
+    }
+    *status = path_known ? 405 : 404;
+    return NULL;
+}

@@ -1,0 +1,296 @@
+/* server.c - libmicrohttpd glue: request lifecycle, upload limits, the stage loop */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "aigw/http.h"
+#include "aigw/log.h"
+#include "aigw/tenant.h"
+#include "aigw/util.h"
+
+static void
+mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+
+    (void)cls;
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    aigw_log(LOG_WARNING, "http: %s", msg);
+}
+
+/* Echo a client X-Request-Id made of safe characters, else make one up. */
+static void
+set_request_id(struct aigw_req *req)
+{
+    const char *in = aigw_req_header(req, "X-Request-Id");
+    unsigned char rnd[16];
+
+    if (in != NULL) {
+        size_t n = strlen(in), i;
+
+        for (i = 0; i < n; i++)
+            if (!isalnum((unsigned char)in[i]) && in[i] != '-' && in[i] != '_' && in[i] != '.')
+                break;
+        if (n > 0 && n < sizeof(req->request_id) && i == n) {
+            memcpy(req->request_id, in, n + 1);
+            return;
+        }
+    }
+    aigw_random(rnd, sizeof(rnd));
+    aigw_hex(rnd, sizeof(rnd), req->request_id);
+}
+
+static enum MHD_Result
+queue(struct aigw_req *req)
+{
+    struct MHD_Response *resp;
+    enum MHD_Result ret;
+
+    resp = MHD_create_response_from_buffer(req->resp_len, req->resp_body, MHD_RESPMEM_PERSISTENT);
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, "Content-Type", req->content_type ? req->content_type : "application/json");
+    MHD_add_response_header(resp, "X-Request-Id", req->request_id);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    for (size_t i = 0; i < req->n_resp_headers; i++)
+        MHD_add_response_header(resp, req->resp_headers[i].name, req->resp_headers[i].value);
+    ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+    MHD_destroy_response(resp);
+    if (ret == MHD_YES)
+        req->responded = true;
+    return ret;
+}
+
+static enum MHD_Result
+run_stages(struct aigw_req *req)
+{
+    enum aigw_rc rc = AIGW_OK;
+
+    while (rc == AIGW_OK) {
+        aigw_stage_fn fn = req->stage < AIGW_MAX_STAGES ? req->route->stages[req->stage] : NULL;
+
+        if (fn == NULL) {
+            rc = aigw_req_fail(req, 500, "internal", "the route produced no response");
+            break;
+        }
+        rc = fn(req);
+        if (rc == AIGW_OK)
+            req->stage++;
+    }
+    if (rc == AIGW_AGAIN)
+        return MHD_YES;
+    if (rc == AIGW_ERR)
+        aigw_req_fail(req, 500, "internal", "internal error");
+    return queue(req);
+}
+
+static bool
+is_json_type(const char *ct)
+{
+    size_t n = strlen("application/json");
+
+    while (*ct == ' ')
+        ct++;
+    return strncasecmp(ct, "application/json", n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* Checks that need only the headers: route, content type, declared length. */
+static enum MHD_Result
+on_headers(struct aigw_req *req)
+{
+    int status = 0;
+    char allow[64];
+    const char *path = req->url;
+
+    req->route = aigw_router_match(req->pool, req->method, path, req->params, &status, allow, sizeof(allow));
+    if (req->route == NULL) {
+        if (status == 405) {
+            aigw_req_add_header(req, "Allow", aigw_pool_strdup(req->pool, allow));
+            aigw_req_fail(req, 405, "method_not_allowed", "method %s is not allowed here", req->method);
+        } else {
+            aigw_req_fail(req, 404, "not_found", "no such route");
+        }
+        return queue(req);
+    }
+    if (strcmp(req->method, "POST") == 0 || strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0) {
+        const char *ct = aigw_req_header(req, "Content-Type");
+        const char *cl = aigw_req_header(req, "Content-Length");
+        const char *te = aigw_req_header(req, "Transfer-Encoding");
+        long len = 0;
+        bool has_body = te != NULL || (cl != NULL && !(aigw_parse_long(cl, 0, 0, &len)));
+
+        if (cl != NULL && aigw_parse_long(cl, 0, __LONG_MAX__, &len) &&
+            (size_t)len > req->srv->cfg.max_body_bytes) {
+            aigw_req_fail(req, 413, "body_too_large", "request body is over %zu bytes",
+                          req->srv->cfg.max_body_bytes);
+            return queue(req);
+        }
+        if (has_body && (ct == NULL || !is_json_type(ct))) {
+            aigw_req_fail(req, 415, "unsupported_media_type", "the body must be application/json");
+            return queue(req);
+        }
+    }
+    return MHD_YES;
+}
+
+static void
+on_upload(struct aigw_req *req, const char *data, size_t size)
+{
+    size_t max = req->srv->cfg.max_body_bytes;
+
+    if (req->body_too_large)
+        return;
+    if (req->body_len + size > max) {
+        req->body_too_large = true;
+        return;
+    }
+    if (req->body_len + size + 1 > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap : 1024;
+        char *nb;
+
+        while (cap < req->body_len + size + 1)
+            cap *= 2;
+        if (cap > max + 1)
+            cap = max + 1;
+        nb = aigw_pool_alloc(req->pool, cap);
+        if (req->body_len)
+            memcpy(nb, req->body, req->body_len);
+        req->body = nb; /* the old block stays in the pool until the request ends */
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, size);
+    req->body_len += size;
+    req->body[req->body_len] = '\0';
+}
+
+static enum MHD_Result
+access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+          const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    struct aigw_server *srv = cls;
+    struct aigw_req *req = *con_cls;
+
+    (void)version;
+    if (req == NULL) {
+        struct aigw_pool *pool = aigw_pool_create();
+
+        req = aigw_pool_alloc(pool, sizeof(*req));
+        req->pool = pool;
+        req->srv = srv;
+        req->conn = conn;
+        req->start_us = aigw_now_us();
+        req->method = aigw_pool_strdup(pool, method);
+        req->url = aigw_pool_strdup(pool, url);
+        *con_cls = req;
+        set_request_id(req);
+        return on_headers(req);
+    }
+    if (req->responded) {
+        *upload_data_size = 0; /* an early error was queued: drop the rest */
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        on_upload(req, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (req->body_too_large) {
+        aigw_req_fail(req, 413, "body_too_large", "request body is over %zu bytes", srv->cfg.max_body_bytes);
+        return queue(req);
+    }
+    return run_stages(req);
+}
+
+static void
+completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    struct aigw_req *req = *con_cls;
+    char status[8], dur[24];
+
+    (void)cls;
+    (void)conn;
+    if (req == NULL)
+        return;
+    snprintf(status, sizeof(status), "%d", req->responded ? req->status : 0);
+    snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
+    aigw_log_fields(LOG_INFO, "request", "REQUEST_ID", req->request_id, "METHOD", req->method, "ROUTE",
+                    req->route ? req->route->path : "-", "STATUS", status, "DURATION_MS", dur, "TENANT_ID",
+                    req->tenant ? req->tenant->id : NULL, "ERROR_CODE", req->error_code, "TERMINATION",
+                    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", NULL);
+    aigw_tenant_put(req->tenant);
+    req->tenant = NULL;
+    *con_cls = NULL;
+    aigw_pool_destroy(req->pool);
+}
+
+int
+aigw_http_start(struct aigw_server *srv)
+{
+    const struct aigw_config *cfg = &srv->cfg;
+    struct sockaddr_storage ss;
+    socklen_t sslen;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned threads = cfg->threads > 0 ? (unsigned)cfg->threads : (unsigned)(ncpu > 0 ? ncpu : 2);
+    const union MHD_DaemonInfo *info;
+
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(cfg->listen_addr, ':') != NULL) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)cfg->port);
+        if (inet_pton(AF_INET6, cfg->listen_addr, &s6->sin6_addr) != 1)
+            goto bad_addr;
+        sslen = sizeof(*s6);
+        flags |= MHD_USE_IPv6;
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)cfg->port);
+        if (inet_pton(AF_INET, cfg->listen_addr, &s4->sin_addr) != 1)
+            goto bad_addr;
+        sslen = sizeof(*s4);
+    }
+    (void)sslen;
+    srv->mhd = MHD_start_daemon(
+        flags, 0, NULL, NULL, access_cb, srv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        (unsigned)4096, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, srv, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, srv, MHD_OPTION_END);
+    if (srv->mhd == NULL) {
+        aigw_log(LOG_ERR, "http: cannot listen on %s:%d", cfg->listen_addr, cfg->port);
+        return -1;
+    }
+    info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    srv->bound_port = info ? info->port : (uint16_t)cfg->port;
+    aigw_log(LOG_NOTICE, "http: listening on %s:%u with %u threads", cfg->listen_addr, srv->bound_port,
+             threads);
+    return 0;
+bad_addr:
+    aigw_log(LOG_ERR, "http: bad listen address %s", cfg->listen_addr);
+    return -1;
+}
+
+void
+aigw_http_stop(struct aigw_server *srv)
+{
+    if (srv->mhd == NULL)
+        return;
+    MHD_quiesce_daemon(srv->mhd);
+    MHD_stop_daemon(srv->mhd);
+    srv->mhd = NULL;
+}

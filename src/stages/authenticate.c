@@ -1,0 +1,29 @@
+/* authenticate.c - verify the caller's bearer JWT and attach its claims */
+#include <string.h>
+
+#include "aigw/log.h"
+#include "aigw/stages.h"
+#include "aigw/util.h"
+
+enum aigw_rc
+aigw_stage_authenticate(struct aigw_req *req)
+{
+    const char *hdr = aigw_req_header(req, "Authorization");
+    const char *why = NULL;
+    const char *tok;
+
+    if (hdr == NULL || *hdr == '\0')
+        return aigw_req_fail(req, 401, "unauthenticated", "missing credentials");
+    if (!aigw_has_prefix_ci(hdr, "Bearer "))
+        return aigw_req_fail(req, 401, "unauthenticated", "use the Bearer authorization scheme");
+    tok = hdr + 7;
+    while (*tok == ' ')
+        tok++;
+    if (aigw_jwt_verify(&req->srv->cfg, tok, strlen(tok), aigw_wall_s(), &req->claims, &why) != 0) {
+        aigw_log_fields(LOG_NOTICE, "authentication failed", "REQUEST_ID", req->request_id, "REASON", why,
+                        NULL);
+        return aigw_req_fail(req, 401, "unauthenticated", "invalid token: %s", why);
+    }
+    req->authenticated = true;
+    return AIGW_OK;
+}

@@ -1,0 +1,22 @@
+/* tenant.c - attach the caller's tenant context; refuse unknown and inactive tenants */
+#include "aigw/stages.h"
+#include "aigw/tenant.h"
+
+enum aigw_rc
+aigw_stage_tenant(struct aigw_req *req)
+{
+    struct aigw_tenant *t = NULL;
+    int rc = aigw_tenant_get(req->srv->tenants, req->srv->pg, req->claims.tenant, &t);
+
+    if (rc < 0) {
+        aigw_req_add_header(req, "Retry-After", "1");
+        return aigw_req_fail(req, 503, "service_unavailable", "tenant data is unavailable, retry shortly");
+    }
+    if (rc > 0)
+        return aigw_req_fail(req, 403, "forbidden", "unknown tenant");
+    req->tenant = t; /* put when the request completes */
+    if (!aigw_tenant_active(t))
+        return aigw_req_fail(req, 403, "tenant_inactive", "the tenant is %s",
+                             t->ai_enabled ? t->status : "not enabled for AI");
+    return AIGW_OK;
+}

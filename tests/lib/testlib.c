@@ -1,0 +1,536 @@
+/* testlib.c - helpers shared by the integration tests (real PostgreSQL, Redis, aigw) */
+#include "testlib.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis.h>
+#include <jansson.h>
+#include <jwt.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int tl_passed, tl_failed;
+
+void
+tl_check(bool ok, const char *file, int line, const char *expr, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (ok) {
+        tl_passed++;
+        return;
+    }
+    tl_failed++;
+    fprintf(stderr, "FAIL %s:%d: %s -- ", file, line, expr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int
+tl_done(void)
+{
+    printf("%d passed, %d failed\n", tl_passed, tl_failed);
+    return tl_failed == 0 && tl_passed > 0 ? 0 : 1;
+}
+
+const char *
+tl_env(const char *name)
+{
+    const char *v = getenv(name);
+
+    if (v == NULL || *v == '\0') {
+        fprintf(stderr, "test environment variable %s is not set (run through scripts/test.sh)\n", name);
+        exit(1);
+    }
+    return v;
+}
+
+/* ---- HTTP ---- */
+
+struct buf {
+    char *p;
+    size_t n;
+};
+
+static size_t
+collect(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct buf *b = ud;
+    size_t len = size * nmemb;
+
+    b->p = realloc(b->p, b->n + len + 1);
+    memcpy(b->p + b->n, ptr, len);
+    b->n += len;
+    b->p[b->n] = '\0';
+    return len;
+}
+
+void
+tl_resp_free(struct tl_resp *r)
+{
+    free(r->body);
+    free(r->headers);
+    memset(r, 0, sizeof(*r));
+}
+
+int
+tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+        size_t body_len, struct tl_resp *out)
+{
+    CURL *c = curl_easy_init();
+    struct curl_slist *hl = NULL;
+    struct buf b = {NULL, 0}, h = {NULL, 0};
+    char url[2048];
+    CURLcode rc;
+
+    memset(out, 0, sizeof(*out));
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &h);
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    hl = curl_slist_append(hl, "Expect:");
+    for (size_t i = 0; headers && headers[i]; i++)
+        hl = curl_slist_append(hl, headers[i]);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
+    if (body != NULL) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    rc = curl_easy_perform(c);
+    if (rc == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    curl_slist_free_all(hl);
+    curl_easy_cleanup(c);
+    out->body = b.p ? b.p : calloc(1, 1);
+    out->body_len = b.n;
+    out->headers = h.p ? h.p : calloc(1, 1);
+    for (char *p = out->headers; *p; p++)
+        *p = (char)tolower((unsigned char)*p);
+    return rc == CURLE_OK ? 0 : -1;
+}
+
+int
+tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[2] = {NULL, NULL};
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[0] = auth;
+    }
+    return tl_http(port, "GET", path, hdrs, NULL, 0, out);
+}
+
+int
+tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[3] = {"Content-Type: application/json", NULL, NULL};
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[1] = auth;
+    }
+    return tl_http(port, "POST", path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+const char *
+tl_resp_header(const struct tl_resp *r, const char *name, char *buf, size_t cap)
+{
+    char needle[128];
+    const char *p;
+    size_t n;
+
+    snprintf(needle, sizeof(needle), "\n%s:", name);
+    for (char *q = needle; *q; q++)
+        *q = (char)tolower((unsigned char)*q);
+    p = strstr(r->headers, needle);
+    if (p == NULL)
+        return NULL;
+    p += strlen(needle);
+    while (*p == ' ')
+        p++;
+    n = strcspn(p, "\r\n");
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+static json_t *
+json_at(const struct tl_resp *r, const char *path, json_t **root)
+{
+    char key[128];
+    json_t *v;
+
+    *root = json_loads(r->body, 0, NULL);
+    v = *root;
+    while (v != NULL && *path) {
+        size_t n = strcspn(path, ".");
+
+        snprintf(key, sizeof(key), "%.*s", (int)n, path);
+        v = json_object_get(v, key);
+        path += n;
+        if (*path == '.')
+            path++;
+    }
+    return v;
+}
+
+const char *
+tl_json_str(const struct tl_resp *r, const char *path, char *buf, size_t cap)
+{
+    json_t *root, *v = json_at(r, path, &root);
+    const char *res = NULL;
+
+    if (json_is_string(v)) {
+        snprintf(buf, cap, "%s", json_string_value(v));
+        res = buf;
+    } else if (json_is_boolean(v)) {
+        snprintf(buf, cap, "%s", json_is_true(v) ? "true" : "false");
+        res = buf;
+    }
+    json_decref(root);
+    return res;
+}
+
+long long
+tl_json_int(const struct tl_resp *r, const char *path, long long fallback)
+{
+    json_t *root, *v = json_at(r, path, &root);
+    long long res = json_is_integer(v) ? json_integer_value(v) : fallback;
+
+    json_decref(root);
+    return res;
+}
+
+/* ---- aigw process ---- */
+
+int
+tl_free_port(void)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+
+    bind(fd, (struct sockaddr *)&a, sizeof(a));
+    getsockname(fd, (struct sockaddr *)&a, &len);
+    port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static char *
+slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    struct buf b = {NULL, 0};
+    char tmp[4096];
+    size_t n;
+
+    if (f == NULL)
+        return NULL;
+    while ((n = fread(tmp, 1, sizeof(tmp), f)) > 0)
+        collect(tmp, 1, n, &b);
+    fclose(f);
+    return b.p ? b.p : calloc(1, 1);
+}
+
+int
+tl_aigw_start(struct tl_aigw *gw, const char *config_json)
+{
+    char portbuf[16];
+    char *cfg = NULL;
+    FILE *f;
+
+    memset(gw, 0, sizeof(*gw));
+    snprintf(gw->dir, sizeof(gw->dir), "/tmp/aigw-test-XXXXXX");
+    if (mkdtemp(gw->dir) == NULL)
+        return -1;
+    snprintf(gw->config, sizeof(gw->config), "%s/aigw.json", gw->dir);
+    snprintf(gw->log, sizeof(gw->log), "%s/aigw.log", gw->dir);
+    if (config_json == NULL)
+        cfg = slurp(AIGW_SOURCE_DIR "/config/aigw.json");
+    f = fopen(gw->config, "w");
+    fputs(config_json ? config_json : cfg, f);
+    fclose(f);
+    free(cfg);
+    gw->port = tl_free_port();
+    snprintf(portbuf, sizeof(portbuf), "%d", gw->port);
+    gw->pid = fork();
+    if (gw->pid == 0) {
+        int fd = open(gw->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+        dup2(fd, 1);
+        dup2(fd, 2);
+        setenv("AIGW_PORT", portbuf, 1);
+        unsetenv("JOURNAL_STREAM");
+        unsetenv("NOTIFY_SOCKET");
+        execl(AIGW_BIN_PATH, "aigw", "-c", gw->config, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) {
+        struct tl_resp r;
+        int status;
+
+        if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
+            char *log = tl_aigw_log(gw);
+
+            fprintf(stderr, "aigw exited during start-up:\n%s\n", log ? log : "");
+            free(log);
+            gw->pid = 0;
+            return -1;
+        }
+        if (tl_get(gw->port, "/healthz", NULL, &r) == 0 && r.status == 200) {
+            tl_resp_free(&r);
+            return 0;
+        }
+        tl_resp_free(&r);
+        usleep(50 * 1000);
+    }
+    fprintf(stderr, "aigw did not become healthy\n");
+    return -1;
+}
+
+char *
+tl_aigw_log(const struct tl_aigw *gw)
+{
+    return slurp(gw->log);
+}
+
+int
+tl_aigw_stop(struct tl_aigw *gw)
+{
+    int status = 0, res = -1;
+    char cmd[600];
+
+    if (gw->pid > 0) {
+        kill(gw->pid, SIGTERM);
+        for (int i = 0; i < 200; i++) {
+            if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
+                res = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                break;
+            }
+            usleep(50 * 1000);
+        }
+        if (res == -1) {
+            kill(gw->pid, SIGKILL);
+            waitpid(gw->pid, &status, 0);
+        }
+    }
+    if (res != 0) {
+        char *log = tl_aigw_log(gw);
+
+        fprintf(stderr, "aigw exit status %d; log:\n%s\n", res, log ? log : "");
+        free(log);
+    }
+    if (gw->dir[0] != '\0') {
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", gw->dir);
+    }
+    gw->pid = 0;
+    return res;
+}
+
+/* ---- PostgreSQL ---- */
+
+static PGconn *
+connect_url(const char *url)
+{
+    PGconn *c = PQconnectdb(url);
+
+    if (PQstatus(c) != CONNECTION_OK) {
+        fprintf(stderr, "connect %s: %s\n", url, PQerrorMessage(c));
+        exit(1);
+    }
+    return c;
+}
+
+PGconn *
+tl_pg_owner(void)
+{
+    return connect_url(tl_env("AIGW_DATABASE_OWNER_URL"));
+}
+
+PGconn *
+tl_pg_app(void)
+{
+    return connect_url(tl_env("AIGW_DATABASE_URL"));
+}
+
+PGresult *
+tl_sql(PGconn *c, bool must_succeed, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+
+    if (must_succeed && st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        fprintf(stderr, "SQL failed: %s\n  %s\n", sql, PQresultErrorMessage(r));
+        exit(1);
+    }
+    return r;
+}
+
+long
+tl_sql_long(PGconn *c, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = tl_sql(c, true, sql, n, params);
+    long v = PQntuples(r) > 0 && !PQgetisnull(r, 0, 0) ? strtol(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+
+    PQclear(r);
+    return v;
+}
+
+void
+tl_create_tenant(PGconn *owner, const char *tier, const char *status, char id[37], char code[65])
+{
+    const char *params[3];
+    PGresult *r;
+    unsigned rnd = (unsigned)time(NULL) ^ ((unsigned)getpid() << 8) ^ (unsigned)rand();
+    static int seq;
+
+    snprintf(code, 65, "t_%08x_%d", rnd, ++seq);
+    params[0] = code;
+    params[1] = tier;
+    params[2] = status;
+    r = tl_sql(owner, true,
+               "INSERT INTO tenants (code, name, tier, status) VALUES ($1, 'Test ' || $1, $2, $3) RETURNING id", 3,
+               params);
+    snprintf(id, 37, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+/* ---- tokens ---- */
+
+char *
+tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const char *claims_json)
+{
+    jwt_t *j = NULL;
+    char *tok, *res;
+
+    if (jwt_new(&j) != 0 || jwt_add_grants_json(j, claims_json) != 0)
+        abort();
+    if (kid != NULL)
+        jwt_add_header(j, "kid", kid);
+    if (jwt_set_alg(j, jwt_str_alg(alg), (const unsigned char *)key, (int)key_len) != 0)
+        abort();
+    tok = jwt_encode_str(j);
+    jwt_free(j);
+    if (tok == NULL)
+        abort();
+    res = strdup(tok);
+    free(tok);
+    return res;
+}
+
+char *
+tl_token(const char *tenant, const char *role, long ttl)
+{
+    const char *secret = tl_env("AIGW_JWT_SECRET");
+    char claims[512];
+    long now = (long)time(NULL);
+
+    snprintf(claims, sizeof(claims), "{\"sub\":\"user-1\",\"tenant_id\":\"%s\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
+             tenant, role, now, now + ttl);
+    return tl_sign("HS256", "dev", secret, strlen(secret), claims);
+}
+
+/* ---- Redis ---- */
+
+long long
+tl_redis_int(const char *fmt, ...)
+{
+    const char *url = tl_env("AIGW_REDIS_URL");
+    char host[64] = "127.0.0.1";
+    int port = 6379;
+    redisContext *c;
+    redisReply *r;
+    va_list ap;
+    long long v = -1;
+
+    if (sscanf(url, "redis://%63[^:]:%d", host, &port) < 1)
+        return -1;
+    c = redisConnect(host, port);
+    if (c == NULL || c->err) {
+        redisFree(c);
+        return -1;
+    }
+    va_start(ap, fmt);
+    r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    else if (r != NULL && r->type == REDIS_REPLY_STRING)
+        v = strtoll(r->str, NULL, 10);
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* ---- keys ---- */
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+static char *
+bio_string(BIO *b)
+{
+    char *data = NULL;
+    long n = BIO_get_mem_data(b, &data);
+    char *s = malloc((size_t)n + 1);
+
+    memcpy(s, data, (size_t)n);
+    s[n] = '\0';
+    BIO_free(b);
+    return s;
+}
+
+void
+tl_keypair(const char *alg, char **pub_pem, char **priv_pem)
+{
+    EVP_PKEY *k = strcmp(alg, "RS256") == 0 ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+    BIO *pub = BIO_new(BIO_s_mem()), *priv = BIO_new(BIO_s_mem());
+
+    if (k == NULL || PEM_write_bio_PUBKEY(pub, k) != 1 ||
+        PEM_write_bio_PrivateKey(priv, k, NULL, NULL, 0, NULL, NULL) != 1)
+        abort();
+    *pub_pem = bio_string(pub);
+    *priv_pem = bio_string(priv);
+    EVP_PKEY_free(k);
+}
+
+void
+tl_write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+
+    if (f == NULL)
+        abort();
+    fputs(s, f);
+    fclose(f);
+}

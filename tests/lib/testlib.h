@@ -1,0 +1,94 @@
+/* testlib.h - tiny test harness: checks, HTTP client, aigw process control, SQL */
+#ifndef AIGW_TESTLIB_H
+#define AIGW_TESTLIB_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+extern int tl_passed, tl_failed;
+
+#define CHECK(cond, ...) tl_check((cond), __FILE__, __LINE__, #cond, __VA_ARGS__)
+void tl_check(bool ok, const char *file, int line, const char *expr, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Print "N passed, M failed" and return the process exit code. */
+int tl_done(void);
+
+/* Required environment variable (aborts the test with a message if unset). */
+const char *tl_env(const char *name);
+
+struct tl_resp {
+    long status;
+    char *body;            /* NUL-terminated */
+    size_t body_len;
+    char *headers;         /* raw header block, lower-cased names */
+};
+void tl_resp_free(struct tl_resp *r);
+/* Value of a response header (case-insensitive), copied into buf; NULL if absent. */
+const char *tl_resp_header(const struct tl_resp *r, const char *name, char *buf, size_t cap);
+/* JSON string at a "a.b.c" path of the body, copied into buf; NULL if absent. */
+const char *tl_json_str(const struct tl_resp *r, const char *path, char *buf, size_t cap);
+/* JSON integer at path; returns fallback if absent. */
+long long tl_json_int(const struct tl_resp *r, const char *path, long long fallback);
+
+/* HTTP request to 127.0.0.1:port. headers: NULL-terminated "Name: value"
+ * list or NULL. body may be NULL. Returns 0, or -1 on transport error. */
+int tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+            size_t body_len, struct tl_resp *out);
+/* GET/POST with "Authorization: Bearer <token>" (token may be NULL). */
+int tl_get(int port, const char *path, const char *token, struct tl_resp *out);
+int tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out);
+
+/* A running aigw. */
+struct tl_aigw {
+    pid_t pid;
+    int port;
+    char dir[256];         /* temp dir with config and log */
+    char config[300];
+    char log[300];
+};
+/* Write config_json (NULL = the repo's config/aigw.json) to a temp dir and
+ * start the aigw binary on a free port with the test environment; wait for
+ * /healthz. Returns 0 or -1. */
+int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
+/* SIGTERM and wait; returns the exit status (or -1). Removes the temp dir. */
+int tl_aigw_stop(struct tl_aigw *gw);
+/* Read the aigw log (malloc'd, caller frees). */
+char *tl_aigw_log(const struct tl_aigw *gw);
+
+/* Free TCP port on 127.0.0.1. */
+int tl_free_port(void);
+
+/* Owner (superuser) and app connections to the test database. */
+PGconn *tl_pg_owner(void);
+PGconn *tl_pg_app(void);
+/* Run sql with params (text); returns the result (caller PQclears) or
+ * aborts the test on error when must_succeed. */
+PGresult *tl_sql(PGconn *c, bool must_succeed, const char *sql, int n, const char *const *params);
+/* First column of first row as a long (or -1). */
+long tl_sql_long(PGconn *c, const char *sql, int n, const char *const *params);
+
+/* Mint an HS256 token with the test secret (AIGW_JWT_SECRET, kid "dev")
+ * for tenant/role with the given lifetime. Returns malloc'd token. */
+char *tl_token(const char *tenant, const char *role, long ttl);
+/* Sign arbitrary claims JSON with kid/alg/key. alg "HS256" uses key as the
+ * secret; "RS256"/"ES256" a private PEM. Returns malloc'd token. */
+char *tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const char *claims_json);
+
+/* Create a fresh tenant (random code) as the owner; returns its uuid in id. */
+void tl_create_tenant(PGconn *owner, const char *tier, const char *status, char id[37], char code[65]);
+
+/* Redis command on AIGW_REDIS_URL: returns integer reply or -1 (GET parses). */
+long long tl_redis_int(const char *fmt, ...);
+
+#endif
+
+#ifndef AIGW_TESTLIB_KEYS
+#define AIGW_TESTLIB_KEYS
+/* Generate an RSA-2048 ("RS256") or P-256 ("ES256") key pair as PEM
+ * strings (malloc'd): SPKI public, PKCS#8 private. */
+void tl_keypair(const char *alg, char **pub_pem, char **priv_pem);
+/* Write s to path. */
+void tl_write_file(const char *path, const char *s);
+#endif

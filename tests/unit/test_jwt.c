@@ -1,0 +1,190 @@
+/* test_jwt.c - JWT verification: every accepted and rejected shape, in process */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aigw/config.h"
+#include "aigw/jwt.h"
+#include "testlib.h"
+
+static const char SECRET[] = "0123456789abcdef0123456789abcdef-unit-secret";
+static struct aigw_config cfg;
+static char *rs_pub, *rs_priv, *es_pub, *es_priv;
+static long now;
+
+static void
+add_key(const char *kid, jwt_alg_t alg, const char *key)
+{
+    struct aigw_jwt_key *k = &cfg.jwt_keys[cfg.n_jwt_keys++];
+
+    snprintf(k->kid, sizeof(k->kid), "%s", kid);
+    k->alg = alg;
+    k->key = (unsigned char *)strdup(key);
+    k->key_len = strlen(key);
+}
+
+static char *
+claims(long exp, const char *extra)
+{
+    static char buf[1024];
+
+    snprintf(buf, sizeof(buf), "{\"sub\":\"u1\",\"tenant_id\":\"clinic_001\",\"role\":\"admin\"%s%ld%s}",
+             exp ? ",\"exp\":" : "", exp ? exp : 0L, extra ? extra : "");
+    if (!exp) /* no exp: drop the number we printed */
+        snprintf(buf, sizeof(buf), "{\"sub\":\"u1\",\"tenant_id\":\"clinic_001\",\"role\":\"admin\"%s}",
+                 extra ? extra : "");
+    return buf;
+}
+
+static int
+verify(const char *tok, const char **why)
+{
+    struct aigw_claims c;
+
+    return aigw_jwt_verify(&cfg, tok, strlen(tok), now, &c, why);
+}
+
+static void
+expect_reject(const char *name, const char *tok)
+{
+    const char *why = NULL;
+    int rc = verify(tok, &why);
+
+    CHECK(rc == -1 && why != NULL, "%s must be rejected (rc=%d)", name, rc);
+}
+
+static void
+expect_accept(const char *name, const char *tok)
+{
+    const char *why = NULL;
+    struct aigw_claims c;
+    int rc = aigw_jwt_verify(&cfg, tok, strlen(tok), now, &c, &why);
+
+    CHECK(rc == 0, "%s must be accepted: %s", name, why ? why : "");
+    CHECK(rc != 0 || strcmp(c.tenant, "clinic_001") == 0, "%s tenant claim", name);
+    CHECK(rc != 0 || strcmp(c.role, "admin") == 0, "%s role claim", name);
+}
+
+int
+main(void)
+{
+    char *tok, big[10240];
+    const char *why;
+
+    now = (long)time(NULL);
+    tl_keypair("RS256", &rs_pub, &rs_priv);
+    tl_keypair("ES256", &es_pub, &es_priv);
+    add_key("hs", JWT_ALG_HS256, SECRET);
+    add_key("rs", JWT_ALG_RS256, rs_pub);
+    add_key("es", JWT_ALG_ES256, es_pub);
+    cfg.jwt_leeway_s = 30;
+
+    /* accepted */
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, NULL));
+    expect_accept("HS256", tok);
+    free(tok);
+    tok = tl_sign("RS256", "rs", rs_priv, strlen(rs_priv), claims(now + 600, NULL));
+    expect_accept("RS256", tok);
+    free(tok);
+    tok = tl_sign("ES256", "es", es_priv, strlen(es_priv), claims(now + 600, NULL));
+    expect_accept("ES256", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now - 10, NULL));
+    expect_accept("expired within leeway", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"user_id\":\"x\",\"nbf\":1"));
+    expect_accept("nbf in the past", tok);
+    free(tok);
+
+    /* rejected */
+    tok = tl_sign("none", "hs", NULL, 0, claims(now + 600, NULL));
+    expect_reject("alg none", tok);
+    free(tok);
+    tok = tl_sign("HS256", "rs", rs_pub, strlen(rs_pub), claims(now + 600, NULL));
+    expect_reject("alg confusion (HS256 with the RSA public key)", tok);
+    free(tok);
+    tok = tl_sign("HS256", "es", es_pub, strlen(es_pub), claims(now + 600, NULL));
+    expect_reject("alg confusion (HS256 with the EC public key)", tok);
+    free(tok);
+    tok = tl_sign("RS256", "es", rs_priv, strlen(rs_priv), claims(now + 600, NULL));
+    expect_reject("RS256 token on the ES256 key", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", "another-secret-another-secret-xx!", 33, claims(now + 600, NULL));
+    expect_reject("bad signature", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, NULL));
+    tok[strlen(tok) - 2] = tok[strlen(tok) - 2] == 'A' ? 'B' : 'A';
+    expect_reject("tampered signature", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now - 3600, NULL));
+    expect_reject("expired", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":9999999999"));
+    expect_reject("nbf in the future", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"iat\":9999999999"));
+    expect_reject("iat in the future", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(0, NULL));
+    expect_reject("missing exp", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":\"soon\"}");
+    expect_reject("string exp", tok);
+    free(tok);
+    {
+        char c[256];
+
+        snprintf(c, sizeof(c), "{\"sub\":\"u1\",\"role\":\"admin\",\"exp\":%ld}", now + 600);
+        tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), c);
+        expect_reject("missing tenant_id", tok);
+        free(tok);
+        snprintf(c, sizeof(c), "{\"sub\":\"u1\",\"tenant_id\":42,\"exp\":%ld}", now + 600);
+        tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), c);
+        expect_reject("numeric tenant_id", tok);
+        free(tok);
+    }
+    tok = tl_sign("HS256", "nope", SECRET, strlen(SECRET), claims(now + 600, NULL));
+    expect_reject("unknown kid", tok);
+    free(tok);
+    tok = tl_sign("HS256", NULL, SECRET, strlen(SECRET), claims(now + 600, NULL));
+    expect_reject("no kid with several keys", tok);
+    free(tok);
+    expect_reject("non-base64 segments", "eyJhbGciOiJIUzI1NiJ9.!!!$$$.abc");
+    expect_reject("non-JSON header", "bm90IGpzb24.eyJzdWIiOiJ4In0.c2ln");
+    expect_reject("two segments", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0");
+    expect_reject("empty", "");
+    expect_reject("dots only", "..");
+    memset(big, 'A', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    big[100] = '.';
+    big[200] = '.';
+    expect_reject("10 kB garbage", big);
+
+    /* iss / aud when configured */
+    cfg.jwt_issuer = strdup("https://issuer.example/");
+    cfg.jwt_audience = strdup("aigw");
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, NULL));
+    expect_reject("missing iss/aud when configured", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET),
+                  claims(now + 600, ",\"iss\":\"https://issuer.example/\",\"aud\":[\"other\",\"aigw\"]"));
+    expect_accept("iss + aud array", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET),
+                  claims(now + 600, ",\"iss\":\"https://evil.example/\",\"aud\":\"aigw\""));
+    expect_reject("wrong iss", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET),
+                  claims(now + 600, ",\"iss\":\"https://issuer.example/\",\"aud\":\"other\""));
+    expect_reject("wrong aud", tok);
+    free(tok);
+    (void)why;
+
+    aigw_config_free(&cfg);
+    free(rs_pub);
+    free(rs_priv);
+    free(es_pub);
+    free(es_priv);
+    return tl_done();
+}
