@@ -126,8 +126,6 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
     out->body = b.p ? b.p : calloc(1, 1);
     out->body_len = b.n;
     out->headers = h.p ? h.p : calloc(1, 1);
-    for (char *p = out->headers; *p; p++)
-        *p = (char)tolower((unsigned char)*p);
     return rc == CURLE_OK ? 0 : -1;
 }
 
@@ -165,9 +163,7 @@ tl_resp_header(const struct tl_resp *r, const char *name, char *buf, size_t cap)
     size_t n;
 
     snprintf(needle, sizeof(needle), "\n%s:", name);
-    for (char *q = needle; *q; q++)
-        *q = (char)tolower((unsigned char)*q);
-    p = strstr(r->headers, needle);
+    p = strcasestr(r->headers, needle);
     if (p == NULL)
         return NULL;
     p += strlen(needle);
@@ -533,4 +529,40 @@ tl_write_file(const char *path, const char *s)
         abort();
     fputs(s, f);
     fclose(f);
+}
+
+static void
+merge_patch(json_t *target, json_t *patch)
+{
+    const char *k;
+    json_t *v;
+
+    json_object_foreach(patch, k, v) {
+        json_t *cur = json_object_get(target, k);
+
+        if (json_is_null(v))
+            json_object_del(target, k);
+        else if (json_is_object(v) && json_is_object(cur))
+            merge_patch(cur, v);
+        else
+            json_object_set(target, k, v);
+    }
+}
+
+char *
+tl_config_patch(const char *patch_json)
+{
+    json_t *cfg = json_load_file(AIGW_SOURCE_DIR "/config/aigw.json", 0, NULL);
+    json_t *patch = json_loads(patch_json, 0, NULL);
+    char *out;
+
+    if (cfg == NULL || patch == NULL) {
+        fprintf(stderr, "tl_config_patch: bad JSON\n");
+        exit(1);
+    }
+    merge_patch(cfg, patch);
+    out = json_dumps(cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    json_decref(patch);
+    return out;
 }

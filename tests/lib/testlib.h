@@ -22,7 +22,7 @@ struct tl_resp {
     long status;
     char *body;            /* NUL-terminated */
     size_t body_len;
-    char *headers;         /* raw header block, lower-cased names */
+    char *headers;         /* raw header block */
 };
 void tl_resp_free(struct tl_resp *r);
 /* Value of a response header (case-insensitive), copied into buf; NULL if absent. */
@@ -92,3 +92,7 @@ void tl_keypair(const char *alg, char **pub_pem, char **priv_pem);
 /* Write s to path. */
 void tl_write_file(const char *path, const char *s);
 #endif
+
+/* The repo's config/aigw.json with an RFC 7386 JSON merge patch applied
+ * (objects merge, other values replace, null deletes). malloc'd text. */
+char *tl_config_patch(const char *patch_json);

@@ -1,0 +1,151 @@
+/* test_limits.c - GET /api/ai/limits per demo tenant, quota rebuild, NOTIFY-driven plan changes */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/util.h"
+#include "testlib.h"
+
+static int port;
+
+static void
+get_limits(const char *tenant, struct tl_resp *r)
+{
+    char *tok = tl_token(tenant, "optician", 600);
+
+    tl_get(port, "/api/ai/limits", tok, r);
+    free(tok);
+}
+
+static void
+check_plan(const char *tenant, const char *tier, long limit, long rpm, long max_tokens, const char *on,
+           const char *off)
+{
+    struct tl_resp r;
+    char buf[64], path[64], resets[32];
+
+    get_limits(tenant, &r);
+    CHECK(r.status == 200, "%s: status %ld %s", tenant, r.status, r.body);
+    CHECK(tl_json_str(&r, "tenant", buf, sizeof(buf)) && strcmp(buf, tenant) == 0, "%s: tenant code", tenant);
+    CHECK(tl_json_str(&r, "tier", buf, sizeof(buf)) && strcmp(buf, tier) == 0, "%s: tier %s", tenant, buf);
+    CHECK(tl_json_int(&r, "monthly_limit", -99) == limit, "%s: monthly_limit", tenant);
+    CHECK(tl_json_int(&r, "requests_per_minute", -99) == rpm, "%s: requests_per_minute", tenant);
+    CHECK(tl_json_int(&r, "max_tokens", -99) == max_tokens, "%s: max_tokens", tenant);
+    if (limit < 0)
+        CHECK(tl_json_int(&r, "remaining", -99) == -1, "%s: unlimited remaining is -1", tenant);
+    else
+        CHECK(tl_json_int(&r, "remaining", -99) == limit - tl_json_int(&r, "used", 0), "%s: remaining", tenant);
+    snprintf(path, sizeof(path), "features.%s", on);
+    CHECK(tl_json_str(&r, path, buf, sizeof(buf)) && strcmp(buf, "true") == 0, "%s: %s enabled", tenant, on);
+    if (off != NULL) {
+        snprintf(path, sizeof(path), "features.%s", off);
+        CHECK(tl_json_str(&r, path, buf, sizeof(buf)) && strcmp(buf, "false") == 0, "%s: %s disabled", tenant, off);
+    }
+    aigw_rfc3339(aigw_next_month_start(aigw_wall_s()), resets);
+    CHECK(tl_json_str(&r, "period_resets_at", buf, sizeof(buf)) && strcmp(buf, resets) == 0,
+          "%s: period_resets_at %s", tenant, buf);
+    tl_resp_free(&r);
+}
+
+/* Poll until the tenant's tier reads want (NOTIFY is asynchronous). */
+static bool
+wait_for(const char *tenant, const char *field, const char *want_str, long want_int)
+{
+    for (int i = 0; i < 40; i++) {
+        struct tl_resp r;
+        char buf[64];
+        bool ok;
+
+        get_limits(tenant, &r);
+        ok = want_str ? tl_json_str(&r, field, buf, sizeof(buf)) && strcmp(buf, want_str) == 0
+                      : tl_json_int(&r, field, -99) == want_int;
+        tl_resp_free(&r);
+        if (ok)
+            return true;
+        usleep(50 * 1000);
+    }
+    return false;
+}
+
+int
+main(void)
+{
+    PGconn *owner = tl_pg_owner();
+    struct tl_aigw gw;
+    char *cfg = tl_config_patch("{\"tenants\":{\"cache_ttl_s\":3600}}");
+    char tid[37], tcode[65], key[128], month[8];
+    const char *p[1];
+    PGresult *q;
+    struct tl_resp r;
+
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    port = gw.port;
+
+    check_plan("clinic_001", "pro", 500, 30, 500, "sales", "patient_analytics");
+    check_plan("clinic_002", "enterprise", -1, 100, 1000, "patient_analytics", NULL);
+    check_plan("clinic_003", "standard", 100, 10, 300, "knowledge", "sales");
+
+    /* used = billed rows of this month, rebuilt when the Redis counter is missing */
+    tl_create_tenant(owner, "standard", "active", tid, tcode);
+    p[0] = tid;
+    q = tl_sql(owner, true,
+               "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success, billed, created_at) "
+               "SELECT gen_random_uuid(), $1, 'seed', '/api/ai/query', 200, true, b, t FROM (VALUES "
+               "(true, now()), (true, now()), (true, now()), (false, now()), "
+               "(true, date_trunc('month', now()) - interval '1 day')) v(b, t)",
+               1, p);
+    PQclear(q);
+    aigw_month_key(aigw_wall_s(), month);
+    snprintf(key, sizeof(key), "aigw:{%s}:q:%s", tid, month);
+    tl_redis_int("DEL %s", key);
+    get_limits(tcode, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "used", -1) == 3, "rebuilt used = 3 billed rows this month: %s", r.body);
+    CHECK(tl_json_int(&r, "remaining", -1) == 97, "remaining 97");
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("GET %s", key) == 3, "the Redis counter was rebuilt to 3");
+    CHECK(tl_redis_int("TTL %s", key) > 0, "the counter expires after the month");
+    tl_redis_int("SET %s 7", key);
+    get_limits(tcode, &r);
+    CHECK(tl_json_int(&r, "used", -1) == 7, "the live Redis counter is what counts");
+    tl_resp_free(&r);
+
+    /* plan changes show on the next request, via NOTIFY (cache TTL is an hour) */
+    check_plan(tcode, "standard", 100, 10, 300, "knowledge", "sales");
+    q = tl_sql(owner, true, "UPDATE tenants SET tier = 'pro' WHERE id = $1", 1, p);
+    PQclear(q);
+    CHECK(wait_for(tcode, "tier", "pro", 0), "tier change standard -> pro visible without restart");
+    check_plan(tcode, "pro", 500, 30, 500, "sales", "api_access");
+    q = tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"monthly_query_limit\": 250}' WHERE id = $1", 1, p);
+    PQclear(q);
+    CHECK(wait_for(tcode, "monthly_limit", NULL, 250), "per-tenant override applied");
+    q = tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 31 WHERE tier = 'pro'", 0, NULL);
+    PQclear(q);
+    CHECK(wait_for(tcode, "requests_per_minute", NULL, 31), "plan change visible");
+    q = tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 30 WHERE tier = 'pro'", 0, NULL);
+    PQclear(q);
+    CHECK(wait_for("clinic_001", "requests_per_minute", NULL, 30), "plan restored");
+    q = tl_sql(owner, true, "UPDATE tenants SET status = 'suspended' WHERE id = $1", 1, p);
+    PQclear(q);
+    {
+        bool blocked = false;
+
+        for (int i = 0; i < 40 && !blocked; i++) {
+            get_limits(tcode, &r);
+            blocked = r.status == 403;
+            tl_resp_free(&r);
+            if (!blocked)
+                usleep(50 * 1000);
+        }
+        CHECK(blocked, "suspension blocks the next requests");
+    }
+
+    q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
+    PQclear(q);
+    CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    free(cfg);
+    PQfinish(owner);
+    return tl_done();
+}

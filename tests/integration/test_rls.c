@@ -1,0 +1,168 @@
+/* test_rls.c - row-level security as the daemon's role: isolation, no bypass */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testlib.h"
+
+static const char *const TABLES[] = {"tenants", "users", "api_keys", "ai_usage_logs", "audit_logs"};
+#define N_TABLES (sizeof(TABLES) / sizeof(TABLES[0]))
+
+static void
+seed(PGconn *owner, const char *tid)
+{
+    const char *p[1] = {tid};
+    PGresult *r;
+
+    r = tl_sql(owner, true, "INSERT INTO users (tenant_id, email, role) VALUES ($1::uuid, 'u@' || $1::text, 'admin')", 1, p);
+    PQclear(r);
+    r = tl_sql(owner, true,
+               "INSERT INTO api_keys (tenant_id, name, prefix, secret_sha256) "
+               "VALUES ($1::uuid, 'k', 'aigw_x', sha256(convert_to($1::text, 'UTF8')))", 1, p);
+    PQclear(r);
+    r = tl_sql(owner, true,
+               "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
+               "VALUES (gen_random_uuid(), $1, 'rls-test', '/api/ai/query', 200, true)", 1, p);
+    PQclear(r);
+    r = tl_sql(owner, true, "INSERT INTO audit_logs (tenant_id, actor, action) VALUES ($1, 'test', 'seed')", 1, p);
+    PQclear(r);
+}
+
+static long
+count_in(PGconn *app, const char *tenant_setting, const char *table, const char *other_id)
+{
+    char sql[256];
+    const char *p[2] = {tenant_setting, other_id};
+    long n;
+    PGresult *r = tl_sql(app, true, "BEGIN", 0, NULL);
+
+    PQclear(r);
+    if (tenant_setting != NULL) {
+        r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p);
+        PQclear(r);
+    }
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s WHERE %s = $1", table,
+             strcmp(table, "tenants") == 0 ? "id" : "tenant_id");
+    n = tl_sql_long(app, sql, 1, &p[1]);
+    r = tl_sql(app, true, "COMMIT", 0, NULL);
+    PQclear(r);
+    return n;
+}
+
+static void
+expect_error(PGconn *c, const char *what, const char *sql, int n, const char *const *params, const char *needle)
+{
+    PGresult *r = tl_sql(c, false, sql, n, params);
+    const char *msg = PQresultErrorMessage(r);
+
+    CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR && strstr(msg, needle) != NULL, "%s: %s", what, msg);
+    PQclear(r);
+    if (PQtransactionStatus(c) != PQTRANS_IDLE) {
+        r = tl_sql(c, false, "ROLLBACK", 0, NULL);
+        PQclear(r);
+    }
+}
+
+int
+main(void)
+{
+    PGconn *owner = tl_pg_owner(), *app = tl_pg_app();
+    char a[37], acode[65], b[37], bcode[65];
+    const char *pa[1], *pb[1], *pab[2];
+    PGresult *r;
+
+    tl_create_tenant(owner, "pro", "active", a, acode);
+    tl_create_tenant(owner, "pro", "active", b, bcode);
+    seed(owner, a);
+    seed(owner, b);
+    pa[0] = a;
+    pb[0] = b;
+    pab[0] = a;
+    pab[1] = b;
+
+    /* the role itself */
+    CHECK(tl_sql_long(app, "SELECT (rolsuper OR rolbypassrls)::int FROM pg_roles WHERE rolname = current_user", 0,
+                      NULL) == 0,
+          "aigw_app is neither superuser nor BYPASSRLS");
+    CHECK(tl_sql_long(app,
+                      "SELECT count(*) FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner "
+                      "WHERE o.rolname = current_user",
+                      0, NULL) == 0,
+          "aigw_app owns no relation");
+    CHECK(tl_sql_long(owner,
+                      "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                      "WHERE n.nspname = 'public' AND c.relkind IN ('r','p') "
+                      "AND (c.relname = 'tenants' OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid "
+                      "AND a.attname = 'tenant_id' AND NOT a.attisdropped)) "
+                      "AND NOT (c.relrowsecurity AND c.relforcerowsecurity)",
+                      0, NULL) == 0,
+          "every tenant-owned table has RLS enabled and forced");
+
+    /* isolation: tenant A sees its own rows and none of B's */
+    for (size_t i = 0; i < N_TABLES; i++) {
+        CHECK(count_in(app, a, TABLES[i], a) >= 1, "%s: tenant A sees its own rows", TABLES[i]);
+        CHECK(count_in(app, a, TABLES[i], b) == 0, "%s: tenant A sees none of B's rows", TABLES[i]);
+        CHECK(count_in(app, NULL, TABLES[i], a) == 0, "%s: no tenant set -> nothing visible", TABLES[i]);
+        CHECK(count_in(app, "", TABLES[i], a) == 0, "%s: empty tenant -> nothing visible", TABLES[i]);
+    }
+    /* after COMMIT the transaction-local setting is gone */
+    CHECK(tl_sql_long(app, "SELECT count(*) FROM users", 0, NULL) == 0, "after COMMIT nothing is visible");
+
+    /* writes for B under A are refused */
+    r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
+    PQclear(r);
+    expect_error(app, "insert usage row for B under A",
+                 "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
+                 "VALUES (gen_random_uuid(), $1, 'x', '/x', 200, true)",
+                 1, pb, "row-level security");
+    r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
+    PQclear(r);
+    expect_error(app, "insert audit row for B under A",
+                 "INSERT INTO audit_logs (tenant_id, actor, action) VALUES ($1, 'x', 'x')", 1, pb, "row-level security");
+    r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
+    PQclear(r);
+    r = tl_sql(app, true, "UPDATE tenants SET ai_queries_used = 999 WHERE id = $1", 1, pb);
+    CHECK(strcmp(PQcmdTuples(r), "0") == 0, "update of B's tenant row under A touches 0 rows");
+    PQclear(r);
+    r = tl_sql(app, true, "COMMIT", 0, NULL);
+    PQclear(r);
+    CHECK(tl_sql_long(owner, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, pb) == 0,
+          "B's counter unchanged");
+    expect_error(app, "insert with no tenant set",
+                 "INSERT INTO audit_logs (tenant_id, actor, action) VALUES ($1, 'x', 'x')", 1, pa,
+                 "row-level security");
+
+    /* the role cannot switch RLS off or around */
+    expect_error(app, "disable RLS", "ALTER TABLE ai_usage_logs DISABLE ROW LEVEL SECURITY", 0, NULL, "owner");
+    expect_error(app, "no force", "ALTER TABLE tenants NO FORCE ROW LEVEL SECURITY", 0, NULL, "owner");
+    expect_error(app, "drop policy", "DROP POLICY tenant_isolation ON users", 0, NULL, "owner");
+    r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = tl_sql(app, true, "SET LOCAL row_security = off", 0, NULL);
+    PQclear(r);
+    expect_error(app, "row_security off", "SELECT count(*) FROM users", 0, NULL, "row-level security");
+    expect_error(app, "set role owner", "SET ROLE postgres", 0, NULL, "permission denied");
+    expect_error(app, "grant bypass", "ALTER ROLE aigw_app BYPASSRLS", 0, NULL, "superuser");
+    expect_error(app, "delete usage rows", "DELETE FROM ai_usage_logs", 0, NULL, "permission denied");
+
+    /* the resolver reveals only an id for an exact code */
+    {
+        const char *pc[1] = {acode};
+
+        r = tl_sql(app, true, "SELECT aigw_tenant_id($1)::text", 1, pc);
+        CHECK(PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), a) == 0, "aigw_tenant_id(code) -> id");
+        PQclear(r);
+    }
+
+    r = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1 OR id = $2", 2, pab);
+    PQclear(r);
+    PQfinish(app);
+    PQfinish(owner);
+    return tl_done();
+}
