@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# run-local.sh - `make run`: install what is missing, build, start the local
+# stack (PostgreSQL + Redis + mock model servers, demo tenants) and run aigw in
+# the foreground. Prints a demo token per demo tenant and a curl line.
+#   AIGW_PORT=8080     port to listen on
+#   KEEP_STACK=1       leave the stack running after aigw exits
+set -euo pipefail
+repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$repo"
+port="${AIGW_PORT:-8080}"
+
+bash scripts/install-deps.sh
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+
+export AIGW_MOCK_BIN="$repo/build/tests/mock_upstream/mock-upstream"
+export AIGW_MOCK_ARGS="${AIGW_MOCK_ARGS:---token-latency-ms 20 --tokens 24}"
+bash scripts/devstack.sh --name dev up >/dev/null
+if [[ "${KEEP_STACK:-0}" != 1 ]]; then
+    trap 'bash scripts/devstack.sh --name dev down >/dev/null 2>&1 || true' EXIT
+fi
+set -a
+eval "$(bash scripts/devstack.sh --name dev env)"
+set +a
+# a per-stack random signing secret: demo tokens stay valid while the stack lives
+secret_file="$AIGW_STACK_DIR/jwt-secret"
+[[ -s "$secret_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$secret_file")
+AIGW_JWT_SECRET="$(cat "$secret_file")"
+export AIGW_JWT_SECRET AIGW_PORT="$port"
+
+cat <<EOF_BANNER
+
+aigw local stack is up (PostgreSQL, Redis, mock model servers in $AIGW_STACK_DIR).
+Demo tokens (valid 12 h):
+EOF_BANNER
+first=""
+for t in "clinic_001 admin Vision Care Clinic (pro)" "clinic_002 admin Optical Express (enterprise)" \
+         "clinic_003 optician Family Eye Center (standard)" "clinic_004 admin Closed Optics (suspended)"; do
+    read -r code role label <<<"$t"
+    tok="$(build/aigw-token -c config/aigw.json -t "$code" -r "$role" -u "demo-$role" -e 43200)"
+    printf '  %-11s %-40s %s\n' "$code" "$label" "$tok"
+    [[ -n "$first" ]] || first="$tok"
+done
+cat <<EOF_BANNER
+
+Try:
+  curl -s http://127.0.0.1:$port/api/ai/limits -H "Authorization: Bearer $first"
+
+Ctrl-C stops aigw and the stack (KEEP_STACK=1 keeps the stack).
+
+EOF_BANNER
+build/aigw -c config/aigw.json

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# test.sh [--sanitize] - the whole test suite: install what is missing, build
+# with warnings as errors, start a private test stack (PostgreSQL + Redis +
+# mock upstreams), run ctest against it, stop the stack.
+#   --sanitize   build with ASan+UBSan (separate build dir and stack)
+set -euo pipefail
+repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
+cd "$repo"
+
+build=build stack=test
+cmake_args=(-DAIGW_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+if [[ "${1:-}" == "--sanitize" ]]; then
+    build=build-asan stack=test-asan
+    cmake_args=(-DAIGW_WERROR=ON -DAIGW_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    export LSAN_OPTIONS="suppressions=$repo/tests/lsan.supp:print_suppressions=0"
+fi
+
+bash scripts/install-deps.sh
+bash scripts/check-style.sh
+cmake -S . -B "$build" "${cmake_args[@]}" >/dev/null
+cmake --build "$build" -j"$(nproc)"
+
+export AIGW_MOCK_BIN="$repo/$build/tests/mock_upstream/mock-upstream"
+stop_stack() { bash scripts/devstack.sh --name "$stack" down >/dev/null 2>&1 || true; }
+trap stop_stack EXIT
+bash scripts/devstack.sh --name "$stack" up >/dev/null
+set -a
+eval "$(bash scripts/devstack.sh --name "$stack" env)"
+set +a
+AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+export AIGW_JWT_SECRET
+
+cd "$build"
+ctest --output-on-failure --timeout 600 -j2
