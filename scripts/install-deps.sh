@@ -34,7 +34,7 @@ PACKAGES=(
     # sanitizers / memory checking
     clang libclang-rt-14-dev valgrind
     # process / network tooling used by scripts and tests
-    procps iproute2 psmisc util-linux
+    procps iproute2 psmisc util-linux jq openssl
 )
 
 for arg in "$@"; do
