@@ -1,0 +1,132 @@
+/* test_config.c - configuration validation, env expansion, --check-config, small pure helpers */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "aigw/config.h"
+#include "aigw/stages.h"
+#include "aigw/util.h"
+#include "testlib.h"
+
+static char path[64];
+
+static int
+load(const char *json, char *err, size_t errlen)
+{
+    struct aigw_config cfg;
+    int rc;
+
+    tl_write_file(path, json);
+    rc = aigw_config_load(path, &cfg, err, errlen);
+    if (rc == 0)
+        aigw_config_free(&cfg);
+    return rc;
+}
+
+#define BASE_DB "\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\"}"
+#define HS_KEY "{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"0123456789abcdef0123456789abcdef\"}"
+
+static void
+expect_invalid(const char *name, const char *json, const char *needle)
+{
+    char err[512] = "";
+    int rc = load(json, err, sizeof(err));
+
+    CHECK(rc == -1 && strstr(err, needle) != NULL, "%s: rc=%d err=%s", name, rc, err);
+}
+
+int
+main(void)
+{
+    struct aigw_config cfg;
+    char err[512], month[8], ts[32];
+    int status;
+
+    snprintf(path, sizeof(path), "/tmp/aigw-config-test-%d.json", (int)getpid());
+    unsetenv("AIGW_DATABASE_URL");
+    unsetenv("AIGW_REDIS_URL");
+    unsetenv("AIGW_PORT");
+
+    CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}", err, sizeof(err)) == 0, "minimal config: %s", err);
+    expect_invalid("unknown key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"lisen\":{}}", "unknown key \"lisen\"");
+    expect_invalid("short HS256 secret",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"short\"}]}}",
+                   "at least 32 bytes");
+    expect_invalid("alg none", "{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"none\",\"secret\":\"x\"}]}}",
+                   "alg must be");
+    expect_invalid("private key as public key",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"RS256\",\"public_key\":"
+                   "\"-----BEGIN PRIVATE KEY-----\\nabc\\n-----END PRIVATE KEY-----\\n\"}]}}",
+                   "public key");
+    expect_invalid("duplicate kid", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "," HS_KEY "]}}", "duplicate kid");
+    expect_invalid("no keys", "{" BASE_DB ",\"jwt\":{\"keys\":[]}}", "at least one key");
+    expect_invalid("missing database url", "{\"redis\":{\"url\":\"redis://h:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                   "database.url");
+    expect_invalid("unset variable",
+                   "{\"database\":{\"url\":\"${AIGW_SURELY_UNSET_VAR}\"},\"redis\":{\"url\":\"redis://h:1\"},"
+                   "\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                   "AIGW_SURELY_UNSET_VAR is not set");
+    expect_invalid("port out of range", "{" BASE_DB ",\"listen\":{\"port\":70000},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                   "port");
+    expect_invalid("duplicate JSON key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"log\":{},\"log\":{}}",
+                   "duplicate");
+    expect_invalid("bad backend url",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":\"a\",\"url\":\"ftp://x\"}]}}",
+                   "url must start");
+
+    /* env expansion and overrides */
+    setenv("AIGW_TEST_SECRET", "abcdefghijklmnopqrstuvwxyz0123456789", 1);
+    setenv("AIGW_PORT", "9999", 1);
+    tl_write_file(path, "{\"database\":{\"url\":\"${AIGW_NOPE:-postgresql:///fallback}\"},"
+                        "\"redis\":{\"url\":\"redis://h:1\"},\"_comment\":\"ignored\","
+                        "\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"${AIGW_TEST_SECRET}\"}]}}");
+    CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "expansion config loads: %s", err);
+    CHECK(cfg.database_url && strcmp(cfg.database_url, "postgresql:///fallback") == 0, "default applied");
+    CHECK(cfg.jwt_keys[0].key_len == 36, "secret from environment");
+    CHECK(cfg.port == 9999, "AIGW_PORT override");
+    CHECK(aigw_config_find_key(&cfg, NULL) == &cfg.jwt_keys[0], "single key found without kid");
+    CHECK(aigw_config_find_key(&cfg, "other") == NULL, "unknown kid not found");
+    aigw_config_free(&cfg);
+    unsetenv("AIGW_PORT");
+
+    /* aigw --check-config: 0 for a valid file, 2 for an invalid one, secrets never printed */
+    {
+        char cmd[512];
+
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}");
+        snprintf(cmd, sizeof(cmd), "%s --check-config -c %s >/dev/null 2>&1", AIGW_BIN_PATH, path);
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "--check-config valid -> 0");
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"tooshort\"}]}}");
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 2, "--check-config invalid -> 2");
+        snprintf(cmd, sizeof(cmd), "%s --check-config -c %s 2>&1 | grep -q tooshort", AIGW_BIN_PATH, path);
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the secret is not echoed in the error");
+    }
+
+    /* pure helpers */
+    CHECK(aigw_json_depth("{\"a\":[[1]]}", 11) == 3, "json depth 3");
+    CHECK(aigw_json_depth("{\"a\":\"[[[[\"}", 12) == 1, "brackets inside strings do not count");
+    CHECK(aigw_json_depth("{\"a\":\"\\\"[[\"}", 12) == 1, "escaped quote handled");
+    aigw_month_key(1795392000, month); /* 2026-11-23 */
+    CHECK(strcmp(month, "202611") == 0, "month key %s", month);
+    aigw_rfc3339(aigw_next_month_start(1795392000), ts);
+    CHECK(strcmp(ts, "2026-12-01T00:00:00Z") == 0, "next month start %s", ts);
+    aigw_rfc3339(aigw_next_month_start(1798675200), ts); /* 2026-12-31 */
+    CHECK(strcmp(ts, "2027-01-01T00:00:00Z") == 0, "year rollover %s", ts);
+    CHECK(aigw_is_uuid("11111111-1111-4111-8111-111111111111", 36), "uuid ok");
+    CHECK(!aigw_is_uuid("11111111-1111-4111-8111-11111111111g", 36), "uuid bad hex");
+    {
+        long v;
+
+        CHECK(aigw_parse_long("42", 0, 100, &v) && v == 42, "parse 42");
+        CHECK(!aigw_parse_long("42x", 0, 100, &v), "parse junk");
+        CHECK(!aigw_parse_long("101", 0, 100, &v), "parse range");
+        CHECK(!aigw_parse_long("", 0, 100, &v), "parse empty");
+    }
+    unlink(path);
+    return tl_done();
+}
