@@ -59,10 +59,31 @@ struct aigw_config {
     struct aigw_backend_cfg backends[AIGW_MAX_BACKENDS];
     size_t n_backends;
     int health_interval_ms;
+    /* query type -> backend group: route_backends[t] lists indexes into
+     * backends[], n_route_backends[t] of them; t follows aigw_query_type_names */
+    int route_backends[AIGW_QUERY_TYPES][AIGW_MAX_BACKENDS];
+    size_t n_route_backends[AIGW_QUERY_TYPES];
+    int connect_timeout_ms;    /* TCP connect to a backend */
+    int timeout_ms;            /* whole non-streaming request */
+    int queue_size;            /* requests waiting for a slot, per group */
+    int queue_timeout_ms;      /* longest wait for a slot before 503 */
+    int fail_threshold;        /* consecutive failures that mark a backend down */
+    int down_ms;               /* how long a failed backend stays down */
+    char *model;               /* model name sent upstream and reported */
+
+    /* usage rows */
+    char *spool_dir;           /* append-only spool of usage rows */
+    int usage_batch_rows;      /* rows per INSERT batch */
+    int usage_flush_ms;        /* longest a row waits before its batch is written */
 
     /* logging */
     int log_level;         /* syslog priority */
 };
+
+/* Query types, in the order used by route_backends. */
+extern const char *const aigw_query_type_names[AIGW_QUERY_TYPES];
+/* Index of a query type name, or -1. */
+int aigw_query_type_index(const char *name);
 
 /* Load path (JSON) into *cfg, apply defaults, expand "${VAR}" / "${VAR:-def}"
  * in string values from the environment, then apply the env overrides

@@ -12,6 +12,19 @@
 #include "aigw/log.h"
 #include "aigw/util.h"
 
+const char *const aigw_query_type_names[AIGW_QUERY_TYPES] = {
+    "knowledge", "sales", "inventory", "patient_analytics",
+};
+
+int
+aigw_query_type_index(const char *name)
+{
+    for (int i = 0; i < AIGW_QUERY_TYPES; i++)
+        if (strcmp(name, aigw_query_type_names[i]) == 0)
+            return i;
+    return -1;
+}
+
 struct ctx {
     char *err;
     size_t errlen;
@@ -258,6 +271,50 @@ parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
     free(name);
 }
 
+/* routes: {"knowledge": ["name", ...], ...}; a type with no route uses
+ * every backend. */
+static void
+parse_routes(struct ctx *c, json_t *routes, struct aigw_config *cfg)
+{
+    static const char *const allowed[] = {"knowledge", "sales", "inventory", "patient_analytics", NULL};
+    const char *type;
+    json_t *list;
+
+    if (routes != NULL) {
+        check_keys(c, routes, "upstream.routes", allowed);
+        json_object_foreach(routes, type, list) {
+            int t = aigw_query_type_index(type);
+            size_t i;
+            json_t *name;
+
+            if (t < 0)
+                continue;
+            if (!json_is_array(list) || json_array_size(list) == 0) {
+                fail(c, "upstream.routes.%s: must be a non-empty array of backend names", type);
+                return;
+            }
+            json_array_foreach(list, i, name) {
+                size_t b;
+
+                for (b = 0; b < cfg->n_backends; b++)
+                    if (json_is_string(name) && strcmp(json_string_value(name), cfg->backends[b].name) == 0)
+                        break;
+                if (b == cfg->n_backends) {
+                    fail(c, "upstream.routes.%s: unknown backend", type);
+                    return;
+                }
+                cfg->route_backends[t][cfg->n_route_backends[t]++] = (int)b;
+                if (cfg->n_route_backends[t] == AIGW_MAX_BACKENDS)
+                    break;
+            }
+        }
+    }
+    for (int t = 0; t < AIGW_QUERY_TYPES; t++)
+        if (cfg->n_route_backends[t] == 0)
+            for (size_t b = 0; b < cfg->n_backends; b++)
+                cfg->route_backends[t][cfg->n_route_backends[t]++] = (int)b;
+}
+
 static void
 set_defaults(struct aigw_config *cfg)
 {
@@ -276,6 +333,16 @@ set_defaults(struct aigw_config *cfg)
     cfg->jwt_leeway_s = 30;
     cfg->tenant_cache_ttl_s = 60;
     cfg->health_interval_ms = 2000;
+    cfg->connect_timeout_ms = 2000;
+    cfg->timeout_ms = 60000;
+    cfg->queue_size = 256;
+    cfg->queue_timeout_ms = 10000;
+    cfg->fail_threshold = 3;
+    cfg->down_ms = 10000;
+    cfg->model = aigw_xstrdup("default");
+    cfg->spool_dir = aigw_xstrdup("/var/lib/aigw/spool");
+    cfg->usage_batch_rows = 500;
+    cfg->usage_flush_ms = 100;
     cfg->log_level = LOG_INFO;
 }
 
@@ -315,7 +382,7 @@ int
 aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen)
 {
     static const char *const top[] = {"listen", "http", "database", "redis", "jwt",
-                                      "tenants", "upstream", "log", NULL};
+                                      "tenants", "upstream", "usage", "log", NULL};
     static const char *const listen_k[] = {"address", "port", NULL};
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
@@ -324,7 +391,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const redis_k[] = {"url", "pool_size", "timeout_ms", NULL};
     static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
     static const char *const tenants_k[] = {"cache_ttl_s", NULL};
-    static const char *const up_k[] = {"health_interval_ms", "backends", NULL};
+    static const char *const up_k[] = {"health_interval_ms", "backends", "routes", "connect_timeout_ms",
+                                       "timeout_ms", "queue_size", "queue_timeout_ms", "fail_threshold",
+                                       "down_ms", "model", NULL};
+    static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", NULL};
     static const char *const log_k[] = {"level", NULL};
     struct ctx c = {err, errlen, 0};
     json_error_t jerr;
@@ -397,6 +467,21 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                         fail(&c, "upstream.backends: duplicate name \"%s\"", cfg->backends[i].name);
             }
         }
+        get_int(&c, sec, "connect_timeout_ms", 10, 600000, &cfg->connect_timeout_ms);
+        get_int(&c, sec, "timeout_ms", 10, 3600000, &cfg->timeout_ms);
+        get_int(&c, sec, "queue_size", 0, 1000000, &cfg->queue_size);
+        get_int(&c, sec, "queue_timeout_ms", 1, 3600000, &cfg->queue_timeout_ms);
+        get_int(&c, sec, "fail_threshold", 1, 1000, &cfg->fail_threshold);
+        get_int(&c, sec, "down_ms", 1, 3600000, &cfg->down_ms);
+        get_str(&c, sec, "model", &cfg->model);
+        parse_routes(&c, json_object_get(sec, "routes"), cfg);
+    } else {
+        parse_routes(&c, NULL, cfg);
+    }
+    if ((sec = SECTION("usage", usage_k)) != NULL) {
+        get_str(&c, sec, "spool_dir", &cfg->spool_dir);
+        get_int(&c, sec, "batch_rows", 1, 10000, &cfg->usage_batch_rows);
+        get_int(&c, sec, "flush_ms", 1, 60000, &cfg->usage_flush_ms);
     }
     if ((sec = SECTION("log", log_k)) != NULL) {
         get_str(&c, sec, "level", &level);
@@ -433,6 +518,8 @@ aigw_config_free(struct aigw_config *cfg)
     free(cfg->redis_url);
     free(cfg->jwt_issuer);
     free(cfg->jwt_audience);
+    free(cfg->model);
+    free(cfg->spool_dir);
     for (size_t i = 0; i < AIGW_MAX_JWT_KEYS; i++) {
         if (cfg->jwt_keys[i].key != NULL)
             explicit_bzero(cfg->jwt_keys[i].key, cfg->jwt_keys[i].key_len);
