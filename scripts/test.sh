@@ -28,6 +28,7 @@ trap stop_stack EXIT
 bash scripts/devstack.sh --name "$stack" up >/dev/null
 set -a
 eval "$(bash scripts/devstack.sh --name "$stack" env)"
+AIGW_STACK_NAME="$stack"
 set +a
 AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 export AIGW_JWT_SECRET

@@ -19,6 +19,10 @@
 #include "aigw/quota.h"
 #include "aigw/redis.h"
 #include "aigw/server.h"
+#include "aigw/singleflight.h"
+#include "aigw/stages.h"
+#include "aigw/upstream.h"
+#include "aigw/usage.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
 
@@ -93,7 +97,12 @@ serve(struct aigw_server *srv, const char *config_path)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
+    srv->usage = aigw_usage_start(&srv->cfg);
+    if (srv->usage == NULL)
+        return 1;
     srv->health = aigw_health_start(&srv->cfg);
+    srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
+    srv->sf = aigw_sf_start(srv->redis, 20);
     srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants);
     check_dependencies(srv);
     if (aigw_http_start(srv) != 0)
@@ -111,6 +120,12 @@ serve(struct aigw_server *srv, const char *config_path)
     aigw_log(LOG_NOTICE, "shutting down on signal %d", sig);
     sd_notify(0, "STOPPING=1");
     atomic_store(&srv->stopping, true);
+    aigw_http_quiesce(srv);
+    /* suspended requests must be resumed before the daemon stops */
+    aigw_sf_stop(srv->sf);
+    srv->sf = NULL;
+    aigw_upstream_stop(srv->upstream);
+    srv->upstream = NULL;
     aigw_http_stop(srv);
     return 0;
 }
@@ -178,10 +193,16 @@ main(int argc, char **argv)
     aigw_log_set_level(srv.cfg.log_level);
     raise_nofile();
     aigw_quota_init();
+    aigw_admit_init();
+    aigw_idempotency_init();
     srv.started_wall_s = aigw_wall_s();
     srv.pg = aigw_pg_pool_create(srv.cfg.database_url, srv.cfg.db_pool_size);
     rc = serve(&srv, config_path);
 out:
+    aigw_sf_stop(srv.sf);
+    aigw_upstream_stop(srv.upstream);
+    aigw_http_stop(&srv);
+    aigw_usage_stop(srv.usage, 5000);
     aigw_listener_stop(srv.listener);
     aigw_health_stop(srv.health);
     aigw_tenant_cache_destroy(srv.tenants);

@@ -11,8 +11,21 @@ enum aigw_rc aigw_api_healthz(struct aigw_req *req);
 enum aigw_rc aigw_api_readyz(struct aigw_req *req);
 /* GET /api/ai/limits: the caller's plan, quota used and remaining. */
 enum aigw_rc aigw_api_limits(struct aigw_req *req);
+/* GET /api/ai/usage?period=day|week|month: the caller's tenant's usage
+ * totals and per query type (RLS-scoped). */
+enum aigw_rc aigw_api_usage(struct aigw_req *req);
 /* POST /api/ai/cache/invalidate: bump the tenant's cache generation
  * (tenant admin or manager). */
 enum aigw_rc aigw_api_cache_invalidate(struct aigw_req *req);
+
+/* POST /api/ai/query and /api/ai/recommendation: answer from req->q. */
+enum aigw_rc aigw_api_query(struct aigw_req *req);
+/* Take the outcome from a cached / coalesced answer object
+ * {"answer","model","usage":{...}} and answer with it. */
+enum aigw_rc aigw_query_from_json(struct aigw_req *req, json_t *root);
+/* Finish hook of the query routes, run just before the response is queued:
+ * publish to single-flight waiters, store in the cache, refund the quota on
+ * failure, store the idempotency record. */
+void aigw_query_finish(struct aigw_req *req);
 
 #endif

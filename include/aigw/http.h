@@ -30,6 +30,8 @@ struct aigw_route {
     const char *method;                /* "GET", "POST", ... */
     const char *path;                  /* "/api/ai/limits"; "{}" matches one segment */
     aigw_stage_fn stages[AIGW_MAX_STAGES]; /* run in order, NULL-terminated; the last is the handler */
+    void (*finish)(struct aigw_req *req);  /* optional: runs once before any response is queued */
+    bool ai;                               /* an AI route: every authenticated request gets a usage row */
 };
 
 struct aigw_hdr {
@@ -45,6 +47,7 @@ struct aigw_req {
     const char *params[AIGW_MAX_PARAMS]; /* "{}" path segments */
     size_t stage;                      /* index of the stage to run next */
     char request_id[65];
+    char usage_id[37];                 /* unique per request: usage row id, rate-limit member */
     int64_t start_us;
 
     /* upload */
@@ -52,6 +55,10 @@ struct aigw_req {
     size_t body_len, body_cap;
     bool body_too_large;
     json_t *json;                      /* parsed body (owned via pool cleanup) */
+
+    /* query path state (NULL on other routes) */
+    struct aigw_query *q;
+    bool suspended;                    /* set by aigw_req_suspend, cleared on resume */
 
     /* identity */
     struct aigw_claims claims;
@@ -89,9 +96,17 @@ enum aigw_rc aigw_req_fail_extra(struct aigw_req *req, int status, const char *c
                                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 #define aigw_req_fail(req, status, code, ...) aigw_req_fail_extra(req, status, code, NULL, __VA_ARGS__)
 
+/* Suspend the connection (only from a stage, which then returns AIGW_AGAIN);
+ * whoever finishes the pending work calls aigw_req_resume exactly once, from
+ * any thread, and the stage chain re-enters the same stage. */
+void aigw_req_suspend(struct aigw_req *req);
+void aigw_req_resume(struct aigw_req *req);
+
 /* Start the HTTP daemon on srv (uses srv->cfg). Returns 0, or -1 (logged). */
 int aigw_http_start(struct aigw_server *srv);
-/* Stop accepting, then stop the daemon. */
+/* Stop accepting new connections (in-flight requests go on). */
+void aigw_http_quiesce(struct aigw_server *srv);
+/* Stop the daemon; every suspended request must have been resumed. NULL-safe. */
 void aigw_http_stop(struct aigw_server *srv);
 
 /* Route table lookup. Returns the route (params[] filled with pool-owned

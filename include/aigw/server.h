@@ -18,6 +18,9 @@ struct aigw_redis_pool;
 struct aigw_tenant_cache;
 struct aigw_health;
 struct aigw_listener;
+struct aigw_upstream;
+struct aigw_usage;
+struct aigw_sf;
 
 struct aigw_server {
     struct aigw_config cfg;                 /* read-only while serving */
@@ -27,6 +30,9 @@ struct aigw_server {
     struct aigw_tenant_cache *tenants;      /* thread-safe */
     struct aigw_health *health;             /* upstream /health prober */
     struct aigw_listener *listener;         /* LISTEN/NOTIFY thread */
+    struct aigw_upstream *upstream;         /* curl multi engine thread */
+    struct aigw_usage *usage;               /* usage spool + writer thread */
+    struct aigw_sf *sf;                     /* single-flight waiter poller */
     atomic_bool stopping;
     int64_t started_wall_s;
     uint16_t bound_port;

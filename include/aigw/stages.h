@@ -17,6 +17,37 @@ enum aigw_rc aigw_stage_tenant(struct aigw_req *req);
  * limited) into req->json; an empty body becomes {}. 400 invalid_json. */
 enum aigw_rc aigw_stage_json_body(struct aigw_req *req);
 
+/* --- the query path (/api/ai/query, /api/ai/recommendation) --- */
+
+/* Parse {"question", "query_type", "stream"} into req->q; classify when no
+ * type is given. 400 invalid_request naming the field. */
+enum aigw_rc aigw_stage_validate_query(struct aigw_req *req);
+/* Parse {"product_type", "prescription"} into a knowledge question. */
+enum aigw_rc aigw_stage_validate_recommendation(struct aigw_req *req);
+/* Plan feature for the query type (403 feature_not_in_plan + required_tier),
+ * PII guard for patient analytics (403 pii_not_allowed). */
+enum aigw_rc aigw_stage_authorize(struct aigw_req *req);
+/* Rate limit + generation + cache GET + quota read in one Redis round trip;
+ * RateLimit headers; 429 rate_limited + Retry-After. */
+enum aigw_rc aigw_stage_admit(struct aigw_req *req);
+void aigw_admit_init(void);
+/* Idempotency-Key: replay / 409 / 422. */
+enum aigw_rc aigw_stage_idempotency(struct aigw_req *req);
+void aigw_idempotency_init(void);
+/* Store the outcome for replay (called before the response is queued). */
+void aigw_idempotency_finish(struct aigw_req *req);
+/* Serve a cache hit found by admission (not billed). */
+enum aigw_rc aigw_stage_cache(struct aigw_req *req);
+/* Store a fresh upstream answer under the tenant's TTL. */
+void aigw_cache_store(struct aigw_req *req);
+/* Coalesce identical in-flight questions (this and other instances). */
+enum aigw_rc aigw_stage_singleflight(struct aigw_req *req);
+/* Reserve one monthly query: 429 quota_exhausted. */
+enum aigw_rc aigw_stage_quota(struct aigw_req *req);
+/* Hand the question to the upstream engine and suspend; on resume turn the
+ * outcome into the answer or 502/503/504. */
+enum aigw_rc aigw_stage_upstream(struct aigw_req *req);
+
 /* Nesting depth of JSON text (brackets outside strings); pure, for tests. */
 int aigw_json_depth(const char *buf, size_t len);
 

@@ -35,6 +35,8 @@ struct aigw_tenant {
     int max_tokens;
     unsigned features;     /* enum aigw_feature bits */
     int cache_ttl_s;
+    /* lowest-ranked plan that has each query-type feature ("" if none) */
+    char required_tier[4][33];
 };
 
 /* True when the tenant may use the AI (status active or trial, ai_enabled). */

@@ -36,8 +36,10 @@ struct aigw_upstream_result {
 typedef void (*aigw_upstream_done_fn)(struct aigw_upstream_call *call, void *ud);
 
 /* Start the engine thread for cfg's backends and routes. health supplies the
- * active /health state (a backend it reports down gets no new calls); cfg and
- * health must outlive the engine. Never fails (aborts on OOM). */
+ * active /health state (a backend it reports down gets no new calls); NULL
+ * means passive health only (tests). A backend gets at most
+ * min(slots, max_connections) calls at once. cfg and health must outlive the
+ * engine. Never fails (aborts on OOM). */
 struct aigw_upstream *aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health);
 
 /* Cancel everything still queued or in flight (each completes with 503
@@ -50,7 +52,9 @@ void aigw_upstream_stop(struct aigw_upstream *up);
  * aigw_query_type_names). Thread-safe, never blocks on I/O. Returns the call
  * handle; the engine owns it until done() has run, after which the caller
  * must release it with aigw_upstream_call_free (from any thread, also from
- * inside done()). Never returns NULL. */
+ * inside done()). Never returns NULL. Once aigw_upstream_stop() has begun,
+ * the call fails at once (503 "shutting down") and done() runs on the
+ * calling thread before submit returns. */
 struct aigw_upstream_call *aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size_t len,
                                                 aigw_upstream_done_fn done, void *ud);
 

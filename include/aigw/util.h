@@ -27,6 +27,9 @@ void aigw_hex(const unsigned char *in, size_t n, char *out);
 /* Fill buf with n cryptographically random bytes; aborts if the RNG fails. */
 void aigw_random(void *buf, size_t n);
 
+/* A random (version 4) UUID in canonical text form. */
+void aigw_uuid4(char out[37]);
+
 /* Case-insensitive prefix test. */
 bool aigw_has_prefix_ci(const char *s, const char *prefix);
 /* True when s (len bytes) is a canonical textual UUID (8-4-4-4-12 hex). */

@@ -35,7 +35,10 @@ static const char LOAD_SQL[] =
     " COALESCE((t.overrides->>'monthly_query_limit')::int, p.monthly_query_limit),"
     " COALESCE((t.overrides->>'requests_per_minute')::int, p.requests_per_minute),"
     " COALESCE((t.overrides->>'max_tokens')::int, p.max_tokens),"
-    " array_to_string(p.features, ','), t.cache_ttl_s"
+    " array_to_string(p.features, ','), t.cache_ttl_s,"
+    " (SELECT string_agg(COALESCE((SELECT x.tier FROM plans x WHERE f = ANY(x.features)"
+    "   ORDER BY x.rank LIMIT 1), ''), ',' ORDER BY o)"
+    "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics']) WITH ORDINALITY AS u(f, o))"
     " FROM tenants t JOIN plans p ON p.tier = t.tier";
 
 bool
@@ -155,6 +158,19 @@ load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
     t->max_tokens = (int)strtol(PQgetvalue(r, 0, 8), NULL, 10);
     t->features = parse_features(PQgetvalue(r, 0, 9));
     t->cache_ttl_s = (int)strtol(PQgetvalue(r, 0, 10), NULL, 10);
+    {
+        const char *p = PQgetvalue(r, 0, 11);
+
+        for (int i = 0; i < 4 && *p; i++) {
+            size_t n = strcspn(p, ",");
+
+            if (n < sizeof(t->required_tier[i]))
+                memcpy(t->required_tier[i], p, n);
+            p += n;
+            if (*p == ',')
+                p++;
+        }
+    }
     *out = t;
     rc = 0;
 out:

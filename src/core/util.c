@@ -116,6 +116,19 @@ aigw_random(void *buf, size_t n)
     }
 }
 
+void
+aigw_uuid4(char out[37])
+{
+    unsigned char b[16];
+    char hex[33];
+
+    aigw_random(b, sizeof(b));
+    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    aigw_hex(b, 16, hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
 bool
 aigw_has_prefix_ci(const char *s, const char *prefix)
 {

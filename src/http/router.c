@@ -10,11 +10,19 @@
 #define CLINIC_POST(handler) \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, handler, NULL}
 
+#define QUERY_ROUTE(validate)                                                                        \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, validate, aigw_stage_authorize,  \
+     aigw_stage_admit,        aigw_stage_idempotency, aigw_stage_cache, aigw_stage_singleflight,         \
+     aigw_stage_quota,        aigw_stage_upstream, aigw_api_query, NULL}
+
 static const struct aigw_route routes[] = {
-    {"GET", "/healthz", {aigw_api_healthz, NULL}},
-    {"GET", "/readyz", {aigw_api_readyz, NULL}},
-    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits)},
-    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate)},
+    {"POST", "/api/ai/query", QUERY_ROUTE(aigw_stage_validate_query), aigw_query_finish, true},
+    {"POST", "/api/ai/recommendation", QUERY_ROUTE(aigw_stage_validate_recommendation), aigw_query_finish, true},
+    {"GET", "/healthz", {aigw_api_healthz, NULL}, NULL, false},
+    {"GET", "/readyz", {aigw_api_readyz, NULL}, NULL, false},
+    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
+    {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
+    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

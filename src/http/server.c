@@ -11,6 +11,8 @@
 
 #include "aigw/http.h"
 #include "aigw/log.h"
+#include "aigw/query.h"
+#include "aigw/usage.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
 
@@ -47,11 +49,62 @@ set_request_id(struct aigw_req *req)
     aigw_hex(rnd, sizeof(rnd), req->request_id);
 }
 
+void
+aigw_req_suspend(struct aigw_req *req)
+{
+    req->suspended = true;
+    MHD_suspend_connection(req->conn);
+}
+
+void
+aigw_req_resume(struct aigw_req *req)
+{
+    MHD_resume_connection(req->conn);
+}
+
+/* The usage row of an authenticated request: durable (spooled) before the
+ * response is queued, so a crash after the answer cannot lose it. */
+static void
+record_usage(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    struct aigw_usage_row row;
+
+    if (req->route == NULL || !req->route->ai || !req->authenticated || req->tenant == NULL || req->srv->usage == NULL)
+        return;
+    memset(&row, 0, sizeof(row));
+    memcpy(row.id, req->usage_id, sizeof(row.id));
+    memcpy(row.tenant_id, req->tenant->id, sizeof(row.tenant_id));
+    row.user_id = req->claims.sub[0] ? req->claims.sub : NULL;
+    row.request_id = req->request_id;
+    row.route = req->route->path;
+    row.status_code = req->status;
+    row.success = req->status < 400;
+    row.error_code = req->error_code;
+    row.response_ms = (long)((aigw_now_us() - req->start_us) / 1000);
+    row.upstream_ms = -1;
+    if (q != NULL) {
+        row.query_type = q->question ? aigw_query_type_names[q->qtype] : NULL;
+        row.question_sha256 = q->question ? q->question_sha256 : NULL;
+        row.model = q->model;
+        row.prompt_tokens = q->prompt_tokens;
+        row.completion_tokens = q->completion_tokens;
+        row.from_cache = q->from_cache;
+        row.billed = q->billed && req->status == 200;
+        row.upstream_ms = q->upstream_ms;
+    }
+    aigw_usage_record(req->srv->usage, &row);
+}
+
 static enum MHD_Result
 queue(struct aigw_req *req)
 {
     struct MHD_Response *resp;
     enum MHD_Result ret;
+
+    if (req->route != NULL && req->route->finish != NULL)
+        req->route->finish(req);
+    record_usage(req);
 
     resp = MHD_create_response_from_buffer(req->resp_len, req->resp_body, MHD_RESPMEM_PERSISTENT);
     if (resp == NULL)
@@ -191,6 +244,7 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
         req->url = aigw_pool_strdup(pool, url);
         *con_cls = req;
         set_request_id(req);
+        aigw_uuid4(req->usage_id);
         return on_headers(req);
     }
     if (req->responded) {
@@ -286,11 +340,17 @@ bad_addr:
 }
 
 void
+aigw_http_quiesce(struct aigw_server *srv)
+{
+    if (srv->mhd != NULL)
+        MHD_quiesce_daemon(srv->mhd);
+}
+
+void
 aigw_http_stop(struct aigw_server *srv)
 {
     if (srv->mhd == NULL)
         return;
-    MHD_quiesce_daemon(srv->mhd);
     MHD_stop_daemon(srv->mhd);
     srv->mhd = NULL;
 }

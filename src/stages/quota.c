@@ -5,7 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aigw/http.h"
 #include "aigw/log.h"
+#include "aigw/query.h"
+#include "aigw/stages.h"
 #include "aigw/pg.h"
 #include "aigw/redis.h"
 #include "aigw/util.h"
@@ -22,10 +25,30 @@ static const char COUNT_SQL[] =
     "SELECT count(*) FROM ai_usage_logs WHERE billed AND tenant_id = aigw_current_tenant()"
     " AND created_at >= to_timestamp($1) AND created_at < to_timestamp($2)";
 
+/* KEYS[1] counter; ARGV[1] limit (-1 unlimited).
+ * -> {-2, 0} counter missing (rebuild first), {0, used} exhausted, {1, used} reserved */
+static struct aigw_redis_script reserve_script = {
+    .source = "local v = redis.call('GET', KEYS[1])\n"
+              "if not v then return {-2, 0} end\n"
+              "v = tonumber(v)\n"
+              "local limit = tonumber(ARGV[1])\n"
+              "if limit >= 0 and v >= limit then return {0, v} end\n"
+              "return {1, redis.call('INCR', KEYS[1])}\n",
+};
+
+/* KEYS[1] counter: decrement, never below zero */
+static struct aigw_redis_script refund_script = {
+    .source = "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+              "if v > 0 then return redis.call('DECR', KEYS[1]) end\n"
+              "return 0\n",
+};
+
 void
 aigw_quota_init(void)
 {
     aigw_redis_script_init(&seed_script);
+    aigw_redis_script_init(&reserve_script);
+    aigw_redis_script_init(&refund_script);
 }
 
 void
@@ -114,4 +137,104 @@ out:
     freeReplyObject(r);
     aigw_redis_release(srv->redis, rc);
     return ret;
+}
+
+/* Seed a missing counter from the billed rows (SET only if still missing). */
+static int
+rebuild(struct aigw_server *srv, redisContext *rc, const struct aigw_tenant *t, const char *key, int64_t now)
+{
+    char val[24], ttl[24];
+    const char *keys[1] = {key}, *args[2] = {val, ttl};
+    long count;
+    redisReply *r;
+
+    if (aigw_quota_count_billed(srv, t, now, &count) != 0)
+        return -1;
+    snprintf(val, sizeof(val), "%ld", count);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)(aigw_next_month_start(now) - now + 7 * 86400));
+    r = aigw_redis_eval(rc, &seed_script, 1, keys, 2, args);
+    count = r != NULL && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
+    freeReplyObject(r);
+    return (int)count;
+}
+
+int
+aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, long *used)
+{
+    int64_t now = aigw_wall_s();
+    char key[128], limit[24];
+    const char *keys[1] = {key}, *args[1] = {limit};
+    redisContext *rc = aigw_redis_acquire(srv->redis);
+    int ret = -1;
+
+    if (rc == NULL)
+        return -1;
+    aigw_quota_key(t->id, now, key, sizeof(key));
+    snprintf(limit, sizeof(limit), "%ld", t->monthly_limit);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisReply *r = aigw_redis_eval(rc, &reserve_script, 1, keys, 1, args);
+        long long st;
+
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            break;
+        }
+        st = r->element[0]->integer;
+        *used = (long)r->element[1]->integer;
+        freeReplyObject(r);
+        if (st == -2) {
+            if (attempt == 0 && rebuild(srv, rc, t, key, now) == 0)
+                continue;
+            break;
+        }
+        ret = st == 1 ? 0 : 1;
+        break;
+    }
+    aigw_redis_release(srv->redis, rc);
+    return ret;
+}
+
+void
+aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t)
+{
+    char key[128];
+    const char *keys[1] = {key};
+    redisContext *rc = aigw_redis_acquire(srv->redis);
+    redisReply *r;
+
+    if (rc == NULL) {
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s lost: Redis unavailable", t->id);
+        return;
+    }
+    aigw_quota_key(t->id, aigw_wall_s(), key, sizeof(key));
+    r = aigw_redis_eval(rc, &refund_script, 1, keys, 0, NULL);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", t->id);
+    freeReplyObject(r);
+    aigw_redis_release(srv->redis, rc);
+}
+
+enum aigw_rc
+aigw_stage_quota(struct aigw_req *req)
+{
+    const struct aigw_tenant *t = req->tenant;
+    struct aigw_query *q = req->q;
+    long used = 0;
+    int rc = aigw_quota_reserve(req->srv, t, &used);
+    char resets[32];
+
+    if (rc < 0) {
+        aigw_req_add_header(req, "Retry-After", "1");
+        return aigw_req_fail(req, 503, "service_unavailable", "quota store is unavailable, retry shortly");
+    }
+    if (rc > 0) {
+        aigw_rfc3339(aigw_next_month_start(aigw_wall_s()), resets);
+        return aigw_req_fail_extra(req, 429, "quota_exhausted",
+                                   json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)t->monthly_limit, "used",
+                                             (json_int_t)used, "resets_at", resets),
+                                   "the monthly query limit of %ld is reached", t->monthly_limit);
+    }
+    q->quota_reserved = true;
+    q->queries_remaining = t->monthly_limit < 0 ? -1 : t->monthly_limit - used;
+    return AIGW_OK;
 }

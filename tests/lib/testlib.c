@@ -566,3 +566,158 @@ tl_config_patch(const char *patch_json)
     json_decref(patch);
     return out;
 }
+
+/* ---- mock upstream and parallel requests ---- */
+
+int
+tl_http_url(const char *base, const char *method, const char *path, const char *body, struct tl_resp *out)
+{
+    int port = 0;
+    const char *colon = strrchr(base, ':');
+    const char *h[] = {"Content-Type: application/json", NULL};
+
+    if (colon != NULL)
+        port = (int)strtol(colon + 1, NULL, 10);
+    return tl_http(port, method, path, body ? h : NULL, body, body ? strlen(body) : 0, out);
+}
+
+void
+tl_mock_config(const char *base, const char *json)
+{
+    struct tl_resp r;
+
+    if (tl_http_url(base, "POST", "/__mock/config", json, &r) != 0 || r.status != 200) {
+        fprintf(stderr, "mock config %s failed: %ld %s\n", json, r.status, r.body);
+        exit(1);
+    }
+    tl_resp_free(&r);
+}
+
+void
+tl_mock_reset(const char *base)
+{
+    struct tl_resp r;
+
+    tl_http_url(base, "POST", "/__mock/reset", "{}", &r);
+    tl_resp_free(&r);
+}
+
+long long
+tl_mock_stat(const char *base, const char *field)
+{
+    struct tl_resp r;
+    long long v;
+
+    tl_http_url(base, "GET", "/__mock/stats", NULL, &r);
+    v = tl_json_int(&r, field, -1);
+    tl_resp_free(&r);
+    return v;
+}
+
+static void parallel(const int *ports, const char *path, const char *token, const char *const *extra_headers,
+                     const char *const *bodies, int n, struct tl_resp *out);
+
+void
+tl_post_parallel(int port, const char *path, const char *token, const char *const *extra_headers,
+                 const char *const *bodies, int n, struct tl_resp *out)
+{
+    int *ports = malloc((size_t)n * sizeof(int));
+
+    for (int i = 0; i < n; i++)
+        ports[i] = port;
+    parallel(ports, path, token, extra_headers, bodies, n, out);
+    free(ports);
+}
+
+void
+tl_post_parallel_two(int port1, int port2, const char *path, const char *token, const char *const *bodies, int n,
+                     struct tl_resp *out)
+{
+    int *ports = malloc((size_t)n * sizeof(int));
+
+    for (int i = 0; i < n; i++)
+        ports[i] = i % 2 ? port2 : port1;
+    parallel(ports, path, token, NULL, bodies, n, out);
+    free(ports);
+}
+
+char *
+tl_sprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    return s;
+}
+
+static void
+parallel(const int *ports, const char *path, const char *token, const char *const *extra_headers,
+         const char *const *bodies, int n, struct tl_resp *out)
+{
+    CURLM *m = curl_multi_init();
+    CURL **easy = calloc((size_t)n, sizeof(*easy));
+    struct buf *b = calloc((size_t)n, sizeof(*b)), *h = calloc((size_t)n, sizeof(*h));
+    struct curl_slist *hl = NULL;
+    char url[512], auth[9000];
+    int running = 0;
+
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+    hl = curl_slist_append(hl, auth);
+    hl = curl_slist_append(hl, "Content-Type: application/json");
+    hl = curl_slist_append(hl, "Expect:");
+    for (size_t i = 0; extra_headers && extra_headers[i]; i++)
+        hl = curl_slist_append(hl, extra_headers[i]);
+    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+    for (int i = 0; i < n; i++) {
+        easy[i] = curl_easy_init();
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", ports[i], path);
+        curl_easy_setopt(easy[i], CURLOPT_URL, url);
+        curl_easy_setopt(easy[i], CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(easy[i], CURLOPT_TIMEOUT, 60L);
+        curl_easy_setopt(easy[i], CURLOPT_HTTPHEADER, hl);
+        curl_easy_setopt(easy[i], CURLOPT_POSTFIELDS, bodies[i]);
+        curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, collect);
+        curl_easy_setopt(easy[i], CURLOPT_WRITEDATA, &b[i]);
+        curl_easy_setopt(easy[i], CURLOPT_HEADERFUNCTION, collect);
+        curl_easy_setopt(easy[i], CURLOPT_HEADERDATA, &h[i]);
+        curl_easy_setopt(easy[i], CURLOPT_FORBID_REUSE, 1L);
+        curl_multi_add_handle(m, easy[i]);
+    }
+    do {
+        curl_multi_perform(m, &running);
+        if (running)
+            curl_multi_poll(m, NULL, 0, 100, NULL);
+    } while (running);
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof(out[i]));
+        curl_easy_getinfo(easy[i], CURLINFO_RESPONSE_CODE, &out[i].status);
+        out[i].body = b[i].p ? b[i].p : calloc(1, 1);
+        out[i].body_len = b[i].n;
+        out[i].headers = h[i].p ? h[i].p : calloc(1, 1);
+        curl_multi_remove_handle(m, easy[i]);
+        curl_easy_cleanup(easy[i]);
+    }
+    curl_slist_free_all(hl);
+    curl_multi_cleanup(m);
+    free(easy);
+    free(b);
+    free(h);
+}
+
+long
+tl_wait_sql(PGconn *c, long want, int timeout_ms, const char *sql, int n, const char *const *params)
+{
+    long v = -1;
+
+    for (int waited = 0; waited <= timeout_ms; waited += 50) {
+        v = tl_sql_long(c, sql, n, params);
+        if (v == want)
+            break;
+        usleep(50 * 1000);
+    }
+    return v;
+}

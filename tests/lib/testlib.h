@@ -96,3 +96,25 @@ void tl_write_file(const char *path, const char *s);
 /* The repo's config/aigw.json with an RFC 7386 JSON merge patch applied
  * (objects merge, other values replace, null deletes). malloc'd text. */
 char *tl_config_patch(const char *patch_json);
+
+/* HTTP to an absolute base URL (e.g. $AIGW_MOCK_URL) + path. */
+int tl_http_url(const char *base, const char *method, const char *path, const char *body, struct tl_resp *out);
+/* Configure a mock upstream (JSON for /__mock/config); aborts on failure. */
+void tl_mock_config(const char *base, const char *json);
+/* Reset a mock upstream's counters and config. */
+void tl_mock_reset(const char *base);
+/* Integer field of the mock's /__mock/stats. */
+long long tl_mock_stat(const char *base, const char *field);
+
+/* n POSTs at once (curl multi) of bodies[i] to path with the token and
+ * optional extra headers (NULL-terminated). Fills out[0..n). */
+void tl_post_parallel(int port, const char *path, const char *token, const char *const *extra_headers,
+                      const char *const *bodies, int n, struct tl_resp *out);
+/* Poll sql (returning one number) until it equals want or timeout_ms pass;
+ * returns the last value. */
+long tl_wait_sql(PGconn *c, long want, int timeout_ms, const char *sql, int n, const char *const *params);
+/* Like tl_post_parallel without extra headers, alternating between two ports. */
+void tl_post_parallel_two(int port1, int port2, const char *path, const char *token, const char *const *bodies, int n,
+                          struct tl_resp *out);
+/* malloc'd printf. */
+char *tl_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

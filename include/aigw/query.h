@@ -1,0 +1,80 @@
+/* query.h - state of one AI query as it moves through the stages, and the
+ * pure helpers that shape it (normalization, classification, PII guard, keys) */
+#ifndef AIGW_QUERY_H
+#define AIGW_QUERY_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define AIGW_QUESTION_MAX_CHARS 4000
+
+struct aigw_upstream_call;
+
+enum aigw_sf_role { AIGW_SF_NONE, AIGW_SF_LEADER, AIGW_SF_WAITER };
+
+/* Everything the query stages learn; pool-allocated, owned by the request. */
+struct aigw_query {
+    /* request */
+    const char *question;      /* trimmed */
+    char *normalized;          /* trimmed, white space collapsed, ASCII case folded */
+    int qtype;                 /* index into aigw_query_type_names */
+    bool stream;
+    bool no_cache;             /* Cache-Control: no-cache */
+    const char *route_label;   /* "query" or "recommendation" */
+    char question_sha256[65];  /* of the normalized question: the usage row keeps only this */
+    char cache_hex[65];        /* SHA-256 over tenant, query type, question, model, max_tokens */
+
+    /* admission (one Redis round trip: rate limit + generation + cache GET) */
+    bool admitted;
+    long rl_limit, rl_remaining, rl_reset_s;
+    char gen[24];
+    char *cached;              /* cached answer JSON text, or NULL */
+    long quota_used;           /* this month's counter as admission saw it; -1 = missing */
+
+    /* idempotency */
+    char *idem_key;            /* Redis key, NULL when no Idempotency-Key */
+    char idem_fp[65];          /* fingerprint of the request body */
+    bool idem_owner;           /* this request wrote the pending record */
+
+    /* single-flight */
+    enum aigw_sf_role sf_role;
+    char *sf_lock_key, *sf_result_key;
+    int64_t sf_deadline_ms;
+    atomic_int sf_state;       /* 0 waiting, 1 result ready, 2 retry (leader gone), 3 timed out */
+    char *sf_result;           /* malloc'd by the poller; freed with the request */
+    bool sf_registered;        /* the cleanup of sf_result is registered */
+
+    /* quota */
+    bool quota_reserved;
+    long queries_remaining;    /* -1 unlimited */
+
+    /* upstream */
+    struct aigw_upstream_call *call;
+    atomic_int call_done;
+
+    /* outcome */
+    const char *answer;
+    const char *model;
+    long prompt_tokens, completion_tokens;
+    long upstream_ms;          /* -1 when no upstream call */
+    bool from_cache;           /* served from the cache or a coalesced result: not billed */
+    bool billed;
+};
+
+/* Trimmed, white space runs collapsed to one space, ASCII letters lower-cased.
+ * Returns a malloc'd string. */
+char *aigw_query_normalize(const char *q);
+/* Number of UTF-8 code points in s (s is valid UTF-8). */
+size_t aigw_utf8_chars(const char *s);
+/* Query type index for a question with no explicit type (API rules). */
+int aigw_query_classify(const char *normalized);
+/* True when a patient-analytics question asks for personal identifiers. */
+bool aigw_query_asks_pii(const char *normalized);
+/* Hex SHA-256 of the cache identity: tenant, query type, normalized question,
+ * model and max_tokens (the generation is part of the Redis key). */
+void aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, const char *model,
+                          int max_tokens, char out[65]);
+
+#endif

@@ -1,0 +1,26 @@
+/* singleflight.h - collapse identical in-flight questions across threads and instances.
+ *
+ * The first request for a key takes a Redis lock (SET NX PX) and becomes the
+ * leader; later ones, in this or another aigw process, suspend and are
+ * polled by one thread that watches for the leader's published result. When
+ * it appears every waiter is resumed in the same poll round (success or
+ * error alike); when the lock vanishes without a result (the leader died)
+ * the waiters are resumed to retry, and one of them becomes the new leader. */
+#ifndef AIGW_SINGLEFLIGHT_H
+#define AIGW_SINGLEFLIGHT_H
+
+#include "aigw/redis.h"
+
+struct aigw_sf;
+struct aigw_req;
+
+/* Start the poller thread (checks every poll_ms). Never fails. */
+struct aigw_sf *aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms);
+/* Resume every waiter as timed out, stop and join the thread. NULL-safe. */
+void aigw_sf_stop(struct aigw_sf *sf);
+/* Register a suspended waiter (req->q->sf_* set). */
+void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);
+/* Leader: publish its outcome (JSON text) for the waiters and release the lock. */
+void aigw_sf_publish(struct aigw_req *req, const char *result_json);
+
+#endif

@@ -1,0 +1,810 @@
+/* upstream.c - the upstream engine: one thread drives every backend transfer
+ * through a libcurl multi handle, with per-backend slots, a bounded FIFO per
+ * backend group, one retry on connect failure and passive health.
+ *
+ * Threads: aigw_upstream_submit() (any thread) only touches the inbox under
+ * up->lock and calls curl_multi_wakeup(), the one multi call that is safe
+ * from another thread. Everything else (the multi handle, easy handles,
+ * queues, backend state) belongs to the engine thread. */
+#include "aigw/upstream.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/log.h"
+#include "aigw/util.h"
+
+/* An answer is a few KiB of JSON; more than this is a broken backend, and
+ * buffering it would let one backend eat the gateway's memory. */
+#define MAX_ANSWER_BYTES ((size_t)4 << 20)
+/* Longest poll: active health (another thread) can bring a backend back up
+ * without waking us, so queued calls re-check at least this often. */
+#define IDLE_POLL_MS 500
+#define CHAT_PATH "/v1/chat/completions"
+
+/* pick() results besides a backend index */
+#define PICK_FULL (-1) /* some backend of the group is eligible, none has a free slot */
+#define PICK_DOWN (-2) /* no backend of the group is eligible */
+
+/* A FIFO of calls ordered by seq; a call is in at most one list at a time. */
+struct call_list {
+    struct aigw_upstream_call *head, *tail;
+    size_t n;
+};
+
+struct aigw_upstream_call {
+    struct aigw_upstream_call *prev, *next; /* links of the list the call is in */
+    int qtype;
+    uint64_t seq;          /* submit order: queues stay FIFO even for a retried call */
+    int64_t submit_ms;
+    char *body;            /* request JSON (copied at submit) */
+    size_t len;
+    aigw_upstream_done_fn done;
+    void *ud;
+    CURL *easy;            /* while in flight */
+    int backend;           /* backend index while in flight, else -1 */
+    unsigned tried;        /* backends that refused a connection (bit per index); non-zero = retried */
+    char *buf;             /* answer bytes so far */
+    size_t buf_len, buf_cap;
+    bool too_big;          /* the answer passed MAX_ANSWER_BYTES */
+    struct aigw_upstream_result res;
+};
+
+/* Engine-thread state of one backend. */
+struct backend {
+    char *url;             /* <base URL>/v1/chat/completions */
+    int cap;               /* in-flight limit: min(slots, max_connections) */
+    int in_flight;
+    int fails;             /* consecutive failures (passive health) */
+    int64_t down_until;    /* monotonic ms; 0 = not marked down */
+};
+
+struct aigw_upstream {
+    const struct aigw_config *cfg;
+    struct aigw_health *health;        /* NULL: passive health only */
+    CURLM *multi;
+    struct curl_slist *hdrs;           /* request headers, shared read-only by every transfer */
+    pthread_t thread;
+    pthread_mutex_t lock;              /* guards inbox, next_seq and closed */
+    struct call_list inbox;
+    uint64_t next_seq;
+    bool closed;                       /* the engine takes no more calls (shutting down) */
+    atomic_bool stopping;
+    atomic_size_t n_in_flight, n_queued;
+    /* engine thread only */
+    struct backend be[AIGW_MAX_BACKENDS];
+    struct call_list queue[AIGW_QUERY_TYPES];
+    struct call_list active;
+    size_t rr[AIGW_QUERY_TYPES];       /* round-robin start per group, to spread ties */
+};
+
+/* ---- call lists ---- */
+
+/* Insert c keeping the list ordered by seq; scanning from the tail makes the
+ * common case (the newest call) O(1). */
+static void
+list_insert(struct call_list *l, struct aigw_upstream_call *c)
+{
+    struct aigw_upstream_call *p = l->tail;
+
+    while (p != NULL && p->seq > c->seq)
+        p = p->prev;
+    c->prev = p;
+    c->next = p != NULL ? p->next : l->head;
+    if (c->next != NULL)
+        c->next->prev = c;
+    else
+        l->tail = c;
+    if (p != NULL)
+        p->next = c;
+    else
+        l->head = c;
+    l->n++;
+}
+
+static void
+list_remove(struct call_list *l, struct aigw_upstream_call *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->n--;
+}
+
+static struct aigw_upstream_call *
+list_pop(struct call_list *l)
+{
+    struct aigw_upstream_call *c = l->head;
+
+    if (c != NULL)
+        list_remove(l, c);
+    return c;
+}
+
+/* ---- completion ---- */
+
+/* Hand the call back. The request and answer bytes go now (the result holds
+ * copies; the caller may keep the call until its client has the answer).
+ * Nothing may touch c afterwards: done() or another thread may free it. */
+static void
+finish(struct aigw_upstream_call *c)
+{
+    free(c->buf);
+    c->buf = NULL;
+    c->buf_len = c->buf_cap = 0;
+    free(c->body);
+    c->body = NULL;
+    c->res.upstream_ms = aigw_now_ms() - c->submit_ms;
+    c->done(c, c->ud);
+}
+
+static void
+fail(struct aigw_upstream_call *c, int status, const char *code, const char *detail, int retry_after_s)
+{
+    c->res.status = status;
+    c->res.error_code = code;
+    c->res.error_detail = detail;
+    c->res.retry_after_s = status == 503 ? retry_after_s : 0;
+    finish(c);
+}
+
+static void
+fail_shutdown(struct aigw_upstream_call *c)
+{
+    fail(c, 503, "upstream_unavailable", "shutting down", 1);
+}
+
+/* ---- backend selection and passive health ---- */
+
+static bool
+eligible(const struct aigw_upstream *up, int b)
+{
+    return up->be[b].down_until == 0 && (up->health == NULL || aigw_health_up(up->health, (size_t)b));
+}
+
+/* The least loaded (in_flight / cap) eligible backend of group t with a free
+ * slot, skipping the backends in mask; the scan starts at the group's
+ * round-robin position so equally loaded backends take turns. No side
+ * effects: returns a backend index, PICK_FULL or PICK_DOWN. */
+static int
+pick(const struct aigw_upstream *up, int t, unsigned mask)
+{
+    size_t n = up->cfg->n_route_backends[t];
+    int best = PICK_DOWN;
+
+    for (size_t k = 0; k < n; k++) {
+        int b = up->cfg->route_backends[t][(up->rr[t] + k) % n];
+        const struct backend *be;
+
+        if (b < 0 || (size_t)b >= up->cfg->n_backends || (mask & (1u << b)) || !eligible(up, b))
+            continue;
+        be = &up->be[b];
+        if (be->in_flight >= be->cap) {
+            if (best == PICK_DOWN)
+                best = PICK_FULL;
+            continue;
+        }
+        if (best < 0 || (long)be->in_flight * up->be[best].cap < (long)up->be[best].in_flight * be->cap)
+            best = b;
+    }
+    return best;
+}
+
+static void
+backend_failed(struct aigw_upstream *up, int b)
+{
+    struct backend *be = &up->be[b];
+
+    if (be->down_until != 0) /* already down: late answers of old calls change nothing */
+        return;
+    if (++be->fails < up->cfg->fail_threshold)
+        return;
+    be->fails = 0;
+    be->down_until = aigw_now_ms() + (up->cfg->down_ms > 0 ? up->cfg->down_ms : 1);
+    aigw_log(LOG_WARNING, "upstream: backend %s marked down for %d ms after consecutive failures",
+             up->cfg->backends[b].name, up->cfg->down_ms);
+}
+
+/* Bring back backends whose down time is over. They come back on probation
+ * (a half-open circuit breaker): one more failure marks them down again,
+ * one success clears the count. */
+static void
+recover(struct aigw_upstream *up, int64_t now)
+{
+    for (size_t b = 0; b < up->cfg->n_backends; b++) {
+        struct backend *be = &up->be[b];
+
+        if (be->down_until == 0 || now < be->down_until)
+            continue;
+        be->down_until = 0;
+        be->fails = up->cfg->fail_threshold - 1;
+        aigw_log(LOG_NOTICE, "upstream: backend %s is eligible again", up->cfg->backends[b].name);
+    }
+}
+
+/* ---- answer bytes ---- */
+
+/* The single place answer bytes arrive. A streaming mode hooks in here: it
+ * hands each chunk to a per-call callback (returning CURL_WRITEFUNC_PAUSE
+ * for backpressure) instead of buffering. */
+static bool
+body_append(struct aigw_upstream_call *c, const char *p, size_t n)
+{
+    size_t need = c->buf_len + n;
+
+    if (n > MAX_ANSWER_BYTES || need > MAX_ANSWER_BYTES) {
+        c->too_big = true;
+        return false;
+    }
+    if (need > c->buf_cap) {
+        size_t cap = c->buf_cap > 0 ? c->buf_cap : 4096;
+
+        while (cap < need)
+            cap *= 2;
+        if (cap > MAX_ANSWER_BYTES)
+            cap = MAX_ANSWER_BYTES;
+        c->buf = aigw_xrealloc(c->buf, cap);
+        c->buf_cap = cap;
+    }
+    memcpy(c->buf + c->buf_len, p, n);
+    c->buf_len = need;
+    return true;
+}
+
+static size_t
+on_write(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    size_t n = size * nmemb;
+
+    return body_append(ud, ptr, n) ? n : 0; /* 0 aborts the transfer: CURLE_WRITE_ERROR */
+}
+
+static char *
+dup_string(const json_t *v)
+{
+    return json_is_string(v) ? aigw_xstrndup(json_string_value(v), json_string_length(v)) : NULL;
+}
+
+static long
+token_count(const json_t *v)
+{
+    json_int_t n = json_is_integer(v) ? json_integer_value(v) : 0;
+
+    return n > 0 && n <= LONG_MAX ? (long)n : 0;
+}
+
+/* Fill the result from a 200 answer; -1 if it is not a chat completion. */
+static int
+parse_answer(struct aigw_upstream_call *c)
+{
+    json_error_t err;
+    json_t *root = json_loadb(c->buf != NULL ? c->buf : "", c->buf_len, 0, &err);
+    json_t *choice, *content, *usage;
+    int rc = -1;
+
+    if (root == NULL)
+        return -1;
+    choice = json_array_get(json_object_get(root, "choices"), 0);
+    content = json_object_get(json_object_get(choice, "message"), "content");
+    if (!json_is_string(content))
+        goto out;
+    c->res.content = dup_string(content);
+    c->res.model = dup_string(json_object_get(root, "model"));
+    c->res.finish_reason = dup_string(json_object_get(choice, "finish_reason"));
+    usage = json_object_get(root, "usage");
+    c->res.prompt_tokens = token_count(json_object_get(usage, "prompt_tokens"));
+    c->res.completion_tokens = token_count(json_object_get(usage, "completion_tokens"));
+    c->res.status = 200;
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+/* ---- transfers ---- */
+
+static CURL *
+make_easy(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
+{
+    CURL *e = curl_easy_init();
+
+    if (e == NULL)
+        return NULL;
+    curl_easy_setopt(e, CURLOPT_URL, up->be[b].url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)c);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->hdrs);
+    /* POSTFIELDS + size: a Content-Length body, never chunked; the call owns
+     * the bytes until it is freed, so curl need not copy them */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->len);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)c);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)up->cfg->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->timeout_ms);
+    return e;
+}
+
+/* Send c to backend b; on a local failure the call completes at once. */
+static void
+start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
+{
+    CURL *e;
+
+    c->buf_len = 0; /* a retry starts a fresh answer */
+    c->too_big = false;
+    e = make_easy(up, c, b);
+    if (e == NULL || curl_multi_add_handle(up->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        aigw_log(LOG_ERR, "upstream: could not start a transfer to %s", up->cfg->backends[b].name);
+        fail(c, 502, "upstream_error", "could not start the transfer", 0);
+        return;
+    }
+    c->easy = e;
+    c->backend = b;
+    list_insert(&up->active, c);
+    up->be[b].in_flight++;
+    up->rr[c->qtype]++;
+    atomic_fetch_add(&up->n_in_flight, 1);
+}
+
+/* Take c out of the multi and free its slot; returns the backend it used. */
+static int
+detach(struct aigw_upstream *up, struct aigw_upstream_call *c)
+{
+    int b = c->backend;
+
+    curl_multi_remove_handle(up->multi, c->easy);
+    curl_easy_cleanup(c->easy);
+    c->easy = NULL;
+    c->backend = -1;
+    list_remove(&up->active, c);
+    up->be[b].in_flight--;
+    atomic_fetch_sub(&up->n_in_flight, 1);
+    return b;
+}
+
+/* ---- queues ---- */
+
+static void
+enqueue(struct aigw_upstream *up, struct aigw_upstream_call *c)
+{
+    struct call_list *q = &up->queue[c->qtype];
+
+    if (up->cfg->queue_size <= 0 || q->n >= (size_t)up->cfg->queue_size) {
+        fail(c, 503, "upstream_unavailable", "queue full", 1);
+        return;
+    }
+    list_insert(q, c);
+    atomic_fetch_add(&up->n_queued, 1);
+}
+
+static void
+unqueue(struct aigw_upstream *up, struct aigw_upstream_call *c)
+{
+    list_remove(&up->queue[c->qtype], c);
+    atomic_fetch_sub(&up->n_queued, 1);
+}
+
+/* First placement of a new call. A non-empty queue means the group is busy,
+ * so the call waits behind the others rather than overtaking them. */
+static void
+route(struct aigw_upstream *up, struct aigw_upstream_call *c)
+{
+    int t = c->qtype, b;
+
+    if (t < 0 || t >= AIGW_QUERY_TYPES || up->cfg->n_route_backends[t] == 0) {
+        fail(c, 503, "upstream_unavailable", "no backend serves this query type", 2);
+        return;
+    }
+    if (up->queue[t].n > 0) {
+        enqueue(up, c);
+        return;
+    }
+    b = pick(up, t, 0);
+    if (b >= 0)
+        start(up, c, b);
+    else if (b == PICK_FULL)
+        enqueue(up, c);
+    else
+        fail(c, 503, "upstream_unavailable", "no backend up", 2);
+}
+
+/* Connect failed on backend b: nothing reached the model, so one more try
+ * on another backend of the group is safe. */
+static void
+retry(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
+{
+    int nb;
+
+    if (c->tried != 0) {
+        fail(c, 503, "upstream_unavailable", "backends refused the connection", 2);
+        return;
+    }
+    c->tried |= 1u << b;
+    nb = pick(up, c->qtype, c->tried);
+    if (nb >= 0)
+        start(up, c, nb);
+    else if (nb == PICK_FULL)
+        enqueue(up, c); /* keeps its place: the queue is ordered by submit */
+    else
+        fail(c, 503, "upstream_unavailable", "backend refused the connection", 2);
+}
+
+/* The oldest queued call, over every group, that a free slot can take now;
+ * *out_b is its backend. Within a group only retried calls (which skip a
+ * backend) can be passed over, so the scan stops at the first plain call. */
+static struct aigw_upstream_call *
+next_placeable(const struct aigw_upstream *up, int *out_b)
+{
+    struct aigw_upstream_call *best = NULL;
+
+    for (int t = 0; t < AIGW_QUERY_TYPES; t++) {
+        for (struct aigw_upstream_call *c = up->queue[t].head; c != NULL; c = c->next) {
+            int b = pick(up, t, c->tried);
+
+            if (b >= 0) {
+                if (best == NULL || c->seq < best->seq) {
+                    best = c;
+                    *out_b = b;
+                }
+                break;
+            }
+            if (c->tried == 0)
+                break;
+        }
+    }
+    return best;
+}
+
+/* Fail what waited too long or can no longer be served, then fill the free
+ * slots oldest first. */
+static void
+service_queues(struct aigw_upstream *up, int64_t now)
+{
+    struct aigw_upstream_call *c;
+    int b = -1;
+
+    for (int t = 0; t < AIGW_QUERY_TYPES; t++) {
+        struct call_list *q = &up->queue[t];
+
+        while (q->head != NULL && q->head->submit_ms + up->cfg->queue_timeout_ms <= now) {
+            c = q->head;
+            unqueue(up, c);
+            fail(c, 503, "upstream_unavailable", "queue timeout", 1);
+        }
+        while (q->head != NULL && pick(up, t, 0) == PICK_DOWN) {
+            c = q->head;
+            unqueue(up, c);
+            fail(c, 503, "upstream_unavailable", "no backend up", 2);
+        }
+    }
+    for (;;) {
+        c = next_placeable(up, &b);
+        if (c == NULL)
+            break;
+        unqueue(up, c);
+        start(up, c, b);
+    }
+}
+
+/* ---- results ---- */
+
+/* Turn a finished transfer into the result, the retry or the health verdict. */
+static void
+complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
+{
+    long code = 0;
+    int b;
+
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &code);
+    b = detach(up, c);
+    if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST) {
+        aigw_log(LOG_INFO, "upstream: backend %s: %s", up->cfg->backends[b].name, curl_easy_strerror(rc));
+        backend_failed(up, b);
+        retry(up, c, b);
+        return;
+    }
+    c->res.backend = up->cfg->backends[b].name;
+    if (rc == CURLE_WRITE_ERROR && c->too_big) {
+        fail(c, 502, "upstream_error", "answer too large", 0); /* a long answer is no sign of a sick backend */
+    } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+        backend_failed(up, b);
+        fail(c, 504, "upstream_timeout", "backend timed out", 0);
+    } else if (rc != CURLE_OK) {
+        aigw_log(LOG_INFO, "upstream: backend %s: %s", up->cfg->backends[b].name, curl_easy_strerror(rc));
+        backend_failed(up, b);
+        fail(c, 502, "upstream_error", "transport error", 0);
+    } else if (code != 200) {
+        aigw_log(LOG_INFO, "upstream: backend %s answered HTTP %ld", up->cfg->backends[b].name, code);
+        if (code >= 500) /* 4xx means our request was wrong, not the backend */
+            backend_failed(up, b);
+        fail(c, 502, "upstream_error", "backend answered with an error status", 0);
+    } else if (parse_answer(c) != 0) {
+        aigw_log(LOG_INFO, "upstream: backend %s sent an invalid answer", up->cfg->backends[b].name);
+        backend_failed(up, b);
+        fail(c, 502, "upstream_error", "invalid answer", 0);
+    } else {
+        up->be[b].fails = 0;
+        finish(c);
+    }
+}
+
+static void
+reap(struct aigw_upstream *up)
+{
+    for (;;) {
+        int left = 0;
+        CURLMsg *msg = curl_multi_info_read(up->multi, &left);
+        char *priv = NULL;
+
+        if (msg == NULL)
+            break;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        complete(up, (struct aigw_upstream_call *)(void *)priv, msg->data.result); /* msg is invalid from here on */
+    }
+}
+
+/* ---- the engine thread ---- */
+
+static void
+take_inbox(struct aigw_upstream *up)
+{
+    struct call_list batch;
+
+    pthread_mutex_lock(&up->lock);
+    batch = up->inbox;
+    memset(&up->inbox, 0, sizeof(up->inbox));
+    pthread_mutex_unlock(&up->lock);
+    for (;;) {
+        struct aigw_upstream_call *c = list_pop(&batch);
+
+        if (c == NULL)
+            break;
+        route(up, c);
+    }
+}
+
+/* How long poll may sleep: until the oldest queued call times out or a down
+ * backend comes back, at most IDLE_POLL_MS (curl shortens it further for
+ * its own timers). */
+static int
+poll_timeout(const struct aigw_upstream *up, int64_t now)
+{
+    int64_t t = IDLE_POLL_MS;
+
+    for (int g = 0; g < AIGW_QUERY_TYPES; g++)
+        if (up->queue[g].head != NULL && up->queue[g].head->submit_ms + up->cfg->queue_timeout_ms - now < t)
+            t = up->queue[g].head->submit_ms + up->cfg->queue_timeout_ms - now;
+    for (size_t b = 0; b < up->cfg->n_backends; b++)
+        if (up->be[b].down_until != 0 && up->be[b].down_until - now < t)
+            t = up->be[b].down_until - now;
+    return t > 0 ? (int)t : 0;
+}
+
+/* Every call still held completes with 503; submit fails calls itself once
+ * closed is set, so none can slip in after the last inbox drain. */
+static void
+shutdown_calls(struct aigw_upstream *up)
+{
+    struct call_list late;
+    struct aigw_upstream_call *c;
+
+    pthread_mutex_lock(&up->lock);
+    up->closed = true;
+    late = up->inbox;
+    memset(&up->inbox, 0, sizeof(up->inbox));
+    pthread_mutex_unlock(&up->lock);
+    for (c = list_pop(&late); c != NULL; c = list_pop(&late))
+        fail_shutdown(c);
+    for (int t = 0; t < AIGW_QUERY_TYPES; t++)
+        for (c = up->queue[t].head; c != NULL; c = up->queue[t].head) {
+            unqueue(up, c);
+            fail_shutdown(c);
+        }
+    for (c = up->active.head; c != NULL; c = up->active.head) {
+        detach(up, c);
+        fail_shutdown(c);
+    }
+}
+
+static void *
+run(void *arg)
+{
+    struct aigw_upstream *up = arg;
+
+    while (!atomic_load(&up->stopping)) {
+        int running = 0;
+
+        recover(up, aigw_now_ms());
+        take_inbox(up);
+        curl_multi_perform(up->multi, &running);
+        reap(up);
+        recover(up, aigw_now_ms());
+        service_queues(up, aigw_now_ms());
+        curl_multi_poll(up->multi, NULL, 0, poll_timeout(up, aigw_now_ms()), NULL);
+    }
+    shutdown_calls(up);
+    return NULL;
+}
+
+/* ---- set-up ---- */
+
+static char *
+chat_url(const char *base)
+{
+    size_t n = strlen(base), cap;
+    char *url;
+
+    while (n > 0 && base[n - 1] == '/')
+        n--;
+    cap = n + sizeof(CHAT_PATH);
+    url = aigw_xmalloc(cap);
+    snprintf(url, cap, "%.*s%s", (int)n, base, CHAT_PATH);
+    return url;
+}
+
+static struct curl_slist *
+header_list(void)
+{
+    static const char *const lines[] = {
+        "Content-Type: application/json", "Accept: application/json",
+        "Expect:", /* no 100-continue round trip before the body */
+    };
+    struct curl_slist *l = NULL;
+
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        struct curl_slist *n = curl_slist_append(l, lines[i]);
+
+        if (n == NULL)
+            abort();
+        l = n;
+    }
+    return l;
+}
+
+/* A backend never has more transfers than it has connections: with HTTP/1.1
+ * a transfer over the connection cap would wait inside curl, invisible to
+ * our queue and its timeout. So cap = min(slots, max_connections), and the
+ * idle connections curl keeps per backend never exceed it either (llama-server
+ * pins one HTTP thread per keep-alive connection). */
+static void
+setup_backends(struct aigw_upstream *up)
+{
+    long host_max = 1, total = 0;
+
+    for (size_t b = 0; b < up->cfg->n_backends; b++) {
+        const struct aigw_backend_cfg *bc = &up->cfg->backends[b];
+        struct backend *be = &up->be[b];
+
+        be->url = chat_url(bc->url != NULL ? bc->url : "");
+        be->cap = bc->slots > 0 ? bc->slots : 1;
+        if (bc->max_connections > 0 && bc->max_connections < be->cap)
+            be->cap = bc->max_connections;
+        if (be->cap > host_max)
+            host_max = be->cap;
+        total += be->cap;
+    }
+    curl_multi_setopt(up->multi, CURLMOPT_MAX_HOST_CONNECTIONS, host_max);
+    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, total > 0 ? total : 1L);
+}
+
+struct aigw_upstream *
+aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
+{
+    struct aigw_upstream *up = aigw_xcalloc(1, sizeof(*up));
+
+    up->cfg = cfg;
+    up->health = health;
+    up->multi = curl_multi_init();
+    if (up->multi == NULL)
+        abort();
+    up->hdrs = header_list();
+    setup_backends(up);
+    pthread_mutex_init(&up->lock, NULL);
+    atomic_init(&up->stopping, false);
+    atomic_init(&up->n_in_flight, 0);
+    atomic_init(&up->n_queued, 0);
+    if (pthread_create(&up->thread, NULL, run, up) != 0)
+        abort();
+    return up;
+}
+
+void
+aigw_upstream_stop(struct aigw_upstream *up)
+{
+    if (up == NULL)
+        return;
+    atomic_store(&up->stopping, true);
+    curl_multi_wakeup(up->multi);
+    pthread_join(up->thread, NULL);
+    curl_multi_cleanup(up->multi);
+    curl_slist_free_all(up->hdrs);
+    for (size_t b = 0; b < up->cfg->n_backends; b++)
+        free(up->be[b].url);
+    pthread_mutex_destroy(&up->lock);
+    free(up);
+}
+
+/* ---- calls ---- */
+
+struct aigw_upstream_call *
+aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size_t len, aigw_upstream_done_fn done,
+                     void *ud)
+{
+    struct aigw_upstream_call *c = aigw_xcalloc(1, sizeof(*c));
+    bool closed;
+
+    c->qtype = qtype;
+    c->body = aigw_xmalloc(len + 1);
+    if (len > 0)
+        memcpy(c->body, body, len);
+    c->body[len] = '\0';
+    c->len = len;
+    c->done = done;
+    c->ud = ud;
+    c->backend = -1;
+    pthread_mutex_lock(&up->lock);
+    closed = up->closed;
+    if (!closed) {
+        /* seq and submit time under one lock: queue order = deadline order */
+        c->seq = up->next_seq++;
+        c->submit_ms = aigw_now_ms();
+        list_insert(&up->inbox, c);
+        curl_multi_wakeup(up->multi); /* under the lock: never races the multi's cleanup */
+    }
+    pthread_mutex_unlock(&up->lock);
+    if (closed) {
+        c->submit_ms = aigw_now_ms();
+        fail_shutdown(c); /* no engine thread left to run done() */
+    }
+    return c;
+}
+
+const struct aigw_upstream_result *
+aigw_upstream_result(const struct aigw_upstream_call *call)
+{
+    return &call->res;
+}
+
+void
+aigw_upstream_call_free(struct aigw_upstream_call *call)
+{
+    if (call == NULL)
+        return;
+    free(call->res.content);
+    free(call->res.model);
+    free(call->res.finish_reason);
+    free(call->buf);
+    free(call->body);
+    free(call);
+}
+
+size_t
+aigw_upstream_in_flight(const struct aigw_upstream *up)
+{
+    return atomic_load(&up->n_in_flight);
+}
+
+size_t
+aigw_upstream_queued(const struct aigw_upstream *up)
+{
+    return atomic_load(&up->n_queued);
+}

@@ -1,0 +1,1153 @@
+/* usage.c - usage rows: the spool is the queue
+ *
+ * aigw_usage_record appends each row as one JSON line (keys = the columns of
+ * ai_usage_logs) with one write(2) to the current spool segment
+ * <spool_dir>/usage-<seq>.jsonl. Once write returns the row is in the kernel,
+ * so a kill -9 of aigw cannot lose it. One writer thread tails the segments
+ * oldest first, inserts their rows in per-tenant batches over its own
+ * PostgreSQL connection and unlinks a closed segment once every row in it is
+ * committed (or rejected, see below).
+ *
+ * How far a segment is committed is kept in memory only: after a crash every
+ * segment left is replayed from its start. That is safe because the row id is
+ * the primary key and the insert is ON CONFLICT (id) DO NOTHING; the quota
+ * counter in tenants is raised by the rows the INSERT RETURNs, i.e. only by
+ * rows inserted now, so a replay adds neither a row nor a count.
+ *
+ * PostgreSQL down: rows wait on disk, the writer holds one batch and retries
+ * with backoff, so memory stays bounded. A row PostgreSQL refuses for good
+ * (unknown tenant, bad value) is found by retrying its batch row by row and
+ * moved to <spool_dir>/rejected.jsonl, so it cannot block the others. */
+#include "aigw/usage.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/log.h"
+#include "aigw/pg.h"
+#include "aigw/util.h"
+
+#define SEG_MAX_BYTES ((size_t)4 << 20) /* rotate the current segment at this size */
+#define SEG_MAX_AGE_MS 10000            /* ... or, once all its rows are committed, at this age */
+#define IDLE_WAIT_MS 1000               /* writer wake-up with nothing to do (rotation, sync) */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define READ_MIN ((size_t)64 << 10)
+
+#define USAGE_COLUMNS                                                                               \
+    "id, tenant_id, user_id, api_key_id, request_id, route, query_type, question_sha256, model,"    \
+    " prompt_tokens, completion_tokens, from_cache, billed, status_code, success, error_code,"      \
+    " response_ms, upstream_ms, created_at"
+
+/* One statement per tenant and batch: $1 is a JSON array of spool lines.
+ * jsonb_populate_recordset matches keys to column names (a missing key would
+ * be NULL, so the lines always carry every key); the column list is explicit
+ * so that a column added later gets its default. The quota counter
+ * counts the billed rows inserted now (not the conflicting replays) whose
+ * created_at lies in the current UTC month, restarting at 0 in a new month;
+ * the UPDATE is skipped when there is nothing to add. */
+static const char INSERT_SQL[] =
+    "WITH ins AS (INSERT INTO ai_usage_logs (" USAGE_COLUMNS ")"
+    " SELECT " USAGE_COLUMNS " FROM jsonb_populate_recordset(NULL::ai_usage_logs, $1::jsonb)"
+    " ON CONFLICT (id) DO NOTHING RETURNING billed, created_at),"
+    " n AS (SELECT count(*) AS c FROM ins WHERE billed"
+    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+    " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="
+    " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"
+    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"
+    " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0";
+
+/* Same as pg.c's, but here we read the result: '' means unknown tenant. */
+static const char SET_TENANT_SQL[] =
+    "SELECT set_config('app.current_tenant', COALESCE(aigw_tenant_id($1)::text, ''), true)";
+
+struct seg {
+    struct seg *next;
+    char *path;
+    int fd;                /* O_RDWR|O_APPEND while current, O_RDONLY if left by an earlier run */
+    atomic_size_t size;    /* bytes of complete rows; grows under u->lock after the write */
+    size_t done;           /* bytes whose rows are committed, rejected or skipped (writer only) */
+    bool closed;           /* no more appends (writer only) */
+    int64_t opened_ms;
+};
+
+struct brow {
+    const char *line;      /* into batch.buf, without the '\n' */
+    size_t len;
+    char id[37];
+    char tenant[37];
+    bool bad;              /* not a usage row: goes to rejected.jsonl */
+    bool done;
+};
+
+/* The lines [seg->done, end) being written; kept across retries so that a
+ * row already rejected is not sent (nor rejected) again. */
+struct batch {
+    struct seg *seg;       /* NULL = empty */
+    size_t end;
+    char *buf;
+    size_t cap;
+    struct brow *rows;
+    size_t n;
+};
+
+struct aigw_usage {
+    char *dir;
+    char *db_url;
+    int dir_fd;            /* fsync after create/unlink; holds the flock */
+    int batch_rows;
+    int flush_ms;
+    pthread_t thread;
+    pthread_mutex_t lock;  /* guards cur, appends to it, pending, stop, deadline_ms */
+    pthread_cond_t wake;   /* CLOCK_MONOTONIC */
+    struct seg *segs;      /* oldest first, cur last; the list belongs to the writer */
+    struct seg *cur;
+    uint64_t last_seq;
+    size_t pending;        /* rows appended since the writer last looked */
+    bool stop;
+    int64_t deadline_ms;
+    size_t synced;         /* cur's size at its last fdatasync (writer only) */
+    int64_t synced_ms;
+    PGconn *conn;          /* the writer's own connection */
+    bool db_down;          /* logged once per outage */
+    struct batch b;
+    atomic_size_t backlog;
+    atomic_size_t spool_bytes;
+};
+
+static const char *
+errstr(int err, char *buf, size_t cap)
+{
+    return strerror_r(err, buf, cap);
+}
+
+static int64_t
+wall_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void
+abs_time(struct timespec *ts, int64_t mono_ms)
+{
+    ts->tv_sec = (time_t)(mono_ms / 1000);
+    ts->tv_nsec = (long)(mono_ms % 1000) * 1000000L;
+}
+
+/* ---- the spool directory and its segments ---- */
+
+static int
+make_dir(const char *dir)
+{
+    char *p = aigw_xstrdup(dir);
+    int ret = 0;
+
+    for (char *s = p + 1;; s++) {
+        char c = *s;
+
+        if (c != '/' && c != '\0')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            ret = -1;
+        *s = c;
+        if (c == '\0' || ret != 0)
+            break;
+    }
+    free(p);
+    return ret;
+}
+
+/* Create (if needed), open and lock the spool directory: two processes
+ * sharing one spool would unlink each other's segments. */
+static int
+open_spool(struct aigw_usage *u)
+{
+    char eb[128];
+
+    if (u->dir[0] == '\0') {
+        aigw_log(LOG_ERR, "usage: no spool directory configured");
+        return -1;
+    }
+    if (make_dir(u->dir) != 0) {
+        aigw_log(LOG_ERR, "usage: cannot create spool directory %s: %s", u->dir, errstr(errno, eb, sizeof(eb)));
+        return -1;
+    }
+    u->dir_fd = open(u->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (u->dir_fd < 0) {
+        aigw_log(LOG_ERR, "usage: cannot open spool directory %s: %s", u->dir, errstr(errno, eb, sizeof(eb)));
+        return -1;
+    }
+    if (flock(u->dir_fd, LOCK_EX | LOCK_NB) != 0) {
+        aigw_log(LOG_ERR, "usage: spool directory %s is in use by another process", u->dir);
+        return -1;
+    }
+    return 0;
+}
+
+static char *
+seg_path(const struct aigw_usage *u, const char *name)
+{
+    size_t n = strlen(u->dir) + strlen(name) + 2;
+    char *p = aigw_xmalloc(n);
+
+    snprintf(p, n, "%s/%s", u->dir, name);
+    return p;
+}
+
+static void
+seg_append(struct aigw_usage *u, struct seg *s)
+{
+    struct seg **pp = &u->segs;
+
+    while (*pp != NULL)
+        pp = &(*pp)->next;
+    *pp = s;
+}
+
+/* A new, empty segment; its name sorts after every earlier one, also across
+ * restarts (wall-clock microseconds, bumped past the last seen). */
+static struct seg *
+seg_create(struct aigw_usage *u)
+{
+    uint64_t seq = (uint64_t)wall_us();
+    char name[64], eb[128];
+    struct seg *s;
+    int fd;
+
+    if (seq <= u->last_seq)
+        seq = u->last_seq + 1;
+    u->last_seq = seq;
+    snprintf(name, sizeof(name), "usage-%020llu.jsonl", (unsigned long long)seq);
+    s = aigw_xcalloc(1, sizeof(*s));
+    s->path = seg_path(u, name);
+    fd = open(s->path, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        aigw_log(LOG_ERR, "usage: cannot create %s: %s", s->path, errstr(errno, eb, sizeof(eb)));
+        free(s->path);
+        free(s);
+        return NULL;
+    }
+    fsync(u->dir_fd); /* the name itself must survive a power loss */
+    s->fd = fd;
+    atomic_init(&s->size, 0);
+    s->opened_ms = aigw_now_ms();
+    return s;
+}
+
+/* Close a segment; unlink it when all its rows are handled. Returns the
+ * number of bytes still to replay. */
+static size_t
+seg_free(struct aigw_usage *u, struct seg *s)
+{
+    size_t size = atomic_load(&s->size), left = size - s->done;
+
+    close(s->fd);
+    if (left == 0 && unlink(s->path) == 0)
+        atomic_fetch_sub(&u->spool_bytes, size);
+    free(s->path);
+    free(s);
+    return left;
+}
+
+/* Unlink closed segments whose rows are all handled. */
+static void
+collect(struct aigw_usage *u)
+{
+    struct seg **pp = &u->segs;
+    bool any = false;
+
+    while (*pp != NULL) {
+        struct seg *s = *pp;
+
+        if (s->closed && s->done == atomic_load(&s->size)) {
+            *pp = s->next;
+            seg_free(u, s);
+            any = true;
+        } else {
+            pp = &s->next;
+        }
+    }
+    if (any)
+        fsync(u->dir_fd);
+}
+
+static size_t
+count_lines(int fd, const char *path)
+{
+    char buf[65536];
+    size_t lines = 0;
+    off_t off = 0;
+    ssize_t n;
+
+    while ((n = pread(fd, buf, sizeof(buf), off)) > 0) {
+        for (const char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))) != NULL; p++)
+            lines++;
+        off += n;
+    }
+    if (n < 0)
+        aigw_log(LOG_ERR, "usage: reading %s failed", path);
+    return lines;
+}
+
+/* Queue a segment left by an earlier run (crash or unfinished stop). */
+static void
+add_old_segment(struct aigw_usage *u, const char *name)
+{
+    struct seg *s = aigw_xcalloc(1, sizeof(*s));
+    struct stat st;
+    char eb[128];
+    size_t lines;
+
+    s->path = seg_path(u, name);
+    s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0 || fstat(s->fd, &st) != 0) {
+        aigw_log(LOG_ERR, "usage: cannot read %s (left in place): %s", s->path, errstr(errno, eb, sizeof(eb)));
+        if (s->fd >= 0)
+            close(s->fd);
+        free(s->path);
+        free(s);
+        return;
+    }
+    atomic_init(&s->size, (size_t)st.st_size);
+    atomic_fetch_add(&u->spool_bytes, (size_t)st.st_size);
+    s->closed = true;
+    lines = count_lines(s->fd, s->path);
+    atomic_fetch_add(&u->backlog, lines);
+    if (lines > 0)
+        aigw_log(LOG_NOTICE, "usage: replaying %zu rows from %s", lines, s->path);
+    seg_append(u, s); /* an empty one is unlinked by the first collect() */
+}
+
+struct old_name {
+    uint64_t seq;
+    char *name;
+};
+
+static int
+cmp_old(const void *a, const void *b)
+{
+    uint64_t x = ((const struct old_name *)a)->seq, y = ((const struct old_name *)b)->seq;
+
+    return x < y ? -1 : x > y;
+}
+
+/* "usage-<digits>.jsonl" -> seq */
+static bool
+parse_seg_name(const char *name, uint64_t *seq)
+{
+    const char *p = name + 6;
+    char *end;
+
+    if (strncmp(name, "usage-", 6) != 0 || *p < '0' || *p > '9')
+        return false;
+    errno = 0;
+    *seq = strtoull(p, &end, 10);
+    return errno == 0 && strcmp(end, ".jsonl") == 0;
+}
+
+/* Queue every segment of earlier runs, oldest first. */
+static int
+load_old_segments(struct aigw_usage *u)
+{
+    DIR *d = opendir(u->dir);
+    struct old_name *v = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+
+    if (d == NULL)
+        return -1;
+    while ((e = readdir(d)) != NULL) {
+        uint64_t seq;
+
+        if (!parse_seg_name(e->d_name, &seq))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            v = aigw_xrealloc(v, cap * sizeof(*v));
+        }
+        v[n].seq = seq;
+        v[n++].name = aigw_xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n > 0)
+        qsort(v, n, sizeof(*v), cmp_old);
+    for (size_t i = 0; i < n; i++) {
+        add_old_segment(u, v[i].name);
+        if (v[i].seq > u->last_seq)
+            u->last_seq = v[i].seq;
+        free(v[i].name);
+    }
+    free(v);
+    return 0;
+}
+
+/* ---- recording (request threads) ---- */
+
+/* NULL -> null; text that is not UTF-8 (jansson refuses it) keeps the row
+ * with '?' for the odd bytes rather than losing it. */
+static json_t *
+jstr(const char *s)
+{
+    json_t *v;
+    char *copy;
+
+    if (s == NULL)
+        return json_null();
+    if ((v = json_string(s)) != NULL)
+        return v;
+    copy = aigw_xstrdup(s);
+    for (char *p = copy; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    v = json_string(copy);
+    free(copy);
+    return v;
+}
+
+/* RFC 3339 UTC with microseconds, e.g. 2026-01-02T03:04:05.123456Z */
+static void
+format_ts(int64_t us, char out[40])
+{
+    int64_t frac = us % 1000000;
+    time_t secs = (time_t)(us / 1000000);
+    struct tm tm;
+    size_t n;
+
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    gmtime_r(&secs, &tm);
+    n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 40 - n, ".%06lldZ", (long long)frac);
+}
+
+static json_t *
+row_json(const struct aigw_usage_row *r)
+{
+    char ts[40];
+
+    format_ts(r->created_at_us, ts);
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:b, s:b, s:i, s:b, s:o,"
+                     " s:I, s:o, s:s}",
+                     "id", jstr(r->id), "tenant_id", jstr(r->tenant_id), "user_id", jstr(r->user_id),
+                     "api_key_id", jstr(r->api_key_id), "request_id", jstr(r->request_id), "route",
+                     jstr(r->route), "query_type", jstr(r->query_type), "question_sha256",
+                     jstr(r->question_sha256), "model", jstr(r->model), "prompt_tokens",
+                     (json_int_t)r->prompt_tokens, "completion_tokens", (json_int_t)r->completion_tokens,
+                     "from_cache", (int)r->from_cache, "billed", (int)r->billed, "status_code", r->status_code,
+                     "success", (int)r->success, "error_code", jstr(r->error_code), "response_ms",
+                     (json_int_t)r->response_ms, "upstream_ms",
+                     r->upstream_ms < 0 ? json_null() : json_integer((json_int_t)r->upstream_ms), "created_at", ts);
+}
+
+/* The row as one compact JSON line ending in '\n'; NULL if it cannot be built. */
+static char *
+row_line(const struct aigw_usage_row *r, size_t *len)
+{
+    json_t *o = row_json(r);
+    char *line = NULL;
+    size_t n;
+
+    if (o == NULL)
+        return NULL;
+    n = json_dumpb(o, NULL, 0, JSON_COMPACT);
+    if (n > 0) {
+        line = aigw_xmalloc(n + 1);
+        json_dumpb(o, line, n, JSON_COMPACT);
+        line[n] = '\n';
+        *len = n + 1;
+    }
+    json_decref(o);
+    return line;
+}
+
+/* With u->lock held: one write (looping only on short writes, which nobody
+ * else can interleave with under the lock). A failed write is cut back off
+ * so that the next row does not get glued onto half a row. */
+static int
+append_line(struct aigw_usage *u, const char *line, size_t len)
+{
+    struct seg *s = u->cur;
+    size_t old = atomic_load(&s->size), off = 0;
+    char eb[128];
+
+    while (off < len) {
+        ssize_t n = write(s->fd, line + off, len - off);
+
+        if (n > 0) {
+            off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        aigw_log(LOG_ERR, "usage: spool write to %s failed: %s", s->path,
+                 errstr(n < 0 ? errno : ENOSPC, eb, sizeof(eb)));
+        if (off > 0 && ftruncate(s->fd, (off_t)old) != 0) {
+            /* half a row stays: publish it, the writer skips or rejects it */
+            aigw_log(LOG_CRIT, "usage: cannot cut a partial row off %s", s->path);
+            atomic_store(&s->size, old + off);
+            atomic_fetch_add(&u->spool_bytes, off);
+        }
+        return -1;
+    }
+    atomic_store(&s->size, old + len);
+    atomic_fetch_add(&u->spool_bytes, len);
+    atomic_fetch_add(&u->backlog, 1);
+    /* wake an idle writer at the first row, a waiting one at a full batch */
+    if (++u->pending == 1 || u->pending == (size_t)u->batch_rows)
+        pthread_cond_signal(&u->wake);
+    return 0;
+}
+
+int
+aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
+{
+    size_t len = 0;
+    char *line;
+    int ret;
+
+    if (u == NULL || row == NULL)
+        return -1;
+    if (row->id[0] == '\0')
+        aigw_uuid4(row->id);
+    if (row->created_at_us == 0)
+        row->created_at_us = wall_us();
+    line = row_line(row, &len);
+    if (line == NULL) {
+        aigw_log(LOG_ERR, "usage: cannot serialize usage row %s", row->id);
+        return -1;
+    }
+    pthread_mutex_lock(&u->lock);
+    ret = append_line(u, line, len);
+    pthread_mutex_unlock(&u->lock);
+    free(line);
+    return ret;
+}
+
+/* ---- the writer: reading the spool ---- */
+
+static void
+row_finished(struct aigw_usage *u, struct brow *row)
+{
+    row->done = true;
+    atomic_fetch_sub(&u->backlog, 1);
+}
+
+/* id and tenant_id are all the writer needs to know; PostgreSQL checks the rest. */
+static void
+parse_row(struct brow *row)
+{
+    json_t *o = json_loadb(row->line, row->len, 0, NULL);
+    const char *id = json_string_value(json_object_get(o, "id"));
+    const char *tenant = json_string_value(json_object_get(o, "tenant_id"));
+
+    row->bad = id == NULL || tenant == NULL || !aigw_is_uuid(id, strlen(id)) ||
+               !aigw_is_uuid(tenant, strlen(tenant));
+    snprintf(row->id, sizeof(row->id), "%s", row->bad ? "-" : id);
+    snprintf(row->tenant, sizeof(row->tenant), "%s", row->bad ? "-" : tenant);
+    json_decref(o);
+}
+
+/* Turn the complete lines at the start of buf into batch rows; returns the
+ * bytes consumed. Empty lines are nothing to write. */
+static size_t
+split_lines(struct aigw_usage *u, const char *buf, size_t len)
+{
+    struct batch *b = &u->b;
+    size_t off = 0;
+    const char *nl;
+
+    while (b->n < (size_t)u->batch_rows && (nl = memchr(buf + off, '\n', len - off)) != NULL) {
+        struct brow *row = &b->rows[b->n++];
+
+        row->line = buf + off;
+        row->len = (size_t)(nl - row->line);
+        row->done = false;
+        off += row->len + 1;
+        if (row->len == 0)
+            row_finished(u, row);
+        else
+            parse_row(row);
+    }
+    return off;
+}
+
+static bool
+pread_all(int fd, char *buf, size_t len, size_t off)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, (off_t)(off + got));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
+}
+
+/* Read the next lines of the oldest segment with unread rows into the batch.
+ * Returns 1 when a batch was read, 0 when nothing is left, -1 on a read error. */
+static int
+fill_batch(struct aigw_usage *u)
+{
+    struct batch *b = &u->b;
+    struct seg *s = u->segs;
+    size_t avail, want;
+
+    while (s != NULL && s->done >= atomic_load(&s->size))
+        s = s->next;
+    if (s == NULL)
+        return 0;
+    avail = atomic_load(&s->size) - s->done;
+    for (;;) {
+        want = avail < b->cap ? avail : b->cap;
+        if (!pread_all(s->fd, b->buf, want, s->done)) {
+            aigw_log(LOG_ERR, "usage: reading %s failed", s->path);
+            return -1;
+        }
+        if (memchr(b->buf, '\n', want) != NULL || want == avail)
+            break;
+        b->cap *= 2; /* a line longer than the buffer */
+        b->buf = aigw_xrealloc(b->buf, b->cap);
+    }
+    b->seg = s;
+    b->n = 0;
+    b->end = s->done + split_lines(u, b->buf, want);
+    if (b->end == s->done) {
+        /* no '\n' up to the end: the last row of a crashed run, half written */
+        aigw_log(LOG_WARNING, "usage: %s: skipping a partial last line (%zu bytes)", s->path, avail);
+        b->end = s->done + avail;
+    }
+    return 1;
+}
+
+/* ---- the writer: PostgreSQL ---- */
+
+static bool
+conn_usable(PGconn *c)
+{
+    return c != NULL && PQstatus(c) == CONNECTION_OK && PQpipelineStatus(c) == PQ_PIPELINE_OFF &&
+           PQtransactionStatus(c) == PQTRANS_IDLE;
+}
+
+static void
+db_lost(struct aigw_usage *u)
+{
+    PQfinish(u->conn);
+    u->conn = NULL;
+    if (!u->db_down)
+        aigw_log(LOG_WARNING, "usage: PostgreSQL unavailable; %zu rows wait in the spool",
+                 atomic_load(&u->backlog));
+    u->db_down = true;
+}
+
+static int
+ensure_conn(struct aigw_usage *u)
+{
+    if (conn_usable(u->conn))
+        return 0;
+    PQfinish(u->conn);
+    u->conn = aigw_pg_connect(u->db_url);
+    if (u->conn == NULL) {
+        db_lost(u);
+        return -1;
+    }
+    if (u->db_down)
+        aigw_log(LOG_NOTICE, "usage: PostgreSQL is back; writing %zu rows", atomic_load(&u->backlog));
+    u->db_down = false;
+    return 0;
+}
+
+/* "[line,line,...]" of the batch's unfinished rows of tenant (or just one). */
+static char *
+json_array_of(const struct batch *b, const char *tenant, const struct brow *only)
+{
+    size_t len = 2, pos = 0;
+    char *out;
+
+    for (size_t i = 0; i < b->n; i++)
+        if (only == NULL ? !b->rows[i].done && strcmp(b->rows[i].tenant, tenant) == 0 : &b->rows[i] == only)
+            len += b->rows[i].len + 1;
+    out = aigw_xmalloc(len + 1);
+    out[pos++] = '[';
+    for (size_t i = 0; i < b->n; i++) {
+        const struct brow *r = &b->rows[i];
+
+        if (only == NULL ? r->done || strcmp(r->tenant, tenant) != 0 : r != only)
+            continue;
+        if (pos > 1)
+            out[pos++] = ',';
+        memcpy(out + pos, r->line, r->len);
+        pos += r->len;
+    }
+    out[pos++] = ']';
+    out[pos] = '\0';
+    return out;
+}
+
+static int
+rollback_and(PGconn *c, int ret)
+{
+    PGTransactionStatusType ts = PQtransactionStatus(c);
+
+    if (ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR)
+        PQclear(PQexec(c, "ROLLBACK"));
+    return ret;
+}
+
+/* A failed single-row insert: data errors (SQLSTATE class 22, integrity
+ * class 23) are the row's fault and permanent; anything else (timeouts,
+ * locks, shutdown, privileges) may pass, so the row is kept and retried. */
+static int
+classify(PGresult *r, char *why, size_t cap)
+{
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    size_t n;
+
+    snprintf(why, cap, "%s: %s", state ? state : "?????", msg ? msg : "no message");
+    n = strcspn(why, "\n");
+    why[n] = '\0';
+    if (state != NULL && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0))
+        return 1;
+    aigw_log(LOG_WARNING, "usage: insert failed, will retry: %s", why);
+    return -1;
+}
+
+/* One row in its own explicit transaction, so that the error's SQLSTATE can
+ * be read (aigw_pg_exec_tenant only says "failed"). 0 committed, 1 rejected
+ * for good (why says why), -1 try again later. */
+static int
+try_alone(PGconn *c, const struct batch *b, const struct brow *row, char *why, size_t cap)
+{
+    const char *tp[1] = {row->tenant};
+    char *param = json_array_of(b, NULL, row);
+    const char *pp[1] = {param};
+    PGresult *r = PQexec(c, "BEGIN");
+    int ret = -1;
+
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        goto out;
+    PQclear(r);
+    r = PQexecParams(c, SET_TENANT_SQL, 1, NULL, tp, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1)
+        goto out;
+    if (PQgetvalue(r, 0, 0)[0] == '\0') {
+        snprintf(why, cap, "unknown tenant");
+        ret = 1;
+        goto out;
+    }
+    PQclear(r);
+    r = PQexecParams(c, INSERT_SQL, 1, NULL, pp, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        ret = classify(r, why, cap);
+        goto out;
+    }
+    PQclear(r);
+    r = PQexec(c, "COMMIT");
+    ret = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+out:
+    PQclear(r);
+    free(param);
+    return rollback_and(c, ret);
+}
+
+/* Append the raw line to rejected.jsonl (synced) and count it as handled.
+ * If even that fails the row stays pending: nothing is ever dropped. */
+static int
+reject(struct aigw_usage *u, struct brow *row, const char *why)
+{
+    char *path = seg_path(u, "rejected.jsonl"), eb[128];
+    struct iovec iov[2] = {{(void *)row->line, row->len}, {(void *)"\n", 1}};
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && writev(fd, iov, 2) == (ssize_t)(row->len + 1) && fdatasync(fd) == 0;
+    int err = errno;
+
+    if (fd >= 0)
+        close(fd);
+    if (!ok) {
+        aigw_log(LOG_ERR, "usage: cannot write %s (row %s stays in the spool): %s", path, row->id,
+                 errstr(err, eb, sizeof(eb)));
+        free(path);
+        return -1;
+    }
+    aigw_log(LOG_ERR, "usage: row %s of tenant %s rejected (%s); moved to %s", row->id, row->tenant, why, path);
+    row_finished(u, row);
+    free(path);
+    return 0;
+}
+
+/* The tenant's statement failed but the connection is fine: some row is at
+ * fault. Write the rows one by one; reject the ones PostgreSQL refuses. */
+static int
+isolate(struct aigw_usage *u, const char *tenant)
+{
+    struct batch *b = &u->b;
+    char why[256];
+
+    for (size_t i = 0; i < b->n; i++) {
+        struct brow *row = &b->rows[i];
+        int v;
+
+        if (row->done || strcmp(row->tenant, tenant) != 0)
+            continue;
+        v = try_alone(u->conn, b, row, why, sizeof(why));
+        if (v == 0) {
+            row_finished(u, row);
+        } else if (v > 0) {
+            if (reject(u, row, why) != 0)
+                return -1;
+        } else {
+            if (!conn_usable(u->conn))
+                db_lost(u);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* All unfinished rows of one tenant in one statement (one transaction). */
+static int
+commit_tenant(struct aigw_usage *u, const char *tenant)
+{
+    struct batch *b = &u->b;
+    char *param = json_array_of(b, tenant, NULL);
+    const char *pp[1] = {param};
+    PGresult *r = aigw_pg_exec_tenant(u->conn, tenant, INSERT_SQL, 1, pp);
+
+    free(param);
+    if (r != NULL) {
+        PQclear(r);
+        for (size_t i = 0; i < b->n; i++)
+            if (!b->rows[i].done && strcmp(b->rows[i].tenant, tenant) == 0)
+                row_finished(u, &b->rows[i]);
+        return 0;
+    }
+    if (!conn_usable(u->conn)) {
+        db_lost(u);
+        return -1;
+    }
+    return isolate(u, tenant);
+}
+
+static int
+commit_batch(struct aigw_usage *u)
+{
+    struct batch *b = &u->b;
+
+    for (size_t i = 0; i < b->n; i++) {
+        struct brow *row = &b->rows[i];
+        char tenant[37];
+
+        if (row->done)
+            continue;
+        if (row->bad) {
+            if (reject(u, row, "not a usage row") != 0)
+                return -1;
+            continue;
+        }
+        if (ensure_conn(u) != 0)
+            return -1;
+        memcpy(tenant, row->tenant, sizeof(tenant)); /* row is marked done below */
+        if (commit_tenant(u, tenant) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- the writer thread ---- */
+
+static bool
+out_of_time(struct aigw_usage *u)
+{
+    bool late;
+
+    pthread_mutex_lock(&u->lock);
+    late = u->stop && aigw_now_ms() >= u->deadline_ms;
+    pthread_mutex_unlock(&u->lock);
+    return late;
+}
+
+/* Rotate the current segment when it is big, or old with every row
+ * committed (then collect() unlinks it at once). Only the writer changes
+ * u->cur; appenders see the switch under the lock. */
+static void
+maybe_rotate(struct aigw_usage *u)
+{
+    struct seg *old = u->cur, *next;
+    size_t size = atomic_load(&old->size);
+
+    if (size < SEG_MAX_BYTES &&
+        !(size > 0 && old->done == size && aigw_now_ms() - old->opened_ms >= SEG_MAX_AGE_MS))
+        return;
+    if ((next = seg_create(u)) == NULL)
+        return; /* logged; keep appending to the old one */
+    pthread_mutex_lock(&u->lock);
+    old->next = next;
+    u->cur = next;
+    pthread_mutex_unlock(&u->lock);
+    if (u->synced != atomic_load(&old->size) && fdatasync(old->fd) != 0)
+        aigw_log(LOG_WARNING, "usage: fdatasync %s failed", old->path);
+    old->closed = true;
+    u->synced = 0;
+    u->synced_ms = aigw_now_ms();
+}
+
+/* fdatasync new rows at most every flush interval (or now, when forced),
+ * rotate, unlink what is done. */
+static void
+tend(struct aigw_usage *u, bool force)
+{
+    size_t size = atomic_load(&u->cur->size);
+    int64_t now = aigw_now_ms();
+
+    if (size != u->synced && (force || now - u->synced_ms >= u->flush_ms)) {
+        if (fdatasync(u->cur->fd) != 0)
+            aigw_log(LOG_WARNING, "usage: fdatasync %s failed", u->cur->path);
+        u->synced = size;
+        u->synced_ms = now;
+    }
+    maybe_rotate(u);
+    collect(u);
+}
+
+/* Write batches until the spool is read; 0 = caught up, -1 = failed (or out
+ * of time while stopping), retry later. */
+static int
+drain(struct aigw_usage *u)
+{
+    struct batch *b = &u->b;
+
+    for (;;) {
+        if (out_of_time(u))
+            return -1;
+        if (b->seg == NULL) {
+            int r = fill_batch(u);
+
+            if (r <= 0)
+                return r;
+        }
+        if (commit_batch(u) != 0)
+            return -1;
+        b->seg->done = b->end;
+        b->seg = NULL;
+        b->n = 0;
+        tend(u, false);
+    }
+}
+
+/* Sleep until rows arrive, then up to flush_ms more for a full batch. */
+static void
+wait_for_rows(struct aigw_usage *u)
+{
+    struct timespec ts;
+
+    pthread_mutex_lock(&u->lock);
+    abs_time(&ts, aigw_now_ms() + IDLE_WAIT_MS);
+    while (!u->stop && u->pending == 0)
+        if (pthread_cond_timedwait(&u->wake, &u->lock, &ts) == ETIMEDOUT)
+            break;
+    abs_time(&ts, aigw_now_ms() + u->flush_ms);
+    while (!u->stop && u->pending > 0 && u->pending < (size_t)u->batch_rows)
+        if (pthread_cond_timedwait(&u->wake, &u->lock, &ts) == ETIMEDOUT)
+            break;
+    u->pending = 0;
+    pthread_mutex_unlock(&u->lock);
+}
+
+/* Sleep ms unless the stop request differs from was; true if it does. */
+static bool
+sleep_unless_stop(struct aigw_usage *u, int64_t ms, bool was)
+{
+    struct timespec ts;
+    bool changed;
+
+    pthread_mutex_lock(&u->lock);
+    abs_time(&ts, aigw_now_ms() + ms);
+    while (u->stop == was)
+        if (pthread_cond_timedwait(&u->wake, &u->lock, &ts) == ETIMEDOUT)
+            break;
+    changed = u->stop != was;
+    pthread_mutex_unlock(&u->lock);
+    return changed;
+}
+
+/* Back off after a failure, cut short by a stop request and never past the
+ * stop deadline. Meanwhile the spool is still synced and rotated every flush
+ * interval: an outage must not stretch the window a power loss can eat. */
+static void
+back_off(struct aigw_usage *u, int ms)
+{
+    int64_t until = aigw_now_ms() + ms, step;
+    int64_t slice = u->flush_ms < BACKOFF_MIN_MS / 5 ? BACKOFF_MIN_MS / 5 : u->flush_ms;
+    bool was;
+
+    pthread_mutex_lock(&u->lock);
+    was = u->stop;
+    if (was && until > u->deadline_ms)
+        until = u->deadline_ms;
+    pthread_mutex_unlock(&u->lock);
+    while ((step = until - aigw_now_ms()) > 0) {
+        if (step > slice)
+            step = slice;
+        if (sleep_unless_stop(u, step, was))
+            return;
+        tend(u, false);
+    }
+}
+
+static void *
+run(void *arg)
+{
+    struct aigw_usage *u = arg;
+    int backoff = BACKOFF_MIN_MS;
+
+    for (;;) {
+        int r = drain(u); /* first round: what earlier runs left */
+        bool stopping;
+
+        tend(u, true);
+        pthread_mutex_lock(&u->lock);
+        stopping = u->stop;
+        pthread_mutex_unlock(&u->lock);
+        if (stopping && (r == 0 || aigw_now_ms() >= u->deadline_ms))
+            break;
+        if (r == 0) {
+            backoff = BACKOFF_MIN_MS;
+            wait_for_rows(u);
+            continue;
+        }
+        back_off(u, backoff);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    PQfinish(u->conn);
+    u->conn = NULL;
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+static void
+destroy(struct aigw_usage *u)
+{
+    while (u->segs != NULL) {
+        struct seg *s = u->segs;
+
+        u->segs = s->next;
+        seg_free(u, s);
+    }
+    if (u->dir_fd >= 0) {
+        fsync(u->dir_fd);
+        close(u->dir_fd); /* releases the flock */
+    }
+    pthread_cond_destroy(&u->wake);
+    pthread_mutex_destroy(&u->lock);
+    free(u->b.buf);
+    free(u->b.rows);
+    free(u->db_url);
+    free(u->dir);
+    free(u);
+}
+
+static void
+init_sync(struct aigw_usage *u)
+{
+    pthread_condattr_t ca;
+
+    pthread_mutex_init(&u->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&u->wake, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+struct aigw_usage *
+aigw_usage_start(const struct aigw_config *cfg)
+{
+    struct aigw_usage *u = aigw_xcalloc(1, sizeof(*u));
+
+    init_sync(u);
+    u->dir_fd = -1;
+    u->dir = aigw_xstrdup(cfg->spool_dir ? cfg->spool_dir : "");
+    u->db_url = aigw_xstrdup(cfg->database_url ? cfg->database_url : "");
+    u->batch_rows = cfg->usage_batch_rows > 0 ? cfg->usage_batch_rows : 1;
+    u->flush_ms = cfg->usage_flush_ms > 0 ? cfg->usage_flush_ms : 1;
+    atomic_init(&u->backlog, 0);
+    atomic_init(&u->spool_bytes, 0);
+    if (open_spool(u) != 0 || load_old_segments(u) != 0 || (u->cur = seg_create(u)) == NULL) {
+        aigw_log(LOG_ERR, "usage: spool %s unusable; not starting", u->dir);
+        destroy(u);
+        return NULL;
+    }
+    seg_append(u, u->cur);
+    u->synced_ms = aigw_now_ms();
+    u->b.rows = aigw_xcalloc((size_t)u->batch_rows, sizeof(*u->b.rows));
+    u->b.cap = (size_t)u->batch_rows * 1024 > READ_MIN ? (size_t)u->batch_rows * 1024 : READ_MIN;
+    u->b.buf = aigw_xmalloc(u->b.cap);
+    if (pthread_create(&u->thread, NULL, run, u) != 0)
+        abort();
+    aigw_log(LOG_INFO, "usage: spool %s, %zu rows to replay", u->dir, atomic_load(&u->backlog));
+    return u;
+}
+
+void
+aigw_usage_stop(struct aigw_usage *u, int deadline_ms)
+{
+    size_t left = 0;
+
+    if (u == NULL)
+        return;
+    pthread_mutex_lock(&u->lock);
+    u->stop = true;
+    u->deadline_ms = aigw_now_ms() + (deadline_ms > 0 ? deadline_ms : 0);
+    pthread_cond_broadcast(&u->wake);
+    pthread_mutex_unlock(&u->lock);
+    pthread_join(u->thread, NULL);
+
+    if (fdatasync(u->cur->fd) != 0)
+        aigw_log(LOG_WARNING, "usage: fdatasync %s failed", u->cur->path);
+    while (u->segs != NULL) {
+        struct seg *s = u->segs;
+
+        u->segs = s->next;
+        left += seg_free(u, s) > 0;
+    }
+    if (atomic_load(&u->backlog) > 0)
+        aigw_log(LOG_WARNING, "usage: %zu rows not in PostgreSQL yet stay in %s (%zu segments) for the next start",
+                 atomic_load(&u->backlog), u->dir, left);
+    destroy(u);
+}
+
+size_t
+aigw_usage_backlog(const struct aigw_usage *u)
+{
+    return u ? atomic_load(&u->backlog) : 0;
+}
+
+size_t
+aigw_usage_spool_bytes(const struct aigw_usage *u)
+{
+    return u ? atomic_load(&u->spool_bytes) : 0;
+}

@@ -1,0 +1,119 @@
+/* query.c - pure helpers of the query path: no I/O, unit-tested */
+#include "aigw/query.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/config.h"
+#include "aigw/util.h"
+
+char *
+aigw_query_normalize(const char *q)
+{
+    size_t n = strlen(q), o = 0;
+    char *out = aigw_xmalloc(n + 1);
+    bool space = false;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)q[i];
+
+        if (isspace(ch)) {
+            space = o > 0;
+            continue;
+        }
+        if (space)
+            out[o++] = ' ';
+        space = false;
+        out[o++] = (char)(ch < 128 ? tolower(ch) : ch);
+    }
+    out[o] = '\0';
+    return out;
+}
+
+size_t
+aigw_utf8_chars(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Whole-word (ASCII) match of word in text. */
+static bool
+has_word(const char *text, const char *word)
+{
+    size_t wl = strlen(word);
+
+    for (const char *p = strstr(text, word); p != NULL; p = strstr(p + 1, word)) {
+        bool start = p == text || !isalnum((unsigned char)p[-1]);
+        bool end = !isalnum((unsigned char)p[wl]);
+
+        if (start && end)
+            return true;
+    }
+    return false;
+}
+
+static bool
+any_word(const char *text, const char *const *words)
+{
+    for (; *words != NULL; words++)
+        if (has_word(text, *words))
+            return true;
+    return false;
+}
+
+int
+aigw_query_classify(const char *normalized)
+{
+    static const char *const sales[] = {"sales", "sale", "revenue", "revenues", "sold", "sell", "selling", NULL};
+    static const char *const inventory[] = {"inventory", "stock", "stocks", "supplies", "supply", "reorder", NULL};
+    static const char *const patients[] = {"patient", "patients", "customer trend", "customer trends", NULL};
+
+    if (any_word(normalized, sales))
+        return aigw_query_type_index("sales");
+    if (any_word(normalized, inventory))
+        return aigw_query_type_index("inventory");
+    if (any_word(normalized, patients))
+        return aigw_query_type_index("patient_analytics");
+    return aigw_query_type_index("knowledge");
+}
+
+bool
+aigw_query_asks_pii(const char *normalized)
+{
+    static const char *const pii[] = {
+        "name", "names", "full name", "first name", "last name", "surname", "address", "addresses",
+        "home address", "phone", "phones", "phone number", "telephone", "mobile number", "email", "emails",
+        "e-mail", "ssn", "social security", "date of birth", "dob", "birth date", "birthdate", "birthday",
+        "contact details", "insurance number", "passport", NULL,
+    };
+
+    return any_word(normalized, pii);
+}
+
+void
+aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, const char *model, int max_tokens,
+                     char out[65])
+{
+    unsigned char md[32];
+    char head[160];
+    size_t hl, ql = strlen(normalized), ml = strlen(model);
+    char *buf;
+
+    /* NUL separators make the encoding unambiguous */
+    hl = (size_t)snprintf(head, sizeof(head), "aigw-cache-v1%c%s%c%d%c%d%c", 0, tenant_id, 0, qtype, 0,
+                          max_tokens, 0);
+    buf = aigw_xmalloc(hl + ql + 1 + ml);
+    memcpy(buf, head, hl);
+    memcpy(buf + hl, normalized, ql);
+    buf[hl + ql] = '\0';
+    memcpy(buf + hl + ql + 1, model, ml);
+    aigw_sha256(buf, hl + ql + 1 + ml, md);
+    free(buf);
+    aigw_hex(md, 32, out);
+}

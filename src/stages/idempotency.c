@@ -1,0 +1,171 @@
+/* idempotency.c - Idempotency-Key: replay the first outcome for 24 h, 409
+ * while it runs, 422 when the key comes back with a different body. Records
+ * are keyed by tenant + caller + key, so one tenant can never replay another's. */
+#include <stdio.h>
+#include <string.h>
+
+#include "aigw/log.h"
+#include "aigw/query.h"
+#include "aigw/redis.h"
+#include "aigw/stages.h"
+#include "aigw/tenant.h"
+#include "aigw/util.h"
+
+#define IDEM_TTL_MS "86400000"
+
+/* KEYS[1] record; ARGV[1] "P"..fingerprint, ARGV[2] pending ttl ms.
+ * -> {0} when this request now owns the key, else {1, stored value} */
+static struct aigw_redis_script begin_script = {
+    .source = "local v = redis.call('GET', KEYS[1])\n"
+              "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {0} end\n"
+              "return {1, v}\n",
+};
+
+void
+aigw_idempotency_init(void)
+{
+    aigw_redis_script_init(&begin_script);
+}
+
+/* Accept a structured-field string ("...") or the bare form: 1..255 visible ASCII. */
+static const char *
+parse_key(struct aigw_req *req, const char *hdr)
+{
+    size_t n = strlen(hdr);
+
+    if (n >= 2 && hdr[0] == '"' && hdr[n - 1] == '"') {
+        hdr++;
+        n -= 2;
+        if (memchr(hdr, '"', n) != NULL || memchr(hdr, '\\', n) != NULL)
+            return NULL;
+    }
+    if (n == 0 || n > 255)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        if (hdr[i] < 0x21 || hdr[i] > 0x7e)
+            return NULL;
+    return aigw_pool_strndup(req->pool, hdr, n);
+}
+
+static void
+fingerprint(struct aigw_req *req, char out[65])
+{
+    char *canon = json_dumps(req->json, JSON_COMPACT | JSON_SORT_KEYS);
+    char *text = aigw_pool_printf(req->pool, "%s %s\n%s", req->method, req->route->path, canon ? canon : "");
+    unsigned char md[32];
+
+    free(canon);
+    aigw_sha256(text, strlen(text), md);
+    aigw_hex(md, 32, out);
+}
+
+/* Replay "D<fp>\n<status>\n<body>". */
+static enum aigw_rc
+replay(struct aigw_req *req, const char *stored)
+{
+    const char *nl1 = strchr(stored, '\n'), *nl2 = nl1 ? strchr(nl1 + 1, '\n') : NULL;
+    long status;
+    char st[8];
+
+    if (nl2 == NULL || nl2 - nl1 - 1 >= (long)sizeof(st))
+        return aigw_req_fail(req, 500, "internal", "corrupt idempotency record");
+    memcpy(st, nl1 + 1, (size_t)(nl2 - nl1 - 1));
+    st[nl2 - nl1 - 1] = '\0';
+    if (!aigw_parse_long(st, 100, 599, &status))
+        return aigw_req_fail(req, 500, "internal", "corrupt idempotency record");
+    req->status = (int)status;
+    req->resp_body = aigw_pool_strdup(req->pool, nl2 + 1);
+    req->resp_len = strlen(req->resp_body);
+    req->content_type = "application/json; charset=utf-8";
+    req->q->from_cache = true;
+    aigw_req_add_header(req, "Idempotent-Replayed", "true");
+    return AIGW_DONE;
+}
+
+enum aigw_rc
+aigw_stage_idempotency(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    const char *hdr = aigw_req_header(req, "Idempotency-Key"), *key;
+    char fp_arg[70], scoped[65];
+    unsigned char md[32];
+    const char *keys[1], *args[2] = {fp_arg, "0"};
+    redisContext *rc;
+    redisReply *r;
+    enum aigw_rc ret = AIGW_OK;
+
+    if (hdr == NULL)
+        return AIGW_OK;
+    key = parse_key(req, hdr);
+    if (key == NULL)
+        return aigw_req_fail(req, 400, "invalid_request", "Idempotency-Key: 1..255 visible ASCII characters");
+    {
+        char *scope = aigw_pool_printf(req->pool, "%s%c%s", req->claims.sub, 0, key);
+        size_t len = strlen(req->claims.sub) + 1 + strlen(key);
+
+        aigw_sha256(scope, len, md);
+        aigw_hex(md, 32, scoped);
+    }
+    q->idem_key = aigw_pool_printf(req->pool, "aigw:{%s}:idem:%s", req->tenant->id, scoped);
+    fingerprint(req, q->idem_fp);
+    snprintf(fp_arg, sizeof(fp_arg), "P%s", q->idem_fp);
+    args[1] = aigw_pool_printf(req->pool, "%d", req->srv->cfg.timeout_ms + req->srv->cfg.queue_timeout_ms + 30000);
+    keys[0] = q->idem_key;
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc == NULL)
+        goto unavailable;
+    r = aigw_redis_eval(rc, &begin_script, 1, keys, 2, args);
+    aigw_redis_release(req->srv->redis, rc);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        freeReplyObject(r);
+        goto unavailable;
+    }
+    if (r->element[0]->integer == 0) {
+        q->idem_owner = true;
+    } else if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len >= 65) {
+        const char *v = r->element[1]->str;
+
+        if (memcmp(v + 1, q->idem_fp, 64) != 0)
+            ret = aigw_req_fail(req, 422, "idempotency_key_reused",
+                                "this Idempotency-Key was used with a different request body");
+        else if (v[0] == 'P')
+            ret = aigw_req_fail(req, 409, "idempotency_in_progress",
+                                "a request with this Idempotency-Key is still being processed");
+        else
+            ret = replay(req, v + 65);
+    } else {
+        ret = aigw_req_fail(req, 500, "internal", "corrupt idempotency record");
+    }
+    freeReplyObject(r);
+    return ret;
+unavailable:
+    aigw_req_add_header(req, "Retry-After", "1");
+    return aigw_req_fail(req, 503, "service_unavailable", "idempotency store is unavailable, retry shortly");
+}
+
+void
+aigw_idempotency_finish(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    redisContext *rc;
+    redisReply *r;
+
+    if (q == NULL || !q->idem_owner)
+        return;
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc == NULL)
+        return; /* the pending record expires on its own */
+    if (req->status == 503 && strcmp(req->error_code ? req->error_code : "", "service_unavailable") == 0) {
+        /* our dependency failed before the work ran: let a retry run it */
+        r = redisCommand(rc, "DEL %s", q->idem_key);
+    } else {
+        char *val = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,
+                                     req->resp_body ? req->resp_body : "");
+
+        r = redisCommand(rc, "SET %s %s PX " IDEM_TTL_MS, q->idem_key, val);
+    }
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "redis: idempotency record not stored for request %s", req->request_id);
+    freeReplyObject(r);
+    aigw_redis_release(req->srv->redis, rc);
+}

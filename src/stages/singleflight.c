@@ -1,0 +1,311 @@
+/* singleflight.c - the single-flight stage and its waiter poller thread */
+#include "aigw/singleflight.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aigw/api.h"
+#include "aigw/http.h"
+#include "aigw/log.h"
+#include "aigw/query.h"
+#include "aigw/stages.h"
+#include "aigw/tenant.h"
+#include "aigw/util.h"
+
+enum { SF_WAITING, SF_RESULT, SF_RETRY, SF_TIMEOUT };
+
+struct aigw_sf {
+    struct aigw_redis_pool *redis;
+    int poll_ms;
+    pthread_t thread;
+    pthread_mutex_t lock;      /* guards waiters, n, cap, stop */
+    pthread_cond_t wake;
+    struct aigw_req **waiters;
+    size_t n, cap;
+    bool stop;
+};
+
+/* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] lock ttl ms, ARGV[3]
+ * '1' to take a just-published result ('0' for Cache-Control: no-cache)
+ * -> {2, result} a result is already there, {1} lock taken, {0} someone else leads */
+static struct aigw_redis_script acquire_script = {
+    .source = "if ARGV[3] == '1' then\n"
+              "  local r = redis.call('GET', KEYS[2])\n"
+              "  if r then return {2, r} end\n"
+              "end\n"
+              "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end\n"
+              "return {0}\n",
+};
+
+/* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result, ARGV[3] result ttl ms */
+static struct aigw_redis_script publish_script = {
+    .source = "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+              "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+              "return 1\n",
+};
+
+static void
+resolve(struct aigw_req *req, int state, char *result)
+{
+    req->q->sf_result = result;
+    atomic_store(&req->q->sf_state, state);
+    aigw_req_resume(req);
+}
+
+/* One poll round: pipeline GET result + EXISTS lock for every waiter. */
+static void
+poll_round(struct aigw_sf *sf, struct aigw_req **batch, size_t n)
+{
+    redisContext *rc = aigw_redis_acquire(sf->redis);
+    int64_t now = aigw_now_ms();
+    size_t i;
+
+    for (i = 0; rc != NULL && i < n; i++) {
+        redisAppendCommand(rc, "GET %s", batch[i]->q->sf_result_key);
+        redisAppendCommand(rc, "EXISTS %s", batch[i]->q->sf_lock_key);
+    }
+    for (i = 0; i < n; i++) {
+        redisReply *res = NULL, *lock = NULL;
+        struct aigw_req *req = batch[i];
+
+        if (rc != NULL && (redisGetReply(rc, (void **)&res) != REDIS_OK || redisGetReply(rc, (void **)&lock) != REDIS_OK)) {
+            freeReplyObject(res);
+            res = lock = NULL;
+        }
+        if (res != NULL && res->type == REDIS_REPLY_STRING)
+            resolve(req, SF_RESULT, aigw_xstrndup(res->str, res->len));
+        else if (lock != NULL && lock->type == REDIS_REPLY_INTEGER && lock->integer == 0)
+            resolve(req, SF_RETRY, NULL);
+        else if (now >= req->q->sf_deadline_ms)
+            resolve(req, SF_TIMEOUT, NULL);
+        else
+            batch[i] = NULL; /* still waiting */
+        freeReplyObject(res);
+        freeReplyObject(lock);
+    }
+    aigw_redis_release(sf->redis, rc);
+}
+
+static void *
+run(void *arg)
+{
+    struct aigw_sf *sf = arg;
+    struct aigw_req **batch = NULL;
+    size_t cap = 0;
+
+    pthread_mutex_lock(&sf->lock);
+    while (!sf->stop) {
+        struct timespec ts;
+        size_t n = sf->n, keep = 0;
+
+        if (n == 0) {
+            pthread_cond_wait(&sf->wake, &sf->lock);
+            continue;
+        }
+        if (n > cap)
+            batch = aigw_xrealloc(batch, (cap = n) * sizeof(*batch));
+        memcpy(batch, sf->waiters, n * sizeof(*batch));
+        pthread_mutex_unlock(&sf->lock);
+        poll_round(sf, batch, n);
+        pthread_mutex_lock(&sf->lock);
+        /* drop resolved waiters (batch[i] != NULL) keeping order and new arrivals */
+        for (size_t i = 0; i < sf->n; i++) {
+            bool resolved = i < n && batch[i] != NULL;
+
+            if (!resolved)
+                sf->waiters[keep++] = sf->waiters[i];
+        }
+        sf->n = keep;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += (long)sf->poll_ms * 1000000L;
+        ts.tv_sec += ts.tv_nsec / 1000000000L;
+        ts.tv_nsec %= 1000000000L;
+        if (!sf->stop)
+            pthread_cond_timedwait(&sf->wake, &sf->lock, &ts);
+    }
+    for (size_t i = 0; i < sf->n; i++)
+        resolve(sf->waiters[i], SF_TIMEOUT, NULL);
+    sf->n = 0;
+    pthread_mutex_unlock(&sf->lock);
+    free(batch);
+    return NULL;
+}
+
+struct aigw_sf *
+aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms)
+{
+    struct aigw_sf *sf = aigw_xcalloc(1, sizeof(*sf));
+
+    aigw_redis_script_init(&acquire_script);
+    aigw_redis_script_init(&publish_script);
+    sf->redis = redis;
+    sf->poll_ms = poll_ms;
+    pthread_mutex_init(&sf->lock, NULL);
+    pthread_cond_init(&sf->wake, NULL);
+    if (pthread_create(&sf->thread, NULL, run, sf) != 0)
+        abort();
+    return sf;
+}
+
+void
+aigw_sf_stop(struct aigw_sf *sf)
+{
+    if (sf == NULL)
+        return;
+    pthread_mutex_lock(&sf->lock);
+    sf->stop = true;
+    pthread_cond_signal(&sf->wake);
+    pthread_mutex_unlock(&sf->lock);
+    pthread_join(sf->thread, NULL);
+    pthread_cond_destroy(&sf->wake);
+    pthread_mutex_destroy(&sf->lock);
+    free(sf->waiters);
+    free(sf);
+}
+
+void
+aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req)
+{
+    pthread_mutex_lock(&sf->lock);
+    if (sf->stop) {
+        pthread_mutex_unlock(&sf->lock);
+        resolve(req, SF_TIMEOUT, NULL);
+        return;
+    }
+    if (sf->n == sf->cap)
+        sf->waiters = aigw_xrealloc(sf->waiters, (sf->cap = sf->cap ? sf->cap * 2 : 64) * sizeof(*sf->waiters));
+    sf->waiters[sf->n++] = req;
+    pthread_cond_signal(&sf->wake);
+    pthread_mutex_unlock(&sf->lock);
+}
+
+void
+aigw_sf_publish(struct aigw_req *req, const char *result_json)
+{
+    struct aigw_query *q = req->q;
+    const char *keys[2] = {q->sf_lock_key, q->sf_result_key};
+    const char *args[3] = {req->usage_id, result_json, "10000"};
+    redisContext *rc = aigw_redis_acquire(req->srv->redis);
+    redisReply *r;
+
+    if (rc == NULL)
+        return; /* waiters fall back to retrying once the lock expires */
+    r = aigw_redis_eval(rc, &publish_script, 2, keys, 3, args);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "single-flight: publish failed for request %s", req->request_id);
+    freeReplyObject(r);
+    aigw_redis_release(req->srv->redis, rc);
+}
+
+static void
+free_result(void *p)
+{
+    free(p);
+}
+
+static void
+free_indirect(void *pp)
+{
+    free(*(char **)pp);
+}
+
+static void
+decref(void *p)
+{
+    json_decref(p);
+}
+
+/* A waiter got the leader's outcome: answer from it (not billed). */
+static enum aigw_rc
+from_result(struct aigw_req *req, const char *text)
+{
+    struct aigw_query *q = req->q;
+    json_t *root = json_loads(text, 0, NULL), *err;
+    enum aigw_rc rc;
+
+    if (root == NULL)
+        return aigw_req_fail(req, 502, "upstream_error", "the coalesced answer was unreadable");
+    aigw_pool_cleanup(req->pool, decref, root);
+    err = json_object_get(root, "error");
+    if (json_is_object(err)) {
+        json_t *extra = json_object_get(err, "extra");
+        int status = (int)json_integer_value(json_object_get(err, "status"));
+
+        return aigw_req_fail_extra(req, status >= 400 ? status : 502,
+                                   aigw_pool_strdup(req->pool, json_string_value(json_object_get(err, "code"))
+                                                                   ? json_string_value(json_object_get(err, "code"))
+                                                                   : "upstream_error"),
+                                   json_is_object(extra) ? json_incref(extra) : NULL, "%s",
+                                   json_string_value(json_object_get(err, "message"))
+                                       ? json_string_value(json_object_get(err, "message"))
+                                       : "the upstream call failed");
+    }
+    rc = aigw_query_from_json(req, root);
+    q->from_cache = true;
+    return rc;
+}
+
+enum aigw_rc
+aigw_stage_singleflight(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    const struct aigw_config *cfg = &req->srv->cfg;
+    const char *keys[2], *args[3];
+    redisContext *rc;
+    redisReply *r;
+    long long st;
+
+    if (q->sf_role == AIGW_SF_WAITER) {
+        int state = atomic_load(&q->sf_state);
+
+        if (state == SF_RESULT)
+            return from_result(req, q->sf_result);
+        if (state == SF_TIMEOUT)
+            return aigw_req_fail(req, 504, "upstream_timeout", "timed out waiting for an identical request");
+        q->sf_role = AIGW_SF_NONE; /* SF_RETRY: the leader vanished, try to lead */
+    }
+    if (q->sf_lock_key == NULL) {
+        q->sf_lock_key = aigw_pool_printf(req->pool, "aigw:{%s}:sf:%s:%s", req->tenant->id, q->gen, q->cache_hex);
+        q->sf_result_key = aigw_pool_printf(req->pool, "%s:r", q->sf_lock_key);
+    }
+    keys[0] = q->sf_lock_key;
+    keys[1] = q->sf_result_key;
+    args[0] = req->usage_id;
+    args[1] = aigw_pool_printf(req->pool, "%d", cfg->timeout_ms + cfg->queue_timeout_ms + 5000);
+    args[2] = q->no_cache ? "0" : "1";
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc == NULL)
+        return AIGW_OK; /* no coalescing without Redis; the quota stage decides */
+    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 3, args);
+    aigw_redis_release(req->srv->redis, rc);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        freeReplyObject(r);
+        return AIGW_OK;
+    }
+    st = r->element[0]->integer;
+    if (st == 2 && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+        char *text = aigw_xstrndup(r->element[1]->str, r->element[1]->len);
+
+        freeReplyObject(r);
+        aigw_pool_cleanup(req->pool, free_result, text);
+        return from_result(req, text);
+    }
+    freeReplyObject(r);
+    if (st == 1) {
+        q->sf_role = AIGW_SF_LEADER;
+        return AIGW_OK;
+    }
+    q->sf_role = AIGW_SF_WAITER;
+    q->sf_deadline_ms = aigw_now_ms() + cfg->timeout_ms + cfg->queue_timeout_ms + 5000;
+    if (!q->sf_registered) {
+        aigw_pool_cleanup(req->pool, free_indirect, &q->sf_result);
+        q->sf_registered = true;
+    }
+    atomic_store(&q->sf_state, SF_WAITING);
+    aigw_req_suspend(req);
+    aigw_sf_wait(req->srv->sf, req);
+    return AIGW_AGAIN;
+}

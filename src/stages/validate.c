@@ -1,0 +1,142 @@
+/* validate.c - parse and check the body of /api/ai/query and /api/ai/recommendation */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/config.h"
+#include "aigw/query.h"
+#include "aigw/stages.h"
+#include "aigw/tenant.h"
+#include "aigw/util.h"
+
+static void
+free_ptr(void *p)
+{
+    free(p);
+}
+
+static struct aigw_query *
+query_new(struct aigw_req *req)
+{
+    struct aigw_query *q = aigw_pool_alloc(req->pool, sizeof(*q));
+    const char *cc = aigw_req_header(req, "Cache-Control");
+
+    q->upstream_ms = -1;
+    q->queries_remaining = -1;
+    q->no_cache = cc != NULL && strstr(cc, "no-cache") != NULL;
+    req->q = q;
+    return q;
+}
+
+/* Shared tail: question -> normalized form, hashes, type. */
+static enum aigw_rc
+set_question(struct aigw_req *req, struct aigw_query *q, const char *question, int qtype)
+{
+    const struct aigw_tenant *t = req->tenant;
+    char *trimmed;
+    size_t len;
+
+    while (*question == ' ' || *question == '\t' || *question == '\n' || *question == '\r')
+        question++;
+    len = strlen(question);
+    while (len > 0 && strchr(" \t\r\n", question[len - 1]) != NULL)
+        len--;
+    trimmed = aigw_pool_strndup(req->pool, question, len);
+    if (len == 0)
+        return aigw_req_fail(req, 400, "invalid_request", "question: must not be empty");
+    if (aigw_utf8_chars(trimmed) > AIGW_QUESTION_MAX_CHARS)
+        return aigw_req_fail(req, 400, "invalid_request", "question: at most %d characters",
+                             AIGW_QUESTION_MAX_CHARS);
+    q->question = trimmed;
+    q->normalized = aigw_query_normalize(trimmed);
+    aigw_pool_cleanup(req->pool, free_ptr, q->normalized);
+    q->qtype = qtype >= 0 ? qtype : aigw_query_classify(q->normalized);
+    {
+        unsigned char md[32];
+
+        aigw_sha256(q->normalized, strlen(q->normalized), md);
+        aigw_hex(md, 32, q->question_sha256);
+    }
+    aigw_query_cache_hex(t->id, q->qtype, q->normalized, req->srv->cfg.model, t->max_tokens, q->cache_hex);
+    return AIGW_OK;
+}
+
+enum aigw_rc
+aigw_stage_validate_query(struct aigw_req *req)
+{
+    struct aigw_query *q = query_new(req);
+    json_t *question = json_object_get(req->json, "question");
+    json_t *type = json_object_get(req->json, "query_type");
+    json_t *stream = json_object_get(req->json, "stream");
+    int qtype = -1;
+
+    q->route_label = "query";
+    if (question == NULL || json_is_null(question))
+        return aigw_req_fail(req, 400, "invalid_request", "question: is required");
+    if (!json_is_string(question))
+        return aigw_req_fail(req, 400, "invalid_request", "question: must be a string");
+    if (strlen(json_string_value(question)) != json_string_length(question))
+        return aigw_req_fail(req, 400, "invalid_request", "question: must not contain NUL");
+    if (type != NULL && !json_is_null(type)) {
+        if (!json_is_string(type) || (qtype = aigw_query_type_index(json_string_value(type))) < 0)
+            return aigw_req_fail(req, 400, "invalid_request",
+                                 "query_type: must be one of knowledge, sales, inventory, patient_analytics");
+    }
+    if (stream != NULL && !json_is_null(stream)) {
+        if (!json_is_boolean(stream))
+            return aigw_req_fail(req, 400, "invalid_request", "stream: must be a boolean");
+        q->stream = json_is_true(stream);
+    }
+    return set_question(req, q, json_string_value(question), qtype);
+}
+
+enum aigw_rc
+aigw_stage_validate_recommendation(struct aigw_req *req)
+{
+    struct aigw_query *q = query_new(req);
+    json_t *product = json_object_get(req->json, "product_type");
+    json_t *rx = json_object_get(req->json, "prescription");
+    char *rx_text = NULL, *question;
+    enum aigw_rc rc;
+
+    q->route_label = "recommendation";
+    if (!json_is_string(product) || json_string_length(product) == 0 || json_string_length(product) > 200)
+        return aigw_req_fail(req, 400, "invalid_request", "product_type: a string of 1..200 characters is required");
+    if (rx != NULL && !json_is_null(rx) && !json_is_object(rx))
+        return aigw_req_fail(req, 400, "invalid_request", "prescription: must be an object");
+    if (rx != NULL && json_is_object(rx)) {
+        rx_text = json_dumps(rx, JSON_COMPACT | JSON_SORT_KEYS);
+        if (rx_text == NULL || strlen(rx_text) > 2000) {
+            free(rx_text);
+            return aigw_req_fail(req, 400, "invalid_request", "prescription: at most 2000 bytes");
+        }
+    }
+    question = aigw_pool_printf(req->pool,
+                                "Recommend a suitable %s for this patient and explain why in plain language. "
+                                "Prescription: %s",
+                                json_string_value(product), rx_text ? rx_text : "not given");
+    free(rx_text);
+    rc = set_question(req, q, question, aigw_query_type_index("knowledge"));
+    return rc;
+}
+
+enum aigw_rc
+aigw_stage_authorize(struct aigw_req *req)
+{
+    const struct aigw_tenant *t = req->tenant;
+    struct aigw_query *q = req->q;
+    unsigned need = 1u << q->qtype; /* feature bits follow the query type order */
+
+    if (!(t->features & need)) {
+        const char *tier = t->required_tier[q->qtype];
+
+        return aigw_req_fail_extra(req, 403, "feature_not_in_plan",
+                                   json_pack("{s:s, s:s}", "required_tier", tier, "feature",
+                                             aigw_query_type_names[q->qtype]),
+                                   "%s questions are not in the %s plan", aigw_query_type_names[q->qtype], t->tier);
+    }
+    if (q->qtype == aigw_query_type_index("patient_analytics") && aigw_query_asks_pii(q->normalized))
+        return aigw_req_fail(req, 403, "pii_not_allowed",
+                             "patient analytics answers aggregates only, never personal identifiers");
+    return AIGW_OK;
+}

@@ -1,0 +1,554 @@
+/* test_query.c - POST /api/ai/query end to end: cache, quota race, single-flight,
+ * rate limit, feature gating, PII, bad input, upstream failures, idempotency */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/util.h"
+#include "testlib.h"
+
+static PGconn *owner;
+static const char *mock;
+static int port;
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"timeout_ms\":1500,\"queue_timeout_ms\":1000,\"health_interval_ms\":60000,\"fail_threshold\":100,"
+    "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
+    "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}\",\"flush_ms\":20}}";
+
+static void
+tenant(const char *tier, const char *overrides, char id[37], char code[65])
+{
+    const char *p[2] = {NULL, overrides};
+    PGresult *r;
+
+    tl_create_tenant(owner, tier, "active", id, code);
+    p[0] = id;
+    r = tl_sql(owner, true, "UPDATE tenants SET overrides = $2::jsonb WHERE id = $1", 2, p);
+    PQclear(r);
+}
+
+static int
+ask(const char *token, const char *body, struct tl_resp *r)
+{
+    return tl_post(port, "/api/ai/query", token, body, r);
+}
+
+static long
+billed_rows(const char *tid, long want)
+{
+    const char *p[1] = {tid};
+
+    return tl_wait_sql(owner, want, 3000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
+}
+
+static long
+rows(const char *tid, long want)
+{
+    const char *p[1] = {tid};
+
+    return tl_wait_sql(owner, want, 3000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+}
+
+static void
+expect(const char *name, const struct tl_resp *r, long status, const char *code)
+{
+    char buf[64] = "";
+
+    CHECK(r->status == status, "%s: status %ld want %ld: %s", name, r->status, status, r->body);
+    if (code != NULL)
+        CHECK(tl_json_str(r, "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0, "%s: code %s want %s", name,
+              buf, code);
+}
+
+static void
+test_basic_and_cache(void)
+{
+    char id[37], code[65], id2[37], code2[65], buf[256];
+    char *tok, *tok2, *admin;
+    struct tl_resp r;
+    long long calls;
+
+    tenant("pro", "{}", id, code);
+    tenant("pro", "{}", id2, code2);
+    tok = tl_token(code, "optician", 600);
+    tok2 = tl_token(code2, "optician", 600);
+    admin = tl_token(code, "admin", 600);
+    calls = tl_mock_stat(mock, "chat_requests");
+    ask(tok, "{\"question\":\"  How do I   clean anti-reflective lenses? \"}", &r);
+    expect("first question", &r, 200, NULL);
+    CHECK(tl_json_str(&r, "answer", buf, sizeof(buf)) && strstr(buf, "Mock answer") != NULL, "answer from the model");
+    CHECK(tl_json_str(&r, "cached", buf, sizeof(buf)) && strcmp(buf, "false") == 0, "not cached");
+    CHECK(tl_json_str(&r, "query_type", buf, sizeof(buf)) && strcmp(buf, "knowledge") == 0, "classified knowledge");
+    CHECK(tl_json_int(&r, "queries_remaining", -9) == 499, "queries_remaining 499");
+    CHECK(tl_json_int(&r, "usage.completion_tokens", 0) > 0, "usage reported");
+    CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0, "X-Cache MISS");
+    CHECK(tl_resp_header(&r, "RateLimit-Policy", buf, sizeof(buf)) &&
+              strcmp(buf, "\"minute\";q=30;w=60, \"month\";q=500") == 0,
+          "RateLimit-Policy: %s", buf);
+    CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=29;t=", 16) == 0,
+          "RateLimit: %s", buf);
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+
+    /* same question, different spacing/case: a hit, not billed, quota unchanged */
+    ask(tok, "{\"question\":\"how do i clean ANTI-REFLECTIVE lenses?\"}", &r);
+    expect("repeat", &r, 200, NULL);
+    CHECK(tl_json_str(&r, "cached", buf, sizeof(buf)) && strcmp(buf, "true") == 0, "cached true");
+    CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0, "X-Cache HIT");
+    CHECK(tl_json_int(&r, "queries_remaining", -9) == 499, "hit does not consume quota");
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "hit: no upstream call");
+    CHECK(billed_rows(id, 1) == 1, "one billed row");
+    CHECK(rows(id, 2) == 2, "two usage rows (hit logged, not billed)");
+
+    /* another tenant: its own cache */
+    ask(tok2, "{\"question\":\"How do I clean anti-reflective lenses?\"}", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+          "other tenant misses");
+    tl_resp_free(&r);
+
+    /* no-cache skips the lookup */
+    {
+        char auth[4096];
+        const char *h[] = {auth, "Content-Type: application/json", "Cache-Control: no-cache", NULL};
+        const char *body = "{\"question\":\"How do I clean anti-reflective lenses?\"}";
+
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", tok);
+        tl_http(port, "POST", "/api/ai/query", h, body, strlen(body), &r);
+        CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+              "Cache-Control: no-cache -> MISS");
+        tl_resp_free(&r);
+    }
+    /* invalidate -> miss */
+    tl_post(port, "/api/ai/cache/invalidate", admin, "{}", &r);
+    CHECK(r.status == 200, "invalidate");
+    tl_resp_free(&r);
+    ask(tok, "{\"question\":\"How do I clean anti-reflective lenses?\"}", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+          "after invalidate: MISS");
+    tl_resp_free(&r);
+    free(tok);
+    free(tok2);
+    free(admin);
+}
+
+static void
+test_bad_input(void)
+{
+    static const struct {
+        const char *name, *body, *field;
+    } cases[] = {
+        {"question missing", "{}", "question"},
+        {"question null", "{\"question\":null}", "question"},
+        {"question empty", "{\"question\":\"\"}", "question"},
+        {"question blank", "{\"question\":\"   \\n\\t \"}", "question"},
+        {"question not a string", "{\"question\":42}", "question"},
+        {"question an array", "{\"question\":[\"a\"]}", "question"},
+        {"unknown query_type", "{\"question\":\"hi\",\"query_type\":\"astrology\"}", "query_type"},
+        {"query_type not a string", "{\"question\":\"hi\",\"query_type\":1}", "query_type"},
+        {"stream not a boolean", "{\"question\":\"hi\",\"stream\":\"yes\"}", "stream"},
+    };
+    char id[37], code[65], msg[256], *tok, *big;
+    long long calls = tl_mock_stat(mock, "chat_requests");
+    struct tl_resp r;
+
+    tenant("pro", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ask(tok, cases[i].body, &r);
+        expect(cases[i].name, &r, 400, "invalid_request");
+        CHECK(tl_json_str(&r, "error.message", msg, sizeof(msg)) && strstr(msg, cases[i].field) != NULL,
+              "%s: message names %s", cases[i].name, cases[i].field);
+        tl_resp_free(&r);
+    }
+    /* 4000 characters (multi-byte) pass, 4001 do not */
+    big = malloc(4001 * 2 + 64);
+    {
+        size_t o = (size_t)snprintf(big, 64, "{\"question\":\"");
+
+        for (int i = 0; i < 4001; i++) {
+            memcpy(big + o, "\xc3\xa9", 2); /* é */
+            o += 2;
+        }
+        memcpy(big + o, "\"}", 3);
+        ask(tok, big, &r);
+        expect("4001 characters", &r, 400, "invalid_request");
+        tl_resp_free(&r);
+    }
+    free(big);
+    {
+        const char body[] = "{\"question\":\"caf\xff\"}";
+        char auth[4096];
+        const char *h[] = {auth, "Content-Type: application/json", NULL};
+
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", tok);
+        tl_http(port, "POST", "/api/ai/query", h, body, sizeof(body) - 1, &r);
+        CHECK(r.status == 400, "invalid UTF-8 -> 400 (%ld)", r.status);
+        tl_resp_free(&r);
+    }
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls, "bad input: no upstream call");
+    CHECK(billed_rows(id, 0) == 0, "bad input: nothing billed");
+    free(tok);
+}
+
+static void
+test_gating(void)
+{
+    char buf[64], *tok;
+    struct tl_resp r;
+    long long calls = tl_mock_stat(mock, "chat_requests");
+
+    tok = tl_token("clinic_003", "optician", 600);
+    ask(tok, "{\"question\":\"What were our sales last month?\"}", &r);
+    expect("standard plan, sales question", &r, 403, "feature_not_in_plan");
+    CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "pro") == 0, "required_tier pro");
+    tl_resp_free(&r);
+    ask(tok, "{\"question\":\"x\",\"query_type\":\"patient_analytics\"}", &r);
+    expect("standard plan, patient analytics", &r, 403, "feature_not_in_plan");
+    CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "enterprise") == 0,
+          "required_tier enterprise");
+    tl_resp_free(&r);
+    free(tok);
+    tok = tl_token("clinic_002", "optician", 600);
+    ask(tok, "{\"question\":\"List the phone numbers of patients with myopia\",\"query_type\":\"patient_analytics\"}", &r);
+    expect("PII request", &r, 403, "pii_not_allowed");
+    tl_resp_free(&r);
+    free(tok);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls, "gated: no upstream call");
+}
+
+static void
+test_quota_race(void)
+{
+    char id[37], code[65], *tok, *bodies[50];
+    struct tl_resp r[50];
+    int ok = 0, exhausted = 0;
+    const char *p[1];
+
+    tenant("pro", "{\"monthly_query_limit\":5,\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    for (int i = 0; i < 50; i++)
+        bodies[i] = tl_sprintf("{\"question\":\"distinct question number %d\"}", i);
+    tl_post_parallel(port, "/api/ai/query", tok, NULL, (const char *const *)bodies, 50, r);
+    for (int i = 0; i < 50; i++) {
+        char c[64] = "";
+
+        ok += r[i].status == 200;
+        exhausted += r[i].status == 429 && tl_json_str(&r[i], "error.code", c, sizeof(c)) && strcmp(c, "quota_exhausted") == 0;
+        tl_resp_free(&r[i]);
+        free(bodies[i]);
+    }
+    CHECK(ok == 5, "quota race: exactly 5 answered (got %d)", ok);
+    CHECK(exhausted == 45, "quota race: 45 quota_exhausted (got %d)", exhausted);
+    CHECK(billed_rows(id, 5) == 5, "exactly 5 billed rows");
+    p[0] = id;
+    CHECK(tl_wait_sql(owner, 5, 3000, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p) == 5,
+          "ai_queries_used = 5");
+    CHECK(rows(id, 50) == 50, "a usage row for every request");
+    {
+        struct tl_resp u;
+        char other_id[37], other_code[65], *other;
+
+        tl_get(port, "/api/ai/usage?period=month", tok, &u);
+        CHECK(u.status == 200 && tl_json_int(&u, "total", -1) == 50 && tl_json_int(&u, "billed", -1) == 5 &&
+                  tl_json_int(&u, "successful", -1) == 5,
+              "usage stats: 50 requests, 5 billed, 5 successful: %s", u.body);
+        tl_resp_free(&u);
+        tl_get(port, "/api/ai/usage?period=year", tok, &u);
+        expect("bad period", &u, 400, "invalid_request");
+        tl_resp_free(&u);
+        tenant("pro", "{}", other_id, other_code);
+        other = tl_token(other_code, "optician", 600);
+        tl_get(port, "/api/ai/usage?period=day", other, &u);
+        CHECK(u.status == 200 && tl_json_int(&u, "total", -1) == 0, "another tenant sees none of it: %s", u.body);
+        tl_resp_free(&u);
+        free(other);
+    }
+    free(tok);
+}
+
+static void
+test_rebuild(void)
+{
+    char id[37], code[65], key[128], month[8], *tok;
+    struct tl_resp r;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    for (int i = 0; i < 3; i++) {
+        char *b = tl_sprintf("{\"question\":\"rebuild question %d\"}", i);
+
+        ask(tok, b, &r);
+        CHECK(r.status == 200, "rebuild warm-up %d", i);
+        tl_resp_free(&r);
+        free(b);
+    }
+    CHECK(billed_rows(id, 3) == 3, "3 billed rows before the rebuild");
+    aigw_month_key(aigw_wall_s(), month);
+    snprintf(key, sizeof(key), "aigw:{%s}:q:%s", id, month);
+    CHECK(tl_redis_int("DEL %s", key) == 1, "quota key deleted");
+    ask(tok, "{\"question\":\"rebuild question final\"}", &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "queries_remaining", -9) == 500 - 4,
+          "after losing the counter: remaining = limit - billed rows - this one (%s)", r.body);
+    tl_resp_free(&r);
+    free(tok);
+}
+
+static void
+test_single_flight(int port2)
+{
+    char id[37], code[65], *tok, *bodies[20], first[256] = "";
+    struct tl_resp r[20];
+    long long calls;
+    int same = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"token_latency_ms\":25}");
+    for (int round = 0; round < 2; round++) {
+        calls = tl_mock_stat(mock, "chat_requests");
+        for (int i = 0; i < 20; i++)
+            bodies[i] = tl_sprintf("{\"question\":\"single flight round %d\"}", round);
+        if (round == 0) {
+            tl_post_parallel(port, "/api/ai/query", tok, NULL, (const char *const *)bodies, 20, r);
+        } else {
+            /* split across two aigw processes sharing Redis */
+            tl_post_parallel_two(port, port2, "/api/ai/query", tok, (const char *const *)bodies, 20, r);
+        }
+        same = 0;
+        for (int i = 0; i < 20; i++) {
+            char a[256] = "";
+
+            tl_json_str(&r[i], "answer", a, sizeof(a));
+            if (i == 0)
+                snprintf(first, sizeof(first), "%s", a);
+            same += r[i].status == 200 && a[0] != '\0' && strcmp(a, first) == 0;
+            tl_resp_free(&r[i]);
+            free(bodies[i]);
+        }
+        CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "round %d: exactly one upstream call (%lld)", round,
+              tl_mock_stat(mock, "chat_requests") - calls);
+        CHECK(same == 20, "round %d: all 20 got the same answer (%d)", round, same);
+    }
+    CHECK(billed_rows(id, 2) == 2, "one billed row per round");
+    tl_mock_config(mock, "{\"token_latency_ms\":0}");
+    free(tok);
+}
+
+static void
+test_rate_limit(void)
+{
+    char id[37], code[65], *tok, buf[128];
+    struct tl_resp r;
+    time_t now;
+
+    tenant("pro", "{\"requests_per_minute\":5}", id, code);
+    tok = tl_token(code, "optician", 600);
+    /* start the burst just before a minute boundary: a fixed window would reset there */
+    now = time(NULL);
+    if (now % 60 < 56)
+        sleep((unsigned)(57 - now % 60));
+    for (int i = 0; i < 5; i++) {
+        ask(tok, "{\"question\":\"rate limited question\"}", &r);
+        CHECK(r.status == 200, "request %d within the limit (%ld)", i + 1, r.status);
+        tl_resp_free(&r);
+    }
+    ask(tok, "{\"question\":\"rate limited question\"}", &r);
+    expect("6th request", &r, 429, "rate_limited");
+    CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
+              strtol(buf, NULL, 10) <= 60,
+          "Retry-After %s", buf);
+    CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=0;t=", 15) == 0,
+          "RateLimit r=0: %s", buf);
+    tl_resp_free(&r);
+    sleep(4); /* now past the minute boundary */
+    ask(tok, "{\"question\":\"rate limited question\"}", &r);
+    expect("after the minute boundary: still limited (sliding window)", &r, 429, "rate_limited");
+    tl_resp_free(&r);
+    free(tok);
+}
+
+static void
+test_upstream_failures(void)
+{
+    static const struct {
+        const char *mode;
+        long status;
+        const char *code;
+    } cases[] = {
+        {"error500", 502, "upstream_error"},
+        {"loading", 502, "upstream_error"},
+        {"garbage", 502, "upstream_error"},
+        {"hang", 504, "upstream_timeout"},
+    };
+    char id[37], code[65], *tok;
+    struct tl_resp r;
+    const char *p[1];
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    p[0] = id;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char cfg[128], *b = tl_sprintf("{\"question\":\"failure case %zu\"}", i);
+
+        snprintf(cfg, sizeof(cfg), "{\"mode\":\"%s\",\"fail_next\":1}", cases[i].mode);
+        tl_mock_config(mock, cfg);
+        ask(tok, b, &r);
+        expect(cases[i].mode, &r, cases[i].status, cases[i].code);
+        tl_resp_free(&r);
+        free(b);
+    }
+    tl_mock_reset(mock);
+    CHECK(billed_rows(id, 0) == 0, "failures are not billed");
+    CHECK(tl_wait_sql(owner, 4, 3000,
+                      "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND NOT success AND status_code >= 502", 1,
+                      p) == 4,
+          "a usage row with success=false per failure");
+    ask(tok, "{\"question\":\"after failures\"}", &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "queries_remaining", -9) == 499,
+          "quota refunded: remaining 499 after 4 failures and 1 success (%s)", r.body);
+    tl_resp_free(&r);
+    free(tok);
+}
+
+static void
+test_idempotency(void)
+{
+    char id[37], code[65], *tok, a1[256], a2[256];
+    struct tl_resp r, r2;
+    long long calls;
+    const char *h1[] = {"Idempotency-Key: \"order-7\"", NULL};
+    const char *bodies[2] = {"{\"question\":\"idempotent question\"}", "{\"question\":\"idempotent question\"}"};
+    struct tl_resp pr[2];
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    calls = tl_mock_stat(mock, "chat_requests");
+    tl_post_parallel(port, "/api/ai/query", tok, h1, bodies, 1, &r);
+    tl_post_parallel(port, "/api/ai/query", tok, (const char *const[]){"Idempotency-Key: order-7", NULL}, bodies, 1, &r2);
+    CHECK(r.status == 200 && r2.status == 200, "first and replay 200");
+    CHECK(tl_json_str(&r, "answer", a1, sizeof(a1)) && tl_json_str(&r2, "answer", a2, sizeof(a2)) && strcmp(a1, a2) == 0,
+          "replay returns the same answer");
+    CHECK(strcmp(r.body, r2.body) == 0, "replay returns the same body");
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+    tl_resp_free(&r);
+    tl_resp_free(&r2);
+    {
+        const char *other[1] = {"{\"question\":\"a different question\"}"};
+
+        tl_post_parallel(port, "/api/ai/query", tok, h1, other, 1, &r);
+        expect("same key, different body", &r, 422, "idempotency_key_reused");
+        tl_resp_free(&r);
+    }
+    /* concurrent: the second sees the first in progress */
+    tl_mock_config(mock, "{\"token_latency_ms\":40}");
+    {
+        const char *h2[] = {"Idempotency-Key: concurrent-1", NULL};
+        const char *b2[2] = {"{\"question\":\"slow idempotent\"}", "{\"question\":\"slow idempotent\"}"};
+        int ok = 0, conflict = 0;
+
+        tl_post_parallel(port, "/api/ai/query", tok, h2, b2, 2, pr);
+        for (int i = 0; i < 2; i++) {
+            char c[64] = "";
+
+            ok += pr[i].status == 200;
+            conflict += pr[i].status == 409 && tl_json_str(&pr[i], "error.code", c, sizeof(c)) &&
+                        strcmp(c, "idempotency_in_progress") == 0;
+        }
+        CHECK(ok == 1 && conflict == 1, "concurrent: one 200, one 409 (%d, %d): %ld %s / %ld %s", ok, conflict,
+              pr[0].status, pr[0].body, pr[1].status, pr[1].body);
+        tl_resp_free(&pr[0]);
+        tl_resp_free(&pr[1]);
+    }
+    tl_mock_config(mock, "{\"token_latency_ms\":0}");
+    /* another tenant with the same key is not replayed */
+    {
+        char id2[37], code2[65], *tok2;
+
+        tenant("pro", "{}", id2, code2);
+        tok2 = tl_token(code2, "optician", 600);
+        calls = tl_mock_stat(mock, "chat_requests");
+        tl_post_parallel(port, "/api/ai/query", tok2, h1, bodies, 1, &r);
+        CHECK(r.status == 200 && tl_mock_stat(mock, "chat_requests") == calls + 1, "other tenant: own record");
+        tl_resp_free(&r);
+        free(tok2);
+    }
+    free(tok);
+}
+
+static void
+test_all_backends_down(void)
+{
+    struct tl_aigw gw;
+    char *cfg, *tok;
+    struct tl_resp r;
+    int p1 = tl_free_port(), p2 = tl_free_port();
+    char patch[512];
+
+    snprintf(patch, sizeof(patch),
+             "{\"upstream\":{\"backends\":[{\"name\":\"dead1\",\"url\":\"http://127.0.0.1:%d\"},"
+             "{\"name\":\"dead2\",\"url\":\"http://127.0.0.1:%d\"}]},"
+             "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-dead\"}}",
+             p1, p2);
+    cfg = tl_config_patch(patch);
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(0, "second aigw starts");
+        free(cfg);
+        return;
+    }
+    tok = tl_token("clinic_002", "optician", 600);
+    tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"is anybody there?\"}", &r);
+    expect("all backends down", &r, 503, "upstream_unavailable");
+    CHECK(tl_resp_header(&r, "Retry-After", (char[16]){0}, 16) != NULL, "Retry-After on 503");
+    tl_resp_free(&r);
+    CHECK(tl_aigw_stop(&gw) == 0, "second aigw exits cleanly");
+    free(tok);
+    free(cfg);
+}
+
+int
+main(void)
+{
+    struct tl_aigw gw, gw2;
+    char *cfg, spool[256];
+
+    owner = tl_pg_owner();
+    mock = tl_env("AIGW_MOCK_URL");
+    tl_mock_reset(mock);
+    snprintf(spool, sizeof(spool), "/tmp/aigw-test-spool-%d", (int)getpid());
+    setenv("AIGW_TEST_SPOOL", spool, 1);
+    cfg = tl_config_patch(CONFIG);
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    port = gw.port;
+    {
+        char *spool2 = tl_sprintf("%s-2", spool);
+
+        setenv("AIGW_TEST_SPOOL", spool2, 1);
+        free(spool2);
+    }
+    if (tl_aigw_start(&gw2, cfg) != 0)
+        return 1;
+    setenv("AIGW_TEST_SPOOL", spool, 1);
+
+    test_basic_and_cache();
+    test_bad_input();
+    test_gating();
+    test_quota_race();
+    test_rebuild();
+    test_single_flight(gw2.port);
+    test_upstream_failures();
+    test_idempotency();
+    test_all_backends_down();
+    test_rate_limit();
+
+    CHECK(tl_aigw_stop(&gw2) == 0, "aigw 2 exits 0");
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
+    tl_mock_reset(mock);
+    free(cfg);
+    PQfinish(owner);
+    return tl_done();
+}

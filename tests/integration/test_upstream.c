@@ -1,0 +1,681 @@
+/* test_upstream.c - the upstream engine driven directly against the mock
+ * llama-server: answers, slots and queue, error mapping, timeouts, retry on
+ * connect failure, passive and active health, stop with calls in flight */
+#include <curl/curl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/health.h"
+#include "aigw/log.h"
+#include "aigw/upstream.h"
+#include "aigw/util.h"
+#include "testlib.h"
+
+#define BODY "{\"model\":\"test-model\",\"messages\":[{\"role\":\"user\",\"content\":\"hello there\"}],\"max_tokens\":4}"
+
+static const char *mock1, *mock2;
+
+/* One submitted call, as seen by its done() callback. */
+struct pending {
+    struct aigw_upstream_call *call;
+    int ndone;             /* times done() ran: must end at exactly 1 */
+    int64_t submit_ms, done_ms;
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* guards every pending's ndone/done_ms */
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+
+static void
+on_done(struct aigw_upstream_call *call, void *ud)
+{
+    struct pending *p = ud;
+
+    (void)call;
+    pthread_mutex_lock(&mu);
+    p->ndone++;
+    p->done_ms = aigw_now_ms();
+    pthread_cond_broadcast(&cv);
+    pthread_mutex_unlock(&mu);
+}
+
+static void
+sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+    nanosleep(&ts, NULL);
+}
+
+static void
+submit(struct aigw_upstream *up, struct pending *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->submit_ms = aigw_now_ms();
+    p->call = aigw_upstream_submit(up, 0, BODY, strlen(BODY), on_done, p);
+}
+
+/* Wait until all n calls are done; false on timeout. */
+static bool
+wait_all(struct pending *p, int n, int timeout_ms)
+{
+    int64_t end = aigw_now_ms() + timeout_ms;
+    bool all = false;
+
+    pthread_mutex_lock(&mu);
+    while (!all && aigw_now_ms() < end) {
+        struct timespec ts;
+
+        all = true;
+        for (int i = 0; i < n; i++)
+            all = all && p[i].ndone > 0;
+        if (all)
+            break;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&cv, &mu, &ts);
+    }
+    pthread_mutex_unlock(&mu);
+    return all;
+}
+
+static const struct aigw_upstream_result *
+res(const struct pending *p)
+{
+    return aigw_upstream_result(p->call);
+}
+
+static void
+free_all(struct pending *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        aigw_upstream_call_free(p[i].call);
+        p[i].call = NULL;
+    }
+}
+
+static void
+check_error(const char *name, const struct pending *p, int status, const char *code)
+{
+    const struct aigw_upstream_result *r = res(p);
+
+    CHECK(r->status == status, "%s: status %d, want %d (%s)", name, r->status, status,
+          r->error_detail ? r->error_detail : "-");
+    CHECK(r->error_code != NULL && strcmp(r->error_code, code) == 0, "%s: code %s, want %s", name,
+          r->error_code ? r->error_code : "(null)", code);
+    CHECK(r->content == NULL, "%s: no content on error", name);
+    CHECK(status != 503 || r->retry_after_s > 0, "%s: retry_after_s %d with 503", name, r->retry_after_s);
+    CHECK(p->ndone == 1, "%s: done ran %d times", name, p->ndone);
+}
+
+/* A config with sane timeouts and no backends; the test adds them. */
+static void
+cfg_init(struct aigw_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->connect_timeout_ms = 1000;
+    cfg->timeout_ms = 5000;
+    cfg->queue_size = 16;
+    cfg->queue_timeout_ms = 5000;
+    cfg->fail_threshold = 100;
+    cfg->down_ms = 1000;
+    cfg->health_interval_ms = 100;
+}
+
+/* Add a backend and put it in the group of query type 0. */
+static void
+add_backend(struct aigw_config *cfg, const char *name, const char *url, int slots)
+{
+    struct aigw_backend_cfg *b = &cfg->backends[cfg->n_backends];
+
+    snprintf(b->name, sizeof(b->name), "%s", name);
+    b->url = aigw_xstrdup(url);
+    b->slots = slots;
+    b->max_connections = slots;
+    cfg->route_backends[0][cfg->n_route_backends[0]++] = (int)cfg->n_backends;
+    cfg->n_backends++;
+}
+
+static char *
+dead_url(void)
+{
+    char url[64];
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", tl_free_port());
+    return aigw_xstrdup(url);
+}
+
+static void
+reset_mocks(void)
+{
+    tl_mock_reset(mock1);
+    tl_mock_reset(mock2);
+}
+
+/* ---- cases ---- */
+
+static void
+test_success(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    const struct aigw_upstream_result *r;
+    char url[300];
+
+    cfg_init(&cfg);
+    snprintf(url, sizeof(url), "%s/", mock1); /* a trailing slash must not double up */
+    add_backend(&cfg, "mock1", url, 4);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 5000), "success: done within 5 s");
+    r = res(&p);
+    CHECK(r->status == 200, "success: status %d (%s)", r->status, r->error_detail ? r->error_detail : "-");
+    CHECK(r->error_code == NULL, "success: no error code");
+    CHECK(r->content && strncmp(r->content, "Mock answer to [hello there]", 28) == 0, "success: content %s",
+          r->content ? r->content : "(null)");
+    CHECK(r->model && strcmp(r->model, "test-model") == 0, "success: model %s", r->model ? r->model : "(null)");
+    CHECK(r->finish_reason && strcmp(r->finish_reason, "length") == 0, "success: finish_reason %s",
+          r->finish_reason ? r->finish_reason : "(null)");
+    CHECK(r->prompt_tokens == 2 && r->completion_tokens == 4, "success: usage %ld/%ld", r->prompt_tokens,
+          r->completion_tokens);
+    CHECK(r->backend && strcmp(r->backend, "mock1") == 0, "success: backend %s", r->backend ? r->backend : "-");
+    CHECK(r->upstream_ms >= 0 && r->upstream_ms < 5000, "success: upstream_ms %lld", (long long)r->upstream_ms);
+    CHECK(tl_mock_stat(mock1, "chat_ok") == 1, "success: the mock answered once");
+    CHECK(p.ndone == 1, "success: done ran once");
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* More calls than slots: the backend never sees more than its slots. */
+static void
+test_slots(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[10];
+    long long base;
+    size_t max_gauge = 0, seen_queued = 0;
+    int ok = 0;
+
+    reset_mocks();
+    base = tl_mock_stat(mock1, "in_flight"); /* hung requests of other tests linger in the mock */
+    tl_mock_config(mock1, "{\"token_latency_ms\":20}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 10; i++)
+        submit(up, &p[i]);
+    while (!wait_all(p, 10, 5)) {
+        size_t f = aigw_upstream_in_flight(up), q = aigw_upstream_queued(up);
+
+        max_gauge = f > max_gauge ? f : max_gauge;
+        seen_queued = q > seen_queued ? q : seen_queued;
+        if (aigw_now_ms() - p[0].submit_ms > 10000)
+            break;
+    }
+    for (int i = 0; i < 10; i++)
+        ok += p[i].ndone == 1 && res(&p[i])->status == 200;
+    CHECK(ok == 10, "slots: %d of 10 calls succeeded", ok);
+    CHECK(tl_mock_stat(mock1, "max_in_flight") - base <= 2, "slots: mock max_in_flight %lld (base %lld) <= 2",
+          tl_mock_stat(mock1, "max_in_flight"), base);
+    CHECK(tl_mock_stat(mock1, "max_in_flight") - base == 2, "slots: both slots were used");
+    CHECK(max_gauge <= 2, "slots: in_flight gauge %zu <= 2", max_gauge);
+    CHECK(seen_queued > 0, "slots: queued gauge went up (%zu)", seen_queued);
+    CHECK(aigw_upstream_in_flight(up) == 0 && aigw_upstream_queued(up) == 0, "slots: gauges back to 0");
+    free_all(p, 10);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* Two backends in one group share the load. */
+static void
+test_spread(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[8];
+    int ok = 0;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"token_latency_ms\":10}");
+    tl_mock_config(mock2, "{\"token_latency_ms\":10}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    add_backend(&cfg, "mock2", mock2, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 8; i++)
+        submit(up, &p[i]);
+    CHECK(wait_all(p, 8, 10000), "spread: all done");
+    for (int i = 0; i < 8; i++)
+        ok += res(&p[i])->status == 200;
+    CHECK(ok == 8, "spread: %d of 8 succeeded", ok);
+    CHECK(tl_mock_stat(mock1, "chat_ok") >= 2 && tl_mock_stat(mock2, "chat_ok") >= 2,
+          "spread: mock1 %lld, mock2 %lld answers", tl_mock_stat(mock1, "chat_ok"), tl_mock_stat(mock2, "chat_ok"));
+    free_all(p, 8);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+static void
+test_queue_full(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[3];
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":400}");
+    cfg_init(&cfg);
+    cfg.queue_size = 1;
+    add_backend(&cfg, "mock1", mock1, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 3; i++)
+        submit(up, &p[i]);
+    CHECK(wait_all(&p[2], 1, 300), "queue full: the third call fails at once");
+    check_error("queue full", &p[2], 503, "upstream_unavailable");
+    CHECK(res(&p[2])->retry_after_s == 1, "queue full: retry_after_s %d", res(&p[2])->retry_after_s);
+    CHECK(wait_all(p, 2, 5000), "queue full: the others finish");
+    CHECK(res(&p[0])->status == 200 && res(&p[1])->status == 200, "queue full: running + queued succeed (%d, %d)",
+          res(&p[0])->status, res(&p[1])->status);
+    CHECK(p[1].done_ms - p[1].submit_ms >= 700, "queue full: the queued call waited for the slot (%lld ms)",
+          (long long)(p[1].done_ms - p[1].submit_ms));
+    free_all(p, 3);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+static void
+test_queue_timeout(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[2];
+    int64_t waited;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":800}");
+    cfg_init(&cfg);
+    cfg.queue_timeout_ms = 200;
+    add_backend(&cfg, "mock1", mock1, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    submit(up, &p[1]);
+    CHECK(wait_all(&p[1], 1, 2000), "queue timeout: second call done");
+    waited = p[1].done_ms - p[1].submit_ms;
+    check_error("queue timeout", &p[1], 503, "upstream_unavailable");
+    CHECK(waited >= 180 && waited < 450, "queue timeout: failed after %lld ms (want ~200)", (long long)waited);
+    CHECK(wait_all(p, 1, 5000) && res(&p[0])->status == 200, "queue timeout: the running call succeeds");
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 1, "queue timeout: the timed-out call never reached the mock");
+    free_all(p, 2);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* Two query types share one slot: a freed slot goes to the oldest waiting
+ * call over both groups, not to the first group. */
+static void
+test_fair_groups(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[3];
+    const int types[3] = {0, 1, 0};
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":150}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 1);
+    cfg.route_backends[1][0] = 0;
+    cfg.n_route_backends[1] = 1;
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 3; i++) {
+        memset(&p[i], 0, sizeof(p[i]));
+        p[i].call = aigw_upstream_submit(up, types[i], BODY, strlen(BODY), on_done, &p[i]);
+    }
+    CHECK(wait_all(p, 3, 5000), "fair: all done");
+    CHECK(res(&p[0])->status == 200 && res(&p[1])->status == 200 && res(&p[2])->status == 200, "fair: all succeed");
+    CHECK(p[0].done_ms <= p[1].done_ms && p[1].done_ms <= p[2].done_ms, "fair: served in submit order (%lld %lld %lld)",
+          (long long)p[0].done_ms, (long long)p[1].done_ms, (long long)p[2].done_ms);
+    free_all(p, 3);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* One call against mock1 in the given failure mode. */
+static void
+expect_mode(const char *mode, int status, const char *code)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    char json[128];
+
+    reset_mocks();
+    snprintf(json, sizeof(json), "{\"mode\":\"%s\",\"fail_next\":1}", mode);
+    tl_mock_config(mock1, json);
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 5000), "%s: done", mode);
+    check_error(mode, &p, status, code);
+    CHECK(res(&p)->backend && strcmp(res(&p)->backend, "mock1") == 0, "%s: backend named", mode);
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+static void
+test_hang_timeout(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    int64_t took;
+
+    reset_mocks();
+    tl_mock_config(mock2, "{\"mode\":\"hang\",\"fail_next\":1}");
+    cfg_init(&cfg);
+    cfg.timeout_ms = 300;
+    add_backend(&cfg, "mock2", mock2, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 3000), "hang: done");
+    took = p.done_ms - p.submit_ms;
+    check_error("hang", &p, 504, "upstream_timeout");
+    CHECK(took >= 280 && took <= 1000, "hang: 504 after %lld ms (want 300..1000)", (long long)took);
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* A refused connection is retried once on another backend of the group. */
+static void
+test_retry(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[4];
+    char *dead = dead_url();
+    int ok = 0;
+
+    reset_mocks();
+    cfg_init(&cfg);
+    add_backend(&cfg, "dead", dead, 2); /* listed first: the first call tries it first */
+    add_backend(&cfg, "good", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 4; i++) {
+        submit(up, &p[i]);
+        CHECK(wait_all(&p[i], 1, 5000), "retry: call %d done", i);
+    }
+    for (int i = 0; i < 4; i++)
+        ok += res(&p[i])->status == 200 && strcmp(res(&p[i])->backend, "good") == 0;
+    CHECK(ok == 4, "retry: %d of 4 calls succeeded through the good backend", ok);
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 4, "retry: the good backend saw each call once");
+    free_all(p, 4);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+
+    /* only dead backends: 503 after trying each once */
+    cfg_init(&cfg);
+    add_backend(&cfg, "dead", dead, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    CHECK(wait_all(p, 1, 3000), "dead only: done");
+    check_error("dead only", &p[0], 503, "upstream_unavailable");
+    free_all(p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    free(dead);
+}
+
+/* Run n calls one after another; returns how many got status. */
+static int
+run_seq(struct aigw_upstream *up, int n, int status)
+{
+    struct pending p;
+    int hits = 0;
+
+    for (int i = 0; i < n; i++) {
+        submit(up, &p);
+        if (wait_all(&p, 1, 5000))
+            hits += res(&p)->status == status;
+        free_all(&p, 1);
+    }
+    return hits;
+}
+
+/* fail_threshold failures mark a backend down for down_ms; it then gets no
+ * calls; afterwards it is back on probation. */
+static void
+test_passive_single(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    int64_t t0;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"mode\":\"error500\"}");
+    cfg_init(&cfg);
+    cfg.fail_threshold = 3;
+    cfg.down_ms = 1000;
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    CHECK(run_seq(up, 3, 502) == 3, "passive: three 502s");
+    t0 = aigw_now_ms();
+    tl_mock_config(mock1, "{\"mode\":\"ok\"}");
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 500), "passive: down backend fails fast");
+    check_error("passive down", &p, 503, "upstream_unavailable");
+    free_all(&p, 1);
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 3, "passive: no request reached the down backend (%lld)",
+          tl_mock_stat(mock1, "chat_requests"));
+    sleep_ms(1100 - (long)(aigw_now_ms() - t0));
+    /* back on probation: the first failure marks it down again */
+    tl_mock_config(mock1, "{\"mode\":\"error500\",\"fail_next\":1}");
+    CHECK(run_seq(up, 1, 502) == 1, "passive: back after down_ms, fails once");
+    t0 = aigw_now_ms();
+    CHECK(run_seq(up, 1, 503) == 1, "passive: one failure on probation marks it down again");
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 4, "passive: the backend got only the probation call");
+    sleep_ms(1100 - (long)(aigw_now_ms() - t0));
+    CHECK(run_seq(up, 1, 200) == 1, "passive: back again and healthy");
+    /* a success clears the count: one failure is no longer enough */
+    tl_mock_config(mock1, "{\"mode\":\"error500\",\"fail_next\":1}");
+    CHECK(run_seq(up, 1, 502) == 1 && run_seq(up, 1, 200) == 1, "passive: success cleared the count");
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* Two backends, one failing: once it is down every call goes to the other. */
+static void
+test_passive_pair(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    int ok;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"mode\":\"error500\"}");
+    cfg_init(&cfg);
+    cfg.fail_threshold = 2;
+    cfg.down_ms = 5000;
+    add_backend(&cfg, "bad", mock1, 2);
+    add_backend(&cfg, "good", mock2, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    ok = run_seq(up, 10, 200);
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 2, "pair: the failing backend got %lld calls, want 2",
+          tl_mock_stat(mock1, "chat_requests"));
+    CHECK(ok == 8, "pair: %d of 10 succeeded, want 8", ok);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* With the active prober: a backend it reports down gets no calls. */
+static void
+test_active_health(void)
+{
+    struct aigw_config cfg;
+    struct aigw_health *h;
+    struct aigw_upstream *up;
+    struct pending p;
+    int64_t end;
+
+    reset_mocks();
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    h = aigw_health_start(&cfg);
+    up = aigw_upstream_start(&cfg, h);
+    for (end = aigw_now_ms() + 3000; !aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(run_seq(up, 1, 200) == 1, "active: up backend answers");
+    tl_mock_config(mock1, "{\"mode\":\"loading\"}"); /* /health answers 503 too */
+    for (end = aigw_now_ms() + 3000; aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(!aigw_health_up(h, 0), "active: prober saw the backend down");
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 500), "active: fails fast");
+    check_error("active down", &p, 503, "upstream_unavailable");
+    CHECK(res(&p)->retry_after_s == 2, "active: retry_after_s %d", res(&p)->retry_after_s);
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 1, "active: no call reached the down backend");
+    free_all(&p, 1);
+    tl_mock_config(mock1, "{\"mode\":\"ok\"}");
+    aigw_upstream_stop(up);
+    aigw_health_stop(h);
+    aigw_config_free(&cfg);
+}
+
+/* A query type without backends fails at once. */
+static void
+test_no_route(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    memset(&p, 0, sizeof(p));
+    p.call = aigw_upstream_submit(up, 1, BODY, strlen(BODY), on_done, &p);
+    CHECK(wait_all(&p, 1, 1000), "no route: done");
+    check_error("no route", &p, 503, "upstream_unavailable");
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+static pthread_mutex_t free_mu = PTHREAD_MUTEX_INITIALIZER; /* guards freed_ok, freed_n */
+static int freed_ok, freed_n;
+
+/* done() that frees its call right away, as a fire-and-forget caller would. */
+static void
+on_done_free(struct aigw_upstream_call *call, void *ud)
+{
+    int status = aigw_upstream_result(call)->status;
+
+    (void)ud;
+    aigw_upstream_call_free(call);
+    pthread_mutex_lock(&free_mu);
+    freed_n++;
+    freed_ok += status == 200;
+    pthread_mutex_unlock(&free_mu);
+}
+
+static void
+test_free_in_done(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    int64_t end;
+    int n = 0;
+
+    reset_mocks();
+    cfg_init(&cfg);
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 6; i++)
+        aigw_upstream_submit(up, 0, BODY, strlen(BODY), on_done_free, NULL);
+    for (end = aigw_now_ms() + 5000; n < 6 && aigw_now_ms() < end; sleep_ms(10)) {
+        pthread_mutex_lock(&free_mu);
+        n = freed_n;
+        pthread_mutex_unlock(&free_mu);
+    }
+    CHECK(n == 6 && freed_ok == 6, "free in done: %d done, %d ok", n, freed_ok);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* Stop with calls in flight (hung backend) and queued: each completes once with 503. */
+static void
+test_stop(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[4];
+    int64_t end;
+
+    reset_mocks();
+    tl_mock_config(mock2, "{\"mode\":\"hang\",\"fail_next\":2}");
+    cfg_init(&cfg);
+    cfg.timeout_ms = 30000;
+    add_backend(&cfg, "mock2", mock2, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 4; i++)
+        submit(up, &p[i]);
+    for (end = aigw_now_ms() + 3000; tl_mock_stat(mock2, "chat_requests") < 2 && aigw_now_ms() < end;)
+        sleep_ms(10);
+    CHECK(aigw_upstream_in_flight(up) == 2 && aigw_upstream_queued(up) == 2, "stop: 2 in flight (%zu), 2 queued (%zu)",
+          aigw_upstream_in_flight(up), aigw_upstream_queued(up));
+    aigw_upstream_stop(up);
+    for (int i = 0; i < 4; i++)
+        check_error("stop", &p[i], 503, "upstream_unavailable");
+    CHECK(strcmp(res(&p[0])->error_detail, "shutting down") == 0, "stop: detail %s", res(&p[0])->error_detail);
+    free_all(p, 4);
+    aigw_config_free(&cfg);
+}
+
+int
+main(void)
+{
+    mock1 = tl_env("AIGW_MOCK_URL");
+    mock2 = tl_env("AIGW_MOCK2_URL");
+    json_object_seed(0);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    aigw_log_init(LOG_NOTICE, 0);
+    reset_mocks();
+
+    test_success();
+    test_slots();
+    test_spread();
+    test_queue_full();
+    test_queue_timeout();
+    test_fair_groups();
+    expect_mode("error500", 502, "upstream_error");
+    expect_mode("loading", 502, "upstream_error");
+    expect_mode("garbage", 502, "upstream_error");
+    expect_mode("disconnect", 502, "upstream_error");
+    test_retry();
+    test_passive_single();
+    test_passive_pair();
+    test_active_health();
+    test_no_route();
+    test_free_in_done();
+    /* hangs last: hung requests stay parked in the mock */
+    test_hang_timeout();
+    test_stop();
+
+    reset_mocks();
+    curl_global_cleanup();
+    return tl_done();
+}

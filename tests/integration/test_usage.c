@@ -1,0 +1,625 @@
+/* test_usage.c - the usage writer against the real PostgreSQL: rows and their
+ * values, the quota counter, exactly-once replay, a PostgreSQL outage, a
+ * crash (SIGKILL) and rejected rows.
+ *
+ * Stopping PostgreSQL needs the devstack name: AIGW_STACK_NAME, or else the
+ * name in the stack marker $AIGW_STACK_DIR/.aigw-devstack. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/config.h"
+#include "aigw/log.h"
+#include "aigw/usage.h"
+#include "aigw/util.h"
+#include "testlib.h"
+
+#define SHA_HEX "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+static PGconn *owner;
+
+/* ---- helpers ---- */
+
+static void
+config(struct aigw_config *c, const char *dir, const char *url, int flush_ms, int batch_rows)
+{
+    memset(c, 0, sizeof(*c));
+    c->spool_dir = (char *)dir;
+    c->database_url = (char *)url;
+    c->usage_flush_ms = flush_ms;
+    c->usage_batch_rows = batch_rows;
+}
+
+static struct aigw_usage *
+start(const char *dir, const char *url, int flush_ms, int batch_rows)
+{
+    struct aigw_config c;
+
+    config(&c, dir, url, flush_ms, batch_rows);
+    return aigw_usage_start(&c);
+}
+
+static void
+make_spool(char out[64])
+{
+    snprintf(out, 64, "/tmp/aigw-usage-test-XXXXXX");
+    if (mkdtemp(out) == NULL) {
+        perror("mkdtemp");
+        exit(1);
+    }
+}
+
+/* Remove a flat directory and its files. */
+static void
+remove_spool(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[512];
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(dir);
+}
+
+static bool
+is_segment(const char *name)
+{
+    size_t n = strlen(name);
+
+    return strncmp(name, "usage-", 6) == 0 && n > 12 && strcmp(name + n - 6, ".jsonl") == 0;
+}
+
+/* Number of spool segments in dir; the newest one's path into newest. */
+static int
+segments(const char *dir, char *newest, size_t cap)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char best[256] = "";
+    int n = 0;
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (!is_segment(e->d_name))
+            continue;
+        n++;
+        if (strcmp(e->d_name, best) > 0)
+            snprintf(best, sizeof(best), "%s", e->d_name);
+    }
+    if (d != NULL)
+        closedir(d);
+    if (newest != NULL)
+        snprintf(newest, cap, "%s/%s", dir, best);
+    return n;
+}
+
+static char *
+read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = aigw_xcalloc(1, 1 << 20);
+    size_t n = 0;
+
+    if (f != NULL) {
+        n = fread(buf, 1, (1 << 20) - 1, f);
+        fclose(f);
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static void
+append_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0600);
+    ssize_t n = fd >= 0 ? write(fd, text, strlen(text)) : -1;
+
+    CHECK(n == (ssize_t)strlen(text), "append to %s", path);
+    if (fd >= 0)
+        close(fd);
+}
+
+static void
+copy_segments(const char *from, const char *to)
+{
+    DIR *d = opendir(from);
+    struct dirent *e;
+    char path[512];
+
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        char *text;
+
+        if (!is_segment(e->d_name))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", from, e->d_name);
+        text = read_all(path);
+        snprintf(path, sizeof(path), "%s/%s", to, e->d_name);
+        append_file(path, text);
+        free(text);
+    }
+    if (d != NULL)
+        closedir(d);
+}
+
+static bool
+wait_backlog(const struct aigw_usage *u, size_t want, int timeout_ms)
+{
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        if (aigw_usage_backlog(u) == want)
+            return true;
+        usleep(20 * 1000);
+    }
+    return aigw_usage_backlog(u) == want;
+}
+
+static long
+count_rows(const char *tenant)
+{
+    const char *p[1] = {tenant};
+
+    return tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+}
+
+static long
+queries_used(const char *tenant)
+{
+    const char *p[1] = {tenant};
+
+    return tl_sql_long(owner, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p);
+}
+
+/* Row i of a test series: billed unless i % 3 == 0, upstream_ms NULL for even i. */
+static void
+fill_row(struct aigw_usage_row *r, char *req, size_t cap, const char *tenant, int i)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->tenant_id, sizeof(r->tenant_id), "%s", tenant);
+    snprintf(req, cap, "usage-test-%d", i);
+    r->request_id = req;
+    r->route = "/api/ai/query";
+    r->query_type = "knowledge";
+    r->question_sha256 = SHA_HEX;
+    r->model = "mock-model";
+    r->prompt_tokens = 10 + i;
+    r->completion_tokens = 20 + i;
+    r->billed = i % 3 != 0;
+    r->status_code = 200;
+    r->success = true;
+    r->response_ms = 5;
+    r->upstream_ms = i % 2 ? 4 : -1;
+}
+
+static int
+billed(int from, int n)
+{
+    int b = 0;
+
+    for (int i = from; i < from + n; i++)
+        b += i % 3 != 0;
+    return b;
+}
+
+/* Record rows from..from+n-1; returns how many records failed. */
+static int
+record_n(struct aigw_usage *u, const char *tenant, int from, int n)
+{
+    struct aigw_usage_row r;
+    char req[64];
+    int fails = 0;
+
+    for (int i = from; i < from + n; i++) {
+        fill_row(&r, req, sizeof(req), tenant, i);
+        fails += aigw_usage_record(u, &r) != 0;
+    }
+    return fails;
+}
+
+/* ---- 1 + 2: rows, values, quota, exactly-once replay ---- */
+
+struct worker {
+    struct aigw_usage *u;
+    const char *ta, *tb;
+    int base, n, fails;
+};
+
+/* Even rows to tenant a, odd rows to tenant b, from several threads at once. */
+static void *
+worker_run(void *arg)
+{
+    struct worker *w = arg;
+    struct aigw_usage_row r;
+    char req[64];
+
+    for (int i = w->base; i < w->base + w->n; i++) {
+        fill_row(&r, req, sizeof(req), i % 2 ? w->tb : w->ta, i);
+        w->fails += aigw_usage_record(w->u, &r) != 0;
+    }
+    return NULL;
+}
+
+/* A failed request with NULLs and a timestamp of an earlier month (billed,
+ * but not in this month's counter), and a full cache hit with escapes. */
+static void
+record_special(struct aigw_usage *u, const char *ta, const char *tb, char ida[37], struct aigw_usage_row *rb)
+{
+    struct aigw_usage_row ra;
+
+    memset(&ra, 0, sizeof(ra));
+    aigw_uuid4(ra.id);
+    memcpy(ida, ra.id, 37);
+    memcpy(ra.tenant_id, ta, 37);
+    ra.request_id = "req-special-a";
+    ra.route = "/api/ai/query";
+    ra.status_code = 504;
+    ra.error_code = "upstream_timeout";
+    ra.billed = true;
+    ra.response_ms = 60001;
+    ra.upstream_ms = -1;
+    ra.created_at_us = 1700000000123456LL; /* 2023-11-14T22:13:20.123456Z */
+    CHECK(aigw_usage_record(u, &ra) == 0, "record special a");
+
+    memset(rb, 0, sizeof(*rb));
+    memcpy(rb->tenant_id, tb, 37);
+    rb->user_id = "user \"7\" \xc3\xbc";
+    rb->api_key_id = "6f1d2c3b-4a5e-4f60-8a7b-9c8d7e6f5a4b";
+    rb->request_id = "req-special-b";
+    rb->route = "/api/ai/query";
+    rb->query_type = "sales";
+    rb->question_sha256 = SHA_HEX;
+    rb->model = "m1";
+    rb->prompt_tokens = 11;
+    rb->completion_tokens = 22;
+    rb->from_cache = true;
+    rb->status_code = 200;
+    rb->success = true;
+    rb->upstream_ms = 33;
+    CHECK(aigw_usage_record(u, rb) == 0, "record special b");
+    CHECK(aigw_is_uuid(rb->id, strlen(rb->id)), "record fills the id: %s", rb->id);
+    CHECK(llabs(rb->created_at_us / 1000000 - (long long)time(NULL)) < 5, "record fills created_at");
+}
+
+static void
+check_special(const char *ida, const struct aigw_usage_row *rb)
+{
+    const char *p[1] = {ida};
+    char want[32];
+    PGresult *r = tl_sql(owner, true,
+                         "SELECT user_id IS NULL, api_key_id IS NULL, query_type IS NULL, model IS NULL,"
+                         " upstream_ms IS NULL, error_code, status_code, success, billed,"
+                         " (extract(epoch FROM created_at) * 1000000)::bigint, request_id FROM ai_usage_logs"
+                         " WHERE id = $1",
+                         1, p);
+
+    CHECK(PQntuples(r) == 1, "special row a present");
+    if (PQntuples(r) == 1) {
+        for (int c = 0; c < 5; c++)
+            CHECK(strcmp(PQgetvalue(r, 0, c), "t") == 0, "special a: NULL column %d", c);
+        CHECK(strcmp(PQgetvalue(r, 0, 5), "upstream_timeout") == 0, "error_code %s", PQgetvalue(r, 0, 5));
+        CHECK(strcmp(PQgetvalue(r, 0, 6), "504") == 0 && strcmp(PQgetvalue(r, 0, 7), "f") == 0 &&
+                  strcmp(PQgetvalue(r, 0, 8), "t") == 0, "status/success/billed");
+        CHECK(strcmp(PQgetvalue(r, 0, 9), "1700000000123456") == 0, "created_at us: %s", PQgetvalue(r, 0, 9));
+        CHECK(strcmp(PQgetvalue(r, 0, 10), "req-special-a") == 0, "request_id");
+    }
+    PQclear(r);
+    p[0] = rb->id;
+    r = tl_sql(owner, true,
+               "SELECT user_id, api_key_id, query_type, model, prompt_tokens, completion_tokens, from_cache,"
+               " billed, upstream_ms, (extract(epoch FROM created_at) * 1000000)::bigint, question_sha256"
+               " FROM ai_usage_logs WHERE id = $1",
+               1, p);
+    CHECK(PQntuples(r) == 1, "special row b present");
+    if (PQntuples(r) == 1) {
+        snprintf(want, sizeof(want), "%lld", (long long)rb->created_at_us);
+        CHECK(strcmp(PQgetvalue(r, 0, 0), rb->user_id) == 0, "user_id escapes: %s", PQgetvalue(r, 0, 0));
+        CHECK(strcmp(PQgetvalue(r, 0, 1), rb->api_key_id) == 0, "api_key_id");
+        CHECK(strcmp(PQgetvalue(r, 0, 2), "sales") == 0 && strcmp(PQgetvalue(r, 0, 3), "m1") == 0, "type/model");
+        CHECK(strcmp(PQgetvalue(r, 0, 4), "11") == 0 && strcmp(PQgetvalue(r, 0, 5), "22") == 0, "tokens");
+        CHECK(strcmp(PQgetvalue(r, 0, 6), "t") == 0 && strcmp(PQgetvalue(r, 0, 7), "f") == 0, "cache/billed");
+        CHECK(strcmp(PQgetvalue(r, 0, 8), "33") == 0, "upstream_ms");
+        CHECK(strcmp(PQgetvalue(r, 0, 9), want) == 0, "created_at %s vs %s", PQgetvalue(r, 0, 9), want);
+        CHECK(strcmp(PQgetvalue(r, 0, 10), SHA_HEX) == 0, "question_sha256");
+    }
+    PQclear(r);
+}
+
+/* 2: a copy of the spool (plus half a line, as after a crash mid-write)
+ * replayed by a second instance adds no row and no quota count. */
+static void
+check_replay(const char *url, const char *copy, const char *ta, const char *tb)
+{
+    long rows_a = count_rows(ta), rows_b = count_rows(tb), used_a = queries_used(ta), used_b = queries_used(tb);
+    char newest[512];
+    struct aigw_usage *u;
+
+    CHECK(segments(copy, newest, sizeof(newest)) >= 1, "spool copied");
+    append_file(newest, "{\"id\":\"0f0e0d0c-");
+    u = start(copy, url, 20, 100);
+    CHECK(u != NULL, "second instance on the copy");
+    if (u == NULL)
+        return;
+    CHECK(wait_backlog(u, 0, 15000), "replay done (backlog %zu)", aigw_usage_backlog(u));
+    aigw_usage_stop(u, 5000);
+    CHECK(count_rows(ta) == rows_a && count_rows(tb) == rows_b, "replay added no rows (%ld/%ld)", count_rows(ta),
+          count_rows(tb));
+    CHECK(queries_used(ta) == used_a && queries_used(tb) == used_b, "replay counted nothing twice");
+    CHECK(segments(copy, NULL, 0) == 0, "replayed segments removed");
+}
+
+static void
+test_rows_and_replay(const char *url)
+{
+    enum { THREADS = 4, PER = 40 };
+    char ta[37], tb[37], code[65], dir[64], copy[64], ida[37];
+    struct worker w[THREADS];
+    pthread_t th[THREADS];
+    struct aigw_usage_row rb;
+    struct aigw_usage *u;
+    int fails = 0, billed_a = 0, billed_b = 0;
+
+    tl_create_tenant(owner, "pro", "active", ta, code);
+    tl_create_tenant(owner, "pro", "active", tb, code);
+    make_spool(dir);
+    make_spool(copy);
+    u = start(dir, url, 50, 7);
+    CHECK(u != NULL, "usage writer starts");
+    if (u == NULL)
+        return;
+    for (int t = 0; t < THREADS; t++) {
+        w[t] = (struct worker){u, ta, tb, t * PER, PER, 0};
+        pthread_create(&th[t], NULL, worker_run, &w[t]);
+    }
+    record_special(u, ta, tb, ida, &rb);
+    for (int t = 0; t < THREADS; t++) {
+        pthread_join(th[t], NULL);
+        fails += w[t].fails;
+    }
+    for (int i = 0; i < THREADS * PER; i++)
+        *(i % 2 ? &billed_b : &billed_a) += i % 3 != 0;
+    CHECK(fails == 0, "all records succeeded (%d failed)", fails);
+    CHECK(wait_backlog(u, 0, 15000), "all rows committed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(aigw_usage_spool_bytes(u) > 0, "rows are on disk until rotation");
+    CHECK(count_rows(ta) == THREADS * PER / 2 + 1, "tenant a rows: %ld", count_rows(ta));
+    CHECK(count_rows(tb) == THREADS * PER / 2 + 1, "tenant b rows: %ld", count_rows(tb));
+    CHECK(queries_used(ta) == billed_a, "tenant a billed %ld, want %d", queries_used(ta), billed_a);
+    CHECK(queries_used(tb) == billed_b, "tenant b billed %ld, want %d", queries_used(tb), billed_b);
+    check_special(ida, &rb);
+    copy_segments(dir, copy);
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "committed segments removed at stop");
+    check_replay(url, copy, ta, tb);
+    remove_spool(dir);
+    remove_spool(copy);
+}
+
+/* ---- 3: PostgreSQL outage ---- */
+
+static const char *
+stack_name(void)
+{
+    static char name[128];
+    const char *env = getenv("AIGW_STACK_NAME");
+    char marker[512], *text, *p;
+
+    if (env != NULL && *env) {
+        snprintf(name, sizeof(name), "%s", env);
+    } else {
+        snprintf(marker, sizeof(marker), "%s/.aigw-devstack", tl_env("AIGW_STACK_DIR"));
+        text = read_all(marker);
+        p = strstr(text, "name=");
+        snprintf(name, sizeof(name), "%.*s", p ? (int)strcspn(p + 5, "\n") : 0, p ? p + 5 : "");
+        free(text);
+    }
+    if (name[0] == '\0' || name[strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")]) {
+        fprintf(stderr, "cannot tell the devstack name (set AIGW_STACK_NAME)\n");
+        exit(1);
+    }
+    return name;
+}
+
+static int
+devstack(const char *cmd)
+{
+    char line[1024];
+
+    snprintf(line, sizeof(line), "bash '%s/scripts/devstack.sh' --name '%s' %s", AIGW_SOURCE_DIR, stack_name(), cmd);
+    return system(line);
+}
+
+static void
+test_outage(const char *url)
+{
+    enum { DOWN_ROWS = 9000 };
+    char tc[37], code[65], dir[64];
+    struct aigw_usage *u;
+    int fails;
+
+    tl_create_tenant(owner, "standard", "active", tc, code);
+    make_spool(dir);
+    u = start(dir, url, 20, 50);
+    CHECK(u != NULL, "writer starts");
+    if (u == NULL)
+        return;
+    CHECK(record_n(u, tc, 0, 3) == 0 && wait_backlog(u, 0, 10000), "rows before the outage committed");
+    if (devstack("pg-stop") != 0) {
+        CHECK(false, "devstack pg-stop failed");
+        aigw_usage_stop(u, 5000);
+        return;
+    }
+    /* > 4 MiB of rows: the segment rotates while nothing in it is committed */
+    fails = record_n(u, tc, 3, DOWN_ROWS);
+    for (int i = 0; i < 100 && segments(dir, NULL, 0) < 2; i++)
+        usleep(100 * 1000);
+    CHECK(fails == 0, "records succeed while PostgreSQL is down");
+    CHECK(aigw_usage_backlog(u) == DOWN_ROWS, "backlog while down: %zu", aigw_usage_backlog(u));
+    CHECK(aigw_usage_spool_bytes(u) > 4000000, "rows are in the spool: %zu", aigw_usage_spool_bytes(u));
+    CHECK(segments(dir, NULL, 0) >= 2, "big segment rotated: %d", segments(dir, NULL, 0));
+    CHECK(devstack("pg-start") == 0, "devstack pg-start");
+    CHECK(wait_backlog(u, 0, 60000), "backlog drained after the outage (%zu)", aigw_usage_backlog(u));
+    PQfinish(owner);
+    owner = tl_pg_owner();
+    CHECK(count_rows(tc) == 3 + DOWN_ROWS, "all rows present exactly once: %ld", count_rows(tc));
+    CHECK(queries_used(tc) == billed(0, 3 + DOWN_ROWS), "billed %ld, want %d", queries_used(tc),
+          billed(0, 3 + DOWN_ROWS));
+    CHECK(segments(dir, NULL, 0) == 1, "rotated segments unlinked once committed: %d", segments(dir, NULL, 0));
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    remove_spool(dir);
+}
+
+/* ---- 4: crash ---- */
+
+/* A child records rows and SIGKILLs itself: no stop, no flush. With
+ * wait_commit it first lets the rows reach PostgreSQL (so the replay meets
+ * rows already there). */
+static pid_t
+crash_child(const char *dir, const char *url, const char *tenant, int from, int n, bool wait_commit)
+{
+    pid_t pid = fork();
+    struct aigw_usage *u;
+
+    if (pid != 0)
+        return pid;
+    u = start(dir, url, 20, 50);
+    if (u == NULL)
+        _exit(2);
+    if (record_n(u, tenant, from, n) != 0)
+        _exit(3);
+    if (wait_commit && !wait_backlog(u, 0, 10000))
+        _exit(4);
+    kill(getpid(), SIGKILL);
+    _exit(5);
+}
+
+static bool
+killed(pid_t pid)
+{
+    int st = 0;
+
+    return pid > 0 && waitpid(pid, &st, 0) == pid && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL;
+}
+
+/* stop with PostgreSQL unreachable: bounded by the deadline, the rows stay
+ * in the spool and the next start writes them. */
+static void
+stop_while_down(const char *url, const char *nowhere, const char *td, const char *dir)
+{
+    struct aigw_usage *u = start(dir, nowhere, 20, 50);
+    int64_t t0;
+
+    CHECK(u != NULL, "writer starts without a database");
+    if (u == NULL)
+        return;
+    CHECK(record_n(u, td, 12, 4) == 0, "records without a database");
+    t0 = aigw_now_ms();
+    aigw_usage_stop(u, 300);
+    CHECK(aigw_now_ms() - t0 < 2000, "stop kept its deadline: %lld ms", (long long)(aigw_now_ms() - t0));
+    CHECK(segments(dir, NULL, 0) == 1, "the unwritten segment is kept: %d", segments(dir, NULL, 0));
+    u = start(dir, url, 20, 50);
+    CHECK(u != NULL && wait_backlog(u, 0, 15000), "kept rows written at the next start");
+    aigw_usage_stop(u, 5000);
+    CHECK(count_rows(td) == 16, "rows after the kept spool: %ld", count_rows(td));
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+}
+
+static void
+test_crash(const char *url)
+{
+    static const char nowhere[] = "postgresql:///aigw?host=/nonexistent-aigw-test&port=5432&user=aigw_app";
+    char td[37], code[65], dir[64], newest[512];
+    struct aigw_usage *u;
+
+    tl_create_tenant(owner, "pro", "active", td, code);
+    make_spool(dir);
+    CHECK(killed(crash_child(dir, url, td, 0, 5, true)), "child 1 committed and was killed");
+    CHECK(count_rows(td) == 5, "child 1 rows: %ld", count_rows(td));
+    CHECK(killed(crash_child(dir, nowhere, td, 5, 7, false)), "child 2 (no database) was killed");
+    CHECK(segments(dir, newest, sizeof(newest)) == 2, "both segments left: %d", segments(dir, NULL, 0));
+    append_file(newest, "{\"id\":\"half a row");
+    u = start(dir, url, 20, 50);
+    CHECK(u != NULL, "restart on the crashed spool");
+    if (u == NULL)
+        return;
+    CHECK(wait_backlog(u, 0, 15000), "replayed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(td) == 12, "all rows exactly once: %ld", count_rows(td));
+    CHECK(queries_used(td) == billed(0, 12), "billed %ld, want %d", queries_used(td), billed(0, 12));
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    stop_while_down(url, nowhere, td, dir);
+    remove_spool(dir);
+}
+
+/* ---- 5: rejected rows ---- */
+
+static void
+test_rejected(const char *url)
+{
+    char te[37], code[65], dir[64], path[512], ghost[37], bad_key[37];
+    struct aigw_usage_row r;
+    struct aigw_usage *u;
+    char req[64], *text;
+    const char *p[2] = {ghost, bad_key};
+
+    tl_create_tenant(owner, "pro", "active", te, code);
+    make_spool(dir);
+    snprintf(path, sizeof(path), "%s/usage-00000000000000000001.jsonl", dir);
+    append_file(path, "this is not json\n\n");
+    u = start(dir, url, 20, 50);
+    CHECK(u != NULL, "writer starts");
+    if (u == NULL)
+        return;
+    CHECK(start(dir, url, 20, 50) == NULL, "a second writer on the same spool is refused");
+    CHECK(start("", url, 20, 50) == NULL, "no spool directory, no writer");
+    CHECK(record_n(u, te, 0, 3) == 0, "good rows");
+    fill_row(&r, req, sizeof(req), te, 100);
+    aigw_uuid4(ghost);
+    memcpy(r.tenant_id, ghost, 37); /* a tenant that does not exist */
+    CHECK(aigw_usage_record(u, &r) == 0, "ghost row");
+    memcpy(ghost, r.id, 37);
+    fill_row(&r, req, sizeof(req), te, 101);
+    r.api_key_id = "not-a-uuid";
+    CHECK(aigw_usage_record(u, &r) == 0, "bad row");
+    memcpy(bad_key, r.id, 37);
+    CHECK(record_n(u, te, 3, 4) == 0, "more good rows");
+    CHECK(wait_backlog(u, 0, 15000), "nothing blocked (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(te) == 7, "good rows in: %ld", count_rows(te));
+    CHECK(queries_used(te) == billed(0, 7), "billed %ld, want %d", queries_used(te), billed(0, 7));
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE id IN ($1, $2)", 2, p) == 0,
+          "rejected rows not inserted");
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    text = read_all(path);
+    CHECK(strstr(text, ghost) != NULL, "unknown tenant row in rejected.jsonl");
+    CHECK(strstr(text, bad_key) != NULL, "malformed api_key_id row in rejected.jsonl");
+    CHECK(strstr(text, "this is not json\n") != NULL, "garbage line in rejected.jsonl");
+    free(text);
+    aigw_usage_stop(u, 5000);
+    remove_spool(dir);
+}
+
+int
+main(void)
+{
+    const char *url = tl_env("AIGW_DATABASE_URL");
+
+    aigw_log_init(LOG_INFO, 0);
+    owner = tl_pg_owner();
+    test_rows_and_replay(url);
+    test_rejected(url);
+    test_crash(url);
+    test_outage(url); /* last: restarts PostgreSQL */
+    PQfinish(owner);
+    return tl_done();
+}
