@@ -26,7 +26,7 @@ set +a
 secret_file="$AIGW_STACK_DIR/jwt-secret"
 [[ -s "$secret_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$secret_file")
 AIGW_JWT_SECRET="$(cat "$secret_file")"
-export AIGW_JWT_SECRET AIGW_PORT="$port"
+export AIGW_JWT_SECRET AIGW_PORT="$port" AIGW_SPOOL_DIR="$AIGW_STACK_DIR/spool"
 
 cat <<EOF_BANNER
 

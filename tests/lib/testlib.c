@@ -284,6 +284,12 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
         dup2(fd, 1);
         dup2(fd, 2);
         setenv("AIGW_PORT", portbuf, 1);
+        if (getenv("AIGW_SPOOL_DIR") == NULL) {
+            char spool[300];
+
+            snprintf(spool, sizeof(spool), "%s/spool", gw->dir);
+            setenv("AIGW_SPOOL_DIR", spool, 1);
+        }
         unsetenv("JOURNAL_STREAM");
         unsetenv("NOTIFY_SOCKET");
         execl(AIGW_BIN_PATH, "aigw", "-c", gw->config, (char *)NULL);
@@ -310,6 +316,19 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
     }
     fprintf(stderr, "aigw did not become healthy\n");
     return -1;
+}
+
+int
+tl_aigw_kill9(struct tl_aigw *gw)
+{
+    int status = 0;
+
+    if (gw->pid <= 0)
+        return -1;
+    kill(gw->pid, SIGKILL);
+    waitpid(gw->pid, &status, 0);
+    gw->pid = 0;
+    return 0;
 }
 
 char *
@@ -720,4 +739,14 @@ tl_wait_sql(PGconn *c, long want, int timeout_ms, const char *sql, int n, const 
         usleep(50 * 1000);
     }
     return v;
+}
+
+void
+tl_pg_reconnect(PGconn **c)
+{
+    PQreset(*c);
+    for (int i = 0; i < 100 && PQstatus(*c) != CONNECTION_OK; i++) {
+        usleep(100 * 1000);
+        PQreset(*c);
+    }
 }

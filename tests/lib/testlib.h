@@ -54,6 +54,8 @@ struct tl_aigw {
 int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
 /* SIGTERM and wait; returns the exit status (or -1). Removes the temp dir. */
 int tl_aigw_stop(struct tl_aigw *gw);
+/* SIGKILL aigw (a crash); the temp dir stays (tl_aigw_stop still removes it). */
+int tl_aigw_kill9(struct tl_aigw *gw);
 /* Read the aigw log (malloc'd, caller frees). */
 char *tl_aigw_log(const struct tl_aigw *gw);
 
@@ -118,3 +120,5 @@ void tl_post_parallel_two(int port1, int port2, const char *path, const char *to
                           struct tl_resp *out);
 /* malloc'd printf. */
 char *tl_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Reconnect a connection after a PostgreSQL restart (same URL). */
+void tl_pg_reconnect(PGconn **c);
