@@ -4,12 +4,14 @@
 local token = os.getenv("AIGW_BENCH_TOKEN") or ""
 local unique = os.getenv("AIGW_BENCH_UNIQUE") == "1"
 local direct = os.getenv("AIGW_BENCH_DIRECT") == "1"
+local nonce = os.getenv("AIGW_BENCH_NONCE") or tostring(os.time())
 local counter = 0
-local tid = 0
+threads = 0
 
+-- runs in the main Lua state: give each thread its own id (a global there)
 function setup(thread)
-  tid = tid + 1
-  thread:set("tid", tid)
+  threads = threads + 1
+  thread:set("tid", threads)
 end
 
 function init(args)
@@ -21,7 +23,7 @@ end
 function request()
   counter = counter + 1
   local q = "How do I clean anti-reflective lenses?"
-  if unique then q = string.format("bench question %d-%d-%d", tid, counter, math.random(1, 1000000000)) end
+  if unique then q = string.format("bench question %s-%d-%d", nonce, tid or 0, counter) end
   local body
   if direct then
     body = string.format('{"model":"default","messages":[{"role":"system","content":"You are the AI assistant."},{"role":"user","content":"%s"}],"max_tokens":1000,"stream":false}', q)

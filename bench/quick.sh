@@ -29,13 +29,14 @@ curl -sf "http://127.0.0.1:$port/api/ai/query" -H "Authorization: Bearer $AIGW_B
 run() { # url conns -> "rps p50_ms p99_ms"
     wrk -t2 -c"$2" -d"$DUR" --latency -s bench/post.lua "$1" 2>/dev/null | awk '
         function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-        /Requests\/sec/ { rps=$2 } / 50%/ { p50=ms($2) } / 99%/ { p99=ms($2) }
-        END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+        /Requests\/sec/ { rps=$2 } / 50%/ { p50=ms($2) } / 99%/ { p99=ms($2) } /Non-2xx/ { bad=$NF }
+        END { if (bad > 0) printf "warning: %d non-2xx answers\n", bad > "/dev/stderr"; printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
 median() { sort -n | awk '{ a[NR]=$1 } END { print a[int((NR+1)/2)] }'; }
 
 declare -a s1_rps s1_p99 gw_p50 gw_p99 dir_p50 dir_p99
 for i in $(seq "$ROUNDS"); do
+    export AIGW_BENCH_NONCE="$RANDOM$RANDOM-$i"
     read -r rps _ p99 < <(AIGW_BENCH_UNIQUE=0 run "http://127.0.0.1:$port/api/ai/query" "$CONNS")
     s1_rps+=("$rps"); s1_p99+=("$p99")
     read -r _ p50 p99 < <(AIGW_BENCH_UNIQUE=1 run "http://127.0.0.1:$port/api/ai/query" 16)

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aigw/query.h"
 #include "aigw/util.h"
 #include "testlib.h"
 
@@ -15,7 +16,7 @@ static int port;
 
 static const char CONFIG[] =
     "{\"upstream\":{\"timeout_ms\":1500,\"queue_timeout_ms\":1000,\"health_interval_ms\":60000,\"fail_threshold\":100,"
-    "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
+    "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
     "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}\",\"flush_ms\":20}}";
 
 static void
@@ -479,6 +480,31 @@ test_idempotency(void)
     free(tok);
 }
 
+/* A leader that died (its lock left behind, no result): the waiter retries
+ * once the lock expires and answers by itself. */
+static void
+test_leader_death(void)
+{
+    char id[37], code[65], hex[65], *tok, *key;
+    const char *question = "what happens when the leader dies?";
+    struct tl_resp r;
+    int64_t t0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    aigw_query_cache_hex(id, 0, question, "default", 500, hex);
+    key = tl_sprintf("aigw:{%s}:sf:0:%s", id, hex);
+    CHECK(tl_redis_int("SET %s ghost-leader PX 700", key) == -1, "ghost lock planted");
+    t0 = aigw_now_ms();
+    ask(tok, "{\"question\":\"What happens when the leader dies?\"}", &r);
+    CHECK(r.status == 200, "the waiter answers after the dead leader's lock expired: %ld %s", r.status, r.body);
+    CHECK(aigw_now_ms() - t0 >= 500, "it waited for the lock (%lld ms)", (long long)(aigw_now_ms() - t0));
+    tl_resp_free(&r);
+    CHECK(billed_rows(id, 1) == 1, "the retrying waiter led and was billed once");
+    free(key);
+    free(tok);
+}
+
 static void
 test_all_backends_down(void)
 {
@@ -489,7 +515,7 @@ test_all_backends_down(void)
     char patch[512];
 
     snprintf(patch, sizeof(patch),
-             "{\"upstream\":{\"backends\":[{\"name\":\"dead1\",\"url\":\"http://127.0.0.1:%d\"},"
+             "{\"upstream\":{\"routes\":null,\"backends\":[{\"name\":\"dead1\",\"url\":\"http://127.0.0.1:%d\"},"
              "{\"name\":\"dead2\",\"url\":\"http://127.0.0.1:%d\"}]},"
              "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-dead\"}}",
              p1, p2);
@@ -542,6 +568,7 @@ main(void)
     test_single_flight(gw2.port);
     test_upstream_failures();
     test_idempotency();
+    test_leader_death();
     test_all_backends_down();
     test_rate_limit();
 
