@@ -20,6 +20,11 @@ int64_t aigw_now_us(void);
 /* Wall clock, seconds since the epoch. */
 int64_t aigw_wall_s(void);
 
+struct timespec;
+/* *ts = the CLOCK_REALTIME instant ms milliseconds from now (for
+ * pthread_cond_timedwait). */
+void aigw_deadline_ms(struct timespec *ts, int64_t ms);
+
 /* SHA-256 of buf into out[32]. Never fails. */
 void aigw_sha256(const void *buf, size_t len, unsigned char out[32]);
 /* Lower-case hex of n bytes into out (2n+1 bytes incl. NUL). */

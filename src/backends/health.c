@@ -68,10 +68,7 @@ run(void *arg)
                 aigw_log(ok ? LOG_NOTICE : LOG_WARNING, "upstream: backend %s is %s", h->cfg->backends[i].name,
                          ok ? "up" : "down");
         }
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += (long)(h->cfg->health_interval_ms % 1000) * 1000000L;
-        until.tv_sec += h->cfg->health_interval_ms / 1000 + until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        aigw_deadline_ms(&until, h->cfg->health_interval_ms);
         pthread_mutex_lock(&h->lock);
         while (!h->stop && pthread_cond_timedwait(&h->wake, &h->lock, &until) == 0)
             ;

@@ -84,13 +84,7 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
     struct timespec deadline;
     PGconn *conn = NULL;
 
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    aigw_deadline_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&pool->lock);
     while (pool->n_idle == 0 && pool->n_out >= pool->size) {
         if (pthread_cond_timedwait(&pool->freed, &pool->lock, &deadline) == ETIMEDOUT)

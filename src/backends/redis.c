@@ -172,10 +172,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
     redisContext *c = NULL;
     int reserved = 0;
 
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_nsec += (long)p->timeout_ms * 1000000L;
-    deadline.tv_sec += deadline.tv_nsec / 1000000000L;
-    deadline.tv_nsec %= 1000000000L;
+    aigw_deadline_ms(&deadline, p->timeout_ms);
     pthread_mutex_lock(&p->lock);
     while (p->n_idle == 0 && p->n_out >= p->size)
         if (pthread_cond_timedwait(&p->freed, &p->lock, &deadline) == ETIMEDOUT)

@@ -87,6 +87,18 @@ aigw_wall_s(void)
 }
 
 void
+aigw_deadline_ms(struct timespec *ts, int64_t ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+void
 aigw_sha256(const void *buf, size_t len, unsigned char out[32])
 {
     unsigned int outlen = 0;

@@ -119,10 +119,7 @@ run(void *arg)
                 sf->waiters[keep++] = sf->waiters[i];
         }
         sf->n = keep;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += (long)sf->poll_ms * 1000000L;
-        ts.tv_sec += ts.tv_nsec / 1000000000L;
-        ts.tv_nsec %= 1000000000L;
+        aigw_deadline_ms(&ts, sf->poll_ms);
         if (!sf->stop)
             pthread_cond_timedwait(&sf->wake, &sf->lock, &ts);
     }
