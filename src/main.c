@@ -13,6 +13,7 @@
 
 #include "aigw/health.h"
 #include "aigw/http.h"
+#include "aigw/jwt.h"
 #include "aigw/listener.h"
 #include "aigw/log.h"
 #include "aigw/pg.h"
@@ -78,6 +79,7 @@ reload(struct aigw_server *srv, const char *config_path)
     }
     aigw_log_set_level(next.log_level);
     aigw_tenant_cache_invalidate(srv->tenants, "*");
+    aigw_jwt_cache_clear(srv->tokens);
     aigw_config_free(&next);
     aigw_log(LOG_NOTICE, "reload: log level applied, tenant cache flushed");
 }
@@ -97,6 +99,7 @@ serve(struct aigw_server *srv, const char *config_path)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
+    srv->tokens = aigw_jwt_cache_create(8192, 300);
     srv->usage = aigw_usage_start(&srv->cfg);
     if (srv->usage == NULL)
         return 1;
@@ -206,6 +209,7 @@ out:
     aigw_listener_stop(srv.listener);
     aigw_health_stop(srv.health);
     aigw_tenant_cache_destroy(srv.tenants);
+    aigw_jwt_cache_destroy(srv.tokens);
     aigw_pg_pool_destroy(srv.pg);
     aigw_redis_pool_destroy(srv.redis);
     aigw_config_free(&srv.cfg);

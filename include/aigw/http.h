@@ -89,6 +89,10 @@ void aigw_req_add_header(struct aigw_req *req, const char *name, const char *val
  * AIGW_DONE, so a stage can `return aigw_req_json(req, 200, body);`. */
 enum aigw_rc aigw_req_json(struct aigw_req *req, int status, json_t *body);
 
+/* Set a JSON response from text that is already JSON (len bytes, copied
+ * into the pool). Returns AIGW_DONE. */
+enum aigw_rc aigw_req_json_text(struct aigw_req *req, int status, const char *text, size_t len);
+
 /* Set the standard error response {"error":{"code","message","request_id"}}
  * plus the fields of extra (stolen, may be NULL). Adds WWW-Authenticate to
  * 401s. message must not contain secrets or user text. Returns AIGW_DONE. */

@@ -2,6 +2,7 @@
 #ifndef AIGW_JWT_H
 #define AIGW_JWT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +27,21 @@ struct aigw_claims {
  * short static reason in *why (safe to log: never contains token bytes). */
 int aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, int64_t now,
                     struct aigw_claims *out, const char **why);
+
+/* A bounded cache of verified tokens, keyed by SHA-256 of the token text:
+ * a hit skips both libjwt decodes (which re-parse JSON, and for RS/ES keys
+ * the PEM). An entry is served until the token's exp, at most max_age_s
+ * after it was verified. Direct-mapped with lock striping; thread-safe. */
+struct aigw_jwt_cache;
+struct aigw_jwt_cache *aigw_jwt_cache_create(size_t slots, int max_age_s);
+void aigw_jwt_cache_destroy(struct aigw_jwt_cache *c);
+/* true and *out filled when token_sha256 was verified and is still valid at now. */
+bool aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+                        struct aigw_claims *out);
+void aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+                        const struct aigw_claims *claims);
+/* Forget everything (key rotation, reload). */
+void aigw_jwt_cache_clear(struct aigw_jwt_cache *c);
 
 /* Sign a token with key (HS256: key->key is the secret; RS256/ES256: pem is
  * the PRIVATE key PEM, key->key is ignored). claims_json is a JSON object

@@ -56,6 +56,7 @@ struct aigw_query {
 
     /* outcome */
     const char *answer;
+    const char *answer_json;   /* the answer already as a JSON string (cache hits), or NULL */
     const char *model;
     long prompt_tokens, completion_tokens;
     long upstream_ms;          /* -1 when no upstream call */

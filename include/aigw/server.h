@@ -16,6 +16,7 @@ struct MHD_Daemon;
 struct aigw_pg_pool;
 struct aigw_redis_pool;
 struct aigw_tenant_cache;
+struct aigw_jwt_cache;
 struct aigw_health;
 struct aigw_listener;
 struct aigw_upstream;
@@ -28,6 +29,7 @@ struct aigw_server {
     struct aigw_pg_pool *pg;                /* thread-safe checkout pool */
     struct aigw_redis_pool *redis;          /* thread-safe checkout pool */
     struct aigw_tenant_cache *tenants;      /* thread-safe */
+    struct aigw_jwt_cache *tokens;          /* verified tokens; thread-safe */
     struct aigw_health *health;             /* upstream /health prober */
     struct aigw_listener *listener;         /* LISTEN/NOTIFY thread */
     struct aigw_upstream *upstream;         /* curl multi engine thread */

@@ -5,6 +5,7 @@
 
 #include "aigw/api.h"
 #include "aigw/config.h"
+#include "aigw/jsonw.h"
 #include "aigw/query.h"
 #include "aigw/quota.h"
 #include "aigw/singleflight.h"
@@ -26,22 +27,38 @@ remaining_now(struct aigw_req *req)
     return used >= t->monthly_limit ? 0 : t->monthly_limit - used;
 }
 
+/* Built with the streaming writer: this is the hot path of every answer. */
 enum aigw_rc
 aigw_api_query(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     bool rec = strcmp(q->route_label, "recommendation") == 0;
     long remaining = q->quota_reserved ? q->queries_remaining : remaining_now(req);
-    json_t *body = json_pack("{s:s, s:s, s:b, s:s, s:s, s:{s:I, s:I}, s:I}", rec ? "recommendation" : "answer",
-                             q->answer, "query_type", aigw_query_type_names[q->qtype], "cached", q->from_cache,
-                             "request_id", req->request_id, "model", q->model ? q->model : "", "usage",
-                             "prompt_tokens", (json_int_t)q->prompt_tokens, "completion_tokens",
-                             (json_int_t)q->completion_tokens, "queries_remaining", (json_int_t)remaining);
+    struct aigw_jsonw w;
+    enum aigw_rc rc;
 
+    aigw_jsonw_init(&w, 512 + (q->answer ? strlen(q->answer) : 0));
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_key(&w, rec ? "recommendation" : "answer");
+    if (q->answer_json != NULL)
+        aigw_jsonw_raw(&w, q->answer_json, strlen(q->answer_json));
+    else
+        aigw_jsonw_str(&w, q->answer ? q->answer : "");
+    aigw_jsonw_kstr(&w, "query_type", aigw_query_type_names[q->qtype]);
+    aigw_jsonw_kbool(&w, "cached", q->from_cache);
+    aigw_jsonw_kstr(&w, "request_id", req->request_id);
+    aigw_jsonw_kstr(&w, "model", q->model ? q->model : "");
+    aigw_jsonw_key(&w, "usage");
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_kint(&w, "prompt_tokens", q->prompt_tokens);
+    aigw_jsonw_kint(&w, "completion_tokens", q->completion_tokens);
+    aigw_jsonw_obj_close(&w);
+    aigw_jsonw_kint(&w, "queries_remaining", remaining);
+    aigw_jsonw_obj_close(&w);
     aigw_req_add_header(req, "X-Cache", q->from_cache ? "HIT" : "MISS");
-    if (body == NULL)
-        return aigw_req_fail(req, 500, "internal", "could not encode the answer");
-    return aigw_req_json(req, 200, body);
+    rc = aigw_req_json_text(req, 200, w.buf, w.len);
+    aigw_jsonw_free(&w);
+    return rc;
 }
 
 enum aigw_rc

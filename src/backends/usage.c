@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aigw/jsonw.h"
 #include "aigw/log.h"
 #include "aigw/pg.h"
 #include "aigw/util.h"
@@ -400,27 +401,6 @@ load_old_segments(struct aigw_usage *u)
 
 /* ---- recording (request threads) ---- */
 
-/* NULL -> null; text that is not UTF-8 (jansson refuses it) keeps the row
- * with '?' for the odd bytes rather than losing it. */
-static json_t *
-jstr(const char *s)
-{
-    json_t *v;
-    char *copy;
-
-    if (s == NULL)
-        return json_null();
-    if ((v = json_string(s)) != NULL)
-        return v;
-    copy = aigw_xstrdup(s);
-    for (char *p = copy; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    v = json_string(copy);
-    free(copy);
-    return v;
-}
-
 /* RFC 3339 UTC with microseconds, e.g. 2026-01-02T03:04:05.123456Z */
 static void
 format_ts(int64_t us, char out[40])
@@ -439,44 +419,44 @@ format_ts(int64_t us, char out[40])
     snprintf(out + n, 40 - n, ".%06lldZ", (long long)frac);
 }
 
-static json_t *
-row_json(const struct aigw_usage_row *r)
-{
-    char ts[40];
-
-    format_ts(r->created_at_us, ts);
-    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:b, s:b, s:i, s:b, s:o,"
-                     " s:I, s:o, s:s}",
-                     "id", jstr(r->id), "tenant_id", jstr(r->tenant_id), "user_id", jstr(r->user_id),
-                     "api_key_id", jstr(r->api_key_id), "request_id", jstr(r->request_id), "route",
-                     jstr(r->route), "query_type", jstr(r->query_type), "question_sha256",
-                     jstr(r->question_sha256), "model", jstr(r->model), "prompt_tokens",
-                     (json_int_t)r->prompt_tokens, "completion_tokens", (json_int_t)r->completion_tokens,
-                     "from_cache", (int)r->from_cache, "billed", (int)r->billed, "status_code", r->status_code,
-                     "success", (int)r->success, "error_code", jstr(r->error_code), "response_ms",
-                     (json_int_t)r->response_ms, "upstream_ms",
-                     r->upstream_ms < 0 ? json_null() : json_integer((json_int_t)r->upstream_ms), "created_at", ts);
-}
-
-/* The row as one compact JSON line ending in '\n'; NULL if it cannot be built. */
+/* The row as one compact JSON line ending in '\n' (keys = column names; id
+ * and tenant_id first, which parse_row relies on). Text that is not UTF-8
+ * keeps the row with '?' for the odd bytes rather than losing it. */
 static char *
 row_line(const struct aigw_usage_row *r, size_t *len)
 {
-    json_t *o = row_json(r);
-    char *line = NULL;
-    size_t n;
+    struct aigw_jsonw w;
+    char ts[40];
 
-    if (o == NULL)
-        return NULL;
-    n = json_dumpb(o, NULL, 0, JSON_COMPACT);
-    if (n > 0) {
-        line = aigw_xmalloc(n + 1);
-        json_dumpb(o, line, n, JSON_COMPACT);
-        line[n] = '\n';
-        *len = n + 1;
-    }
-    json_decref(o);
-    return line;
+    format_ts(r->created_at_us, ts);
+    aigw_jsonw_init(&w, 640);
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_kstr(&w, "id", r->id);
+    aigw_jsonw_kstr(&w, "tenant_id", r->tenant_id);
+    aigw_jsonw_kstr(&w, "user_id", r->user_id);
+    aigw_jsonw_kstr(&w, "api_key_id", r->api_key_id);
+    aigw_jsonw_kstr(&w, "request_id", r->request_id);
+    aigw_jsonw_kstr(&w, "route", r->route);
+    aigw_jsonw_kstr(&w, "query_type", r->query_type);
+    aigw_jsonw_kstr(&w, "question_sha256", r->question_sha256);
+    aigw_jsonw_kstr(&w, "model", r->model);
+    aigw_jsonw_kint(&w, "prompt_tokens", r->prompt_tokens);
+    aigw_jsonw_kint(&w, "completion_tokens", r->completion_tokens);
+    aigw_jsonw_kbool(&w, "from_cache", r->from_cache);
+    aigw_jsonw_kbool(&w, "billed", r->billed);
+    aigw_jsonw_kint(&w, "status_code", r->status_code);
+    aigw_jsonw_kbool(&w, "success", r->success);
+    aigw_jsonw_kstr(&w, "error_code", r->error_code);
+    aigw_jsonw_kint(&w, "response_ms", r->response_ms);
+    aigw_jsonw_key(&w, "upstream_ms");
+    if (r->upstream_ms < 0)
+        aigw_jsonw_null(&w);
+    else
+        aigw_jsonw_int(&w, r->upstream_ms);
+    aigw_jsonw_kstr(&w, "created_at", ts);
+    aigw_jsonw_obj_close(&w);
+    aigw_jsonw_append(&w, "\n", 1);
+    return aigw_jsonw_take(&w, len);
 }
 
 /* With u->lock held: one write (looping only on short writes, which nobody
@@ -551,11 +531,38 @@ row_finished(struct aigw_usage *u, struct brow *row)
     atomic_fetch_sub(&u->backlog, 1);
 }
 
-/* id and tenant_id are all the writer needs to know; PostgreSQL checks the rest. */
+/* id and tenant_id are all the writer needs to know; PostgreSQL checks the
+ * rest. Lines written by row_line start with a fixed prefix, read without a
+ * JSON parse; anything else goes through jansson. */
+static bool
+parse_row_fast(struct brow *row)
+{
+    static const char a[] = "{\"id\":\"", b[] = "\",\"tenant_id\":\"";
+    const char *p = row->line;
+
+    if (row->len < sizeof(a) - 1 + 36 + sizeof(b) - 1 + 37 || memcmp(p, a, sizeof(a) - 1) != 0)
+        return false;
+    p += sizeof(a) - 1;
+    if (!aigw_is_uuid(p, 36) || memcmp(p + 36, b, sizeof(b) - 1) != 0)
+        return false;
+    if (!aigw_is_uuid(p + 36 + sizeof(b) - 1, 36) || p[36 + sizeof(b) - 1 + 36] != '"')
+        return false;
+    memcpy(row->id, p, 36);
+    row->id[36] = '\0';
+    memcpy(row->tenant, p + 36 + sizeof(b) - 1, 36);
+    row->tenant[36] = '\0';
+    row->bad = false;
+    return true;
+}
+
 static void
 parse_row(struct brow *row)
 {
-    json_t *o = json_loadb(row->line, row->len, 0, NULL);
+    json_t *o;
+
+    if (parse_row_fast(row))
+        return;
+    o = json_loadb(row->line, row->len, 0, NULL);
     const char *id = json_string_value(json_object_get(o, "id"));
     const char *tenant = json_string_value(json_object_get(o, "tenant_id"));
 

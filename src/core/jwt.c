@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <jwt.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -225,4 +226,99 @@ out:
     free(tok);
     jwt_free(j);
     return res;
+}
+
+/* ---- verified-token cache ---- */
+
+#define JWT_CACHE_STRIPES 16
+
+struct jwt_slot {
+    unsigned char hash[32];
+    int64_t valid_until;       /* 0 = empty */
+    struct aigw_claims claims;
+};
+
+struct aigw_jwt_cache {
+    size_t n;                  /* slots, a power of two */
+    int max_age_s;
+    pthread_mutex_t locks[JWT_CACHE_STRIPES]; /* lock i guards slots with index % STRIPES == i */
+    struct jwt_slot *slots;
+};
+
+struct aigw_jwt_cache *
+aigw_jwt_cache_create(size_t slots, int max_age_s)
+{
+    struct aigw_jwt_cache *c = aigw_xcalloc(1, sizeof(*c));
+    size_t n = 64;
+
+    while (n < slots)
+        n *= 2;
+    c->n = n;
+    c->max_age_s = max_age_s;
+    c->slots = aigw_xcalloc(n, sizeof(*c->slots));
+    for (int i = 0; i < JWT_CACHE_STRIPES; i++)
+        pthread_mutex_init(&c->locks[i], NULL);
+    return c;
+}
+
+void
+aigw_jwt_cache_destroy(struct aigw_jwt_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < JWT_CACHE_STRIPES; i++)
+        pthread_mutex_destroy(&c->locks[i]);
+    explicit_bzero(c->slots, c->n * sizeof(*c->slots));
+    free(c->slots);
+    free(c);
+}
+
+static size_t
+slot_of(const struct aigw_jwt_cache *c, const unsigned char h[32])
+{
+    size_t v;
+
+    memcpy(&v, h, sizeof(v));
+    return v & (c->n - 1);
+}
+
+bool
+aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+                   struct aigw_claims *out)
+{
+    size_t i = slot_of(c, token_sha256);
+    pthread_mutex_t *lock = &c->locks[i % JWT_CACHE_STRIPES];
+    bool hit;
+
+    pthread_mutex_lock(lock);
+    hit = c->slots[i].valid_until > now && memcmp(c->slots[i].hash, token_sha256, 32) == 0;
+    if (hit)
+        *out = c->slots[i].claims;
+    pthread_mutex_unlock(lock);
+    return hit;
+}
+
+void
+aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+                   const struct aigw_claims *claims)
+{
+    size_t i = slot_of(c, token_sha256);
+    pthread_mutex_t *lock = &c->locks[i % JWT_CACHE_STRIPES];
+    int64_t until = claims->exp < now + c->max_age_s ? claims->exp : now + c->max_age_s;
+
+    pthread_mutex_lock(lock);
+    memcpy(c->slots[i].hash, token_sha256, 32);
+    c->slots[i].claims = *claims;
+    c->slots[i].valid_until = until;
+    pthread_mutex_unlock(lock);
+}
+
+void
+aigw_jwt_cache_clear(struct aigw_jwt_cache *c)
+{
+    for (int s = 0; s < JWT_CACHE_STRIPES; s++)
+        pthread_mutex_lock(&c->locks[s]);
+    memset(c->slots, 0, c->n * sizeof(*c->slots));
+    for (int s = JWT_CACHE_STRIPES - 1; s >= 0; s--)
+        pthread_mutex_unlock(&c->locks[s]);
 }

@@ -53,6 +53,18 @@ aigw_req_json(struct aigw_req *req, int status, json_t *body)
 }
 
 enum aigw_rc
+aigw_req_json_text(struct aigw_req *req, int status, const char *text, size_t len)
+{
+    req->resp_body = aigw_pool_alloc(req->pool, len + 2);
+    memcpy(req->resp_body, text, len);
+    req->resp_body[len] = '\n';
+    req->resp_len = len + 1;
+    req->status = status;
+    req->content_type = "application/json; charset=utf-8";
+    return AIGW_DONE;
+}
+
+enum aigw_rc
 aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *extra,
                     const char *fmt, ...)
 {

@@ -1,64 +1,77 @@
 /* cache.c - answers cached per tenant under "aigw:{t}:c:<generation>:<sha256>" */
-#include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "aigw/api.h"
+#include "aigw/jsonw.h"
 #include "aigw/log.h"
 #include "aigw/query.h"
 #include "aigw/redis.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 
-static void
-decref(void *p)
-{
-    json_decref(p);
-}
-
+/* Entry format (parsed without a JSON parser on the hit path):
+ * "v2\n<model>\n<prompt_tokens> <completion_tokens>\n<answer as a JSON string>" */
 enum aigw_rc
 aigw_stage_cache(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
-    json_t *root;
+    char *model, *counts, *answer, *end;
 
     if (q->cached == NULL)
         return AIGW_OK;
-    root = json_loads(q->cached, 0, NULL);
-    if (root == NULL || !json_is_string(json_object_get(root, "answer"))) {
-        json_decref(root);
-        aigw_log(LOG_WARNING, "cache: unreadable entry for tenant %s ignored", req->tenant->id);
-        return AIGW_OK;
-    }
-    aigw_pool_cleanup(req->pool, decref, root);
+    if (strncmp(q->cached, "v2\n", 3) != 0)
+        goto unreadable;
+    model = q->cached + 3;
+    counts = strchr(model, '\n');
+    if (counts == NULL)
+        goto unreadable;
+    *counts++ = '\0';
+    answer = strchr(counts, '\n');
+    if (answer == NULL)
+        goto unreadable;
+    *answer++ = '\0';
+    q->prompt_tokens = strtol(counts, &end, 10);
+    q->completion_tokens = strtol(end, &end, 10);
+    if (*end != '\0' || answer[0] != '"' || strlen(answer) < 2 || answer[strlen(answer) - 1] != '"')
+        goto unreadable;
+    q->model = model;
+    q->answer_json = answer;
     q->from_cache = true;
-    return aigw_query_from_json(req, root);
+    return aigw_api_query(req);
+unreadable:
+    q->cached = NULL;
+    aigw_log(LOG_WARNING, "cache: unreadable entry for tenant %s ignored", req->tenant->id);
+    return AIGW_OK;
 }
 
 void
 aigw_cache_store(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
-    json_t *entry = json_pack("{s:s, s:s, s:{s:I, s:I}}", "answer", q->answer, "model", q->model ? q->model : "",
-                              "usage", "prompt_tokens", (json_int_t)q->prompt_tokens, "completion_tokens",
-                              (json_int_t)q->completion_tokens);
-    char *text = entry ? json_dumps(entry, JSON_COMPACT) : NULL;
+    struct aigw_jsonw w;
+    char head[160];
     redisContext *rc;
     redisReply *r;
 
-    json_decref(entry);
-    if (text == NULL || req->tenant->cache_ttl_s <= 0) {
-        free(text);
+    if (req->tenant->cache_ttl_s <= 0 || q->answer == NULL)
         return;
-    }
+    if (q->model != NULL && strchr(q->model, '\n') != NULL)
+        return;
+    aigw_jsonw_init(&w, strlen(q->answer) + 160);
+    snprintf(head, sizeof(head), "v2\n%s\n%ld %ld\n", q->model ? q->model : "", q->prompt_tokens,
+             q->completion_tokens);
+    aigw_jsonw_append(&w, head, strlen(head));
+    aigw_jsonw_str(&w, q->answer);
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc != NULL) {
-        r = redisCommand(rc, "SET aigw:{%s}:c:%s:%s %s EX %d", req->tenant->id, q->gen, q->cache_hex, text,
-                         req->tenant->cache_ttl_s);
+        r = redisCommand(rc, "SET aigw:{%s}:c:%s:%s %b EX %d", req->tenant->id, q->gen, q->cache_hex, w.buf,
+                         w.len, req->tenant->cache_ttl_s);
         if (r == NULL || r->type == REDIS_REPLY_ERROR)
             aigw_log(LOG_WARNING, "cache: store failed for request %s", req->request_id);
         freeReplyObject(r);
         aigw_redis_release(req->srv->redis, rc);
     }
-    free(text);
+    aigw_jsonw_free(&w);
 }

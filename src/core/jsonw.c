@@ -1,0 +1,230 @@
+/* jsonw.c - streaming JSON writer; escaping follows RFC 8259 */
+#include "aigw/jsonw.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/util.h"
+
+static void
+reserve(struct aigw_jsonw *w, size_t more)
+{
+    if (w->len + more + 1 <= w->cap)
+        return;
+    while (w->len + more + 1 > w->cap)
+        w->cap *= 2;
+    w->buf = aigw_xrealloc(w->buf, w->cap);
+}
+
+void
+aigw_jsonw_append(struct aigw_jsonw *w, const char *s, size_t len)
+{
+    reserve(w, len);
+    memcpy(w->buf + w->len, s, len);
+    w->len += len;
+    w->buf[w->len] = '\0';
+}
+
+static void
+put(struct aigw_jsonw *w, char ch)
+{
+    reserve(w, 1);
+    w->buf[w->len++] = ch;
+    w->buf[w->len] = '\0';
+}
+
+/* Before a value in an array/object context: a comma unless first. */
+static void
+sep(struct aigw_jsonw *w)
+{
+    if (w->need_comma)
+        put(w, ',');
+    w->need_comma = true;
+}
+
+void
+aigw_jsonw_init(struct aigw_jsonw *w, size_t cap)
+{
+    w->cap = cap < 64 ? 64 : cap;
+    w->buf = aigw_xmalloc(w->cap);
+    w->buf[0] = '\0';
+    w->len = 0;
+    w->need_comma = false;
+}
+
+char *
+aigw_jsonw_take(struct aigw_jsonw *w, size_t *len)
+{
+    char *b = w->buf;
+
+    if (len != NULL)
+        *len = w->len;
+    w->buf = NULL;
+    w->len = w->cap = 0;
+    return b;
+}
+
+void
+aigw_jsonw_free(struct aigw_jsonw *w)
+{
+    free(w->buf);
+    w->buf = NULL;
+}
+
+void
+aigw_jsonw_obj_open(struct aigw_jsonw *w)
+{
+    sep(w);
+    put(w, '{');
+    w->need_comma = false;
+}
+
+void
+aigw_jsonw_obj_close(struct aigw_jsonw *w)
+{
+    put(w, '}');
+    w->need_comma = true;
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
+static size_t
+utf8_seq(const unsigned char *p)
+{
+    size_t n;
+    unsigned cp;
+
+    if (p[0] < 0x80)
+        return 1;
+    if ((p[0] & 0xE0) == 0xC0) {
+        n = 2;
+        cp = p[0] & 0x1F;
+    } else if ((p[0] & 0xF0) == 0xE0) {
+        n = 3;
+        cp = p[0] & 0x0F;
+    } else if ((p[0] & 0xF8) == 0xF0) {
+        n = 4;
+        cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+static void
+escaped(struct aigw_jsonw *w, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    put(w, '"');
+    while (*p) {
+        size_t run = 0, n;
+
+        /* copy the longest run that needs no escaping at once */
+        while (p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+            run++;
+        if (run > 0) {
+            aigw_jsonw_append(w, (const char *)p, run);
+            p += run;
+            continue;
+        }
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+
+            aigw_jsonw_append(w, e, 2);
+            p++;
+        } else if (*p < 0x20) {
+            char e[8];
+
+            snprintf(e, sizeof(e), "\\u%04x", *p);
+            aigw_jsonw_append(w, e, 6);
+            p++;
+        } else if ((n = utf8_seq(p)) > 0) {
+            aigw_jsonw_append(w, (const char *)p, n);
+            p += n;
+        } else {
+            put(w, '?');
+            p++;
+        }
+    }
+    put(w, '"');
+}
+
+void
+aigw_jsonw_key(struct aigw_jsonw *w, const char *key)
+{
+    sep(w);
+    escaped(w, key);
+    put(w, ':');
+    w->need_comma = false;
+}
+
+void
+aigw_jsonw_str(struct aigw_jsonw *w, const char *s)
+{
+    sep(w);
+    if (s == NULL)
+        aigw_jsonw_append(w, "null", 4);
+    else
+        escaped(w, s);
+}
+
+void
+aigw_jsonw_int(struct aigw_jsonw *w, long long v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", v);
+
+    sep(w);
+    aigw_jsonw_append(w, num, (size_t)n);
+}
+
+void
+aigw_jsonw_bool(struct aigw_jsonw *w, bool v)
+{
+    sep(w);
+    aigw_jsonw_append(w, v ? "true" : "false", v ? 4 : 5);
+}
+
+void
+aigw_jsonw_null(struct aigw_jsonw *w)
+{
+    sep(w);
+    aigw_jsonw_append(w, "null", 4);
+}
+
+void
+aigw_jsonw_raw(struct aigw_jsonw *w, const char *json, size_t len)
+{
+    sep(w);
+    aigw_jsonw_append(w, json, len);
+}
+
+void
+aigw_jsonw_kstr(struct aigw_jsonw *w, const char *key, const char *s)
+{
+    aigw_jsonw_key(w, key);
+    aigw_jsonw_str(w, s);
+}
+
+void
+aigw_jsonw_kint(struct aigw_jsonw *w, const char *key, long long v)
+{
+    aigw_jsonw_key(w, key);
+    aigw_jsonw_int(w, v);
+}
+
+void
+aigw_jsonw_kbool(struct aigw_jsonw *w, const char *key, bool v)
+{
+    aigw_jsonw_key(w, key);
+    aigw_jsonw_bool(w, v);
+}
