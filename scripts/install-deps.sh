@@ -35,6 +35,8 @@ PACKAGES=(
     clang libclang-rt-14-dev valgrind
     # process / network tooling used by scripts and tests
     procps iproute2 psmisc util-linux jq openssl
+    # promtool (lints the /metrics exposition in tests/integration/test_metrics.c)
+    prometheus
 )
 
 for arg in "$@"; do

@@ -16,6 +16,7 @@
 #include "aigw/jwt.h"
 #include "aigw/listener.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/pg.h"
 #include "aigw/quota.h"
 #include "aigw/redis.h"
@@ -199,6 +200,7 @@ main(int argc, char **argv)
     aigw_admit_init();
     aigw_idempotency_init();
     srv.started_wall_s = aigw_wall_s();
+    srv.metrics = aigw_metrics_create();
     srv.pg = aigw_pg_pool_create(srv.cfg.database_url, srv.cfg.db_pool_size);
     rc = serve(&srv, config_path);
 out:
@@ -212,6 +214,7 @@ out:
     aigw_jwt_cache_destroy(srv.tokens);
     aigw_pg_pool_destroy(srv.pg);
     aigw_redis_pool_destroy(srv.redis);
+    aigw_metrics_destroy(srv.metrics);
     aigw_config_free(&srv.cfg);
     curl_global_cleanup();
     return rc;

@@ -9,6 +9,8 @@ enum aigw_rc aigw_api_healthz(struct aigw_req *req);
 /* GET /readyz: 200 when PostgreSQL, Redis and >= 1 upstream answer, else 503
  * naming what failed. */
 enum aigw_rc aigw_api_readyz(struct aigw_req *req);
+/* GET /metrics: Prometheus text format 0.0.4 (no auth). */
+enum aigw_rc aigw_api_metrics(struct aigw_req *req);
 /* GET /api/ai/limits: the caller's plan, quota used and remaining. */
 enum aigw_rc aigw_api_limits(struct aigw_req *req);
 /* GET /api/ai/usage?period=day|week|month: the caller's tenant's usage

@@ -22,6 +22,7 @@ struct aigw_listener;
 struct aigw_upstream;
 struct aigw_usage;
 struct aigw_sf;
+struct aigw_metrics;
 
 struct aigw_server {
     struct aigw_config cfg;                 /* read-only while serving */
@@ -35,6 +36,7 @@ struct aigw_server {
     struct aigw_upstream *upstream;         /* curl multi engine thread */
     struct aigw_usage *usage;               /* usage spool + writer thread */
     struct aigw_sf *sf;                     /* single-flight waiter poller */
+    struct aigw_metrics *metrics;           /* lock-free counters for GET /metrics */
     atomic_bool stopping;
     int64_t started_wall_s;
     uint16_t bound_port;

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/util.h"
 
 struct aigw_pg_pool {
@@ -73,6 +74,7 @@ aigw_pg_connect(const char *url)
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK)
         return conn;
     first_line(conn ? PQerrorMessage(conn) : "out of memory", why, sizeof(why));
+    aigw_metrics_count_pg_error();
     aigw_log(LOG_ERR, "postgresql: connect failed: %s", why);
     PQfinish(conn);
     return NULL;
@@ -97,6 +99,7 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
         pool->n_out++; /* reserve the slot, connect outside the lock */
     } else {
         pthread_mutex_unlock(&pool->lock);
+        aigw_metrics_count_pg_error();
         aigw_log(LOG_WARNING, "postgresql: pool exhausted (%d connections busy)", pool->size);
         return NULL;
     }
@@ -157,6 +160,7 @@ log_result_error(const char *what, PGconn *conn, PGresult *r)
     const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(conn);
 
     first_line(msg && *msg ? msg : PQerrorMessage(conn), why, sizeof(why));
+    aigw_metrics_count_pg_error();
     aigw_log(LOG_ERR, "postgresql: %s failed: %s", what, why);
 }
 

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/util.h"
 
 struct aigw_redis_pool {
@@ -131,6 +132,7 @@ log_error(struct aigw_redis_pool *p, const char *what, const char *detail)
 {
     int64_t now = aigw_now_ms(), last = atomic_load(&p->last_error_log_ms);
 
+    aigw_metrics_count_redis_error();
     /* an outage would otherwise log once per request */
     if (now - last < 1000 || !atomic_compare_exchange_strong(&p->last_error_log_ms, &last, now))
         return;

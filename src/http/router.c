@@ -20,6 +20,7 @@ static const struct aigw_route routes[] = {
     {"POST", "/api/ai/recommendation", QUERY_ROUTE(aigw_stage_validate_recommendation), aigw_query_finish, true},
     {"GET", "/healthz", {aigw_api_healthz, NULL}, NULL, false},
     {"GET", "/readyz", {aigw_api_readyz, NULL}, NULL, false},
+    {"GET", "/metrics", {aigw_api_metrics, NULL}, NULL, false},
     {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
     {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
     {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},

@@ -11,6 +11,7 @@
 
 #include "aigw/http.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/usage.h"
 #include "aigw/tenant.h"
@@ -279,6 +280,7 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
                     req->route ? req->route->path : "-", "STATUS", status, "DURATION_MS", dur, "TENANT_ID",
                     req->tenant ? req->tenant->id : NULL, "ERROR_CODE", req->error_code, "TERMINATION",
                     toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", NULL);
+    aigw_metrics_request_done(req->srv->metrics, req);
     aigw_tenant_put(req->tenant);
     req->tenant = NULL;
     *con_cls = NULL;

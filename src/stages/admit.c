@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/quota.h"
 #include "aigw/util.h"
@@ -112,6 +113,7 @@ aigw_stage_admit(struct aigw_req *req)
         long retry = q->rl_reset_s > 0 ? q->rl_reset_s : 1;
 
         aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%ld", retry));
+        aigw_metrics_rate_limited(req->srv->metrics, t->tier);
         return aigw_req_fail_extra(req, 429, "rate_limited",
                                    json_pack("{s:i, s:I}", "limit", t->requests_per_minute, "retry_after",
                                              (json_int_t)retry),

@@ -6,6 +6,7 @@
 #include "aigw/api.h"
 #include "aigw/jsonw.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/redis.h"
 #include "aigw/stages.h"
@@ -39,6 +40,7 @@ aigw_stage_cache(struct aigw_req *req)
     q->model = model;
     q->answer_json = answer;
     q->from_cache = true;
+    aigw_metrics_cache_hit(req->srv->metrics);
     return aigw_api_query(req);
 unreadable:
     q->cached = NULL;

@@ -7,6 +7,7 @@
 
 #include "aigw/http.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/stages.h"
 #include "aigw/pg.h"
@@ -229,6 +230,7 @@ aigw_stage_quota(struct aigw_req *req)
     }
     if (rc > 0) {
         aigw_rfc3339(aigw_next_month_start(aigw_wall_s()), resets);
+        aigw_metrics_quota_exhausted(req->srv->metrics, t->tier);
         return aigw_req_fail_extra(req, 429, "quota_exhausted",
                                    json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)t->monthly_limit, "used",
                                              (json_int_t)used, "resets_at", resets),

@@ -10,6 +10,7 @@
 #include "aigw/api.h"
 #include "aigw/http.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
@@ -242,6 +243,7 @@ from_result(struct aigw_req *req, const char *text)
     }
     rc = aigw_query_from_json(req, root);
     q->from_cache = true;
+    aigw_metrics_coalesced(req->srv->metrics);
     return rc;
 }
 

@@ -122,7 +122,8 @@ eq "invalid option value exits 2" "$?" 2
 # --------------------------------------------------------------------------
 # loading window (--loading-ms) on a separate instance
 # --------------------------------------------------------------------------
-if start_server loading --loading-ms 800; then
+# a generous window: the checks below must land inside it even on a loaded machine
+if start_server loading --loading-ms 4000; then
     ok "loading instance started"
     http GET /health
     eq "loading: /health 503" "$CODE" 503
@@ -135,8 +136,11 @@ if start_server loading --loading-ms 800; then
     http GET /__mock/stats
     eq "loading: control routes still work" "$CODE" 200
     jqt "loading: stats.loading true" "$TMP/body" '.loading == true and .chat_requests == 1'
-    sleep 0.9
-    http GET /health
+    for _ in $(seq 100); do
+        http GET /health
+        [ "$CODE" = 200 ] && break
+        sleep 0.1
+    done
     eq "loading window over: /health 200" "$CODE" 200
     stop_server
     eq "loading instance exits 0 on SIGTERM" "$STOP_RC" 0
@@ -325,10 +329,10 @@ eq "config: unknown key 400" "$CODE" 400
 # ---- timing
 cfg '{"mode":"ok","tokens":5,"first_token_ms":200,"token_latency_ms":100}'
 T=$(curl -s -o /dev/null -w '%{time_total}' --max-time 10 "$BASE/v1/chat/completions" -d "$CHAT")
-check "timing: non-stream takes first + N*lat (>= 0.68 s, got $T)" awk -v t="$T" 'BEGIN{exit !(t >= 0.68 && t < 5)}'
+check "timing: non-stream takes first + N*lat (>= 0.68 s, got $T)" awk -v t="$T" 'BEGIN{exit !(t >= 0.68 && t < 9.5)}'
 read -r TTFB TT < <(curl -sN -o "$TMP/t1" -w '%{time_starttransfer} %{time_total}\n' --max-time 10 "$BASE/v1/chat/completions" -d "$CHAT_STREAM")
-check "timing: stream headers after first_token_ms (~0.2 s, got $TTFB)" awk -v t="$TTFB" 'BEGIN{exit !(t >= 0.18 && t < 1.5)}'
-check "timing: stream total ~0.7 s (got $TT)" awk -v t="$TT" 'BEGIN{exit !(t >= 0.68 && t < 5)}'
+check "timing: stream headers after first_token_ms (~0.2 s, got $TTFB)" awk -v t="$TTFB" 'BEGIN{exit !(t >= 0.18 && t < 9)}'
+check "timing: stream total ~0.7 s (got $TT)" awk -v t="$TT" 'BEGIN{exit !(t >= 0.68 && t < 9.5)}'
 eq "timing: stream complete" "$(grep -c '"delta":{"content"' "$TMP/t1")" 5
 
 # ---- slots: FIFO queue

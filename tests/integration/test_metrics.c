@@ -1,0 +1,206 @@
+/* test_metrics.c - GET /metrics: content type, counters that move, histograms, promtool lint */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testlib.h"
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"timeout_ms\":1500,\"health_interval_ms\":200,\"fail_threshold\":100,\"routes\":null,"
+    "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]}}";
+
+static const char *const METRICS[] = {
+    "aigw_requests_total",        "aigw_request_duration_seconds", "aigw_upstream_duration_seconds",
+    "aigw_cache_hits_total",      "aigw_cache_misses_total",       "aigw_coalesced_total",
+    "aigw_rate_limited_total",    "aigw_quota_exhausted_total",    "aigw_upstream_in_flight",
+    "aigw_upstream_queued",       "aigw_upstream_backend_up",      "aigw_usage_backlog_rows",
+    "aigw_usage_spool_bytes",     "aigw_postgres_errors_total",    "aigw_redis_errors_total",
+    "aigw_build_info",            "aigw_start_time_seconds",
+};
+
+static int port;
+
+/* GET /metrics into r; CHECKs status and content type. */
+static void
+scrape(struct tl_resp *r)
+{
+    char ct[128] = "";
+
+    tl_get(port, "/metrics", NULL, r);
+    CHECK(r->status == 200, "/metrics: status %ld", r->status);
+    CHECK(tl_resp_header(r, "Content-Type", ct, sizeof(ct)) &&
+              strcmp(ct, "text/plain; version=0.0.4; charset=utf-8") == 0,
+          "/metrics: content type '%s'", ct);
+}
+
+/* Value of the sample line "<series> <value>" in text, or -1 if absent. */
+static double
+sample(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+
+    for (const char *p = text; p != NULL; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+    return -1;
+}
+
+/* Scrape until series reaches at least want (the completion callback that
+ * counts a request may run just after the client got its answer). */
+static double
+wait_sample(const char *series, double want)
+{
+    double v = -1;
+
+    for (int i = 0; i < 100; i++) {
+        struct tl_resp r;
+
+        scrape(&r);
+        v = sample(r.body, series);
+        tl_resp_free(&r);
+        if (v >= want)
+            break;
+        usleep(20000);
+    }
+    return v;
+}
+
+static double
+now_sample(const char *series)
+{
+    struct tl_resp r;
+    double v;
+
+    scrape(&r);
+    v = sample(r.body, series);
+    tl_resp_free(&r);
+    return v;
+}
+
+static void
+test_format(void)
+{
+    struct tl_resp r;
+    char line[160];
+
+    scrape(&r);
+    for (size_t i = 0; i < sizeof(METRICS) / sizeof(METRICS[0]); i++) {
+        snprintf(line, sizeof(line), "# HELP %s ", METRICS[i]);
+        CHECK(strstr(r.body, line) != NULL, "HELP line of %s", METRICS[i]);
+        snprintf(line, sizeof(line), "# TYPE %s ", METRICS[i]);
+        CHECK(strstr(r.body, line) != NULL, "TYPE line of %s", METRICS[i]);
+    }
+    CHECK(strstr(r.body, "aigw_build_info{version=\"") != NULL, "build_info has a version label");
+    CHECK(sample(r.body, "aigw_start_time_seconds") > 1.6e9, "start time is a plausible epoch");
+    CHECK(sample(r.body, "aigw_upstream_backend_up{backend=\"mock1\"}") >= 0, "backend_up for mock1");
+    CHECK(sample(r.body, "aigw_rate_limited_total{tier=\"other\"}") == 0, "rate_limited by tier, zero");
+    CHECK(strstr(r.body, "clinic_") == NULL, "no tenant labels");
+    tl_resp_free(&r);
+}
+
+static void
+test_requests(void)
+{
+    static const char LIM2[] = "aigw_requests_total{route=\"/api/ai/limits\",code=\"2xx\"}";
+    static const char NF4[] = "aigw_requests_total{route=\"unmatched\",code=\"4xx\"}";
+    static const char LIMCNT[] = "aigw_request_duration_seconds_count{route=\"/api/ai/limits\"}";
+    static const char LIMINF[] = "aigw_request_duration_seconds_bucket{route=\"/api/ai/limits\",le=\"+Inf\"}";
+    char *tok = tl_token("clinic_001", "admin", 600);
+    double lim = now_sample(LIM2), nf = now_sample(NF4), cnt = now_sample(LIMCNT);
+    struct tl_resp r;
+
+    CHECK(lim >= 0 && nf >= 0 && cnt >= 0, "series present before: %g %g %g", lim, nf, cnt);
+    tl_get(port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 200, "limits: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    tl_get(port, "/no/such/route", NULL, &r);
+    CHECK(r.status == 404, "404: %ld", r.status);
+    tl_resp_free(&r);
+    CHECK(wait_sample(LIM2, lim + 1) == lim + 1, "limits 2xx counted once");
+    CHECK(wait_sample(NF4, nf + 1) == nf + 1, "404 counted as unmatched 4xx");
+    CHECK(wait_sample(LIMCNT, cnt + 1) == cnt + 1, "limits duration observed");
+    scrape(&r);
+    CHECK(sample(r.body, LIMINF) == sample(r.body, LIMCNT), "+Inf bucket equals _count");
+    tl_resp_free(&r);
+    CHECK(wait_sample("aigw_requests_total{route=\"/metrics\",code=\"2xx\"}", 1) >= 1, "/metrics counts itself");
+    free(tok);
+}
+
+static void
+test_query(void)
+{
+    PGconn *owner = tl_pg_owner();
+    char id[37], code[65], body[160];
+    char *tok;
+    double hits = now_sample("aigw_cache_hits_total"), misses = now_sample("aigw_cache_misses_total");
+    double up = now_sample("aigw_upstream_duration_seconds_count");
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    snprintf(body, sizeof(body), "{\"question\":\"How do I clean lenses, metrics run %d?\"}", (int)getpid());
+    tl_post(port, "/api/ai/query", tok, body, &r);
+    CHECK(r.status == 200, "first query: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(wait_sample("aigw_cache_misses_total", misses + 1) == misses + 1, "a miss");
+    CHECK(wait_sample("aigw_upstream_duration_seconds_count", up + 1) == up + 1, "upstream duration observed");
+    tl_post(port, "/api/ai/query", tok, body, &r);
+    CHECK(r.status == 200, "second query: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(wait_sample("aigw_cache_hits_total", hits + 1) == hits + 1, "a hit");
+    CHECK(now_sample("aigw_cache_misses_total") == misses + 1, "no second miss");
+    CHECK(wait_sample("aigw_requests_total{route=\"/api/ai/query\",code=\"2xx\"}", 2) >= 2, "query 2xx counted");
+    free(tok);
+    PQfinish(owner);
+}
+
+static void
+test_promtool(void)
+{
+    char path[] = "/tmp/aigw-metrics-XXXXXX";
+    struct tl_resp r;
+    char *cmd;
+    int fd, st;
+
+    if (access("/usr/bin/promtool", X_OK) != 0 && system("command -v promtool >/dev/null 2>&1") != 0) {
+        printf("note: promtool not installed (Debian package prometheus): lint skipped\n");
+        return;
+    }
+    scrape(&r);
+    fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    if (fd < 0) {
+        tl_resp_free(&r);
+        return;
+    }
+    CHECK(write(fd, r.body, r.body_len) == (ssize_t)r.body_len, "write exposition");
+    close(fd);
+    cmd = tl_sprintf("promtool check metrics < %s", path);
+    st = system(cmd);
+    CHECK(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "promtool check metrics: status %d", st);
+    free(cmd);
+    unlink(path);
+    tl_resp_free(&r);
+}
+
+int
+main(void)
+{
+    struct tl_aigw gw;
+    char *cfg = tl_config_patch(CONFIG);
+
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        return tl_done();
+    }
+    port = gw.port;
+    test_format();
+    test_requests();
+    test_query();
+    test_promtool();
+    CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    free(cfg);
+    return tl_done();
+}
