@@ -17,3 +17,7 @@ build:
 
 clean:
 	rm -rf build build-asan build-release
+
+.PHONY: bench
+bench:      ## benchmark suite (S1..S5), writes bench/results/latest.json
+	bash bench/run.sh
