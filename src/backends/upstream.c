@@ -2,10 +2,15 @@
  * through a libcurl multi handle, with per-backend slots, a bounded FIFO per
  * backend group, one retry on connect failure and passive health.
  *
+ * The engine is event driven (curl_multi_socket_action): curl tells us which
+ * sockets to watch and when its next timer is due, and each wake-up touches
+ * only the transfers that have something to do. curl_multi_perform would walk
+ * every transfer on every wake-up, O(n^2) with thousands in flight.
+ *
  * Threads: aigw_upstream_submit() (any thread) only touches the inbox under
- * up->lock and calls curl_multi_wakeup(), the one multi call that is safe
- * from another thread. Everything else (the multi handle, easy handles,
- * queues, backend state) belongs to the engine thread. */
+ * up->lock and writes the engine's eventfd. Everything else (the multi
+ * handle, the epoll set, easy handles, queues, backend state) belongs to the
+ * engine thread. */
 #include "aigw/upstream.h"
 
 #include <curl/curl.h>
@@ -17,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include "aigw/log.h"
 #include "aigw/util.h"
@@ -28,6 +36,8 @@
  * without waking us, so queued calls re-check at least this often. */
 #define IDLE_POLL_MS 500
 #define CHAT_PATH "/v1/chat/completions"
+/* epoll events taken per wake-up; more stay ready for the next epoll_wait */
+#define MAX_EVENTS 256
 
 /* pick() results besides a backend index */
 #define PICK_FULL (-1) /* some backend of the group is eligible, none has a free slot */
@@ -72,6 +82,7 @@ struct aigw_upstream {
     CURLM *multi;
     struct curl_slist *hdrs;           /* request headers, shared read-only by every transfer */
     pthread_t thread;
+    int wake_fd;                       /* eventfd in the epoll set: submit and stop write it */
     pthread_mutex_t lock;              /* guards inbox, next_seq and closed */
     struct call_list inbox;
     uint64_t next_seq;
@@ -83,6 +94,10 @@ struct aigw_upstream {
     struct call_list queue[AIGW_QUERY_TYPES];
     struct call_list active;
     size_t rr[AIGW_QUERY_TYPES];       /* round-robin start per group, to spread ties */
+    int epfd;                          /* curl's sockets and wake_fd */
+    int64_t curl_due_us;               /* monotonic us curl's timer expires; -1 = none */
+    bool added;                        /* transfers were added since the last kick */
+    struct epoll_event ev[MAX_EVENTS];
 };
 
 /* ---- call lists ---- */
@@ -106,6 +121,21 @@ list_insert(struct call_list *l, struct aigw_upstream_call *c)
         p->next = c;
     else
         l->head = c;
+    l->n++;
+}
+
+/* Append without ordering: for the in-flight list, where order does not
+ * matter and a retried (old) call must not cost a scan. */
+static void
+list_append(struct call_list *l, struct aigw_upstream_call *c)
+{
+    c->next = NULL;
+    c->prev = l->tail;
+    if (l->tail != NULL)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
     l->n++;
 }
 
@@ -357,7 +387,8 @@ start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     }
     c->easy = e;
     c->backend = b;
-    list_insert(&up->active, c);
+    list_append(&up->active, c);
+    up->added = true;
     up->be[b].in_flight++;
     up->rr[c->qtype]++;
     atomic_fetch_add(&up->n_in_flight, 1);
@@ -562,8 +593,86 @@ reap(struct aigw_upstream *up)
     }
 }
 
+/* ---- sockets, timer and wake-ups ---- */
+
+/* CURLMOPT_SOCKETFUNCTION: mirror in the epoll set what curl wants to know
+ * about socket s. A non-NULL socketp (set by curl_multi_assign) marks a
+ * socket already in the set; the fallback to the other epoll op covers a
+ * descriptor curl closed before telling us and that got reused. */
+static int
+on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct aigw_upstream *up = userp;
+    struct epoll_event ev;
+    int op = socketp != NULL ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(up->epfd, EPOLL_CTL_DEL, s, NULL); /* fails harmlessly if curl closed s already */
+        return 0;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.events = ((what & CURL_POLL_IN) ? (uint32_t)EPOLLIN : 0u) | ((what & CURL_POLL_OUT) ? (uint32_t)EPOLLOUT : 0u);
+    ev.data.fd = s;
+    if (epoll_ctl(up->epfd, op, s, &ev) != 0
+        && epoll_ctl(up->epfd, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) != 0) {
+        /* only on ENOMEM/ENOSPC; the transfer still ends, by its curl timeout */
+        aigw_log(LOG_ERR, "upstream: cannot watch a backend socket");
+        return 0;
+    }
+    if (socketp == NULL)
+        curl_multi_assign(up->multi, s, up);
+    return 0;
+}
+
+/* CURLMOPT_TIMERFUNCTION: only note the deadline; libcurl forbids calling
+ * back into the multi from here, the loop acts on it. */
+static int
+on_timer(CURLM *m, long timeout_ms, void *userp)
+{
+    struct aigw_upstream *up = userp;
+
+    (void)m;
+    up->curl_due_us = timeout_ms < 0 ? -1 : aigw_now_us() + (int64_t)timeout_ms * 1000;
+    return 0;
+}
+
+/* What curl_multi_poll would report: an error or hang-up makes the socket
+ * readable (an error also writable), so curl meets it on its next I/O. */
+static int
+curl_bits(uint32_t events)
+{
+    int bits = 0;
+
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+        bits |= CURL_CSELECT_IN;
+    if (events & (EPOLLOUT | EPOLLERR))
+        bits |= CURL_CSELECT_OUT;
+    return bits;
+}
+
+static void
+wake(const struct aigw_upstream *up)
+{
+    uint64_t one = 1;
+    ssize_t n = write(up->wake_fd, &one, sizeof(one));
+
+    (void)n; /* EAGAIN: the counter is full, so a wake-up is pending anyway */
+}
+
+static void
+drain_wake(const struct aigw_upstream *up)
+{
+    uint64_t v;
+    ssize_t n = read(up->wake_fd, &v, sizeof(v));
+
+    (void)n;
+}
+
 /* ---- the engine thread ---- */
 
+/* The wake-up was drained before this (dispatch), so a submit after the
+ * swap finds the inbox empty and writes the eventfd again. */
 static void
 take_inbox(struct aigw_upstream *up)
 {
@@ -582,9 +691,8 @@ take_inbox(struct aigw_upstream *up)
     }
 }
 
-/* How long poll may sleep: until the oldest queued call times out or a down
- * backend comes back, at most IDLE_POLL_MS (curl shortens it further for
- * its own timers). */
+/* How long the engine may sleep for its own deadlines: until the oldest
+ * queued call times out or a down backend comes back, at most IDLE_POLL_MS. */
 static int
 poll_timeout(const struct aigw_upstream *up, int64_t now)
 {
@@ -597,6 +705,58 @@ poll_timeout(const struct aigw_upstream *up, int64_t now)
         if (up->be[b].down_until != 0 && up->be[b].down_until - now < t)
             t = up->be[b].down_until - now;
     return t > 0 ? (int)t : 0;
+}
+
+/* The epoll_wait timeout: our deadlines or curl's timer, whichever is first
+ * (rounded up, so we do not wake just before curl's timer and spin). */
+static int
+wait_timeout(const struct aigw_upstream *up)
+{
+    int64_t now_us = aigw_now_us();
+    int64_t t = poll_timeout(up, now_us / 1000);
+
+    if (up->curl_due_us >= 0 && (up->curl_due_us - now_us + 999) / 1000 < t)
+        t = (up->curl_due_us - now_us + 999) / 1000;
+    return t > 0 ? (int)t : 0;
+}
+
+/* Hand each ready socket to curl, which touches only the transfers on it;
+ * then curl's timers if due. */
+static void
+dispatch(struct aigw_upstream *up, int n)
+{
+    int running = 0;
+
+    for (int i = 0; i < n; i++) {
+        int fd = up->ev[i].data.fd;
+
+        if (fd == up->wake_fd)
+            drain_wake(up);
+        else
+            curl_multi_socket_action(up->multi, fd, curl_bits(up->ev[i].events), &running);
+    }
+    if (up->curl_due_us >= 0 && up->curl_due_us <= aigw_now_us())
+        curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+/* Complete what curl finished and fill the freed slots. A new easy handle
+ * only gets a timer from curl_multi_add_handle; the timeout kick starts it.
+ * A kick can itself finish transfers (and free slots), so go round until a
+ * pass starts nothing. */
+static void
+settle(struct aigw_upstream *up)
+{
+    for (;;) {
+        int running = 0;
+
+        reap(up);
+        recover(up, aigw_now_ms());
+        service_queues(up, aigw_now_ms());
+        if (!up->added)
+            return;
+        up->added = false;
+        curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
 }
 
 /* Every call still held completes with 503; submit fails calls itself once
@@ -631,15 +791,13 @@ run(void *arg)
     struct aigw_upstream *up = arg;
 
     while (!atomic_load(&up->stopping)) {
-        int running = 0;
+        int n;
 
         recover(up, aigw_now_ms());
         take_inbox(up);
-        curl_multi_perform(up->multi, &running);
-        reap(up);
-        recover(up, aigw_now_ms());
-        service_queues(up, aigw_now_ms());
-        curl_multi_poll(up->multi, NULL, 0, poll_timeout(up, aigw_now_ms()), NULL);
+        settle(up);
+        n = epoll_wait(up->epfd, up->ev, MAX_EVENTS, wait_timeout(up));
+        dispatch(up, n > 0 ? n : 0); /* n < 0: EINTR, just go round */
     }
     shutdown_calls(up);
     return NULL;
@@ -706,6 +864,26 @@ setup_backends(struct aigw_upstream *up)
     curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, total > 0 ? total : 1L);
 }
 
+/* The epoll set with the eventfd in it, and curl's hooks into both. */
+static void
+setup_events(struct aigw_upstream *up)
+{
+    struct epoll_event ev;
+
+    up->curl_due_us = -1;
+    up->epfd = epoll_create1(EPOLL_CLOEXEC);
+    up->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.fd = up->wake_fd;
+    if (up->epfd < 0 || up->wake_fd < 0 || epoll_ctl(up->epfd, EPOLL_CTL_ADD, up->wake_fd, &ev) != 0)
+        abort();
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, (void *)up);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, (void *)up);
+}
+
 struct aigw_upstream *
 aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
 {
@@ -718,6 +896,7 @@ aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
         abort();
     up->hdrs = header_list();
     setup_backends(up);
+    setup_events(up);
     pthread_mutex_init(&up->lock, NULL);
     atomic_init(&up->stopping, false);
     atomic_init(&up->n_in_flight, 0);
@@ -733,9 +912,11 @@ aigw_upstream_stop(struct aigw_upstream *up)
     if (up == NULL)
         return;
     atomic_store(&up->stopping, true);
-    curl_multi_wakeup(up->multi);
+    wake(up);
     pthread_join(up->thread, NULL);
-    curl_multi_cleanup(up->multi);
+    curl_multi_cleanup(up->multi); /* may still call on_socket: the epoll set goes after it */
+    close(up->epfd);
+    close(up->wake_fd);
     curl_slist_free_all(up->hdrs);
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         free(up->be[b].url);
@@ -767,8 +948,11 @@ aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size
         /* seq and submit time under one lock: queue order = deadline order */
         c->seq = up->next_seq++;
         c->submit_ms = aigw_now_ms();
+        /* only the first call into an empty inbox wakes the engine: it takes
+         * the whole inbox after draining the eventfd, so no call is missed */
+        if (up->inbox.head == NULL)
+            wake(up); /* under the lock: closed is not set yet, so wake_fd is open */
         list_insert(&up->inbox, c);
-        curl_multi_wakeup(up->multi); /* under the lock: never races the multi's cleanup */
     }
     pthread_mutex_unlock(&up->lock);
     if (closed) {

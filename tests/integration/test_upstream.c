@@ -237,6 +237,65 @@ test_slots(void)
     aigw_config_free(&cfg);
 }
 
+/* Calls submitted from several threads at once: every one is picked up
+ * (the engine's eventfd wake-up is shared by a burst of submits) and
+ * completes exactly once. */
+#define MT_THREADS 4
+#define MT_CALLS 50
+
+struct mt_arg {
+    struct aigw_upstream *up;
+    struct pending *p;
+};
+
+static void *
+mt_submitter(void *arg)
+{
+    struct mt_arg *a = arg;
+
+    for (int i = 0; i < MT_CALLS; i++)
+        submit(a->up, &a->p[i]);
+    return NULL;
+}
+
+static void
+test_many_submitters(void)
+{
+    static struct pending p[MT_THREADS * MT_CALLS];
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    pthread_t th[MT_THREADS];
+    struct mt_arg args[MT_THREADS];
+    int ok = 0, once = 0;
+
+    reset_mocks();
+    cfg_init(&cfg);
+    cfg.queue_size = MT_THREADS * MT_CALLS;
+    add_backend(&cfg, "mock1", mock1, 16);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int t = 0; t < MT_THREADS; t++) {
+        args[t].up = up;
+        args[t].p = &p[t * MT_CALLS];
+        if (pthread_create(&th[t], NULL, mt_submitter, &args[t]) != 0)
+            abort();
+    }
+    for (int t = 0; t < MT_THREADS; t++)
+        pthread_join(th[t], NULL);
+    CHECK(wait_all(p, MT_THREADS * MT_CALLS, 20000), "many submitters: all done within 20 s");
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < MT_THREADS * MT_CALLS; i++) {
+        once += p[i].ndone == 1;
+        ok += p[i].ndone == 1 && res(&p[i])->status == 200;
+    }
+    pthread_mutex_unlock(&mu);
+    CHECK(once == MT_THREADS * MT_CALLS, "many submitters: done ran once for %d of %d", once, MT_THREADS * MT_CALLS);
+    CHECK(ok == MT_THREADS * MT_CALLS, "many submitters: %d of %d succeeded", ok, MT_THREADS * MT_CALLS);
+    CHECK(aigw_upstream_in_flight(up) == 0 && aigw_upstream_queued(up) == 0, "many submitters: gauges back to 0");
+    free_all(p, MT_THREADS * MT_CALLS);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
 /* Two backends in one group share the load. */
 static void
 test_spread(void)
@@ -657,6 +716,7 @@ main(void)
 
     test_success();
     test_slots();
+    test_many_submitters();
     test_spread();
     test_queue_full();
     test_queue_timeout();
