@@ -17,7 +17,7 @@ export AIGW_MOCK_BIN="$repo/build/tests/mock_upstream/mock-upstream"
 export AIGW_MOCK_ARGS="${AIGW_MOCK_ARGS:---token-latency-ms 20 --tokens 24}"
 bash scripts/devstack.sh --name dev up >/dev/null
 if [[ "${KEEP_STACK:-0}" != 1 ]]; then
-    trap 'bash scripts/devstack.sh --name dev down >/dev/null 2>&1 || true' EXIT
+    trap 'bash "$repo/scripts/devstack.sh" --name dev down >/dev/null 2>&1 || true' EXIT
 fi
 set -a
 eval "$(bash scripts/devstack.sh --name dev env)"

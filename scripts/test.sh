@@ -23,7 +23,7 @@ cmake -S . -B "$build" "${cmake_args[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)"
 
 export AIGW_MOCK_BIN="$repo/$build/tests/mock_upstream/mock-upstream"
-stop_stack() { bash scripts/devstack.sh --name "$stack" down >/dev/null 2>&1 || true; }
+stop_stack() { bash "$repo/scripts/devstack.sh" --name "$stack" down >/dev/null 2>&1 || true; }
 trap stop_stack EXIT
 bash scripts/devstack.sh --name "$stack" up >/dev/null
 set -a
