@@ -575,6 +575,12 @@ main(void)
     CHECK(tl_aigw_stop(&gw2) == 0, "aigw 2 exits 0");
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
     tl_mock_reset(mock);
+    {
+        char *rm = tl_sprintf("rm -rf '%s' '%s-2' '%s-dead'", spool, spool, spool);
+
+        CHECK(system(rm) == 0, "spool dirs removed");
+        free(rm);
+    }
     free(cfg);
     PQfinish(owner);
     return tl_done();

@@ -328,6 +328,14 @@ tl_aigw_kill9(struct tl_aigw *gw)
     kill(gw->pid, SIGKILL);
     waitpid(gw->pid, &status, 0);
     gw->pid = 0;
+    if (gw->dir[0] != '\0') {
+        char cmd[600];
+
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", gw->dir);
+        gw->dir[0] = '\0';
+    }
     return 0;
 }
 

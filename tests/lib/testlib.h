@@ -54,7 +54,7 @@ struct tl_aigw {
 int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
 /* SIGTERM and wait; returns the exit status (or -1). Removes the temp dir. */
 int tl_aigw_stop(struct tl_aigw *gw);
-/* SIGKILL aigw (a crash); the temp dir stays (tl_aigw_stop still removes it). */
+/* SIGKILL aigw (a crash) and remove its temp dir (config, log). */
 int tl_aigw_kill9(struct tl_aigw *gw);
 /* Read the aigw log (malloc'd, caller frees). */
 char *tl_aigw_log(const struct tl_aigw *gw);
