@@ -58,7 +58,6 @@ struct aigw_req {
 
     /* query path state (NULL on other routes) */
     struct aigw_query *q;
-    bool suspended;                    /* set by aigw_req_suspend, cleared on resume */
 
     /* identity */
     struct aigw_claims claims;

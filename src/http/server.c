@@ -53,7 +53,6 @@ set_request_id(struct aigw_req *req)
 void
 aigw_req_suspend(struct aigw_req *req)
 {
-    req->suspended = true;
     MHD_suspend_connection(req->conn);
 }
 

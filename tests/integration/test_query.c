@@ -494,7 +494,8 @@ test_leader_death(void)
     tok = tl_token(code, "optician", 600);
     aigw_query_cache_hex(id, 0, question, "default", 500, hex);
     key = tl_sprintf("aigw:{%s}:sf:0:%s", id, hex);
-    CHECK(tl_redis_int("SET %s ghost-leader PX 700", key) == -1, "ghost lock planted");
+    tl_redis_int("SET %s ghost-leader PX 700", key);
+    CHECK(tl_redis_int("EXISTS %s", key) == 1, "ghost lock planted");
     t0 = aigw_now_ms();
     ask(tok, "{\"question\":\"What happens when the leader dies?\"}", &r);
     CHECK(r.status == 200, "the waiter answers after the dead leader's lock expired: %ld %s", r.status, r.body);
