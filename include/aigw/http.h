@@ -80,6 +80,10 @@ const char *aigw_req_header(struct aigw_req *req, const char *name);
 /* Value of query-string argument name or NULL. */
 const char *aigw_req_arg(struct aigw_req *req, const char *name);
 
+/* The peer's address as text ("127.0.0.1", "::1") into buf; "" if unknown.
+ * Proxies in front are not trusted: X-Forwarded-For is ignored. */
+void aigw_req_client_ip(const struct aigw_req *req, char *buf, size_t cap);
+
 /* Add a response header; both strings must outlive the request (pool or
  * static). Silently ignored beyond AIGW_MAX_RESP_HEADERS. */
 void aigw_req_add_header(struct aigw_req *req, const char *name, const char *value);

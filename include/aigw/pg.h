@@ -35,6 +35,15 @@ void aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn);
 PGresult *aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
                               const char *const *params);
 
+/* A multi-statement transaction under RLS: BEGIN and the transaction-local
+ * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one
+ * round trip. Run statements with aigw_pg_exec, then aigw_pg_commit; on any
+ * failure call aigw_pg_rollback (aigw_pg_release also rolls back a
+ * connection left in a transaction). Return 0, or -1 (logged). */
+int aigw_pg_begin_tenant(PGconn *conn, const char *tenant_ref);
+int aigw_pg_commit(PGconn *conn);
+void aigw_pg_rollback(PGconn *conn);
+
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);
 

@@ -176,6 +176,45 @@ aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *para
     return NULL;
 }
 
+int
+aigw_pg_begin_tenant(PGconn *conn, const char *tenant_ref)
+{
+    PGresult *r = PQexec(conn, "BEGIN");
+
+    if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        log_result_error("begin", conn, r);
+        PQclear(r);
+        return -1;
+    }
+    PQclear(r);
+    r = aigw_pg_exec(conn, SET_TENANT_SQL, 1, &tenant_ref);
+    if (r == NULL) {
+        aigw_pg_rollback(conn);
+        return -1;
+    }
+    PQclear(r);
+    return 0;
+}
+
+int
+aigw_pg_commit(PGconn *conn)
+{
+    PGresult *r = PQexec(conn, "COMMIT");
+    /* COMMIT of a failed transaction "succeeds" with the tag ROLLBACK */
+    int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0 ? 0 : -1;
+
+    if (rc != 0)
+        log_result_error("commit", conn, r);
+    PQclear(r);
+    return rc;
+}
+
+void
+aigw_pg_rollback(PGconn *conn)
+{
+    PQclear(PQexec(conn, "ROLLBACK"));
+}
+
 PGresult *
 aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
                     const char *const *params)
