@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# test.sh [--sanitize] - the whole test suite: install what is missing, build
+# test.sh [--sanitize] [ctest args...] - the whole test suite: install what is missing, build
 # with warnings as errors, start a private test stack (PostgreSQL + Redis +
 # mock upstreams), run ctest against it, stop the stack.
 #   --sanitize   build with ASan+UBSan (separate build dir and stack)
+#   ctest args   e.g. `-R auth` to run only matching tests while developing
 set -euo pipefail
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$repo"
@@ -10,6 +11,7 @@ cd "$repo"
 build=build stack=test
 cmake_args=(-DAIGW_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 if [[ "${1:-}" == "--sanitize" ]]; then
+    shift
     build=build-asan stack=test-asan
     cmake_args=(-DAIGW_WERROR=ON -DAIGW_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
     export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
@@ -34,4 +36,4 @@ AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 export AIGW_JWT_SECRET
 
 cd "$build"
-ctest --output-on-failure --timeout 600 -j2
+ctest --output-on-failure --timeout 600 -j2 "$@"
