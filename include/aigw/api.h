@@ -30,4 +30,13 @@ enum aigw_rc aigw_query_from_json(struct aigw_req *req, json_t *root);
  * failure, store the idempotency record. */
 void aigw_query_finish(struct aigw_req *req);
 
+/* The event that closes a query stream, from the settled request:
+ * data: {"done": true, <every field of the JSON answer but its text>} or
+ * data: {"error": {...}}. Pool-owned. */
+char *aigw_query_sse_closing(struct aigw_req *req);
+/* A complete 200 answer (cache hit, coalesced, replayed) to a request that
+ * asked for a stream: rewrite the JSON body as the same events a live
+ * stream sends (one delta with the whole text, then the closing event). */
+void aigw_query_sse_replay(struct aigw_req *req);
+
 #endif

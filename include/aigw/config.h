@@ -65,6 +65,9 @@ struct aigw_config {
     size_t n_route_backends[AIGW_QUERY_TYPES];
     int connect_timeout_ms;    /* TCP connect to a backend */
     int timeout_ms;            /* whole non-streaming request */
+    int stream_idle_ms;        /* a stream with no byte for this long fails (first token included) */
+    int stream_timeout_ms;     /* longest a whole stream may last */
+    int stream_buffer_bytes;   /* per stream: bytes held for a slow client before the upstream is paused */
     int queue_size;            /* requests waiting for a slot, per group */
     int queue_timeout_ms;      /* longest wait for a slot before 503 */
     int fail_threshold;        /* consecutive failures that mark a backend down */

@@ -12,6 +12,7 @@
 #include "aigw/server.h"
 
 struct MHD_Connection;
+struct aigw_sse;
 struct aigw_tenant;
 
 /* The one status enum for control flow (nginx-style).
@@ -73,6 +74,19 @@ struct aigw_req {
     size_t n_resp_headers;
     const char *error_code;            /* set by aigw_req_fail, for the access log */
     bool responded;                    /* a response was queued to MHD */
+
+    /* streaming response (text/event-stream); sse is NULL otherwise */
+    struct aigw_sse *sse;              /* a reference, dropped when the connection ends */
+    bool sse_live;                     /* the response is the stream (else an ordinary one was queued) */
+    bool sse_final;                    /* sse_finalize ran */
+    /* Runs once on the connection's thread when the stream ends: after the
+     * producer closed and the client read everything (client_gone false),
+     * or when the connection ended first (client_gone true). Does the
+     * bookkeeping the route's finish hook and usage row would have done
+     * before an ordinary response, and may append a final event. */
+    void (*sse_finalize)(struct aigw_req *req, bool client_gone);
+    /* The client drained a full pipe: unpause the producer. */
+    void (*sse_on_drain)(struct aigw_req *req);
 };
 
 /* Value of request header name (case-insensitive) or NULL. */
@@ -108,6 +122,11 @@ enum aigw_rc aigw_req_fail_extra(struct aigw_req *req, int status, const char *c
  * any thread, and the stage chain re-enters the same stage. */
 void aigw_req_suspend(struct aigw_req *req);
 void aigw_req_resume(struct aigw_req *req);
+
+/* The bookkeeping before a response leaves: the route's finish hook, then
+ * the usage row (spooled, so durable) for AI routes. queue() runs it for
+ * ordinary responses; a stream's sse_finalize runs it at the stream's end. */
+void aigw_req_settle(struct aigw_req *req);
 
 /* Start the HTTP daemon on srv (uses srv->cfg). Returns 0, or -1 (logged). */
 int aigw_http_start(struct aigw_server *srv);

@@ -26,8 +26,6 @@ int aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, long *
  * (the rebuild source). Returns 0 or -1. */
 int aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *count);
 
-#endif
-
 struct aigw_req;
 
 /* Reserve one query of the monthly quota atomically (rebuilding a missing
@@ -37,3 +35,5 @@ struct aigw_req;
 int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, long *used);
 /* Give back one reserved query (the upstream call failed). Best effort. */
 void aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t);
+
+#endif

@@ -20,7 +20,9 @@ struct aigw_sf *aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms);
 void aigw_sf_stop(struct aigw_sf *sf);
 /* Register a suspended waiter (req->q->sf_* set). */
 void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);
-/* Leader: publish its outcome (JSON text) for the waiters and release the lock. */
+/* Leader: publish its outcome (JSON text) for the waiters and release the
+ * lock. NULL publishes nothing: the waiters see the lock go and retry, one
+ * of them leading (the leader's client left mid-stream). */
 void aigw_sf_publish(struct aigw_req *req, const char *result_json);
 
 #endif

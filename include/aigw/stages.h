@@ -48,6 +48,20 @@ enum aigw_rc aigw_stage_quota(struct aigw_req *req);
  * outcome into the answer or 502/503/504. */
 enum aigw_rc aigw_stage_upstream(struct aigw_req *req);
 
+/* Streaming (shared by the query and the OpenAI routes): create req->sse,
+ * submit a streaming call whose events on_event turns into client bytes,
+ * and set the finalizer. The caller then waits with aigw_sse_wait. */
+struct aigw_upstream_call;
+struct aigw_upstream_event;
+void aigw_stream_start(struct aigw_req *req, const char *body, size_t len,
+                       bool (*on_event)(struct aigw_upstream_call *, const struct aigw_upstream_event *, void *),
+                       void (*finalize)(struct aigw_req *, bool));
+/* At a stream's end (in its finalizer): cancel the call if the client left
+ * first, and fill req->q from what was delivered (tokens, model, billed when
+ * any text went out). Returns true for a complete answer (q->answer set);
+ * false after setting the error (499 client_closed, or the upstream's). */
+bool aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks);
+
 /* Nesting depth of JSON text (brackets outside strings); pure, for tests. */
 int aigw_json_depth(const char *buf, size_t len);
 

@@ -8,6 +8,7 @@
 #ifndef AIGW_UPSTREAM_H
 #define AIGW_UPSTREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,14 +24,39 @@ struct aigw_upstream_result {
     const char *error_code;    /* NULL on success; "upstream_error", "upstream_unavailable", "upstream_timeout" */
     const char *error_detail;  /* short static text for the log (never upstream bytes) */
     int retry_after_s;         /* > 0 with 503 */
-    char *content;             /* choices[0].message.content (malloc'd, owned by the call) */
+    char *content;             /* choices[0].message.content, or a stream's assembled deltas
+                                * (NULL when a stream's text passed the size bound); owned by the call */
+    char *raw;                 /* the whole answer body (opts.keep_raw, non-stream); owned by the call */
+    size_t raw_len;
     char *model;               /* "model" of the answer (owned by the call) */
     char *finish_reason;       /* owned by the call; may be NULL */
     long prompt_tokens;        /* usage.prompt_tokens (0 if absent) */
     long completion_tokens;    /* usage.completion_tokens (0 if absent) */
     int64_t upstream_ms;       /* time from submit to done, queueing included */
     const char *backend;       /* name of the backend that answered (static for the engine's life), or NULL */
+    /* streams */
+    bool started;              /* at least one event reached on_event: a failure now is mid-stream */
+    long chunks;               /* events that carried content */
+    bool saw_done;             /* the upstream ended with data: [DONE] */
 };
+
+/* One server-sent event of a streaming answer, reassembled from libcurl's
+ * chunks (which do not follow event boundaries). */
+struct aigw_upstream_event {
+    const char *bytes;         /* the event exactly as received, blank-line terminator included */
+    size_t len;
+    const char *delta;         /* decoded choices[0].delta.content, or NULL */
+    size_t delta_len;
+    bool done;                 /* data: [DONE] */
+    bool error;                /* an error event (llama-server's error: line, or data: {"error":...}) */
+    bool usage_only;           /* a chunk with usage and no choices (stream_options.include_usage) */
+};
+
+/* Stream consumer, on the engine thread, once per event in order. Must not
+ * block. Return true when the consumer's buffer is full: the transfer is
+ * paused until aigw_upstream_unpause(). */
+typedef bool (*aigw_upstream_event_fn)(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev,
+                                       void *ud);
 
 /* Called once per call on the engine thread. Must not block. */
 typedef void (*aigw_upstream_done_fn)(struct aigw_upstream_call *call, void *ud);
@@ -58,10 +84,38 @@ void aigw_upstream_stop(struct aigw_upstream *up);
 struct aigw_upstream_call *aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size_t len,
                                                 aigw_upstream_done_fn done, void *ud);
 
+/* Everything a call can ask for. */
+struct aigw_upstream_opts {
+    int qtype;                 /* backend group: index into aigw_query_type_names */
+    const char *body;          /* request JSON (copied) */
+    size_t len;
+    bool keep_raw;             /* non-stream: keep the answer body in result.raw */
+    aigw_upstream_event_fn on_event; /* non-NULL: a streaming call (the body must ask for stream) */
+    aigw_upstream_done_fn done;
+    void *ud;
+};
+
+/* Like aigw_upstream_submit, with every option. A streaming call uses the
+ * stream timeouts (idle, total) instead of timeout_ms; a stream that ends
+ * without [DONE], or with an error event, completes with 502 and the
+ * counts of what was delivered. */
+struct aigw_upstream_call *aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_opts *o);
+
+/* Resume a paused stream (its consumer drained). Thread-safe, never blocks;
+ * ignored once the call is done. */
+void aigw_upstream_unpause(struct aigw_upstream *up, struct aigw_upstream_call *call);
+
+/* Abort the call (the client is gone): the transfer is dropped at once,
+ * closing its connection, and done() runs with 499 "client_closed". Thread-safe;
+ * ignored once the call is done. */
+void aigw_upstream_cancel(struct aigw_upstream *up, struct aigw_upstream_call *call);
+
 /* The outcome; only meaningful once done() ran. */
 const struct aigw_upstream_result *aigw_upstream_result(const struct aigw_upstream_call *call);
 
-/* Free a finished call. NULL-safe. */
+/* Drop the caller's reference: the call is freed once the engine is done
+ * with it too, so this is safe at any time, even before done() ran (use
+ * aigw_upstream_cancel first if the outcome is no longer wanted). NULL-safe. */
 void aigw_upstream_call_free(struct aigw_upstream_call *call);
 
 /* Gauges for /readyz and metrics (thread-safe snapshots). */

@@ -1,6 +1,7 @@
 /* query.c - the answer of /api/ai/query and /api/ai/recommendation, and the
  * bookkeeping that must happen before it leaves */
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "aigw/api.h"
@@ -118,17 +119,92 @@ aigw_query_finish(struct aigw_req *req)
     if (q == NULL)
         return;
     if (q->sf_role == AIGW_SF_LEADER) {
-        char *text = outcome_json(req);
+        char *text = req->status == 499 ? NULL : outcome_json(req);
 
-        if (text != NULL)
-            aigw_sf_publish(req, text);
+        aigw_sf_publish(req, text);
         free(text);
     }
     if (req->status == 200 && q->billed)
         aigw_cache_store(req);
-    if (q->quota_reserved && !(req->status == 200 && q->billed)) {
+    if (q->quota_reserved && !q->billed) {
         aigw_quota_refund(req->srv, req->tenant);
         q->quota_reserved = false;
     }
     aigw_idempotency_finish(req);
+}
+
+/* The JSON answer's fields minus the text: what closes a stream. */
+static json_t *
+closing_fields(struct aigw_req *req, json_t *answer)
+{
+    json_t *o = json_object();
+    const char *k;
+    json_t *v;
+
+    (void)req;
+    json_object_set_new(o, "done", json_true());
+    json_object_foreach(answer, k, v)
+    {
+        if (strcmp(k, "answer") != 0 && strcmp(k, "recommendation") != 0)
+            json_object_set(o, k, v);
+    }
+    return o;
+}
+
+static void
+append_event(struct aigw_jsonw *w, json_t *data)
+{
+    char *text = json_dumps(data, JSON_COMPACT);
+
+    aigw_jsonw_append(w, "data: ", 6);
+    if (text != NULL)
+        aigw_jsonw_append(w, text, strlen(text));
+    aigw_jsonw_append(w, "\n\n", 2);
+    free(text);
+}
+
+char *
+aigw_query_sse_closing(struct aigw_req *req)
+{
+    json_t *body = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
+    json_t *data = req->status == 200 ? closing_fields(req, body)
+                                      : json_pack("{s:O?}", "error", json_object_get(body, "error"));
+    struct aigw_jsonw w;
+    char *out;
+
+    aigw_jsonw_init(&w, req->resp_len + 64);
+    append_event(&w, data);
+    out = aigw_pool_strndup(req->pool, w.buf, w.len);
+    aigw_jsonw_free(&w);
+    json_decref(data);
+    json_decref(body);
+    return out;
+}
+
+void
+aigw_query_sse_replay(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    json_t *body, *text;
+    struct aigw_jsonw w;
+    char *closing;
+
+    if (q == NULL || !q->stream || req->status != 200 || req->sse_live || strcmp(q->route_label, "chat") == 0)
+        return;
+    body = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
+    text = json_object_get(body, "answer") ? json_object_get(body, "answer") : json_object_get(body, "recommendation");
+    aigw_jsonw_init(&w, req->resp_len + 64);
+    if (json_is_string(text)) {
+        json_t *delta = json_pack("{s:O}", "delta", text);
+
+        append_event(&w, delta);
+        json_decref(delta);
+    }
+    closing = aigw_query_sse_closing(req);
+    aigw_jsonw_append(&w, closing, strlen(closing));
+    req->resp_body = aigw_pool_strndup(req->pool, w.buf, w.len);
+    req->resp_len = w.len;
+    req->content_type = "text/event-stream";
+    aigw_jsonw_free(&w);
+    json_decref(body);
 }

@@ -38,6 +38,8 @@
 #define CHAT_PATH "/v1/chat/completions"
 /* epoll events taken per wake-up; more stay ready for the next epoll_wait */
 #define MAX_EVENTS 256
+/* One server-sent event larger than this is a broken backend. */
+#define MAX_SSE_EVENT_BYTES ((size_t)256 << 10)
 
 /* pick() results besides a backend index */
 #define PICK_FULL (-1) /* some backend of the group is eligible, none has a free slot */
@@ -49,9 +51,30 @@ struct call_list {
     size_t n;
 };
 
+enum call_state { CS_INBOX, CS_QUEUED, CS_ACTIVE, CS_DONE };
+
+/* control requests from other threads (under up->lock) */
+enum { CTL_UNPAUSE = 1, CTL_CANCEL = 2 };
+
 struct aigw_upstream_call {
     struct aigw_upstream_call *prev, *next; /* links of the list the call is in */
+    atomic_int refs;       /* the caller's and the engine's (plus one per pending control request) */
+    enum call_state state; /* engine thread */
     int qtype;
+    bool keep_raw;
+    aigw_upstream_event_fn on_event; /* non-NULL: streaming */
+    /* control: under up->lock */
+    struct aigw_upstream_call *ctl_next;
+    unsigned ctl_ops;
+    bool ctl_queued;
+    bool cancelled;        /* engine thread: a cancel arrived before the call was placed */
+    /* streaming, engine thread */
+    char *sse;             /* bytes of the event being reassembled */
+    size_t sse_len, sse_cap;
+    bool want_pause, paused;
+    bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
+    bool stream_error;     /* an error event arrived */
+    long usage_prompt, usage_completion, timings_prompt, timings_predicted;
     uint64_t seq;          /* submit order: queues stay FIFO even for a retried call */
     int64_t submit_ms;
     char *body;            /* request JSON (copied at submit) */
@@ -81,10 +104,12 @@ struct aigw_upstream {
     struct aigw_health *health;        /* NULL: passive health only */
     CURLM *multi;
     struct curl_slist *hdrs;           /* request headers, shared read-only by every transfer */
+    struct curl_slist *sse_hdrs;       /* the same for streaming calls */
     pthread_t thread;
     int wake_fd;                       /* eventfd in the epoll set: submit and stop write it */
     pthread_mutex_t lock;              /* guards inbox, next_seq and closed */
     struct call_list inbox;
+    struct aigw_upstream_call *ctl_head; /* calls with control requests, LIFO */
     uint64_t next_seq;
     bool closed;                       /* the engine takes no more calls (shutting down) */
     atomic_bool stopping;
@@ -166,19 +191,44 @@ list_pop(struct call_list *l)
 
 /* ---- completion ---- */
 
+static void
+call_free(struct aigw_upstream_call *c)
+{
+    free(c->res.content);
+    free(c->res.model);
+    free(c->res.finish_reason);
+    free(c->res.raw);
+    free(c->buf);
+    free(c->sse);
+    free(c->body);
+    free(c);
+}
+
+static void
+call_unref(struct aigw_upstream_call *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) == 1)
+        call_free(c);
+}
+
 /* Hand the call back. The request and answer bytes go now (the result holds
  * copies; the caller may keep the call until its client has the answer).
- * Nothing may touch c afterwards: done() or another thread may free it. */
+ * The engine's reference goes last: done() or another thread may free c. */
 static void
 finish(struct aigw_upstream_call *c)
 {
+    c->state = CS_DONE;
     free(c->buf);
     c->buf = NULL;
     c->buf_len = c->buf_cap = 0;
+    free(c->sse);
+    c->sse = NULL;
+    c->sse_len = c->sse_cap = 0;
     free(c->body);
     c->body = NULL;
     c->res.upstream_ms = aigw_now_ms() - c->submit_ms;
     c->done(c, c->ud);
+    call_unref(c);
 }
 
 static void
@@ -344,6 +394,224 @@ out:
     return rc;
 }
 
+/* ---- streams ---- */
+
+/* Append decoded delta text to the assembled answer (bounded: past the bound
+ * the text is dropped and the answer is not cached, the stream goes on). */
+static void
+text_append(struct aigw_upstream_call *c, const char *p, size_t n)
+{
+    if (c->text_dropped)
+        return;
+    if (!body_append(c, p, n)) {
+        c->text_dropped = true;
+        free(c->buf);
+        c->buf = NULL;
+        c->buf_len = c->buf_cap = 0;
+    }
+}
+
+/* The payload of an event: its data: lines joined with "\n" (SSE rules),
+ * into out (malloc'd); *is_error when it has an error: field. NULL when
+ * the event has no data. */
+static char *
+event_payload(const char *ev, size_t len, bool *is_error, size_t *out_len)
+{
+    char *out = NULL;
+    size_t n = 0;
+    const char *p = ev, *end = ev + len;
+
+    *is_error = false;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        size_t ll = (size_t)((eol != NULL ? eol : end) - p);
+        const char *val = NULL;
+        size_t vl = 0;
+
+        if (ll > 0 && p[ll - 1] == '\r')
+            ll--;
+        if (ll >= 5 && memcmp(p, "data:", 5) == 0) {
+            val = p + 5;
+            vl = ll - 5;
+        } else if (ll >= 6 && memcmp(p, "error:", 6) == 0) {
+            val = p + 6;
+            vl = ll - 6;
+            *is_error = true;
+        }
+        if (val != NULL) {
+            if (vl > 0 && *val == ' ') {
+                val++;
+                vl--;
+            }
+            out = aigw_xrealloc(out, n + vl + 2);
+            if (n > 0)
+                out[n++] = '\n';
+            memcpy(out + n, val, vl);
+            n += vl;
+            out[n] = '\0';
+        }
+        p = eol != NULL ? eol + 1 : end;
+    }
+    *out_len = n;
+    return out;
+}
+
+/* Tap one event for what aigw needs (text, counts, model, errors); the
+ * bytes themselves go to the consumer unchanged. */
+static void
+tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct aigw_upstream_event *ev,
+          json_t **root_out)
+{
+    json_t *root, *choices, *choice, *delta, *content, *usage, *timings;
+
+    *root_out = NULL;
+    if (plen == 6 && memcmp(payload, "[DONE]", 6) == 0) {
+        ev->done = true;
+        c->res.saw_done = true;
+        return;
+    }
+    root = json_loadb(payload, plen, 0, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        ev->error = true; /* not JSON: the stream is broken */
+        return;
+    }
+    *root_out = root;
+    if (json_object_get(root, "error") != NULL) {
+        ev->error = true;
+        return;
+    }
+    if (c->res.model == NULL)
+        c->res.model = dup_string(json_object_get(root, "model"));
+    choices = json_object_get(root, "choices");
+    choice = json_array_get(choices, 0);
+    delta = json_object_get(choice, "delta");
+    content = json_object_get(delta, "content");
+    if (json_is_string(content) && json_string_length(content) > 0) {
+        ev->delta = json_string_value(content);
+        ev->delta_len = json_string_length(content);
+        c->res.chunks++;
+        text_append(c, ev->delta, ev->delta_len);
+    }
+    if (json_is_string(json_object_get(choice, "finish_reason")) && c->res.finish_reason == NULL)
+        c->res.finish_reason = dup_string(json_object_get(choice, "finish_reason"));
+    usage = json_object_get(root, "usage");
+    if (json_is_object(usage)) {
+        c->usage_prompt = token_count(json_object_get(usage, "prompt_tokens"));
+        c->usage_completion = token_count(json_object_get(usage, "completion_tokens"));
+        ev->usage_only = json_is_array(choices) && json_array_size(choices) == 0;
+    }
+    timings = json_object_get(root, "timings");
+    if (json_is_object(timings)) {
+        c->timings_prompt = token_count(json_object_get(timings, "prompt_n"));
+        c->timings_predicted = token_count(json_object_get(timings, "predicted_n"));
+    }
+}
+
+/* Hand the complete event ev[0..len) to the consumer. */
+static void
+deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
+{
+    struct aigw_upstream_event ev;
+    size_t plen = 0;
+    bool is_error;
+    char *payload = event_payload(bytes, len, &is_error, &plen);
+    json_t *root = NULL;
+
+    if (payload == NULL && !is_error) { /* a comment or keep-alive: nothing for anyone */
+        free(payload);
+        return;
+    }
+    memset(&ev, 0, sizeof(ev));
+    ev.bytes = bytes;
+    ev.len = len;
+    if (is_error)
+        ev.error = true;
+    else
+        tap_event(c, payload != NULL ? payload : "", plen, &ev, &root);
+    /* an error before anything was delivered stays an ordinary failed call
+     * (the client gets a plain HTTP error), and nothing after it is
+     * delivered; once started, the consumer sees everything */
+    if (c->res.started || (!ev.error && !c->stream_error)) {
+        c->res.started = true;
+        if (c->on_event(c, &ev, c->ud))
+            c->want_pause = true;
+    }
+    if (ev.error)
+        c->stream_error = true;
+    json_decref(root);
+    free(payload);
+}
+
+/* The end of the event starting at p: just past its blank line, or NULL. */
+static const char *
+event_end(const char *p, const char *end)
+{
+    for (const char *q = p; q < end; q++) {
+        if (*q != '\n')
+            continue;
+        if (q + 1 < end && q[1] == '\n')
+            return q + 2;
+        if (q + 2 < end && q[1] == '\r' && q[2] == '\n')
+            return q + 3;
+    }
+    return NULL;
+}
+
+/* CURLOPT_WRITEFUNCTION of a stream: split the bytes into events (a chunk
+ * may hold several, or part of one), hand each over as it completes.
+ * Backpressure: once the consumer is full, the next chunk is refused with
+ * CURL_WRITEFUNC_PAUSE (curl keeps it and delivers it again on unpause). */
+static size_t
+on_stream_write(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    struct aigw_upstream_call *c = ud;
+    size_t n = size * nmemb;
+    long code = 0;
+    const char *p, *end, *e;
+
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code != 200) /* an error answer: keep it as a body for the log, like a plain call */
+        return body_append(c, ptr, n) ? n : 0;
+    if (c->want_pause) {
+        c->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (c->sse_len + n + 1 > c->sse_cap) {
+        c->sse_cap = (c->sse_len + n + 1) * 2;
+        c->sse = aigw_xrealloc(c->sse, c->sse_cap);
+    }
+    memcpy(c->sse + c->sse_len, ptr, n);
+    c->sse_len += n;
+    p = c->sse;
+    end = c->sse + c->sse_len;
+    while ((e = event_end(p, end)) != NULL) {
+        deliver_event(c, p, (size_t)(e - p));
+        p = e;
+    }
+    c->sse_len = (size_t)(end - p);
+    memmove(c->sse, p, c->sse_len);
+    if (c->sse_len > MAX_SSE_EVENT_BYTES) {
+        c->too_big = true;
+        return 0;
+    }
+    return n;
+}
+
+/* Fill a stream's result once the transfer is over: the assembled text and
+ * the token counts, from the best source the upstream gave. */
+static void
+stream_result(struct aigw_upstream_call *c)
+{
+    if (!c->text_dropped) {
+        c->res.content = aigw_xstrndup(c->buf != NULL ? c->buf : "", c->buf_len);
+    }
+    c->res.prompt_tokens = c->usage_prompt > 0 ? c->usage_prompt : c->timings_prompt;
+    c->res.completion_tokens = c->usage_completion > 0    ? c->usage_completion
+                               : c->timings_predicted > 0 ? c->timings_predicted
+                                                          : c->res.chunks;
+}
+
 /* ---- transfers ---- */
 
 static CURL *
@@ -358,15 +626,25 @@ make_easy(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->hdrs);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->on_event != NULL ? up->sse_hdrs : up->hdrs);
     /* POSTFIELDS + size: a Content-Length body, never chunked; the call owns
      * the bytes until it is freed, so curl need not copy them */
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->len);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)c);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)up->cfg->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->timeout_ms);
+    if (c->on_event != NULL) {
+        /* TIMEOUT_MS would cut a long stream: an idle limit (no byte for
+         * stream_idle_ms, the first token included) plus a generous total.
+         * curl skips the speed check while the transfer is paused. */
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_stream_write);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((up->cfg->stream_idle_ms + 999) / 1000));
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->stream_timeout_ms);
+    } else {
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->timeout_ms);
+    }
     return e;
 }
 
@@ -377,6 +655,7 @@ start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     CURL *e;
 
     c->buf_len = 0; /* a retry starts a fresh answer */
+    c->sse_len = 0;
     c->too_big = false;
     e = make_easy(up, c, b);
     if (e == NULL || curl_multi_add_handle(up->multi, e) != CURLM_OK) {
@@ -387,6 +666,7 @@ start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     }
     c->easy = e;
     c->backend = b;
+    c->state = CS_ACTIVE;
     list_append(&up->active, c);
     up->added = true;
     up->be[b].in_flight++;
@@ -422,6 +702,7 @@ enqueue(struct aigw_upstream *up, struct aigw_upstream_call *c)
         return;
     }
     list_insert(q, c);
+    c->state = CS_QUEUED;
     atomic_fetch_add(&up->n_queued, 1);
 }
 
@@ -439,6 +720,10 @@ route(struct aigw_upstream *up, struct aigw_upstream_call *c)
 {
     int t = c->qtype, b;
 
+    if (c->cancelled) {
+        fail(c, 499, "client_closed", "cancelled", 0);
+        return;
+    }
     if (t < 0 || t >= AIGW_QUERY_TYPES || up->cfg->n_route_backends[t] == 0) {
         fail(c, 503, "upstream_unavailable", "no backend serves this query type", 2);
         return;
@@ -536,6 +821,29 @@ service_queues(struct aigw_upstream *up, int64_t now)
 
 /* ---- results ---- */
 
+/* A stream that got its 200: success only with [DONE] and no error event;
+ * either way the result carries what was delivered. */
+static void
+complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc, int b)
+{
+    stream_result(c);
+    if (rc == CURLE_OK && c->res.saw_done && !c->stream_error) {
+        up->be[b].fails = 0;
+        c->res.status = 200;
+        finish(c);
+    } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+        backend_failed(up, b);
+        fail(c, 504, "upstream_timeout", "stream stalled or ran too long", 0);
+    } else if (rc == CURLE_WRITE_ERROR && c->too_big) {
+        fail(c, 502, "upstream_error", "stream event too large", 0);
+    } else {
+        aigw_log(LOG_INFO, "upstream: backend %s: stream ended %s", up->cfg->backends[b].name,
+                 c->stream_error ? "with an error event" : rc != CURLE_OK ? curl_easy_strerror(rc) : "without [DONE]");
+        backend_failed(up, b);
+        fail(c, 502, "upstream_error", c->stream_error ? "error event in the stream" : "stream ended early", 0);
+    }
+}
+
 /* Turn a finished transfer into the result, the retry or the health verdict. */
 static void
 complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
@@ -552,6 +860,14 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
         return;
     }
     c->res.backend = up->cfg->backends[b].name;
+    if (c->on_event != NULL && code == 200) {
+        complete_stream(up, c, rc, b);
+        return;
+    }
+    if (c->keep_raw && rc == CURLE_OK && code == 200 && c->buf_len > 0) {
+        c->res.raw = aigw_xstrndup(c->buf, c->buf_len);
+        c->res.raw_len = c->buf_len;
+    }
     if (rc == CURLE_WRITE_ERROR && c->too_big) {
         fail(c, 502, "upstream_error", "answer too large", 0); /* a long answer is no sign of a sick backend */
     } else if (rc == CURLE_OPERATION_TIMEDOUT) {
@@ -691,6 +1007,46 @@ take_inbox(struct aigw_upstream *up)
     }
 }
 
+/* Apply what other threads asked for: unpause drained streams, drop the
+ * calls of clients that left. Each pending request holds a reference. */
+static void
+take_control(struct aigw_upstream *up)
+{
+    struct aigw_upstream_call *c, *next;
+
+    pthread_mutex_lock(&up->lock);
+    c = up->ctl_head;
+    up->ctl_head = NULL;
+    pthread_mutex_unlock(&up->lock);
+    for (; c != NULL; c = next) {
+        unsigned ops;
+
+        pthread_mutex_lock(&up->lock);
+        next = c->ctl_next;
+        c->ctl_next = NULL;
+        c->ctl_queued = false;
+        ops = c->ctl_ops;
+        c->ctl_ops = 0;
+        pthread_mutex_unlock(&up->lock);
+        if ((ops & CTL_CANCEL) && c->state == CS_ACTIVE) {
+            detach(up, c); /* an unfinished transfer's connection is closed, not reused */
+            fail(c, 499, "client_closed", "cancelled", 0);
+        } else if ((ops & CTL_CANCEL) && c->state == CS_QUEUED) {
+            unqueue(up, c);
+            fail(c, 499, "client_closed", "cancelled", 0);
+        } else if ((ops & CTL_CANCEL) && c->state == CS_INBOX) {
+            c->cancelled = true; /* submitted after take_inbox: route() drops it */
+        } else if ((ops & CTL_UNPAUSE) && c->state == CS_ACTIVE) {
+            c->want_pause = false;
+            if (c->paused) {
+                c->paused = false;
+                curl_easy_pause(c->easy, CURLPAUSE_CONT);
+            }
+        }
+        call_unref(c);
+    }
+}
+
 /* How long the engine may sleep for its own deadlines: until the oldest
  * queued call times out or a down backend comes back, at most IDLE_POLL_MS. */
 static int
@@ -783,6 +1139,7 @@ shutdown_calls(struct aigw_upstream *up)
         detach(up, c);
         fail_shutdown(c);
     }
+    take_control(up); /* everything is done now: this only drops references */
 }
 
 static void *
@@ -795,6 +1152,7 @@ run(void *arg)
 
         recover(up, aigw_now_ms());
         take_inbox(up);
+        take_control(up);
         settle(up);
         n = epoll_wait(up->epfd, up->ev, MAX_EVENTS, wait_timeout(up));
         dispatch(up, n > 0 ? n : 0); /* n < 0: EINTR, just go round */
@@ -820,10 +1178,10 @@ chat_url(const char *base)
 }
 
 static struct curl_slist *
-header_list(void)
+header_list(const char *accept)
 {
-    static const char *const lines[] = {
-        "Content-Type: application/json", "Accept: application/json",
+    const char *const lines[] = {
+        "Content-Type: application/json", accept,
         "Expect:", /* no 100-continue round trip before the body */
     };
     struct curl_slist *l = NULL;
@@ -894,7 +1252,8 @@ aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
     up->multi = curl_multi_init();
     if (up->multi == NULL)
         abort();
-    up->hdrs = header_list();
+    up->hdrs = header_list("Accept: application/json");
+    up->sse_hdrs = header_list("Accept: text/event-stream");
     setup_backends(up);
     setup_events(up);
     pthread_mutex_init(&up->lock, NULL);
@@ -918,6 +1277,7 @@ aigw_upstream_stop(struct aigw_upstream *up)
     close(up->epfd);
     close(up->wake_fd);
     curl_slist_free_all(up->hdrs);
+    curl_slist_free_all(up->sse_hdrs);
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         free(up->be[b].url);
     pthread_mutex_destroy(&up->lock);
@@ -927,20 +1287,23 @@ aigw_upstream_stop(struct aigw_upstream *up)
 /* ---- calls ---- */
 
 struct aigw_upstream_call *
-aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size_t len, aigw_upstream_done_fn done,
-                     void *ud)
+aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_opts *o)
 {
     struct aigw_upstream_call *c = aigw_xcalloc(1, sizeof(*c));
     bool closed;
 
-    c->qtype = qtype;
-    c->body = aigw_xmalloc(len + 1);
-    if (len > 0)
-        memcpy(c->body, body, len);
-    c->body[len] = '\0';
-    c->len = len;
-    c->done = done;
-    c->ud = ud;
+    atomic_init(&c->refs, 2); /* the caller's and the engine's */
+    c->state = CS_INBOX;
+    c->qtype = o->qtype;
+    c->keep_raw = o->keep_raw;
+    c->on_event = o->on_event;
+    c->body = aigw_xmalloc(o->len + 1);
+    if (o->len > 0)
+        memcpy(c->body, o->body, o->len);
+    c->body[o->len] = '\0';
+    c->len = o->len;
+    c->done = o->done;
+    c->ud = o->ud;
     c->backend = -1;
     pthread_mutex_lock(&up->lock);
     closed = up->closed;
@@ -962,6 +1325,46 @@ aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size
     return c;
 }
 
+struct aigw_upstream_call *
+aigw_upstream_submit(struct aigw_upstream *up, int qtype, const char *body, size_t len, aigw_upstream_done_fn done,
+                     void *ud)
+{
+    struct aigw_upstream_opts o = {.qtype = qtype, .body = body, .len = len, .done = done, .ud = ud};
+
+    return aigw_upstream_submit_opts(up, &o);
+}
+
+/* Queue a control request for the engine thread. */
+static void
+control(struct aigw_upstream *up, struct aigw_upstream_call *c, unsigned op)
+{
+    pthread_mutex_lock(&up->lock);
+    if (!up->closed) {
+        c->ctl_ops |= op;
+        if (!c->ctl_queued) {
+            c->ctl_queued = true;
+            atomic_fetch_add(&c->refs, 1);
+            c->ctl_next = up->ctl_head;
+            if (up->ctl_head == NULL && up->inbox.head == NULL)
+                wake(up);
+            up->ctl_head = c;
+        }
+    }
+    pthread_mutex_unlock(&up->lock);
+}
+
+void
+aigw_upstream_unpause(struct aigw_upstream *up, struct aigw_upstream_call *call)
+{
+    control(up, call, CTL_UNPAUSE);
+}
+
+void
+aigw_upstream_cancel(struct aigw_upstream *up, struct aigw_upstream_call *call)
+{
+    control(up, call, CTL_CANCEL);
+}
+
 const struct aigw_upstream_result *
 aigw_upstream_result(const struct aigw_upstream_call *call)
 {
@@ -971,14 +1374,8 @@ aigw_upstream_result(const struct aigw_upstream_call *call)
 void
 aigw_upstream_call_free(struct aigw_upstream_call *call)
 {
-    if (call == NULL)
-        return;
-    free(call->res.content);
-    free(call->res.model);
-    free(call->res.finish_reason);
-    free(call->buf);
-    free(call->body);
-    free(call);
+    if (call != NULL)
+        call_unref(call);
 }
 
 size_t

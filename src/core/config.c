@@ -335,6 +335,9 @@ set_defaults(struct aigw_config *cfg)
     cfg->health_interval_ms = 2000;
     cfg->connect_timeout_ms = 2000;
     cfg->timeout_ms = 60000;
+    cfg->stream_idle_ms = 30000;
+    cfg->stream_timeout_ms = 600000;
+    cfg->stream_buffer_bytes = 65536;
     cfg->queue_size = 256;
     cfg->queue_timeout_ms = 10000;
     cfg->fail_threshold = 3;
@@ -393,7 +396,8 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const tenants_k[] = {"cache_ttl_s", NULL};
     static const char *const up_k[] = {"health_interval_ms", "backends", "routes", "connect_timeout_ms",
                                        "timeout_ms", "queue_size", "queue_timeout_ms", "fail_threshold",
-                                       "down_ms", "model", NULL};
+                                       "down_ms", "model", "stream_idle_ms", "stream_timeout_ms",
+                                       "stream_buffer_bytes", NULL};
     static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", NULL};
     static const char *const log_k[] = {"level", NULL};
     struct ctx c = {err, errlen, 0};
@@ -469,6 +473,9 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         }
         get_int(&c, sec, "connect_timeout_ms", 10, 600000, &cfg->connect_timeout_ms);
         get_int(&c, sec, "timeout_ms", 10, 3600000, &cfg->timeout_ms);
+        get_int(&c, sec, "stream_idle_ms", 1000, 3600000, &cfg->stream_idle_ms);
+        get_int(&c, sec, "stream_timeout_ms", 1000, 86400000, &cfg->stream_timeout_ms);
+        get_int(&c, sec, "stream_buffer_bytes", 4096, 16 << 20, &cfg->stream_buffer_bytes);
         get_int(&c, sec, "queue_size", 0, 1000000, &cfg->queue_size);
         get_int(&c, sec, "queue_timeout_ms", 1, 3600000, &cfg->queue_timeout_ms);
         get_int(&c, sec, "fail_threshold", 1, 1000, &cfg->fail_threshold);

@@ -9,10 +9,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "aigw/api.h"
 #include "aigw/http.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
 #include "aigw/query.h"
+#include "aigw/sse.h"
 #include "aigw/usage.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
@@ -105,28 +107,79 @@ record_usage(struct aigw_req *req)
         row.prompt_tokens = q->prompt_tokens;
         row.completion_tokens = q->completion_tokens;
         row.from_cache = q->from_cache;
-        row.billed = q->billed && req->status == 200;
+        row.billed = q->billed; /* also an interrupted stream that delivered text */
         row.upstream_ms = q->upstream_ms;
     }
     aigw_usage_record(req->srv->usage, &row);
 }
 
-static enum MHD_Result
-queue(struct aigw_req *req)
+void
+aigw_req_settle(struct aigw_req *req)
 {
-    struct MHD_Response *resp;
-    enum MHD_Result ret;
-
     if (req->route != NULL && req->route->finish != NULL)
         req->route->finish(req);
     record_usage(req);
+}
 
+/* MHD content reader of a live stream: hand over what the producer wrote,
+ * suspend while there is nothing, finalize once it closed. */
+static ssize_t
+sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct aigw_req *req = cls;
+
+    (void)pos;
+    for (;;) {
+        bool drained = false;
+        ssize_t n = aigw_sse_read(req->sse, buf, max, &drained);
+
+        if (drained && req->sse_on_drain != NULL)
+            req->sse_on_drain(req);
+        if (n > 0)
+            return n;
+        if (n == 0) {
+            if (aigw_sse_wait(req->sse))
+                continue;
+            return 0; /* suspended: the producer resumes us */
+        }
+        if (req->sse_final)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        req->sse_final = true;
+        req->sse_finalize(req, false); /* may append the closing event */
+    }
+}
+
+static struct MHD_Response *
+make_response(struct aigw_req *req)
+{
+    struct MHD_Response *resp;
+
+    if (req->sse_live) {
+        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_reader, req, NULL);
+        if (resp != NULL) {
+            MHD_add_response_header(resp, "Content-Type", "text/event-stream");
+            MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* proxies: do not buffer */
+        }
+        return resp;
+    }
+    aigw_req_settle(req);
+    aigw_query_sse_replay(req);
     resp = MHD_create_response_from_buffer(req->resp_len, req->resp_body, MHD_RESPMEM_PERSISTENT);
+    if (resp != NULL)
+        MHD_add_response_header(resp, "Content-Type", req->content_type ? req->content_type : "application/json");
+    return resp;
+}
+
+static enum MHD_Result
+queue(struct aigw_req *req)
+{
+    struct MHD_Response *resp = make_response(req);
+    enum MHD_Result ret;
+
     if (resp == NULL)
         return MHD_NO;
-    MHD_add_response_header(resp, "Content-Type", req->content_type ? req->content_type : "application/json");
     MHD_add_response_header(resp, "X-Request-Id", req->request_id);
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, "Cache-Control", req->sse_live ? "no-cache" : "no-store");
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     for (size_t i = 0; i < req->n_resp_headers; i++)
         MHD_add_response_header(resp, req->resp_headers[i].name, req->resp_headers[i].value);
@@ -288,6 +341,14 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     (void)conn;
     if (req == NULL)
         return;
+    if (req->sse != NULL) {
+        if (req->sse_live && !req->sse_final) { /* the client left mid-stream (or never read the end) */
+            req->sse_final = true;
+            req->sse_finalize(req, true);
+        }
+        aigw_sse_detach(req->sse);
+        req->sse = NULL;
+    }
     snprintf(status, sizeof(status), "%d", req->responded ? req->status : 0);
     snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
     aigw_log_fields(LOG_INFO, "request", "REQUEST_ID", req->request_id, "METHOD", req->method, "ROUTE",

@@ -155,8 +155,10 @@ aigw_idempotency_finish(struct aigw_req *req)
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         return; /* the pending record expires on its own */
-    if (req->status == 503 && strcmp(req->error_code ? req->error_code : "", "service_unavailable") == 0) {
-        /* our dependency failed before the work ran: let a retry run it */
+    if ((req->status == 503 && strcmp(req->error_code ? req->error_code : "", "service_unavailable") == 0) ||
+        req->status == 499) {
+        /* our dependency failed before the work ran, or the client left
+         * mid-stream: let a retry run it */
         r = redisCommand(rc, "DEL %s", q->idem_key);
     } else {
         char *val = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,

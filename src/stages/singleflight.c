@@ -41,9 +41,10 @@ static struct aigw_redis_script acquire_script = {
               "return {0}\n",
 };
 
-/* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result, ARGV[3] result ttl ms */
+/* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result ('' = none:
+ * only release the lock), ARGV[3] result ttl ms */
 static struct aigw_redis_script publish_script = {
-    .source = "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
+    .source = "if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end\n"
               "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
               "return 1\n",
 };
@@ -185,7 +186,7 @@ aigw_sf_publish(struct aigw_req *req, const char *result_json)
 {
     struct aigw_query *q = req->q;
     const char *keys[2] = {q->sf_lock_key, q->sf_result_key};
-    const char *args[3] = {req->usage_id, result_json, "10000"};
+    const char *args[3] = {req->usage_id, result_json != NULL ? result_json : "", "10000"};
     redisContext *rc = aigw_redis_acquire(req->srv->redis);
     redisReply *r;
 

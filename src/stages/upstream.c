@@ -1,11 +1,15 @@
 /* upstream.c - the upstream stage: build the chat request, suspend, and turn
- * the engine's outcome into the answer or an error once resumed */
+ * the engine's outcome into the answer or an error once resumed. A streaming
+ * request becomes a live text/event-stream response at the first token. */
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "aigw/api.h"
 #include "aigw/config.h"
+#include "aigw/jsonw.h"
 #include "aigw/query.h"
+#include "aigw/sse.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 #include "aigw/upstream.h"
@@ -40,12 +44,148 @@ build_body(struct aigw_req *req)
                                     t->name, t->code, aigw_query_type_names[q->qtype]);
     json_t *body = json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}], s:i, s:b}", "model", req->srv->cfg.model,
                              "messages", "role", "system", "content", system, "role", "user", "content",
-                             q->question, "max_tokens", t->max_tokens, "stream", 0);
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+                             q->question, "max_tokens", t->max_tokens, "stream", q->stream);
+    char *text;
 
+    if (body != NULL && q->stream) /* ask for the token counts at the end of the stream */
+        json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     return text;
 }
+
+/* ---- streaming ---- */
+
+/* Engine thread: each upstream token becomes data: {"delta": "..."}; the
+ * closing event is written by the finalizer, which knows the bookkeeping. */
+static bool
+on_query_event(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev, void *ud)
+{
+    struct aigw_jsonw w;
+    bool full;
+
+    (void)call;
+    if (ev->delta == NULL)
+        return false;
+    aigw_jsonw_init(&w, ev->delta_len + 32);
+    aigw_jsonw_append(&w, "data: ", 6);
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_kstr(&w, "delta", ev->delta);
+    aigw_jsonw_obj_close(&w);
+    aigw_jsonw_append(&w, "\n\n", 2);
+    full = aigw_sse_write(ud, w.buf, w.len, true);
+    aigw_jsonw_free(&w);
+    return full;
+}
+
+static void
+on_stream_done(struct aigw_upstream_call *call, void *ud)
+{
+    (void)call;
+    aigw_sse_close(ud);
+}
+
+static void
+stream_unpause(struct aigw_req *req)
+{
+    aigw_upstream_unpause(req->srv->upstream, req->q->call);
+}
+
+void
+aigw_stream_start(struct aigw_req *req, const char *body, size_t len, aigw_upstream_event_fn on_event,
+                  void (*finalize)(struct aigw_req *, bool))
+{
+    struct aigw_query *q = req->q;
+    struct aigw_upstream_opts o = {.qtype = q->qtype, .body = body, .len = len, .on_event = on_event,
+                                   .done = on_stream_done};
+
+    req->sse = aigw_sse_create(req->conn, (size_t)req->srv->cfg.stream_buffer_bytes);
+    req->sse_finalize = finalize;
+    req->sse_on_drain = stream_unpause;
+    o.ud = req->sse;
+    q->call = aigw_upstream_submit_opts(req->srv->upstream, &o);
+    aigw_pool_cleanup(req->pool, free_call, q->call);
+}
+
+bool
+aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
+{
+    struct aigw_query *q = req->q;
+    const struct aigw_upstream_result *res = aigw_upstream_result(q->call);
+    bool closed = aigw_sse_closed(req->sse);
+
+    *chunks = aigw_sse_chunks(req->sse);
+    if (!closed) { /* the client left first: stop the model at once */
+        aigw_upstream_cancel(req->srv->upstream, q->call);
+        res = NULL;
+    }
+    q->upstream_ms = res != NULL ? (long)res->upstream_ms : -1;
+    q->model = aigw_pool_strdup(req->pool, res != NULL && res->model ? res->model : req->srv->cfg.model);
+    q->prompt_tokens = res != NULL ? res->prompt_tokens : 0;
+    /* what the client got: the upstream's count when it finished, else
+     * the content events handed over (never zero when text went out) */
+    q->completion_tokens = res != NULL && res->completion_tokens > 0 ? res->completion_tokens : *chunks;
+    q->billed = *chunks > 0;
+    if (client_gone || res == NULL || res->status != 200) {
+        if (client_gone)
+            aigw_req_fail(req, 499, "client_closed", "the client closed the connection mid-stream");
+        else
+            aigw_req_fail(req, res != NULL ? res->status : 502,
+                          res != NULL && res->error_code ? res->error_code : "upstream_error",
+                          "the model server failed mid-stream");
+        return false;
+    }
+    q->answer = res->content != NULL ? aigw_pool_strdup(req->pool, res->content) : NULL;
+    q->billed = true;
+    return true;
+}
+
+/* Connection thread, at the stream's end: settle the books like an ordinary
+ * answer would (the finish hook caches it, the usage row bills it), then
+ * the closing event: the fields of the JSON answer, or the error. */
+static void
+query_finalize(struct aigw_req *req, bool client_gone)
+{
+    long chunks;
+    bool ok = aigw_stream_outcome(req, client_gone, &chunks);
+    char *ev;
+
+    if (ok)
+        aigw_api_query(req); /* the JSON answer: for the idempotency record and the closing event */
+    aigw_req_settle(req);
+    if (client_gone)
+        return;
+    ev = aigw_query_sse_closing(req);
+    aigw_sse_append(req->sse, ev, strlen(ev));
+}
+
+/* First entry: start the stream and wait for its first event. */
+static enum aigw_rc
+stream_stage(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+
+    if (q->call == NULL) {
+        char *body = build_body(req);
+
+        if (body == NULL)
+            return aigw_req_fail(req, 500, "internal", "could not encode the upstream request");
+        aigw_stream_start(req, body, strlen(body), on_query_event, query_finalize);
+        free(body);
+    }
+    if (!aigw_sse_wait(req->sse))
+        return AIGW_AGAIN;
+    if (aigw_sse_started(req->sse)) {
+        aigw_req_add_header(req, "X-Cache", "MISS");
+        req->status = 200;
+        req->sse_live = true;
+        return AIGW_DONE;
+    }
+    atomic_store(&q->call_done, 1); /* closed before any byte: an ordinary outcome */
+    return AIGW_OK;
+}
+
+/* ---- the stage ---- */
 
 enum aigw_rc
 aigw_stage_upstream(struct aigw_req *req)
@@ -54,7 +194,12 @@ aigw_stage_upstream(struct aigw_req *req)
     const struct aigw_upstream_result *res;
     char *body;
 
-    if (q->call == NULL) {
+    if (q->stream) {
+        enum aigw_rc rc = stream_stage(req);
+
+        if (rc != AIGW_OK)
+            return rc;
+    } else if (q->call == NULL) {
         body = build_body(req);
         if (body == NULL)
             return aigw_req_fail(req, 500, "internal", "could not encode the upstream request");
