@@ -155,6 +155,14 @@ make_response(struct aigw_req *req)
     struct MHD_Response *resp;
 
     if (req->sse_live) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        int sndbuf = req->srv->cfg.stream_buffer_bytes;
+
+        /* a stream's kernel send buffer is bounded like its pipe: a slow
+         * reader then pauses the upstream instead of filling megabytes of
+         * socket memory (autotuning would let it grow to tcp_wmem's max) */
+        if (ci != NULL)
+            setsockopt(ci->connect_fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
         resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, sse_reader, req, NULL);
         if (resp != NULL) {
             MHD_add_response_header(resp, "Content-Type", "text/event-stream");

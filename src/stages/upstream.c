@@ -124,7 +124,7 @@ aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
     q->prompt_tokens = res != NULL ? res->prompt_tokens : 0;
     /* what the client got: the upstream's count when it finished, else
      * the content events handed over (never zero when text went out) */
-    q->completion_tokens = res != NULL && res->completion_tokens > 0 ? res->completion_tokens : *chunks;
+    q->completion_tokens = !client_gone && res != NULL && res->completion_tokens > 0 ? res->completion_tokens : *chunks;
     q->billed = *chunks > 0;
     if (client_gone || res == NULL || res->status != 200) {
         if (client_gone)

@@ -1,0 +1,460 @@
+/* test_stream.c - "stream": true on /api/ai/query: SSE framing, billing once
+ * at the end, cache replay as SSE, single-flight, failures before and after
+ * the first byte, client disconnect (upstream cancelled, partial usage row)
+ * and a slow reader (upstream paused, memory flat) */
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/util.h"
+#include "testlib.h"
+
+static PGconn *owner;
+static const char *mock;
+static int port;
+static struct tl_aigw gw;
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"timeout_ms\":5000,\"stream_idle_ms\":5000,\"stream_buffer_bytes\":8192,"
+    "\"queue_timeout_ms\":2000,\"health_interval_ms\":60000,\"fail_threshold\":1000,"
+    "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
+    "\"usage\":{\"flush_ms\":20}}";
+
+/* The events of an SSE body; checks the framing of every one. */
+struct events {
+    json_t *ev[4096];
+    int n;
+    bool framing_ok;
+};
+
+static void
+parse_events(const char *body, struct events *e)
+{
+    const char *p = body;
+
+    memset(e, 0, sizeof(*e));
+    e->framing_ok = true;
+    while (*p != '\0') {
+        const char *nl = strstr(p, "\n\n");
+        json_t *j;
+
+        if (nl == NULL || strncmp(p, "data: ", 6) != 0 || memchr(p, '\n', (size_t)(nl - p)) != NULL) {
+            e->framing_ok = false; /* every event: "data: " + one line + blank line */
+            return;
+        }
+        j = json_loadb(p + 6, (size_t)(nl - p - 6), 0, NULL);
+        if (j == NULL || e->n == 4096) {
+            e->framing_ok = false;
+            json_decref(j);
+            return;
+        }
+        e->ev[e->n++] = j;
+        p = nl + 2;
+    }
+}
+
+static void
+free_events(struct events *e)
+{
+    for (int i = 0; i < e->n; i++)
+        json_decref(e->ev[i]);
+    e->n = 0;
+}
+
+/* The deltas joined into buf. */
+static void
+joined(const struct events *e, char *buf, size_t cap)
+{
+    size_t off = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; i < e->n; i++) {
+        const char *d = json_string_value(json_object_get(e->ev[i], "delta"));
+
+        if (d != NULL)
+            off += (size_t)snprintf(buf + off, off < cap ? cap - off : 0, "%s", d);
+    }
+}
+
+static json_t *
+last(const struct events *e)
+{
+    return e->n > 0 ? e->ev[e->n - 1] : NULL;
+}
+
+static int
+ask_stream(const char *token, const char *question, struct tl_resp *r)
+{
+    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
+    int rc = tl_post(port, "/api/ai/query", token, body, r);
+
+    free(body);
+    return rc;
+}
+
+static long
+count_rows(const char *tid, const char *where, long want)
+{
+    const char *p[1] = {tid};
+    char *sql = tl_sprintf("SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND %s", where);
+    long n = tl_wait_sql(owner, want, 3000, sql, 1, p);
+
+    free(sql);
+    return n;
+}
+
+static long
+quota(const char *tid)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    char month[8];
+
+    gmtime_r(&now, &tm);
+    strftime(month, sizeof(month), "%Y%m", &tm);
+    return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
+}
+
+static void
+test_stream_and_replay(void)
+{
+    char id[37], code[65], buf[256], text[4096], text2[4096];
+    struct tl_resp r;
+    struct events e, e2;
+    long long calls;
+    char *tok;
+    json_t *done;
+    const char *k;
+    json_t *v;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":12,\"token_latency_ms\":5}");
+    calls = tl_mock_stat(mock, "chat_requests");
+
+    ask_stream(tok, "How long do soft contact lenses last?", &r);
+    CHECK(r.status == 200, "stream: 200 (%ld)", r.status);
+    CHECK(tl_resp_header(&r, "Content-Type", buf, sizeof(buf)) && strcmp(buf, "text/event-stream") == 0,
+          "content type %s", buf);
+    CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0, "X-Cache MISS");
+    parse_events(r.body, &e);
+    CHECK(e.framing_ok, "framing: data: + one JSON line + blank line, every event: %s", r.body);
+    CHECK(e.n == 13, "12 delta events + the closing one (%d)", e.n);
+    joined(&e, text, sizeof(text));
+    CHECK(strncmp(text, "Mock answer to [How long do soft contact lenses last?]: tok1 tok2", 64) == 0 &&
+              strstr(text, " tok12") != NULL,
+          "deltas join to the answer: %s", text);
+    done = last(&e);
+    CHECK(json_is_true(json_object_get(done, "done")), "closing event has done: true");
+    CHECK(json_is_false(json_object_get(done, "cached")), "closing: cached false");
+    CHECK(json_integer_value(json_object_get(json_object_get(done, "usage"), "completion_tokens")) == 12,
+          "closing: 12 completion tokens");
+    CHECK(json_integer_value(json_object_get(done, "queries_remaining")) == 499, "closing: queries_remaining 499");
+    CHECK(json_is_string(json_object_get(done, "request_id")) && json_is_string(json_object_get(done, "model")) &&
+              json_is_string(json_object_get(done, "query_type")),
+          "closing: request_id, model, query_type");
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+    CHECK(count_rows(id, "billed AND completion_tokens = 12 AND status_code = 200 AND success", 1) == 1,
+          "one billed usage row with the stream's 12 tokens");
+    CHECK(quota(id) == 1, "quota counted once");
+
+    /* the cached answer replayed as a stream: same text, every field */
+    ask_stream(tok, "how long do soft contact lenses last?", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
+          "repeat: HIT (%ld)", r.status);
+    CHECK(tl_resp_header(&r, "Content-Type", buf, sizeof(buf)) && strcmp(buf, "text/event-stream") == 0,
+          "replay is an event stream");
+    parse_events(r.body, &e2);
+    CHECK(e2.framing_ok && e2.n == 2, "replay: one delta + closing (%d)", e2.n);
+    joined(&e2, text2, sizeof(text2));
+    CHECK(strcmp(text, text2) == 0, "replayed text equals the streamed text");
+    json_object_foreach(done, k, v)
+    {
+        CHECK(json_object_get(last(&e2), k) != NULL, "replay closing event has field %s", k);
+    }
+    CHECK(json_is_true(json_object_get(last(&e2), "cached")), "replay: cached true");
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "replay: no upstream call");
+    CHECK(count_rows(id, "true", 2) == 2 && count_rows(id, "billed", 1) == 1, "replay logged, not billed");
+    CHECK(quota(id) == 1, "replay does not consume quota");
+
+    /* the same question without stream gets the same text as JSON */
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"How long do soft contact lenses last?\"}", &r);
+    CHECK(r.status == 200 && tl_json_str(&r, "answer", text2, sizeof(text2)) && strcmp(text, text2) == 0,
+          "non-stream hit has the streamed text");
+    tl_resp_free(&r);
+    free_events(&e);
+    free_events(&e2);
+    free(tok);
+}
+
+static void
+test_single_flight(void)
+{
+    char id[37], code[65];
+    const char *bodies[5];
+    struct tl_resp r[5];
+    long long calls;
+    int hits = 0, ok = 0;
+    char *tok;
+
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":8,\"first_token_ms\":300,\"token_latency_ms\":20}");
+    calls = tl_mock_stat(mock, "chat_requests");
+    for (int i = 0; i < 5; i++)
+        bodies[i] = "{\"question\":\"Which frame suits a round face?\",\"stream\":true}";
+    tl_post_parallel(port, "/api/ai/query", tok, NULL, bodies, 5, r);
+    for (int i = 0; i < 5; i++) {
+        struct events e;
+        char text[1024];
+
+        parse_events(r[i].body, &e);
+        joined(&e, text, sizeof(text));
+        if (r[i].status == 200 && e.framing_ok && json_is_true(json_object_get(last(&e), "done")) &&
+            strstr(text, "tok8") != NULL)
+            ok++;
+        if (json_is_true(json_object_get(last(&e), "cached")))
+            hits++;
+        free_events(&e);
+        tl_resp_free(&r[i]);
+    }
+    CHECK(ok == 5, "5 identical streams all get the whole answer (%d)", ok);
+    CHECK(hits == 4, "4 of them coalesced onto the leader (%d)", hits);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call for 5 streams");
+    CHECK(count_rows(id, "billed", 1) == 1, "one billed row");
+    free(tok);
+}
+
+static void
+test_failures(void)
+{
+    static const char *const modes[] = {"error_midstream", "error_midstream_data", "disconnect"};
+    char id[37], code[65], buf[128], text[1024];
+    struct tl_resp r;
+    struct events e;
+    char *tok;
+    json_t *err;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        char *cfg = tl_sprintf("{\"mode\":\"%s\",\"tokens\":10,\"token_latency_ms\":5}", modes[i]);
+        char *q = tl_sprintf("What does %s do to a stream?", modes[i]);
+
+        tl_mock_config(mock, cfg);
+        CHECK(ask_stream(tok, q, &r) == 0, "%s: the stream ends cleanly (no hang, no transport error)", modes[i]);
+        CHECK(r.status == 200, "%s: 200 once the first token went out", modes[i]);
+        parse_events(r.body, &e);
+        CHECK(e.framing_ok, "%s: well-formed events: %s", modes[i], r.body);
+        joined(&e, text, sizeof(text));
+        CHECK(strstr(text, "tok2") != NULL, "%s: the two tokens before the failure arrived", modes[i]);
+        err = json_object_get(last(&e), "error");
+        CHECK(json_is_object(err) && strcmp(json_string_value(json_object_get(err, "code")), "upstream_error") == 0,
+              "%s: last event is an error event", modes[i]);
+        free_events(&e);
+        tl_resp_free(&r);
+        free(cfg);
+        free(q);
+    }
+    CHECK(count_rows(id, "billed AND NOT success AND status_code = 502 AND completion_tokens = 2", 3) == 3,
+          "each interrupted stream billed for the 2 tokens it delivered");
+    CHECK(quota(id) == 3, "delivered streams keep their quota");
+
+    /* failure before the first byte: an ordinary JSON error, nothing billed */
+    tl_mock_config(mock, "{\"mode\":\"error500\"}");
+    ask_stream(tok, "Is this stream going to fail early?", &r);
+    CHECK(r.status == 502 && tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "upstream_error") == 0,
+          "error before the first byte: 502 upstream_error JSON (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(count_rows(id, "status_code = 502 AND NOT billed", 1) == 1, "early failure: row, not billed");
+    CHECK(quota(id) == 3, "early failure: quota refunded");
+
+    /* a failed stream is not cached */
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":3}");
+    ask_stream(tok, "What does error_midstream do to a stream?", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+          "an interrupted answer was not cached (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    free(tok);
+}
+
+/* A raw client: send the request, return the socket (rcvbuf > 0 shrinks
+ * the receive buffer so backpressure shows quickly). */
+static int
+open_stream(const char *token, const char *question, int rcvbuf)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
+    char *req = tl_sprintf("POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                           token, strlen(body), body);
+
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+        close(fd);
+        fd = -1;
+    }
+    free(body);
+    free(req);
+    return fd;
+}
+
+/* Read until needle appears in what was read (or timeout). */
+static bool
+read_until(int fd, const char *needle, int timeout_ms)
+{
+    static char acc[65536];
+    size_t n = 0;
+    int64_t end = aigw_now_ms() + timeout_ms;
+    struct timeval tv = {0, 100000};
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (aigw_now_ms() < end && n < sizeof(acc) - 1) {
+        ssize_t k = read(fd, acc + n, sizeof(acc) - 1 - n);
+
+        if (k > 0) {
+            n += (size_t)k;
+            acc[n] = '\0';
+            if (strstr(acc, needle) != NULL)
+                return true;
+        } else if (k == 0) {
+            break;
+        }
+    }
+    return false;
+}
+
+static long
+rss_kib(pid_t pid)
+{
+    char path[64], line[256];
+    long kib = -1;
+    FILE *f;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+static void
+test_disconnect(void)
+{
+    char id[37], code[65];
+    long long gone, ok;
+    int64_t t0, seen = -1;
+    char *tok;
+    int fd;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":400,\"token_latency_ms\":25}");
+    gone = tl_mock_stat(mock, "client_disconnects");
+    ok = tl_mock_stat(mock, "chat_ok");
+    fd = open_stream(tok, "Tell me everything about progressive lenses", 0);
+    CHECK(fd >= 0 && read_until(fd, "tok5", 5000), "the stream started");
+    close(fd);
+    t0 = aigw_now_ms();
+    while (aigw_now_ms() - t0 < 5000) {
+        if (tl_mock_stat(mock, "client_disconnects") > gone) {
+            seen = aigw_now_ms() - t0;
+            break;
+        }
+        usleep(20000);
+    }
+    CHECK(seen >= 0 && seen <= 1000, "the upstream saw its connection closed within 1 s (%lld ms)", (long long)seen);
+    CHECK(tl_mock_stat(mock, "chat_ok") == ok, "the upstream stream did not finish");
+    CHECK(count_rows(id, "status_code = 499 AND error_code = 'client_closed' AND billed AND completion_tokens >= 5 "
+                         "AND completion_tokens < 400",
+                     1) == 1,
+          "one usage row with the partial token count");
+    CHECK(count_rows(id, "true", 1) == 1, "exactly one row");
+    CHECK(quota(id) == 1, "the delivered part is billed");
+    free(tok);
+}
+
+static void
+test_slow_reader(void)
+{
+    char id[37], code[65];
+    long long ok;
+    long rss0, rss1, peak = 0;
+    char *tok;
+    int fd;
+    char c;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    {
+        const char *p[1] = {id};
+
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
+    }
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
+    ok = tl_mock_stat(mock, "chat_ok");
+    fd = open_stream(tok, "Explain lens coatings slowly", 2048);
+    CHECK(fd >= 0 && read_until(fd, "delta", 5000), "slow stream started");
+    rss0 = rss_kib(gw.pid);
+    /* 1 byte per 100 ms for 4 s, while the upstream could send 10k tokens at once */
+    for (int i = 0; i < 40; i++) {
+        long now;
+
+        if (read(fd, &c, 1) != 1)
+            break;
+        now = rss_kib(gw.pid);
+        if (now > peak)
+            peak = now;
+        usleep(100000);
+    }
+    rss1 = rss_kib(gw.pid);
+    CHECK(rss0 > 0 && peak - rss0 < 4096, "RSS flat under a slow reader: %ld KiB -> peak %ld KiB", rss0, peak);
+    (void)rss1;
+    (void)ok;
+    close(fd);
+    /* without backpressure aigw would have pulled all 10k tokens into its
+     * buffer within the 4 s; paused, it took only what fits the buffers */
+    CHECK(count_rows(id, "status_code = 499 AND billed AND completion_tokens > 0 AND completion_tokens < 5000", 1) == 1,
+          "slow reader gone: one partial row, far fewer than 10k tokens pulled (upstream paused)");
+    free(tok);
+}
+
+int
+main(void)
+{
+    owner = tl_pg_owner();
+    mock = tl_env("AIGW_MOCK_URL");
+    tl_mock_reset(mock);
+    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+        return 1;
+    port = gw.port;
+
+    test_stream_and_replay();
+    test_single_flight();
+    test_failures();
+    test_disconnect();
+    test_slow_reader();
+
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
+    tl_mock_reset(mock);
+    PQfinish(owner);
+    return tl_done();
+}
