@@ -30,6 +30,12 @@ enum aigw_rc aigw_query_from_json(struct aigw_req *req, json_t *root);
  * failure, store the idempotency record. */
 void aigw_query_finish(struct aigw_req *req);
 
+/* POST /v1/chat/completions: the upstream's answer (fresh), or one rebuilt
+ * in the chat.completion shape from req->q (cache hit, coalesced). */
+enum aigw_rc aigw_api_chat(struct aigw_req *req);
+/* GET /v1/models: the models the caller's plan may use (OpenAI list shape). */
+enum aigw_rc aigw_api_models(struct aigw_req *req);
+
 /* The event that closes a query stream, from the settled request:
  * data: {"done": true, <every field of the JSON answer but its text>} or
  * data: {"error": {...}}. Pool-owned. */

@@ -10,6 +10,8 @@
 #define AIGW_MAX_JWT_KEYS 8
 #define AIGW_MAX_BACKENDS 16
 #define AIGW_QUERY_TYPES 4
+#define AIGW_MAX_MODELS 16
+#define AIGW_MAX_MODEL_TIERS 8
 
 /* One verification key; the algorithm is pinned to it. */
 struct aigw_jwt_key {
@@ -24,6 +26,14 @@ struct aigw_backend_cfg {
     char *url;             /* base URL, e.g. http://127.0.0.1:8081 */
     int slots;             /* max requests in flight to this backend */
     int max_connections;   /* pooled connections kept to it */
+};
+
+/* A model offered on the OpenAI-compatible routes. */
+struct aigw_model_cfg {
+    char id[128];          /* the name clients use, also sent upstream */
+    int qtype;             /* backend group it runs on (index into aigw_query_type_names) */
+    char tiers[AIGW_MAX_MODEL_TIERS][33]; /* plans allowed to use it; none = every plan with api_access */
+    size_t n_tiers;
 };
 
 struct aigw_config {
@@ -74,6 +84,11 @@ struct aigw_config {
     int down_ms;               /* how long a failed backend stays down */
     char *model;               /* model name sent upstream and reported */
 
+    /* OpenAI-compatible routes */
+    struct aigw_model_cfg models[AIGW_MAX_MODELS]; /* models[0] is the default; at least one */
+    size_t n_models;
+    bool cache_sampled;        /* also cache answers asked with temperature > 0 (or unset) */
+
     /* usage rows */
     char *spool_dir;           /* append-only spool of usage rows */
     int usage_batch_rows;      /* rows per INSERT batch */
@@ -98,6 +113,9 @@ int aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_
 
 /* Free everything cfg owns and zero it. NULL-safe. */
 void aigw_config_free(struct aigw_config *cfg);
+
+/* The model called id that tier may use, or NULL. */
+const struct aigw_model_cfg *aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tier);
 
 /* Find a key by kid; with kid == NULL, the only key when exactly one is
  * configured. NULL when not found. */

@@ -33,6 +33,7 @@ struct aigw_route {
     aigw_stage_fn stages[AIGW_MAX_STAGES]; /* run in order, NULL-terminated; the last is the handler */
     void (*finish)(struct aigw_req *req);  /* optional: runs once before any response is queued */
     bool ai;                               /* an AI route: every authenticated request gets a usage row */
+    bool openai;                           /* errors in the OpenAI shape {"error":{"message","type","param","code"}} */
 };
 
 struct aigw_hdr {

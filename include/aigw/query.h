@@ -8,9 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aigw/http.h"
+
 #define AIGW_QUESTION_MAX_CHARS 4000
 
 struct aigw_upstream_call;
+struct aigw_req;
 
 enum aigw_sf_role { AIGW_SF_NONE, AIGW_SF_LEADER, AIGW_SF_WAITER };
 
@@ -54,7 +57,16 @@ struct aigw_query {
     struct aigw_upstream_call *call;
     atomic_int call_done;
 
+    /* the OpenAI route: the body sent upstream (policy applied), else NULL */
+    char *chat_body;
+    bool chat_usage;           /* the client asked for stream_options.include_usage */
+    bool no_store;             /* never cached nor coalesced (sampled or streamed OpenAI requests) */
+    /* answers this request from the outcome fields (cache hit, coalesced) */
+    enum aigw_rc (*respond)(struct aigw_req *req);
+
     /* outcome */
+    const char *raw;           /* the upstream's answer body as received (OpenAI route, fresh) */
+    const char *finish_reason;
     const char *answer;
     const char *answer_json;   /* the answer already as a JSON string (cache hits), or NULL */
     const char *model;

@@ -19,6 +19,9 @@ enum aigw_rc aigw_stage_json_body(struct aigw_req *req);
 
 /* --- the query path (/api/ai/query, /api/ai/recommendation) --- */
 
+/* A fresh req->q (pool-owned) answered by aigw_api_query by default. */
+struct aigw_query *aigw_query_new(struct aigw_req *req);
+
 /* Parse {"question", "query_type", "stream"} into req->q; classify when no
  * type is given. 400 invalid_request naming the field. */
 enum aigw_rc aigw_stage_validate_query(struct aigw_req *req);
@@ -38,6 +41,17 @@ void aigw_idempotency_init(void);
 void aigw_idempotency_finish(struct aigw_req *req);
 /* Serve a cache hit found by admission (not billed). */
 enum aigw_rc aigw_stage_cache(struct aigw_req *req);
+/* --- the OpenAI-compatible path (/v1/chat/completions) --- */
+
+/* Plan needs api_access (403 feature_not_in_plan); the OpenAI request body
+ * checked field by field (400 naming the field), the model against the
+ * tenant's allow-list (404 model_not_found), max_tokens clamped to the plan;
+ * fills req->q with the body to forward and its cache identity (cacheable
+ * only without stream, and with temperature 0 unless openai.cache_sampled). */
+enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
+/* The same plan check for GET /v1/models. */
+enum aigw_rc aigw_stage_api_access(struct aigw_req *req);
+
 /* Store a fresh upstream answer under the tenant's TTL. */
 void aigw_cache_store(struct aigw_req *req);
 /* Coalesce identical in-flight questions (this and other instances). */

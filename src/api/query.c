@@ -76,7 +76,7 @@ aigw_query_from_json(struct aigw_req *req, json_t *root)
     q->prompt_tokens = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
     q->completion_tokens = (long)json_integer_value(json_object_get(usage, "completion_tokens"));
     q->from_cache = true;
-    return aigw_api_query(req);
+    return q->respond(req);
 }
 
 /* The leader's outcome as waiters will read it. */

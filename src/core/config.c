@@ -271,6 +271,55 @@ parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
     free(name);
 }
 
+static void
+parse_model(struct ctx *c, json_t *m, size_t idx, struct aigw_model_cfg *mc)
+{
+    static const char *const allowed[] = {"id", "route", "tiers", NULL};
+    char where[40], *id = NULL, *route = NULL;
+    json_t *tiers = json_object_get(m, "tiers"), *t;
+    size_t i;
+
+    snprintf(where, sizeof(where), "openai.models[%zu]", idx);
+    check_keys(c, m, where, allowed);
+    get_str(c, m, "id", &id);
+    get_str(c, m, "route", &route);
+    if (id == NULL || *id == '\0' || strlen(id) >= sizeof(mc->id))
+        fail(c, "%s: id is required (1..127 chars)", where);
+    else
+        snprintf(mc->id, sizeof(mc->id), "%s", id);
+    mc->qtype = route != NULL ? aigw_query_type_index(route) : 0;
+    if (mc->qtype < 0)
+        fail(c, "%s: route must be a query type", where);
+    if (tiers != NULL && (!json_is_array(tiers) || json_array_size(tiers) > AIGW_MAX_MODEL_TIERS))
+        fail(c, "%s: tiers must be an array of at most %d plan names", where, AIGW_MAX_MODEL_TIERS);
+    json_array_foreach(tiers, i, t) {
+        if (!json_is_string(t) || json_string_length(t) == 0 || json_string_length(t) >= sizeof(mc->tiers[0])) {
+            fail(c, "%s: tiers must be plan names", where);
+            break;
+        }
+        snprintf(mc->tiers[mc->n_tiers++], sizeof(mc->tiers[0]), "%s", json_string_value(t));
+    }
+    free(id);
+    free(route);
+}
+
+static void
+parse_openai(struct ctx *c, json_t *sec, struct aigw_config *cfg)
+{
+    json_t *arr = json_object_get(sec, "models"), *v = json_object_get(sec, "cache_sampled");
+
+    if (arr != NULL && (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > AIGW_MAX_MODELS))
+        fail(c, "openai.models: must be an array of 1..%d models", AIGW_MAX_MODELS);
+    else if (arr != NULL)
+        for (size_t i = 0; i < json_array_size(arr) && !c->failed; i++) {
+            parse_model(c, json_array_get(arr, i), i, &cfg->models[i]);
+            cfg->n_models = i + 1;
+        }
+    if (v != NULL && !json_is_boolean(v))
+        fail(c, "openai.cache_sampled: must be true or false");
+    cfg->cache_sampled = json_is_true(v);
+}
+
 /* routes: {"knowledge": ["name", ...], ...}; a type with no route uses
  * every backend. */
 static void
@@ -385,7 +434,7 @@ int
 aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen)
 {
     static const char *const top[] = {"listen", "http", "database", "redis", "jwt",
-                                      "tenants", "upstream", "usage", "log", NULL};
+                                      "tenants", "upstream", "openai", "usage", "log", NULL};
     static const char *const listen_k[] = {"address", "port", NULL};
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
@@ -400,6 +449,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                                        "stream_buffer_bytes", NULL};
     static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", NULL};
     static const char *const log_k[] = {"level", NULL};
+    static const char *const openai_k[] = {"models", "cache_sampled", NULL};
     struct ctx c = {err, errlen, 0};
     json_error_t jerr;
     json_t *root, *sec, *arr;
@@ -490,6 +540,12 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_int(&c, sec, "batch_rows", 1, 10000, &cfg->usage_batch_rows);
         get_int(&c, sec, "flush_ms", 1, 60000, &cfg->usage_flush_ms);
     }
+    if ((sec = SECTION("openai", openai_k)) != NULL)
+        parse_openai(&c, sec, cfg);
+    if (!c.failed && cfg->n_models == 0) { /* the default: the upstream model, every plan with api_access */
+        snprintf(cfg->models[0].id, sizeof(cfg->models[0].id), "%s", cfg->model != NULL ? cfg->model : "default");
+        cfg->n_models = 1;
+    }
     if ((sec = SECTION("log", log_k)) != NULL) {
         get_str(&c, sec, "level", &level);
         if (level != NULL && aigw_log_level_parse(level) < 0)
@@ -535,6 +591,22 @@ aigw_config_free(struct aigw_config *cfg)
     for (size_t i = 0; i < AIGW_MAX_BACKENDS; i++)
         free(cfg->backends[i].url);
     memset(cfg, 0, sizeof(*cfg));
+}
+
+const struct aigw_model_cfg *
+aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tier)
+{
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const struct aigw_model_cfg *m = &cfg->models[i];
+        bool ok = m->n_tiers == 0;
+
+        if (strcmp(m->id, id) != 0)
+            continue;
+        for (size_t k = 0; k < m->n_tiers && !ok; k++)
+            ok = strcmp(m->tiers[k], tier) == 0;
+        return ok ? m : NULL;
+    }
+    return NULL;
 }
 
 const struct aigw_jwt_key *

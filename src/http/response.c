@@ -64,6 +64,27 @@ aigw_req_json_text(struct aigw_req *req, int status, const char *text, size_t le
     return AIGW_DONE;
 }
 
+/* OpenAI clients read {"message", "type", "param", "code"}; aigw's own
+ * fields (request_id, limit, ...) stay beside them. */
+static void
+openai_shape(json_t *err, int status, const char *msg)
+{
+    const char *type = status == 401   ? "authentication_error"
+                       : status == 403 ? "permission_error"
+                       : status == 404 ? "not_found_error"
+                       : status == 429 ? "rate_limit_error"
+                       : status < 500  ? "invalid_request_error"
+                                       : "api_error";
+    size_t field = strcspn(msg, ": ");
+
+    json_object_set_new(err, "type", json_string(type));
+    /* validation messages start with the field they name: "messages[0].role: ..." */
+    if (status == 400 && msg[field] == ':' && field > 0)
+        json_object_set_new(err, "param", json_stringn(msg, field));
+    else
+        json_object_set_new(err, "param", json_null());
+}
+
 enum aigw_rc
 aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *extra,
                     const char *fmt, ...)
@@ -82,6 +103,8 @@ aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *
         json_object_update(err, extra);
         json_decref(extra);
     }
+    if (req->route != NULL && req->route->openai)
+        openai_shape(err, status, msg);
     root = json_pack("{s:o}", "error", err);
     req->error_code = code;
     if (status == 401)

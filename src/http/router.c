@@ -15,15 +15,27 @@
      aigw_stage_admit,        aigw_stage_idempotency, aigw_stage_cache, aigw_stage_singleflight,         \
      aigw_stage_quota,        aigw_stage_upstream, aigw_api_query, NULL}
 
+#define CHAT_ROUTE                                                                                   \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, aigw_stage_validate_chat,     \
+     aigw_stage_admit,        aigw_stage_cache,  aigw_stage_singleflight, aigw_stage_quota,           \
+     aigw_stage_upstream,     aigw_api_chat,     NULL}
+
 static const struct aigw_route routes[] = {
-    {"POST", "/api/ai/query", QUERY_ROUTE(aigw_stage_validate_query), aigw_query_finish, true},
-    {"POST", "/api/ai/recommendation", QUERY_ROUTE(aigw_stage_validate_recommendation), aigw_query_finish, true},
-    {"GET", "/healthz", {aigw_api_healthz, NULL}, NULL, false},
-    {"GET", "/readyz", {aigw_api_readyz, NULL}, NULL, false},
-    {"GET", "/metrics", {aigw_api_metrics, NULL}, NULL, false},
-    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
-    {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
-    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},
+    {.method = "POST", .path = "/api/ai/query", .stages = QUERY_ROUTE(aigw_stage_validate_query),
+     .finish = aigw_query_finish, .ai = true},
+    {.method = "POST", .path = "/api/ai/recommendation", .stages = QUERY_ROUTE(aigw_stage_validate_recommendation),
+     .finish = aigw_query_finish, .ai = true},
+    {.method = "POST", .path = "/v1/chat/completions", .stages = CHAT_ROUTE, .finish = aigw_query_finish, .ai = true,
+     .openai = true},
+    {.method = "GET", .path = "/v1/models", .stages = {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_api_access,
+                                                       aigw_api_models, NULL},
+     .openai = true},
+    {.method = "GET", .path = "/healthz", .stages = {aigw_api_healthz, NULL}},
+    {.method = "GET", .path = "/readyz", .stages = {aigw_api_readyz, NULL}},
+    {.method = "GET", .path = "/metrics", .stages = {aigw_api_metrics, NULL}},
+    {.method = "GET", .path = "/api/ai/limits", .stages = CLINIC_GET(aigw_api_limits)},
+    {.method = "GET", .path = "/api/ai/usage", .stages = CLINIC_GET(aigw_api_usage)},
+    {.method = "POST", .path = "/api/ai/cache/invalidate", .stages = CLINIC_POST(aigw_api_cache_invalidate)},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

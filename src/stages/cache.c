@@ -41,7 +41,7 @@ aigw_stage_cache(struct aigw_req *req)
     q->answer_json = answer;
     q->from_cache = true;
     aigw_metrics_cache_hit(req->srv->metrics);
-    return aigw_api_query(req);
+    return req->q->respond(req);
 unreadable:
     q->cached = NULL;
     aigw_log(LOG_WARNING, "cache: unreadable entry for tenant %s ignored", req->tenant->id);
@@ -57,7 +57,7 @@ aigw_cache_store(struct aigw_req *req)
     redisContext *rc;
     redisReply *r;
 
-    if (req->tenant->cache_ttl_s <= 0 || q->answer == NULL)
+    if (req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
         return;
     if (q->model != NULL && strchr(q->model, '\n') != NULL)
         return;

@@ -259,6 +259,8 @@ aigw_stage_singleflight(struct aigw_req *req)
     redisReply *r;
     long long st;
 
+    if (q->no_store) /* sampled answers differ per request: nothing to share */
+        return AIGW_OK;
     if (q->sf_role == AIGW_SF_WAITER) {
         int state = atomic_load(&q->sf_state);
 

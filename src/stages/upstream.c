@@ -13,6 +13,7 @@
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 #include "aigw/upstream.h"
+#include "aigw/util.h"
 
 /* Engine thread: the result is ready; wake the request. */
 static void
@@ -31,11 +32,22 @@ free_call(void *call)
     aigw_upstream_call_free(call);
 }
 
+static char *build_query_body(struct aigw_req *req, const struct aigw_tenant *t);
+
 /* The tenant and the query type go into the system prompt, never the model. */
 static char *
 build_body(struct aigw_req *req)
 {
     const struct aigw_tenant *t = req->tenant;
+
+    if (req->q->chat_body != NULL) /* the OpenAI route forwards the client's request */
+        return aigw_xstrdup(req->q->chat_body);
+    return build_query_body(req, t);
+}
+
+static char *
+build_query_body(struct aigw_req *req, const struct aigw_tenant *t)
+{
     struct aigw_query *q = req->q;
     char *system = aigw_pool_printf(req->pool,
                                     "You are the AI assistant of %s (tenant %s), an optical clinic. "
@@ -159,6 +171,52 @@ query_finalize(struct aigw_req *req, bool client_gone)
     aigw_sse_append(req->sse, ev, strlen(ev));
 }
 
+/* Engine thread: the OpenAI route passes the upstream's events through
+ * byte for byte; only the ending (or the usage chunk nobody asked for) is
+ * aigw's to write. */
+static bool
+chat_event(const struct aigw_upstream_event *ev, void *ud, bool usage_wanted)
+{
+    if (ev->done || ev->error || (ev->usage_only && !usage_wanted))
+        return false;
+    return aigw_sse_write(ud, ev->bytes, ev->len, ev->delta != NULL);
+}
+
+static bool
+on_chat_event(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev, void *ud)
+{
+    (void)call;
+    return chat_event(ev, ud, false);
+}
+
+static bool
+on_chat_event_usage(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev, void *ud)
+{
+    (void)call;
+    return chat_event(ev, ud, true);
+}
+
+/* The ending of an OpenAI stream: [DONE], after an error event if it failed. */
+static void
+chat_finalize(struct aigw_req *req, bool client_gone)
+{
+    long chunks;
+    bool ok = aigw_stream_outcome(req, client_gone, &chunks);
+    static const char done[] = "data: [DONE]\n\n";
+
+    aigw_req_settle(req);
+    if (client_gone)
+        return;
+    if (!ok) { /* the error object aigw_stream_outcome set, as one event */
+        aigw_sse_append(req->sse, "data: ", 6);
+        aigw_sse_append(req->sse, req->resp_body, req->resp_len > 0 && req->resp_body[req->resp_len - 1] == '\n'
+                                                      ? req->resp_len - 1
+                                                      : req->resp_len);
+        aigw_sse_append(req->sse, "\n\n", 2);
+    }
+    aigw_sse_append(req->sse, done, sizeof(done) - 1);
+}
+
 /* First entry: start the stream and wait for its first event. */
 static enum aigw_rc
 stream_stage(struct aigw_req *req)
@@ -170,7 +228,11 @@ stream_stage(struct aigw_req *req)
 
         if (body == NULL)
             return aigw_req_fail(req, 500, "internal", "could not encode the upstream request");
-        aigw_stream_start(req, body, strlen(body), on_query_event, query_finalize);
+        if (q->chat_body != NULL)
+            aigw_stream_start(req, body, strlen(body), q->chat_usage ? on_chat_event_usage : on_chat_event,
+                              chat_finalize);
+        else
+            aigw_stream_start(req, body, strlen(body), on_query_event, query_finalize);
         free(body);
     }
     if (!aigw_sse_wait(req->sse))
@@ -200,11 +262,13 @@ aigw_stage_upstream(struct aigw_req *req)
         if (rc != AIGW_OK)
             return rc;
     } else if (q->call == NULL) {
-        body = build_body(req);
-        if (body == NULL)
+        if ((body = build_body(req)) == NULL)
             return aigw_req_fail(req, 500, "internal", "could not encode the upstream request");
+        struct aigw_upstream_opts o = {.qtype = q->qtype, .body = body, .len = strlen(body),
+                                       .keep_raw = q->chat_body != NULL, .done = on_done, .ud = req};
+
         aigw_req_suspend(req);
-        q->call = aigw_upstream_submit(req->srv->upstream, q->qtype, body, strlen(body), on_done, req);
+        q->call = aigw_upstream_submit_opts(req->srv->upstream, &o);
         aigw_pool_cleanup(req->pool, free_call, q->call);
         free(body);
         return AIGW_AGAIN;
@@ -225,6 +289,8 @@ aigw_stage_upstream(struct aigw_req *req)
     q->model = aigw_pool_strdup(req->pool, res->model ? res->model : req->srv->cfg.model);
     q->prompt_tokens = res->prompt_tokens;
     q->completion_tokens = res->completion_tokens;
+    q->finish_reason = res->finish_reason ? aigw_pool_strdup(req->pool, res->finish_reason) : NULL;
+    q->raw = res->raw ? aigw_pool_strndup(req->pool, res->raw, res->raw_len) : NULL;
     q->billed = true;
     return AIGW_OK;
 }

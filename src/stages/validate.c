@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aigw/api.h"
 #include "aigw/config.h"
 #include "aigw/query.h"
 #include "aigw/stages.h"
@@ -15,8 +16,8 @@ free_ptr(void *p)
     free(p);
 }
 
-static struct aigw_query *
-query_new(struct aigw_req *req)
+struct aigw_query *
+aigw_query_new(struct aigw_req *req)
 {
     struct aigw_query *q = aigw_pool_alloc(req->pool, sizeof(*q));
     const char *cc = aigw_req_header(req, "Cache-Control");
@@ -24,6 +25,7 @@ query_new(struct aigw_req *req)
     q->upstream_ms = -1;
     q->queries_remaining = -1;
     q->no_cache = cc != NULL && strstr(cc, "no-cache") != NULL;
+    q->respond = aigw_api_query;
     req->q = q;
     return q;
 }
@@ -64,7 +66,7 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
 enum aigw_rc
 aigw_stage_validate_query(struct aigw_req *req)
 {
-    struct aigw_query *q = query_new(req);
+    struct aigw_query *q = aigw_query_new(req);
     json_t *question = json_object_get(req->json, "question");
     json_t *type = json_object_get(req->json, "query_type");
     json_t *stream = json_object_get(req->json, "stream");
@@ -93,7 +95,7 @@ aigw_stage_validate_query(struct aigw_req *req)
 enum aigw_rc
 aigw_stage_validate_recommendation(struct aigw_req *req)
 {
-    struct aigw_query *q = query_new(req);
+    struct aigw_query *q = aigw_query_new(req);
     json_t *product = json_object_get(req->json, "product_type");
     json_t *rx = json_object_get(req->json, "prescription");
     char *rx_text = NULL, *question;

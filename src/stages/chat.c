@@ -1,0 +1,177 @@
+/* chat.c - the OpenAI-compatible request: plan check, field-by-field
+ * validation, model allow-list, policy (max_tokens clamp, usage in streams)
+ * and the cache identity of a deterministic request */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/api.h"
+#include "aigw/config.h"
+#include "aigw/query.h"
+#include "aigw/stages.h"
+#include "aigw/tenant.h"
+#include "aigw/util.h"
+
+#define MAX_MESSAGES 256
+
+static const char *const ROLES[] = {"system", "user", "assistant", "developer", "tool", NULL};
+
+enum aigw_rc
+aigw_stage_api_access(struct aigw_req *req)
+{
+    if (req->tenant->features & AIGW_FEAT_API_ACCESS)
+        return AIGW_OK;
+    return aigw_req_fail_extra(req, 403, "feature_not_in_plan", json_pack("{s:s}", "feature", "api_access"),
+                               "the OpenAI-compatible API is not in the %s plan", req->tenant->tier);
+}
+
+static bool
+known_role(const char *r)
+{
+    for (size_t i = 0; ROLES[i] != NULL; i++)
+        if (strcmp(r, ROLES[i]) == 0)
+            return true;
+    return false;
+}
+
+static enum aigw_rc
+check_messages(struct aigw_req *req, json_t *msgs)
+{
+    size_t i;
+    json_t *m;
+
+    if (msgs == NULL || json_is_null(msgs))
+        return aigw_req_fail(req, 400, "invalid_request", "messages: is required");
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0 || json_array_size(msgs) > MAX_MESSAGES)
+        return aigw_req_fail(req, 400, "invalid_request", "messages: must be an array of 1..%d messages",
+                             MAX_MESSAGES);
+    json_array_foreach(msgs, i, m) {
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+
+        if (!json_is_object(m))
+            return aigw_req_fail(req, 400, "invalid_request", "messages[%zu]: must be an object", i);
+        if (!json_is_string(role) || !known_role(json_string_value(role)))
+            return aigw_req_fail(req, 400, "invalid_request",
+                                 "messages[%zu].role: must be one of system, user, assistant, developer, tool", i);
+        if (!json_is_string(content))
+            return aigw_req_fail(req, 400, "invalid_request", "messages[%zu].content: must be a string", i);
+    }
+    return AIGW_OK;
+}
+
+/* max_tokens (or max_completion_tokens): positive, clamped to the plan. */
+static enum aigw_rc
+check_max_tokens(struct aigw_req *req, json_t *body, long *out)
+{
+    const char *name = json_object_get(body, "max_completion_tokens") != NULL ? "max_completion_tokens" : "max_tokens";
+    json_t *v = json_object_get(body, name);
+    long plan = req->tenant->max_tokens;
+
+    *out = plan;
+    if (v == NULL || json_is_null(v))
+        return AIGW_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < 1)
+        return aigw_req_fail(req, 400, "invalid_request", "%s: must be a positive integer", name);
+    if (json_integer_value(v) < plan)
+        *out = (long)json_integer_value(v);
+    return AIGW_OK;
+}
+
+/* The other sampling fields aigw reads: n, temperature, stream, stream_options. */
+static enum aigw_rc
+check_options(struct aigw_req *req, json_t *body, bool *cacheable)
+{
+    json_t *n = json_object_get(body, "n"), *temp = json_object_get(body, "temperature");
+    json_t *stream = json_object_get(body, "stream"), *so = json_object_get(body, "stream_options");
+    struct aigw_query *q = req->q;
+
+    if (n != NULL && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
+        return aigw_req_fail(req, 400, "invalid_request", "n: only 1 is supported");
+    if (temp != NULL && !json_is_null(temp) &&
+        (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 2))
+        return aigw_req_fail(req, 400, "invalid_request", "temperature: must be a number from 0 to 2");
+    if (stream != NULL && !json_is_null(stream) && !json_is_boolean(stream))
+        return aigw_req_fail(req, 400, "invalid_request", "stream: must be a boolean");
+    if (so != NULL && !json_is_null(so) &&
+        (!json_is_object(so) || (json_object_get(so, "include_usage") != NULL &&
+                                 !json_is_boolean(json_object_get(so, "include_usage")))))
+        return aigw_req_fail(req, 400, "invalid_request", "stream_options: must be {\"include_usage\": boolean}");
+    q->stream = json_is_true(stream);
+    q->chat_usage = json_is_true(json_object_get(so, "include_usage"));
+    /* the same request gives the same answer only without sampling */
+    *cacheable = !q->stream && (req->srv->cfg.cache_sampled || (temp != NULL && json_is_number(temp) &&
+                                                                 json_number_value(temp) == 0));
+    return AIGW_OK;
+}
+
+/* The body sent upstream: the client's, with the model, the clamped
+ * max_tokens and (streams) usage at the end. */
+static json_t *
+forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool stream)
+{
+    json_t *out = json_deep_copy(body);
+
+    json_object_set_new(out, "model", json_string(m->id));
+    json_object_del(out, "max_completion_tokens");
+    json_object_set_new(out, "max_tokens", json_integer(max_tokens));
+    if (stream)
+        json_object_set_new(out, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    return out;
+}
+
+/* Identity of the request for the cache, the usage row and single-flight:
+ * canonical JSON (sorted keys) of what is forwarded. */
+static void
+identity(struct aigw_req *req, json_t *fwd, const struct aigw_model_cfg *m, long max_tokens)
+{
+    struct aigw_query *q = req->q;
+    char *canon = json_dumps(fwd, JSON_COMPACT | JSON_SORT_KEYS);
+    unsigned char md[32];
+
+    q->question = aigw_pool_strdup(req->pool, canon != NULL ? canon : "");
+    aigw_sha256(q->question, strlen(q->question), md);
+    aigw_hex(md, 32, q->question_sha256);
+    aigw_query_cache_hex(req->tenant->id, q->qtype, q->question, m->id, (int)max_tokens, q->cache_hex);
+    free(canon);
+}
+
+enum aigw_rc
+aigw_stage_validate_chat(struct aigw_req *req)
+{
+    struct aigw_query *q = aigw_query_new(req);
+    json_t *body = req->json, *model = json_object_get(body, "model"), *fwd;
+    const struct aigw_model_cfg *m;
+    const char *model_id;
+    bool cacheable = false;
+    long max_tokens;
+    char *text;
+    enum aigw_rc rc;
+
+    q->route_label = "chat";
+    q->respond = aigw_api_chat;
+    if ((rc = aigw_stage_api_access(req)) != AIGW_OK)
+        return rc;
+    if ((rc = check_messages(req, json_object_get(body, "messages"))) != AIGW_OK ||
+        (rc = check_max_tokens(req, body, &max_tokens)) != AIGW_OK || (rc = check_options(req, body, &cacheable)) != AIGW_OK)
+        return rc;
+    if (model != NULL && !json_is_null(model) && !json_is_string(model))
+        return aigw_req_fail(req, 400, "invalid_request", "model: must be a string");
+    model_id = json_is_string(model) ? json_string_value(model) : req->srv->cfg.models[0].id;
+    m = aigw_config_model(&req->srv->cfg, model_id, req->tenant->tier);
+    if (m == NULL)
+        return aigw_req_fail(req, 404, "model_not_found",
+                             "model: the requested model does not exist or is not available to this plan");
+    q->qtype = m->qtype;
+    fwd = forwarded(body, m, max_tokens, q->stream);
+    text = json_dumps(fwd, JSON_COMPACT);
+    q->chat_body = aigw_pool_strdup(req->pool, text != NULL ? text : "{}");
+    free(text);
+    json_object_del(fwd, "stream");
+    json_object_del(fwd, "stream_options");
+    identity(req, fwd, m, max_tokens);
+    json_decref(fwd);
+    q->model = m->id;
+    if (!cacheable)
+        q->no_cache = q->no_store = true;
+    return AIGW_OK;
+}
