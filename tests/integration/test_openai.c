@@ -1,0 +1,322 @@
+/* test_openai.c - the OpenAI-compatible routes: /v1/chat/completions (plain,
+ * cached, streamed, failing mid-stream, bad input in the OpenAI error shape,
+ * nothing billed on rejection, plan and model gating) and /v1/models */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testlib.h"
+
+static PGconn *owner;
+static const char *mock;
+static int port;
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"timeout_ms\":5000,\"health_interval_ms\":60000,\"fail_threshold\":1000,"
+    "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":16,\"max_connections\":16}]},"
+    "\"openai\":{\"models\":[{\"id\":\"clinic-small\"},{\"id\":\"clinic-large\",\"tiers\":[\"enterprise\"]},"
+    "{\"id\":\"sales-rag\",\"route\":\"sales\",\"tiers\":[\"platinum\"]}]},"
+    "\"usage\":{\"flush_ms\":20}}";
+
+static int
+chat(const char *token, const char *body, struct tl_resp *r)
+{
+    return tl_post(port, "/v1/chat/completions", token, body, r);
+}
+
+static long
+rows(const char *tid, const char *where, long want)
+{
+    const char *p[1] = {tid};
+    char *sql = tl_sprintf("SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND %s", where);
+    long n = tl_wait_sql(owner, want, 3000, sql, 1, p);
+
+    free(sql);
+    return n;
+}
+
+static long
+quota(const char *tid)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    char month[8];
+
+    gmtime_r(&now, &tm);
+    strftime(month, sizeof(month), "%Y%m", &tm);
+    return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
+}
+
+/* OpenAI error shape: error.{message, type, param, code}. */
+static void
+expect_error(const char *name, const struct tl_resp *r, long status, const char *type, const char *param)
+{
+    char buf[256] = "", code[64] = "";
+
+    CHECK(r->status == status, "%s: status %ld want %ld (%s)", name, r->status, status, r->body);
+    CHECK(tl_json_str(r, "error.type", buf, sizeof(buf)) && strcmp(buf, type) == 0, "%s: type %s want %s", name, buf,
+          type);
+    CHECK(tl_json_str(r, "error.message", buf, sizeof(buf)) && buf[0] != '\0', "%s: has a message", name);
+    CHECK(tl_json_str(r, "error.code", code, sizeof(code)) && code[0] != '\0', "%s: has a code", name);
+    if (param != NULL)
+        CHECK(tl_json_str(r, "error.param", buf, sizeof(buf)) && strcmp(buf, param) == 0, "%s: param %s want %s",
+              name, buf, param);
+}
+
+static void
+test_plain_and_cache(const char *tok, const char *tid)
+{
+    struct tl_resp r;
+    char buf[512];
+    long long calls = tl_mock_stat(mock, "chat_requests");
+    const char *body = "{\"model\":\"clinic-small\",\"temperature\":0,\"max_tokens\":5000,"
+                       "\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+                       "{\"role\":\"user\",\"content\":\"What is presbyopia?\"}]}";
+
+    chat(tok, body, &r);
+    CHECK(r.status == 200, "chat: 200 (%ld %s)", r.status, r.body);
+    CHECK(tl_json_str(&r, "object", buf, sizeof(buf)) && strcmp(buf, "chat.completion") == 0, "object chat.completion");
+    CHECK(strstr(r.body, "Mock answer to [What is presbyopia?]") != NULL, "the upstream's answer passed through");
+    CHECK(tl_json_int(&r, "usage.completion_tokens", -1) > 0, "usage from the upstream");
+    CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0, "MISS");
+    tl_resp_free(&r);
+    /* what was forwarded: model kept, max_tokens clamped to the plan (enterprise: 1000) */
+    {
+        struct tl_resp st;
+
+        tl_http_url(mock, "GET", "/__mock/stats", NULL, &st);
+        CHECK(tl_json_int(&st, "last_request.max_tokens", -1) == 1000, "max_tokens clamped to the plan's 1000");
+        CHECK(tl_json_str(&st, "last_request.model", buf, sizeof(buf)) && strcmp(buf, "clinic-small") == 0,
+              "model forwarded");
+        tl_resp_free(&st);
+    }
+    CHECK(rows(tid, "billed AND route = '/v1/chat/completions' AND completion_tokens > 0", 1) == 1, "billed row");
+
+    /* temperature 0: the same request is answered from the cache */
+    chat(tok, body, &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
+          "repeat: HIT (%ld)", r.status);
+    CHECK(strstr(r.body, "\"chat.completion\"") != NULL && strstr(r.body, "Mock answer to [What is presbyopia?]") != NULL,
+          "hit in the chat.completion shape");
+    CHECK(tl_json_int(&r, "usage.total_tokens", -1) > 0, "hit has usage");
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call for two requests");
+
+    /* sampled (no temperature): never cached */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Tell me a story\"}]}";
+    chat(tok, body, &r);
+    tl_resp_free(&r);
+    chat(tok, body, &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+          "sampled request: MISS every time");
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 3, "sampled requests both went upstream");
+    CHECK(rows(tid, "billed", 3) == 3 && rows(tid, "NOT billed", 1) == 1, "3 billed rows, 1 hit row");
+}
+
+/* Split an SSE body into its data payloads; false on bad framing. */
+static bool
+payloads(const char *body, char out[][2048], int cap, int *n)
+{
+    const char *p = body;
+
+    *n = 0;
+    while (*p != '\0') {
+        const char *nl = strstr(p, "\n\n");
+
+        if (nl == NULL || strncmp(p, "data: ", 6) != 0 || memchr(p, '\n', (size_t)(nl - p)) != NULL || *n == cap)
+            return false;
+        snprintf(out[*n], 2048, "%.*s", (int)(nl - p - 6), p + 6);
+        (*n)++;
+        p = nl + 2;
+    }
+    return true;
+}
+
+static void
+test_stream(const char *tok, const char *tid)
+{
+    static char ev[64][2048];
+    struct tl_resp r;
+    int n = 0, deltas = 0;
+    bool all_json = true, has_usage = false;
+    char buf[128];
+
+    chat(tok, "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Stream please\"}]}", &r);
+    CHECK(r.status == 200, "stream: 200");
+    CHECK(tl_resp_header(&r, "Content-Type", buf, sizeof(buf)) && strcmp(buf, "text/event-stream") == 0,
+          "stream: text/event-stream");
+    CHECK(payloads(r.body, ev, 64, &n), "stream framing: data: + one line + blank line: %s", r.body);
+    CHECK(n > 2 && strcmp(ev[n - 1], "[DONE]") == 0, "[DONE] last");
+    for (int i = 0; i < n - 1; i++) {
+        json_t *j = json_loads(ev[i], 0, NULL);
+
+        all_json = all_json && j != NULL;
+        if (json_object_get(j, "usage") != NULL && json_array_size(json_object_get(j, "choices")) == 0)
+            has_usage = true;
+        if (strstr(ev[i], "\"chat.completion.chunk\"") != NULL && strstr(ev[i], "\"content\":\"") != NULL)
+            deltas++;
+        json_decref(j);
+    }
+    CHECK(all_json, "every event but [DONE] is one JSON object");
+    CHECK(deltas == 6, "6 content chunks passed through (%d)", deltas);
+    CHECK(!has_usage, "no usage chunk the client did not ask for");
+    tl_resp_free(&r);
+    CHECK(rows(tid, "billed AND completion_tokens = 6 AND prompt_tokens > 0 AND success", 1) >= 1,
+          "stream billed with the upstream's token counts");
+
+    /* asked for usage: the usage chunk comes through */
+    chat(tok,
+         "{\"stream\":true,\"stream_options\":{\"include_usage\":true},"
+         "\"messages\":[{\"role\":\"user\",\"content\":\"Stream with usage\"}]}",
+         &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"choices\":[]") != NULL && strstr(r.body, "\"usage\"") != NULL,
+          "include_usage: the usage chunk is passed through");
+    tl_resp_free(&r);
+
+    /* failure after the first byte: an error event, then [DONE] */
+    tl_mock_config(mock, "{\"mode\":\"error_midstream_data\"}");
+    chat(tok, "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Break mid-way\"}]}", &r);
+    CHECK(r.status == 200 && payloads(r.body, ev, 64, &n), "mid-stream failure: well-formed stream");
+    CHECK(n >= 2 && strcmp(ev[n - 1], "[DONE]") == 0 && strstr(ev[n - 2], "\"error\"") != NULL &&
+              strstr(ev[n - 2], "\"type\"") != NULL,
+          "mid-stream failure: an OpenAI error event then [DONE]");
+    tl_resp_free(&r);
+    tl_mock_config(mock, "{\"mode\":\"ok\"}");
+    CHECK(rows(tid, "billed AND NOT success AND completion_tokens = 2", 1) == 1, "partial stream billed for 2 tokens");
+}
+
+static void
+test_bad_input(const char *tok, const char *tid)
+{
+    static const struct {
+        const char *name, *body, *param;
+    } cases[] = {
+        {"messages missing", "{}", "messages"},
+        {"messages not an array", "{\"messages\":\"hi\"}", "messages"},
+        {"messages empty", "{\"messages\":[]}", "messages"},
+        {"message not an object", "{\"messages\":[\"hi\"]}", "messages[0]"},
+        {"wrong role", "{\"messages\":[{\"role\":\"wizard\",\"content\":\"hi\"}]}", "messages[0].role"},
+        {"content not a string", "{\"messages\":[{\"role\":\"user\",\"content\":42}]}", "messages[0].content"},
+        {"n > 1", "{\"n\":2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "n"},
+        {"max_tokens negative", "{\"max_tokens\":-5,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "max_tokens"},
+        {"max_tokens not integer", "{\"max_tokens\":\"many\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "max_tokens"},
+        {"temperature too high", "{\"temperature\":7,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "temperature"},
+        {"stream not bool", "{\"stream\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "stream"},
+    };
+    long long calls = tl_mock_stat(mock, "chat_requests");
+    const char *p[1] = {tid};
+    long before = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
+    long q0 = quota(tid);
+    struct tl_resp r;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        chat(tok, cases[i].body, &r);
+        expect_error(cases[i].name, &r, 400, "invalid_request_error", cases[i].param);
+        tl_resp_free(&r);
+    }
+    chat(tok, "{not json", &r);
+    expect_error("invalid JSON", &r, 400, "invalid_request_error", NULL);
+    tl_resp_free(&r);
+    chat(tok, "{\"model\":\"gpt-9\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    expect_error("unknown model", &r, 404, "not_found_error", NULL);
+    tl_resp_free(&r);
+    chat(tok, "{\"model\":\"sales-rag\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    expect_error("model of another plan", &r, 404, "not_found_error", NULL);
+    tl_resp_free(&r);
+    chat("not-a-token", "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    expect_error("bad token", &r, 401, "authentication_error", NULL);
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls, "no bad request reached the upstream");
+    CHECK(rows(tid, "billed", before) == before, "nothing billed for bad input");
+    CHECK(quota(tid) == q0, "quota untouched by bad input");
+}
+
+static void
+test_gating(const char *tok_ent)
+{
+    char id[37], code[65], buf[128];
+    struct tl_resp r;
+    char *tok;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "admin", 600);
+    chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    expect_error("pro plan", &r, 403, "permission_error", NULL);
+    CHECK(tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "feature_not_in_plan") == 0,
+          "code feature_not_in_plan");
+    tl_resp_free(&r);
+    tl_get(port, "/v1/models", tok, &r);
+    CHECK(r.status == 403, "pro plan: /v1/models 403");
+    tl_resp_free(&r);
+    CHECK(rows(id, "true", 0) == 0, "gated requests are not billed");
+    free(tok);
+
+    tl_get(port, "/v1/models", tok_ent, &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"object\":\"list\"") != NULL, "/v1/models: list");
+    CHECK(strstr(r.body, "\"clinic-small\"") != NULL && strstr(r.body, "\"clinic-large\"") != NULL,
+          "enterprise sees its models");
+    CHECK(strstr(r.body, "sales-rag") == NULL, "a model of another plan is not listed");
+    tl_resp_free(&r);
+}
+
+static void
+test_rate_limit(void)
+{
+    char id[37], code[65], buf[64];
+    const char *p[1] = {id};
+    struct tl_resp r;
+    char *tok;
+    int limited = 0;
+
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 2}' WHERE id = $1", 1, p));
+    tok = tl_token(code, "admin", 600);
+    for (int i = 0; i < 3; i++) {
+        chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"again\"}]}", &r);
+        if (r.status == 429) {
+            limited++;
+            expect_error("rate limited", &r, 429, "rate_limit_error", NULL);
+            CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) != NULL, "429 has Retry-After");
+        }
+        tl_resp_free(&r);
+    }
+    CHECK(limited == 1, "third request in a minute: 429 (%d)", limited);
+    free(tok);
+}
+
+int
+main(void)
+{
+    struct tl_aigw gw;
+    char id[37], code[65];
+    char *tok;
+
+    owner = tl_pg_owner();
+    mock = tl_env("AIGW_MOCK_URL");
+    tl_mock_reset(mock);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":6}");
+    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+        return 1;
+    port = gw.port;
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    tok = tl_token(code, "admin", 600);
+
+    test_plain_and_cache(tok, id);
+    test_stream(tok, id);
+    test_bad_input(tok, id);
+    test_gating(tok);
+    test_rate_limit();
+
+    free(tok);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
+    tl_mock_reset(mock);
+    PQfinish(owner);
+    return tl_done();
+}
