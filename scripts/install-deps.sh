@@ -39,6 +39,12 @@ PACKAGES=(
     prometheus
 )
 
+# Node.js + npm run the official OpenAI SDK in tests/integration/test_sdk.c;
+# a machine that already has them (any source) keeps its own
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+fi
+
 for arg in "$@"; do
     case "$arg" in
         -h|--help) usage; exit 0 ;;

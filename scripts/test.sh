@@ -35,5 +35,16 @@ set +a
 AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 export AIGW_JWT_SECRET
 
+# the official OpenAI SDK for tests/integration/test_sdk.c, from npm (pinned by
+# tests/sdk/package-lock.json), installed next to the build
+sdk="$repo/$build/sdk"
+if [[ ! -d "$sdk/node_modules/openai" || "$repo/tests/sdk/package-lock.json" -nt "$sdk/node_modules" ]]; then
+    mkdir -p "$sdk"
+    cp "$repo/tests/sdk/package.json" "$repo/tests/sdk/package-lock.json" "$repo/tests/sdk/openai_sdk.mjs" "$sdk/"
+    (cd "$sdk" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+cp "$repo/tests/sdk/openai_sdk.mjs" "$sdk/"
+export AIGW_SDK_DIR="$sdk"
+
 cd "$build"
 ctest --output-on-failure --timeout 600 -j2 "$@"

@@ -1,0 +1,67 @@
+/* test_sdk.c - the official OpenAI Node.js SDK (tests/sdk, installed from
+ * npm by scripts/test.sh) against a running aigw: completions, streams, the
+ * models list and typed errors (RateLimitError for a 429) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testlib.h"
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"health_interval_ms\":60000,\"routes\":null,"
+    "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]},"
+    "\"usage\":{\"flush_ms\":20}}";
+
+int
+main(void)
+{
+    const char *sdk_dir = tl_env("AIGW_SDK_DIR");
+    struct tl_aigw gw;
+    struct tl_resp r;
+    char id[37], code[65], lid[37], lcode[65];
+    const char *p[1] = {lid};
+    char *tok, *ltok, *cmd, line[512];
+    PGconn *owner = tl_pg_owner();
+    int oks = 0, status;
+    bool all_ok = false;
+    FILE *f;
+
+    tl_mock_reset(tl_env("AIGW_MOCK_URL"));
+    tl_mock_config(tl_env("AIGW_MOCK_URL"), "{\"mode\":\"ok\",\"tokens\":6}");
+    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+        return 1;
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    tok = tl_token(code, "admin", 600);
+    /* a tenant allowed one request a minute, which is used up here */
+    tl_create_tenant(owner, "enterprise", "active", lid, lcode);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 1}' WHERE id = $1", 1, p));
+    ltok = tl_token(lcode, "admin", 600);
+    tl_post(gw.port, "/v1/chat/completions", ltok, "{\"messages\":[{\"role\":\"user\",\"content\":\"first\"}]}", &r);
+    CHECK(r.status == 200, "the limited tenant's one request");
+    tl_resp_free(&r);
+
+    cmd = tl_sprintf("cd '%s' && AIGW_BASE_URL=http://127.0.0.1:%d/v1 AIGW_API_KEY='%s' AIGW_LIMITED_KEY='%s' "
+                     "node openai_sdk.mjs 2>&1",
+                     sdk_dir, gw.port, tok, ltok);
+    f = popen(cmd, "r");
+    CHECK(f != NULL, "node runs");
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        fputs(line, stdout);
+        if (strncmp(line, "ok ", 3) == 0)
+            oks++;
+        if (strncmp(line, "not ok", 6) == 0)
+            CHECK(false, "sdk: %s", line);
+        if (strncmp(line, "ALL OK", 6) == 0)
+            all_ok = true;
+    }
+    status = f != NULL ? pclose(f) : -1;
+    CHECK(status == 0 && all_ok, "the SDK script passed (exit %d)", status);
+    CHECK(oks == 12, "all 12 SDK checks ran and passed (%d)", oks);
+
+    free(cmd);
+    free(tok);
+    free(ltok);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
+    PQfinish(owner);
+    return tl_done();
+}
