@@ -1,0 +1,257 @@
+/* sseload - hold N server-sent-event streams open at once and measure the
+ * gaps between their events (bench S4). One thread, epoll, non-blocking
+ * sockets, HTTP/1.1 with Connection: close.
+ *
+ *   sseload -p PORT -P PATH -c STREAMS [-H "Name: value"]... -b BODY [-t TIMEOUT_S]
+ *
+ * BODY may contain one %d, replaced by the stream's index (unique prompts).
+ * Prints one JSON object: streams, completed (saw [DONE] or a closing
+ * "done" event), errors, events, ttft_p50_ms / ttft_p99_ms (request to
+ * first event) and gap_p50_ms / gap_p99_ms / gap_max_ms (between
+ * consecutive events of one stream, over all streams). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct stream {
+    int fd;
+    char *req;
+    size_t req_len, req_off;
+    double start_ms, last_ms;
+    long events;
+    char tail[24];     /* the last bytes of the previous read, to match across reads */
+    size_t tail_len;
+    bool done, failed, closed;
+};
+
+struct vec {
+    double *v;
+    size_t n, cap;
+};
+
+static double
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+}
+
+static void
+push(struct vec *v, double x)
+{
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 4096;
+        v->v = realloc(v->v, v->cap * sizeof(double));
+        if (v->v == NULL)
+            abort();
+    }
+    v->v[v->n++] = x;
+}
+
+static int
+cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double
+pct(struct vec *v, double p)
+{
+    if (v->n == 0)
+        return 0;
+    qsort(v->v, v->n, sizeof(double), cmp);
+    return v->v[(size_t)(p * (double)(v->n - 1) + 0.5)];
+}
+
+/* Count "data: " occurrences (one per event) in the bytes just read; the
+ * tail of the previous read is prepended so a marker split across reads is
+ * still seen once. Note [DONE] or a closing {"done":true event. */
+static void
+scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *ttft)
+{
+    size_t total = s->tail_len + n, keep;
+    char *joined = malloc(total + 1);
+    const char *p;
+
+    memcpy(joined, s->tail, s->tail_len);
+    memcpy(joined + s->tail_len, buf, n);
+    joined[total] = '\0';
+    for (p = joined; (p = strstr(p, "data: ")) != NULL; p += 6) {
+        double t = now_ms();
+
+        if ((size_t)(p + 6 - joined) <= s->tail_len) /* complete in the previous read: counted then */
+            continue;
+        if (s->events == 0)
+            push(ttft, t - s->start_ms);
+        else
+            push(gaps, t - s->last_ms);
+        s->last_ms = t;
+        s->events++;
+    }
+    if (strstr(joined, "data: [DONE]") != NULL || strstr(joined, "data: {\"done\":true") != NULL)
+        s->done = true;
+    keep = total < sizeof(s->tail) ? total : sizeof(s->tail);
+    memcpy(s->tail, joined + total - keep, keep);
+    s->tail_len = keep;
+    free(joined);
+}
+
+/* body with its first "%d" replaced by i (a format string from the
+ * command line would be unchecked). */
+static int
+fill_body(char *out, size_t cap, const char *body, int i)
+{
+    const char *d = strstr(body, "%d");
+
+    if (d == NULL)
+        return snprintf(out, cap, "%s", body);
+    return snprintf(out, cap, "%.*s%d%s", (int)(d - body), body, i, d + 2);
+}
+
+static int
+open_conn(int port)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *path = "/", *body = "{}", *headers[16];
+    int port = 0, n = 100, nh = 0, timeout_s = 120, opt, ep, open_n = 0;
+    struct stream *st;
+    struct vec gaps = {0}, ttft = {0};
+    long completed = 0, errors = 0, events = 0;
+    struct rlimit rl;
+    double deadline;
+
+    while ((opt = getopt(argc, argv, "p:P:c:H:b:t:")) != -1) {
+        switch (opt) {
+        case 'p': port = atoi(optarg); break;
+        case 'P': path = optarg; break;
+        case 'c': n = atoi(optarg); break;
+        case 'H': if (nh < 16) headers[nh++] = optarg; break;
+        case 'b': body = optarg; break;
+        case 't': timeout_s = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: sseload -p PORT -P PATH -c STREAMS [-H header]... -b BODY [-t TIMEOUT_S]\n");
+            return 2;
+        }
+    }
+    if (port <= 0 || n <= 0)
+        return 2;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    st = calloc((size_t)n, sizeof(*st));
+    ep = epoll_create1(0);
+    for (int i = 0; i < n; i++) {
+        char b[8192], hdr[4096];
+        size_t off = 0;
+        struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.u32 = (uint32_t)i};
+        int blen = fill_body(b, sizeof(b), body, i);
+
+        for (int h = 0; h < nh; h++)
+            off += (size_t)snprintf(hdr + off, sizeof(hdr) - off, "%s\r\n", headers[h]);
+        hdr[off] = '\0';
+        st[i].req_len = (size_t)asprintf(&st[i].req,
+                                         "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                         "Content-Type: application/json\r\nAccept: text/event-stream\r\n%s"
+                                         "Content-Length: %d\r\n\r\n%s",
+                                         path, hdr, blen, b);
+        st[i].fd = open_conn(port);
+        st[i].start_ms = now_ms();
+        if (st[i].fd < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, st[i].fd, &ev) != 0) {
+            st[i].failed = st[i].closed = true;
+            continue;
+        }
+        open_n++;
+    }
+    deadline = now_ms() + timeout_s * 1000.0;
+    while (open_n > 0 && now_ms() < deadline) {
+        struct epoll_event evs[256];
+        int k = epoll_wait(ep, evs, 256, 1000);
+
+        for (int e = 0; e < k; e++) {
+            struct stream *s = &st[evs[e].data.u32];
+            char buf[16384];
+
+            if (s->closed)
+                continue;
+            if (s->req_off < s->req_len && (evs[e].events & EPOLLOUT)) {
+                ssize_t w = write(s->fd, s->req + s->req_off, s->req_len - s->req_off);
+
+                if (w > 0)
+                    s->req_off += (size_t)w;
+                if (s->req_off == s->req_len) {
+                    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = evs[e].data.u32};
+
+                    epoll_ctl(ep, EPOLL_CTL_MOD, s->fd, &ev);
+                }
+            }
+            if (evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+                for (;;) {
+                    ssize_t r = read(s->fd, buf, sizeof(buf));
+
+                    if (r > 0) {
+                        scan(s, buf, (size_t)r, &gaps, &ttft);
+                        continue;
+                    }
+                    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                        break;
+                    s->closed = true; /* EOF or error */
+                    close(s->fd);
+                    open_n--;
+                    break;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (!st[i].closed)
+            close(st[i].fd);
+        if (st[i].done)
+            completed++;
+        else
+            errors++;
+        events += st[i].events;
+        free(st[i].req);
+    }
+    printf("{\"streams\": %d, \"completed\": %ld, \"errors\": %ld, \"events\": %ld, "
+           "\"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, \"gap_p50_ms\": %.3f, \"gap_p99_ms\": %.3f, "
+           "\"gap_max_ms\": %.3f}\n",
+           n, completed, errors, events, pct(&ttft, 0.5), pct(&ttft, 0.99), pct(&gaps, 0.5), pct(&gaps, 0.99),
+           pct(&gaps, 1.0));
+    free(st);
+    free(gaps.v);
+    free(ttft.v);
+    return 0;
+}
