@@ -13,6 +13,7 @@
 
 struct MHD_Connection;
 struct aigw_tenant;
+struct aigw_api_key;
 
 /* The one status enum for control flow (nginx-style).
  * OK: go on with the next stage. DONE: a response is set on the request.
@@ -32,6 +33,8 @@ struct aigw_route {
     aigw_stage_fn stages[AIGW_MAX_STAGES]; /* run in order, NULL-terminated; the last is the handler */
     void (*finish)(struct aigw_req *req);  /* optional: runs once before any response is queued */
     bool ai;                               /* an AI route: every authenticated request gets a usage row */
+    const char *scope;                     /* API key scope the route needs ("query", "chat");
+                                            * NULL: JWT only, API keys get 403 */
 };
 
 struct aigw_hdr {
@@ -60,7 +63,8 @@ struct aigw_req {
     struct aigw_query *q;
 
     /* identity */
-    struct aigw_claims claims;
+    struct aigw_claims claims;         /* for an API key: tenant = its tenant id, sub = "api_key:<id>" */
+    const struct aigw_api_key *api_key; /* the key that authenticated the request, or NULL (JWT) */
     bool authenticated;
     struct aigw_tenant *tenant;        /* counted reference, put on completion */
 

@@ -38,7 +38,7 @@ static const char LOAD_SQL[] =
     " array_to_string(p.features, ','), t.cache_ttl_s,"
     " (SELECT string_agg(COALESCE((SELECT x.tier FROM plans x WHERE f = ANY(x.features)"
     "   ORDER BY x.rank LIMIT 1), ''), ',' ORDER BY o)"
-    "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics']) WITH ORDINALITY AS u(f, o))"
+    "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics','api_access']) WITH ORDINALITY AS u(f, o))"
     " FROM tenants t JOIN plans p ON p.tier = t.tier";
 
 bool
@@ -161,7 +161,7 @@ load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
     {
         const char *p = PQgetvalue(r, 0, 11);
 
-        for (int i = 0; i < 4 && *p; i++) {
+        for (int i = 0; i < AIGW_N_FEATURES && *p; i++) {
             size_t n = strcspn(p, ",");
 
             if (n < sizeof(t->required_tier[i]))

@@ -15,15 +15,21 @@
      aigw_stage_admit,        aigw_stage_idempotency, aigw_stage_cache, aigw_stage_singleflight,         \
      aigw_stage_quota,        aigw_stage_upstream, aigw_api_query, NULL}
 
+/* The last column is the API key scope a route takes; NULL = JWT only
+ * (administration: API keys can never manage keys or tenants). */
 static const struct aigw_route routes[] = {
-    {"POST", "/api/ai/query", QUERY_ROUTE(aigw_stage_validate_query), aigw_query_finish, true},
-    {"POST", "/api/ai/recommendation", QUERY_ROUTE(aigw_stage_validate_recommendation), aigw_query_finish, true},
-    {"GET", "/healthz", {aigw_api_healthz, NULL}, NULL, false},
-    {"GET", "/readyz", {aigw_api_readyz, NULL}, NULL, false},
-    {"GET", "/metrics", {aigw_api_metrics, NULL}, NULL, false},
-    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
-    {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
-    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},
+    {"POST", "/api/ai/query", QUERY_ROUTE(aigw_stage_validate_query), aigw_query_finish, true, "query"},
+    {"POST", "/api/ai/recommendation", QUERY_ROUTE(aigw_stage_validate_recommendation), aigw_query_finish, true,
+     "query"},
+    {"GET", "/healthz", {aigw_api_healthz, NULL}, NULL, false, NULL},
+    {"GET", "/readyz", {aigw_api_readyz, NULL}, NULL, false, NULL},
+    {"GET", "/metrics", {aigw_api_metrics, NULL}, NULL, false, NULL},
+    {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false, "query"},
+    {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false, "query"},
+    {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false, NULL},
+    {"POST", "/api/v1/api-keys", CLINIC_POST(aigw_api_keys_create), NULL, false, NULL},
+    {"GET", "/api/v1/api-keys", CLINIC_GET(aigw_api_keys_list), NULL, false, NULL},
+    {"DELETE", "/api/v1/api-keys/{}", CLINIC_GET(aigw_api_keys_revoke), NULL, false, NULL},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */
