@@ -758,3 +758,45 @@ tl_pg_reconnect(PGconn **c)
         PQreset(*c);
     }
 }
+
+/* ---- API keys ---- */
+
+int
+tl_key_request(int port, const char *method, const char *path, const char *key, bool bearer, const char *json,
+               struct tl_resp *out)
+{
+    char cred[512];
+    const char *hdrs[3] = {cred, json ? "Content-Type: application/json" : NULL, NULL};
+
+    snprintf(cred, sizeof(cred), bearer ? "Authorization: Bearer %s" : "X-API-Key: %s", key);
+    return tl_http(port, method, path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+int
+tl_delete(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[2] = {NULL, NULL};
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[0] = auth;
+    }
+    return tl_http(port, "DELETE", path, hdrs, NULL, 0, out);
+}
+
+long
+tl_api_key_create(int port, const char *token, const char *json, char *key, size_t cap, char id[37])
+{
+    struct tl_resp r;
+    long status;
+
+    tl_post(port, "/api/v1/api-keys", token, json, &r);
+    status = r.status;
+    if (status == 201) {
+        tl_json_str(&r, "key", key, cap);
+        tl_json_str(&r, "id", id, 37);
+    }
+    tl_resp_free(&r);
+    return status;
+}
