@@ -41,11 +41,7 @@ static const char UPDATE_SQL[] =
 static size_t
 probe_start(const char *key_id)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-
-    for (; *key_id; key_id++)
-        h = (h ^ (unsigned char)*key_id) * 1099511628211ULL;
-    return (size_t)(h % TABLE_SLOTS);
+    return (size_t)(aigw_hash_str(key_id) % TABLE_SLOTS);
 }
 
 /* Record a use under u->lock; keeps the latest time per key. */

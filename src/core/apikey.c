@@ -22,19 +22,7 @@ aigw_scope_bit(const char *name)
 unsigned
 aigw_scope_parse_list(const char *list)
 {
-    unsigned bits = 0;
-
-    while (*list) {
-        size_t n = strcspn(list, ",");
-
-        for (int i = 0; i < AIGW_N_SCOPES; i++)
-            if (strlen(aigw_scope_names[i]) == n && strncmp(list, aigw_scope_names[i], n) == 0)
-                bits |= 1u << i;
-        list += n;
-        if (*list == ',')
-            list++;
-    }
-    return bits;
+    return aigw_name_bits(list, aigw_scope_names, AIGW_N_SCOPES);
 }
 
 /* base64url without padding; out holds 4 * ceil(n / 3) + 1 bytes. */

@@ -50,17 +50,6 @@ create_key(int port, const char *token, const char *json, char key[128], char id
     return status;
 }
 
-static void
-expect(const char *name, struct tl_resp *r, long status, const char *code)
-{
-    char got[64] = "";
-
-    CHECK(r->status == status, "%s: status %ld, want %ld (%s)", name, r->status, status, r->body);
-    if (code != NULL)
-        CHECK(tl_json_str(r, "error.code", got, sizeof(got)) && strcmp(got, code) == 0, "%s: code %s, want %s", name,
-              got, code);
-}
-
 /* Use key on path (POST /api/ai/query when path is NULL, else GET path). */
 static long
 use_key(int port, const char *key, const char *path, struct tl_resp *r)
@@ -78,7 +67,7 @@ expect_use(const char *name, int port, const char *key, const char *path, long s
     struct tl_resp r;
 
     use_key(port, key, path, &r);
-    expect(name, &r, status, code);
+    tl_expect(name, &r, status, code);
     tl_resp_free(&r);
 }
 
@@ -134,7 +123,7 @@ test_create_and_use(void)
     struct tl_resp r;
 
     tl_post(port1, "/api/v1/api-keys", admin, "{\"name\":\"reporting job\"}", &r);
-    expect("create", &r, 201, NULL);
+    tl_expect("create", &r, 201, NULL);
     tl_json_str(&r, "key", key, sizeof(key));
     tl_json_str(&r, "id", id, sizeof(id));
     tl_json_str(&r, "prefix", prefix, sizeof(prefix));
@@ -166,15 +155,15 @@ test_create_and_use(void)
     /* works with X-API-Key and with Bearer, on every query-scope route */
     expect_use("query with X-API-Key", port1, key, NULL, 200, NULL);
     tl_key_request(port2, "POST", "/api/ai/query", key, true, QUESTION, &r);
-    expect("query with Bearer", &r, 200, NULL);
+    tl_expect("query with Bearer", &r, 200, NULL);
     tl_resp_free(&r);
     use_key(port1, key, "/api/ai/limits", &r);
-    expect("limits", &r, 200, NULL);
+    tl_expect("limits", &r, 200, NULL);
     CHECK(tl_json_str(&r, "tenant", buf, sizeof(buf)) && strcmp(buf, code) == 0, "limits of the key's tenant");
     tl_resp_free(&r);
     expect_use("usage", port1, key, "/api/ai/usage", 200, NULL);
     tl_key_request(port1, "POST", "/api/ai/recommendation", key, false, "{\"product_type\":\"progressive lens\"}", &r);
-    expect("recommendation", &r, 200, NULL);
+    tl_expect("recommendation", &r, 200, NULL);
     tl_resp_free(&r);
 
     CHECK(tl_wait_sql(owner, 1, 10000,
@@ -223,7 +212,7 @@ test_listing(void)
         usleep(20 * 1000);
     }
     tl_get(port1, "/api/v1/api-keys", admin, &r);
-    expect("list", &r, 200, NULL);
+    tl_expect("list", &r, 200, NULL);
     for (int i = 0; i < 3; i++) {
         sha_hex(key[i], hex);
         CHECK(strstr(r.body, id[i]) != NULL, "list shows key %d", i);
@@ -236,14 +225,14 @@ test_listing(void)
 
     /* keyset pages of 2 */
     tl_get(port1, "/api/v1/api-keys?limit=2", admin, &r);
-    expect("page 1", &r, 200, NULL);
+    tl_expect("page 1", &r, 200, NULL);
     for (int i = 0; i < 3; i++)
         seen[i] += strstr(r.body, id[i]) != NULL;
     CHECK(tl_json_str(&r, "next_before", next, sizeof(next)) != NULL, "page 1 has a next cursor");
     tl_resp_free(&r);
     snprintf(path, sizeof(path), "/api/v1/api-keys?limit=2&before=%s", next);
     tl_get(port1, path, admin, &r);
-    expect("page 2", &r, 200, NULL);
+    tl_expect("page 2", &r, 200, NULL);
     for (int i = 0; i < 3; i++)
         seen[i] += strstr(r.body, id[i]) != NULL;
     CHECK(strstr(r.body, "\"next_before\":null") != NULL, "last page: %s", r.body);
@@ -251,13 +240,13 @@ test_listing(void)
     CHECK(seen[0] == 1 && seen[1] == 1 && seen[2] == 1, "every key on exactly one page");
 
     tl_get(port1, "/api/v1/api-keys?limit=0", admin, &r);
-    expect("limit 0", &r, 400, "invalid_request");
+    tl_expect("limit 0", &r, 400, "invalid_request");
     tl_resp_free(&r);
     tl_get(port1, "/api/v1/api-keys?before=xyz", admin, &r);
-    expect("bad cursor", &r, 400, "invalid_request");
+    tl_expect("bad cursor", &r, 400, "invalid_request");
     tl_resp_free(&r);
     tl_get(port1, "/api/v1/api-keys", other, &r);
-    expect("other tenant's list", &r, 200, NULL);
+    tl_expect("other tenant's list", &r, 200, NULL);
     CHECK(strstr(r.body, id[0]) == NULL, "another tenant never sees these keys");
     tl_resp_free(&r);
     free(admin);
@@ -273,28 +262,28 @@ test_admin_routes_refuse_keys(void)
 
     CHECK(create_key(port1, admin, "{\"name\":\"k\",\"scopes\":[\"query\",\"chat\"]}", key, id) == 201, "create");
     tl_key_request(port1, "POST", "/api/v1/api-keys", key, false, "{\"name\":\"from a key\"}", &r);
-    expect("a key creating a key", &r, 403, "forbidden");
+    tl_expect("a key creating a key", &r, 403, "forbidden");
     tl_resp_free(&r);
     tl_key_request(port1, "POST", "/api/v1/api-keys", key, true, "{\"name\":\"from a key\"}", &r);
-    expect("a Bearer key creating a key", &r, 403, "forbidden");
+    tl_expect("a Bearer key creating a key", &r, 403, "forbidden");
     tl_resp_free(&r);
     expect_use("a key listing keys", port1, key, "/api/v1/api-keys", 403, "forbidden");
     snprintf(path, sizeof(path), "/api/v1/api-keys/%s", id);
     tl_key_request(port1, "DELETE", path, key, false, NULL, &r);
-    expect("a key revoking a key", &r, 403, "forbidden");
+    tl_expect("a key revoking a key", &r, 403, "forbidden");
     tl_resp_free(&r);
     tl_key_request(port1, "POST", "/api/ai/cache/invalidate", key, false, "{}", &r);
-    expect("a key on a JWT-only route", &r, 403, "forbidden");
+    tl_expect("a key on a JWT-only route", &r, 403, "forbidden");
     tl_resp_free(&r);
 
     tl_post(port1, "/api/v1/api-keys", optician, "{\"name\":\"x\"}", &r);
-    expect("optician creating", &r, 403, "forbidden");
+    tl_expect("optician creating", &r, 403, "forbidden");
     tl_resp_free(&r);
     tl_get(port1, "/api/v1/api-keys", optician, &r);
-    expect("optician listing", &r, 403, "forbidden");
+    tl_expect("optician listing", &r, 403, "forbidden");
     tl_resp_free(&r);
     tl_delete(port1, path, optician, &r);
-    expect("optician revoking", &r, 403, "forbidden");
+    tl_expect("optician revoking", &r, 403, "forbidden");
     tl_resp_free(&r);
     CHECK(sql1("SELECT count(*) FROM api_keys WHERE tenant_id = $1::uuid", tid, NULL) == 1, "nothing created");
     expect_use("the key still works", port1, key, NULL, 200, NULL);
@@ -320,7 +309,7 @@ test_rejected_credentials(void)
     expect_use("malformed key", port1, "aigw_short", NULL, 401, "unauthenticated");
     expect_use("garbage X-API-Key", port1, "not a key at all", NULL, 401, "unauthenticated");
     tl_key_request(port1, "GET", "/api/ai/limits", "aigw_!!!!", true, NULL, &r);
-    expect("malformed Bearer key", &r, 401, "unauthenticated");
+    tl_expect("malformed Bearer key", &r, 401, "unauthenticated");
     tl_resp_free(&r);
     {
         char h1[200], h2[200];
@@ -329,7 +318,7 @@ test_rejected_credentials(void)
         snprintf(h1, sizeof(h1), "X-API-Key: %s", key);
         snprintf(h2, sizeof(h2), "Authorization: Bearer %s", admin);
         tl_http(port1, "GET", "/api/ai/limits", hdrs, NULL, 0, &r);
-        expect("two credentials", &r, 401, "unauthenticated");
+        tl_expect("two credentials", &r, 401, "unauthenticated");
         tl_resp_free(&r);
     }
     expect_use("the real key", port1, key, "/api/ai/limits", 200, NULL);
@@ -347,7 +336,7 @@ test_scopes(void)
     CHECK(create_key(port1, admin, "{\"name\":\"both\",\"scopes\":[\"query\",\"chat\"]}", both, id) == 201,
           "query+chat key");
     use_key(port1, chat, NULL, &r);
-    expect("chat key on /api/ai/query", &r, 403, "forbidden");
+    tl_expect("chat key on /api/ai/query", &r, 403, "forbidden");
     CHECK(strstr(r.body, "\"required_scope\":\"query\"") != NULL, "names the missing scope: %s", r.body);
     tl_resp_free(&r);
     expect_use("chat key on /api/ai/limits", port1, chat, "/api/ai/limits", 403, "forbidden");
@@ -366,13 +355,13 @@ test_key_rate_limit(void)
     CHECK(create_key(port1, admin, "{\"name\":\"free\"}", free_key, id) == 201, "unlimited key");
     for (int i = 0; i < 3; i++) {
         use_key(i % 2 ? port2 : port1, key, NULL, &r);
-        expect("within the key's limit", &r, 200, NULL);
+        tl_expect("within the key's limit", &r, 200, NULL);
         CHECK(tl_resp_header(&r, "RateLimit-Policy", hdr, sizeof(hdr)) && strstr(hdr, "\"minute\";q=3;w=60"),
               "policy shows the key's tighter limit: %s", hdr);
         tl_resp_free(&r);
     }
     use_key(port2, key, NULL, &r);
-    expect("4th request of a 3 rpm key", &r, 429, "rate_limited");
+    tl_expect("4th request of a 3 rpm key", &r, 429, "rate_limited");
     CHECK(tl_json_int(&r, "error.limit", 0) == 3 && strstr(r.body, "\"policy\":\"api_key\""), "429 body: %s", r.body);
     CHECK(tl_resp_header(&r, "Retry-After", hdr, sizeof(hdr)) != NULL, "Retry-After");
     CHECK(tl_resp_header(&r, "RateLimit", hdr, sizeof(hdr)) && strstr(hdr, "r=0"), "nothing left: %s", hdr);
@@ -380,12 +369,12 @@ test_key_rate_limit(void)
 
     /* the tenant (100 rpm) is far from its limit: other callers go on */
     use_key(port1, free_key, NULL, &r);
-    expect("another key of the tenant", &r, 200, NULL);
+    tl_expect("another key of the tenant", &r, 200, NULL);
     CHECK(tl_resp_header(&r, "RateLimit-Policy", hdr, sizeof(hdr)) && strstr(hdr, "\"minute\";q=100;w=60"),
           "tenant policy for a key without its own limit: %s", hdr);
     tl_resp_free(&r);
     tl_post(port1, "/api/ai/query", admin, QUESTION, &r);
-    expect("a JWT of the tenant", &r, 200, NULL);
+    tl_expect("a JWT of the tenant", &r, 200, NULL);
     tl_resp_free(&r);
     free(admin);
 }
@@ -416,7 +405,7 @@ test_revocation(void)
 
     snprintf(path, sizeof(path), "/api/v1/api-keys/%s", id);
     tl_delete(port1, path, admin, &r);
-    expect("revoke through instance 1", &r, 204, NULL);
+    tl_expect("revoke through instance 1", &r, 204, NULL);
     tl_resp_free(&r);
     /* the very next request, on the other instance */
     expect_use("next query on instance 2", port2, key, NULL, 401, "unauthenticated");
@@ -435,7 +424,7 @@ test_revocation(void)
     expect_use("revoked, marker gone, instance 1", port1, key, "/api/ai/limits", 401, "unauthenticated");
 
     tl_delete(port2, path, admin, &r);
-    expect("revoke again", &r, 204, NULL);
+    tl_expect("revoke again", &r, 204, NULL);
     tl_resp_free(&r);
     CHECK(audit_count(tid, "api_key.revoke") == 1, "a repeated revoke writes no second audit row");
     tl_get(port1, "/api/v1/api-keys", admin, &r);
@@ -443,14 +432,14 @@ test_revocation(void)
     tl_resp_free(&r);
 
     tl_delete(port1, "/api/v1/api-keys/99999999-9999-4999-8999-999999999999", admin, &r);
-    expect("unknown id", &r, 404, "not_found");
+    tl_expect("unknown id", &r, 404, "not_found");
     tl_resp_free(&r);
     tl_delete(port1, "/api/v1/api-keys/not-a-uuid", admin, &r);
-    expect("malformed id", &r, 404, "not_found");
+    tl_expect("malformed id", &r, 404, "not_found");
     tl_resp_free(&r);
     snprintf(path, sizeof(path), "/api/v1/api-keys/%s", other_id);
     tl_delete(port1, path, admin, &r);
-    expect("another tenant's key", &r, 404, "not_found");
+    tl_expect("another tenant's key", &r, 404, "not_found");
     tl_resp_free(&r);
     expect_use("the other tenant's key still works", port2, other_key, "/api/ai/limits", 200, NULL);
     CHECK(audit_count(tid, "api_key.revoke") == 1, "404s write no audit row");
@@ -490,7 +479,7 @@ test_plan(void)
     struct tl_resp r;
 
     tl_post(port1, "/api/v1/api-keys", std_admin, "{\"name\":\"not allowed\"}", &r);
-    expect("create on a standard plan", &r, 403, "feature_not_in_plan");
+    tl_expect("create on a standard plan", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", tier, sizeof(tier)) && strcmp(tier, "enterprise") == 0,
           "required_tier enterprise");
     tl_resp_free(&r);
@@ -505,17 +494,17 @@ test_plan(void)
                    (const char *const[]){tid}));
     CHECK(wait_use(port2, key, 403, 5000) == 403, "key of a tenant downgraded to standard refused");
     use_key(port2, key, NULL, &r);
-    expect("key use on a standard plan", &r, 403, "feature_not_in_plan");
+    tl_expect("key use on a standard plan", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", tier, sizeof(tier)) && strcmp(tier, "enterprise") == 0,
           "required_tier on use");
     tl_resp_free(&r);
     /* the admin can still see and revoke what is left */
     tl_get(port1, "/api/v1/api-keys", admin, &r);
-    expect("list on a standard plan", &r, 200, NULL);
+    tl_expect("list on a standard plan", &r, 200, NULL);
     tl_resp_free(&r);
     snprintf(path, sizeof(path), "/api/v1/api-keys/%s", id);
     tl_delete(port1, path, admin, &r);
-    expect("revoke on a standard plan", &r, 204, NULL);
+    tl_expect("revoke on a standard plan", &r, 204, NULL);
     tl_resp_free(&r);
     free(admin);
 }
@@ -527,7 +516,7 @@ bad(const char *admin, const char *body, const char *field)
     char msg[512] = "";
 
     tl_post(port1, "/api/v1/api-keys", admin, body, &r);
-    expect(body, &r, 400, "invalid_request");
+    tl_expect(body, &r, 400, "invalid_request");
     CHECK(tl_json_str(&r, "error.message", msg, sizeof(msg)) && strncmp(msg, field, strlen(field)) == 0 &&
               msg[strlen(field)] == ':',
           "%s: message names %s: %s", body, field, msg);
@@ -568,13 +557,13 @@ test_bad_input(void)
     bad(admin, "{\"name\":\"k\",\"expires_at\":\"2031-01-01\"}", "expires_at");
     bad(admin, "{\"name\":\"k\",\"expires_at\":\"2020-01-01T00:00:00Z\"}", "expires_at");
     tl_post(port1, "/api/v1/api-keys", admin, "{\"name\":", &r);
-    expect("invalid JSON", &r, 400, "invalid_json");
+    tl_expect("invalid JSON", &r, 400, "invalid_json");
     tl_resp_free(&r);
     tl_post(port1, "/api/v1/api-keys", admin, "{\"name\":\"nul\\u0000here\"}", &r);
-    expect("NUL in a string (the body parser refuses it)", &r, 400, "invalid_json");
+    tl_expect("NUL in a string (the body parser refuses it)", &r, 400, "invalid_json");
     tl_resp_free(&r);
     tl_post(port1, "/api/v1/api-keys", admin, "[\"name\"]", &r);
-    expect("not an object", &r, 400, "invalid_json");
+    tl_expect("not an object", &r, 400, "invalid_json");
     tl_resp_free(&r);
     CHECK(sql1("SELECT count(*) FROM api_keys WHERE tenant_id = $1::uuid", tid, NULL) == 0, "bad input: no key row");
     CHECK(audit_count(tid, "api_key.create") == 0, "bad input: no audit row");
@@ -584,7 +573,7 @@ test_bad_input(void)
             "{\"name\":\"Émile's key\",\"scopes\":[\"chat\",\"query\"],\"requests_per_minute\":100000,"
             "\"expires_at\":\"2031-01-01T00:00:00+01:00\",\"unknown\":true}",
             &r);
-    expect("valid create", &r, 201, NULL);
+    tl_expect("valid create", &r, 201, NULL);
     CHECK(strstr(r.body, "\"expires_at\":\"2030-12-31T23:00:00Z\"") && strstr(r.body, "\"requests_per_minute\":100000") &&
               strstr(r.body, "\"scopes\":[\"query\",\"chat\"]"),
           "stored values echoed: %s", r.body);
