@@ -69,6 +69,14 @@ unavailable(struct aigw_req *req)
     return aigw_req_fail(req, 503, "service_unavailable", "key data is unavailable, retry shortly");
 }
 
+/* Roll back a transaction still open (not one a failed COMMIT ended). */
+static void
+rollback(PGconn *conn)
+{
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        aigw_pg_rollback(conn);
+}
+
 /* ---- validation ---- */
 
 static enum aigw_rc
@@ -247,7 +255,7 @@ store(struct aigw_req *req, PGconn *conn, const struct key_input *in, const char
     rc = 0;
 out:
     if (rc != 0)
-        aigw_pg_rollback(conn);
+        rollback(conn);
     free(details);
     PQclear(r);
     return rc;
@@ -400,7 +408,7 @@ revoke(struct aigw_req *req, PGconn *conn, const char *id)
     rc = 0;
 out:
     if (rc != 0)
-        aigw_pg_rollback(conn);
+        rollback(conn);
     PQclear(r);
     return rc;
 }
