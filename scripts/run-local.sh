@@ -28,6 +28,21 @@ secret_file="$AIGW_STACK_DIR/jwt-secret"
 AIGW_JWT_SECRET="$(cat "$secret_file")"
 export AIGW_JWT_SECRET AIGW_PORT="$port" AIGW_SPOOL_DIR="$AIGW_STACK_DIR/spool"
 
+# a per-stack demo API key for the enterprise tenant (its plan has api_access);
+# only its SHA-256 goes into the database, as aigw does for the keys it creates
+key_file="$AIGW_STACK_DIR/demo-api-key"
+[[ -s "$key_file" ]] || (umask 077 && printf 'aigw_%s' \
+    "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >"$key_file")
+demo_key="$(cat "$key_file")"
+key_sha="$(printf '%s' "$demo_key" | sha256sum)"
+psql -X -q -v ON_ERROR_STOP=1 -d "$AIGW_DATABASE_OWNER_URL" -v sha="${key_sha%% *}" -v prefix="${demo_key:0:13}" \
+    >/dev/null <<'EOF_SQL'
+INSERT INTO api_keys (tenant_id, name, prefix, secret_sha256, scopes)
+VALUES ('22222222-2222-4222-8222-222222222222', 'demo key (make run)', :'prefix', decode(:'sha', 'hex'),
+        '{query,chat}')
+ON CONFLICT (secret_sha256) DO NOTHING;
+EOF_SQL
+
 cat <<EOF_BANNER
 
 aigw local stack is up (PostgreSQL, Redis, mock model servers in $AIGW_STACK_DIR).
@@ -43,8 +58,13 @@ for t in "clinic_001 admin Vision Care Clinic (pro)" "clinic_002 admin Optical E
 done
 cat <<EOF_BANNER
 
+Demo API key of clinic_002 (scopes query, chat):
+  $demo_key
+
 Try:
   curl -s http://127.0.0.1:$port/api/ai/limits -H "Authorization: Bearer $first"
+  curl -s http://127.0.0.1:$port/api/ai/query -H "X-API-Key: $demo_key" \\
+       -H 'Content-Type: application/json' -d '{"question":"How do I clean anti-reflective lenses?"}'
 
 Ctrl-C stops aigw and the stack (KEEP_STACK=1 keeps the stack).
 

@@ -11,6 +11,8 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "aigw/apikey.h"
+#include "aigw/apikey_usage.h"
 #include "aigw/health.h"
 #include "aigw/http.h"
 #include "aigw/jwt.h"
@@ -80,9 +82,10 @@ reload(struct aigw_server *srv, const char *config_path)
     }
     aigw_log_set_level(next.log_level);
     aigw_tenant_cache_invalidate(srv->tenants, "*");
+    aigw_apikey_cache_invalidate(srv->api_keys, "*");
     aigw_jwt_cache_clear(srv->tokens);
     aigw_config_free(&next);
-    aigw_log(LOG_NOTICE, "reload: log level applied, tenant cache flushed");
+    aigw_log(LOG_NOTICE, "reload: log level applied, tenant and API key caches flushed");
 }
 
 static int
@@ -101,13 +104,15 @@ serve(struct aigw_server *srv, const char *config_path)
 
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
     srv->tokens = aigw_jwt_cache_create(8192, 300);
+    srv->api_keys = aigw_apikey_cache_create(4096, srv->cfg.api_key_cache_ttl_s);
+    srv->key_usage = aigw_apikey_usage_start(srv->pg, srv->cfg.api_key_flush_ms);
     srv->usage = aigw_usage_start(&srv->cfg);
     if (srv->usage == NULL)
         return 1;
     srv->health = aigw_health_start(&srv->cfg);
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
-    srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants);
+    srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants, srv->api_keys);
     check_dependencies(srv);
     if (aigw_http_start(srv) != 0)
         return 1;
@@ -207,11 +212,13 @@ out:
     aigw_sf_stop(srv.sf);
     aigw_upstream_stop(srv.upstream);
     aigw_http_stop(&srv);
+    aigw_apikey_usage_stop(srv.key_usage); /* last flush of last_used_at */
     aigw_usage_stop(srv.usage, 5000);
     aigw_listener_stop(srv.listener);
     aigw_health_stop(srv.health);
     aigw_tenant_cache_destroy(srv.tenants);
     aigw_jwt_cache_destroy(srv.tokens);
+    aigw_apikey_cache_destroy(srv.api_keys);
     aigw_pg_pool_destroy(srv.pg);
     aigw_redis_pool_destroy(srv.redis);
     aigw_metrics_destroy(srv.metrics);

@@ -20,6 +20,19 @@ enum aigw_rc aigw_api_usage(struct aigw_req *req);
  * (tenant admin or manager). */
 enum aigw_rc aigw_api_cache_invalidate(struct aigw_req *req);
 
+/* POST /api/v1/api-keys (tenant admin, plan with api_access): validate
+ * {name, scopes, requests_per_minute, expires_at} (400 invalid_request
+ * naming the field, nothing written), store the key's SHA-256 and an audit
+ * row in one transaction, answer 201 with the key, shown this once. */
+enum aigw_rc aigw_api_keys_create(struct aigw_req *req);
+/* GET /api/v1/api-keys?limit=&before= (tenant admin): the tenant's keys,
+ * newest first, keyset-paginated; never a secret or its hash. */
+enum aigw_rc aigw_api_keys_list(struct aigw_req *req);
+/* DELETE /api/v1/api-keys/{id} (tenant admin): revoke (audit row in the
+ * same transaction, Redis marker before the commit) → 204, idempotent; 404
+ * for an unknown id or another tenant's. */
+enum aigw_rc aigw_api_keys_revoke(struct aigw_req *req);
+
 /* POST /api/ai/query and /api/ai/recommendation: answer from req->q. */
 enum aigw_rc aigw_api_query(struct aigw_req *req);
 /* Take the outcome from a cached / coalesced answer object

@@ -65,6 +65,10 @@ struct aigw_config {
     /* tenants */
     int tenant_cache_ttl_s;
 
+    /* API keys */
+    int api_key_cache_ttl_s;   /* in-process key records; NOTIFY + Redis marker revoke at once anyway */
+    int api_key_flush_ms;      /* last_used_at batch interval */
+
     /* upstream */
     struct aigw_backend_cfg backends[AIGW_MAX_BACKENDS];
     size_t n_backends;

@@ -14,6 +14,7 @@
 struct MHD_Connection;
 struct aigw_sse;
 struct aigw_tenant;
+struct aigw_api_key;
 
 /* The one status enum for control flow (nginx-style).
  * OK: go on with the next stage. DONE: a response is set on the request.
@@ -34,6 +35,8 @@ struct aigw_route {
     void (*finish)(struct aigw_req *req);  /* optional: runs once before any response is queued */
     bool ai;                               /* an AI route: every authenticated request gets a usage row */
     bool openai;                           /* errors in the OpenAI shape {"error":{"message","type","param","code"}} */
+    const char *scope;                     /* API key scope the route needs ("query", "chat");
+                                            * NULL: JWT only, API keys get 403 */
 };
 
 struct aigw_hdr {
@@ -62,7 +65,8 @@ struct aigw_req {
     struct aigw_query *q;
 
     /* identity */
-    struct aigw_claims claims;
+    struct aigw_claims claims;         /* for an API key: tenant = its tenant id, sub = "api_key:<id>" */
+    const struct aigw_api_key *api_key; /* the key that authenticated the request, or NULL (JWT) */
     bool authenticated;
     struct aigw_tenant *tenant;        /* counted reference, put on completion */
 

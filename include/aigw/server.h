@@ -17,6 +17,8 @@ struct aigw_pg_pool;
 struct aigw_redis_pool;
 struct aigw_tenant_cache;
 struct aigw_jwt_cache;
+struct aigw_apikey_cache;
+struct aigw_apikey_usage;
 struct aigw_health;
 struct aigw_listener;
 struct aigw_upstream;
@@ -31,6 +33,8 @@ struct aigw_server {
     struct aigw_redis_pool *redis;          /* thread-safe checkout pool */
     struct aigw_tenant_cache *tenants;      /* thread-safe */
     struct aigw_jwt_cache *tokens;          /* verified tokens; thread-safe */
+    struct aigw_apikey_cache *api_keys;     /* API key records by SHA-256; thread-safe */
+    struct aigw_apikey_usage *key_usage;    /* last_used_at batcher; thread-safe */
     struct aigw_health *health;             /* upstream /health prober */
     struct aigw_listener *listener;         /* LISTEN/NOTIFY thread */
     struct aigw_upstream *upstream;         /* curl multi engine thread */

@@ -6,12 +6,20 @@
 
 #include "aigw/http.h"
 
-/* Verify the bearer JWT; fills req->claims. 401 unauthenticated. */
+/* Verify the caller's credential and fill req->claims: a bearer JWT, or an
+ * API key (X-API-Key, or Bearer with the key prefix) which also sets
+ * req->api_key. 401 unauthenticated (bad, unknown, revoked or expired); 403
+ * forbidden when the route takes no API keys or the key lacks its scope;
+ * 503 when the key store cannot be asked. */
 enum aigw_rc aigw_stage_authenticate(struct aigw_req *req);
 
 /* Load the caller's tenant (cache, else PostgreSQL under RLS) into
- * req->tenant. 403 forbidden (unknown), 403 tenant_inactive, 503. */
+ * req->tenant. 403 forbidden (unknown), 403 tenant_inactive, 503; for an API
+ * key, 403 feature_not_in_plan when the plan lacks api_access. */
 enum aigw_rc aigw_stage_tenant(struct aigw_req *req);
+/* AIGW_OK when req->tenant's plan has api_access, else a 403
+ * feature_not_in_plan (with required_tier) is set and AIGW_DONE returned. */
+enum aigw_rc aigw_require_api_access(struct aigw_req *req);
 
 /* Parse the uploaded body as a JSON object (duplicate keys rejected, depth
  * limited) into req->json; an empty body becomes {}. 400 invalid_json. */
@@ -30,8 +38,10 @@ enum aigw_rc aigw_stage_validate_recommendation(struct aigw_req *req);
 /* Plan feature for the query type (403 feature_not_in_plan + required_tier),
  * PII guard for patient analytics (403 pii_not_allowed). */
 enum aigw_rc aigw_stage_authorize(struct aigw_req *req);
-/* Rate limit + generation + cache GET + quota read in one Redis round trip;
- * RateLimit headers; 429 rate_limited + Retry-After. */
+/* Rate limit (the tenant's, and an API key's own when it has one) +
+ * revocation marker of the key + generation + cache GET + quota read in one
+ * Redis round trip; RateLimit headers of the tighter limit; 429
+ * rate_limited + Retry-After; 401 when the key was just revoked. */
 enum aigw_rc aigw_stage_admit(struct aigw_req *req);
 void aigw_admit_init(void);
 /* Idempotency-Key: replay / 409 / 422. */
@@ -49,8 +59,6 @@ enum aigw_rc aigw_stage_cache(struct aigw_req *req);
  * fills req->q with the body to forward and its cache identity (cacheable
  * only without stream, and with temperature 0 unless openai.cache_sampled). */
 enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
-/* The same plan check for GET /v1/models. */
-enum aigw_rc aigw_stage_api_access(struct aigw_req *req);
 
 /* Store a fresh upstream answer under the tenant's TTL. */
 void aigw_cache_store(struct aigw_req *req);

@@ -35,8 +35,9 @@ struct aigw_tenant {
     int max_tokens;
     unsigned features;     /* enum aigw_feature bits */
     int cache_ttl_s;
-    /* lowest-ranked plan that has each query-type feature ("" if none) */
-    char required_tier[4][33];
+    /* lowest-ranked plan that has each feature, in enum aigw_feature bit
+     * order ("" if none) */
+    char required_tier[AIGW_N_FEATURES][33];
 };
 
 /* True when the tenant may use the AI (status active or trial, ai_enabled). */

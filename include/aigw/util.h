@@ -35,6 +35,12 @@ void aigw_random(void *buf, size_t n);
 /* A random (version 4) UUID in canonical text form. */
 void aigw_uuid4(char out[37]);
 
+/* FNV-1a hash of a NUL-terminated string (hash tables, not security). */
+uint64_t aigw_hash_str(const char *s);
+/* Bits of the names in a comma-separated list: bit i for names[i] (n names);
+ * unknown names and empty items are ignored. */
+unsigned aigw_name_bits(const char *list, const char *const *names, int n);
+
 /* Case-insensitive prefix test. */
 bool aigw_has_prefix_ci(const char *s, const char *prefix);
 /* True when s (len bytes) is a canonical textual UUID (8-4-4-4-12 hex). */

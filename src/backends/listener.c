@@ -1,4 +1,4 @@
-/* listener.c - tenant cache invalidation through PostgreSQL LISTEN/NOTIFY */
+/* listener.c - tenant and API key cache invalidation through PostgreSQL LISTEN/NOTIFY */
 #include "aigw/listener.h"
 
 #include <poll.h>
@@ -13,9 +13,12 @@
 #include "aigw/pg.h"
 #include "aigw/util.h"
 
+#define KEY_CHANNEL "aigw_api_key_changed"
+
 struct aigw_listener {
     char *url;
     struct aigw_tenant_cache *cache;
+    struct aigw_apikey_cache *keys;
     pthread_t thread;
     int wake_fd;           /* eventfd: written by stop */
     atomic_bool stop;
@@ -37,7 +40,10 @@ drain(struct aigw_listener *l, PGconn *conn)
     PGnotify *n;
 
     while ((n = PQnotifies(conn)) != NULL) {
-        aigw_tenant_cache_invalidate(l->cache, n->extra);
+        if (strcmp(n->relname, KEY_CHANNEL) == 0)
+            aigw_apikey_cache_invalidate(l->keys, n->extra);
+        else
+            aigw_tenant_cache_invalidate(l->cache, n->extra);
         PQfreemem(n);
     }
 }
@@ -58,7 +64,7 @@ run(void *arg)
             backoff_ms = backoff_ms * 2 > 5000 ? 5000 : backoff_ms * 2;
             continue;
         }
-        r = PQexec(conn, "LISTEN aigw_tenant_changed");
+        r = PQexec(conn, "LISTEN aigw_tenant_changed; LISTEN " KEY_CHANNEL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
             aigw_log(LOG_ERR, "listener: LISTEN failed");
             PQclear(r);
@@ -70,9 +76,10 @@ run(void *arg)
         PQclear(r);
         /* anything may have changed while we were not listening */
         aigw_tenant_cache_invalidate(l->cache, "*");
+        aigw_apikey_cache_invalidate(l->keys, "*");
         atomic_store(&l->connected, true);
         backoff_ms = 100;
-        aigw_log(LOG_INFO, "listener: listening for tenant changes");
+        aigw_log(LOG_INFO, "listener: listening for tenant and API key changes");
         while (!wait_or_stop(l, PQsocket(conn), 1000)) {
             if (PQconsumeInput(conn) != 1 || PQstatus(conn) != CONNECTION_OK) {
                 aigw_log(LOG_WARNING, "listener: connection lost, reconnecting");
@@ -87,12 +94,13 @@ run(void *arg)
 }
 
 struct aigw_listener *
-aigw_listener_start(const char *db_url, struct aigw_tenant_cache *cache)
+aigw_listener_start(const char *db_url, struct aigw_tenant_cache *cache, struct aigw_apikey_cache *keys)
 {
     struct aigw_listener *l = aigw_xcalloc(1, sizeof(*l));
 
     l->url = aigw_xstrdup(db_url);
     l->cache = cache;
+    l->keys = keys;
     l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (l->wake_fd < 0 || pthread_create(&l->thread, NULL, run, l) != 0)
         abort();

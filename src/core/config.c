@@ -381,6 +381,8 @@ set_defaults(struct aigw_config *cfg)
     cfg->redis_timeout_ms = 500;
     cfg->jwt_leeway_s = 30;
     cfg->tenant_cache_ttl_s = 60;
+    cfg->api_key_cache_ttl_s = 60;
+    cfg->api_key_flush_ms = 30000;
     cfg->health_interval_ms = 2000;
     cfg->connect_timeout_ms = 2000;
     cfg->timeout_ms = 60000;
@@ -434,7 +436,7 @@ int
 aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen)
 {
     static const char *const top[] = {"listen", "http", "database", "redis", "jwt",
-                                      "tenants", "upstream", "openai", "usage", "log", NULL};
+                                      "tenants", "api_keys", "upstream", "openai", "usage", "log", NULL};
     static const char *const listen_k[] = {"address", "port", NULL};
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
@@ -443,6 +445,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const redis_k[] = {"url", "pool_size", "timeout_ms", NULL};
     static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
     static const char *const tenants_k[] = {"cache_ttl_s", NULL};
+    static const char *const api_keys_k[] = {"cache_ttl_s", "last_used_flush_ms", NULL};
     static const char *const up_k[] = {"health_interval_ms", "backends", "routes", "connect_timeout_ms",
                                        "timeout_ms", "queue_size", "queue_timeout_ms", "fail_threshold",
                                        "down_ms", "model", "stream_idle_ms", "stream_timeout_ms",
@@ -507,6 +510,11 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     }
     if ((sec = SECTION("tenants", tenants_k)) != NULL)
         get_int(&c, sec, "cache_ttl_s", 0, 86400, &cfg->tenant_cache_ttl_s);
+    if ((sec = SECTION("api_keys", api_keys_k)) != NULL) {
+        /* at most an hour: a revocation marker outlives every cached entry */
+        get_int(&c, sec, "cache_ttl_s", 0, 3600, &cfg->api_key_cache_ttl_s);
+        get_int(&c, sec, "last_used_flush_ms", 10, 3600000, &cfg->api_key_flush_ms);
+    }
     if ((sec = SECTION("upstream", up_k)) != NULL) {
         get_int(&c, sec, "health_interval_ms", 100, 3600000, &cfg->health_interval_ms);
         arr = json_object_get(sec, "backends");

@@ -38,7 +38,7 @@ static const char LOAD_SQL[] =
     " array_to_string(p.features, ','), t.cache_ttl_s,"
     " (SELECT string_agg(COALESCE((SELECT x.tier FROM plans x WHERE f = ANY(x.features)"
     "   ORDER BY x.rank LIMIT 1), ''), ',' ORDER BY o)"
-    "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics']) WITH ORDINALITY AS u(f, o))"
+    "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics','api_access']) WITH ORDINALITY AS u(f, o))"
     " FROM tenants t JOIN plans p ON p.tier = t.tier";
 
 bool
@@ -89,30 +89,7 @@ aigw_tenant_cache_destroy(struct aigw_tenant_cache *c)
 static size_t
 bucket_of(const char *ref)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-
-    for (; *ref; ref++)
-        h = (h ^ (unsigned char)*ref) * 1099511628211ULL;
-    return (size_t)(h % BUCKETS);
-}
-
-static unsigned
-parse_features(const char *list)
-{
-    unsigned bits = 0;
-    const char *p = list;
-
-    while (*p) {
-        size_t n = strcspn(p, ",");
-
-        for (int i = 0; i < AIGW_N_FEATURES; i++)
-            if (strlen(aigw_feature_names[i]) == n && strncmp(p, aigw_feature_names[i], n) == 0)
-                bits |= 1u << i;
-        p += n;
-        if (*p == ',')
-            p++;
-    }
-    return bits;
+    return (size_t)(aigw_hash_str(ref) % BUCKETS);
 }
 
 static void
@@ -156,12 +133,12 @@ load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
     t->monthly_limit = strtol(PQgetvalue(r, 0, 6), NULL, 10);
     t->requests_per_minute = (int)strtol(PQgetvalue(r, 0, 7), NULL, 10);
     t->max_tokens = (int)strtol(PQgetvalue(r, 0, 8), NULL, 10);
-    t->features = parse_features(PQgetvalue(r, 0, 9));
+    t->features = aigw_name_bits(PQgetvalue(r, 0, 9), aigw_feature_names, AIGW_N_FEATURES);
     t->cache_ttl_s = (int)strtol(PQgetvalue(r, 0, 10), NULL, 10);
     {
         const char *p = PQgetvalue(r, 0, 11);
 
-        for (int i = 0; i < 4 && *p; i++) {
+        for (int i = 0; i < AIGW_N_FEATURES && *p; i++) {
             size_t n = strcspn(p, ",");
 
             if (n < sizeof(t->required_tier[i]))

@@ -215,3 +215,31 @@ aigw_month_key(int64_t t, char out[8])
     gmtime_r(&tt, &tm);
     strftime(out, 8, "%Y%m", &tm);
 }
+
+uint64_t
+aigw_hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+unsigned
+aigw_name_bits(const char *list, const char *const *names, int n)
+{
+    unsigned bits = 0;
+
+    while (*list) {
+        size_t len = strcspn(list, ",");
+
+        for (int i = 0; i < n; i++)
+            if (strlen(names[i]) == len && strncmp(list, names[i], len) == 0)
+                bits |= 1u << i;
+        list += len;
+        if (*list == ',')
+            list++;
+    }
+    return bits;
+}

@@ -109,7 +109,8 @@ aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *
     req->error_code = code;
     if (status == 401)
         aigw_req_add_header(req, "WWW-Authenticate",
-                            req->claims.tenant[0] || aigw_req_header(req, "Authorization")
+                            req->claims.tenant[0] || aigw_req_header(req, "Authorization") ||
+                                    aigw_req_header(req, "X-API-Key")
                                 ? "Bearer realm=\"aigw\", error=\"invalid_token\""
                                 : "Bearer realm=\"aigw\"");
     return aigw_req_json(req, status, root);

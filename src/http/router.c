@@ -20,22 +20,27 @@
      aigw_stage_admit,        aigw_stage_cache,  aigw_stage_singleflight, aigw_stage_quota,           \
      aigw_stage_upstream,     aigw_api_chat,     NULL}
 
+/* .scope is the API key scope a route takes; none = JWT only
+ * (administration: API keys can never manage keys or tenants). */
 static const struct aigw_route routes[] = {
     {.method = "POST", .path = "/api/ai/query", .stages = QUERY_ROUTE(aigw_stage_validate_query),
-     .finish = aigw_query_finish, .ai = true},
+     .finish = aigw_query_finish, .ai = true, .scope = "query"},
     {.method = "POST", .path = "/api/ai/recommendation", .stages = QUERY_ROUTE(aigw_stage_validate_recommendation),
-     .finish = aigw_query_finish, .ai = true},
+     .finish = aigw_query_finish, .ai = true, .scope = "query"},
     {.method = "POST", .path = "/v1/chat/completions", .stages = CHAT_ROUTE, .finish = aigw_query_finish, .ai = true,
-     .openai = true},
-    {.method = "GET", .path = "/v1/models", .stages = {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_api_access,
+     .openai = true, .scope = "chat"},
+    {.method = "GET", .path = "/v1/models", .stages = {aigw_stage_authenticate, aigw_stage_tenant, aigw_require_api_access,
                                                        aigw_api_models, NULL},
-     .openai = true},
+     .openai = true, .scope = "chat"},
     {.method = "GET", .path = "/healthz", .stages = {aigw_api_healthz, NULL}},
     {.method = "GET", .path = "/readyz", .stages = {aigw_api_readyz, NULL}},
     {.method = "GET", .path = "/metrics", .stages = {aigw_api_metrics, NULL}},
-    {.method = "GET", .path = "/api/ai/limits", .stages = CLINIC_GET(aigw_api_limits)},
-    {.method = "GET", .path = "/api/ai/usage", .stages = CLINIC_GET(aigw_api_usage)},
+    {.method = "GET", .path = "/api/ai/limits", .stages = CLINIC_GET(aigw_api_limits), .scope = "query"},
+    {.method = "GET", .path = "/api/ai/usage", .stages = CLINIC_GET(aigw_api_usage), .scope = "query"},
     {.method = "POST", .path = "/api/ai/cache/invalidate", .stages = CLINIC_POST(aigw_api_cache_invalidate)},
+    {.method = "POST", .path = "/api/v1/api-keys", .stages = CLINIC_POST(aigw_api_keys_create)},
+    {.method = "GET", .path = "/api/v1/api-keys", .stages = CLINIC_GET(aigw_api_keys_list)},
+    {.method = "DELETE", .path = "/api/v1/api-keys/{}", .stages = CLINIC_GET(aigw_api_keys_revoke)},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

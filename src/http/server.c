@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "aigw/api.h"
+#include "aigw/apikey.h"
+#include "aigw/apikey_usage.h"
 #include "aigw/http.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
@@ -92,7 +94,8 @@ record_usage(struct aigw_req *req)
     memset(&row, 0, sizeof(row));
     memcpy(row.id, req->usage_id, sizeof(row.id));
     memcpy(row.tenant_id, req->tenant->id, sizeof(row.tenant_id));
-    row.user_id = req->claims.sub[0] ? req->claims.sub : NULL;
+    row.user_id = req->claims.sub[0] && req->api_key == NULL ? req->claims.sub : NULL;
+    row.api_key_id = req->api_key != NULL ? req->api_key->id : NULL;
     row.request_id = req->request_id;
     row.route = req->route->path;
     row.status_code = req->status;
@@ -361,9 +364,12 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
     aigw_log_fields(LOG_INFO, "request", "REQUEST_ID", req->request_id, "METHOD", req->method, "ROUTE",
                     req->route ? req->route->path : "-", "STATUS", status, "DURATION_MS", dur, "TENANT_ID",
-                    req->tenant ? req->tenant->id : NULL, "ERROR_CODE", req->error_code, "TERMINATION",
+                    req->tenant ? req->tenant->id : NULL, "API_KEY_ID", req->api_key ? req->api_key->id : NULL,
+                    "ERROR_CODE", req->error_code, "TERMINATION",
                     toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", NULL);
     aigw_metrics_request_done(req->srv->metrics, req);
+    if (req->api_key != NULL && req->authenticated) /* batched: no database write here */
+        aigw_apikey_usage_touch(req->srv->key_usage, req->api_key, aigw_wall_s());
     aigw_tenant_put(req->tenant);
     req->tenant = NULL;
     *con_cls = NULL;

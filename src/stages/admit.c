@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "aigw/apikey.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
 #include "aigw/query.h"
@@ -16,37 +17,66 @@
 /* Sliding window log: a sorted set of admitted request ids scored by
  * admission time (Redis TIME, so every instance shares one clock). Exact:
  * never more than `limit` admissions in any 60 s window, so there is no
- * boundary double burst as with fixed windows.
- * KEYS[1] window zset, KEYS[2] generation, KEYS[3] monthly quota counter
- * ARGV[1] limit, ARGV[2] window ms, ARGV[3] member, ARGV[4] cache key prefix,
- * ARGV[5] cache hash ('' = skip lookup)
- * -> {allowed, remaining, reset_s, generation, cached or false, quota used or -1}
- * The cache key is built here because it embeds the generation; it shares
- * the tenant's hash tag, so it lives on the same cluster slot. */
+ * boundary double burst as with fixed windows. A request authenticated by an
+ * API key with its own limit is admitted only when both the tenant's window
+ * and the key's window have room, and counts in both.
+ * KEYS[1] tenant window zset, KEYS[2] generation, KEYS[3] monthly quota
+ * counter; API keys only: KEYS[4] key window zset, KEYS[5] key revocation
+ * marker. ARGV[1] tenant limit, ARGV[2] window ms, ARGV[3] member, ARGV[4]
+ * cache key prefix, ARGV[5] cache hash ('' = skip lookup), ARGV[6] key limit
+ * (0 = none).
+ * -> {allowed, remaining, reset_s, generation, cached or false, quota used
+ *     or -1, limit, key policy (1 when the numbers are the key's), revoked}
+ * The numbers describe the tighter policy: the one that refused, else the
+ * one with less left. The cache key is built here because it embeds the
+ * generation; it shares the tenant's hash tag, so it lives on the same
+ * cluster slot. */
 static struct aigw_redis_script admit_script = {
     .source =
         "local t = redis.call('TIME')\n"
         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
         "local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-        "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)\n"
-        "local count = redis.call('ZCARD', KEYS[1])\n"
+        "local klimit = tonumber(ARGV[6] or '0')\n"
+        "local gen = redis.call('GET', KEYS[2]) or '0'\n"
+        "local used = tonumber(redis.call('GET', KEYS[3]) or '-1')\n"
+        "if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then\n"
+        "  return {0, 0, 0, gen, false, used, limit, 0, 1}\n"
+        "end\n"
+        "local function count(key)\n"
+        "  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)\n"
+        "  return redis.call('ZCARD', key)\n"
+        "end\n"
+        "local function admit(key)\n"
+        "  redis.call('ZADD', key, now, ARGV[3])\n"
+        "  redis.call('PEXPIRE', key, window)\n"
+        "end\n"
+        "local function reset(key)\n"
+        "  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')\n"
+        "  if oldest[2] then return math.ceil((tonumber(oldest[2]) + window - now) / 1000) end\n"
+        "  return 0\n"
+        "end\n"
+        "local n = count(KEYS[1])\n"
+        "local kn = 0\n"
+        "if klimit > 0 then kn = count(KEYS[4]) end\n"
         "local allowed = 0\n"
-        "if count < limit then\n"
-        "  redis.call('ZADD', KEYS[1], now, ARGV[3])\n"
-        "  redis.call('PEXPIRE', KEYS[1], window)\n"
-        "  count = count + 1\n"
+        "if n < limit and (klimit == 0 or kn < klimit) then\n"
+        "  admit(KEYS[1])\n"
+        "  n = n + 1\n"
+        "  if klimit > 0 then admit(KEYS[4]) kn = kn + 1 end\n"
         "  allowed = 1\n"
         "end\n"
-        "local reset = 0\n"
-        "local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
-        "if oldest[2] then reset = math.ceil((tonumber(oldest[2]) + window - now) / 1000) end\n"
-        "local gen = redis.call('GET', KEYS[2]) or '0'\n"
+        "local bykey = false\n"
+        "if klimit > 0 then\n"
+        "  if allowed == 1 then bykey = klimit - kn <= limit - n\n"
+        "  elseif kn >= klimit and n >= limit then bykey = reset(KEYS[4]) >= reset(KEYS[1])\n"
+        "  else bykey = kn >= klimit end\n"
+        "end\n"
         "local cached = false\n"
         "if allowed == 1 and ARGV[5] ~= '' then\n"
         "  cached = redis.call('GET', ARGV[4] .. gen .. ':' .. ARGV[5])\n"
         "end\n"
-        "local used = tonumber(redis.call('GET', KEYS[3]) or '-1')\n"
-        "return {allowed, limit - count, reset, gen, cached, used}\n",
+        "if bykey then return {allowed, klimit - kn, reset(KEYS[4]), gen, cached, used, klimit, 1, 0} end\n"
+        "return {allowed, limit - n, reset(KEYS[1]), gen, cached, used, limit, 0, 0}\n",
 };
 
 void
@@ -71,35 +101,100 @@ add_ratelimit_headers(struct aigw_req *req)
                         aigw_pool_printf(req->pool, "\"minute\";r=%ld;t=%ld", q->rl_remaining, q->rl_reset_s));
 }
 
+/* The script's keys and arguments of one request (buffers live here). */
+struct admit_args {
+    char rl_key[96], gen_key[96], q_key[96], prefix[96], limit[24], key_rl[160], key_revoked[160], key_limit[24];
+    const char *keys[5];
+    const char *args[6];
+    int nkeys;
+};
+
+static void
+build_args(struct aigw_req *req, struct admit_args *a)
+{
+    const struct aigw_tenant *t = req->tenant;
+    const struct aigw_api_key *k = req->api_key;
+    struct aigw_query *q = req->q;
+
+    snprintf(a->rl_key, sizeof(a->rl_key), "aigw:{%s}:rl", t->id);
+    snprintf(a->gen_key, sizeof(a->gen_key), "aigw:{%s}:gen", t->id);
+    snprintf(a->prefix, sizeof(a->prefix), "aigw:{%s}:c:", t->id);
+    snprintf(a->limit, sizeof(a->limit), "%d", t->requests_per_minute);
+    aigw_quota_key(t->id, aigw_wall_s(), a->q_key, sizeof(a->q_key));
+    a->keys[0] = a->rl_key;
+    a->keys[1] = a->gen_key;
+    a->keys[2] = a->q_key;
+    a->nkeys = 3;
+    a->args[0] = a->limit;
+    a->args[1] = "60000";
+    a->args[2] = req->usage_id;
+    a->args[3] = a->prefix;
+    a->args[4] = q->no_cache ? "" : q->cache_hex;
+    a->args[5] = "0";
+    if (k != NULL) { /* the key's record names the same tenant (hash slot) */
+        aigw_apikey_window_key(t->id, k->id, a->key_rl, sizeof(a->key_rl));
+        aigw_apikey_revoked_key(t->id, k->id, a->key_revoked, sizeof(a->key_revoked));
+        snprintf(a->key_limit, sizeof(a->key_limit), "%d", k->requests_per_minute);
+        a->keys[3] = a->key_rl;
+        a->keys[4] = a->key_revoked;
+        a->args[5] = a->key_limit;
+        a->nkeys = 5;
+    }
+}
+
+static bool
+reply_ok(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 9)
+        return false;
+    for (size_t i = 0; i < 9; i++)
+        if (i != 3 && i != 4 && r->element[i]->type != REDIS_REPLY_INTEGER)
+            return false;
+    return true;
+}
+
+static enum aigw_rc
+refuse(struct aigw_req *req, bool by_key)
+{
+    struct aigw_query *q = req->q;
+    long retry = q->rl_reset_s > 0 ? q->rl_reset_s : 1;
+
+    aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%ld", retry));
+    aigw_metrics_rate_limited(req->srv->metrics, req->tenant->tier);
+    return aigw_req_fail_extra(req, 429, "rate_limited",
+                               json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)q->rl_limit, "retry_after",
+                                         (json_int_t)retry, "policy", by_key ? "api_key" : "tenant"),
+                               "%s of %ld requests per minute reached",
+                               by_key ? "the API key's rate limit" : "rate limit", q->rl_limit);
+}
+
 enum aigw_rc
 aigw_stage_admit(struct aigw_req *req)
 {
-    const struct aigw_tenant *t = req->tenant;
     struct aigw_query *q = req->q;
-    char rl_key[96], gen_key[96], q_key[96], prefix[96], limit[24];
-    const char *keys[3] = {rl_key, gen_key, q_key};
-    const char *args[5] = {limit, "60000", req->usage_id, prefix, q->no_cache ? "" : q->cache_hex};
+    struct admit_args a;
     redisContext *rc;
     redisReply *r;
+    bool by_key;
 
-    snprintf(rl_key, sizeof(rl_key), "aigw:{%s}:rl", t->id);
-    snprintf(gen_key, sizeof(gen_key), "aigw:{%s}:gen", t->id);
-    snprintf(prefix, sizeof(prefix), "aigw:{%s}:c:", t->id);
-    snprintf(limit, sizeof(limit), "%d", t->requests_per_minute);
-    aigw_quota_key(t->id, aigw_wall_s(), q_key, sizeof(q_key));
+    build_args(req, &a);
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         goto unavailable;
-    r = aigw_redis_eval(rc, &admit_script, 3, keys, 5, args);
+    r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, 6, a.args);
     aigw_redis_release(req->srv->redis, rc);
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 6 || r->element[0]->type != REDIS_REPLY_INTEGER) {
+    if (!reply_ok(r)) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
             aigw_log(LOG_ERR, "redis: admit script: %s", r->str);
         freeReplyObject(r);
         goto unavailable;
     }
+    if (r->element[8]->integer == 1) { /* revoked a moment ago: NOTIFY may not be here yet */
+        freeReplyObject(r);
+        req->authenticated = false; /* no usage row, no last_used_at */
+        return aigw_req_fail(req, 401, "unauthenticated", "API key revoked");
+    }
     q->admitted = r->element[0]->integer == 1;
-    q->rl_limit = t->requests_per_minute;
     q->rl_remaining = (long)r->element[1]->integer;
     q->rl_reset_s = (long)r->element[2]->integer;
     if (r->element[3]->type == REDIS_REPLY_STRING)
@@ -107,18 +202,12 @@ aigw_stage_admit(struct aigw_req *req)
     if (r->element[4]->type == REDIS_REPLY_STRING)
         q->cached = aigw_pool_strndup(req->pool, r->element[4]->str, r->element[4]->len);
     q->quota_used = r->element[5]->type == REDIS_REPLY_INTEGER ? (long)r->element[5]->integer : -1;
+    q->rl_limit = (long)r->element[6]->integer;
+    by_key = r->element[7]->integer == 1;
     freeReplyObject(r);
     add_ratelimit_headers(req);
-    if (!q->admitted) {
-        long retry = q->rl_reset_s > 0 ? q->rl_reset_s : 1;
-
-        aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%ld", retry));
-        aigw_metrics_rate_limited(req->srv->metrics, t->tier);
-        return aigw_req_fail_extra(req, 429, "rate_limited",
-                                   json_pack("{s:i, s:I}", "limit", t->requests_per_minute, "retry_after",
-                                             (json_int_t)retry),
-                                   "rate limit of %d requests per minute reached", t->requests_per_minute);
-    }
+    if (!q->admitted)
+        return refuse(req, by_key);
     return AIGW_OK;
 unavailable:
     aigw_req_add_header(req, "Retry-After", "1");

@@ -16,15 +16,6 @@
 
 static const char *const ROLES[] = {"system", "user", "assistant", "developer", "tool", NULL};
 
-enum aigw_rc
-aigw_stage_api_access(struct aigw_req *req)
-{
-    if (req->tenant->features & AIGW_FEAT_API_ACCESS)
-        return AIGW_OK;
-    return aigw_req_fail_extra(req, 403, "feature_not_in_plan", json_pack("{s:s}", "feature", "api_access"),
-                               "the OpenAI-compatible API is not in the %s plan", req->tenant->tier);
-}
-
 static bool
 known_role(const char *r)
 {
@@ -149,7 +140,7 @@ aigw_stage_validate_chat(struct aigw_req *req)
 
     q->route_label = "chat";
     q->respond = aigw_api_chat;
-    if ((rc = aigw_stage_api_access(req)) != AIGW_OK)
+    if ((rc = aigw_require_api_access(req)) != AIGW_OK)
         return rc;
     if ((rc = check_messages(req, json_object_get(body, "messages"))) != AIGW_OK ||
         (rc = check_max_tokens(req, body, &max_tokens)) != AIGW_OK || (rc = check_options(req, body, &cacheable)) != AIGW_OK)

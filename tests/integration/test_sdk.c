@@ -1,6 +1,6 @@
 /* test_sdk.c - the official OpenAI Node.js SDK (tests/sdk, installed from
- * npm by scripts/test.sh) against a running aigw: completions, streams, the
- * models list and typed errors (RateLimitError for a 429) */
+ * npm by scripts/test.sh) against a running aigw with API keys: completions,
+ * streams, the models list and typed errors (RateLimitError for a 429) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +20,7 @@ main(void)
     struct tl_resp r;
     char id[37], code[65], lid[37], lcode[65];
     const char *p[1] = {lid};
-    char *tok, *ltok, *cmd, line[512];
+    char *tok, *ltok, *cmd, line[512], key[128], lkey[128], kid[37];
     PGconn *owner = tl_pg_owner();
     int oks = 0, status;
     bool all_ok = false;
@@ -40,9 +40,15 @@ main(void)
     CHECK(r.status == 200, "the limited tenant's one request");
     tl_resp_free(&r);
 
+    /* the SDK authenticates with API keys (chat scope), as an enterprise client would */
+    CHECK(tl_api_key_create(gw.port, tok, "{\"name\":\"sdk\",\"scopes\":[\"chat\"]}", key, sizeof(key), kid) == 201,
+          "API key created");
+    CHECK(tl_api_key_create(gw.port, ltok, "{\"name\":\"sdk-limited\",\"scopes\":[\"chat\"]}", lkey, sizeof(lkey),
+                            kid) == 201,
+          "limited tenant's API key created");
     cmd = tl_sprintf("cd '%s' && AIGW_BASE_URL=http://127.0.0.1:%d/v1 AIGW_API_KEY='%s' AIGW_LIMITED_KEY='%s' "
                      "node openai_sdk.mjs 2>&1",
-                     sdk_dir, gw.port, tok, ltok);
+                     sdk_dir, gw.port, key, lkey);
     f = popen(cmd, "r");
     CHECK(f != NULL, "node runs");
     while (f != NULL && fgets(line, sizeof(line), f) != NULL) {

@@ -129,8 +129,9 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
     return rc == CURLE_OK ? 0 : -1;
 }
 
-int
-tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+/* A request without a body, with "Authorization: Bearer <token>" when token is set. */
+static int
+bodyless(int port, const char *method, const char *path, const char *token, struct tl_resp *out)
 {
     char auth[9000];
     const char *hdrs[2] = {NULL, NULL};
@@ -139,7 +140,13 @@ tl_get(int port, const char *path, const char *token, struct tl_resp *out)
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
         hdrs[0] = auth;
     }
-    return tl_http(port, "GET", path, hdrs, NULL, 0, out);
+    return tl_http(port, method, path, hdrs, NULL, 0, out);
+}
+
+int
+tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    return bodyless(port, "GET", path, token, out);
 }
 
 int
@@ -757,4 +764,50 @@ tl_pg_reconnect(PGconn **c)
         usleep(100 * 1000);
         PQreset(*c);
     }
+}
+
+/* ---- API keys ---- */
+
+int
+tl_key_request(int port, const char *method, const char *path, const char *key, bool bearer, const char *json,
+               struct tl_resp *out)
+{
+    char cred[512];
+    const char *hdrs[3] = {cred, json ? "Content-Type: application/json" : NULL, NULL};
+
+    snprintf(cred, sizeof(cred), bearer ? "Authorization: Bearer %s" : "X-API-Key: %s", key);
+    return tl_http(port, method, path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+int
+tl_delete(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    return bodyless(port, "DELETE", path, token, out);
+}
+
+void
+tl_expect(const char *name, const struct tl_resp *r, long status, const char *code)
+{
+    char got[64] = "";
+
+    CHECK(r->status == status, "%s: status %ld, want %ld (%s)", name, r->status, status, r->body);
+    if (code != NULL)
+        CHECK(tl_json_str(r, "error.code", got, sizeof(got)) && strcmp(got, code) == 0, "%s: code %s, want %s", name,
+              got, code);
+}
+
+long
+tl_api_key_create(int port, const char *token, const char *json, char *key, size_t cap, char id[37])
+{
+    struct tl_resp r;
+    long status;
+
+    tl_post(port, "/api/v1/api-keys", token, json, &r);
+    status = r.status;
+    if (status == 201) {
+        tl_json_str(&r, "key", key, cap);
+        tl_json_str(&r, "id", id, 37);
+    }
+    tl_resp_free(&r);
+    return status;
 }

@@ -122,3 +122,15 @@ void tl_post_parallel_two(int port1, int port2, const char *path, const char *to
 char *tl_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reconnect a connection after a PostgreSQL restart (same URL). */
 void tl_pg_reconnect(PGconn **c);
+
+/* Request with an API key: as "X-API-Key: <key>", or as "Authorization:
+ * Bearer <key>" when bearer. json (may be NULL) is sent as the body. */
+int tl_key_request(int port, const char *method, const char *path, const char *key, bool bearer, const char *json,
+                   struct tl_resp *out);
+/* DELETE with "Authorization: Bearer <token>" (token may be NULL). */
+int tl_delete(int port, const char *path, const char *token, struct tl_resp *out);
+/* CHECK that r has status and, when code is not NULL, error.code code. */
+void tl_expect(const char *name, const struct tl_resp *r, long status, const char *code);
+/* POST /api/v1/api-keys with token and body json; on 201 copies the key
+ * (cap bytes) and its id. Returns the HTTP status. */
+long tl_api_key_create(int port, const char *token, const char *json, char *key, size_t cap, char id[37]);
