@@ -6,14 +6,16 @@
 #   S1 cache-hit path: aigw vs nginx proxy_cache serving the same body
 #   S2 miss-path overhead: aigw vs the same OpenAI body straight to the mock
 #   S3 many slow requests: S3_CONNS connections, mock at 2 s per answer
-#   S4 streams (skipped until streaming lands)
+#   S4 streams: S4_STREAMS concurrent SSE streams through aigw vs straight
+#      to the mock: inter-token gap p99 (added by aigw), aigw peak RSS
 #   S5 instructions per cache-hit request under callgrind
 # Prints a table, writes bench/results/latest.json, appends S5 to
 # bench/results/history.jsonl.
 #
 # Environment (defaults): ROUNDS (3) DUR (8s) CONNS (64) S2_CONNS (16)
 #   S3_CONNS (10000) S3_DUR (15s) S3_ANSWER_MS (2000) S5_REQUESTS (2000)
-#   SKIP_S3=1 SKIP_S5=1 SKIP_BUILD=1 BENCH_STACK (bench)
+#   S4_STREAMS (1000) S4_TOKENS (30) S4_TOKEN_MS (100)
+#   SKIP_S3=1 SKIP_S4=1 SKIP_S5=1 SKIP_BUILD=1 BENCH_STACK (bench)
 set -euo pipefail
 
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -27,6 +29,9 @@ S3_CONNS="${S3_CONNS:-10000}"
 S3_DUR="${S3_DUR:-15s}"
 S3_ANSWER_MS="${S3_ANSWER_MS:-2000}"
 S5_REQUESTS="${S5_REQUESTS:-2000}"
+S4_STREAMS="${S4_STREAMS:-1000}"
+S4_TOKENS="${S4_TOKENS:-30}"
+S4_TOKEN_MS="${S4_TOKEN_MS:-100}"
 STACK="${BENCH_STACK:-bench}"
 results="$repo/bench/results"
 build="$repo/build-release"
@@ -81,7 +86,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     fi
     rm -f "$build_log"
 fi
-[[ -x "$build/aigw" && -x "$build/aigw-token" && -x "$build/tests/mock_upstream/mock-upstream" ]] \
+[[ -x "$build/aigw" && -x "$build/aigw-token" && -x "$build/tests/mock_upstream/mock-upstream" && -x "$build/sseload" ]] \
     || die "build-release is incomplete"
 
 # Many connections: soft fd limit up to the hard one (inherited by the stack, wrk, aigw).
@@ -344,7 +349,48 @@ if [[ "${SKIP_S3:-0}" != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- S4 streams
-echo "S4 skipped: streaming lands in Step 4"
+s4_json='{"skipped": true}'
+S4_LINE="S4 skipped (SKIP_S4=1)"
+if [[ "${SKIP_S4:-0}" != 1 ]]; then
+    mock_cfg "{\"first_token_ms\":0,\"token_latency_ms\":$S4_TOKEN_MS,\"tokens\":$S4_TOKENS,\"slots\":$mock_slots}"
+    start_gw s4 "$sd/spool-s4"; gw4_port="$gw_port"   # fresh process: VmHWM belongs to S4 alone
+    s4_body='{"stream":true,"messages":[{"role":"user","content":"S4 stream %d '"$RANDOM"'"}]}'
+    declare -a s4g_p99 s4d_p99 s4g_p50 s4d_p50 s4g_done=() s4d_done=()
+    s4_side() { # side round
+        local out="$runs/s4-$1-$2.json" port path hdr=()
+        if [[ "$1" == aigw ]]; then port="$gw4_port"; hdr=(-H "Authorization: Bearer $AIGW_BENCH_TOKEN")
+        else port="${AIGW_MOCK_URL##*:}"; fi
+        "$build/sseload" -p "$port" -P /v1/chat/completions -c "$S4_STREAMS" "${hdr[@]}" -b "$s4_body" -t 120 >"$out" \
+            || log "warning: sseload $1 round $2 failed"
+        if [[ "$1" == aigw ]]; then
+            s4g_p99+=("$(jq .gap_p99_ms "$out")"); s4g_p50+=("$(jq .gap_p50_ms "$out")"); s4g_done+=("$(jq .completed "$out")")
+        else
+            s4d_p99+=("$(jq .gap_p99_ms "$out")"); s4d_p50+=("$(jq .gap_p50_ms "$out")"); s4d_done+=("$(jq .completed "$out")")
+        fi
+        log "S4 round $2 $1: $(cat "$out")"
+    }
+    log "S4: $S4_STREAMS streams at once, $S4_TOKENS tokens every $S4_TOKEN_MS ms, $ROUNDS rounds per side"
+    for ((i = 1; i <= ROUNDS; i++)); do
+        if (( i % 2 )); then s4_side aigw "$i"; s4_side direct "$i"; else s4_side direct "$i"; s4_side aigw "$i"; fi
+    done
+    S4_HWM_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")"
+    S4_THREADS="$(awk '/^Threads:/ { print $2 }' "/proc/$gw_pid/status")"
+    stop_pid "$gw_pid" 15; gw_pid=""
+    mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
+    S4_G_P99="$(median "${s4g_p99[@]}")" S4_D_P99="$(median "${s4d_p99[@]}")"
+    S4_G_P50="$(median "${s4g_p50[@]}")" S4_D_P50="$(median "${s4d_p50[@]}")"
+    S4_ADD_P99="$(diffv "$S4_G_P99" "$S4_D_P99")"
+    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s' \
+        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS")"
+    s4_json="$(jq -n --argjson n "$S4_STREAMS" --argjson tok "$S4_TOKENS" --argjson ms "$S4_TOKEN_MS" \
+        --argjson g99 "$S4_G_P99" --argjson d99 "$S4_D_P99" --argjson g50 "$S4_G_P50" --argjson d50 "$S4_D_P50" \
+        --argjson add "$S4_ADD_P99" --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" \
+        --argjson gdone "$(median "${s4g_done[@]}")" --argjson ddone "$(median "${s4d_done[@]}")" '
+        {skipped: false, settings: {streams: $n, tokens: $tok, token_ms: $ms, route: "/v1/chat/completions stream:true",
+                                    client: "bench/sseload (epoll, one request per connection)"},
+         aigw: {gap_p99_ms: $g99, gap_p50_ms: $g50, completed: $gdone}, direct: {gap_p99_ms: $d99, gap_p50_ms: $d50, completed: $ddone},
+         added_gap_p99_ms: $add, aigw_peak_rss_kb: $hwm, aigw_threads: $thr}')"
+fi
 
 # ---------------------------------------------------------------- S5 instructions per request
 s5_json='{"skipped": true}'
@@ -425,7 +471,7 @@ S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
     printf '%-34s %14s %14s %12s\n' "S2 miss req/s" "$S2_G_RPS" "$S2_D_RPS" "$(ratio "$S2_G_RPS" "$S2_D_RPS")"
     printf '  (S2 reference = the mock called directly; last column = ms added by aigw)\n'
     printf '%s\n' "$S3_LINE"
-    printf '%s\n' "S4 skipped: streaming lands in Step 4"
+    printf '%s\n' "$S4_LINE"
     printf '%s\n' "$S5_LINE"
 } | tee "$sd/table.txt"
 
@@ -441,7 +487,7 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     --argjson d50 "$S2_D_P50" --argjson d99 "$S2_D_P99" --argjson drps "$S2_D_RPS" \
     --argjson add50 "$S2_ADD_P50" --argjson add99 "$S2_ADD_P99" \
     --argjson s2g_err "$(arr "${s2g_bad[@]}")" --argjson s2d_err "$(arr "${s2d_bad[@]}")" \
-    --argjson s3 "$s3_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" '
+    --argjson s3 "$s3_json" --argjson s4 "$s4_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" '
 {
   date: $date, git_rev: $rev, cores: $cores, rounds: $rounds, duration: $dur, nofile: $nofile,
   S1_cache_hit: {
@@ -458,7 +504,7 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     added_ms: {p50: $add50, p99: $add99}
   },
   S3_many_slow: $s3,
-  S4_streams: {skipped: true, reason: "streaming lands in Step 4"},
+  S4_streams: $s4,
   S5_instructions: $s5
 }' >"$results/latest.json"
 log "wrote $results/latest.json (raw wrk output in $runs)"
