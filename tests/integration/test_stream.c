@@ -21,7 +21,7 @@ static int port;
 static struct tl_aigw gw;
 
 static const char CONFIG[] =
-    "{\"upstream\":{\"timeout_ms\":5000,\"stream_idle_ms\":5000,\"stream_buffer_bytes\":8192,"
+    "{\"upstream\":{\"timeout_ms\":5000,\"stream_idle_ms\":1000,\"stream_buffer_bytes\":8192,"
     "\"queue_timeout_ms\":2000,\"health_interval_ms\":60000,\"fail_threshold\":1000,"
     "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
     "\"usage\":{\"flush_ms\":20}}";
@@ -268,6 +268,22 @@ test_failures(void)
           "each interrupted stream billed for the 2 tokens it delivered");
     CHECK(quota(id) == 3, "delivered streams keep their quota");
 
+    /* a stream that stalls before its first token (only the role chunk came):
+     * the idle timeout ends it as an ordinary 504, nothing billed */
+    {
+        int64_t t0;
+
+        tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":5,\"first_token_ms\":0,\"token_latency_ms\":8000}");
+        t0 = aigw_now_ms();
+        ask_stream(tok, "Will this stream stall?", &r);
+        CHECK(r.status == 504 && tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "upstream_timeout") == 0,
+              "stalled stream: 504 upstream_timeout (%ld %s)", r.status, r.body);
+        CHECK(aigw_now_ms() - t0 < 7500, "ended by the 1 s idle timeout, before the first token was due");
+        tl_resp_free(&r);
+        CHECK(count_rows(id, "NOT billed AND status_code = 504 AND error_code = 'upstream_timeout'", 1) == 1,
+              "stalled stream: row, not billed");
+    }
+
     /* failure before the first byte: an ordinary JSON error, nothing billed */
     tl_mock_config(mock, "{\"mode\":\"error500\"}");
     ask_stream(tok, "Is this stream going to fail early?", &r);
@@ -275,10 +291,10 @@ test_failures(void)
           "error before the first byte: 502 upstream_error JSON (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
     CHECK(count_rows(id, "status_code = 502 AND NOT billed", 1) == 1, "early failure: row, not billed");
-    CHECK(quota(id) == 3, "early failure: quota refunded");
+    CHECK(quota(id) == 3, "early failures: quota refunded");
 
     /* a failed stream is not cached */
-    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":3}");
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":3,\"token_latency_ms\":5}");
     ask_stream(tok, "What does error_midstream do to a stream?", &r);
     CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
           "an interrupted answer was not cached (%ld %s)", r.status, r.body);
