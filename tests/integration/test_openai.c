@@ -27,29 +27,6 @@ chat(const char *token, const char *body, struct tl_resp *r)
     return tl_post(port, "/v1/chat/completions", token, body, r);
 }
 
-static long
-rows(const char *tid, const char *where, long want)
-{
-    const char *p[1] = {tid};
-    char *sql = tl_sprintf("SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND %s", where);
-    long n = tl_wait_sql(owner, want, 3000, sql, 1, p);
-
-    free(sql);
-    return n;
-}
-
-static long
-quota(const char *tid)
-{
-    time_t now = time(NULL);
-    struct tm tm;
-    char month[8];
-
-    gmtime_r(&now, &tm);
-    strftime(month, sizeof(month), "%Y%m", &tm);
-    return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
-}
-
 /* OpenAI error shape: error.{message, type, param, code}. */
 static void
 expect_error(const char *name, const struct tl_resp *r, long status, const char *type, const char *param)
@@ -93,7 +70,7 @@ test_plain_and_cache(const char *tok, const char *tid)
               "model forwarded");
         tl_resp_free(&st);
     }
-    CHECK(rows(tid, "billed AND route = '/v1/chat/completions' AND completion_tokens > 0", 1) == 1, "billed row");
+    CHECK(tl_usage_rows(owner, tid, "billed AND route = '/v1/chat/completions' AND completion_tokens > 0", 1) == 1, "billed row");
 
     /* temperature 0: the same request is answered from the cache */
     chat(tok, body, &r);
@@ -114,7 +91,7 @@ test_plain_and_cache(const char *tok, const char *tid)
           "sampled request: MISS every time");
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 3, "sampled requests both went upstream");
-    CHECK(rows(tid, "billed", 3) == 3 && rows(tid, "NOT billed", 1) == 1, "3 billed rows, 1 hit row");
+    CHECK(tl_usage_rows(owner, tid, "billed", 3) == 3 && tl_usage_rows(owner, tid, "NOT billed", 1) == 1, "3 billed rows, 1 hit row");
 }
 
 /* Split an SSE body into its data payloads; false on bad framing. */
@@ -165,7 +142,7 @@ test_stream(const char *tok, const char *tid)
     CHECK(deltas == 6, "6 content chunks passed through (%d)", deltas);
     CHECK(!has_usage, "no usage chunk the client did not ask for");
     tl_resp_free(&r);
-    CHECK(rows(tid, "billed AND completion_tokens = 6 AND prompt_tokens > 0 AND success", 1) >= 1,
+    CHECK(tl_usage_rows(owner, tid, "billed AND completion_tokens = 6 AND prompt_tokens > 0 AND success", 1) >= 1,
           "stream billed with the upstream's token counts");
 
     /* asked for usage: the usage chunk comes through */
@@ -186,7 +163,7 @@ test_stream(const char *tok, const char *tid)
           "mid-stream failure: an OpenAI error event then [DONE]");
     tl_resp_free(&r);
     tl_mock_config(mock, "{\"mode\":\"ok\"}");
-    CHECK(rows(tid, "billed AND NOT success AND completion_tokens = 2", 1) == 1, "partial stream billed for 2 tokens");
+    CHECK(tl_usage_rows(owner, tid, "billed AND NOT success AND completion_tokens = 2", 1) == 1, "partial stream billed for 2 tokens");
 }
 
 static void
@@ -213,7 +190,7 @@ test_bad_input(const char *tok, const char *tid)
     long long calls = tl_mock_stat(mock, "chat_requests");
     const char *p[1] = {tid};
     long before = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
-    long q0 = quota(tid);
+    long q0 = tl_quota_used(tid);
     struct tl_resp r;
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -234,8 +211,8 @@ test_bad_input(const char *tok, const char *tid)
     expect_error("bad token", &r, 401, "authentication_error", NULL);
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "no bad request reached the upstream");
-    CHECK(rows(tid, "billed", before) == before, "nothing billed for bad input");
-    CHECK(quota(tid) == q0, "quota untouched by bad input");
+    CHECK(tl_usage_rows(owner, tid, "billed", before) == before, "nothing billed for bad input");
+    CHECK(tl_quota_used(tid) == q0, "quota untouched by bad input");
 }
 
 static void
@@ -255,7 +232,7 @@ test_gating(const char *tok_ent)
     tl_get(port, "/v1/models", tok, &r);
     CHECK(r.status == 403, "pro plan: /v1/models 403");
     tl_resp_free(&r);
-    CHECK(rows(id, "true", 0) == 0, "gated requests are not billed");
+    CHECK(tl_usage_rows(owner, id, "true", 0) == 0, "gated requests are not billed");
     free(tok);
 
     tl_get(port, "/v1/models", tok_ent, &r);

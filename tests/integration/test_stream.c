@@ -98,29 +98,6 @@ ask_stream(const char *token, const char *question, struct tl_resp *r)
     return rc;
 }
 
-static long
-count_rows(const char *tid, const char *where, long want)
-{
-    const char *p[1] = {tid};
-    char *sql = tl_sprintf("SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND %s", where);
-    long n = tl_wait_sql(owner, want, 3000, sql, 1, p);
-
-    free(sql);
-    return n;
-}
-
-static long
-quota(const char *tid)
-{
-    time_t now = time(NULL);
-    struct tm tm;
-    char month[8];
-
-    gmtime_r(&now, &tm);
-    strftime(month, sizeof(month), "%Y%m", &tm);
-    return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
-}
-
 static void
 test_stream_and_replay(void)
 {
@@ -161,9 +138,9 @@ test_stream_and_replay(void)
           "closing: request_id, model, query_type");
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
-    CHECK(count_rows(id, "billed AND completion_tokens = 12 AND status_code = 200 AND success", 1) == 1,
+    CHECK(tl_usage_rows(owner, id, "billed AND completion_tokens = 12 AND status_code = 200 AND success", 1) == 1,
           "one billed usage row with the stream's 12 tokens");
-    CHECK(quota(id) == 1, "quota counted once");
+    CHECK(tl_quota_used(id) == 1, "quota counted once");
 
     /* the cached answer replayed as a stream: same text, every field */
     ask_stream(tok, "how long do soft contact lenses last?", &r);
@@ -182,8 +159,8 @@ test_stream_and_replay(void)
     CHECK(json_is_true(json_object_get(last(&e2), "cached")), "replay: cached true");
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "replay: no upstream call");
-    CHECK(count_rows(id, "true", 2) == 2 && count_rows(id, "billed", 1) == 1, "replay logged, not billed");
-    CHECK(quota(id) == 1, "replay does not consume quota");
+    CHECK(tl_usage_rows(owner, id, "true", 2) == 2 && tl_usage_rows(owner, id, "billed", 1) == 1, "replay logged, not billed");
+    CHECK(tl_quota_used(id) == 1, "replay does not consume quota");
 
     /* the same question without stream gets the same text as JSON */
     tl_post(port, "/api/ai/query", tok, "{\"question\":\"How long do soft contact lenses last?\"}", &r);
@@ -229,7 +206,7 @@ test_single_flight(void)
     CHECK(ok == 5, "5 identical streams all get the whole answer (%d)", ok);
     CHECK(hits == 4, "4 of them coalesced onto the leader (%d)", hits);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call for 5 streams");
-    CHECK(count_rows(id, "billed", 1) == 1, "one billed row");
+    CHECK(tl_usage_rows(owner, id, "billed", 1) == 1, "one billed row");
     free(tok);
 }
 
@@ -264,9 +241,9 @@ test_failures(void)
         free(cfg);
         free(q);
     }
-    CHECK(count_rows(id, "billed AND NOT success AND status_code = 502 AND completion_tokens = 2", 3) == 3,
+    CHECK(tl_usage_rows(owner, id, "billed AND NOT success AND status_code = 502 AND completion_tokens = 2", 3) == 3,
           "each interrupted stream billed for the 2 tokens it delivered");
-    CHECK(quota(id) == 3, "delivered streams keep their quota");
+    CHECK(tl_quota_used(id) == 3, "delivered streams keep their quota");
 
     /* a stream that stalls before its first token (only the role chunk came):
      * the idle timeout ends it as an ordinary 504, nothing billed */
@@ -280,7 +257,7 @@ test_failures(void)
               "stalled stream: 504 upstream_timeout (%ld %s)", r.status, r.body);
         CHECK(aigw_now_ms() - t0 < 7500, "ended by the 1 s idle timeout, before the first token was due");
         tl_resp_free(&r);
-        CHECK(count_rows(id, "NOT billed AND status_code = 504 AND error_code = 'upstream_timeout'", 1) == 1,
+        CHECK(tl_usage_rows(owner, id, "NOT billed AND status_code = 504 AND error_code = 'upstream_timeout'", 1) == 1,
               "stalled stream: row, not billed");
     }
 
@@ -290,8 +267,8 @@ test_failures(void)
     CHECK(r.status == 502 && tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "upstream_error") == 0,
           "error before the first byte: 502 upstream_error JSON (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
-    CHECK(count_rows(id, "status_code = 502 AND NOT billed", 1) == 1, "early failure: row, not billed");
-    CHECK(quota(id) == 3, "early failures: quota refunded");
+    CHECK(tl_usage_rows(owner, id, "status_code = 502 AND NOT billed", 1) == 1, "early failure: row, not billed");
+    CHECK(tl_quota_used(id) == 3, "early failures: quota refunded");
 
     /* a failed stream is not cached */
     tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":3,\"token_latency_ms\":5}");
@@ -399,12 +376,12 @@ test_disconnect(void)
     }
     CHECK(seen >= 0 && seen <= 1000, "the upstream saw its connection closed within 1 s (%lld ms)", (long long)seen);
     CHECK(tl_mock_stat(mock, "chat_ok") == ok, "the upstream stream did not finish");
-    CHECK(count_rows(id, "status_code = 499 AND error_code = 'client_closed' AND billed AND completion_tokens >= 5 "
+    CHECK(tl_usage_rows(owner, id, "status_code = 499 AND error_code = 'client_closed' AND billed AND completion_tokens >= 5 "
                          "AND completion_tokens < 400",
                      1) == 1,
           "one usage row with the partial token count");
-    CHECK(count_rows(id, "true", 1) == 1, "exactly one row");
-    CHECK(quota(id) == 1, "the delivered part is billed");
+    CHECK(tl_usage_rows(owner, id, "true", 1) == 1, "exactly one row");
+    CHECK(tl_quota_used(id) == 1, "the delivered part is billed");
     free(tok);
 }
 
@@ -448,7 +425,7 @@ test_slow_reader(void)
     close(fd);
     /* without backpressure aigw would have pulled all 10k tokens into its
      * buffer within the 4 s; paused, it took only what fits the buffers */
-    CHECK(count_rows(id, "status_code = 499 AND billed AND completion_tokens > 0 AND completion_tokens < 5000", 1) == 1,
+    CHECK(tl_usage_rows(owner, id, "status_code = 499 AND billed AND completion_tokens > 0 AND completion_tokens < 5000", 1) == 1,
           "slow reader gone: one partial row, far fewer than 10k tokens pulled (upstream paused)");
     free(tok);
 }

@@ -811,3 +811,26 @@ tl_api_key_create(int port, const char *token, const char *json, char *key, size
     tl_resp_free(&r);
     return status;
 }
+
+long
+tl_usage_rows(PGconn *owner, const char *tid, const char *where, long want)
+{
+    const char *p[1] = {tid};
+    char *sql = tl_sprintf("SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND %s", where);
+    long n = tl_wait_sql(owner, want, 3000, sql, 1, p);
+
+    free(sql);
+    return n;
+}
+
+long long
+tl_quota_used(const char *tid)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    char month[8];
+
+    gmtime_r(&now, &tm);
+    strftime(month, sizeof(month), "%Y%m", &tm);
+    return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
+}

@@ -134,3 +134,9 @@ void tl_expect(const char *name, const struct tl_resp *r, long status, const cha
 /* POST /api/v1/api-keys with token and body json; on 201 copies the key
  * (cap bytes) and its id. Returns the HTTP status. */
 long tl_api_key_create(int port, const char *token, const char *json, char *key, size_t cap, char id[37]);
+
+/* ai_usage_logs rows of tenant tid matching the SQL condition where, polled
+ * until there are want of them or 3 s passed; returns the last count. */
+long tl_usage_rows(PGconn *owner, const char *tid, const char *where, long want);
+/* This UTC month's quota counter of tenant tid in Redis (-1 if missing). */
+long long tl_quota_used(const char *tid);
