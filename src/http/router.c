@@ -10,6 +10,12 @@
 #define CLINIC_POST(handler) \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, handler, NULL}
 
+#define TENANT_ADMIN_GET(handler) \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_tenant_admin, handler, NULL}
+#define PLATFORM_GET(handler) {aigw_stage_authenticate, aigw_stage_platform_admin, handler, NULL}
+#define PLATFORM_WRITE(handler) \
+    {aigw_stage_authenticate, aigw_stage_platform_admin, aigw_stage_json_body, handler, NULL}
+
 #define QUERY_ROUTE(validate)                                                                        \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, validate, aigw_stage_authorize,  \
      aigw_stage_admit,        aigw_stage_idempotency, aigw_stage_cache, aigw_stage_singleflight,         \
@@ -24,6 +30,14 @@ static const struct aigw_route routes[] = {
     {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
     {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
     {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},
+    {"GET", "/api/v1/audit-logs", TENANT_ADMIN_GET(aigw_api_audit_logs), NULL, false},
+    {"POST", "/api/v1/tenants", PLATFORM_WRITE(aigw_api_tenant_create), NULL, false},
+    {"GET", "/api/v1/tenants", PLATFORM_GET(aigw_api_tenant_list), NULL, false},
+    {"GET", "/api/v1/tenants/{}", PLATFORM_GET(aigw_api_tenant_get), NULL, false},
+    {"PUT", "/api/v1/tenants/{}", PLATFORM_WRITE(aigw_api_tenant_update), NULL, false},
+    {"POST", "/api/v1/tenants/{}/upgrade", PLATFORM_WRITE(aigw_api_tenant_upgrade), NULL, false},
+    {"GET", "/api/v1/tenants/{}/usage", PLATFORM_GET(aigw_api_tenant_usage), NULL, false},
+    {"GET", "/api/v1/plans", PLATFORM_GET(aigw_api_plans), NULL, false},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

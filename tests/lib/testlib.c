@@ -130,29 +130,52 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
 }
 
 int
-tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+tl_send(int port, const char *method, const char *path, const char *token, const char *json,
+        const char *const *extra_headers, struct tl_resp *out)
 {
     char auth[9000];
-    const char *hdrs[2] = {NULL, NULL};
+    const char *hdrs[16];
+    size_t n = 0;
 
+    if (json != NULL || strcmp(method, "GET") != 0)
+        hdrs[n++] = "Content-Type: application/json";
     if (token != NULL) {
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
-        hdrs[0] = auth;
+        hdrs[n++] = auth;
     }
-    return tl_http(port, "GET", path, hdrs, NULL, 0, out);
+    for (size_t i = 0; extra_headers != NULL && extra_headers[i] != NULL && n < 15; i++)
+        hdrs[n++] = extra_headers[i];
+    hdrs[n] = NULL;
+    return tl_http(port, method, path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+int
+tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    return tl_send(port, "GET", path, token, NULL, NULL, out);
 }
 
 int
 tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out)
 {
-    char auth[9000];
-    const char *hdrs[3] = {"Content-Type: application/json", NULL, NULL};
+    return tl_send(port, "POST", path, token, json, NULL, out);
+}
 
-    if (token != NULL) {
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
-        hdrs[1] = auth;
+void
+tl_expect(const char *what, const struct tl_resp *r, long status, const char *code, const char *field)
+{
+    char buf[512] = "";
+
+    CHECK(r->status == status, "%s: status %ld want %ld: %s", what, r->status, status, r->body);
+    if (code != NULL)
+        CHECK(tl_json_str(r, "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0, "%s: code %s want %s", what,
+              buf, code);
+    if (field != NULL) {
+        size_t n = strlen(field);
+
+        CHECK(tl_json_str(r, "error.message", buf, sizeof(buf)) && strncmp(buf, field, n) == 0 && buf[n] == ':',
+              "%s: message names %s: %s", what, field, r->body);
     }
-    return tl_http(port, "POST", path, hdrs, json, json ? strlen(json) : 0, out);
 }
 
 const char *
@@ -481,6 +504,27 @@ tl_token(const char *tenant, const char *role, long ttl)
     snprintf(claims, sizeof(claims), "{\"sub\":\"user-1\",\"tenant_id\":\"%s\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
              tenant, role, now, now + ttl);
     return tl_sign("HS256", "dev", secret, strlen(secret), claims);
+}
+
+char *
+tl_platform_token(const char *role, long ttl)
+{
+    const char *secret = tl_env("AIGW_PLATFORM_JWT_SECRET");
+    char claims[256];
+    long now = (long)time(NULL);
+
+    snprintf(claims, sizeof(claims), "{\"sub\":\"ops-1\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}", role, now,
+             now + ttl);
+    return tl_sign("HS256", "platform", secret, strlen(secret), claims);
+}
+
+long
+tl_count_rows(PGconn *owner, const char *table)
+{
+    char sql[128];
+
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+    return tl_sql_long(owner, sql, 0, NULL);
 }
 
 /* ---- Redis ---- */
