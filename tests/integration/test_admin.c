@@ -532,6 +532,58 @@ test_validation(void)
     }
 }
 
+/* The platform role: explicit, narrow, RLS still forced (sql/005_admin.sql). */
+static void
+expect_sql_error(PGconn *app, bool platform_role, const char *sql, const char *needle)
+{
+    PGresult *q;
+
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    if (platform_role)
+        PQclear(tl_sql(app, true, "SET LOCAL ROLE aigw_platform", 0, NULL));
+    q = tl_sql(app, false, sql, 0, NULL);
+    CHECK(PQresultStatus(q) == PGRES_FATAL_ERROR && strstr(PQresultErrorMessage(q), needle) != NULL, "%s: %s", sql,
+          PQresultErrorMessage(q));
+    PQclear(q);
+    PQclear(tl_sql(app, false, "ROLLBACK", 0, NULL));
+}
+
+static void
+test_privileges(void)
+{
+    PGconn *app = tl_pg_app();
+
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM pg_roles WHERE rolname = 'aigw_platform' AND NOT rolcanlogin"
+                             " AND NOT rolsuper AND NOT rolbypassrls", 0, NULL) == 1,
+          "aigw_platform: no login, no superuser, no BYPASSRLS");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM pg_roles WHERE rolname = 'aigw_app' AND NOT rolinherit", 0, NULL) == 1,
+          "aigw_app does not inherit the platform role's rights");
+    /* without the explicit switch: one tenant at most, and no plan changes */
+    CHECK(tl_sql_long(app, "SELECT count(*) FROM tenants", 0, NULL) == 0, "aigw_app alone sees no tenant");
+    expect_sql_error(app, false, "UPDATE tenants SET tier = 'enterprise' WHERE code = 'clinic_003'", "permission denied");
+    expect_sql_error(app, false, "INSERT INTO tenants (code, name, tier) VALUES ('rogue', 'Rogue', 'pro')",
+                     "permission denied");
+    /* with it: every tenant, but only the granted columns and tables */
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    PQclear(tl_sql(app, true, "SET LOCAL ROLE aigw_platform", 0, NULL));
+    CHECK(tl_sql_long(app, "SELECT count(*) FROM tenants", 0, NULL) == tl_count_rows(owner, "tenants"),
+          "the platform role lists every tenant");
+    PQclear(tl_sql(app, true, "COMMIT", 0, NULL));
+    CHECK(tl_sql_long(app, "SELECT count(*) FROM tenants", 0, NULL) == 0, "the switch ends with the transaction");
+    expect_sql_error(app, true, "DELETE FROM tenants WHERE code = 'clinic_004'", "permission denied");
+    expect_sql_error(app, true, "UPDATE tenants SET ai_queries_used = 0", "permission denied");
+    expect_sql_error(app, true, "UPDATE tenants SET code = 'renamed' WHERE code = 'clinic_004'", "permission denied");
+    expect_sql_error(app, true, "SELECT count(*) FROM ai_usage_logs", "permission denied");
+    expect_sql_error(app, true, "SELECT count(*) FROM users", "permission denied");
+    expect_sql_error(app, true, "SELECT count(*) FROM api_keys", "permission denied");
+    expect_sql_error(app, true, "SELECT count(*) FROM audit_logs", "permission denied");
+    expect_sql_error(app, true, "ALTER TABLE tenants NO FORCE ROW LEVEL SECURITY", "owner");
+    expect_sql_error(app, true, "INSERT INTO audit_logs (tenant_id, actor, action)"
+                                " VALUES ('11111111-1111-4111-8111-111111111111', 'x', 'x')",
+                     "row-level security");
+    PQfinish(app);
+}
+
 int
 main(void)
 {
@@ -549,6 +601,7 @@ main(void)
     pb = b.port;
     ops = tl_platform_token("platform_admin", 600);
 
+    test_privileges();
     test_plans();
     test_platform_identity();
     test_lifecycle();
