@@ -130,29 +130,31 @@ test_platform_identity(void)
              "{\"sub\":\"x\",\"role\":\"platform_admin\",\"tenant_id\":\"clinic_001\",\"exp\":%ld}", now + 600);
     with_tenant = tl_sign("HS256", "platform", psecret, strlen(psecret), claims);
     for (size_t i = 0; i < sizeof(ROUTES) / sizeof(ROUTES[0]); i++) {
-        const char *m = ROUTES[i][0], *path = ROUTES[i][1], *body = ROUTES[i][2];
+        const struct {
+            int port;
+            const char *token, *what;
+            long status;
+            const char *code;
+        } callers[] = {
+            {pa, clinic_admin, "clinic admin", 403, "forbidden"},
+            {pb, clinic_pa, "clinic key claiming platform_admin", 403, "forbidden"},
+            {pa, platform_admin_role, "platform key without role platform_admin", 403, "forbidden"},
+            {pa, NULL, "no token", 401, "unauthenticated"},
+            {pa, forged, "clinic secret signing as the platform key", 401, "unauthenticated"},
+            {pb, wrong_kid, "platform secret under a clinic kid", 401, "unauthenticated"},
+        };
 
-        tl_send(pa, m, path, clinic_admin, body, NULL, &r);
-        tl_expect(path, &r, 403, "forbidden", NULL);
-        CHECK(strstr(r.body, "clinic_002") == NULL && strstr(r.body, "Optical") == NULL &&
-                  strstr(r.body, "22222222-") == NULL,
-              "%s %s: a clinic token learns nothing: %s", m, path, r.body);
-        tl_resp_free(&r);
-        tl_send(pb, m, path, clinic_pa, body, NULL, &r);
-        tl_expect("clinic key claiming platform_admin", &r, 403, "forbidden", NULL);
-        tl_resp_free(&r);
-        tl_send(pa, m, path, platform_admin_role, body, NULL, &r);
-        tl_expect("platform key without role platform_admin", &r, 403, "forbidden", NULL);
-        tl_resp_free(&r);
-        tl_send(pa, m, path, NULL, body, NULL, &r);
-        tl_expect("no token", &r, 401, "unauthenticated", NULL);
-        tl_resp_free(&r);
-        tl_send(pa, m, path, forged, body, NULL, &r);
-        tl_expect("clinic secret signing as the platform key", &r, 401, "unauthenticated", NULL);
-        tl_resp_free(&r);
-        tl_send(pa, m, path, wrong_kid, body, NULL, &r);
-        tl_expect("platform secret under a clinic kid", &r, 401, "unauthenticated", NULL);
-        tl_resp_free(&r);
+        for (size_t k = 0; k < sizeof(callers) / sizeof(callers[0]); k++) {
+            char what[160];
+
+            snprintf(what, sizeof(what), "%s %s: %s", ROUTES[i][0], ROUTES[i][1], callers[k].what);
+            tl_send(callers[k].port, ROUTES[i][0], ROUTES[i][1], callers[k].token, ROUTES[i][2], NULL, &r);
+            tl_expect(what, &r, callers[k].status, callers[k].code, NULL);
+            CHECK(strstr(r.body, "clinic_002") == NULL && strstr(r.body, "Optical") == NULL &&
+                      strstr(r.body, "22222222-") == NULL,
+                  "%s: learns nothing: %s", what, r.body);
+            tl_resp_free(&r);
+        }
     }
     CHECK(counts_sum() == before, "refused platform calls wrote nothing");
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM tenants WHERE code = 'clinic_002' AND name = 'Optical Express'"
@@ -313,47 +315,38 @@ test_lifecycle(void)
     free(tok);
 }
 
+struct listing {
+    char last[80];
+    long seen;
+    bool ascending;
+};
+
+static void
+each_tenant(struct json_t *t, void *ctx)
+{
+    struct listing *l = ctx;
+    const char *c = json_string_value(json_object_get(t, "code"));
+
+    l->ascending &= c != NULL && strcmp(c, l->last) > 0;
+    snprintf(l->last, sizeof(l->last), "%s", c ? c : "");
+    l->seen++;
+}
+
 static void
 test_listing(void)
 {
-    char id[37], code[65], seen_last[80] = "", path[160], cursor[80] = "";
-    long total = tl_count_rows(owner, "tenants"), seen = 0;
-    bool ascending = true;
+    char id[37], code[65];
+    long total = tl_count_rows(owner, "tenants");
+    struct listing l = {"", 0, true};
     struct tl_resp r;
 
     for (int i = 0; i < 3; i++)
         tl_create_tenant(owner, "standard", "active", id, code);
     total += 3;
-    for (int page = 0; page < 1000; page++) {
-        json_t *root, *list, *t, *next;
-        size_t i;
-
-        snprintf(path, sizeof(path), "/api/v1/tenants?limit=2%s%s", cursor[0] ? "&after=" : "", cursor);
-        platform(page % 2 ? pb : pa, "GET", path, NULL, &r);
-        if (r.status != 200) {
-            tl_expect("list page", &r, 200, NULL, NULL);
-            tl_resp_free(&r);
-            break;
-        }
-        root = json_loads(r.body, 0, NULL);
-        list = json_object_get(root, "tenants");
-        CHECK(json_array_size(list) <= 2, "page bounded by limit");
-        json_array_foreach(list, i, t) {
-            const char *c = json_string_value(json_object_get(t, "code"));
-
-            ascending &= c != NULL && strcmp(c, seen_last) > 0;
-            snprintf(seen_last, sizeof(seen_last), "%s", c ? c : "");
-            seen++;
-        }
-        next = json_object_get(root, "next_after");
-        snprintf(cursor, sizeof(cursor), "%s", json_is_string(next) ? json_string_value(next) : "");
-        json_decref(root);
-        tl_resp_free(&r);
-        if (cursor[0] == '\0')
-            break;
-    }
-    CHECK(ascending, "keyset pages in strictly ascending code order, no repeats");
-    CHECK(seen == total, "the pages hold every tenant exactly once: %ld of %ld", seen, total);
+    CHECK(tl_walk_pages(pa, ops, "/api/v1/tenants?limit=2", 2, "tenants", "next_after", "after", each_tenant, &l) > 1,
+          "several pages");
+    CHECK(l.ascending, "keyset pages in strictly ascending code order, no repeats");
+    CHECK(l.seen == total, "the pages hold every tenant exactly once: %ld of %ld", l.seen, total);
     platform(pa, "GET", "/api/v1/tenants", NULL, &r);
     CHECK(r.status == 200 && strstr(r.body, "\"clinic_001\"") != NULL, "default page lists tenants");
     tl_resp_free(&r);

@@ -93,55 +93,43 @@ test_cache_invalidate(const char *a, const char *acode)
     free(optician);
 }
 
+struct trail {
+    const char *tid;
+    long seen, last, first;
+    bool ordered, own;
+};
+
+static void
+each_row(struct json_t *row, void *ctx)
+{
+    struct trail *t = ctx;
+    long id = (long)json_integer_value(json_object_get(row, "id"));
+    char idtext[32];
+    const char *p[2] = {t->tid, idtext};
+
+    snprintf(idtext, sizeof(idtext), "%ld", id);
+    t->ordered &= t->last == 0 || id < t->last;
+    t->own &= tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1 AND id = $2::bigint", 2, p) == 1;
+    if (t->first == 0)
+        t->first = id;
+    t->last = id;
+    t->seen++;
+}
+
 /* Walk every page; returns the rows seen, checks order and tenant. */
 static long
 walk_pages(const char *token, const char *tid, int limit, long *first_id)
 {
-    char path[128], cursor[32] = "";
-    long seen = 0, last = 0;
-    bool ordered = true, own = true;
+    struct trail t = {tid, 0, 0, 0, true, true};
+    char base[64];
 
-    *first_id = 0;
-    for (int page = 0; page < 1000; page++) {
-        struct tl_resp r;
-        json_t *root, *list, *row, *next;
-        size_t i;
-
-        snprintf(path, sizeof(path), "/api/v1/audit-logs?limit=%d%s%s", limit, cursor[0] ? "&before=" : "", cursor);
-        tl_get(port, path, token, &r);
-        if (r.status != 200) {
-            tl_expect("audit page", &r, 200, NULL, NULL);
-            tl_resp_free(&r);
-            break;
-        }
-        root = json_loads(r.body, 0, NULL);
-        list = json_object_get(root, "audit_logs");
-        CHECK(json_array_size(list) <= (size_t)limit, "page bounded by limit");
-        json_array_foreach(list, i, row) {
-            long id = (long)json_integer_value(json_object_get(row, "id"));
-            const char *p[2] = {tid, NULL};
-            char idtext[32];
-
-            snprintf(idtext, sizeof(idtext), "%ld", id);
-            p[1] = idtext;
-            ordered &= last == 0 || id < last;
-            own &= tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1 AND id = $2::bigint", 2,
-                               p) == 1;
-            if (*first_id == 0)
-                *first_id = id;
-            last = id;
-            seen++;
-        }
-        next = json_object_get(root, "next_before");
-        snprintf(cursor, sizeof(cursor), "%s", json_is_string(next) ? json_string_value(next) : "");
-        json_decref(root);
-        tl_resp_free(&r);
-        if (cursor[0] == '\0')
-            break;
-    }
-    CHECK(ordered, "newest first, strictly descending ids, no repeats");
-    CHECK(own, "every row shown belongs to the caller's tenant");
-    return seen;
+    snprintf(base, sizeof(base), "/api/v1/audit-logs?limit=%d", limit);
+    CHECK(tl_walk_pages(port, token, base, limit, "audit_logs", "next_before", "before", each_row, &t) > 0,
+          "pages read");
+    CHECK(t.ordered, "newest first, strictly descending ids, no repeats");
+    CHECK(t.own, "every row shown belongs to the caller's tenant");
+    *first_id = t.first;
+    return t.seen;
 }
 
 static void

@@ -518,6 +518,49 @@ tl_platform_token(const char *role, long ttl)
     return tl_sign("HS256", "platform", secret, strlen(secret), claims);
 }
 
+/* One page: the items to each(), the next cursor into cursor ("" at the end). */
+static bool
+walk_page(const struct tl_resp *r, int limit, const char *list_key, const char *cursor_key,
+          void (*each)(struct json_t *item, void *ctx), void *ctx, char *cursor, size_t cap)
+{
+    json_t *root = json_loads(r->body, 0, NULL), *list = json_object_get(root, list_key), *item, *next;
+    size_t i;
+    bool ok = json_is_array(list) && json_array_size(list) <= (size_t)limit;
+
+    CHECK(ok, "page of at most %d %s: %s", limit, list_key, r->body);
+    json_array_foreach(list, i, item)
+        each(item, ctx);
+    next = json_object_get(root, cursor_key);
+    snprintf(cursor, cap, "%s", json_is_string(next) ? json_string_value(next) : "");
+    json_decref(root);
+    return ok;
+}
+
+int
+tl_walk_pages(int port, const char *token, const char *first, int limit, const char *list_key,
+              const char *cursor_key, const char *cursor_arg, void (*each)(struct json_t *item, void *ctx),
+              void *ctx)
+{
+    char path[512], cursor[128] = "";
+    int pages = 0;
+
+    do {
+        struct tl_resp r;
+        bool ok;
+
+        snprintf(path, sizeof(path), "%s%s%s%s%s", first, cursor[0] ? "&" : "", cursor[0] ? cursor_arg : "",
+                 cursor[0] ? "=" : "", cursor);
+        tl_get(port, path, token, &r);
+        CHECK(r.status == 200, "page %s: %ld %s", path, r.status, r.body);
+        ok = r.status == 200 && walk_page(&r, limit, list_key, cursor_key, each, ctx, cursor, sizeof(cursor));
+        tl_resp_free(&r);
+        if (!ok)
+            return -1;
+        pages++;
+    } while (cursor[0] != '\0' && pages < 10000);
+    return pages;
+}
+
 long
 tl_count_rows(PGconn *owner, const char *table)
 {

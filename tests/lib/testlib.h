@@ -129,6 +129,15 @@ long tl_wait_sql(PGconn *c, long want, int timeout_ms, const char *sql, int n, c
 /* Like tl_post_parallel without extra headers, alternating between two ports. */
 void tl_post_parallel_two(int port1, int port2, const char *path, const char *token, const char *const *bodies, int n,
                           struct tl_resp *out);
+struct json_t;
+/* Walk a keyset-paged listing: GET first (a path with "?limit=..."), then
+ * first + "&<cursor_arg>=<cursor>" while the body's cursor_key is a string.
+ * each(item, ctx) runs for every element of the body's list_key array;
+ * checks every page is 200 and holds at most limit items. Returns the pages
+ * read, or -1 when one failed. */
+int tl_walk_pages(int port, const char *token, const char *first, int limit, const char *list_key,
+                  const char *cursor_key, const char *cursor_arg, void (*each)(struct json_t *item, void *ctx),
+                  void *ctx);
 /* Rows of a table (owner view, RLS does not apply). */
 long tl_count_rows(PGconn *owner, const char *table);
 /* malloc'd printf. */
