@@ -29,7 +29,8 @@ bool aigw_admin_is_code(const char *s);
 /* Answer a failed database step on conn (may be NULL: none could be had):
  * 503 service_unavailable + Retry-After when PostgreSQL is out of reach or
  * the connection broke, else 500 internal (a statement failed; logged by
- * pg.c). Call before releasing conn. Returns AIGW_DONE. */
+ * pg.c). Call before releasing conn (the release rolls back an unfinished
+ * transaction). Returns AIGW_DONE. */
 enum aigw_rc aigw_admin_db_fail(struct aigw_req *req, PGconn *conn);
 
 /* BEGIN a platform transaction on conn: SET LOCAL ROLE aigw_platform (the

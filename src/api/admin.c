@@ -42,7 +42,7 @@ aigw_admin_db_fail(struct aigw_req *req, PGconn *conn)
         aigw_req_add_header(req, "Retry-After", "1");
         return aigw_req_fail(req, 503, "service_unavailable", "the database is unavailable, retry shortly");
     }
-    return aigw_req_fail(req, 500, "internal", "the change could not be stored");
+    return aigw_req_fail(req, 500, "internal", "the database could not complete the request");
 }
 
 int
