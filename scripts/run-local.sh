@@ -22,22 +22,24 @@ fi
 set -a
 eval "$(bash scripts/devstack.sh --name dev env)"
 set +a
-# per-stack random signing secrets (clinic tokens, platform operator tokens):
-# demo tokens stay valid while the stack lives
-stack_secret() {
-    local f="$AIGW_STACK_DIR/$1"
-    [[ -s "$f" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$f")
-    cat "$f"
-}
-AIGW_JWT_SECRET="$(stack_secret jwt-secret)"
-AIGW_PLATFORM_JWT_SECRET="$(stack_secret platform-jwt-secret)"
-export AIGW_JWT_SECRET AIGW_PLATFORM_JWT_SECRET AIGW_PORT="$port" AIGW_SPOOL_DIR="$AIGW_STACK_DIR/spool"
+# the platform operator's signing secret (config key "platform"), per stack as well
+platform_file="$AIGW_STACK_DIR/platform-jwt-secret"
+[[ -s "$platform_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$platform_file")
+AIGW_PLATFORM_JWT_SECRET="$(cat "$platform_file")"
+export AIGW_PLATFORM_JWT_SECRET
+# a per-stack random signing secret: demo tokens stay valid while the stack lives
+secret_file="$AIGW_STACK_DIR/jwt-secret"
+[[ -s "$secret_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$secret_file")
+AIGW_JWT_SECRET="$(cat "$secret_file")"
+export AIGW_JWT_SECRET AIGW_PORT="$port" AIGW_SPOOL_DIR="$AIGW_STACK_DIR/spool"
 
 cat <<EOF_BANNER
 
 aigw local stack is up (PostgreSQL, Redis, mock model servers in $AIGW_STACK_DIR).
 Demo tokens (valid 12 h):
 EOF_BANNER
+ops="$(build/aigw-token -c config/aigw.json -k platform -u demo-operator -e 43200)"
+printf '  %-11s %-40s %s\n' "platform" "operator, /api/v1/tenants (platform_admin)" "$ops"
 first=""
 for t in "clinic_001 admin Vision Care Clinic (pro)" "clinic_002 admin Optical Express (enterprise)" \
          "clinic_003 optician Family Eye Center (standard)" "clinic_004 admin Closed Optics (suspended)"; do
@@ -46,13 +48,10 @@ for t in "clinic_001 admin Vision Care Clinic (pro)" "clinic_002 admin Optical E
     printf '  %-11s %-40s %s\n' "$code" "$label" "$tok"
     [[ -n "$first" ]] || first="$tok"
 done
-platform="$(build/aigw-token -c config/aigw.json -k platform -u demo-operator -e 43200)"
-printf '  %-11s %-40s %s\n' "platform" "platform operator (role platform_admin)" "$platform"
 cat <<EOF_BANNER
 
 Try:
   curl -s http://127.0.0.1:$port/api/ai/limits -H "Authorization: Bearer $first"
-  curl -s http://127.0.0.1:$port/api/v1/tenants -H "Authorization: Bearer $platform"
 
 Ctrl-C stops aigw and the stack (KEEP_STACK=1 keeps the stack).
 

@@ -11,14 +11,6 @@ enum aigw_rc aigw_api_healthz(struct aigw_req *req);
 enum aigw_rc aigw_api_readyz(struct aigw_req *req);
 /* GET /metrics: Prometheus text format 0.0.4 (no auth). */
 enum aigw_rc aigw_api_metrics(struct aigw_req *req);
-/* GET /api/ai/limits: the caller's plan, quota used and remaining. */
-enum aigw_rc aigw_api_limits(struct aigw_req *req);
-/* GET /api/ai/usage?period=day|week|month: the caller's tenant's usage
- * totals and per query type (RLS-scoped). */
-enum aigw_rc aigw_api_usage(struct aigw_req *req);
-/* POST /api/ai/cache/invalidate: bump the tenant's cache generation
- * (tenant admin or manager), with an audit row. */
-enum aigw_rc aigw_api_cache_invalidate(struct aigw_req *req);
 
 /* --- platform administration (stage aigw_stage_platform_admin before each) ---
  * {id} is a tenant's uuid or code; one that names no tenant answers 404. */
@@ -46,6 +38,15 @@ enum aigw_rc aigw_api_plans(struct aigw_req *req);
 /* GET /api/v1/audit-logs?limit=&before=: the tenant's audit trail, newest
  * first, keyset-paged (RLS-scoped). */
 enum aigw_rc aigw_api_audit_logs(struct aigw_req *req);
+
+/* GET /api/ai/limits: the caller's plan, quota used and remaining. */
+enum aigw_rc aigw_api_limits(struct aigw_req *req);
+/* GET /api/ai/usage?period=day|week|month: the caller's tenant's usage
+ * totals and per query type (RLS-scoped). */
+enum aigw_rc aigw_api_usage(struct aigw_req *req);
+/* POST /api/ai/cache/invalidate: bump the tenant's cache generation
+ * (tenant admin or manager), audited (cache.invalidate). */
+enum aigw_rc aigw_api_cache_invalidate(struct aigw_req *req);
 
 /* POST /api/ai/query and /api/ai/recommendation: answer from req->q. */
 enum aigw_rc aigw_api_query(struct aigw_req *req);

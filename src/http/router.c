@@ -30,14 +30,15 @@ static const struct aigw_route routes[] = {
     {"GET", "/api/ai/limits", CLINIC_GET(aigw_api_limits), NULL, false},
     {"GET", "/api/ai/usage", CLINIC_GET(aigw_api_usage), NULL, false},
     {"POST", "/api/ai/cache/invalidate", CLINIC_POST(aigw_api_cache_invalidate), NULL, false},
-    {"GET", "/api/v1/audit-logs", TENANT_ADMIN_GET(aigw_api_audit_logs), NULL, false},
-    {"POST", "/api/v1/tenants", PLATFORM_WRITE(aigw_api_tenant_create), NULL, false},
-    {"GET", "/api/v1/tenants", PLATFORM_GET(aigw_api_tenant_list), NULL, false},
-    {"GET", "/api/v1/tenants/{}", PLATFORM_GET(aigw_api_tenant_get), NULL, false},
-    {"PUT", "/api/v1/tenants/{}", PLATFORM_WRITE(aigw_api_tenant_update), NULL, false},
-    {"POST", "/api/v1/tenants/{}/upgrade", PLATFORM_WRITE(aigw_api_tenant_upgrade), NULL, false},
-    {"GET", "/api/v1/tenants/{}/usage", PLATFORM_GET(aigw_api_tenant_usage), NULL, false},
-    {"GET", "/api/v1/plans", PLATFORM_GET(aigw_api_plans), NULL, false},
+    /* administration: JWT only */
+    {.method = "GET", .path = "/api/v1/audit-logs", .stages = TENANT_ADMIN_GET(aigw_api_audit_logs)},
+    {.method = "POST", .path = "/api/v1/tenants", .stages = PLATFORM_WRITE(aigw_api_tenant_create)},
+    {.method = "GET", .path = "/api/v1/tenants", .stages = PLATFORM_GET(aigw_api_tenant_list)},
+    {.method = "GET", .path = "/api/v1/tenants/{}", .stages = PLATFORM_GET(aigw_api_tenant_get)},
+    {.method = "PUT", .path = "/api/v1/tenants/{}", .stages = PLATFORM_WRITE(aigw_api_tenant_update)},
+    {.method = "POST", .path = "/api/v1/tenants/{}/upgrade", .stages = PLATFORM_WRITE(aigw_api_tenant_upgrade)},
+    {.method = "GET", .path = "/api/v1/tenants/{}/usage", .stages = PLATFORM_GET(aigw_api_tenant_usage)},
+    {.method = "GET", .path = "/api/v1/plans", .stages = PLATFORM_GET(aigw_api_plans)},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

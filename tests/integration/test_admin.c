@@ -90,7 +90,7 @@ test_plans(void)
     json_t *root, *plans;
 
     platform(pa, "GET", "/api/v1/plans", NULL, &r);
-    tl_expect("plans", &r, 200, NULL, NULL);
+    tl_expect_field("plans", &r, 200, NULL, NULL);
     root = json_loads(r.body, 0, NULL);
     plans = json_object_get(root, "plans");
     CHECK(json_array_size(plans) == 3, "three plans: %s", r.body);
@@ -149,7 +149,7 @@ test_platform_identity(void)
 
             snprintf(what, sizeof(what), "%s %s: %s", ROUTES[i][0], ROUTES[i][1], callers[k].what);
             tl_send(callers[k].port, ROUTES[i][0], ROUTES[i][1], callers[k].token, ROUTES[i][2], NULL, &r);
-            tl_expect(what, &r, callers[k].status, callers[k].code, NULL);
+            tl_expect_field(what, &r, callers[k].status, callers[k].code, NULL);
             CHECK(strstr(r.body, "clinic_002") == NULL && strstr(r.body, "Optical") == NULL &&
                       strstr(r.body, "22222222-") == NULL,
                   "%s: learns nothing: %s", what, r.body);
@@ -163,13 +163,13 @@ test_platform_identity(void)
 
     /* platform tokens never act for a tenant */
     tl_get(pa, "/api/ai/limits", ops, &r);
-    tl_expect("platform token on a tenant route", &r, 403, "forbidden", NULL);
+    tl_expect_field("platform token on a tenant route", &r, 403, "forbidden", NULL);
     tl_resp_free(&r);
     tl_get(pa, "/api/ai/limits", with_tenant, &r);
-    tl_expect("platform token claiming a tenant", &r, 403, "forbidden", NULL);
+    tl_expect_field("platform token claiming a tenant", &r, 403, "forbidden", NULL);
     tl_resp_free(&r);
     tl_get(pa, "/api/v1/audit-logs", with_tenant, &r);
-    tl_expect("platform token on the tenant audit trail", &r, 403, "forbidden", NULL);
+    tl_expect_field("platform token on the tenant audit trail", &r, 403, "forbidden", NULL);
     tl_resp_free(&r);
 
     /* aigw-token mints platform tokens from the config (README) */
@@ -182,7 +182,7 @@ test_platform_identity(void)
             pclose(p);
         tok[strcspn(tok, "\n")] = '\0';
         tl_get(pb, "/api/v1/plans", tok, &r);
-        tl_expect("aigw-token platform token", &r, 200, NULL, NULL);
+        tl_expect_field("aigw-token platform token", &r, 200, NULL, NULL);
         tl_resp_free(&r);
     }
     free(clinic_admin);
@@ -209,7 +209,7 @@ test_lifecycle(void)
     snprintf(body, sizeof(body), "{\"code\":\"%s\",\"name\":\"Onboarded Optics\",\"tier\":\"standard\"}", code);
     snprintf(rid, sizeof(rid), "X-Request-Id: adm-create-%s", code);
     tl_send(pa, "POST", "/api/v1/tenants", ops, body, hdrs, &r);
-    tl_expect("onboard", &r, 201, NULL, NULL);
+    tl_expect_field("onboard", &r, 201, NULL, NULL);
     CHECK(tl_json_str(&r, "id", id, sizeof(id)) && strlen(id) == 36, "new tenant id: %s", r.body);
     CHECK(tl_json_str(&r, "tier", buf, sizeof(buf)) && strcmp(buf, "standard") == 0, "tier standard");
     CHECK(tl_json_str(&r, "status", buf, sizeof(buf)) && strcmp(buf, "active") == 0, "status active");
@@ -248,7 +248,7 @@ test_lifecycle(void)
     /* upgrade through A: A sees it on the next request, B right after the NOTIFY */
     snprintf(buf, sizeof(buf), "/api/v1/tenants/%s/upgrade", id);
     platform(pa, "POST", buf, "{\"tier\":\"pro\"}", &r);
-    tl_expect("upgrade", &r, 200, NULL, NULL);
+    tl_expect_field("upgrade", &r, 200, NULL, NULL);
     CHECK(tl_json_int(&r, "limits.monthly_query_limit", -9) == 500, "pro limit in force: %s", r.body);
     CHECK(tl_json_int(&r, "limits.used", -9) == used_before, "quota used carries over the upgrade");
     CHECK(tl_json_int(&r, "limits.remaining", -9) == 500 - used_before, "remaining under the new limit");
@@ -265,7 +265,7 @@ test_lifecycle(void)
 
     /* downgrade through B */
     platform(pb, "POST", buf, "{\"tier\":\"standard\"}", &r);
-    tl_expect("downgrade", &r, 200, NULL, NULL);
+    tl_expect_field("downgrade", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     now_on(pb, "downgraded, sales on B", tok, SALES, 403, "feature_not_in_plan");
     soon_on(pa, "downgraded, sales on A", tok, SALES, 403, "feature_not_in_plan");
@@ -275,7 +275,7 @@ test_lifecycle(void)
     snprintf(buf, sizeof(buf), "/api/v1/tenants/%s", id);
     snprintf(body, sizeof(body), KNOWLEDGE, 3);
     platform(pb, "PUT", buf, "{\"status\":\"suspended\"}", &r);
-    tl_expect("suspend", &r, 200, NULL, NULL);
+    tl_expect_field("suspend", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     now_on(pb, "suspended, on B", tok, body, 403, "tenant_inactive");
     soon_on(pa, "suspended, on A", tok, body, 403, "tenant_inactive");
@@ -286,13 +286,13 @@ test_lifecycle(void)
     /* a change to the same values writes nothing */
     audits = audit_rows(id, NULL);
     platform(pa, "PUT", buf, "{\"status\":\"suspended\"}", &r);
-    tl_expect("no-op update", &r, 200, NULL, NULL);
+    tl_expect_field("no-op update", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     CHECK(audit_rows(id, NULL) == audits, "no-op update leaves no audit row");
 
     /* reactivate and rename through A */
     platform(pa, "PUT", buf, "{\"status\":\"active\",\"name\":\"Renamed Optics\",\"overrides\":{\"max_tokens\":200}}", &r);
-    tl_expect("reactivate", &r, 200, NULL, NULL);
+    tl_expect_field("reactivate", &r, 200, NULL, NULL);
     CHECK(tl_json_int(&r, "limits.max_tokens", -1) == 200, "override in force: %s", r.body);
     tl_resp_free(&r);
     snprintf(body, sizeof(body), KNOWLEDGE, 4);
@@ -304,7 +304,7 @@ test_lifecycle(void)
 
     /* read by id and by code */
     platform(pb, "GET", buf, NULL, &r);
-    tl_expect("get by id", &r, 200, NULL, NULL);
+    tl_expect_field("get by id", &r, 200, NULL, NULL);
     CHECK(tl_json_str(&r, "name", body, sizeof(body)) && strcmp(body, "Renamed Optics") == 0, "renamed");
     CHECK(tl_json_int(&r, "limits.used", -1) >= 3, "quota used shown: %s", r.body);
     tl_resp_free(&r);
@@ -366,7 +366,7 @@ expect_rejected(int port, const char *method, const char *path, const struct bad
 
         snprintf(what, sizeof(what), "%s %s %s", method, path, cases[i].body);
         platform(port, method, path, cases[i].body, &r);
-        tl_expect(what, &r, 400, "invalid_request", cases[i].field);
+        tl_expect_field(what, &r, 400, "invalid_request", cases[i].field);
         tl_resp_free(&r);
         CHECK(counts_sum() == before, "%s: nothing written", what);
     }
@@ -424,11 +424,11 @@ test_validation(void)
     /* duplicate code: 409, nothing written */
     before = counts_sum();
     platform(pb, "POST", "/api/v1/tenants", "{\"code\":\"clinic_001\",\"name\":\"Dup\",\"tier\":\"standard\"}", &r);
-    tl_expect("duplicate code", &r, 409, "conflict", "code");
+    tl_expect_field("duplicate code", &r, 409, "conflict", "code");
     tl_resp_free(&r);
     CHECK(counts_sum() == before, "duplicate: nothing written");
     platform(pb, "POST", "/api/v1/tenants", "{\"code\":", &r);
-    tl_expect("broken JSON", &r, 400, "invalid_json", NULL);
+    tl_expect_field("broken JSON", &r, 400, "invalid_json", NULL);
     tl_resp_free(&r);
     CHECK(counts_sum() == before, "broken JSON: nothing written");
 
@@ -442,7 +442,7 @@ test_validation(void)
         snprintf(body + off, sizeof(body) - off, "\"}");
     }
     platform(pa, "POST", "/api/v1/tenants", body, &r);
-    tl_expect("200-character name", &r, 201, NULL, NULL);
+    tl_expect_field("200-character name", &r, 201, NULL, NULL);
     tl_json_str(&r, "id", id, sizeof(id));
     tl_resp_free(&r);
 
@@ -498,7 +498,7 @@ test_validation(void)
 
         for (size_t i = 0; i < sizeof(UNKNOWN) / sizeof(UNKNOWN[0]); i++) {
             platform(pa, UNKNOWN[i][0], UNKNOWN[i][1], UNKNOWN[i][2], &r);
-            tl_expect(UNKNOWN[i][1], &r, 404, "not_found", NULL);
+            tl_expect_field(UNKNOWN[i][1], &r, 404, "not_found", NULL);
             tl_resp_free(&r);
         }
     }
@@ -519,7 +519,7 @@ test_validation(void)
 
         for (size_t i = 0; i < sizeof(BAD_ARGS) / sizeof(BAD_ARGS[0]); i++) {
             platform(pb, "GET", BAD_ARGS[i][0], NULL, &r);
-            tl_expect(BAD_ARGS[i][0], &r, 400, "invalid_request", BAD_ARGS[i][1]);
+            tl_expect_field(BAD_ARGS[i][0], &r, 400, "invalid_request", BAD_ARGS[i][1]);
             tl_resp_free(&r);
         }
     }

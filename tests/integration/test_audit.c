@@ -55,7 +55,7 @@ test_cache_invalidate(const char *a, const char *acode)
 
     snprintf(rid, sizeof(rid), "aud-inv-%08x", (unsigned)rand());
     send_as("POST", "/api/ai/cache/invalidate", admin, NULL, rid, &r);
-    tl_expect("admin invalidates", &r, 200, NULL, NULL);
+    tl_expect_field("admin invalidates", &r, 200, NULL, NULL);
     gen = tl_json_int(&r, "generation", -1);
     CHECK(gen >= 1 && generation(a) == gen, "generation bumped to %lld", gen);
     tl_resp_free(&r);
@@ -76,7 +76,7 @@ test_cache_invalidate(const char *a, const char *acode)
 
     snprintf(rid, sizeof(rid), "aud-mgr-%08x", (unsigned)rand());
     send_as("POST", "/api/ai/cache/invalidate", manager, NULL, rid, &r);
-    tl_expect("manager invalidates", &r, 200, NULL, NULL);
+    tl_expect_field("manager invalidates", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1 AND request_id = $2"
                              " AND actor_role = 'manager'", 2, p) == 1,
@@ -85,7 +85,7 @@ test_cache_invalidate(const char *a, const char *acode)
     snprintf(rid, sizeof(rid), "aud-opt-%08x", (unsigned)rand());
     gen = generation(a);
     send_as("POST", "/api/ai/cache/invalidate", optician, NULL, rid, &r);
-    tl_expect("optician may not invalidate", &r, 403, "forbidden", NULL);
+    tl_expect_field("optician may not invalidate", &r, 403, "forbidden", NULL);
     tl_resp_free(&r);
     CHECK(rows_of(a, rid) == 0 && generation(a) == gen, "refused: no audit row, no invalidation");
     free(admin);
@@ -155,7 +155,7 @@ test_listing(const char *a, const char *acode, const char *b, const char *bcode)
                                                              1, pb),
           "B sees exactly its own rows");
     tl_get(port, "/api/v1/audit-logs", admin_a, &r);
-    tl_expect("default page", &r, 200, NULL, NULL);
+    tl_expect_field("default page", &r, 200, NULL, NULL);
     CHECK(strstr(r.body, "seed-b-") == NULL && strstr(r.body, "seed-a-7") != NULL, "A's page: own rows only");
     tl_resp_free(&r);
 
@@ -179,7 +179,7 @@ test_listing(const char *a, const char *acode, const char *b, const char *bcode)
 
         for (size_t i = 0; i < sizeof(BAD) / sizeof(BAD[0]); i++) {
             tl_get(port, BAD[i][0], admin_a, &r);
-            tl_expect(BAD[i][0], &r, 400, "invalid_request", BAD[i][1]);
+            tl_expect_field(BAD[i][0], &r, 400, "invalid_request", BAD[i][1]);
             tl_resp_free(&r);
         }
     }
@@ -190,7 +190,7 @@ test_listing(const char *a, const char *acode, const char *b, const char *bcode)
             char *tok = tl_token(acode, ROLES[i], 600);
 
             tl_get(port, "/api/v1/audit-logs", tok, &r);
-            tl_expect(ROLES[i], &r, 403, "forbidden", NULL);
+            tl_expect_field(ROLES[i], &r, 403, "forbidden", NULL);
             CHECK(strstr(r.body, "seed-") == NULL, "%s: nothing shown", ROLES[i]);
             tl_resp_free(&r);
             free(tok);
@@ -211,7 +211,7 @@ test_platform_change_visible(const char *a, const char *acode)
     snprintf(path, sizeof(path), "/api/v1/tenants/%s", a);
     snprintf(rid, sizeof(rid), "aud-ops-%08x", (unsigned)rand());
     send_as("PUT", path, ops, "{\"name\":\"Audited Name\",\"cache_ttl_s\":600}", rid, &r);
-    tl_expect("platform rename", &r, 200, NULL, NULL);
+    tl_expect_field("platform rename", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     tl_get(port, "/api/v1/audit-logs?limit=1", admin, &r);
     root = json_loads(r.body, 0, NULL);
@@ -261,13 +261,13 @@ test_atomicity(const char *a, const char *acode)
     before = rows_of(a, NULL);
 
     send_as("POST", "/api/ai/cache/invalidate", admin, NULL, "fail-audit-inv", &r);
-    tl_expect("invalidate, audit insert fails", &r, 500, "internal", NULL);
+    tl_expect_field("invalidate, audit insert fails", &r, 500, "internal", NULL);
     tl_resp_free(&r);
     CHECK(generation(a) == gen, "no audit row, no invalidation");
 
     snprintf(path, sizeof(path), "/api/v1/tenants/%s", a);
     send_as("PUT", path, ops, "{\"name\":\"Never Stored\",\"status\":\"suspended\"}", "fail-audit-put", &r);
-    tl_expect("update, audit insert fails", &r, 500, "internal", NULL);
+    tl_expect_field("update, audit insert fails", &r, 500, "internal", NULL);
     tl_resp_free(&r);
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM tenants WHERE id = $1 AND name = 'Audited Name'"
                              " AND status = 'active'", 1, p) == 1,
@@ -276,14 +276,14 @@ test_atomicity(const char *a, const char *acode)
         char *tok = tl_token(acode, "optician", 600);
 
         tl_get(port, "/api/ai/limits", tok, &r);
-        tl_expect("tenant still active on the gateway", &r, 200, NULL, NULL);
+        tl_expect_field("tenant still active on the gateway", &r, 200, NULL, NULL);
         tl_resp_free(&r);
         free(tok);
     }
 
     snprintf(path, sizeof(path), "/api/v1/tenants/%s/upgrade", a);
     send_as("POST", path, ops, "{\"tier\":\"enterprise\"}", "fail-audit-upg", &r);
-    tl_expect("upgrade, audit insert fails", &r, 500, "internal", NULL);
+    tl_expect_field("upgrade, audit insert fails", &r, 500, "internal", NULL);
     tl_resp_free(&r);
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM tenants WHERE id = $1 AND tier = 'pro'", 1, p) == 1,
           "the upgrade was rolled back with its audit row");
@@ -291,7 +291,7 @@ test_atomicity(const char *a, const char *acode)
     snprintf(code, sizeof(code), "aud_%08x", (unsigned)rand());
     snprintf(body, sizeof(body), "{\"code\":\"%s\",\"name\":\"Never Onboarded\",\"tier\":\"pro\"}", code);
     send_as("POST", "/api/v1/tenants", ops, body, "fail-audit-new", &r);
-    tl_expect("create, audit insert fails", &r, 500, "internal", NULL);
+    tl_expect_field("create, audit insert fails", &r, 500, "internal", NULL);
     tl_resp_free(&r);
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM tenants WHERE code = $1", 1, pc) == 0,
           "the new tenant was rolled back with its audit row");
@@ -299,7 +299,7 @@ test_atomicity(const char *a, const char *acode)
     snprintf(path, sizeof(path), "/api/v1/tenants/%s", a);
     snprintf(rid, sizeof(rid), "aud-chg-%08x", (unsigned)rand());
     send_as("PUT", path, ops, "{\"name\":\"fail-change now\"}", rid, &r);
-    tl_expect("update, the change itself fails", &r, 500, "internal", NULL);
+    tl_expect_field("update, the change itself fails", &r, 500, "internal", NULL);
     tl_resp_free(&r);
     CHECK(rows_of(a, NULL) == before, "no failed write left an audit row");
 
@@ -308,10 +308,10 @@ test_atomicity(const char *a, const char *acode)
 
     /* and with nothing in the way, the same writes always leave one */
     send_as("PUT", path, ops, "{\"name\":\"Stored Now\"}", "ok-audit-put", &r);
-    tl_expect("update succeeds", &r, 200, NULL, NULL);
+    tl_expect_field("update succeeds", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     send_as("POST", "/api/ai/cache/invalidate", admin, NULL, "ok-audit-inv", &r);
-    tl_expect("invalidate succeeds", &r, 200, NULL, NULL);
+    tl_expect_field("invalidate succeeds", &r, 200, NULL, NULL);
     tl_resp_free(&r);
     CHECK(rows_of(a, "ok-audit-put") == 1 && rows_of(a, "ok-audit-inv") == 1 && rows_of(a, NULL) == before + 2,
           "each successful write has exactly one audit row");

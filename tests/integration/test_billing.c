@@ -27,7 +27,7 @@ query(const char *token, const char *body, long status, const char *code, const 
     char buf[16];
 
     tl_post(port, "/api/ai/query", token, body, &r);
-    tl_expect(body, &r, status, code, NULL);
+    tl_expect_field(body, &r, status, code, NULL);
     if (cache != NULL)
         CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, cache) == 0, "%s: X-Cache %s", body,
               cache);
@@ -116,7 +116,7 @@ test_mixed_run(void)
 
     snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage", code);
     tl_get(port, path, ops, &r);
-    tl_expect("billing usage", &r, 200, NULL, NULL);
+    tl_expect_field("billing usage", &r, 200, NULL, NULL);
     body = json_loads(r.body, 0, NULL);
     /* what the run did, by construction */
     CHECK(num(body, "requests") == 12 && num(body, "billed_queries") == 5 && num(body, "cache_hits") == 2 &&

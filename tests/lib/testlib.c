@@ -130,6 +130,32 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
 }
 
 int
+tl_get(int port, const char *path, const char *token, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[2] = {NULL, NULL};
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[0] = auth;
+    }
+    return tl_http(port, "GET", path, hdrs, NULL, 0, out);
+}
+
+int
+tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[3] = {"Content-Type: application/json", NULL, NULL};
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[1] = auth;
+    }
+    return tl_http(port, "POST", path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+int
 tl_send(int port, const char *method, const char *path, const char *token, const char *json,
         const char *const *extra_headers, struct tl_resp *out)
 {
@@ -149,20 +175,8 @@ tl_send(int port, const char *method, const char *path, const char *token, const
     return tl_http(port, method, path, hdrs, json, json ? strlen(json) : 0, out);
 }
 
-int
-tl_get(int port, const char *path, const char *token, struct tl_resp *out)
-{
-    return tl_send(port, "GET", path, token, NULL, NULL, out);
-}
-
-int
-tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out)
-{
-    return tl_send(port, "POST", path, token, json, NULL, out);
-}
-
 void
-tl_expect(const char *what, const struct tl_resp *r, long status, const char *code, const char *field)
+tl_expect_field(const char *what, const struct tl_resp *r, long status, const char *code, const char *field)
 {
     char buf[512] = "";
 

@@ -46,7 +46,7 @@ int tl_send(int port, const char *method, const char *path, const char *token, c
 
 /* Check the exact status and, when code is not NULL, error.code; with field
  * not NULL also that error.message names it ("field: ..."). */
-void tl_expect(const char *what, const struct tl_resp *r, long status, const char *code, const char *field);
+void tl_expect_field(const char *what, const struct tl_resp *r, long status, const char *code, const char *field);
 
 /* A running aigw. */
 struct tl_aigw {
