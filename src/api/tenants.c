@@ -332,6 +332,7 @@ aigw_api_tenant_create(struct aigw_req *req)
     const char *params[8];
     PGconn *conn;
     PGresult *r;
+    json_t *body;
     enum aigw_rc rc;
     long rank;
     int found;
@@ -369,9 +370,11 @@ aigw_api_tenant_create(struct aigw_req *req)
     }
     if (audit(req, conn, id, "tenant.create", created_values(&f)) != 0 || commit(req, conn, id) != 0)
         goto fail;
+    aigw_pg_release(req->srv->pg, conn);
+    body = aigw_admin_json_cell(r, 0, 0);
+    add_quota(req, body, id);
     aigw_req_add_header(req, "Location", aigw_pool_printf(req->pool, "/api/v1/tenants/%s", id));
-    rc = aigw_req_json(req, 201, aigw_admin_json_cell(r, 0, 0));
-    goto out;
+    return aigw_req_json(req, 201, body);
 fail:
     rc = aigw_admin_db_fail(req, conn);
 out:

@@ -213,7 +213,8 @@ test_lifecycle(void)
     CHECK(tl_json_str(&r, "id", id, sizeof(id)) && strlen(id) == 36, "new tenant id: %s", r.body);
     CHECK(tl_json_str(&r, "tier", buf, sizeof(buf)) && strcmp(buf, "standard") == 0, "tier standard");
     CHECK(tl_json_str(&r, "status", buf, sizeof(buf)) && strcmp(buf, "active") == 0, "status active");
-    CHECK(tl_json_int(&r, "limits.monthly_query_limit", -9) == 100, "standard limit in force");
+    CHECK(tl_json_int(&r, "limits.monthly_query_limit", -9) == 100 && tl_json_int(&r, "limits.used", -9) == 0,
+          "standard limit in force, nothing used");
     CHECK(tl_resp_header(&r, "Location", buf, sizeof(buf)) && strstr(buf, id) != NULL, "Location names the tenant");
     tl_resp_free(&r);
     q = tl_sql(owner, true,
