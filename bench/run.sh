@@ -122,7 +122,8 @@ sd="$AIGW_STACK_DIR"
 runs="$results/runs"; rm -rf "$runs"; mkdir -p "$results" "$runs"
 
 AIGW_JWT_SECRET="$(head -c 48 /dev/urandom | base64 | tr -d '\n')"
-export AIGW_JWT_SECRET AIGW_LOG_LEVEL=warning
+AIGW_PLATFORM_JWT_SECRET="$(head -c 48 /dev/urandom | base64 | tr -d '\n')"
+export AIGW_JWT_SECRET AIGW_PLATFORM_JWT_SECRET AIGW_LOG_LEVEL=warning
 
 # Bench config: aigw's fds = inbound + upstream + a few; keep both under RLIMIT_NOFILE.
 up_conns=$(( nofile - S3_CONNS - 400 ))

@@ -22,6 +22,11 @@ fi
 set -a
 eval "$(bash scripts/devstack.sh --name dev env)"
 set +a
+# the platform operator's signing secret (config key "platform"), per stack as well
+platform_file="$AIGW_STACK_DIR/platform-jwt-secret"
+[[ -s "$platform_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$platform_file")
+AIGW_PLATFORM_JWT_SECRET="$(cat "$platform_file")"
+export AIGW_PLATFORM_JWT_SECRET
 # a per-stack random signing secret: demo tokens stay valid while the stack lives
 secret_file="$AIGW_STACK_DIR/jwt-secret"
 [[ -s "$secret_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$secret_file")
@@ -48,6 +53,8 @@ cat <<EOF_BANNER
 aigw local stack is up (PostgreSQL, Redis, mock model servers in $AIGW_STACK_DIR).
 Demo tokens (valid 12 h):
 EOF_BANNER
+ops="$(build/aigw-token -c config/aigw.json -k platform -u demo-operator -e 43200)"
+printf '  %-11s %-40s %s\n' "platform" "operator, /api/v1/tenants (platform_admin)" "$ops"
 first=""
 for t in "clinic_001 admin Vision Care Clinic (pro)" "clinic_002 admin Optical Express (enterprise)" \
          "clinic_003 optician Family Eye Center (standard)" "clinic_004 admin Closed Optics (suspended)"; do

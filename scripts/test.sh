@@ -33,7 +33,8 @@ eval "$(bash scripts/devstack.sh --name "$stack" env)"
 AIGW_STACK_NAME="$stack"
 set +a
 AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
-export AIGW_JWT_SECRET
+AIGW_PLATFORM_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+export AIGW_JWT_SECRET AIGW_PLATFORM_JWT_SECRET
 
 # the official OpenAI SDK for tests/integration/test_sdk.c, from npm (pinned by
 # tests/sdk/package-lock.json), installed next to the build

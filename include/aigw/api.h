@@ -11,13 +11,41 @@ enum aigw_rc aigw_api_healthz(struct aigw_req *req);
 enum aigw_rc aigw_api_readyz(struct aigw_req *req);
 /* GET /metrics: Prometheus text format 0.0.4 (no auth). */
 enum aigw_rc aigw_api_metrics(struct aigw_req *req);
+
+/* --- platform administration (stage aigw_stage_platform_admin before each) ---
+ * {id} is a tenant's uuid or code; one that names no tenant answers 404. */
+
+/* POST /api/v1/tenants {"code","name","tier", "status"?, "ai_enabled"?,
+ * "overrides"?, "cache_ttl_s"?} -> 201 tenant; 409 conflict on a taken code. */
+enum aigw_rc aigw_api_tenant_create(struct aigw_req *req);
+/* GET /api/v1/tenants?limit=&after=: every tenant by code, keyset-paged. */
+enum aigw_rc aigw_api_tenant_list(struct aigw_req *req);
+/* GET /api/v1/tenants/{id}: the tenant, its limits in force and quota used. */
+enum aigw_rc aigw_api_tenant_get(struct aigw_req *req);
+/* PUT /api/v1/tenants/{id} {name, status, ai_enabled, overrides, cache_ttl_s}
+ * (any subset; the plan changes only through upgrade). */
+enum aigw_rc aigw_api_tenant_update(struct aigw_req *req);
+/* POST /api/v1/tenants/{id}/upgrade {"tier"}: change the plan, up or down;
+ * the month's quota count carries over. */
+enum aigw_rc aigw_api_tenant_upgrade(struct aigw_req *req);
+/* GET /api/v1/tenants/{id}/usage?period=YYYY-MM: billing usage of a month. */
+enum aigw_rc aigw_api_tenant_usage(struct aigw_req *req);
+/* GET /api/v1/plans: every plan, by rank. */
+enum aigw_rc aigw_api_plans(struct aigw_req *req);
+
+/* --- tenant administration (after aigw_stage_tenant_admin) --- */
+
+/* GET /api/v1/audit-logs?limit=&before=: the tenant's audit trail, newest
+ * first, keyset-paged (RLS-scoped). */
+enum aigw_rc aigw_api_audit_logs(struct aigw_req *req);
+
 /* GET /api/ai/limits: the caller's plan, quota used and remaining. */
 enum aigw_rc aigw_api_limits(struct aigw_req *req);
 /* GET /api/ai/usage?period=day|week|month: the caller's tenant's usage
  * totals and per query type (RLS-scoped). */
 enum aigw_rc aigw_api_usage(struct aigw_req *req);
 /* POST /api/ai/cache/invalidate: bump the tenant's cache generation
- * (tenant admin or manager). */
+ * (tenant admin or manager), audited (cache.invalidate). */
 enum aigw_rc aigw_api_cache_invalidate(struct aigw_req *req);
 
 /* POST /api/v1/api-keys (tenant admin, plan with api_access): validate

@@ -15,8 +15,8 @@ struct aigw_audit_entry {
                             * created values; NULL means {} */
 };
 
-/* Insert the audit row for req's caller (actor = the token's sub, or
- * "api_key:<id>"; role; client IP; User-Agent; request id) on conn. conn
+/* Insert the audit row for req's caller (actor = the token's sub,
+ * "platform:<sub>" for a platform operator's token, or "api_key:<id>"; role; client IP; User-Agent; request id) on conn. conn
  * must be inside the transaction of the change, begun with
  * aigw_pg_begin_tenant(conn, e->tenant_id), so the row and the change
  * commit or vanish together. Returns 0, or -1 (logged); on -1 the caller

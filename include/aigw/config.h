@@ -19,6 +19,9 @@ struct aigw_jwt_key {
     jwt_alg_t alg;         /* JWT_ALG_HS256, _RS256 or _ES256, never NONE */
     unsigned char *key;    /* HS: secret bytes; RS/ES: SPKI PEM text */
     size_t key_len;
+    bool platform;         /* "platform": true - signs platform-operator tokens only: a token it
+                            * verifies may reach the platform routes (with role platform_admin)
+                            * and never a tenant's; clinic keys never reach platform routes */
 };
 
 struct aigw_backend_cfg {

@@ -17,13 +17,15 @@ struct aigw_claims {
     char role[32];         /* "role"; may be empty */
     char kid[64];          /* the key that verified it */
     int64_t exp;
+    bool platform_key;     /* verified by a key marked "platform" in the config */
 };
 
 /* Verify token (len bytes, not necessarily NUL-terminated) against the keys of
  * cfg at wall-clock time now: the header's alg must equal the pinned alg of
  * the key chosen by kid, the signature must verify, exp is required and
  * checked, nbf/iat checked when present (leeway from cfg), iss/aud when
- * configured, tenant_id required. Returns 0 and fills *out, or -1 with a
+ * configured, tenant_id required (except from a platform key, whose tokens
+ * act for no tenant). Returns 0 and fills *out, or -1 with a
  * short static reason in *why (safe to log: never contains token bytes). */
 int aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, int64_t now,
                     struct aigw_claims *out, const char **why);

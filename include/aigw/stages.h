@@ -25,6 +25,15 @@ enum aigw_rc aigw_require_api_access(struct aigw_req *req);
  * limited) into req->json; an empty body becomes {}. 400 invalid_json. */
 enum aigw_rc aigw_stage_json_body(struct aigw_req *req);
 
+/* --- administration --- */
+
+/* Platform operators only: the token was verified by a key configured with
+ * "platform": true AND carries role platform_admin. 403 forbidden otherwise
+ * (a clinic key never qualifies, whatever role it claims). */
+enum aigw_rc aigw_stage_platform_admin(struct aigw_req *req);
+/* Tenant admins only (role admin); runs after aigw_stage_tenant. 403 forbidden. */
+enum aigw_rc aigw_stage_tenant_admin(struct aigw_req *req);
+
 /* --- the query path (/api/ai/query, /api/ai/recommendation) --- */
 
 /* A fresh req->q (pool-owned) answered by aigw_api_query by default. */

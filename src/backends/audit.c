@@ -18,11 +18,13 @@ aigw_audit_insert(PGconn *conn, struct aigw_req *req, const struct aigw_audit_en
 {
     char ip[INET6_ADDRSTRLEN];
     const char *ua = aigw_req_header(req, "User-Agent");
-    const char *actor = req->claims.sub[0] != '\0' ? req->claims.sub : "unknown";
-    char ua_cut[256];
+    const char *sub = req->claims.sub[0] != '\0' ? req->claims.sub : "unknown";
+    char ua_cut[256], actor[sizeof(req->claims.sub) + 16];
     const char *params[9];
     PGresult *r;
 
+    /* the platform operator's staff share no user namespace with a clinic's */
+    snprintf(actor, sizeof(actor), "%s%s", req->claims.platform_key ? "platform:" : "", sub);
     aigw_req_client_ip(req, ip, sizeof(ip));
     if (ua != NULL) { /* bounded, and cut at a UTF-8 boundary so the text stays valid */
         size_t n = strlen(ua);

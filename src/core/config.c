@@ -190,11 +190,15 @@ static void
 parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
 {
     static const char *const allowed[] = {"kid", "alg", "secret", "secret_file",
-                                          "public_key", "public_key_file", NULL};
+                                          "public_key", "public_key_file", "platform", NULL};
     char where[32], *kid = NULL, *alg = NULL, *secret = NULL, *file = NULL, *pem = NULL;
+    json_t *platform = json_object_get(k, "platform");
 
     snprintf(where, sizeof(where), "jwt.keys[%zu]", idx);
     check_keys(c, k, where, allowed);
+    if (platform != NULL && !json_is_boolean(platform))
+        fail(c, "%s: platform must be a boolean", where);
+    key->platform = json_is_true(platform);
     get_str(c, k, "kid", &kid);
     get_str(c, k, "alg", &alg);
     get_str(c, k, "secret", &secret);
@@ -246,6 +250,25 @@ out:
     free(secret);
     free(file);
     free(pem);
+}
+
+/* A platform key must not share its key material with a clinic key: whoever
+ * holds a clinic secret could otherwise sign platform tokens (kid is just a
+ * header the signer chooses). */
+static void
+check_platform_keys(struct ctx *c, const struct aigw_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_jwt_keys; i++) {
+        const struct aigw_jwt_key *p = &cfg->jwt_keys[i];
+
+        for (size_t j = 0; p->platform && j < cfg->n_jwt_keys; j++) {
+            const struct aigw_jwt_key *o = &cfg->jwt_keys[j];
+
+            if (!o->platform && o->key_len == p->key_len && o->key != NULL && p->key != NULL &&
+                memcmp(o->key, p->key, p->key_len) == 0)
+                fail(c, "jwt.keys[%zu]: a platform key must not share its key with a clinic key", i);
+        }
+    }
 }
 
 static void
@@ -506,6 +529,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                     if (strcmp(cfg->jwt_keys[j].kid, cfg->jwt_keys[i].kid) == 0)
                         fail(&c, "jwt.keys: duplicate kid \"%s\"", cfg->jwt_keys[i].kid);
             }
+            check_platform_keys(&c, cfg);
         }
     }
     if ((sec = SECTION("tenants", tenants_k)) != NULL)

@@ -179,7 +179,9 @@ aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, in
         *why = "wrong audience";
         goto out;
     }
-    if (copy_claim(j, "tenant_id", out->tenant, sizeof(out->tenant)) != 1 || out->tenant[0] == '\0') {
+    /* a platform key's tokens act for no tenant, so they need no tenant_id */
+    r = copy_claim(j, "tenant_id", out->tenant, sizeof(out->tenant));
+    if (r < 0 || (!key->platform && (r == 0 || out->tenant[0] == '\0'))) {
         *why = "tenant_id claim missing or invalid";
         goto out;
     }
@@ -191,6 +193,7 @@ aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, in
     }
     memcpy(out->kid, key->kid, sizeof(out->kid));
     out->exp = exp;
+    out->platform_key = key->platform;
     *why = NULL;
     rc = 0;
 out:

@@ -10,6 +10,12 @@
 #define CLINIC_POST(handler) \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, handler, NULL}
 
+#define TENANT_ADMIN_GET(handler) \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_tenant_admin, handler, NULL}
+#define PLATFORM_GET(handler) {aigw_stage_authenticate, aigw_stage_platform_admin, handler, NULL}
+#define PLATFORM_WRITE(handler) \
+    {aigw_stage_authenticate, aigw_stage_platform_admin, aigw_stage_json_body, handler, NULL}
+
 #define QUERY_ROUTE(validate)                                                                        \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, validate, aigw_stage_authorize,  \
      aigw_stage_admit,        aigw_stage_idempotency, aigw_stage_cache, aigw_stage_singleflight,         \
@@ -41,6 +47,15 @@ static const struct aigw_route routes[] = {
     {.method = "POST", .path = "/api/v1/api-keys", .stages = CLINIC_POST(aigw_api_keys_create)},
     {.method = "GET", .path = "/api/v1/api-keys", .stages = CLINIC_GET(aigw_api_keys_list)},
     {.method = "DELETE", .path = "/api/v1/api-keys/{}", .stages = CLINIC_GET(aigw_api_keys_revoke)},
+    /* administration: JWT only */
+    {.method = "GET", .path = "/api/v1/audit-logs", .stages = TENANT_ADMIN_GET(aigw_api_audit_logs)},
+    {.method = "POST", .path = "/api/v1/tenants", .stages = PLATFORM_WRITE(aigw_api_tenant_create)},
+    {.method = "GET", .path = "/api/v1/tenants", .stages = PLATFORM_GET(aigw_api_tenant_list)},
+    {.method = "GET", .path = "/api/v1/tenants/{}", .stages = PLATFORM_GET(aigw_api_tenant_get)},
+    {.method = "PUT", .path = "/api/v1/tenants/{}", .stages = PLATFORM_WRITE(aigw_api_tenant_update)},
+    {.method = "POST", .path = "/api/v1/tenants/{}/upgrade", .stages = PLATFORM_WRITE(aigw_api_tenant_upgrade)},
+    {.method = "GET", .path = "/api/v1/tenants/{}/usage", .stages = PLATFORM_GET(aigw_api_tenant_usage)},
+    {.method = "GET", .path = "/api/v1/plans", .stages = PLATFORM_GET(aigw_api_plans)},
 };
 
 /* Match path against pattern segment by segment; "{}" captures one segment. */

@@ -21,8 +21,12 @@ enum aigw_rc
 aigw_stage_tenant(struct aigw_req *req)
 {
     struct aigw_tenant *t = NULL;
-    int rc = aigw_tenant_get(req->srv->tenants, req->srv->pg, req->claims.tenant, &t);
+    int rc;
 
+    /* platform-operator tokens never act for a tenant, whatever they claim */
+    if (req->claims.platform_key)
+        return aigw_req_fail(req, 403, "forbidden", "platform tokens cannot use tenant routes");
+    rc = aigw_tenant_get(req->srv->tenants, req->srv->pg, req->claims.tenant, &t);
     if (rc < 0) {
         aigw_req_add_header(req, "Retry-After", "1");
         return aigw_req_fail(req, 503, "service_unavailable", "tenant data is unavailable, retry shortly");

@@ -14,10 +14,12 @@ usage(FILE *f)
 {
     fprintf(f,
             "usage: aigw-token -c CONFIG -t TENANT [options]\n"
+            "       aigw-token -c CONFIG -k PLATFORM_KID [options]   (a platform operator's token)\n"
             "  -c, --config PATH       aigw configuration with the signing key (HS256 secret)\n"
-            "  -t, --tenant REF        tenant_id claim: tenant uuid or code (clinic_001)\n"
+            "  -t, --tenant REF        tenant_id claim: tenant uuid or code (clinic_001);\n"
+            "                          not needed with a key marked \"platform\"\n"
             "  -u, --user ID           sub claim (default: user-1)\n"
-            "  -r, --role ROLE         role claim (default: admin)\n"
+            "  -r, --role ROLE         role claim (default: admin; platform_admin with a platform key)\n"
             "  -k, --kid KID           key to sign with (default: the first configured key)\n"
             "  -e, --ttl SECONDS       lifetime (default 3600); exp = now + ttl\n"
             "  -p, --private-key PEM   private key file for RS256/ES256 keys\n"
@@ -48,7 +50,7 @@ main(int argc, char **argv)
         {"private-key", required_argument, NULL, 'p'}, {"claims", required_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    const char *config = NULL, *tenant = NULL, *user = "user-1", *role = "admin", *kid = NULL;
+    const char *config = NULL, *tenant = NULL, *user = "user-1", *role = NULL, *kid = NULL;
     const char *pkfile = NULL, *extra = NULL;
     long ttl = 3600;
     struct aigw_config cfg;
@@ -80,7 +82,7 @@ main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (config == NULL || (tenant == NULL && extra == NULL)) {
+    if (config == NULL || (tenant == NULL && extra == NULL && kid == NULL)) {
         usage(stderr);
         return 2;
     }
@@ -93,6 +95,12 @@ main(int argc, char **argv)
         fprintf(stderr, "aigw-token: no key with kid %s\n", kid);
         goto out;
     }
+    if (tenant == NULL && extra == NULL && !key->platform) {
+        fprintf(stderr, "aigw-token: -t TENANT is required (key %s is not a platform key)\n", key->kid);
+        goto out;
+    }
+    if (role == NULL)
+        role = key->platform ? "platform_admin" : "admin";
     if (key->alg != JWT_ALG_HS256) {
         if (pkfile == NULL || (pk = slurp(pkfile, &pklen)) == NULL) {
             fprintf(stderr, "aigw-token: key %s is %s: give its private key with --private-key\n", key->kid,

@@ -162,6 +162,43 @@ tl_post(int port, const char *path, const char *token, const char *json, struct 
     return tl_http(port, "POST", path, hdrs, json, json ? strlen(json) : 0, out);
 }
 
+int
+tl_send(int port, const char *method, const char *path, const char *token, const char *json,
+        const char *const *extra_headers, struct tl_resp *out)
+{
+    char auth[9000];
+    const char *hdrs[16];
+    size_t n = 0;
+
+    if (json != NULL || strcmp(method, "GET") != 0)
+        hdrs[n++] = "Content-Type: application/json";
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[n++] = auth;
+    }
+    for (size_t i = 0; extra_headers != NULL && extra_headers[i] != NULL && n < 15; i++)
+        hdrs[n++] = extra_headers[i];
+    hdrs[n] = NULL;
+    return tl_http(port, method, path, hdrs, json, json ? strlen(json) : 0, out);
+}
+
+void
+tl_expect_field(const char *what, const struct tl_resp *r, long status, const char *code, const char *field)
+{
+    char buf[512] = "";
+
+    CHECK(r->status == status, "%s: status %ld want %ld: %s", what, r->status, status, r->body);
+    if (code != NULL)
+        CHECK(tl_json_str(r, "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0, "%s: code %s want %s", what,
+              buf, code);
+    if (field != NULL) {
+        size_t n = strlen(field);
+
+        CHECK(tl_json_str(r, "error.message", buf, sizeof(buf)) && strncmp(buf, field, n) == 0 && buf[n] == ':',
+              "%s: message names %s: %s", what, field, r->body);
+    }
+}
+
 const char *
 tl_resp_header(const struct tl_resp *r, const char *name, char *buf, size_t cap)
 {
@@ -488,6 +525,70 @@ tl_token(const char *tenant, const char *role, long ttl)
     snprintf(claims, sizeof(claims), "{\"sub\":\"user-1\",\"tenant_id\":\"%s\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
              tenant, role, now, now + ttl);
     return tl_sign("HS256", "dev", secret, strlen(secret), claims);
+}
+
+char *
+tl_platform_token(const char *role, long ttl)
+{
+    const char *secret = tl_env("AIGW_PLATFORM_JWT_SECRET");
+    char claims[256];
+    long now = (long)time(NULL);
+
+    snprintf(claims, sizeof(claims), "{\"sub\":\"ops-1\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}", role, now,
+             now + ttl);
+    return tl_sign("HS256", "platform", secret, strlen(secret), claims);
+}
+
+/* One page: the items to each(), the next cursor into cursor ("" at the end). */
+static bool
+walk_page(const struct tl_resp *r, int limit, const char *list_key, const char *cursor_key,
+          void (*each)(struct json_t *item, void *ctx), void *ctx, char *cursor, size_t cap)
+{
+    json_t *root = json_loads(r->body, 0, NULL), *list = json_object_get(root, list_key), *item, *next;
+    size_t i;
+    bool ok = json_is_array(list) && json_array_size(list) <= (size_t)limit;
+
+    CHECK(ok, "page of at most %d %s: %s", limit, list_key, r->body);
+    json_array_foreach(list, i, item)
+        each(item, ctx);
+    next = json_object_get(root, cursor_key);
+    snprintf(cursor, cap, "%s", json_is_string(next) ? json_string_value(next) : "");
+    json_decref(root);
+    return ok;
+}
+
+int
+tl_walk_pages(int port, const char *token, const char *first, int limit, const char *list_key,
+              const char *cursor_key, const char *cursor_arg, void (*each)(struct json_t *item, void *ctx),
+              void *ctx)
+{
+    char path[512], cursor[128] = "";
+    int pages = 0;
+
+    do {
+        struct tl_resp r;
+        bool ok;
+
+        snprintf(path, sizeof(path), "%s%s%s%s%s", first, cursor[0] ? "&" : "", cursor[0] ? cursor_arg : "",
+                 cursor[0] ? "=" : "", cursor);
+        tl_get(port, path, token, &r);
+        CHECK(r.status == 200, "page %s: %ld %s", path, r.status, r.body);
+        ok = r.status == 200 && walk_page(&r, limit, list_key, cursor_key, each, ctx, cursor, sizeof(cursor));
+        tl_resp_free(&r);
+        if (!ok)
+            return -1;
+        pages++;
+    } while (cursor[0] != '\0' && pages < 10000);
+    return pages;
+}
+
+long
+tl_count_rows(PGconn *owner, const char *table)
+{
+    char sql[128];
+
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s", table);
+    return tl_sql_long(owner, sql, 0, NULL);
 }
 
 /* ---- Redis ---- */

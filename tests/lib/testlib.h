@@ -39,6 +39,14 @@ int tl_http(int port, const char *method, const char *path, const char *const *h
 /* GET/POST with "Authorization: Bearer <token>" (token may be NULL). */
 int tl_get(int port, const char *path, const char *token, struct tl_resp *out);
 int tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out);
+/* Any method with the bearer token (may be NULL), a JSON body (may be NULL)
+ * and extra "Name: value" headers (NULL-terminated list, may be NULL). */
+int tl_send(int port, const char *method, const char *path, const char *token, const char *json,
+            const char *const *extra_headers, struct tl_resp *out);
+
+/* Check the exact status and, when code is not NULL, error.code; with field
+ * not NULL also that error.message names it ("field: ..."). */
+void tl_expect_field(const char *what, const struct tl_resp *r, long status, const char *code, const char *field);
 
 /* A running aigw. */
 struct tl_aigw {
@@ -74,6 +82,9 @@ long tl_sql_long(PGconn *c, const char *sql, int n, const char *const *params);
 /* Mint an HS256 token with the test secret (AIGW_JWT_SECRET, kid "dev")
  * for tenant/role with the given lifetime. Returns malloc'd token. */
 char *tl_token(const char *tenant, const char *role, long ttl);
+/* Mint a platform operator's token: HS256 with AIGW_PLATFORM_JWT_SECRET,
+ * kid "platform", sub "ops-1", the given role, no tenant_id. malloc'd. */
+char *tl_platform_token(const char *role, long ttl);
 /* Sign arbitrary claims JSON with kid/alg/key. alg "HS256" uses key as the
  * secret; "RS256"/"ES256" a private PEM. Returns malloc'd token. */
 char *tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const char *claims_json);
@@ -118,6 +129,17 @@ long tl_wait_sql(PGconn *c, long want, int timeout_ms, const char *sql, int n, c
 /* Like tl_post_parallel without extra headers, alternating between two ports. */
 void tl_post_parallel_two(int port1, int port2, const char *path, const char *token, const char *const *bodies, int n,
                           struct tl_resp *out);
+struct json_t;
+/* Walk a keyset-paged listing: GET first (a path with "?limit=..."), then
+ * first + "&<cursor_arg>=<cursor>" while the body's cursor_key is a string.
+ * each(item, ctx) runs for every element of the body's list_key array;
+ * checks every page is 200 and holds at most limit items. Returns the pages
+ * read, or -1 when one failed. */
+int tl_walk_pages(int port, const char *token, const char *first, int limit, const char *list_key,
+                  const char *cursor_key, const char *cursor_arg, void (*each)(struct json_t *item, void *ctx),
+                  void *ctx);
+/* Rows of a table (owner view, RLS does not apply). */
+long tl_count_rows(PGconn *owner, const char *table);
 /* malloc'd printf. */
 char *tl_sprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Reconnect a connection after a PostgreSQL restart (same URL). */

@@ -1,0 +1,282 @@
+/* test_billing.c - GET /api/v1/tenants/{id}/usage: after a mixed run of
+ * misses, hits, upstream failures and rejections the billing numbers equal
+ * the usage rows and the quota counter; month boundaries; the monthly
+ * query is index-only over ai_usage_logs_billing_idx */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aigw/util.h"
+#include "testlib.h"
+
+static PGconn *owner;
+static int port;
+static char *ops;
+
+static const char CONFIG[] =
+    "{\"upstream\":{\"timeout_ms\":3000,\"health_interval_ms\":60000,\"fail_threshold\":100},"
+    " \"usage\":{\"flush_ms\":20}}";
+
+static void
+query(const char *token, const char *body, long status, const char *code, const char *cache)
+{
+    struct tl_resp r;
+    char buf[16];
+
+    tl_post(port, "/api/ai/query", token, body, &r);
+    tl_expect_field(body, &r, status, code, NULL);
+    if (cache != NULL)
+        CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, cache) == 0, "%s: X-Cache %s", body,
+              cache);
+    tl_resp_free(&r);
+}
+
+static long
+sql_count(const char *tid, const char *filter)
+{
+    char sql[512];
+    const char *p[1] = {tid};
+
+    snprintf(sql, sizeof(sql),
+             "SELECT COALESCE(%s, 0) FROM ai_usage_logs WHERE tenant_id = $1"
+             " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+             filter);
+    return tl_sql_long(owner, sql, 1, p);
+}
+
+static json_t *
+by_type(json_t *body, const char *type)
+{
+    size_t i;
+    json_t *row;
+
+    json_array_foreach(json_object_get(body, "by_query_type"), i, row)
+        if (strcmp(json_string_value(json_object_get(row, "query_type")), type) == 0)
+            return row;
+    return NULL;
+}
+
+static long long
+num(json_t *o, const char *key)
+{
+    return json_is_integer(json_object_get(o, key)) ? json_integer_value(json_object_get(o, key)) : -1;
+}
+
+static void
+test_mixed_run(void)
+{
+    static const char *const COUNTERS[][2] = {
+        {"requests", "count(*)"},
+        {"billed_queries", "count(*) FILTER (WHERE billed)"},
+        {"cache_hits", "count(*) FILTER (WHERE from_cache)"},
+        {"failures", "count(*) FILTER (WHERE status_code >= 500)"},
+        {"rejections", "count(*) FILTER (WHERE status_code BETWEEN 400 AND 499)"},
+        {"successful", "count(*) FILTER (WHERE success)"},
+        {"prompt_tokens", "sum(prompt_tokens) FILTER (WHERE billed)"},
+        {"completion_tokens", "sum(completion_tokens) FILTER (WHERE billed)"},
+    };
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    char id[37], code[65], path[128], month[8], key[128];
+    const char *p[1] = {id};
+    char *tok;
+    struct tl_resp r;
+    json_t *body, *quota;
+    long long sum = 0;
+    size_t i;
+    json_t *row;
+    PGresult *q;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    q = tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"monthly_query_limit\": 5}' WHERE id = $1", 1, p);
+    PQclear(q);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_reset(mock);
+
+    query(tok, "{\"question\":\"Billing miss one: lens coatings?\"}", 200, NULL, "MISS");
+    query(tok, "{\"question\":\"Billing miss two: frame sizes?\"}", 200, NULL, "MISS");
+    query(tok, "{\"question\":\"Billing miss three: contact lens care?\"}", 200, NULL, "MISS");
+    query(tok, "{\"question\":\"Billing miss one: lens coatings?\"}", 200, NULL, "HIT");
+    query(tok, "{\"question\":\"Billing miss two: frame sizes?\"}", 200, NULL, "HIT");
+    tl_mock_config(mock, "{\"mode\":\"error500\",\"fail_next\":2}");
+    query(tok, "{\"question\":\"Billing failure one?\"}", 502, "upstream_error", NULL);
+    query(tok, "{\"question\":\"Billing failure two?\"}", 502, "upstream_error", NULL);
+    query(tok, "{\"question\":\"Our sales this week?\",\"query_type\":\"sales\"}", 200, NULL, NULL);
+    query(tok, "{\"question\":\"Patient trends?\",\"query_type\":\"patient_analytics\"}", 403, "feature_not_in_plan",
+          NULL);
+    query(tok, "{\"query_type\":\"knowledge\"}", 400, "invalid_request", NULL);
+    query(tok, "{\"question\":\"Billing miss four: polarized lenses?\"}", 200, NULL, "MISS");
+    query(tok, "{\"question\":\"Billing over quota: tinted lenses?\"}", 429, "quota_exhausted", NULL);
+    CHECK(tl_wait_sql(owner, 12, 5000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p) == 12,
+          "twelve usage rows written");
+    CHECK(tl_wait_sql(owner, 5, 5000, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p) == 5,
+          "the usage writer counted five billed queries");
+
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage", code);
+    tl_get(port, path, ops, &r);
+    tl_expect_field("billing usage", &r, 200, NULL, NULL);
+    body = json_loads(r.body, 0, NULL);
+    /* what the run did, by construction */
+    CHECK(num(body, "requests") == 12 && num(body, "billed_queries") == 5 && num(body, "cache_hits") == 2 &&
+              num(body, "failures") == 2 && num(body, "rejections") == 3 && num(body, "successful") == 7,
+          "totals of the mixed run: %s", r.body);
+    /* and each number equals the rows */
+    for (size_t k = 0; k < sizeof(COUNTERS) / sizeof(COUNTERS[0]); k++)
+        CHECK(num(body, COUNTERS[k][0]) == sql_count(id, COUNTERS[k][1]), "%s equals the rows (%lld)",
+              COUNTERS[k][0], num(body, COUNTERS[k][0]));
+    CHECK(num(body, "completion_tokens") > 0, "tokens of billed queries counted");
+    aigw_month_key(aigw_wall_s(), month);
+    snprintf(key, sizeof(key), "aigw:{%s}:q:%s", id, month);
+    quota = json_object_get(body, "quota");
+    CHECK(num(quota, "counter") == 5 && tl_redis_int("GET %s", key) == 5, "billed = the Redis quota counter");
+    CHECK(num(quota, "ai_queries_used") == 5 && num(quota, "monthly_limit") == 5, "billed = tenants.ai_queries_used");
+    CHECK(num(by_type(body, "knowledge"), "requests") == 9 && num(by_type(body, "knowledge"), "billed_queries") == 4 &&
+              num(by_type(body, "knowledge"), "failures") == 2 && num(by_type(body, "knowledge"), "cache_hits") == 2,
+          "knowledge row");
+    CHECK(num(by_type(body, "sales"), "billed_queries") == 1, "sales row");
+    CHECK(num(by_type(body, "patient_analytics"), "rejections") == 1, "patient analytics row");
+    CHECK(num(by_type(body, "other"), "rejections") == 1, "a request without a question has no type");
+    json_array_foreach(json_object_get(body, "by_query_type"), i, row)
+        sum += num(row, "requests");
+    CHECK(sum == 12, "the types add up to the total");
+    CHECK(strlen(json_string_value(json_object_get(body, "period"))) == 7, "period named");
+    json_decref(body);
+    tl_resp_free(&r);
+
+    /* by uuid too */
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage", id);
+    tl_get(port, path, ops, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "billed_queries", -1) == 5, "usage by tenant uuid");
+    tl_resp_free(&r);
+    free(tok);
+    PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+}
+
+/* Rows one second either side of month starts fall into the right month. */
+static void
+test_month_boundaries(void)
+{
+    char id[37], code[65], path[160], prev[8], cur[8], next[8];
+    const char *p[1] = {id};
+    struct tl_resp r;
+    PGresult *q;
+    int64_t now = aigw_wall_s();
+    int64_t start = aigw_next_month_start(aigw_next_month_start(now) - 40 * 86400);
+    char mk[8];
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    q = tl_sql(owner, true,
+               "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success, billed, created_at)"
+               " SELECT gen_random_uuid(), $1, 'b', '/api/ai/query', 200, true, true, t FROM (VALUES"
+               " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 second'),"
+               " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'),"
+               " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 month' - interval '1 second'),"
+               " (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 month')) v(t)",
+               1, p);
+    PQclear(q);
+    aigw_month_key(start - 86400, mk);
+    snprintf(prev, sizeof(prev), "%.4s-%.2s", mk, mk + 4);
+    aigw_month_key(now, mk);
+    snprintf(cur, sizeof(cur), "%.4s-%.2s", mk, mk + 4);
+    aigw_month_key(aigw_next_month_start(now), mk);
+    snprintf(next, sizeof(next), "%.4s-%.2s", mk, mk + 4);
+
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage?period=%s", code, prev);
+    tl_get(port, path, ops, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "billed_queries", -1) == 1, "previous month: 1 row: %s", r.body);
+    CHECK(strstr(r.body, "\"quota\"") == NULL, "no live quota for a past month");
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage?period=%s", code, cur);
+    tl_get(port, path, ops, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "billed_queries", -1) == 2, "this month: first and last second: %s",
+          r.body);
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage?period=%s", code, next);
+    tl_get(port, path, ops, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "billed_queries", -1) == 1, "next month: 1 row");
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage?period=2001-01", code);
+    tl_get(port, path, ops, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "requests", -1) == 0 && strstr(r.body, "\"by_query_type\":[]") != NULL,
+          "an empty month is all zeros: %s", r.body);
+    tl_resp_free(&r);
+    PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+}
+
+/* With many tenants and months in the table, one tenant's month is read from
+ * the covering index alone (the daemon's role, under RLS). */
+static void
+test_plan(void)
+{
+    char ids[10][37], code[65];
+    const char *p[1];
+    PGconn *app = tl_pg_app();
+    PGresult *q;
+    char *plan = NULL;
+
+    for (int t = 0; t < 10; t++) {
+        tl_create_tenant(owner, "pro", "active", ids[t], code);
+        p[0] = ids[t];
+        q = tl_sql(owner, true,
+                   "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, query_type, status_code, success,"
+                   " billed, from_cache, prompt_tokens, completion_tokens, created_at)"
+                   " SELECT gen_random_uuid(), $1, 'plan', '/api/ai/query', 'knowledge', 200, true, g % 3 = 0,"
+                   " g % 3 = 1, 10, 20, now() - (g % 180) * interval '1 day' FROM generate_series(1, 6000) g",
+                   1, p);
+        PQclear(q);
+    }
+    q = tl_sql(owner, true, "VACUUM (ANALYZE) ai_usage_logs", 0, NULL);
+    PQclear(q);
+    p[0] = ids[3];
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    PQclear(tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p));
+    q = tl_sql(app, true,
+               "EXPLAIN SELECT COALESCE(query_type, 'other'), count(*), count(*) FILTER (WHERE billed),"
+               " count(*) FILTER (WHERE from_cache), count(*) FILTER (WHERE status_code >= 500),"
+               " COALESCE(sum(prompt_tokens) FILTER (WHERE billed), 0) FROM ai_usage_logs"
+               " WHERE tenant_id = aigw_current_tenant() AND created_at >= date_trunc('month', now())"
+               " AND created_at < date_trunc('month', now()) + interval '1 month'"
+               " GROUP BY ROLLUP (COALESCE(query_type, 'other'))",
+               0, NULL);
+    for (int i = 0; i < PQntuples(q); i++) {
+        char *more = tl_sprintf("%s%s\n", plan ? plan : "", PQgetvalue(q, i, 0));
+
+        free(plan);
+        plan = more;
+    }
+    PQclear(q);
+    PQclear(tl_sql(app, true, "COMMIT", 0, NULL));
+    CHECK(plan != NULL && strstr(plan, "Index Only Scan using ai_usage_logs_billing_idx") != NULL,
+          "monthly usage is an index-only scan:\n%s", plan ? plan : "");
+    free(plan);
+    for (int t = 0; t < 10; t++) {
+        p[0] = ids[t];
+        PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+    }
+    PQfinish(app);
+}
+
+int
+main(void)
+{
+    struct tl_aigw gw;
+    char *cfg = tl_config_patch(CONFIG);
+
+    owner = tl_pg_owner();
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    port = gw.port;
+    ops = tl_platform_token("platform_admin", 600);
+
+    test_mixed_run();
+    test_month_boundaries();
+    test_plan();
+
+    CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    free(ops);
+    free(cfg);
+    PQfinish(owner);
+    return tl_done();
+}
