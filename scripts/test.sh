@@ -14,7 +14,7 @@ if [[ "${1:-}" == "--sanitize" ]]; then
     shift
     build=build-asan stack=test-asan
     cmake_args=(-DAIGW_WERROR=ON -DAIGW_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug)
-    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1"
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1:fast_unwind_on_malloc=0"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
     export LSAN_OPTIONS="suppressions=$repo/tests/lsan.supp:print_suppressions=0"
 fi

@@ -232,7 +232,9 @@ test_gating(const char *tok_ent)
     tl_get(port, "/v1/models", tok, &r);
     CHECK(r.status == 403, "pro plan: /v1/models 403");
     tl_resp_free(&r);
-    CHECK(tl_usage_rows(owner, id, "true", 0) == 0, "gated requests are not billed");
+    CHECK(tl_usage_rows(owner, id, "status_code = 403 AND NOT billed AND error_code = 'feature_not_in_plan'", 1) == 1,
+          "the gated chat request is logged, not billed");
+    CHECK(tl_usage_rows(owner, id, "billed", 0) == 0, "nothing billed");
     free(tok);
 
     tl_get(port, "/v1/models", tok_ent, &r);
@@ -271,6 +273,7 @@ test_rate_limit(void)
 int
 main(void)
 {
+    char *cfg = tl_config_patch(CONFIG);
     struct tl_aigw gw;
     char id[37], code[65];
     char *tok;
@@ -279,8 +282,9 @@ main(void)
     mock = tl_env("AIGW_MOCK_URL");
     tl_mock_reset(mock);
     tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":6}");
-    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+    if (tl_aigw_start(&gw, cfg) != 0)
         return 1;
+    free(cfg);
     port = gw.port;
     tl_create_tenant(owner, "enterprise", "active", id, code);
     tok = tl_token(code, "admin", 600);

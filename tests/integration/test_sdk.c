@@ -15,6 +15,7 @@ static const char CONFIG[] =
 int
 main(void)
 {
+    char *cfg = tl_config_patch(CONFIG);
     const char *sdk_dir = tl_env("AIGW_SDK_DIR");
     struct tl_aigw gw;
     struct tl_resp r;
@@ -28,8 +29,9 @@ main(void)
 
     tl_mock_reset(tl_env("AIGW_MOCK_URL"));
     tl_mock_config(tl_env("AIGW_MOCK_URL"), "{\"mode\":\"ok\",\"tokens\":6}");
-    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+    if (tl_aigw_start(&gw, cfg) != 0)
         return 1;
+    free(cfg);
     tl_create_tenant(owner, "enterprise", "active", id, code);
     tok = tl_token(code, "admin", 600);
     /* a tenant allowed one request a minute, which is used up here */

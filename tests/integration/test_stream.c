@@ -433,11 +433,13 @@ test_slow_reader(void)
 int
 main(void)
 {
+    char *cfg = tl_config_patch(CONFIG);
     owner = tl_pg_owner();
     mock = tl_env("AIGW_MOCK_URL");
     tl_mock_reset(mock);
-    if (tl_aigw_start(&gw, tl_config_patch(CONFIG)) != 0)
+    if (tl_aigw_start(&gw, cfg) != 0)
         return 1;
+    free(cfg);
     port = gw.port;
 
     test_stream_and_replay();
