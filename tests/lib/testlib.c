@@ -10,14 +10,18 @@
 #include <jansson.h>
 #include <jwt.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -88,11 +92,12 @@ tl_resp_free(struct tl_resp *r)
     memset(r, 0, sizeof(*r));
 }
 
-int
-tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+/* One request on c (a fresh or a kept handle: curl keeps its connections
+ * across requests and curl_easy_reset). */
+static int
+perform(CURL *c, int port, const char *method, const char *path, const char *const *headers, const char *body,
         size_t body_len, struct tl_resp *out)
 {
-    CURL *c = curl_easy_init();
     struct curl_slist *hl = NULL;
     struct buf b = {NULL, 0}, h = {NULL, 0};
     char url[2048];
@@ -122,11 +127,65 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
     if (rc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
     curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
     out->body = b.p ? b.p : calloc(1, 1);
     out->body_len = b.n;
     out->headers = h.p ? h.p : calloc(1, 1);
     return rc == CURLE_OK ? 0 : -1;
+}
+
+int
+tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+        size_t body_len, struct tl_resp *out)
+{
+    CURL *c = curl_easy_init();
+    int rc = perform(c, port, method, path, headers, body, body_len, out);
+
+    curl_easy_cleanup(c);
+    return rc;
+}
+
+struct tl_conn {
+    CURL *curl;
+    int port;
+};
+
+struct tl_conn *
+tl_conn_open(int port)
+{
+    struct tl_conn *c = calloc(1, sizeof(*c));
+
+    c->curl = curl_easy_init();
+    c->port = port;
+    return c;
+}
+
+void
+tl_conn_close(struct tl_conn *c)
+{
+    if (c == NULL)
+        return;
+    curl_easy_cleanup(c->curl);
+    free(c);
+}
+
+int
+tl_conn_get(struct tl_conn *c, const char *path, const char *token, struct tl_resp *out, long *new_conns)
+{
+    char auth[9000];
+    const char *hdrs[2] = {NULL, NULL};
+    long n = -1;
+    int rc;
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[0] = auth;
+    }
+    curl_easy_reset(c->curl);
+    rc = perform(c->curl, c->port, "GET", path, hdrs, NULL, 0, out);
+    curl_easy_getinfo(c->curl, CURLINFO_NUM_CONNECTS, &n);
+    if (new_conns != NULL)
+        *new_conns = n;
+    return rc;
 }
 
 int
@@ -256,14 +315,55 @@ slurp(const char *path)
     return b.p ? b.p : calloc(1, 1);
 }
 
+/* In the child: the environment of a test aigw, then extra "NAME=value"
+ * settings; a WATCHDOG_USEC among them also sets WATCHDOG_PID to the
+ * child's own pid, as systemd does. */
+static void
+child_env(const struct tl_aigw *gw, const char *port, const char *const *env)
+{
+    setenv("AIGW_PORT", port, 1);
+    if (getenv("AIGW_SPOOL_DIR") == NULL) {
+        char spool[300];
+
+        snprintf(spool, sizeof(spool), "%s/spool", gw->dir);
+        setenv("AIGW_SPOOL_DIR", spool, 1);
+    }
+    unsetenv("JOURNAL_STREAM");
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
+        char name[128];
+        const char *eq = strchr(env[i], '=');
+
+        if (eq == NULL || (size_t)(eq - env[i]) >= sizeof(name))
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - env[i]), env[i]);
+        setenv(name, eq + 1, 1);
+        if (strcmp(name, "WATCHDOG_USEC") == 0) {
+            char pid[24];
+
+            snprintf(pid, sizeof(pid), "%d", (int)getpid());
+            setenv("WATCHDOG_PID", pid, 1);
+        }
+    }
+}
+
 int
 tl_aigw_start(struct tl_aigw *gw, const char *config_json)
+{
+    return tl_aigw_start_env(gw, config_json, NULL);
+}
+
+int
+tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env)
 {
     char portbuf[16];
     char *cfg = NULL;
     FILE *f;
 
     memset(gw, 0, sizeof(*gw));
+    gw->status = -1;
     snprintf(gw->dir, sizeof(gw->dir), "/tmp/aigw-test-XXXXXX");
     if (mkdtemp(gw->dir) == NULL)
         return -1;
@@ -283,15 +383,7 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
 
         dup2(fd, 1);
         dup2(fd, 2);
-        setenv("AIGW_PORT", portbuf, 1);
-        if (getenv("AIGW_SPOOL_DIR") == NULL) {
-            char spool[300];
-
-            snprintf(spool, sizeof(spool), "%s/spool", gw->dir);
-            setenv("AIGW_SPOOL_DIR", spool, 1);
-        }
-        unsetenv("JOURNAL_STREAM");
-        unsetenv("NOTIFY_SOCKET");
+        child_env(gw, portbuf, env);
         execl(AIGW_BIN_PATH, "aigw", "-c", gw->config, (char *)NULL);
         _exit(127);
     }
@@ -305,6 +397,7 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
             fprintf(stderr, "aigw exited during start-up:\n%s\n", log ? log : "");
             free(log);
             gw->pid = 0;
+            gw->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
             return -1;
         }
         if (tl_get(gw->port, "/healthz", NULL, &r) == 0 && r.status == 200) {
@@ -345,25 +438,42 @@ tl_aigw_log(const struct tl_aigw *gw)
     return slurp(gw->log);
 }
 
+void
+tl_aigw_signal(const struct tl_aigw *gw, int sig)
+{
+    if (gw->pid > 0)
+        kill(gw->pid, sig);
+}
+
+int
+tl_aigw_wait(struct tl_aigw *gw, int timeout_ms)
+{
+    int status = 0;
+
+    for (int waited = 0; gw->pid > 0; waited += 50) {
+        if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
+            gw->pid = 0;
+            gw->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            return gw->status;
+        }
+        if (waited >= timeout_ms)
+            return -1;
+        usleep(50 * 1000);
+    }
+    return gw->status;
+}
+
 int
 tl_aigw_stop(struct tl_aigw *gw)
 {
-    int status = 0, res = -1;
+    int res;
     char cmd[600];
 
-    if (gw->pid > 0) {
-        kill(gw->pid, SIGTERM);
-        for (int i = 0; i < 200; i++) {
-            if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
-                res = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                break;
-            }
-            usleep(50 * 1000);
-        }
-        if (res == -1) {
-            kill(gw->pid, SIGKILL);
-            waitpid(gw->pid, &status, 0);
-        }
+    tl_aigw_signal(gw, SIGTERM);
+    res = tl_aigw_wait(gw, 10000);
+    if (res == -1 && gw->pid > 0) {
+        kill(gw->pid, SIGKILL);
+        waitpid(gw->pid, NULL, 0);
     }
     if (res != 0) {
         char *log = tl_aigw_log(gw);
@@ -375,9 +485,26 @@ tl_aigw_stop(struct tl_aigw *gw)
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
         if (system(cmd) != 0)
             fprintf(stderr, "could not remove %s\n", gw->dir);
+        gw->dir[0] = '\0';
     }
     gw->pid = 0;
     return res;
+}
+
+bool
+tl_aigw_log_wait(const struct tl_aigw *gw, const char *needle, int timeout_ms)
+{
+    for (int waited = 0;; waited += 50) {
+        char *log = tl_aigw_log(gw);
+        bool found = log != NULL && strstr(log, needle) != NULL;
+
+        free(log);
+        if (found)
+            return true;
+        if (waited >= timeout_ms)
+            return false;
+        usleep(50 * 1000);
+    }
 }
 
 /* ---- PostgreSQL ---- */
@@ -474,13 +601,18 @@ tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const
 char *
 tl_token(const char *tenant, const char *role, long ttl)
 {
-    const char *secret = tl_env("AIGW_JWT_SECRET");
+    return tl_token_kid("dev", tl_env("AIGW_JWT_SECRET"), tenant, role, ttl);
+}
+
+char *
+tl_token_kid(const char *kid, const char *secret, const char *tenant, const char *role, long ttl)
+{
     char claims[512];
     long now = (long)time(NULL);
 
     snprintf(claims, sizeof(claims), "{\"sub\":\"user-1\",\"tenant_id\":\"%s\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
              tenant, role, now, now + ttl);
-    return tl_sign("HS256", "dev", secret, strlen(secret), claims);
+    return tl_sign("HS256", kid, secret, strlen(secret), claims);
 }
 
 /* ---- Redis ---- */
@@ -757,4 +889,181 @@ tl_pg_reconnect(PGconn **c)
         usleep(100 * 1000);
         PQreset(*c);
     }
+}
+
+/* ---- background requests ---- */
+
+struct tl_parallel {
+    pthread_t thread;
+    int port, n;
+    const char *path, *token;
+    const char *const *bodies;
+    struct tl_resp *out;
+};
+
+static void *
+parallel_main(void *arg)
+{
+    struct tl_parallel *p = arg;
+
+    tl_post_parallel(p->port, p->path, p->token, NULL, p->bodies, p->n, p->out);
+    return NULL;
+}
+
+struct tl_parallel *
+tl_post_parallel_bg(int port, const char *path, const char *token, const char *const *bodies, int n,
+                    struct tl_resp *out)
+{
+    struct tl_parallel *p = calloc(1, sizeof(*p));
+
+    *p = (struct tl_parallel){.port = port, .n = n, .path = path, .token = token, .bodies = bodies, .out = out};
+    if (pthread_create(&p->thread, NULL, parallel_main, p) != 0)
+        abort();
+    return p;
+}
+
+void
+tl_parallel_join(struct tl_parallel *p)
+{
+    pthread_join(p->thread, NULL);
+    free(p);
+}
+
+bool
+tl_port_refuses(int port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    bool refused = connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 && errno == ECONNREFUSED;
+
+    close(fd);
+    return refused;
+}
+
+/* ---- sd_notify ---- */
+
+int
+tl_notify_open(char *path, size_t cap)
+{
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    socklen_t len;
+
+    /* abstract namespace ("@name" in NOTIFY_SOCKET): nothing to unlink */
+    snprintf(path, cap, "@aigw-notify-%d-%d", (int)getpid(), rand());
+    snprintf(a.sun_path + 1, sizeof(a.sun_path) - 1, "%s", path + 1);
+    len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, len) != 0) {
+        fprintf(stderr, "cannot bind the notify socket %s\n", path);
+        exit(1);
+    }
+    return fd;
+}
+
+int
+tl_notify_next(int fd, char *buf, size_t cap, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    ssize_t n;
+
+    if (poll(&p, 1, timeout_ms) <= 0)
+        return -1;
+    n = recv(fd, buf, cap - 1, 0);
+    if (n < 0)
+        return -1;
+    buf[n] = '\0';
+    return (int)n;
+}
+
+/* Whether the datagram text has line as one of its lines. */
+static bool
+has_line(const char *text, const char *line)
+{
+    size_t n = strlen(line);
+
+    for (const char *p = text; p != NULL; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, line, n) == 0 && (p[n] == '\n' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+bool
+tl_notify_wait(int fd, const char *line, int timeout_ms)
+{
+    char buf[4096];
+    int64_t end = tl_now_ms() + timeout_ms;
+
+    for (;;) {
+        int64_t left = end - tl_now_ms();
+
+        if (left <= 0 || tl_notify_next(fd, buf, sizeof(buf), (int)left) < 0)
+            return false;
+        if (has_line(buf, line))
+            return true;
+    }
+}
+
+int
+tl_notify_count(int fd, const char *line, int window_ms)
+{
+    char buf[4096];
+    int64_t end = tl_now_ms() + window_ms;
+    int n = 0;
+
+    for (;;) {
+        int64_t left = end - tl_now_ms();
+
+        if (left <= 0 || tl_notify_next(fd, buf, sizeof(buf), (int)left) < 0)
+            return n;
+        n += has_line(buf, line);
+    }
+}
+
+int64_t
+tl_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- /metrics ---- */
+
+double
+tl_metric_in(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+
+    for (const char *p = text; p != NULL; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtod(p + n + 1, NULL);
+    return -1;
+}
+
+double
+tl_metric(int port, const char *series)
+{
+    struct tl_resp r;
+    double v = -1;
+
+    if (tl_get(port, "/metrics", NULL, &r) == 0 && r.status == 200)
+        v = tl_metric_in(r.body, series);
+    tl_resp_free(&r);
+    return v;
+}
+
+double
+tl_metric_wait(int port, const char *series, double want, int timeout_ms)
+{
+    double v = -1;
+
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        v = tl_metric(port, series);
+        if (v == want)
+            break;
+        usleep(20 * 1000);
+    }
+    return v;
 }
