@@ -364,6 +364,7 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
 
     memset(gw, 0, sizeof(*gw));
     gw->status = -1;
+    gw->failed_before = tl_failed;
     snprintf(gw->dir, sizeof(gw->dir), "/tmp/aigw-test-XXXXXX");
     if (mkdtemp(gw->dir) == NULL)
         return -1;
@@ -475,7 +476,7 @@ tl_aigw_stop(struct tl_aigw *gw)
         kill(gw->pid, SIGKILL);
         waitpid(gw->pid, NULL, 0);
     }
-    if (res != 0) {
+    if (res != 0 || tl_failed > gw->failed_before) {
         char *log = tl_aigw_log(gw);
 
         fprintf(stderr, "aigw exit status %d; log:\n%s\n", res, log ? log : "");

@@ -58,6 +58,7 @@ struct tl_aigw {
     char config[300];
     char log[300];
     int status;            /* exit status once reaped by tl_aigw_wait/stop; -1 before */
+    int failed_before;     /* tl_failed at start: tl_aigw_stop prints the log if checks failed since */
 };
 /* Write config_json (NULL = the repo's config/aigw.json) to a temp dir and
  * start the aigw binary on a free port with the test environment; wait for
@@ -67,7 +68,8 @@ int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
  * (NULL-terminated); WATCHDOG_USEC also sets WATCHDOG_PID to aigw's pid, as
  * systemd does (NOTIFY_SOCKET and WATCHDOG_* are otherwise unset). */
 int tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env);
-/* SIGTERM and wait; returns the exit status (or -1). Removes the temp dir. */
+/* SIGTERM and wait; returns the exit status (or -1). Prints the log when the
+ * status is not 0 or checks failed since the start. Removes the temp dir. */
 int tl_aigw_stop(struct tl_aigw *gw);
 /* Send sig to aigw (if running). */
 void tl_aigw_signal(const struct tl_aigw *gw, int sig);
