@@ -188,6 +188,38 @@ test_install_prefix(void)
     free(prefix);
 }
 
+/* The shipped example configuration is valid as it stands, given the
+ * credentials the unit hands over and a public key where it names one. */
+static void
+test_example_config(void)
+{
+    char *creds = tl_sprintf("%s/creds", tmp), *pub, *priv, *cmd, *out = NULL, *path;
+    int st;
+
+    tl_keypair("RS256", &pub, &priv);
+    cmd = tl_sprintf("mkdir -p '%s'", creds);
+    CHECK(run(cmd, NULL) == 0, "credentials directory");
+    free(cmd);
+    path = tl_sprintf("%s/jwt-secret", creds);
+    tl_write_file(path, "0123456789abcdef0123456789abcdef0123456789\n");
+    free(path);
+    path = tl_sprintf("%s/rs.pub.pem", tmp);
+    tl_write_file(path, pub);
+    cmd = tl_sprintf("sed 's#/etc/aigw/jwt-rs256.pub.pem#%s#' '%s/config/aigw.example.json' > '%s/example.json' && "
+                     "env -u AIGW_DATABASE_URL -u AIGW_REDIS_URL CREDENTIALS_DIRECTORY='%s' '%s' --check-config -c "
+                     "'%s/example.json'",
+                     path, AIGW_SOURCE_DIR, tmp, creds, AIGW_BIN_PATH, tmp);
+    st = run(cmd, &out);
+    CHECK(st == 0 && strstr(out, "configuration ok") != NULL, "aigw.example.json passes --check-config: %d %s", st,
+          out);
+    free(cmd);
+    free(out);
+    free(path);
+    free(pub);
+    free(priv);
+    free(creds);
+}
+
 int
 main(void)
 {
@@ -203,6 +235,7 @@ main(void)
     test_sysusers_tmpfiles();
     test_install_destdir();
     test_install_prefix();
+    test_example_config();
     cmd = tl_sprintf("rm -rf '%s'", tmp);
     CHECK(system(cmd) == 0, "scratch removed");
     free(cmd);
