@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "aigw/util.h"
 #include "testlib.h"
 
 static PGconn *owner;
@@ -502,6 +503,23 @@ drain_config(int drain_ms)
     return cfg;
 }
 
+/* How many of the n answers have status (and error code, when not NULL);
+ * frees the answers and their bodies. */
+static int
+count_answers(struct tl_resp *out, char **bodies, int n, long status, const char *code)
+{
+    char got[64];
+    int k = 0;
+
+    for (int i = 0; i < n; i++) {
+        k += out[i].status == status &&
+             (code == NULL || (tl_json_str(&out[i], "error.code", got, sizeof(got)) && strcmp(got, code) == 0));
+        tl_resp_free(&out[i]);
+        free(bodies[i]);
+    }
+    return k;
+}
+
 /* n distinct questions in the background on gw; waits until all n are in
  * flight upstream. */
 static struct tl_parallel *
@@ -543,7 +561,7 @@ test_drain(void)
     bg = slow_burst(&gw, tok, "drain", 20, bodies, out);
 
     tl_aigw_signal(&gw, SIGTERM);
-    for (int64_t end = tl_now_ms() + 10000; !refused && tl_now_ms() < end; usleep(20 * 1000))
+    for (int64_t end = aigw_now_ms() + 10000; !refused && aigw_now_ms() < end; usleep(20 * 1000))
         refused = tl_port_refuses(gw.port);
     CHECK(refused, "new connections are refused once draining");
     tl_conn_get(api, "/api/ai/limits", tok, &r, NULL);
@@ -559,11 +577,7 @@ test_drain(void)
     tl_resp_free(&r);
 
     tl_parallel_join(bg);
-    for (int i = 0; i < 20; i++) {
-        ok += out[i].status == 200;
-        tl_resp_free(&out[i]);
-        free(bodies[i]);
-    }
+    ok = count_answers(out, bodies, 20, 200, NULL);
     CHECK(ok == 20, "all 20 requests in flight at SIGTERM answered 200 (%d)", ok);
     CHECK(tl_aigw_wait(&gw, 60000) == 0, "exit 0 after the drain (%d)", gw.status);
     CHECK(usage_rows(id, "AND route = '/api/ai/query' AND status_code = 200", 20, 10000) == 20,
@@ -582,7 +596,6 @@ static void
 test_drain_deadline(void)
 {
     char *cfg = drain_config(1000), id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET")), *bodies[5];
-    char code[64];
     struct tl_resp out[5];
     struct tl_parallel *bg;
     struct tl_aigw gw;
@@ -597,12 +610,7 @@ test_drain_deadline(void)
     bg = slow_burst(&gw, tok, "deadline", 5, bodies, out);
     tl_aigw_signal(&gw, SIGTERM);
     tl_parallel_join(bg);
-    for (int i = 0; i < 5; i++) {
-        cancelled += out[i].status == 503 && tl_json_str(&out[i], "error.code", code, sizeof(code)) &&
-                     strcmp(code, "upstream_unavailable") == 0;
-        tl_resp_free(&out[i]);
-        free(bodies[i]);
-    }
+    cancelled = count_answers(out, bodies, 5, 503, "upstream_unavailable");
     CHECK(cancelled == 5, "past the deadline the 5 calls end with a clean 503 (%d)", cancelled);
     CHECK(tl_aigw_wait(&gw, 60000) == 0, "exit 0 (%d)", gw.status);
     CHECK(usage_rows(id, "AND status_code = 503 AND error_code = 'upstream_unavailable'", 5, 10000) == 5,
@@ -610,7 +618,7 @@ test_drain_deadline(void)
     CHECK(tl_aigw_log_wait(&gw, "still in flight at the deadline; cancelling", 0), "the cancellation is logged");
     tl_aigw_stop(&gw);
     /* the mock still generates the abandoned answers: let them end before other tests use it */
-    for (int64_t end = tl_now_ms() + 30000; tl_mock_stat(mock1, "in_flight") > 0 && tl_now_ms() < end;)
+    for (int64_t end = aigw_now_ms() + 30000; tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end;)
         usleep(100 * 1000);
 out:
     tl_mock_reset(mock1);

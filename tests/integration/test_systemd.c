@@ -3,6 +3,7 @@
  * exposure, the sysusers/tmpfiles snippets applied to a scratch root, and
  * `cmake --install` (DESTDIR and --prefix) putting every file where a Debian
  * admin expects it, with a migrate script that finds its migrations. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,28 @@ run(const char *cmd, char **out)
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Run the printf-formatted command and CHECK that it exits 0 (and, when
+ * silent, prints nothing); what names the check. Returns whether it passed. */
+static bool __attribute__((format(printf, 3, 4)))
+sh(const char *what, bool silent, const char *fmt, ...)
+{
+    va_list ap;
+    char *cmd = NULL, *out = NULL;
+    int st;
+    bool ok;
+
+    va_start(ap, fmt);
+    if (vasprintf(&cmd, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    st = run(cmd, &out);
+    ok = st == 0 && (!silent || out[0] == '\0');
+    CHECK(ok, "%s: status %d: %s", what, st, out);
+    free(cmd);
+    free(out);
+    return ok;
+}
+
 static bool
 is_file(const char *dir, const char *rel, mode_t want_bits)
 {
@@ -58,28 +81,21 @@ static void
 test_verify_repo_unit(void)
 {
     char *unit = tl_sprintf("%s/aigw.service", tmp), *out = NULL, *cmd;
+    const char *p;
+    double level;
     int st;
 
-    cmd = tl_sprintf("sed 's#/usr/bin/aigw#%s#g' '%s/systemd/aigw.service' > '%s'", AIGW_BIN_PATH, AIGW_SOURCE_DIR,
-                     unit);
-    CHECK(run(cmd, NULL) == 0, "copy the unit");
-    free(cmd);
-    cmd = tl_sprintf("systemd-analyze verify '%s'", unit);
-    st = run(cmd, &out);
-    CHECK(st == 0 && out[0] == '\0', "systemd-analyze verify: status %d, output: %s", st, out);
-    free(cmd);
-    free(out);
+    sh("copy the unit", false, "sed 's#/usr/bin/aigw#%s#g' '%s/systemd/aigw.service' > '%s'", AIGW_BIN_PATH,
+       AIGW_SOURCE_DIR, unit);
+    sh("systemd-analyze verify", true, "systemd-analyze verify '%s'", unit);
 
-    /* the exposure the README reports; it needs no running systemd offline */
+    /* the exposure the README reports; offline, it needs no running systemd */
     cmd = tl_sprintf("systemd-analyze security --offline=yes '%s'", unit);
     st = run(cmd, &out);
-    {
-        const char *p = strstr(out, "Overall exposure level for aigw.service: ");
-        double level = p ? strtod(p + strlen("Overall exposure level for aigw.service: "), NULL) : 99;
-
-        CHECK(st == 0 && p != NULL && level <= 2.0, "security exposure %.1f (status %d) is OK (<= 2.0)", level, st);
-        printf("systemd-analyze security: exposure %.1f\n", level);
-    }
+    p = strstr(out, "Overall exposure level for aigw.service: ");
+    level = p ? strtod(p + strlen("Overall exposure level for aigw.service: "), NULL) : 99;
+    CHECK(st == 0 && p != NULL && level <= 2.0, "security exposure %.1f (status %d) is OK (<= 2.0)", level, st);
+    printf("systemd-analyze security: exposure %.1f\n", level);
     free(cmd);
     free(out);
     free(unit);
@@ -92,30 +108,18 @@ test_sysusers_tmpfiles(void)
     char *root = tl_sprintf("%s/root", tmp), *cmd, *out = NULL;
     struct stat sb;
     long gid;
-    int st;
 
-    cmd = tl_sprintf("mkdir -p '%s/etc' && systemd-sysusers --root='%s' '%s/systemd/aigw.sysusers'", root, root,
-                     AIGW_SOURCE_DIR);
-    st = run(cmd, &out);
-    CHECK(st == 0, "systemd-sysusers: %s", out);
-    free(cmd);
-    free(out);
-    cmd = tl_sprintf("grep -c '^aigw:x:[0-9]*:[0-9]*:.*:/var/lib/aigw:' '%s/etc/passwd'", root);
-    st = run(cmd, &out);
-    CHECK(st == 0 && strtol(out, NULL, 10) == 1, "user aigw with home /var/lib/aigw: %s", out);
-    free(cmd);
-    free(out);
+    sh("systemd-sysusers", false, "mkdir -p '%s/etc' && systemd-sysusers --root='%s' '%s/systemd/aigw.sysusers'", root,
+       root, AIGW_SOURCE_DIR);
+    sh("user aigw with home /var/lib/aigw", false, "grep -q '^aigw:x:[0-9]*:[0-9]*:.*:/var/lib/aigw:' '%s/etc/passwd'",
+       root);
     cmd = tl_sprintf("awk -F: '$1 == \"aigw\" { print $3 }' '%s/etc/group'", root);
     run(cmd, &out);
     gid = strtol(out, NULL, 10);
     free(cmd);
     free(out);
-
-    cmd = tl_sprintf("systemd-tmpfiles --root='%s' --create '%s/systemd/aigw.tmpfiles'", root, AIGW_SOURCE_DIR);
-    st = run(cmd, &out);
-    CHECK(st == 0, "systemd-tmpfiles: %s", out);
-    free(cmd);
-    free(out);
+    sh("systemd-tmpfiles", false, "systemd-tmpfiles --root='%s' --create '%s/systemd/aigw.tmpfiles'", root,
+       AIGW_SOURCE_DIR);
     cmd = tl_sprintf("%s/etc/aigw", root);
     CHECK(stat(cmd, &sb) == 0 && (sb.st_mode & 07777) == 0750 && sb.st_uid == 0 && (long)sb.st_gid == gid,
           "/etc/aigw is 0750 root:aigw");
@@ -135,26 +139,17 @@ test_install_destdir(void)
         "usr/share/aigw/sql/001_roles.sql",    "usr/share/aigw/sql/004_notify.sql", "usr/share/doc/aigw/README.md",
         "usr/share/doc/aigw/aigw.example.json",
     };
-    char *dest = tl_sprintf("%s/destdir", tmp), *cmd, *out = NULL;
-    int st;
+    char *dest = tl_sprintf("%s/destdir", tmp);
 
-    cmd = tl_sprintf("DESTDIR='%s' cmake --install '%s' --prefix /usr", dest, AIGW_BUILD_DIR);
-    st = run(cmd, &out);
-    CHECK(st == 0, "cmake --install with DESTDIR: %s", out);
-    free(cmd);
-    free(out);
+    sh("cmake --install with DESTDIR", false, "DESTDIR='%s' cmake --install '%s' --prefix /usr", dest, AIGW_BUILD_DIR);
     CHECK(is_file(dest, "usr/bin/aigw", 0755) && is_file(dest, "usr/bin/aigw-token", 0755), "binaries in /usr/bin");
     CHECK(is_file(dest, "usr/share/aigw/scripts/migrate.sh", 0755), "migrate script, executable");
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++)
         CHECK(is_file(dest, files[i], 0644), "installed: /%s", files[i]);
     CHECK(!is_file(dest, "usr/share/aigw/sql/demo.sql", 0), "no demo data in the install");
-    cmd = tl_sprintf("test ! -e '%s/etc'", dest);
-    CHECK(run(cmd, NULL) == 0, "nothing written to /etc");
-    free(cmd);
-    cmd = tl_sprintf("grep -c '^ExecStart=/usr/bin/aigw -c /etc/aigw/aigw.json$' '%s/usr/lib/systemd/system/aigw.service'",
-                     dest);
-    CHECK(run(cmd, NULL) == 0, "the unit starts /usr/bin/aigw");
-    free(cmd);
+    sh("nothing written to /etc", false, "test ! -e '%s/etc'", dest);
+    sh("the unit starts /usr/bin/aigw", false,
+       "grep -q '^ExecStart=/usr/bin/aigw -c /etc/aigw/aigw.json$' '%s/usr/lib/systemd/system/aigw.service'", dest);
     free(dest);
 }
 
@@ -166,19 +161,10 @@ test_install_prefix(void)
     char *prefix = tl_sprintf("%s/prefix", tmp), *cmd, *out = NULL;
     int st;
 
-    cmd = tl_sprintf("cmake --install '%s' --prefix '%s'", AIGW_BUILD_DIR, prefix);
-    st = run(cmd, &out);
-    CHECK(st == 0, "cmake --install --prefix: %s", out);
-    free(cmd);
-    free(out);
-    cmd = tl_sprintf("grep -c '^ExecStart=%s/bin/aigw ' '%s/lib/systemd/system/aigw.service'", prefix, prefix);
-    CHECK(run(cmd, NULL) == 0, "ExecStart follows the prefix");
-    free(cmd);
-    cmd = tl_sprintf("systemd-analyze verify '%s/lib/systemd/system/aigw.service'", prefix);
-    st = run(cmd, &out);
-    CHECK(st == 0 && out[0] == '\0', "the installed unit verifies: status %d, %s", st, out);
-    free(cmd);
-    free(out);
+    sh("cmake --install --prefix", false, "cmake --install '%s' --prefix '%s'", AIGW_BUILD_DIR, prefix);
+    sh("ExecStart follows the prefix", false, "grep -q '^ExecStart=%s/bin/aigw ' '%s/lib/systemd/system/aigw.service'",
+       prefix, prefix);
+    sh("the installed unit verifies", true, "systemd-analyze verify '%s/lib/systemd/system/aigw.service'", prefix);
     cmd = tl_sprintf("'%s/share/aigw/scripts/migrate.sh' --status '%s'", prefix, tl_env("AIGW_DATABASE_OWNER_URL"));
     st = run(cmd, &out);
     CHECK(st == 0 && strstr(out, "0 pending") != NULL && strstr(out, "applied       001_roles.sql") != NULL,
@@ -193,27 +179,20 @@ test_install_prefix(void)
 static void
 test_example_config(void)
 {
-    char *creds = tl_sprintf("%s/creds", tmp), *pub, *priv, *cmd, *out = NULL, *path;
-    int st;
+    char *creds = tl_sprintf("%s/creds", tmp), *pub, *priv, *path;
 
     tl_keypair("RS256", &pub, &priv);
-    cmd = tl_sprintf("mkdir -p '%s'", creds);
-    CHECK(run(cmd, NULL) == 0, "credentials directory");
-    free(cmd);
+    sh("credentials directory", false, "mkdir -p '%s'", creds);
     path = tl_sprintf("%s/jwt-secret", creds);
     tl_write_file(path, "0123456789abcdef0123456789abcdef0123456789\n");
     free(path);
     path = tl_sprintf("%s/rs.pub.pem", tmp);
     tl_write_file(path, pub);
-    cmd = tl_sprintf("sed 's#/etc/aigw/jwt-rs256.pub.pem#%s#' '%s/config/aigw.example.json' > '%s/example.json' && "
-                     "env -u AIGW_DATABASE_URL -u AIGW_REDIS_URL CREDENTIALS_DIRECTORY='%s' '%s' --check-config -c "
-                     "'%s/example.json'",
-                     path, AIGW_SOURCE_DIR, tmp, creds, AIGW_BIN_PATH, tmp);
-    st = run(cmd, &out);
-    CHECK(st == 0 && strstr(out, "configuration ok") != NULL, "aigw.example.json passes --check-config: %d %s", st,
-          out);
-    free(cmd);
-    free(out);
+    sh("aigw.example.json passes --check-config", false,
+       "sed 's#/etc/aigw/jwt-rs256.pub.pem#%s#' '%s/config/aigw.example.json' > '%s/example.json' && "
+       "env -u AIGW_DATABASE_URL -u AIGW_REDIS_URL CREDENTIALS_DIRECTORY='%s' '%s' --check-config -c "
+       "'%s/example.json' | grep -q 'configuration ok'",
+       path, AIGW_SOURCE_DIR, tmp, creds, AIGW_BIN_PATH, tmp);
     free(path);
     free(pub);
     free(priv);

@@ -1,6 +1,8 @@
 /* testlib.c - helpers shared by the integration tests (real PostgreSQL, Redis, aigw) */
 #include "testlib.h"
 
+#include "aigw/util.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
@@ -993,10 +995,10 @@ bool
 tl_notify_wait(int fd, const char *line, int timeout_ms)
 {
     char buf[4096];
-    int64_t end = tl_now_ms() + timeout_ms;
+    int64_t end = aigw_now_ms() + timeout_ms;
 
     for (;;) {
-        int64_t left = end - tl_now_ms();
+        int64_t left = end - aigw_now_ms();
 
         if (left <= 0 || tl_notify_next(fd, buf, sizeof(buf), (int)left) < 0)
             return false;
@@ -1009,25 +1011,16 @@ int
 tl_notify_count(int fd, const char *line, int window_ms)
 {
     char buf[4096];
-    int64_t end = tl_now_ms() + window_ms;
+    int64_t end = aigw_now_ms() + window_ms;
     int n = 0;
 
     for (;;) {
-        int64_t left = end - tl_now_ms();
+        int64_t left = end - aigw_now_ms();
 
         if (left <= 0 || tl_notify_next(fd, buf, sizeof(buf), (int)left) < 0)
             return n;
         n += has_line(buf, line);
     }
-}
-
-int64_t
-tl_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- /metrics ---- */

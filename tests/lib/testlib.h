@@ -169,8 +169,6 @@ int tl_notify_next(int fd, char *buf, size_t cap, int timeout_ms);
 bool tl_notify_wait(int fd, const char *line, int timeout_ms);
 /* Datagrams with line during the next window_ms. */
 int tl_notify_count(int fd, const char *line, int window_ms);
-/* Monotonic milliseconds. */
-int64_t tl_now_ms(void);
 
 /* The value of one sample ("name{labels}") in exposition text, or -1. */
 double tl_metric_in(const char *text, const char *series);
