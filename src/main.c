@@ -102,22 +102,26 @@ kid_list(const struct aigw_config *cfg, char *out, size_t cap)
         off += (size_t)snprintf(out + off, cap - off, "%s%s", i ? ", " : "", cfg->jwt_keys[i].kid);
 }
 
-/* SIGHUP: RELOADING=1, read the file again and, if it is valid, publish it
- * as the new snapshot (JWT keys, upstream backends and routes, log level,
- * drain deadline); then READY=1. A bad file is refused and logged, and the
- * running snapshot stays. Connections are untouched either way. */
+/* SIGHUP: read the file again and, if it is valid, publish it as the new
+ * snapshot (JWT keys, upstream backends and routes, log level, drain
+ * deadline). A bad file is refused and logged, and the running snapshot
+ * stays. Connections are untouched either way. When ready (READY=1 was
+ * sent), RELOADING=1 and READY=1 wrap it; before that, READY=1 must wait
+ * for the dependencies, so systemd hears nothing. */
 static void
-reload(struct aigw_server *srv, const char *config_path)
+reload(struct aigw_server *srv, const char *config_path, bool ready)
 {
     struct aigw_config next;
     struct aigw_snapshot *cur, *snap;
     char err[512], restart[256], kids[AIGW_MAX_JWT_KEYS * 66];
 
-    sd_notify(0, "RELOADING=1");
+    if (ready)
+        sd_notify(0, "RELOADING=1");
     if (aigw_config_load(config_path, &next, err, sizeof(err)) != 0) {
         aigw_log(LOG_ERR, "reload refused, keeping the running configuration: %s", err);
         aigw_metrics_reload(srv->metrics, false);
-        sd_notifyf(0, "READY=1\nSTATUS=reload refused (see the log); running configuration kept");
+        if (ready)
+            sd_notify(0, "READY=1\nSTATUS=reload refused (see the log); running configuration kept");
         return;
     }
     if (aigw_config_restart_diff(&srv->cfg, &next, restart, sizeof(restart)) > 0)
@@ -135,8 +139,9 @@ reload(struct aigw_server *srv, const char *config_path)
     kid_list(&snap->cfg, kids, sizeof(kids));
     aigw_log(LOG_NOTICE, "reload: configuration %llu applied (JWT keys: %s; %zu upstream backends)",
              (unsigned long long)snap->generation, kids, snap->cfg.n_backends);
-    sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u, configuration %llu", srv->cfg.listen_addr, srv->bound_port,
-               (unsigned long long)snap->generation);
+    if (ready)
+        sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u, configuration %llu", srv->cfg.listen_addr,
+                   srv->bound_port, (unsigned long long)snap->generation);
     aigw_snapshot_unref(snap);
 }
 
@@ -172,7 +177,7 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
         if (sig == SIGTERM || sig == SIGINT)
             return sig;
         if (sig == SIGHUP)
-            reload(srv, config_path);
+            reload(srv, config_path, false);
     }
     return 0;
 }
@@ -265,7 +270,7 @@ serve(struct aigw_server *srv, const char *config_path)
         while (sig != SIGTERM && sig != SIGINT) {
             sig = wait_signal(&set, wd, -1);
             if (sig == SIGHUP)
-                reload(srv, config_path);
+                reload(srv, config_path, true);
         }
     }
     rc = sig < 0 ? 1 : 0;

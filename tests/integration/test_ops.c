@@ -176,7 +176,9 @@ test_ready_waits_for_redis(void)
     CHECK(tl_json_str(&r, "checks.postgresql", buf, sizeof(buf)) && strcmp(buf, "ok") == 0,
           "PostgreSQL is fine: %s", r.body);
     tl_resp_free(&r);
-    CHECK(!tl_notify_wait(fd, "READY=1", 1500), "no READY=1 while Redis is down");
+    tl_aigw_signal(&gw, SIGHUP); /* a reload while waiting must not announce READY=1 */
+    CHECK(tl_aigw_log_wait(&gw, "reload: configuration 2 applied", 5000), "a reload while waiting applies");
+    CHECK(!tl_notify_wait(fd, "READY=1", 1500), "no READY=1 while Redis is down, reload or not");
     CHECK(tl_aigw_log_wait(&gw, "startup: waiting for Redis", 5000), "the wait is logged");
     redis = start_redis(rport);
     CHECK(tl_notify_wait(fd, "READY=1", 30000), "READY=1 once Redis answers");
