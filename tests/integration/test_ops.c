@@ -618,6 +618,13 @@ test_drain_deadline(void)
     CHECK(usage_rows(id, "AND status_code = 503 AND error_code = 'upstream_unavailable'", 5, 10000) == 5,
           "their 5 usage rows are written");
     CHECK(tl_aigw_log_wait(&gw, "still in flight at the deadline; cancelling", 0), "the cancellation is logged");
+    {
+        char *line = log_line(&gw, "<4>request ");
+
+        CHECK(line != NULL && strstr(line, "STATUS=503") != NULL && strstr(line, "ERROR_CODE=upstream_unavailable"),
+              "5xx access entries are warnings (<4>): %s", line ? line : "(none)");
+        free(line);
+    }
     tl_aigw_stop(&gw);
     /* the mock still generates the abandoned answers: let them end before other tests use it */
     for (int64_t end = aigw_now_ms() + 30000; tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end;)
