@@ -543,7 +543,7 @@ test_drain(void)
     char buf[64];
     struct tl_resp out[20], r;
     struct tl_parallel *bg;
-    struct tl_conn *api, *ops;
+    struct tl_conn *api, *ops, *mon;
     struct tl_aigw gw;
     int ok = 0;
     bool refused = false;
@@ -556,9 +556,12 @@ test_drain(void)
     }
     api = tl_conn_open(gw.port);
     ops = tl_conn_open(gw.port);
-    tl_conn_get(api, "/api/ai/limits", tok, &r, NULL); /* both connections open and kept */
+    mon = tl_conn_open(gw.port);
+    tl_conn_get(api, "/api/ai/limits", tok, &r, NULL); /* the connections open and kept */
     tl_resp_free(&r);
     tl_conn_get(ops, "/healthz", NULL, &r, NULL);
+    tl_resp_free(&r);
+    tl_conn_get(mon, "/healthz", NULL, &r, NULL);
     tl_resp_free(&r);
     bg = slow_burst(&gw, tok, "drain", 20, bodies, out);
 
@@ -572,6 +575,11 @@ test_drain(void)
           "a new request on a kept connection: 503 (%ld %s)", r.status, r.body);
     CHECK(tl_resp_header(&r, "Connection", buf, sizeof(buf)) && strcmp(buf, "close") == 0,
           "with Connection: close");
+    tl_resp_free(&r);
+    tl_conn_get(mon, "/metrics", NULL, &r, NULL);
+    CHECK(tl_metric_in(r.body, "aigw_draining") == 1 && tl_metric_in(r.body, "aigw_requests_in_flight") >= 20,
+          "/metrics while draining: aigw_draining %g, aigw_requests_in_flight %g", tl_metric_in(r.body, "aigw_draining"),
+          tl_metric_in(r.body, "aigw_requests_in_flight"));
     tl_resp_free(&r);
     tl_conn_get(ops, "/readyz", NULL, &r, NULL);
     CHECK(r.status == 503 && tl_json_str(&r, "checks.process", buf, sizeof(buf)) && strcmp(buf, "draining") == 0,
@@ -587,6 +595,7 @@ test_drain(void)
     CHECK(tl_aigw_log_wait(&gw, "drain: HTTP stopped", 0), "the drain is logged");
     tl_conn_close(api);
     tl_conn_close(ops);
+    tl_conn_close(mon);
     tl_aigw_stop(&gw);
 out:
     tl_mock_reset(mock1);
