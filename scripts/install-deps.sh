@@ -37,6 +37,8 @@ PACKAGES=(
     procps iproute2 psmisc util-linux jq openssl
     # promtool (lints the /metrics exposition in tests/integration/test_metrics.c)
     prometheus
+    # systemd-analyze verify/security, systemd-sysusers, systemd-tmpfiles (tests/integration/test_systemd.c)
+    systemd
 )
 
 # Node.js + npm run the official OpenAI SDK in tests/integration/test_sdk.c;

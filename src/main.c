@@ -4,10 +4,12 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -24,11 +26,13 @@
 #include "aigw/redis.h"
 #include "aigw/server.h"
 #include "aigw/singleflight.h"
+#include "aigw/snapshot.h"
 #include "aigw/stages.h"
 #include "aigw/upstream.h"
 #include "aigw/usage.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
+#include "aigw/watchdog.h"
 
 static void
 usage(FILE *f)
@@ -52,56 +56,203 @@ raise_nofile(void)
     }
 }
 
-/* Log (never fail) when a dependency is down at start: /readyz reports it
- * and the pools reconnect on their own. */
-static void
-check_dependencies(struct aigw_server *srv)
-{
-    PGconn *pg = aigw_pg_acquire(srv->pg, 3000);
-    redisContext *rc = aigw_redis_acquire(srv->redis);
+/* How long cancelled requests get to send their answers after the drain
+ * deadline before their connections are closed. */
+#define DRAIN_GRACE_MS 5000
 
-    if (pg == NULL)
-        aigw_log(LOG_WARNING, "startup: PostgreSQL is not reachable yet");
-    if (rc == NULL)
-        aigw_log(LOG_WARNING, "startup: Redis is not reachable yet");
-    aigw_pg_release(srv->pg, pg);
-    aigw_redis_release(srv->redis, rc);
+static void
+block_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGPIPE);
+    /* before any thread starts, so only the main thread's waits see them */
+    pthread_sigmask(SIG_BLOCK, set, NULL);
 }
 
-/* SIGHUP: validate the file again; apply the log level and drop cached
- * tenants. Keys, backends and listeners are fixed for the process life. */
+/* Wait up to max_ms (-1: no limit) for a signal of set, sending the
+ * watchdog's pings meanwhile. Returns the signal, or 0. */
+static int
+wait_signal(const sigset_t *set, struct aigw_watchdog *wd, int max_ms)
+{
+    int due = aigw_watchdog_due_in_ms(wd), ms = max_ms, sig;
+    struct timespec ts;
+
+    if (due >= 0 && (ms < 0 || due < ms))
+        ms = due;
+    if (ms < 0) {
+        sig = sigwaitinfo(set, NULL);
+    } else {
+        ts.tv_sec = ms / 1000;
+        ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+        sig = sigtimedwait(set, NULL, &ts);
+    }
+    aigw_watchdog_tick(wd);
+    return sig > 0 ? sig : 0;
+}
+
+/* "dev, k2": the kids of cfg's keys, for the log. */
 static void
-reload(struct aigw_server *srv, const char *config_path)
+kid_list(const struct aigw_config *cfg, char *out, size_t cap)
+{
+    size_t off = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < cfg->n_jwt_keys && off < cap; i++)
+        off += (size_t)snprintf(out + off, cap - off, "%s%s", i ? ", " : "", cfg->jwt_keys[i].kid);
+}
+
+/* SIGHUP: read the file again and, if it is valid, publish it as the new
+ * snapshot (JWT keys, upstream backends and routes, log level, drain
+ * deadline). A bad file is refused and logged, and the running snapshot
+ * stays. Connections are untouched either way. When ready (READY=1 was
+ * sent), RELOADING=1 and READY=1 wrap it; before that, READY=1 must wait
+ * for the dependencies, so systemd hears nothing. */
+static void
+reload(struct aigw_server *srv, const char *config_path, bool ready)
 {
     struct aigw_config next;
-    char err[512];
+    struct aigw_snapshot *cur, *snap;
+    char err[512], restart[256], kids[AIGW_MAX_JWT_KEYS * 66];
 
+    if (ready)
+        sd_notify(0, "RELOADING=1");
     if (aigw_config_load(config_path, &next, err, sizeof(err)) != 0) {
         aigw_log(LOG_ERR, "reload refused, keeping the running configuration: %s", err);
+        aigw_metrics_reload(srv->metrics, false);
+        if (ready)
+            sd_notify(0, "READY=1\nSTATUS=reload refused (see the log); running configuration kept");
         return;
     }
-    aigw_log_set_level(next.log_level);
+    if (aigw_config_restart_diff(&srv->cfg, &next, restart, sizeof(restart)) > 0)
+        aigw_log(LOG_WARNING, "reload: %s changed; that takes a restart, the running values stay", restart);
+    cur = aigw_snapshot_acquire(srv->live);
+    snap = aigw_snapshot_adopt(&next, cur->generation + 1);
+    aigw_snapshot_unref(cur);
+    aigw_snapshot_publish(srv->live, aigw_snapshot_ref(snap));
+    /* entries verified with the old keys miss anyway (generation); this frees them */
+    aigw_jwt_cache_clear(srv->tokens);
+    aigw_upstream_reconfigure(srv->upstream, snap);
+    aigw_log_set_level(snap->cfg.log_level);
     aigw_tenant_cache_invalidate(srv->tenants, "*");
     aigw_apikey_cache_invalidate(srv->api_keys, "*");
-    aigw_jwt_cache_clear(srv->tokens);
-    aigw_config_free(&next);
-    aigw_log(LOG_NOTICE, "reload: log level applied, tenant and API key caches flushed");
+    aigw_metrics_reload(srv->metrics, true);
+    kid_list(&snap->cfg, kids, sizeof(kids));
+    aigw_log(LOG_NOTICE, "reload: configuration %llu applied (JWT keys: %s; %zu upstream backends)",
+             (unsigned long long)snap->generation, kids, snap->cfg.n_backends);
+    if (ready)
+        sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u, configuration %llu", srv->cfg.listen_addr,
+                   srv->bound_port, (unsigned long long)snap->generation);
+    aigw_snapshot_unref(snap);
+}
+
+/* READY=1 waits for the first PostgreSQL and Redis contact (the listener is
+ * already bound, so /readyz says what is missing). Returns 0 once both
+ * answered (or at once when startup.dependency_timeout_ms is 0), the signal
+ * that asked to stop, or -1 when the timeout passed (logged). */
+static int
+wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, const char *config_path)
+{
+    int64_t start = aigw_now_ms(), next_note = start;
+    int limit = srv->cfg.dependency_timeout_ms;
+
+    while (limit > 0) {
+        bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
+        const char *missing = !pg && !redis ? "PostgreSQL and Redis" : !pg ? "PostgreSQL" : "Redis";
+        int64_t now = aigw_now_ms();
+        int sig;
+
+        if (pg && redis)
+            return 0;
+        if (now - start >= limit) {
+            aigw_log(LOG_ERR, "startup: %s not reachable after %d ms (startup.dependency_timeout_ms); exiting",
+                     missing, limit);
+            return -1;
+        }
+        if (now >= next_note) {
+            aigw_log(LOG_WARNING, "startup: waiting for %s before reporting ready", missing);
+            sd_notifyf(0, "STATUS=waiting for %s", missing);
+            next_note = now + 5000;
+        }
+        sig = wait_signal(set, wd, 1000);
+        if (sig == SIGTERM || sig == SIGINT)
+            return sig;
+        if (sig == SIGHUP)
+            reload(srv, config_path, false);
+    }
+    return 0;
+}
+
+/* Wait until no request is in flight or deadline_ms (monotonic) passes; a
+ * second SIGTERM/SIGINT ends the wait. true when nothing is in flight. */
+static bool
+wait_idle(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, int64_t deadline_ms)
+{
+    while (aigw_http_in_flight(srv) > 0) {
+        int64_t left = deadline_ms - aigw_now_ms();
+        int sig;
+
+        if (left <= 0)
+            return false;
+        sig = wait_signal(set, wd, left < 50 ? (int)left : 50);
+        if (sig == SIGTERM || sig == SIGINT) {
+            aigw_log(LOG_NOTICE, "drain: signal %d again, not waiting any longer", sig);
+            return false;
+        }
+        if (sig == SIGHUP)
+            aigw_log(LOG_NOTICE, "drain: reload ignored while shutting down");
+    }
+    return true;
+}
+
+/* SIGTERM: refuse new connections, let requests in flight (also those
+ * waiting on a model) finish until the deadline, then cancel the rest:
+ * their upstream calls and single-flight waits end at once, so they answer
+ * 503/504 and spool their usage rows. Returns with the HTTP daemon stopped. */
+static void
+drain(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, int timeout_ms)
+{
+    size_t n = aigw_http_in_flight(srv);
+
+    sd_notifyf(0, "STOPPING=1\nSTATUS=draining %zu requests", n);
+    atomic_store(&srv->stopping, true);
+    aigw_http_quiesce(srv);
+    aigw_log(LOG_NOTICE, "drain: listener closed, %zu requests in flight, waiting up to %d ms", n, timeout_ms);
+    if (!wait_idle(srv, wd, set, aigw_now_ms() + timeout_ms)) {
+        aigw_log(LOG_WARNING, "drain: %zu requests still in flight at the deadline; cancelling them",
+                 aigw_http_in_flight(srv));
+        aigw_upstream_cancel_all(srv->upstream);
+        aigw_sf_cancel(srv->sf);
+        if (!wait_idle(srv, wd, set, aigw_now_ms() + DRAIN_GRACE_MS))
+            aigw_log(LOG_WARNING, "drain: closing %zu connections that did not finish", aigw_http_in_flight(srv));
+    }
+    aigw_http_stop(srv);
+    aigw_log(LOG_NOTICE, "drain: HTTP stopped");
 }
 
 static int
+drain_timeout_ms(struct aigw_server *srv)
+{
+    struct aigw_snapshot *snap = aigw_snapshot_acquire(srv->live);
+    int ms = snap->cfg.drain_timeout_ms;
+
+    aigw_snapshot_unref(snap);
+    return ms;
+}
+
+/* Start the threads and the listener, wait for the dependencies, then
+ * serve until SIGTERM/SIGINT and drain. Returns the exit code. */
+static int
 serve(struct aigw_server *srv, const char *config_path)
 {
+    struct aigw_watchdog *wd = NULL;
     sigset_t set;
-    int sig = 0;
+    int sig = 0, rc = 0;
 
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGPIPE);
-    /* block before any thread starts so only sigwait below sees them */
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
+    block_signals(&set);
+    srv->live = aigw_snapshot_slot_create(aigw_snapshot_borrow(&srv->cfg, 1));
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
     srv->tokens = aigw_jwt_cache_create(8192, 300);
     srv->api_keys = aigw_apikey_cache_create(4096, srv->cfg.api_key_cache_ttl_s);
@@ -113,30 +264,25 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
     srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants, srv->api_keys);
-    check_dependencies(srv);
     if (aigw_http_start(srv) != 0)
         return 1;
-    sd_notifyf(0, "READY=1\nSTATUS=listening on %s:%u\nMAINPID=%lu", srv->cfg.listen_addr, srv->bound_port,
-               (unsigned long)getpid());
-    for (;;) {
-        if (sigwait(&set, &sig) != 0)
-            continue;
-        if (sig == SIGTERM || sig == SIGINT)
-            break;
-        if (sig == SIGHUP)
-            reload(srv, config_path);
+    wd = aigw_watchdog_create(srv);
+    sig = wait_dependencies(srv, wd, &set, config_path);
+    if (sig == 0) {
+        sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u\nMAINPID=%lu", srv->cfg.listen_addr, srv->bound_port,
+                   (unsigned long)getpid());
+        aigw_log(LOG_NOTICE, "ready: serving on %s:%u", srv->cfg.listen_addr, srv->bound_port);
+        while (sig != SIGTERM && sig != SIGINT) {
+            sig = wait_signal(&set, wd, -1);
+            if (sig == SIGHUP)
+                reload(srv, config_path, true);
+        }
     }
-    aigw_log(LOG_NOTICE, "shutting down on signal %d", sig);
-    sd_notify(0, "STOPPING=1");
-    atomic_store(&srv->stopping, true);
-    aigw_http_quiesce(srv);
-    /* suspended requests must be resumed before the daemon stops */
-    aigw_sf_stop(srv->sf);
-    srv->sf = NULL;
-    aigw_upstream_stop(srv->upstream);
-    srv->upstream = NULL;
-    aigw_http_stop(srv);
-    return 0;
+    rc = sig < 0 ? 1 : 0;
+    aigw_log(LOG_NOTICE, "shutting down (%s)", sig < 0 ? "dependencies unreachable" : "signal");
+    drain(srv, wd, &set, sig < 0 ? 0 : drain_timeout_ms(srv));
+    aigw_watchdog_destroy(wd);
+    return rc;
 }
 
 int
@@ -209,11 +355,11 @@ main(int argc, char **argv)
     srv.pg = aigw_pg_pool_create(srv.cfg.database_url, srv.cfg.db_pool_size);
     rc = serve(&srv, config_path);
 out:
+    aigw_http_stop(&srv); /* first: requests may still use everything below */
     aigw_sf_stop(srv.sf);
     aigw_upstream_stop(srv.upstream);
-    aigw_http_stop(&srv);
     aigw_apikey_usage_stop(srv.key_usage); /* last flush of last_used_at */
-    aigw_usage_stop(srv.usage, 5000);
+    aigw_usage_stop(srv.usage, 5000); /* writes the rows still spooled */
     aigw_listener_stop(srv.listener);
     aigw_health_stop(srv.health);
     aigw_tenant_cache_destroy(srv.tenants);
@@ -222,6 +368,7 @@ out:
     aigw_pg_pool_destroy(srv.pg);
     aigw_redis_pool_destroy(srv.redis);
     aigw_metrics_destroy(srv.metrics);
+    aigw_snapshot_slot_destroy(srv.live); /* the last snapshot may borrow from srv.cfg */
     aigw_config_free(&srv.cfg);
     curl_global_cleanup();
     return rc;

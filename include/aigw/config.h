@@ -103,6 +103,10 @@ struct aigw_config {
 
     /* logging */
     int log_level;         /* syslog priority */
+
+    /* process lifecycle */
+    int dependency_timeout_ms; /* start-up: longest wait for PostgreSQL + Redis before READY=1; 0 = no wait */
+    int drain_timeout_ms;      /* SIGTERM: longest wait for in-flight requests before they are cancelled */
 };
 
 /* Query types, in the order used by route_backends. */
@@ -123,6 +127,13 @@ void aigw_config_free(struct aigw_config *cfg);
 
 /* The model called id that tier may use, or NULL. */
 const struct aigw_model_cfg *aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tier);
+
+/* Settings that differ between the running configuration a and a reloaded
+ * one b but only take effect at start-up (listen.*, http.*, database.*,
+ * redis.*, tenants.*, usage.*, upstream.model, startup.*): their names,
+ * comma-separated, into out ("" when none; truncated to cap). Returns how
+ * many differ. Never fails. */
+size_t aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *b, char *out, size_t cap);
 
 /* Find a key by kid; with kid == NULL, the only key when exactly one is
  * configured. NULL when not found. */

@@ -15,6 +15,7 @@ struct MHD_Connection;
 struct aigw_sse;
 struct aigw_tenant;
 struct aigw_api_key;
+struct aigw_snapshot;
 
 /* The one status enum for control flow (nginx-style).
  * OK: go on with the next stage. DONE: a response is set on the request.
@@ -45,6 +46,7 @@ struct aigw_hdr {
 
 struct aigw_req {
     struct aigw_server *srv;
+    struct aigw_snapshot *snap;        /* reloadable configuration: counted reference held until completion */
     struct MHD_Connection *conn;
     struct aigw_pool *pool;            /* owns everything below unless noted */
     const char *method, *url;
@@ -135,8 +137,16 @@ void aigw_req_settle(struct aigw_req *req);
 
 /* Start the HTTP daemon on srv (uses srv->cfg). Returns 0, or -1 (logged). */
 int aigw_http_start(struct aigw_server *srv);
-/* Stop accepting new connections (in-flight requests go on). */
+/* Stop accepting new connections and close the listening socket, so new
+ * clients are refused at once instead of waiting in the kernel backlog
+ * (in-flight requests go on). NULL-safe on srv->mhd; idempotent. */
 void aigw_http_quiesce(struct aigw_server *srv);
+/* Requests between their first callback and their completion. */
+size_t aigw_http_in_flight(const struct aigw_server *srv);
+/* How long (ms) the worker that has been inside one libmicrohttpd callback
+ * the longest has been there; 0 when every worker is idle or polling. A
+ * large value means a wedged worker (callbacks never wait on a model). */
+int64_t aigw_http_busy_ms(const struct aigw_server *srv);
 /* Stop the daemon; every suspended request must have been resumed. NULL-safe. */
 void aigw_http_stop(struct aigw_server *srv);
 

@@ -37,10 +37,13 @@ int aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len
 struct aigw_jwt_cache;
 struct aigw_jwt_cache *aigw_jwt_cache_create(size_t slots, int max_age_s);
 void aigw_jwt_cache_destroy(struct aigw_jwt_cache *c);
-/* true and *out filled when token_sha256 was verified and is still valid at now. */
-bool aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+/* true and *out filled when token_sha256 was verified under key generation
+ * gen (the configuration snapshot's) and is still valid at now. An entry put
+ * under another generation misses, so a request that verified with the keys
+ * of before a reload can never make its verdict outlive that reload. */
+bool aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now, uint64_t gen,
                         struct aigw_claims *out);
-void aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+void aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now, uint64_t gen,
                         const struct aigw_claims *claims);
 /* Forget everything (key rotation, reload). */
 void aigw_jwt_cache_clear(struct aigw_jwt_cache *c);

@@ -2,6 +2,7 @@
 #ifndef AIGW_METRICS_H
 #define AIGW_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -30,6 +31,10 @@ void aigw_metrics_coalesced(struct aigw_metrics *m);
  * mapped to standard/pro/enterprise/other). */
 void aigw_metrics_rate_limited(struct aigw_metrics *m, const char *tier);
 void aigw_metrics_quota_exhausted(struct aigw_metrics *m, const char *tier);
+
+/* A SIGHUP reload, applied or refused (aigw_config_reloads_total{result},
+ * aigw_config_last_reload_successful). */
+void aigw_metrics_reload(struct aigw_metrics *m, bool applied);
 
 /* A failed PostgreSQL connect / acquire / statement, a failed Redis connect /
  * acquire / command. Process-wide counters: the pools and the usage writer

@@ -3,6 +3,7 @@
 #define AIGW_PG_H
 
 #include <libpq-fe.h>
+#include <stdbool.h>
 
 struct aigw_pg_pool;
 
@@ -43,6 +44,10 @@ PGresult *aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *
 int aigw_pg_begin_tenant(PGconn *conn, const char *tenant_ref);
 int aigw_pg_commit(PGconn *conn);
 void aigw_pg_rollback(PGconn *conn);
+
+/* Whether a pooled connection can be had within timeout_ms and answers
+ * SELECT 1. For /readyz and the start-up wait. Never fails (false = down). */
+bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
 
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);

@@ -3,6 +3,7 @@
 #define AIGW_REDIS_H
 
 #include <hiredis.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 struct aigw_redis_pool;
@@ -25,6 +26,10 @@ void aigw_redis_release(struct aigw_redis_pool *pool, redisContext *ctx);
  * is then dropped by aigw_redis_release). An error *reply* is returned as a
  * REDIS_REPLY_ERROR object. */
 redisReply *aigw_redis_cmd(redisContext *ctx, int argc, const char **argv, const size_t *argvlen);
+
+/* Whether a pooled context answers PING with PONG (within the pool
+ * timeout). For /readyz and the start-up wait. Never fails (false = down). */
+bool aigw_redis_ping(struct aigw_redis_pool *pool);
 
 /* A Lua script run with EVALSHA, falling back to EVAL on NOSCRIPT. */
 struct aigw_redis_script {

@@ -2,7 +2,9 @@
  *
  * Filled in by main() before the HTTP daemon starts; read-only afterwards
  * except for the fields that are themselves thread-safe objects (pools,
- * caches) or atomics. */
+ * caches, the snapshot slot) or atomics. The reloadable settings (JWT keys,
+ * upstream backends and routes, log level, drain deadline) are read from the
+ * request's snapshot (req->snap, see snapshot.h), never from cfg. */
 #ifndef AIGW_SERVER_H
 #define AIGW_SERVER_H
 
@@ -25,9 +27,12 @@ struct aigw_upstream;
 struct aigw_usage;
 struct aigw_sf;
 struct aigw_metrics;
+struct aigw_snapshot_slot;
+struct aigw_busy;
 
 struct aigw_server {
-    struct aigw_config cfg;                 /* read-only while serving */
+    struct aigw_config cfg;                 /* start-up configuration; read-only while serving */
+    struct aigw_snapshot_slot *live;        /* the live reloadable configuration (snapshot.h) */
     struct MHD_Daemon *mhd;
     struct aigw_pg_pool *pg;                /* thread-safe checkout pool */
     struct aigw_redis_pool *redis;          /* thread-safe checkout pool */
@@ -41,7 +46,9 @@ struct aigw_server {
     struct aigw_usage *usage;               /* usage spool + writer thread */
     struct aigw_sf *sf;                     /* single-flight waiter poller */
     struct aigw_metrics *metrics;           /* lock-free counters for GET /metrics */
-    atomic_bool stopping;
+    struct aigw_busy *busy;                 /* per-worker callback stamps for the watchdog (http.h) */
+    atomic_bool stopping;                   /* draining: /readyz 503, new requests 503 + Connection: close */
+    atomic_size_t in_flight;                /* requests from their first callback to completion */
     int64_t started_wall_s;
     uint16_t bound_port;
 };

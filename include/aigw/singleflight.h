@@ -18,6 +18,10 @@ struct aigw_req;
 struct aigw_sf *aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms);
 /* Resume every waiter as timed out, stop and join the thread. NULL-safe. */
 void aigw_sf_stop(struct aigw_sf *sf);
+/* The drain deadline: resume every waiter as timed out and every later
+ * aigw_sf_wait at once, but keep sf valid until aigw_sf_stop. Asynchronous
+ * (the poller thread resumes them as it exits). NULL-safe. */
+void aigw_sf_cancel(struct aigw_sf *sf);
 /* Register a suspended waiter (req->q->sf_* set). */
 void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);
 /* Leader: publish its outcome (JSON text) for the waiters and release the

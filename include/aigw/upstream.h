@@ -17,6 +17,7 @@
 
 struct aigw_upstream;
 struct aigw_upstream_call;
+struct aigw_snapshot;
 
 /* Outcome of one call, valid from done() until aigw_upstream_call_free(). */
 struct aigw_upstream_result {
@@ -33,7 +34,8 @@ struct aigw_upstream_result {
     long prompt_tokens;        /* usage.prompt_tokens (0 if absent) */
     long completion_tokens;    /* usage.completion_tokens (0 if absent) */
     int64_t upstream_ms;       /* time from submit to done, queueing included */
-    const char *backend;       /* name of the backend that answered (static for the engine's life), or NULL */
+    const char *backend;       /* name of the backend that answered, or NULL; readable for the engine's life
+                                * (a later reload may give its slot to another backend) */
     /* streams */
     bool started;              /* at least one event reached on_event: a failure now is mid-stream */
     long chunks;               /* events that carried content */
@@ -117,6 +119,26 @@ const struct aigw_upstream_result *aigw_upstream_result(const struct aigw_upstre
  * with it too, so this is safe at any time, even before done() ran (use
  * aigw_upstream_cancel first if the outcome is no longer wanted). NULL-safe. */
 void aigw_upstream_call_free(struct aigw_upstream_call *call);
+
+/* Apply snap's backends, routes and upstream settings (everything in
+ * upstream.* except model) from the engine's next round on: new calls use
+ * the new table, calls in flight finish on the backend they started on, a
+ * backend kept by name and URL keeps its slot counts and health state, and
+ * the health prober follows the new table. Takes its own reference to snap.
+ * If more backends are replaced than there are free slots, it waits for
+ * calls on removed backends to end (at most upstream.timeout_ms). A newer
+ * reconfigure replaces one not yet applied. Thread-safe, never blocks. */
+void aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *snap);
+
+/* Fail every queued and in-flight call now (503 upstream_unavailable
+ * "shutting down", done() runs on the engine thread) and every later submit
+ * at once, as after aigw_upstream_stop, but keep the engine object valid
+ * until aigw_upstream_stop: the drain deadline. Thread-safe, asynchronous. */
+void aigw_upstream_cancel_all(struct aigw_upstream *up);
+
+/* How long (ms) since the engine loop last went round (it goes round at
+ * least twice a second); 0 before its first round. For the watchdog. */
+int64_t aigw_upstream_stalled_ms(const struct aigw_upstream *up);
 
 /* Gauges for /readyz and metrics (thread-safe snapshots). */
 size_t aigw_upstream_in_flight(const struct aigw_upstream *up);

@@ -12,12 +12,23 @@
 #include "aigw/log.h"
 #include "aigw/util.h"
 
+/* One probed slot. gen changes whenever the slot gets another backend, so a
+ * probe that started before a reconfigure cannot publish into the new one. */
+struct target {
+    char name[64];
+    char *url;             /* NULL: not probed */
+    unsigned gen;
+};
+
 struct aigw_health {
-    const struct aigw_config *cfg;
     pthread_t thread;
-    pthread_mutex_t lock;  /* guards stop (with wake) */
+    pthread_mutex_t lock;  /* guards stop, kick, targets, n and interval_ms (with wake) */
     pthread_cond_t wake;
     bool stop;
+    bool kick;             /* probe again at once (after a reconfigure) */
+    struct target targets[AIGW_MAX_BACKENDS];
+    size_t n;
+    int interval_ms;
     atomic_bool up[AIGW_MAX_BACKENDS];
 };
 
@@ -46,6 +57,38 @@ probe(CURL *curl, const char *base)
     return code == 200;
 }
 
+/* Probe slot i without holding the lock; publish only if the slot still
+ * holds the same backend. Returns false when i is past the last slot. */
+static bool
+probe_slot(struct aigw_health *h, CURL *curl, size_t i)
+{
+    char name[64], *url;
+    unsigned gen;
+    bool ok, was;
+
+    pthread_mutex_lock(&h->lock);
+    if (i >= h->n) {
+        pthread_mutex_unlock(&h->lock);
+        return false;
+    }
+    url = h->targets[i].url != NULL ? aigw_xstrdup(h->targets[i].url) : NULL;
+    gen = h->targets[i].gen;
+    memcpy(name, h->targets[i].name, sizeof(name));
+    pthread_mutex_unlock(&h->lock);
+    if (url == NULL)
+        return true;
+    ok = probe(curl, url);
+    free(url);
+    pthread_mutex_lock(&h->lock);
+    was = ok;
+    if (h->targets[i].gen == gen)
+        was = atomic_exchange(&h->up[i], ok);
+    pthread_mutex_unlock(&h->lock);
+    if (ok != was)
+        aigw_log(ok ? LOG_NOTICE : LOG_WARNING, "upstream: backend %s is %s", name, ok ? "up" : "down");
+    return true;
+}
+
 static void *
 run(void *arg)
 {
@@ -60,18 +103,13 @@ run(void *arg)
     for (;;) {
         struct timespec until;
 
-        for (size_t i = 0; i < h->cfg->n_backends; i++) {
-            bool ok = probe(curl, h->cfg->backends[i].url);
-            bool was = atomic_exchange(&h->up[i], ok);
-
-            if (ok != was)
-                aigw_log(ok ? LOG_NOTICE : LOG_WARNING, "upstream: backend %s is %s", h->cfg->backends[i].name,
-                         ok ? "up" : "down");
-        }
-        aigw_deadline_ms(&until, h->cfg->health_interval_ms);
-        pthread_mutex_lock(&h->lock);
-        while (!h->stop && pthread_cond_timedwait(&h->wake, &h->lock, &until) == 0)
+        for (size_t i = 0; probe_slot(h, curl, i); i++)
             ;
+        pthread_mutex_lock(&h->lock);
+        aigw_deadline_ms(&until, h->interval_ms);
+        while (!h->stop && !h->kick && pthread_cond_timedwait(&h->wake, &h->lock, &until) == 0)
+            ;
+        h->kick = false;
         if (h->stop) {
             pthread_mutex_unlock(&h->lock);
             break;
@@ -87,9 +125,9 @@ aigw_health_start(const struct aigw_config *cfg)
 {
     struct aigw_health *h = aigw_xcalloc(1, sizeof(*h));
 
-    h->cfg = cfg;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
+    aigw_health_reconfigure(h, cfg);
     if (pthread_create(&h->thread, NULL, run, h) != 0)
         abort();
     return h;
@@ -105,9 +143,42 @@ aigw_health_stop(struct aigw_health *h)
     pthread_cond_signal(&h->wake);
     pthread_mutex_unlock(&h->lock);
     pthread_join(h->thread, NULL);
+    for (size_t i = 0; i < AIGW_MAX_BACKENDS; i++)
+        free(h->targets[i].url);
     pthread_cond_destroy(&h->wake);
     pthread_mutex_destroy(&h->lock);
     free(h);
+}
+
+static bool
+same_target(const struct target *t, const struct aigw_backend_cfg *b)
+{
+    if (b == NULL || b->url == NULL)
+        return t->url == NULL;
+    return t->url != NULL && strcmp(t->url, b->url) == 0 && strcmp(t->name, b->name) == 0;
+}
+
+void
+aigw_health_reconfigure(struct aigw_health *h, const struct aigw_config *cfg)
+{
+    pthread_mutex_lock(&h->lock);
+    for (size_t i = 0; i < AIGW_MAX_BACKENDS; i++) {
+        const struct aigw_backend_cfg *b = i < cfg->n_backends ? &cfg->backends[i] : NULL;
+        struct target *t = &h->targets[i];
+
+        if (same_target(t, b))
+            continue;
+        free(t->url);
+        t->url = b != NULL && b->url != NULL ? aigw_xstrdup(b->url) : NULL;
+        snprintf(t->name, sizeof(t->name), "%s", b != NULL ? b->name : "");
+        t->gen++;
+        atomic_store(&h->up[i], false);
+    }
+    h->n = cfg->n_backends;
+    h->interval_ms = cfg->health_interval_ms;
+    h->kick = true;
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
 }
 
 bool
@@ -117,11 +188,37 @@ aigw_health_up(const struct aigw_health *h, size_t idx)
 }
 
 size_t
-aigw_health_up_count(const struct aigw_health *h)
+aigw_health_list(struct aigw_health *h, struct aigw_health_backend *out, size_t cap)
 {
-    size_t n = 0;
+    size_t k = 0;
 
-    for (size_t i = 0; i < h->cfg->n_backends; i++)
-        n += atomic_load(&h->up[i]);
-    return n;
+    pthread_mutex_lock(&h->lock);
+    for (size_t i = 0; i < h->n && k < cap; i++) {
+        if (h->targets[i].url == NULL)
+            continue;
+        memcpy(out[k].name, h->targets[i].name, sizeof(out[k].name));
+        out[k].up = atomic_load(&h->up[i]);
+        k++;
+    }
+    pthread_mutex_unlock(&h->lock);
+    return k;
+}
+
+size_t
+aigw_health_count(struct aigw_health *h)
+{
+    struct aigw_health_backend list[AIGW_MAX_BACKENDS];
+
+    return aigw_health_list(h, list, AIGW_MAX_BACKENDS);
+}
+
+size_t
+aigw_health_up_count(struct aigw_health *h)
+{
+    struct aigw_health_backend list[AIGW_MAX_BACKENDS];
+    size_t n = aigw_health_list(h, list, AIGW_MAX_BACKENDS), up = 0;
+
+    for (size_t i = 0; i < n; i++)
+        up += list[i].up;
+    return up;
 }

@@ -274,3 +274,19 @@ out:
     }
     return out;
 }
+
+bool
+aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms)
+{
+    PGconn *conn = aigw_pg_acquire(pool, timeout_ms);
+    PGresult *r;
+    bool ok;
+
+    if (conn == NULL)
+        return false;
+    r = aigw_pg_exec(conn, "SELECT 1", 0, NULL);
+    ok = r != NULL;
+    PQclear(r);
+    aigw_pg_release(pool, conn);
+    return ok;
+}

@@ -271,3 +271,21 @@ aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, c
     }
     return r;
 }
+
+bool
+aigw_redis_ping(struct aigw_redis_pool *pool)
+{
+    redisContext *c = aigw_redis_acquire(pool);
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    redisReply *r;
+    bool ok;
+
+    if (c == NULL)
+        return false;
+    r = aigw_redis_cmd(c, 1, argv, lens);
+    ok = r != NULL && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+    freeReplyObject(r);
+    aigw_redis_release(pool, c);
+    return ok;
+}

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "aigw/log.h"
+#include "aigw/snapshot.h"
 #include "aigw/util.h"
 
 /* An answer is a few KiB of JSON; more than this is a broken backend, and
@@ -123,6 +124,13 @@ struct aigw_upstream {
     int64_t curl_due_us;               /* monotonic us curl's timer expires; -1 = none */
     bool added;                        /* transfers were added since the last kick */
     struct epoll_event ev[MAX_EVENTS];
+    /* reload and drain (see "reload" below); pending and cancel are guarded by lock */
+    struct aigw_snapshot *pending;     /* newest configuration not applied yet */
+    bool cancel;                       /* fail every call now and take no more */
+    _Atomic int64_t beat_ms;           /* monotonic ms the loop last went round; 0 = not yet */
+    struct aigw_config ecfg;           /* engine thread: the applied configuration (cfg points here once applied) */
+    struct aigw_snapshot *snap;        /* engine thread: keeps the strings ecfg borrows alive */
+    bool deferred;                     /* engine thread: a reload waits for a free slot (logged once) */
 };
 
 /* ---- call lists ---- */
@@ -1142,6 +1150,8 @@ shutdown_calls(struct aigw_upstream *up)
     take_control(up); /* everything is done now: this only drops references */
 }
 
+static void checkpoint(struct aigw_upstream *up);
+
 static void *
 run(void *arg)
 {
@@ -1150,6 +1160,7 @@ run(void *arg)
     while (!atomic_load(&up->stopping)) {
         int n;
 
+        checkpoint(up);
         recover(up, aigw_now_ms());
         take_inbox(up);
         take_control(up);
@@ -1242,6 +1253,183 @@ setup_events(struct aigw_upstream *up)
     curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, (void *)up);
 }
 
+/* ---- reload ----
+ *
+ * A reload is posted (aigw_upstream_reconfigure) and applied by the engine
+ * thread between two loop rounds, so no transfer ever sees half a table.
+ * Backend indexes are stable: a backend with the same name and URL keeps its
+ * slot with its in-flight count and passive health; a removed one that still
+ * has calls in flight keeps its slot, outside every route, until they end on
+ * it; a new one takes a free slot. Queued calls stay queued and are placed by
+ * the new routes. */
+
+static bool
+same_backend(const struct aigw_backend_cfg *a, const struct aigw_backend_cfg *b)
+{
+    return a->url != NULL && b->url != NULL && strcmp(a->name, b->name) == 0 && strcmp(a->url, b->url) == 0;
+}
+
+/* Slot for each backend of next into map[]. false when a new backend finds
+ * no free slot yet (removed backends still finishing calls): retry later. */
+static bool
+map_slots(const struct aigw_upstream *up, const struct aigw_config *next, int map[AIGW_MAX_BACKENDS],
+          bool taken[AIGW_MAX_BACKENDS])
+{
+    const struct aigw_config *cur = up->cfg;
+
+    memset(taken, 0, AIGW_MAX_BACKENDS * sizeof(taken[0]));
+    for (size_t j = 0; j < next->n_backends; j++) {
+        map[j] = -1;
+        for (size_t i = 0; i < cur->n_backends && map[j] < 0; i++)
+            if (!taken[i] && same_backend(&cur->backends[i], &next->backends[j]))
+                map[j] = (int)i;
+        if (map[j] >= 0)
+            taken[map[j]] = true;
+    }
+    for (size_t j = 0; j < next->n_backends; j++) {
+        for (size_t i = 0; i < AIGW_MAX_BACKENDS && map[j] < 0; i++)
+            if (!taken[i] && (i >= cur->n_backends || up->be[i].in_flight == 0))
+                map[j] = (int)i;
+        if (map[j] < 0)
+            return false;
+        taken[map[j]] = true;
+    }
+    return true;
+}
+
+/* next with its backends moved to their slots, plus the removed backends
+ * still draining (no URL, in no route). Strings stay next's. */
+static void
+slotted_config(const struct aigw_upstream *up, const struct aigw_config *next, const int map[AIGW_MAX_BACKENDS],
+               const bool taken[AIGW_MAX_BACKENDS], struct aigw_config *out)
+{
+    const struct aigw_config *cur = up->cfg;
+    size_t n = 0;
+
+    *out = *next;
+    memset(out->backends, 0, sizeof(out->backends));
+    for (size_t i = 0; i < cur->n_backends; i++) {
+        if (taken[i] || up->be[i].in_flight == 0)
+            continue;
+        out->backends[i] = cur->backends[i];
+        out->backends[i].url = NULL;
+        n = i + 1;
+    }
+    for (size_t j = 0; j < next->n_backends; j++) {
+        out->backends[map[j]] = next->backends[j];
+        if ((size_t)map[j] + 1 > n)
+            n = (size_t)map[j] + 1;
+    }
+    out->n_backends = n;
+    for (int t = 0; t < AIGW_QUERY_TYPES; t++)
+        for (size_t k = 0; k < next->n_route_backends[t]; k++)
+            out->route_backends[t][k] = map[next->route_backends[t][k]];
+}
+
+/* Engine state for the slots of the new table prev -> up->cfg: kept and
+ * draining slots keep their counters, every other slot starts afresh. */
+static void
+reset_slots(struct aigw_upstream *up, const struct aigw_config *prev)
+{
+    const struct aigw_config *cur = up->cfg;
+
+    for (size_t i = 0; i < AIGW_MAX_BACKENDS; i++) {
+        struct backend *be = &up->be[i];
+        bool kept = i < cur->n_backends && i < prev->n_backends &&
+                    same_backend(&prev->backends[i], &cur->backends[i]);
+
+        free(be->url);
+        be->url = NULL;
+        if (!kept && be->in_flight == 0) {
+            be->fails = 0;
+            be->down_until = 0;
+        }
+    }
+    setup_backends(up); /* URLs, caps and curl's connection limits for the new table */
+}
+
+static void
+apply(struct aigw_upstream *up, struct aigw_snapshot *snap)
+{
+    struct aigw_config prev = *up->cfg, next;
+    int map[AIGW_MAX_BACKENDS];
+    bool taken[AIGW_MAX_BACKENDS];
+
+    if (!map_slots(up, &snap->cfg, map, taken)) {
+        if (!up->deferred)
+            aigw_log(LOG_NOTICE, "upstream: configuration %llu waits for calls on removed backends to end",
+                     (unsigned long long)snap->generation);
+        up->deferred = true;
+        pthread_mutex_lock(&up->lock);
+        if (up->pending == NULL) /* else a newer one came meanwhile: it wins */
+            up->pending = aigw_snapshot_ref(snap);
+        pthread_mutex_unlock(&up->lock);
+        return;
+    }
+    up->deferred = false;
+    slotted_config(up, &snap->cfg, map, taken, &next);
+    up->ecfg = next;
+    up->cfg = &up->ecfg;
+    reset_slots(up, &prev);
+    if (up->health != NULL)
+        aigw_health_reconfigure(up->health, up->cfg);
+    aigw_snapshot_unref(up->snap); /* prev's strings are not needed any more */
+    up->snap = aigw_snapshot_ref(snap);
+    aigw_log(LOG_NOTICE, "upstream: configuration %llu applied: %zu backends", (unsigned long long)snap->generation,
+             snap->cfg.n_backends);
+}
+
+/* Top of every engine round: the heartbeat, then a posted cancel or reload. */
+static void
+checkpoint(struct aigw_upstream *up)
+{
+    struct aigw_snapshot *snap;
+    bool cancel;
+
+    atomic_store_explicit(&up->beat_ms, aigw_now_ms(), memory_order_relaxed);
+    pthread_mutex_lock(&up->lock);
+    snap = up->pending;
+    up->pending = NULL;
+    cancel = up->cancel;
+    up->cancel = false;
+    pthread_mutex_unlock(&up->lock);
+    if (cancel)
+        shutdown_calls(up);
+    if (snap != NULL)
+        apply(up, snap);
+    aigw_snapshot_unref(snap);
+}
+
+void
+aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *snap)
+{
+    struct aigw_snapshot *old;
+
+    pthread_mutex_lock(&up->lock);
+    old = up->pending;
+    up->pending = aigw_snapshot_ref(snap);
+    pthread_mutex_unlock(&up->lock);
+    aigw_snapshot_unref(old);
+    wake(up);
+}
+
+void
+aigw_upstream_cancel_all(struct aigw_upstream *up)
+{
+    pthread_mutex_lock(&up->lock);
+    up->cancel = true;
+    pthread_mutex_unlock(&up->lock);
+    wake(up);
+}
+
+int64_t
+aigw_upstream_stalled_ms(const struct aigw_upstream *up)
+{
+    int64_t beat = atomic_load_explicit(&up->beat_ms, memory_order_relaxed);
+
+    return beat > 0 ? aigw_now_ms() - beat : 0;
+}
+
 struct aigw_upstream *
 aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
 {
@@ -1281,6 +1469,8 @@ aigw_upstream_stop(struct aigw_upstream *up)
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         free(up->be[b].url);
     pthread_mutex_destroy(&up->lock);
+    aigw_snapshot_unref(up->pending);
+    aigw_snapshot_unref(up->snap);
     free(up);
 }
 

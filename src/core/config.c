@@ -421,6 +421,8 @@ set_defaults(struct aigw_config *cfg)
     cfg->usage_batch_rows = 500;
     cfg->usage_flush_ms = 100;
     cfg->log_level = LOG_INFO;
+    cfg->dependency_timeout_ms = 60000;
+    cfg->drain_timeout_ms = 30000;
 }
 
 static void
@@ -459,7 +461,8 @@ int
 aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t errlen)
 {
     static const char *const top[] = {"listen", "http", "database", "redis", "jwt",
-                                      "tenants", "api_keys", "upstream", "openai", "usage", "log", NULL};
+                                      "tenants", "api_keys", "upstream", "openai", "usage", "log", "startup",
+                                      "shutdown", NULL};
     static const char *const listen_k[] = {"address", "port", NULL};
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
@@ -476,6 +479,8 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", NULL};
     static const char *const log_k[] = {"level", NULL};
     static const char *const openai_k[] = {"models", "cache_sampled", NULL};
+    static const char *const startup_k[] = {"dependency_timeout_ms", NULL};
+    static const char *const shutdown_k[] = {"drain_timeout_ms", NULL};
     struct ctx c = {err, errlen, 0};
     json_error_t jerr;
     json_t *root, *sec, *arr;
@@ -585,6 +590,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         else if (level != NULL)
             cfg->log_level = aigw_log_level_parse(level);
     }
+    if ((sec = SECTION("startup", startup_k)) != NULL)
+        get_int(&c, sec, "dependency_timeout_ms", 0, 3600000, &cfg->dependency_timeout_ms);
+    if ((sec = SECTION("shutdown", shutdown_k)) != NULL)
+        get_int(&c, sec, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms);
 #undef SECTION
     apply_env(&c, cfg);
     if (!c.failed && (cfg->database_url == NULL || *cfg->database_url == '\0'))
@@ -639,6 +648,56 @@ aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tie
         return ok ? m : NULL;
     }
     return NULL;
+}
+
+static bool
+same_str(const char *a, const char *b)
+{
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* Append name to the comma-separated list in out when differs. */
+static void
+note_diff(bool differs, const char *name, char *out, size_t cap, size_t *n)
+{
+    size_t len = strlen(out);
+
+    if (!differs)
+        return;
+    (*n)++;
+    if (len < cap)
+        snprintf(out + len, cap - len, "%s%s", len > 0 ? ", " : "", name);
+}
+
+size_t
+aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *b, char *out, size_t cap)
+{
+    size_t n = 0;
+
+    if (cap == 0)
+        return 0;
+    out[0] = '\0';
+    note_diff(!same_str(a->listen_addr, b->listen_addr) || a->port != b->port, "listen", out, cap, &n);
+    note_diff(a->threads != b->threads || a->max_body_bytes != b->max_body_bytes ||
+                  a->max_header_bytes != b->max_header_bytes || a->max_connections != b->max_connections ||
+                  a->max_connections_per_ip != b->max_connections_per_ip ||
+                  a->connection_timeout_s != b->connection_timeout_s || a->max_json_depth != b->max_json_depth,
+              "http", out, cap, &n);
+    note_diff(!same_str(a->database_url, b->database_url) || a->db_pool_size != b->db_pool_size, "database", out,
+              cap, &n);
+    note_diff(!same_str(a->redis_url, b->redis_url) || a->redis_pool_size != b->redis_pool_size ||
+                  a->redis_timeout_ms != b->redis_timeout_ms,
+              "redis", out, cap, &n);
+    note_diff(a->tenant_cache_ttl_s != b->tenant_cache_ttl_s, "tenants", out, cap, &n);
+    note_diff(!same_str(a->model, b->model), "upstream.model", out, cap, &n);
+    note_diff(!same_str(a->spool_dir, b->spool_dir) || a->usage_batch_rows != b->usage_batch_rows ||
+                  a->usage_flush_ms != b->usage_flush_ms,
+              "usage", out, cap, &n);
+    note_diff(a->dependency_timeout_ms != b->dependency_timeout_ms, "startup", out, cap, &n);
+    note_diff(a->n_models != b->n_models || memcmp(a->models, b->models, sizeof(a->models)) != 0 ||
+                  a->cache_sampled != b->cache_sampled,
+              "openai", out, cap, &n);
+    return n;
 }
 
 const struct aigw_jwt_key *

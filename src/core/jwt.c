@@ -238,6 +238,7 @@ out:
 struct jwt_slot {
     unsigned char hash[32];
     int64_t valid_until;       /* 0 = empty */
+    uint64_t gen;              /* configuration generation whose keys verified it */
     struct aigw_claims claims;
 };
 
@@ -286,7 +287,7 @@ slot_of(const struct aigw_jwt_cache *c, const unsigned char h[32])
 }
 
 bool
-aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now, uint64_t gen,
                    struct aigw_claims *out)
 {
     size_t i = slot_of(c, token_sha256);
@@ -294,7 +295,7 @@ aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32
     bool hit;
 
     pthread_mutex_lock(lock);
-    hit = c->slots[i].valid_until > now && memcmp(c->slots[i].hash, token_sha256, 32) == 0;
+    hit = c->slots[i].valid_until > now && c->slots[i].gen == gen && memcmp(c->slots[i].hash, token_sha256, 32) == 0;
     if (hit)
         *out = c->slots[i].claims;
     pthread_mutex_unlock(lock);
@@ -302,7 +303,7 @@ aigw_jwt_cache_get(struct aigw_jwt_cache *c, const unsigned char token_sha256[32
 }
 
 void
-aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now,
+aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32], int64_t now, uint64_t gen,
                    const struct aigw_claims *claims)
 {
     size_t i = slot_of(c, token_sha256);
@@ -313,6 +314,7 @@ aigw_jwt_cache_put(struct aigw_jwt_cache *c, const unsigned char token_sha256[32
     memcpy(c->slots[i].hash, token_sha256, 32);
     c->slots[i].claims = *claims;
     c->slots[i].valid_until = until;
+    c->slots[i].gen = gen;
     pthread_mutex_unlock(lock);
 }
 

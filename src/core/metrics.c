@@ -52,6 +52,8 @@ struct aigw_metrics {
     struct hist upstream_dur;
     _Atomic uint64_t cache_hits, cache_misses, coalesced;
     _Atomic uint64_t rate_limited[N_TIERS], quota_exhausted[N_TIERS];
+    _Atomic uint64_t reloads[2];          /* [0] failed, [1] applied */
+    atomic_bool last_reload_ok;
 };
 
 static _Atomic uint64_t pg_errors, redis_errors;
@@ -71,7 +73,10 @@ get(const _Atomic uint64_t *c)
 struct aigw_metrics *
 aigw_metrics_create(void)
 {
-    return aigw_xcalloc(1, sizeof(struct aigw_metrics));
+    struct aigw_metrics *m = aigw_xcalloc(1, sizeof(struct aigw_metrics));
+
+    atomic_init(&m->last_reload_ok, true);
+    return m;
 }
 
 void
@@ -156,6 +161,15 @@ aigw_metrics_quota_exhausted(struct aigw_metrics *m, const char *tier)
 {
     if (m != NULL)
         inc(&m->quota_exhausted[tier_index(tier)]);
+}
+
+void
+aigw_metrics_reload(struct aigw_metrics *m, bool applied)
+{
+    if (m == NULL)
+        return;
+    inc(&m->reloads[applied ? 1 : 0]);
+    atomic_store(&m->last_reload_ok, applied);
 }
 
 void
@@ -254,6 +268,34 @@ render_requests(FILE *out, const struct aigw_metrics *m)
     hist_series(out, "aigw_upstream_duration_seconds", "", &m->upstream_dur);
 }
 
+/* The backends of the live configuration, as the health prober has them. */
+static void
+render_backends(FILE *out, const struct aigw_server *srv)
+{
+    struct aigw_health_backend list[AIGW_MAX_BACKENDS];
+    size_t n = srv->health != NULL ? aigw_health_list(srv->health, list, AIGW_MAX_BACKENDS) : 0;
+
+    meta(out, "aigw_upstream_backend_up", "gauge", "Whether the backend answered its last /health probe (1) or not (0).");
+    for (size_t i = 0; i < n; i++) {
+        fputs("aigw_upstream_backend_up{backend=\"", out);
+        label_value(out, list[i].name);
+        fprintf(out, "\"} %d\n", list[i].up ? 1 : 0);
+    }
+}
+
+/* Process lifecycle: in-flight requests, drain, configuration reloads. */
+static void
+render_lifecycle(FILE *out, const struct aigw_metrics *m, const struct aigw_server *srv)
+{
+    gauge(out, "aigw_requests_in_flight", "Requests received and not yet completed.", atomic_load(&srv->in_flight));
+    gauge(out, "aigw_draining", "1 while the process drains after SIGTERM, else 0.", atomic_load(&srv->stopping));
+    meta(out, "aigw_config_reloads_total", "counter", "SIGHUP configuration reloads, by result.");
+    fprintf(out, "aigw_config_reloads_total{result=\"success\"} %llu\n", (unsigned long long)get(&m->reloads[1]));
+    fprintf(out, "aigw_config_reloads_total{result=\"failure\"} %llu\n", (unsigned long long)get(&m->reloads[0]));
+    gauge(out, "aigw_config_last_reload_successful", "Whether the last reload was applied (1) or refused (0).",
+          atomic_load(&m->last_reload_ok));
+}
+
 static void
 render_gauges(FILE *out, const struct aigw_server *srv)
 {
@@ -261,12 +303,7 @@ render_gauges(FILE *out, const struct aigw_server *srv)
     fprintf(out, "aigw_upstream_in_flight %zu\n", srv->upstream ? aigw_upstream_in_flight(srv->upstream) : 0);
     meta(out, "aigw_upstream_queued", "gauge", "Upstream calls queued for a free backend slot.");
     fprintf(out, "aigw_upstream_queued %zu\n", srv->upstream ? aigw_upstream_queued(srv->upstream) : 0);
-    meta(out, "aigw_upstream_backend_up", "gauge", "Whether the backend answered its last /health probe (1) or not (0).");
-    for (size_t i = 0; i < srv->cfg.n_backends; i++) {
-        fputs("aigw_upstream_backend_up{backend=\"", out);
-        label_value(out, srv->cfg.backends[i].name);
-        fprintf(out, "\"} %d\n", srv->health != NULL && aigw_health_up(srv->health, i) ? 1 : 0);
-    }
+    render_backends(out, srv);
     gauge(out, "aigw_usage_backlog_rows", "Usage rows recorded but not yet committed to PostgreSQL.",
           aigw_usage_backlog(srv->usage));
     gauge(out, "aigw_usage_spool_bytes", "Bytes of usage spool on disk.", aigw_usage_spool_bytes(srv->usage));
@@ -275,7 +312,7 @@ render_gauges(FILE *out, const struct aigw_server *srv)
 int
 aigw_metrics_render(const struct aigw_metrics *m, const struct aigw_server *srv, FILE *out)
 {
-    static const struct aigw_metrics zero;
+    static const struct aigw_metrics zero = {.last_reload_ok = true};
 
     if (m == NULL)
         m = &zero;
@@ -289,6 +326,7 @@ aigw_metrics_render(const struct aigw_metrics *m, const struct aigw_server *srv,
     tier_counter(out, "aigw_quota_exhausted_total", "Queries refused by the monthly quota, by tier.",
                  m->quota_exhausted);
     render_gauges(out, srv);
+    render_lifecycle(out, m, srv);
     counter(out, "aigw_postgres_errors_total", "Failed PostgreSQL connects, pool acquires and statements.",
             get(&pg_errors));
     counter(out, "aigw_redis_errors_total", "Failed Redis connects, pool acquires and dropped connections.",

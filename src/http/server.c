@@ -17,9 +17,22 @@
 #include "aigw/metrics.h"
 #include "aigw/query.h"
 #include "aigw/sse.h"
+#include "aigw/snapshot.h"
 #include "aigw/usage.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
+
+/* Per-worker "inside a callback since" stamps for the watchdog: callbacks
+ * never wait on a model, so a worker that stays inside one for long is
+ * wedged. Each libmicrohttpd worker thread claims a slot on its first
+ * callback and keeps a pointer to it in busy_stamp (thread-private). */
+struct aigw_busy {
+    unsigned n;                    /* slots: one per worker thread */
+    atomic_uint claimed;           /* slots handed out so far */
+    _Atomic int64_t since_us[];    /* monotonic us the worker entered its callback; 0 = not in one */
+};
+
+static _Thread_local _Atomic int64_t *busy_stamp;
 
 static void
 mhd_logger(void *cls, const char *fmt, va_list ap)
@@ -194,6 +207,8 @@ queue(struct aigw_req *req)
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     for (size_t i = 0; i < req->n_resp_headers; i++)
         MHD_add_response_header(resp, req->resp_headers[i].name, req->resp_headers[i].value);
+    if (atomic_load(&req->srv->stopping))
+        MHD_add_response_header(resp, "Connection", "close"); /* draining: no next request on this connection */
     ret = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     if (ret == MHD_YES)
@@ -252,6 +267,12 @@ on_headers(struct aigw_req *req)
         }
         return queue(req);
     }
+    if (atomic_load(&req->srv->stopping) && strncmp(req->route->path, "/api/", 5) == 0) {
+        /* draining: only the ops routes (/healthz, /readyz, /metrics) still answer */
+        aigw_req_add_header(req, "Retry-After", "1");
+        aigw_req_fail(req, 503, "service_unavailable", "shutting down, retry on another instance");
+        return queue(req);
+    }
     if (strcmp(req->method, "POST") == 0 || strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0) {
         const char *ct = aigw_req_header(req, "Content-Type");
         const char *cl = aigw_req_header(req, "Content-Length");
@@ -304,19 +325,19 @@ on_upload(struct aigw_req *req, const char *data, size_t size)
 }
 
 static enum MHD_Result
-access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-          const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, const char *method,
+       const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
-    struct aigw_server *srv = cls;
     struct aigw_req *req = *con_cls;
 
-    (void)version;
     if (req == NULL) {
         struct aigw_pool *pool = aigw_pool_create();
 
+        atomic_fetch_add(&srv->in_flight, 1);
         req = aigw_pool_alloc(pool, sizeof(*req));
         req->pool = pool;
         req->srv = srv;
+        req->snap = aigw_snapshot_acquire(srv->live);
         req->conn = conn;
         req->start_us = aigw_now_us();
         req->method = aigw_pool_strdup(pool, method);
@@ -343,12 +364,83 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 }
 
 static void
+busy_enter(struct aigw_server *srv)
+{
+    struct aigw_busy *b = srv->busy;
+
+    if (busy_stamp == NULL && b != NULL) {
+        unsigned i = atomic_fetch_add(&b->claimed, 1);
+
+        if (i < b->n)
+            busy_stamp = &b->since_us[i];
+    }
+    if (busy_stamp != NULL)
+        atomic_store_explicit(busy_stamp, aigw_now_us(), memory_order_relaxed);
+}
+
+static void
+busy_leave(void)
+{
+    if (busy_stamp != NULL)
+        atomic_store_explicit(busy_stamp, 0, memory_order_relaxed);
+}
+
+static enum MHD_Result
+access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+          const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
+{
+    struct aigw_server *srv = cls;
+    enum MHD_Result ret;
+
+    (void)version;
+    busy_enter(srv);
+    ret = handle(srv, conn, url, method, upload_data, upload_data_size, con_cls);
+    busy_leave();
+    return ret;
+}
+
+/* The access log's CACHE field: how a query was answered (NULL off the
+ * query path and for queries refused before the cache was consulted). */
+static const char *
+cache_state(const struct aigw_query *q)
+{
+    if (q == NULL || q->question == NULL)
+        return NULL;
+    if (q->from_cache)
+        return q->sf_role == AIGW_SF_WAITER ? "coalesced" : "hit";
+    if (q->upstream_ms >= 0)
+        return q->no_cache ? "bypass" : "miss";
+    return NULL;
+}
+
+/* One structured entry per request: ids, route, outcome and timings only,
+ * never the question, the token or any key. 5xx are warnings. */
+static void
+access_log(const struct aigw_req *req, enum MHD_RequestTerminationCode toe)
+{
+    char status[8], dur[24], up_ms[24];
+    const struct aigw_query *q = req->q;
+    bool upstream = q != NULL && q->upstream_ms >= 0;
+
+    snprintf(status, sizeof(status), "%d", req->responded ? req->status : 0);
+    snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
+    if (upstream)
+        snprintf(up_ms, sizeof(up_ms), "%ld", q->upstream_ms);
+    aigw_log_fields(req->responded && req->status >= 500 ? LOG_WARNING : LOG_INFO, "request", "REQUEST_ID",
+                    req->request_id, "METHOD", req->method, "ROUTE", req->route ? req->route->path : "-", "STATUS",
+                    status, "DURATION_MS", dur, "TENANT_ID", req->tenant ? req->tenant->id : NULL, "API_KEY_ID",
+                    req->api_key ? req->api_key->id : NULL, "CACHE",
+                    cache_state(q), "UPSTREAM_MS", upstream ? up_ms : NULL, "ERROR_CODE", req->error_code,
+                    "TERMINATION", toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", NULL);
+}
+
+static void
 completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
+    struct aigw_server *srv = cls;
     struct aigw_req *req = *con_cls;
-    char status[8], dur[24];
+    struct aigw_snapshot *snap;
 
-    (void)cls;
     (void)conn;
     if (req == NULL)
         return;
@@ -360,20 +452,17 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
         aigw_sse_detach(req->sse);
         req->sse = NULL;
     }
-    snprintf(status, sizeof(status), "%d", req->responded ? req->status : 0);
-    snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
-    aigw_log_fields(LOG_INFO, "request", "REQUEST_ID", req->request_id, "METHOD", req->method, "ROUTE",
-                    req->route ? req->route->path : "-", "STATUS", status, "DURATION_MS", dur, "TENANT_ID",
-                    req->tenant ? req->tenant->id : NULL, "API_KEY_ID", req->api_key ? req->api_key->id : NULL,
-                    "ERROR_CODE", req->error_code, "TERMINATION",
-                    toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? NULL : "aborted", NULL);
-    aigw_metrics_request_done(req->srv->metrics, req);
+    access_log(req, toe);
+    aigw_metrics_request_done(srv->metrics, req);
     if (req->api_key != NULL && req->authenticated) /* batched: no database write here */
         aigw_apikey_usage_touch(req->srv->key_usage, req->api_key, aigw_wall_s());
     aigw_tenant_put(req->tenant);
     req->tenant = NULL;
+    snap = req->snap;
     *con_cls = NULL;
-    aigw_pool_destroy(req->pool);
+    aigw_pool_destroy(req->pool); /* pool cleanups may still read the snapshot */
+    aigw_snapshot_unref(snap);
+    atomic_fetch_sub(&srv->in_flight, 1);
 }
 
 int
@@ -408,6 +497,8 @@ aigw_http_start(struct aigw_server *srv)
         sslen = sizeof(*s4);
     }
     (void)sslen;
+    srv->busy = aigw_xcalloc(1, sizeof(*srv->busy) + threads * sizeof(srv->busy->since_us[0]));
+    srv->busy->n = threads;
     srv->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, access_cb, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -433,15 +524,46 @@ bad_addr:
 void
 aigw_http_quiesce(struct aigw_server *srv)
 {
-    if (srv->mhd != NULL)
-        MHD_quiesce_daemon(srv->mhd);
+    MHD_socket fd;
+
+    if (srv->mhd == NULL)
+        return;
+    fd = MHD_quiesce_daemon(srv->mhd); /* MHD_INVALID_SOCKET the second time */
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd); /* ours now: closing it refuses new clients instead of parking them in the backlog */
+}
+
+size_t
+aigw_http_in_flight(const struct aigw_server *srv)
+{
+    return atomic_load(&srv->in_flight);
+}
+
+int64_t
+aigw_http_busy_ms(const struct aigw_server *srv)
+{
+    const struct aigw_busy *b = srv->busy;
+    int64_t now = aigw_now_us(), worst = 0;
+    unsigned n;
+
+    if (b == NULL)
+        return 0;
+    n = atomic_load(&b->claimed);
+    for (unsigned i = 0; i < n && i < b->n; i++) {
+        int64_t since = atomic_load_explicit(&b->since_us[i], memory_order_relaxed);
+
+        if (since != 0 && now - since > worst)
+            worst = now - since;
+    }
+    return worst / 1000;
 }
 
 void
 aigw_http_stop(struct aigw_server *srv)
 {
-    if (srv->mhd == NULL)
-        return;
-    MHD_stop_daemon(srv->mhd);
+    if (srv->mhd != NULL)
+        MHD_stop_daemon(srv->mhd);
     srv->mhd = NULL;
+    free(srv->busy);
+    srv->busy = NULL;
 }

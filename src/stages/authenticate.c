@@ -5,6 +5,7 @@
 #include "aigw/apikey.h"
 #include "aigw/log.h"
 #include "aigw/redis.h"
+#include "aigw/snapshot.h"
 #include "aigw/stages.h"
 #include "aigw/util.h"
 
@@ -20,17 +21,19 @@ authenticate_jwt(struct aigw_req *req, const char *tok)
         return aigw_req_fail(req, 401, "unauthenticated", "invalid token: malformed token");
     aigw_sha256(tok, len, hash);
     now = aigw_wall_s();
-    if (req->srv->tokens != NULL && aigw_jwt_cache_get(req->srv->tokens, hash, now, &req->claims)) {
+    /* keys come from the request's snapshot: a reload swaps them whole */
+    if (req->srv->tokens != NULL &&
+        aigw_jwt_cache_get(req->srv->tokens, hash, now, req->snap->generation, &req->claims)) {
         req->authenticated = true;
         return AIGW_OK;
     }
-    if (aigw_jwt_verify(&req->srv->cfg, tok, len, now, &req->claims, &why) != 0) {
+    if (aigw_jwt_verify(&req->snap->cfg, tok, len, now, &req->claims, &why) != 0) {
         aigw_log_fields(LOG_NOTICE, "authentication failed", "REQUEST_ID", req->request_id, "REASON", why,
                         NULL);
         return aigw_req_fail(req, 401, "unauthenticated", "invalid token: %s", why);
     }
     if (req->srv->tokens != NULL)
-        aigw_jwt_cache_put(req->srv->tokens, hash, now, &req->claims);
+        aigw_jwt_cache_put(req->srv->tokens, hash, now, req->snap->generation, &req->claims);
     req->authenticated = true;
     return AIGW_OK;
 }

@@ -7,6 +7,7 @@
 #include "aigw/log.h"
 #include "aigw/query.h"
 #include "aigw/redis.h"
+#include "aigw/snapshot.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
@@ -109,7 +110,7 @@ aigw_stage_idempotency(struct aigw_req *req)
     q->idem_key = aigw_pool_printf(req->pool, "aigw:{%s}:idem:%s", req->tenant->id, scoped);
     fingerprint(req, q->idem_fp);
     snprintf(fp_arg, sizeof(fp_arg), "P%s", q->idem_fp);
-    args[1] = aigw_pool_printf(req->pool, "%d", req->srv->cfg.timeout_ms + req->srv->cfg.queue_timeout_ms + 30000);
+    args[1] = aigw_pool_printf(req->pool, "%d", req->snap->cfg.timeout_ms + req->snap->cfg.queue_timeout_ms + 30000);
     keys[0] = q->idem_key;
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)

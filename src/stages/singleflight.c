@@ -155,15 +155,23 @@ aigw_sf_stop(struct aigw_sf *sf)
 {
     if (sf == NULL)
         return;
-    pthread_mutex_lock(&sf->lock);
-    sf->stop = true;
-    pthread_cond_signal(&sf->wake);
-    pthread_mutex_unlock(&sf->lock);
+    aigw_sf_cancel(sf);
     pthread_join(sf->thread, NULL);
     pthread_cond_destroy(&sf->wake);
     pthread_mutex_destroy(&sf->lock);
     free(sf->waiters);
     free(sf);
+}
+
+void
+aigw_sf_cancel(struct aigw_sf *sf)
+{
+    if (sf == NULL)
+        return;
+    pthread_mutex_lock(&sf->lock);
+    sf->stop = true;
+    pthread_cond_signal(&sf->wake);
+    pthread_mutex_unlock(&sf->lock);
 }
 
 void

@@ -17,7 +17,8 @@ static const char *const METRICS[] = {
     "aigw_rate_limited_total",    "aigw_quota_exhausted_total",    "aigw_upstream_in_flight",
     "aigw_upstream_queued",       "aigw_upstream_backend_up",      "aigw_usage_backlog_rows",
     "aigw_usage_spool_bytes",     "aigw_postgres_errors_total",    "aigw_redis_errors_total",
-    "aigw_build_info",            "aigw_start_time_seconds",
+    "aigw_build_info",            "aigw_start_time_seconds",       "aigw_requests_in_flight",
+    "aigw_draining",              "aigw_config_reloads_total",     "aigw_config_last_reload_successful",
 };
 
 static int port;
@@ -35,18 +36,6 @@ scrape(struct tl_resp *r)
           "/metrics: content type '%s'", ct);
 }
 
-/* Value of the sample line "<series> <value>" in text, or -1 if absent. */
-static double
-sample(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-
-    for (const char *p = text; p != NULL; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
-        if (strncmp(p, series, n) == 0 && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-    return -1;
-}
-
 /* Scrape until series reaches at least want (the completion callback that
  * counts a request may run just after the client got its answer). */
 static double
@@ -58,7 +47,7 @@ wait_sample(const char *series, double want)
         struct tl_resp r;
 
         scrape(&r);
-        v = sample(r.body, series);
+        v = tl_metric_in(r.body, series);
         tl_resp_free(&r);
         if (v >= want)
             break;
@@ -74,7 +63,7 @@ now_sample(const char *series)
     double v;
 
     scrape(&r);
-    v = sample(r.body, series);
+    v = tl_metric_in(r.body, series);
     tl_resp_free(&r);
     return v;
 }
@@ -93,9 +82,9 @@ test_format(void)
         CHECK(strstr(r.body, line) != NULL, "TYPE line of %s", METRICS[i]);
     }
     CHECK(strstr(r.body, "aigw_build_info{version=\"") != NULL, "build_info has a version label");
-    CHECK(sample(r.body, "aigw_start_time_seconds") > 1.6e9, "start time is a plausible epoch");
-    CHECK(sample(r.body, "aigw_upstream_backend_up{backend=\"mock1\"}") >= 0, "backend_up for mock1");
-    CHECK(sample(r.body, "aigw_rate_limited_total{tier=\"other\"}") == 0, "rate_limited by tier, zero");
+    CHECK(tl_metric_in(r.body, "aigw_start_time_seconds") > 1.6e9, "start time is a plausible epoch");
+    CHECK(tl_metric_in(r.body, "aigw_upstream_backend_up{backend=\"mock1\"}") >= 0, "backend_up for mock1");
+    CHECK(tl_metric_in(r.body, "aigw_rate_limited_total{tier=\"other\"}") == 0, "rate_limited by tier, zero");
     CHECK(strstr(r.body, "clinic_") == NULL, "no tenant labels");
     tl_resp_free(&r);
 }
@@ -122,7 +111,7 @@ test_requests(void)
     CHECK(wait_sample(NF4, nf + 1) == nf + 1, "404 counted as unmatched 4xx");
     CHECK(wait_sample(LIMCNT, cnt + 1) == cnt + 1, "limits duration observed");
     scrape(&r);
-    CHECK(sample(r.body, LIMINF) == sample(r.body, LIMCNT), "+Inf bucket equals _count");
+    CHECK(tl_metric_in(r.body, LIMINF) == tl_metric_in(r.body, LIMCNT), "+Inf bucket equals _count");
     tl_resp_free(&r);
     CHECK(wait_sample("aigw_requests_total{route=\"/metrics\",code=\"2xx\"}", 1) >= 1, "/metrics counts itself");
     free(tok);

@@ -12,6 +12,7 @@
 
 #include "aigw/health.h"
 #include "aigw/log.h"
+#include "aigw/snapshot.h"
 #include "aigw/upstream.h"
 #include "aigw/util.h"
 #include "testlib.h"
@@ -704,6 +705,182 @@ test_stop(void)
     aigw_config_free(&cfg);
 }
 
+/* ---- reconfigure (SIGHUP reload of backends and routes) ---- */
+
+static void
+wait_gauges(struct aigw_upstream *up, size_t in_flight, size_t queued)
+{
+    for (int64_t end = aigw_now_ms() + 5000;
+         (aigw_upstream_in_flight(up) != in_flight || aigw_upstream_queued(up) != queued) && aigw_now_ms() < end;)
+        sleep_ms(10);
+}
+
+static bool
+answered_by(const struct pending *p, const char *backend)
+{
+    const struct aigw_upstream_result *r = res(p);
+
+    return r->status == 200 && r->backend != NULL && strcmp(r->backend, backend) == 0;
+}
+
+/* Hand cfg (taken over) to the engine as configuration generation gen. */
+static void
+reconfigure(struct aigw_upstream *up, struct aigw_config *cfg, uint64_t gen)
+{
+    struct aigw_snapshot *snap = aigw_snapshot_adopt(cfg, gen);
+
+    aigw_upstream_reconfigure(up, snap);
+    aigw_snapshot_unref(snap);
+}
+
+/* The only backend is replaced: the call in flight ends on the old one, the
+ * queued call and new calls go to the new one. */
+static void
+test_reconfigure_replace(void)
+{
+    struct aigw_config cfg, next;
+    struct aigw_upstream *up;
+    struct pending p[3];
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":1500}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "old", mock1, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    submit(up, &p[1]);
+    wait_gauges(up, 1, 1);
+    CHECK(aigw_upstream_in_flight(up) == 1 && aigw_upstream_queued(up) == 1, "replace: one in flight, one queued");
+    cfg_init(&next);
+    add_backend(&next, "new", mock2, 1);
+    reconfigure(up, &next, 2);
+    CHECK(wait_all(&p[1], 1, 5000) && answered_by(&p[1], "new"), "replace: the queued call went to the new backend");
+    submit(up, &p[2]);
+    CHECK(wait_all(p, 3, 10000), "replace: all done");
+    CHECK(answered_by(&p[0], "old"), "replace: the call in flight finished on the removed backend");
+    CHECK(answered_by(&p[2], "new"), "replace: a new call goes to the new backend");
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 1 && tl_mock_stat(mock2, "chat_requests") == 2,
+          "replace: mock1 got 1, mock2 got 2");
+    wait_gauges(up, 0, 0);
+    CHECK(aigw_upstream_in_flight(up) == 0 && aigw_upstream_queued(up) == 0, "replace: gauges back to 0");
+    free_all(p, 3);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    tl_mock_reset(mock1);
+}
+
+/* A backend kept by name and URL keeps its in-flight count even when its
+ * place in the list changes: it stays full, so new calls use the other. */
+static void
+test_reconfigure_keeps_counts(void)
+{
+    struct aigw_config cfg, next;
+    struct aigw_upstream *up;
+    struct pending p[3];
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":1500}");
+    tl_mock_config(mock2, "{\"first_token_ms\":1500}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "a", mock1, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    wait_gauges(up, 1, 0);
+    cfg_init(&next);
+    add_backend(&next, "b", mock2, 1);
+    add_backend(&next, "a", mock1, 1);
+    reconfigure(up, &next, 2);
+    sleep_ms(100); /* applied on the engine's next round (it wakes for it) */
+    submit(up, &p[1]);
+    submit(up, &p[2]);
+    wait_gauges(up, 2, 1);
+    CHECK(aigw_upstream_in_flight(up) == 2 && aigw_upstream_queued(up) == 1,
+          "keep: a is still full after the reload (%zu in flight, %zu queued; want 2 and 1)",
+          aigw_upstream_in_flight(up), aigw_upstream_queued(up));
+    CHECK(wait_all(p, 3, 10000), "keep: all done");
+    CHECK(answered_by(&p[0], "a") && answered_by(&p[1], "b") && res(&p[2])->status == 200, "keep: all answered");
+    wait_gauges(up, 0, 0);
+    CHECK(aigw_upstream_in_flight(up) == 0, "keep: gauges back to 0");
+    free_all(p, 3);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    reset_mocks();
+}
+
+/* Every slot holds a removed backend with a call in flight: the reload
+ * waits for a slot to free (the old table serves meanwhile), then applies. */
+static void
+test_reconfigure_deferred(void)
+{
+    struct aigw_config cfg, next;
+    struct aigw_upstream *up;
+    struct pending p[AIGW_MAX_BACKENDS + 2];
+    const int during = AIGW_MAX_BACKENDS, after = AIGW_MAX_BACKENDS + 1;
+    char name[16];
+    int old_ok = 0;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":1000,\"slots\":32}");
+    cfg_init(&cfg);
+    for (int i = 0; i < AIGW_MAX_BACKENDS; i++) {
+        snprintf(name, sizeof(name), "old%d", i);
+        /* one host: curl's per-host connection cap is the largest backend cap */
+        add_backend(&cfg, name, mock1, i == 0 ? AIGW_MAX_BACKENDS : 1);
+    }
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < AIGW_MAX_BACKENDS; i++)
+        submit(up, &p[i]); /* least loaded first: one per backend, every slot busy */
+    wait_gauges(up, AIGW_MAX_BACKENDS, 0);
+    cfg_init(&next);
+    add_backend(&next, "fresh", mock2, 1);
+    reconfigure(up, &next, 2);
+    sleep_ms(100);
+    submit(up, &p[during]);
+    CHECK(wait_all(p, AIGW_MAX_BACKENDS + 1, 15000), "deferred: all done");
+    for (int i = 0; i <= during; i++)
+        old_ok += res(&p[i])->status == 200 && strncmp(res(&p[i])->backend, "old", 3) == 0;
+    CHECK(old_ok == AIGW_MAX_BACKENDS + 1, "deferred: the old table served until it could be replaced (%d)", old_ok);
+    submit(up, &p[after]);
+    CHECK(wait_all(&p[after], 1, 5000) && answered_by(&p[after], "fresh"), "deferred: then the new table applies");
+    CHECK(tl_mock_stat(mock2, "chat_requests") == 1, "deferred: mock2 got the one call");
+    free_all(p, AIGW_MAX_BACKENDS + 2);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    reset_mocks();
+}
+
+/* The drain deadline: cancel fails what is queued and in flight, and later
+ * submits, but the engine stays usable until stop. */
+static void
+test_cancel(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[3];
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":20000}");
+    cfg_init(&cfg);
+    cfg.timeout_ms = 30000;
+    add_backend(&cfg, "mock1", mock1, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    submit(up, &p[1]);
+    wait_gauges(up, 1, 1);
+    aigw_upstream_cancel_all(up);
+    CHECK(wait_all(p, 2, 5000), "cancel: both calls ended at once");
+    check_error("cancel in flight", &p[0], 503, "upstream_unavailable");
+    check_error("cancel queued", &p[1], 503, "upstream_unavailable");
+    submit(up, &p[2]);
+    CHECK(wait_all(&p[2], 1, 1000), "cancel: a later submit ends at once");
+    check_error("cancel later", &p[2], 503, "upstream_unavailable");
+    CHECK(aigw_upstream_stalled_ms(up) < 10000, "cancel: the engine loop still goes round");
+    free_all(p, 3);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    tl_mock_reset(mock1);
+}
+
 int
 main(void)
 {
@@ -731,6 +908,10 @@ main(void)
     test_active_health();
     test_no_route();
     test_free_in_done();
+    test_reconfigure_replace();
+    test_reconfigure_keeps_counts();
+    test_reconfigure_deferred();
+    test_cancel();
     /* hangs last: hung requests stay parked in the mock */
     test_hang_timeout();
     test_stop();

@@ -1,6 +1,8 @@
 /* testlib.c - helpers shared by the integration tests (real PostgreSQL, Redis, aigw) */
 #include "testlib.h"
 
+#include "aigw/util.h"
+
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
@@ -88,11 +90,12 @@ tl_resp_free(struct tl_resp *r)
     memset(r, 0, sizeof(*r));
 }
 
-int
-tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+/* One request on c (a fresh or a kept handle: curl keeps its connections
+ * across requests and curl_easy_reset). */
+static int
+perform(CURL *c, int port, const char *method, const char *path, const char *const *headers, const char *body,
         size_t body_len, struct tl_resp *out)
 {
-    CURL *c = curl_easy_init();
     struct curl_slist *hl = NULL;
     struct buf b = {NULL, 0}, h = {NULL, 0};
     char url[2048];
@@ -122,11 +125,65 @@ tl_http(int port, const char *method, const char *path, const char *const *heade
     if (rc == CURLE_OK)
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
     curl_slist_free_all(hl);
-    curl_easy_cleanup(c);
     out->body = b.p ? b.p : calloc(1, 1);
     out->body_len = b.n;
     out->headers = h.p ? h.p : calloc(1, 1);
     return rc == CURLE_OK ? 0 : -1;
+}
+
+int
+tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
+        size_t body_len, struct tl_resp *out)
+{
+    CURL *c = curl_easy_init();
+    int rc = perform(c, port, method, path, headers, body, body_len, out);
+
+    curl_easy_cleanup(c);
+    return rc;
+}
+
+struct tl_conn {
+    CURL *curl;
+    int port;
+};
+
+struct tl_conn *
+tl_conn_open(int port)
+{
+    struct tl_conn *c = calloc(1, sizeof(*c));
+
+    c->curl = curl_easy_init();
+    c->port = port;
+    return c;
+}
+
+void
+tl_conn_close(struct tl_conn *c)
+{
+    if (c == NULL)
+        return;
+    curl_easy_cleanup(c->curl);
+    free(c);
+}
+
+int
+tl_conn_get(struct tl_conn *c, const char *path, const char *token, struct tl_resp *out, long *new_conns)
+{
+    char auth[9000];
+    const char *hdrs[2] = {NULL, NULL};
+    long n = -1;
+    int rc;
+
+    if (token != NULL) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
+        hdrs[0] = auth;
+    }
+    curl_easy_reset(c->curl);
+    rc = perform(c->curl, c->port, "GET", path, hdrs, NULL, 0, out);
+    curl_easy_getinfo(c->curl, CURLINFO_NUM_CONNECTS, &n);
+    if (new_conns != NULL)
+        *new_conns = n;
+    return rc;
 }
 
 /* A request without a body, with "Authorization: Bearer <token>" when token is set. */
@@ -300,14 +357,56 @@ slurp(const char *path)
     return b.p ? b.p : calloc(1, 1);
 }
 
+/* In the child: the environment of a test aigw, then extra "NAME=value"
+ * settings; a WATCHDOG_USEC among them also sets WATCHDOG_PID to the
+ * child's own pid, as systemd does. */
+static void
+child_env(const struct tl_aigw *gw, const char *port, const char *const *env)
+{
+    setenv("AIGW_PORT", port, 1);
+    if (getenv("AIGW_SPOOL_DIR") == NULL) {
+        char spool[300];
+
+        snprintf(spool, sizeof(spool), "%s/spool", gw->dir);
+        setenv("AIGW_SPOOL_DIR", spool, 1);
+    }
+    unsetenv("JOURNAL_STREAM");
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+    for (size_t i = 0; env != NULL && env[i] != NULL; i++) {
+        char name[128];
+        const char *eq = strchr(env[i], '=');
+
+        if (eq == NULL || (size_t)(eq - env[i]) >= sizeof(name))
+            continue;
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - env[i]), env[i]);
+        setenv(name, eq + 1, 1);
+        if (strcmp(name, "WATCHDOG_USEC") == 0) {
+            char pid[24];
+
+            snprintf(pid, sizeof(pid), "%d", (int)getpid());
+            setenv("WATCHDOG_PID", pid, 1);
+        }
+    }
+}
+
 int
 tl_aigw_start(struct tl_aigw *gw, const char *config_json)
+{
+    return tl_aigw_start_env(gw, config_json, NULL);
+}
+
+int
+tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env)
 {
     char portbuf[16];
     char *cfg = NULL;
     FILE *f;
 
     memset(gw, 0, sizeof(*gw));
+    gw->status = -1;
+    gw->failed_before = tl_failed;
     snprintf(gw->dir, sizeof(gw->dir), "/tmp/aigw-test-XXXXXX");
     if (mkdtemp(gw->dir) == NULL)
         return -1;
@@ -327,15 +426,7 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
 
         dup2(fd, 1);
         dup2(fd, 2);
-        setenv("AIGW_PORT", portbuf, 1);
-        if (getenv("AIGW_SPOOL_DIR") == NULL) {
-            char spool[300];
-
-            snprintf(spool, sizeof(spool), "%s/spool", gw->dir);
-            setenv("AIGW_SPOOL_DIR", spool, 1);
-        }
-        unsetenv("JOURNAL_STREAM");
-        unsetenv("NOTIFY_SOCKET");
+        child_env(gw, portbuf, env);
         execl(AIGW_BIN_PATH, "aigw", "-c", gw->config, (char *)NULL);
         _exit(127);
     }
@@ -349,6 +440,7 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
             fprintf(stderr, "aigw exited during start-up:\n%s\n", log ? log : "");
             free(log);
             gw->pid = 0;
+            gw->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
             return -1;
         }
         if (tl_get(gw->port, "/healthz", NULL, &r) == 0 && r.status == 200) {
@@ -389,27 +481,44 @@ tl_aigw_log(const struct tl_aigw *gw)
     return slurp(gw->log);
 }
 
+void
+tl_aigw_signal(const struct tl_aigw *gw, int sig)
+{
+    if (gw->pid > 0)
+        kill(gw->pid, sig);
+}
+
+int
+tl_aigw_wait(struct tl_aigw *gw, int timeout_ms)
+{
+    int status = 0;
+
+    for (int waited = 0; gw->pid > 0; waited += 50) {
+        if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
+            gw->pid = 0;
+            gw->status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+            return gw->status;
+        }
+        if (waited >= timeout_ms)
+            return -1;
+        usleep(50 * 1000);
+    }
+    return gw->status;
+}
+
 int
 tl_aigw_stop(struct tl_aigw *gw)
 {
-    int status = 0, res = -1;
+    int res;
     char cmd[600];
 
-    if (gw->pid > 0) {
-        kill(gw->pid, SIGTERM);
-        for (int i = 0; i < 200; i++) {
-            if (waitpid(gw->pid, &status, WNOHANG) == gw->pid) {
-                res = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-                break;
-            }
-            usleep(50 * 1000);
-        }
-        if (res == -1) {
-            kill(gw->pid, SIGKILL);
-            waitpid(gw->pid, &status, 0);
-        }
+    tl_aigw_signal(gw, SIGTERM);
+    res = tl_aigw_wait(gw, 10000);
+    if (res == -1 && gw->pid > 0) {
+        kill(gw->pid, SIGKILL);
+        waitpid(gw->pid, NULL, 0);
     }
-    if (res != 0) {
+    if (res != 0 || tl_failed > gw->failed_before) {
         char *log = tl_aigw_log(gw);
 
         fprintf(stderr, "aigw exit status %d; log:\n%s\n", res, log ? log : "");
@@ -419,9 +528,26 @@ tl_aigw_stop(struct tl_aigw *gw)
         snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
         if (system(cmd) != 0)
             fprintf(stderr, "could not remove %s\n", gw->dir);
+        gw->dir[0] = '\0';
     }
     gw->pid = 0;
     return res;
+}
+
+bool
+tl_aigw_log_wait(const struct tl_aigw *gw, const char *needle, int timeout_ms)
+{
+    for (int waited = 0;; waited += 50) {
+        char *log = tl_aigw_log(gw);
+        bool found = log != NULL && strstr(log, needle) != NULL;
+
+        free(log);
+        if (found)
+            return true;
+        if (waited >= timeout_ms)
+            return false;
+        usleep(50 * 1000);
+    }
 }
 
 /* ---- PostgreSQL ---- */
@@ -518,13 +644,18 @@ tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const
 char *
 tl_token(const char *tenant, const char *role, long ttl)
 {
-    const char *secret = tl_env("AIGW_JWT_SECRET");
+    return tl_token_kid("dev", tl_env("AIGW_JWT_SECRET"), tenant, role, ttl);
+}
+
+char *
+tl_token_kid(const char *kid, const char *secret, const char *tenant, const char *role, long ttl)
+{
     char claims[512];
     long now = (long)time(NULL);
 
     snprintf(claims, sizeof(claims), "{\"sub\":\"user-1\",\"tenant_id\":\"%s\",\"role\":\"%s\",\"iat\":%ld,\"exp\":%ld}",
              tenant, role, now, now + ttl);
-    return tl_sign("HS256", "dev", secret, strlen(secret), claims);
+    return tl_sign("HS256", kid, secret, strlen(secret), claims);
 }
 
 char *

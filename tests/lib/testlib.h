@@ -5,6 +5,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 extern int tl_passed, tl_failed;
@@ -36,6 +37,15 @@ long long tl_json_int(const struct tl_resp *r, const char *path, long long fallb
  * list or NULL. body may be NULL. Returns 0, or -1 on transport error. */
 int tl_http(int port, const char *method, const char *path, const char *const *headers, const char *body,
             size_t body_len, struct tl_resp *out);
+/* A kept-alive client connection: requests reuse one TCP connection while
+ * the server keeps it open. */
+struct tl_conn;
+struct tl_conn *tl_conn_open(int port);
+void tl_conn_close(struct tl_conn *c);
+/* GET on c (token may be NULL); *new_conns (may be NULL) is how many new
+ * TCP connections the request needed (0 = the kept one was reused). */
+int tl_conn_get(struct tl_conn *c, const char *path, const char *token, struct tl_resp *out, long *new_conns);
+
 /* GET/POST with "Authorization: Bearer <token>" (token may be NULL). */
 int tl_get(int port, const char *path, const char *token, struct tl_resp *out);
 int tl_post(int port, const char *path, const char *token, const char *json, struct tl_resp *out);
@@ -55,13 +65,27 @@ struct tl_aigw {
     char dir[256];         /* temp dir with config and log */
     char config[300];
     char log[300];
+    int status;            /* exit status once reaped by tl_aigw_wait/stop; -1 before */
+    int failed_before;     /* tl_failed at start: tl_aigw_stop prints the log if checks failed since */
 };
 /* Write config_json (NULL = the repo's config/aigw.json) to a temp dir and
  * start the aigw binary on a free port with the test environment; wait for
  * /healthz. Returns 0 or -1. */
 int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
-/* SIGTERM and wait; returns the exit status (or -1). Removes the temp dir. */
+/* Like tl_aigw_start with extra "NAME=value" environment settings for aigw
+ * (NULL-terminated); WATCHDOG_USEC also sets WATCHDOG_PID to aigw's pid, as
+ * systemd does (NOTIFY_SOCKET and WATCHDOG_* are otherwise unset). */
+int tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env);
+/* SIGTERM and wait; returns the exit status (or -1). Prints the log when the
+ * status is not 0 or checks failed since the start. Removes the temp dir. */
 int tl_aigw_stop(struct tl_aigw *gw);
+/* Send sig to aigw (if running). */
+void tl_aigw_signal(const struct tl_aigw *gw, int sig);
+/* Wait up to timeout_ms for aigw to exit; its exit status (128+N for a
+ * signal), or -1 while it still runs. Keeps the temp dir (tl_aigw_stop removes it). */
+int tl_aigw_wait(struct tl_aigw *gw, int timeout_ms);
+/* Poll aigw's log until it contains needle; false after timeout_ms. */
+bool tl_aigw_log_wait(const struct tl_aigw *gw, const char *needle, int timeout_ms);
 /* SIGKILL aigw (a crash) and remove its temp dir (config, log). */
 int tl_aigw_kill9(struct tl_aigw *gw);
 /* Read the aigw log (malloc'd, caller frees). */
@@ -85,6 +109,8 @@ char *tl_token(const char *tenant, const char *role, long ttl);
 /* Mint a platform operator's token: HS256 with AIGW_PLATFORM_JWT_SECRET,
  * kid "platform", sub "ops-1", the given role, no tenant_id. malloc'd. */
 char *tl_platform_token(const char *role, long ttl);
+/* The same with another HS256 key (kid, secret). */
+char *tl_token_kid(const char *kid, const char *secret, const char *tenant, const char *role, long ttl);
 /* Sign arbitrary claims JSON with kid/alg/key. alg "HS256" uses key as the
  * secret; "RS256"/"ES256" a private PEM. Returns malloc'd token. */
 char *tl_sign(const char *alg, const char *kid, const char *key, size_t key_len, const char *claims_json);
@@ -162,3 +188,30 @@ long tl_api_key_create(int port, const char *token, const char *json, char *key,
 long tl_usage_rows(PGconn *owner, const char *tid, const char *where, long want);
 /* This UTC month's quota counter of tenant tid in Redis (-1 if missing). */
 long long tl_quota_used(const char *tid);
+/* tl_post_parallel on a background thread; out must stay valid until
+ * tl_parallel_join, which waits for every answer. */
+struct tl_parallel;
+struct tl_parallel *tl_post_parallel_bg(int port, const char *path, const char *token, const char *const *bodies, int n,
+                                        struct tl_resp *out);
+void tl_parallel_join(struct tl_parallel *p);
+/* Whether a TCP connect to 127.0.0.1:port is refused (nobody listens). */
+bool tl_port_refuses(int port);
+
+/* A unix datagram socket standing in for systemd's NOTIFY_SOCKET (in the
+ * abstract namespace: path is "@name", the form NOTIFY_SOCKET takes). Aborts
+ * the test on failure. */
+int tl_notify_open(char *path, size_t cap);
+/* Next datagram into buf (NUL-terminated): its length, or -1 after timeout_ms. */
+int tl_notify_next(int fd, char *buf, size_t cap, int timeout_ms);
+/* Read datagrams until one has line (e.g. "READY=1") as one of its lines;
+ * false after timeout_ms. Datagrams read meanwhile are dropped. */
+bool tl_notify_wait(int fd, const char *line, int timeout_ms);
+/* Datagrams with line during the next window_ms. */
+int tl_notify_count(int fd, const char *line, int window_ms);
+
+/* The value of one sample ("name{labels}") in exposition text, or -1. */
+double tl_metric_in(const char *text, const char *series);
+/* The same from GET /metrics on port. */
+double tl_metric(int port, const char *series);
+/* Scrape until series equals want or timeout_ms pass; the last value. */
+double tl_metric_wait(int port, const char *series, double want, int timeout_ms);

@@ -107,6 +107,33 @@ main(void)
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the secret is not echoed in the error");
     }
 
+    /* lifecycle keys and what a reload cannot change */
+    {
+        struct aigw_config a, b;
+        char diff[256];
+
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}");
+        CHECK(aigw_config_load(path, &a, err, sizeof(err)) == 0, "defaults: %s", err);
+        CHECK(a.dependency_timeout_ms == 60000 && a.drain_timeout_ms == 30000, "lifecycle defaults %d %d",
+              a.dependency_timeout_ms, a.drain_timeout_ms);
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "],\"leeway_s\":5},"
+                            "\"listen\":{\"port\":9001},\"http\":{\"max_body_bytes\":4096},"
+                            "\"startup\":{\"dependency_timeout_ms\":0},\"shutdown\":{\"drain_timeout_ms\":1500},"
+                            "\"log\":{\"level\":\"debug\"}}");
+        CHECK(aigw_config_load(path, &b, err, sizeof(err)) == 0, "lifecycle keys: %s", err);
+        CHECK(b.dependency_timeout_ms == 0 && b.drain_timeout_ms == 1500, "lifecycle keys read");
+        CHECK(aigw_config_restart_diff(&a, &b, diff, sizeof(diff)) == 3 &&
+                  strcmp(diff, "listen, http, startup") == 0,
+              "restart-only settings named, reloadable ones (jwt, log, shutdown) not: \"%s\"", diff);
+        CHECK(aigw_config_restart_diff(&a, &a, diff, sizeof(diff)) == 0 && diff[0] == '\0', "no difference");
+        aigw_config_free(&a);
+        aigw_config_free(&b);
+        expect_invalid("drain timeout range", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"shutdown\":{\"drain_timeout_ms\":-1}}",
+                       "drain_timeout_ms");
+        expect_invalid("unknown shutdown key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"shutdown\":{\"grace\":1}}",
+                       "unknown key \"grace\"");
+    }
+
     /* pure helpers */
     CHECK(aigw_json_depth("{\"a\":[[1]]}", 11) == 3, "json depth 3");
     CHECK(aigw_json_depth("{\"a\":\"[[[[\"}", 12) == 1, "brackets inside strings do not count");

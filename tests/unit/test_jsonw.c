@@ -57,17 +57,19 @@ main(void)
         cl.exp = 1000;
         aigw_sha256("token-1", 7, h1);
         aigw_sha256("token-2", 7, h2);
-        CHECK(!aigw_jwt_cache_get(c, h1, 500, &out), "empty cache misses");
-        aigw_jwt_cache_put(c, h1, 500, &cl);
-        CHECK(aigw_jwt_cache_get(c, h1, 600, &out) && strcmp(out.tenant, "t1") == 0, "hit");
-        CHECK(!aigw_jwt_cache_get(c, h2, 600, &out), "other token misses");
-        CHECK(!aigw_jwt_cache_get(c, h1, 1000, &out), "no hit at exp");
+        CHECK(!aigw_jwt_cache_get(c, h1, 500, 1, &out), "empty cache misses");
+        aigw_jwt_cache_put(c, h1, 500, 1, &cl);
+        CHECK(aigw_jwt_cache_get(c, h1, 600, 1, &out) && strcmp(out.tenant, "t1") == 0, "hit");
+        CHECK(!aigw_jwt_cache_get(c, h2, 600, 1, &out), "other token misses");
+        CHECK(!aigw_jwt_cache_get(c, h1, 1000, 1, &out), "no hit at exp");
         cl.exp = 100000;
-        aigw_jwt_cache_put(c, h1, 500, &cl);
-        CHECK(!aigw_jwt_cache_get(c, h1, 801, &out), "no hit after max age");
-        aigw_jwt_cache_put(c, h1, 900, &cl);
+        aigw_jwt_cache_put(c, h1, 500, 1, &cl);
+        CHECK(!aigw_jwt_cache_get(c, h1, 801, 1, &out), "no hit after max age");
+        aigw_jwt_cache_put(c, h1, 900, 1, &cl);
+        CHECK(!aigw_jwt_cache_get(c, h1, 901, 2, &out), "an entry of another key generation misses");
+        CHECK(aigw_jwt_cache_get(c, h1, 901, 1, &out), "its own generation still hits");
         aigw_jwt_cache_clear(c);
-        CHECK(!aigw_jwt_cache_get(c, h1, 901, &out), "cleared");
+        CHECK(!aigw_jwt_cache_get(c, h1, 901, 1, &out), "cleared");
         aigw_jwt_cache_destroy(c);
     }
     return tl_done();
