@@ -697,6 +697,8 @@ aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *
     note_diff(a->n_models != b->n_models || memcmp(a->models, b->models, sizeof(a->models)) != 0 ||
                   a->cache_sampled != b->cache_sampled,
               "openai", out, cap, &n);
+    note_diff(a->api_key_cache_ttl_s != b->api_key_cache_ttl_s || a->api_key_flush_ms != b->api_key_flush_ms,
+              "api_keys", out, cap, &n);
     return n;
 }
 
