@@ -21,8 +21,26 @@
 /* Route labels: the paths of the route table, then "other" (a route missing
  * here) and "unmatched" (404/405 before any route). Bounded cardinality. */
 static const char *const route_names[] = {
-    "/api/ai/query", "/api/ai/recommendation", "/healthz",  "/readyz", "/api/ai/limits",
-    "/api/ai/usage", "/api/ai/cache/invalidate", "/metrics", "other",   "unmatched",
+    "/api/ai/query",
+    "/api/ai/recommendation",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/api/ai/limits",
+    "/api/ai/usage",
+    "/api/ai/cache/invalidate",
+    "/metrics",
+    "/api/v1/api-keys",
+    "/api/v1/api-keys/{}",
+    "/api/v1/audit-logs",
+    "/api/v1/tenants",
+    "/api/v1/tenants/{}",
+    "/api/v1/tenants/{}/upgrade",
+    "/api/v1/tenants/{}/usage",
+    "/api/v1/plans",
+    "other",
+    "unmatched",
 };
 #define N_ROUTES (sizeof(route_names) / sizeof(route_names[0]))
 #define ROUTE_OTHER (N_ROUTES - 2)

@@ -179,9 +179,12 @@ test_install_prefix(void)
 static void
 test_example_config(void)
 {
-    char *creds = tl_sprintf("%s/creds", tmp), *pub, *priv, *path;
+    char *creds = tl_sprintf("%s/creds", tmp), *pub, *priv, *path, *epub, *epriv, *epath;
 
     tl_keypair("RS256", &pub, &priv);
+    tl_keypair("ES256", &epub, &epriv);
+    epath = tl_sprintf("%s/platform.pub.pem", tmp);
+    tl_write_file(epath, epub);
     sh("credentials directory", false, "mkdir -p '%s'", creds);
     path = tl_sprintf("%s/jwt-secret", creds);
     tl_write_file(path, "0123456789abcdef0123456789abcdef0123456789\n");
@@ -189,11 +192,15 @@ test_example_config(void)
     path = tl_sprintf("%s/rs.pub.pem", tmp);
     tl_write_file(path, pub);
     sh("aigw.example.json passes --check-config", false,
-       "sed 's#/etc/aigw/jwt-rs256.pub.pem#%s#' '%s/config/aigw.example.json' > '%s/example.json' && "
+       "sed -e 's#/etc/aigw/jwt-rs256.pub.pem#%s#' -e 's#/etc/aigw/platform-es256.pub.pem#%s#' "
+       "'%s/config/aigw.example.json' > '%s/example.json' && "
        "env -u AIGW_DATABASE_URL -u AIGW_REDIS_URL CREDENTIALS_DIRECTORY='%s' '%s' --check-config -c "
        "'%s/example.json' | grep -q 'configuration ok'",
-       path, AIGW_SOURCE_DIR, tmp, creds, AIGW_BIN_PATH, tmp);
+       path, epath, AIGW_SOURCE_DIR, tmp, creds, AIGW_BIN_PATH, tmp);
     free(path);
+    free(epath);
+    free(epub);
+    free(epriv);
     free(pub);
     free(priv);
     free(creds);
