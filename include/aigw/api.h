@@ -70,6 +70,9 @@ enum aigw_rc aigw_query_from_json(struct aigw_req *req, json_t *root);
  * publish to single-flight waiters, store in the cache, refund the quota on
  * failure, store the idempotency record. */
 void aigw_query_finish(struct aigw_req *req);
+/* After hook of the query routes: publish to single-flight waiters and
+ * store the answer in the cache once the response is out. */
+void aigw_query_after(struct aigw_req *req);
 
 /* POST /v1/chat/completions: the upstream's answer (fresh), or one rebuilt
  * in the chat.completion shape from req->q (cache hit, coalesced). */

@@ -34,6 +34,8 @@ struct aigw_route {
     const char *path;                  /* "/api/ai/limits"; "{}" matches one segment */
     aigw_stage_fn stages[AIGW_MAX_STAGES]; /* run in order, NULL-terminated; the last is the handler */
     void (*finish)(struct aigw_req *req);  /* optional: runs once before any response is queued */
+    void (*after)(struct aigw_req *req);   /* optional: runs once after the response went out (or the
+                                            * connection ended): work the client need not wait for */
     bool ai;                               /* an AI route: every authenticated request gets a usage row */
     bool openai;                           /* errors in the OpenAI shape {"error":{"message","type","param","code"}} */
     const char *scope;                     /* API key scope the route needs ("query", "chat");

@@ -118,19 +118,32 @@ aigw_query_finish(struct aigw_req *req)
 
     if (q == NULL)
         return;
-    if (q->sf_role == AIGW_SF_LEADER) {
-        char *text = req->status == 499 ? NULL : outcome_json(req);
-
-        aigw_sf_publish(req, text);
-        free(text);
-    }
-    if (req->status == 200 && q->billed)
-        aigw_cache_store(req);
     if (q->quota_reserved && !q->billed) {
         aigw_quota_refund(req->srv, req->tenant);
         q->quota_reserved = false;
     }
     aigw_idempotency_finish(req);
+}
+
+/* Off the client's clock: the answer has gone out when waiters get it and
+ * the cache stores it (two Redis round trips the miss path no longer waits
+ * for). A waiter polls every few ms, so it sees the result a little later. */
+void
+aigw_query_after(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+
+    if (q == NULL)
+        return;
+    if (q->sf_role == AIGW_SF_LEADER) {
+        char *text = req->status == 499 || !req->responded ? NULL : outcome_json(req);
+
+        aigw_sf_publish(req, text);
+        free(text);
+        q->sf_role = AIGW_SF_NONE;
+    }
+    if (req->status == 200 && q->billed)
+        aigw_cache_store(req);
 }
 
 /* The JSON answer's fields minus the text: what closes a stream. */

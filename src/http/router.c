@@ -30,10 +30,10 @@
  * (administration: API keys can never manage keys or tenants). */
 static const struct aigw_route routes[] = {
     {.method = "POST", .path = "/api/ai/query", .stages = QUERY_ROUTE(aigw_stage_validate_query),
-     .finish = aigw_query_finish, .ai = true, .scope = "query"},
+     .finish = aigw_query_finish, .after = aigw_query_after, .ai = true, .scope = "query"},
     {.method = "POST", .path = "/api/ai/recommendation", .stages = QUERY_ROUTE(aigw_stage_validate_recommendation),
-     .finish = aigw_query_finish, .ai = true, .scope = "query"},
-    {.method = "POST", .path = "/v1/chat/completions", .stages = CHAT_ROUTE, .finish = aigw_query_finish, .ai = true,
+     .finish = aigw_query_finish, .after = aigw_query_after, .ai = true, .scope = "query"},
+    {.method = "POST", .path = "/v1/chat/completions", .stages = CHAT_ROUTE, .finish = aigw_query_finish, .after = aigw_query_after, .ai = true,
      .openai = true, .scope = "chat"},
     {.method = "GET", .path = "/v1/models", .stages = {aigw_stage_authenticate, aigw_stage_tenant, aigw_require_api_access,
                                                        aigw_api_models, NULL},

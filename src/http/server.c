@@ -452,6 +452,8 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
         aigw_sse_detach(req->sse);
         req->sse = NULL;
     }
+    if (req->route != NULL && req->route->after != NULL)
+        req->route->after(req);
     access_log(req, toe);
     aigw_metrics_request_done(srv->metrics, req);
     if (req->api_key != NULL && req->authenticated) /* batched: no database write here */
