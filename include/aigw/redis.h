@@ -27,6 +27,11 @@ void aigw_redis_release(struct aigw_redis_pool *pool, redisContext *ctx);
  * REDIS_REPLY_ERROR object. */
 redisReply *aigw_redis_cmd(redisContext *ctx, int argc, const char **argv, const size_t *argvlen);
 
+/* "<cmd> <key>" on a pooled connection for a command with an integer reply
+ * (EXISTS, INCR, ...). Returns the integer, or -1 when Redis could not be
+ * asked or answered otherwise. */
+long long aigw_redis_key_int(struct aigw_redis_pool *pool, const char *cmd, const char *key);
+
 /* Whether a pooled context answers PING with PONG (within the pool
  * timeout). For /readyz and the start-up wait. Never fails (false = down). */
 bool aigw_redis_ping(struct aigw_redis_pool *pool);

@@ -39,12 +39,11 @@ bool aigw_sse_wait(struct aigw_sse *s);
 ssize_t aigw_sse_read(struct aigw_sse *s, char *buf, size_t max, bool *drained);
 /* Consumer: append bytes of its own (the final event); never "full". */
 void aigw_sse_append(struct aigw_sse *s, const char *p, size_t n);
-/* Consumer: anything written yet (the response can start)? */
-bool aigw_sse_started(struct aigw_sse *s);
-/* Did the producer close? (Then its outcome is ready: it closes last.) */
-bool aigw_sse_closed(struct aigw_sse *s);
-/* Content events written so far. */
-long aigw_sse_chunks(struct aigw_sse *s);
+/* A consistent look at the pipe (each pointer may be NULL): started = any
+ * byte was ever written (the response can start); closed = the producer
+ * finished (its outcome is ready: it closes last); chunks = content events
+ * written so far. */
+void aigw_sse_state(struct aigw_sse *s, bool *started, bool *closed, long *chunks);
 /* The request is gone: later writes are dropped; drops its reference. */
 void aigw_sse_detach(struct aigw_sse *s);
 

@@ -18,24 +18,9 @@ static long long
 bump_generation(struct aigw_req *req)
 {
     char key[96];
-    const char *argv[2] = {"INCR", key};
-    size_t lens[2];
-    redisContext *rc;
-    redisReply *r;
-    long long gen = -1;
 
     snprintf(key, sizeof(key), "aigw:{%s}:gen", req->tenant->id);
-    lens[0] = 4;
-    lens[1] = strlen(key);
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc == NULL)
-        return -1;
-    r = aigw_redis_cmd(rc, 2, argv, lens);
-    aigw_redis_release(req->srv->redis, rc);
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
-        gen = r->integer;
-    freeReplyObject(r);
-    return gen;
+    return aigw_redis_key_int(req->srv->redis, "INCR", key);
 }
 
 enum aigw_rc

@@ -148,13 +148,12 @@ aigw_query_after(struct aigw_req *req)
 
 /* The JSON answer's fields minus the text: what closes a stream. */
 static json_t *
-closing_fields(struct aigw_req *req, json_t *answer)
+closing_fields(json_t *answer)
 {
     json_t *o = json_object();
     const char *k;
     json_t *v;
 
-    (void)req;
     json_object_set_new(o, "done", json_true());
     json_object_foreach(answer, k, v)
     {
@@ -180,7 +179,7 @@ char *
 aigw_query_sse_closing(struct aigw_req *req)
 {
     json_t *body = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
-    json_t *data = req->status == 200 ? closing_fields(req, body)
+    json_t *data = req->status == 200 ? closing_fields(body)
                                       : json_pack("{s:O?}", "error", json_object_get(body, "error"));
     struct aigw_jsonw w;
     char *out;
@@ -202,7 +201,9 @@ aigw_query_sse_replay(struct aigw_req *req)
     struct aigw_jsonw w;
     char *closing;
 
-    if (q == NULL || !q->stream || req->status != 200 || req->sse_live || strcmp(q->route_label, "chat") == 0)
+    /* only answers in aigw's own shape (the OpenAI route neither caches nor
+     * coalesces streams, so it never has a finished answer to replay) */
+    if (q == NULL || !q->stream || req->status != 200 || req->sse_live || q->respond != aigw_api_query)
         return;
     body = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
     text = json_object_get(body, "answer") ? json_object_get(body, "answer") : json_object_get(body, "recommendation");

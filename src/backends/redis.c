@@ -228,6 +228,25 @@ aigw_redis_cmd(redisContext *c, int argc, const char **argv, const size_t *argvl
     return redisCommandArgv(c, argc, argv, argvlen);
 }
 
+long long
+aigw_redis_key_int(struct aigw_redis_pool *pool, const char *cmd, const char *key)
+{
+    const char *argv[2] = {cmd, key};
+    size_t lens[2] = {strlen(cmd), strlen(key)};
+    redisContext *rc = aigw_redis_acquire(pool);
+    redisReply *r;
+    long long v = -1;
+
+    if (rc == NULL)
+        return -1;
+    r = aigw_redis_cmd(rc, 2, argv, lens);
+    aigw_redis_release(pool, rc);
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+        v = r->integer;
+    freeReplyObject(r);
+    return v;
+}
+
 void
 aigw_redis_script_init(struct aigw_redis_script *s)
 {

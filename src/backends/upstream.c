@@ -526,10 +526,8 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     char *payload = event_payload(bytes, len, &is_error, &plen);
     json_t *root = NULL;
 
-    if (payload == NULL && !is_error) { /* a comment or keep-alive: nothing for anyone */
-        free(payload);
+    if (payload == NULL && !is_error) /* a comment or keep-alive: nothing for anyone */
         return;
-    }
     memset(&ev, 0, sizeof(ev));
     ev.bytes = bytes;
     ev.len = len;

@@ -154,37 +154,17 @@ aigw_sse_append(struct aigw_sse *s, const char *p, size_t n)
     pthread_mutex_unlock(&s->lock);
 }
 
-bool
-aigw_sse_started(struct aigw_sse *s)
+void
+aigw_sse_state(struct aigw_sse *s, bool *started, bool *closed, long *chunks)
 {
-    bool started;
-
     pthread_mutex_lock(&s->lock);
-    started = s->started;
+    if (started != NULL)
+        *started = s->started;
+    if (closed != NULL)
+        *closed = s->closed;
+    if (chunks != NULL)
+        *chunks = s->chunks;
     pthread_mutex_unlock(&s->lock);
-    return started;
-}
-
-bool
-aigw_sse_closed(struct aigw_sse *s)
-{
-    bool closed;
-
-    pthread_mutex_lock(&s->lock);
-    closed = s->closed;
-    pthread_mutex_unlock(&s->lock);
-    return closed;
-}
-
-long
-aigw_sse_chunks(struct aigw_sse *s)
-{
-    long n;
-
-    pthread_mutex_lock(&s->lock);
-    n = s->chunks;
-    pthread_mutex_unlock(&s->lock);
-    return n;
 }
 
 void

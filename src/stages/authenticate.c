@@ -61,24 +61,11 @@ static int
 revoked_in_redis(struct aigw_req *req, const struct aigw_api_key *k)
 {
     char key[160];
-    const char *argv[2] = {"EXISTS", key};
-    size_t lens[2];
-    redisContext *rc;
-    redisReply *r;
-    int res = -1;
+    long long n;
 
     aigw_apikey_revoked_key(k->tenant_id, k->id, key, sizeof(key));
-    lens[0] = 6;
-    lens[1] = strlen(key);
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc == NULL)
-        return -1;
-    r = aigw_redis_cmd(rc, 2, argv, lens);
-    aigw_redis_release(req->srv->redis, rc);
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
-        res = r->integer > 0;
-    freeReplyObject(r);
-    return res;
+    n = aigw_redis_key_int(req->srv->redis, "EXISTS", key);
+    return n < 0 ? -1 : n > 0;
 }
 
 /* Route policy for a valid key: the route must take keys and the key must

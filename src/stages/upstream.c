@@ -124,9 +124,9 @@ aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
 {
     struct aigw_query *q = req->q;
     const struct aigw_upstream_result *res = aigw_upstream_result(q->call);
-    bool closed = aigw_sse_closed(req->sse);
+    bool closed;
 
-    *chunks = aigw_sse_chunks(req->sse);
+    aigw_sse_state(req->sse, NULL, &closed, chunks);
     if (!closed) { /* the client left first: stop the model at once */
         aigw_upstream_cancel(req->srv->upstream, q->call);
         res = NULL;
@@ -222,6 +222,7 @@ static enum aigw_rc
 stream_stage(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
+    bool started;
 
     if (q->call == NULL) {
         char *body = build_body(req);
@@ -237,7 +238,8 @@ stream_stage(struct aigw_req *req)
     }
     if (!aigw_sse_wait(req->sse))
         return AIGW_AGAIN;
-    if (aigw_sse_started(req->sse)) {
+    aigw_sse_state(req->sse, &started, NULL, NULL);
+    if (started) {
         aigw_req_add_header(req, "X-Cache", "MISS");
         req->status = 200;
         req->sse_live = true;

@@ -22,11 +22,9 @@ generation(void)
 static void
 expect_error(const char *name, const struct tl_resp *r, long status, const char *code)
 {
-    char buf[64] = "", rid[80];
+    char rid[80];
 
-    CHECK(r->status == status, "%s: status %ld, want %ld: %s", name, r->status, status, r->body);
-    CHECK(tl_json_str(r, "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0, "%s: code %s, want %s", name,
-          buf, code);
+    tl_expect(name, r, status, code);
     CHECK(tl_json_str(r, "error.request_id", rid, sizeof(rid)) != NULL, "%s: request_id in the error", name);
 }
 

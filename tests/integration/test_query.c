@@ -54,17 +54,6 @@ rows(const char *tid, long want)
 }
 
 static void
-expect(const char *name, const struct tl_resp *r, long status, const char *code)
-{
-    char buf[64] = "";
-
-    CHECK(r->status == status, "%s: status %ld want %ld: %s", name, r->status, status, r->body);
-    if (code != NULL)
-        CHECK(tl_json_str(r, "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0, "%s: code %s want %s", name,
-              buf, code);
-}
-
-static void
 test_basic_and_cache(void)
 {
     char id[37], code[65], id2[37], code2[65], buf[256];
@@ -79,7 +68,7 @@ test_basic_and_cache(void)
     admin = tl_token(code, "admin", 600);
     calls = tl_mock_stat(mock, "chat_requests");
     ask(tok, "{\"question\":\"  How do I   clean anti-reflective lenses? \"}", &r);
-    expect("first question", &r, 200, NULL);
+    tl_expect("first question", &r, 200, NULL);
     CHECK(tl_json_str(&r, "answer", buf, sizeof(buf)) && strstr(buf, "Mock answer") != NULL, "answer from the model");
     CHECK(tl_json_str(&r, "cached", buf, sizeof(buf)) && strcmp(buf, "false") == 0, "not cached");
     CHECK(tl_json_str(&r, "query_type", buf, sizeof(buf)) && strcmp(buf, "knowledge") == 0, "classified knowledge");
@@ -96,7 +85,7 @@ test_basic_and_cache(void)
 
     /* same question, different spacing/case: a hit, not billed, quota unchanged */
     ask(tok, "{\"question\":\"how do i clean ANTI-REFLECTIVE lenses?\"}", &r);
-    expect("repeat", &r, 200, NULL);
+    tl_expect("repeat", &r, 200, NULL);
     CHECK(tl_json_str(&r, "cached", buf, sizeof(buf)) && strcmp(buf, "true") == 0, "cached true");
     CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0, "X-Cache HIT");
     CHECK(tl_json_int(&r, "queries_remaining", -9) == 499, "hit does not consume quota");
@@ -160,7 +149,7 @@ test_bad_input(void)
     tok = tl_token(code, "optician", 600);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         ask(tok, cases[i].body, &r);
-        expect(cases[i].name, &r, 400, "invalid_request");
+        tl_expect(cases[i].name, &r, 400, "invalid_request");
         CHECK(tl_json_str(&r, "error.message", msg, sizeof(msg)) && strstr(msg, cases[i].field) != NULL,
               "%s: message names %s", cases[i].name, cases[i].field);
         tl_resp_free(&r);
@@ -176,7 +165,7 @@ test_bad_input(void)
         }
         memcpy(big + o, "\"}", 3);
         ask(tok, big, &r);
-        expect("4001 characters", &r, 400, "invalid_request");
+        tl_expect("4001 characters", &r, 400, "invalid_request");
         tl_resp_free(&r);
     }
     free(big);
@@ -204,18 +193,18 @@ test_gating(void)
 
     tok = tl_token("clinic_003", "optician", 600);
     ask(tok, "{\"question\":\"What were our sales last month?\"}", &r);
-    expect("standard plan, sales question", &r, 403, "feature_not_in_plan");
+    tl_expect("standard plan, sales question", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "pro") == 0, "required_tier pro");
     tl_resp_free(&r);
     ask(tok, "{\"question\":\"x\",\"query_type\":\"patient_analytics\"}", &r);
-    expect("standard plan, patient analytics", &r, 403, "feature_not_in_plan");
+    tl_expect("standard plan, patient analytics", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "enterprise") == 0,
           "required_tier enterprise");
     tl_resp_free(&r);
     free(tok);
     tok = tl_token("clinic_002", "optician", 600);
     ask(tok, "{\"question\":\"List the phone numbers of patients with myopia\",\"query_type\":\"patient_analytics\"}", &r);
-    expect("PII request", &r, 403, "pii_not_allowed");
+    tl_expect("PII request", &r, 403, "pii_not_allowed");
     tl_resp_free(&r);
     free(tok);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "gated: no upstream call");
@@ -259,7 +248,7 @@ test_quota_race(void)
               "usage stats: 50 requests, 5 billed, 5 successful: %s", u.body);
         tl_resp_free(&u);
         tl_get(port, "/api/ai/usage?period=year", tok, &u);
-        expect("bad period", &u, 400, "invalid_request");
+        tl_expect("bad period", &u, 400, "invalid_request");
         tl_resp_free(&u);
         tenant("pro", "{}", other_id, other_code);
         other = tl_token(other_code, "optician", 600);
@@ -358,7 +347,7 @@ test_rate_limit(void)
         tl_resp_free(&r);
     }
     ask(tok, "{\"question\":\"rate limited question\"}", &r);
-    expect("6th request", &r, 429, "rate_limited");
+    tl_expect("6th request", &r, 429, "rate_limited");
     CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
               strtol(buf, NULL, 10) <= 60,
           "Retry-After %s", buf);
@@ -367,7 +356,7 @@ test_rate_limit(void)
     tl_resp_free(&r);
     sleep(4); /* now past the minute boundary */
     ask(tok, "{\"question\":\"rate limited question\"}", &r);
-    expect("after the minute boundary: still limited (sliding window)", &r, 429, "rate_limited");
+    tl_expect("after the minute boundary: still limited (sliding window)", &r, 429, "rate_limited");
     tl_resp_free(&r);
     free(tok);
 }
@@ -398,7 +387,7 @@ test_upstream_failures(void)
         snprintf(cfg, sizeof(cfg), "{\"mode\":\"%s\",\"fail_next\":1}", cases[i].mode);
         tl_mock_config(mock, cfg);
         ask(tok, b, &r);
-        expect(cases[i].mode, &r, cases[i].status, cases[i].code);
+        tl_expect(cases[i].mode, &r, cases[i].status, cases[i].code);
         tl_resp_free(&r);
         free(b);
     }
@@ -441,7 +430,7 @@ test_idempotency(void)
         const char *other[1] = {"{\"question\":\"a different question\"}"};
 
         tl_post_parallel(port, "/api/ai/query", tok, h1, other, 1, &r);
-        expect("same key, different body", &r, 422, "idempotency_key_reused");
+        tl_expect("same key, different body", &r, 422, "idempotency_key_reused");
         tl_resp_free(&r);
     }
     /* concurrent: the second sees the first in progress */
@@ -528,7 +517,7 @@ test_all_backends_down(void)
     }
     tok = tl_token("clinic_002", "optician", 600);
     tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"is anybody there?\"}", &r);
-    expect("all backends down", &r, 503, "upstream_unavailable");
+    tl_expect("all backends down", &r, 503, "upstream_unavailable");
     CHECK(tl_resp_header(&r, "Retry-After", (char[16]){0}, 16) != NULL, "Retry-After on 503");
     tl_resp_free(&r);
     CHECK(tl_aigw_stop(&gw) == 0, "second aigw exits cleanly");

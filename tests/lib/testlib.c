@@ -1020,12 +1020,7 @@ tl_delete(int port, const char *path, const char *token, struct tl_resp *out)
 void
 tl_expect(const char *name, const struct tl_resp *r, long status, const char *code)
 {
-    char got[64] = "";
-
-    CHECK(r->status == status, "%s: status %ld, want %ld (%s)", name, r->status, status, r->body);
-    if (code != NULL)
-        CHECK(tl_json_str(r, "error.code", got, sizeof(got)) && strcmp(got, code) == 0, "%s: code %s, want %s", name,
-              got, code);
+    tl_expect_field(name, r, status, code, NULL);
 }
 
 long
