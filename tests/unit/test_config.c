@@ -50,6 +50,35 @@ main(void)
     unsetenv("AIGW_PORT");
 
     CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}", err, sizeof(err)) == 0, "minimal config: %s", err);
+    /* streaming and OpenAI-route settings */
+    expect_invalid("stream_idle_ms too small", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
+                   "stream_idle_ms");
+    expect_invalid("stream_buffer_bytes too small",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_buffer_bytes\":10}}",
+                   "stream_buffer_bytes");
+    expect_invalid("openai.models empty", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[]}}",
+                   "openai.models");
+    expect_invalid("openai model without id",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"route\":\"sales\"}]}}",
+                   "openai.models[0]: id");
+    expect_invalid("openai model with an unknown route",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"id\":\"m\",\"route\":\"x\"}]}}",
+                   "route must be a query type");
+    expect_invalid("openai.cache_sampled not a boolean",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"cache_sampled\":1}}", "cache_sampled");
+    {
+        const struct aigw_model_cfg *m;
+
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":["
+                            "{\"id\":\"small\"},{\"id\":\"big\",\"route\":\"sales\",\"tiers\":[\"enterprise\"]}]}}");
+        CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "openai models load: %s", err);
+        m = aigw_config_model(&cfg, "big", "enterprise");
+        CHECK(m != NULL && m->qtype == aigw_query_type_index("sales"), "big: sales route for enterprise");
+        CHECK(aigw_config_model(&cfg, "big", "pro") == NULL, "big: not for pro");
+        CHECK(aigw_config_model(&cfg, "small", "standard") != NULL, "small: every plan");
+        CHECK(aigw_config_model(&cfg, "nope", "enterprise") == NULL, "unknown model");
+        aigw_config_free(&cfg);
+    }
     expect_invalid("unknown key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"lisen\":{}}", "unknown key \"lisen\"");
     expect_invalid("short HS256 secret",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"short\"}]}}",
