@@ -259,12 +259,26 @@ grep -qi '^X-Cache-Status: HIT' "$sd/ngx.h" || die "nginx did not answer from it
 [[ "$nbody" == "$body" ]] || die "nginx body differs from aigw's cached body"
 log "nginx proxy_cache on :$ngx_port (origin :$origin_port) answers HIT with aigw's body (${#body} bytes)"
 
+# CPU ticks (utime+stime) of aigw, Redis and every PostgreSQL process of the
+# stack, to say where a cache hit's CPU goes (the profile behind S1's ratio).
+stack_ticks() {
+    local pm rp pg=0 p
+    pm="$(head -n1 "$sd/pg/data/postmaster.pid" 2>/dev/null || true)"
+    rp="$(head -n1 "$sd/redis/redis.pid" 2>/dev/null || true)"
+    for p in $pm $(pgrep -P "${pm:-1}" 2>/dev/null); do pg=$(( pg + $(cpu_ticks "$p") )); done
+    echo "$(cpu_ticks "$gw_pid") $(cpu_ticks "${rp:-1}") $pg"
+}
+s1_cpu=(0 0 0) s1_reqs=0
 declare -a s1g_rps s1g_p50 s1g_p99 s1n_rps s1n_p50 s1n_p99 s1g_bad=() s1n_bad=()
 s1_side() { # side round
-    local r
+    local r t0 t1 i
     if [[ "$1" == aigw ]]; then
+        read -r -a t0 <<<"$(stack_ticks)"
         r="$(AIGW_BENCH_UNIQUE=0 run_wrk "s1-aigw-$2" "http://127.0.0.1:$gw_port/api/ai/query" "$CONNS" "$DUR")"
-        read -r rps p50 p99 _ bad sock <<<"$r"; s1g_rps+=("$rps"); s1g_p50+=("$p50"); s1g_p99+=("$p99"); s1g_bad+=($((bad + sock)))
+        read -r -a t1 <<<"$(stack_ticks)"
+        for i in 0 1 2; do s1_cpu[i]=$(( s1_cpu[i] + t1[i] - t0[i] )); done
+        read -r rps p50 p99 reqs bad sock <<<"$r"; s1_reqs=$(( s1_reqs + reqs ))
+        s1g_rps+=("$rps"); s1g_p50+=("$p50"); s1g_p99+=("$p99"); s1g_bad+=($((bad + sock)))
     else
         r="$(AIGW_BENCH_UNIQUE=0 run_wrk "s1-nginx-$2" "http://127.0.0.1:$ngx_port/api/ai/query" "$CONNS" "$DUR")"
         read -r rps p50 p99 _ bad sock <<<"$r"; s1n_rps+=("$rps"); s1n_p50+=("$p50"); s1n_p99+=("$p99"); s1n_bad+=($((bad + sock)))
@@ -278,6 +292,9 @@ done
 stop_pid "$nginx_pid" 5; nginx_pid=""
 S1_G_RPS="$(median "${s1g_rps[@]}")" S1_G_P50="$(median "${s1g_p50[@]}")" S1_G_P99="$(median "${s1g_p99[@]}")"
 S1_N_RPS="$(median "${s1n_rps[@]}")" S1_N_P50="$(median "${s1n_p50[@]}")" S1_N_P99="$(median "${s1n_p99[@]}")"
+us_per_req() { awk -v t="$1" -v n="$s1_reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n == 0) print 0; else printf "%.1f\n", t / hz * 1e6 / n }'; }
+S1_CPU_GW="$(us_per_req "${s1_cpu[0]}")" S1_CPU_REDIS="$(us_per_req "${s1_cpu[1]}")" S1_CPU_PG="$(us_per_req "${s1_cpu[2]}")"
+log "S1 CPU per cache hit: aigw $S1_CPU_GW us, Redis $S1_CPU_REDIS us, PostgreSQL $S1_CPU_PG us ($s1_reqs requests)"
 
 # ---------------------------------------------------------------- S2 miss path overhead
 mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
@@ -466,7 +483,8 @@ S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
     printf '%-34s %14s %14s %12s\n' "S1 cache hit req/s (c=$CONNS)" "$S1_G_RPS" "$S1_N_RPS" "$S1_RPS_RATIO"
     printf '%-34s %14s %14s %12s\n' "S1 cache hit p50 ms" "$S1_G_P50" "$S1_N_P50" "$S1_P50_RATIO"
     printf '%-34s %14s %14s %12s\n' "S1 cache hit p99 ms" "$S1_G_P99" "$S1_N_P99" "$S1_P99_RATIO"
-    printf '  (S1 reference = nginx proxy_cache serving the same body)\n'
+    printf '  (S1 reference = nginx proxy_cache serving the same body; CPU per hit: aigw %s us, Redis %s us, PostgreSQL %s us)\n' \
+        "$S1_CPU_GW" "$S1_CPU_REDIS" "$S1_CPU_PG"
     printf '%-34s %14s %14s %12s\n' "S2 miss p50 ms (c=$S2_CONNS)" "$S2_G_P50" "$S2_D_P50" "+$S2_ADD_P50"
     printf '%-34s %14s %14s %12s\n' "S2 miss p99 ms" "$S2_G_P99" "$S2_D_P99" "+$S2_ADD_P99"
     printf '%-34s %14s %14s %12s\n' "S2 miss req/s" "$S2_G_RPS" "$S2_D_RPS" "$(ratio "$S2_G_RPS" "$S2_D_RPS")"
@@ -484,6 +502,7 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     --argjson r_rps "$S1_RPS_RATIO" --argjson r_p50 "$S1_P50_RATIO" --argjson r_p99 "$S1_P99_RATIO" \
     --argjson s1g_all "$(arr "${s1g_rps[@]}")" --argjson s1n_all "$(arr "${s1n_rps[@]}")" \
     --argjson s1g_err "$(arr "${s1g_bad[@]}")" --argjson s1n_err "$(arr "${s1n_bad[@]}")" \
+    --argjson cpu_gw "$S1_CPU_GW" --argjson cpu_redis "$S1_CPU_REDIS" --argjson cpu_pg "$S1_CPU_PG" \
     --argjson a50 "$S2_G_P50" --argjson a99 "$S2_G_P99" --argjson arps "$S2_G_RPS" \
     --argjson d50 "$S2_D_P50" --argjson d99 "$S2_D_P99" --argjson drps "$S2_D_RPS" \
     --argjson add50 "$S2_ADD_P50" --argjson add99 "$S2_ADD_P99" \
@@ -496,7 +515,8 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
                reference: "nginx proxy_cache (worker_processes 2, proxy_cache_methods POST, key fixed)"},
     aigw: {req_per_s: $g_rps, p50_ms: $g_p50, p99_ms: $g_p99, rounds_req_per_s: $s1g_all, rounds_errors: $s1g_err},
     nginx: {req_per_s: $n_rps, p50_ms: $n_p50, p99_ms: $n_p99, rounds_req_per_s: $s1n_all, rounds_errors: $s1n_err},
-    ratio_aigw_over_nginx: {req_per_s: $r_rps, p50: $r_p50, p99: $r_p99}
+    ratio_aigw_over_nginx: {req_per_s: $r_rps, p50: $r_p50, p99: $r_p99},
+    cpu_us_per_request: {aigw: $cpu_gw, redis: $cpu_redis, postgresql: $cpu_pg}
   },
   S2_miss_overhead: {
     settings: {connections: $s2c, wrk: "-t2 -c\($s2c) -d\($dur) --latency, unique questions", mock: "first_token_ms 20, tokens 8"},

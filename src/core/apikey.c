@@ -170,5 +170,5 @@ aigw_apikey_revoked_key(const char *tenant_id, const char *key_id, char *buf, si
 void
 aigw_apikey_window_key(const char *tenant_id, const char *key_id, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "aigw:{%s}:krl:%s", tenant_id, key_id);
+    snprintf(buf, cap, "aigw:{%s}:krlb:%s", tenant_id, key_id);
 }

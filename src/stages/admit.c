@@ -14,17 +14,26 @@
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 
-/* Sliding window log: a sorted set of admitted request ids scored by
- * admission time (Redis TIME, so every instance shares one clock). Exact:
- * never more than `limit` admissions in any 60 s window, so there is no
- * boundary double burst as with fixed windows. A request authenticated by an
- * API key with its own limit is admitted only when both the tenant's window
- * and the key's window have room, and counts in both.
- * KEYS[1] tenant window zset, KEYS[2] generation, KEYS[3] monthly quota
- * counter; API keys only: KEYS[4] key window zset, KEYS[5] key revocation
- * marker. ARGV[1] tenant limit, ARGV[2] window ms, ARGV[3] member, ARGV[4]
- * cache key prefix, ARGV[5] cache hash ('' = skip lookup), ARGV[6] key limit
- * (0 = none).
+/* Sliding window of one-second buckets: a hash per window with one field per
+ * second that admitted something ("<unix second>" -> count), plus "n" (the
+ * sum of the live buckets) and "lo" (the oldest live bucket). Time is Redis
+ * TIME, so every instance shares one clock. A bucket stays live while it is
+ * within the last window/1000 + 1 seconds, so an admission counts for
+ * between 60 and 61 s: never more than `limit` admissions in ANY 60 s
+ * window (no boundary double burst as with fixed windows), at O(61) memory
+ * and O(1) work per request whatever the limit. (The sorted-set log this
+ * replaces held one member per admission: 600k members and ~40 us of Redis
+ * CPU per request for a tenant doing 10k req/s.) Expiring walks at most
+ * window/1000 + 1 buckets, once per second per window.
+ * A request authenticated by an API key with its own limit is admitted only
+ * when both the tenant's window and the key's window have room, and counts
+ * in both.
+ * KEYS[1] tenant window, KEYS[2] generation, KEYS[3] monthly quota
+ * counter; API keys only: KEYS[4] key window, KEYS[5] key revocation
+ * marker. ARGV[1] tenant limit, ARGV[2] window ms (a multiple of 1000),
+ * ARGV[3] request id (unused; kept for the call's shape), ARGV[4] cache key
+ * prefix, ARGV[5] cache hash ('' = skip lookup), ARGV[6] key limit (0 =
+ * none).
  * -> {allowed, remaining, reset_s, generation, cached or false, quota used
  *     or -1, limit, key policy (1 when the numbers are the key's), revoked}
  * The numbers describe the tighter policy: the one that refused, else the
@@ -42,41 +51,60 @@ static struct aigw_redis_script admit_script = {
         "if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then\n"
         "  return {0, 0, 0, gen, false, used, limit, 0, 1}\n"
         "end\n"
+        "local sec, span = math.floor(now / 1000), math.floor(window / 1000)\n"
+        "local lo = {}\n"
         "local function count(key)\n"
-        "  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)\n"
-        "  return redis.call('ZCARD', key)\n"
+        "  local v = redis.call('HMGET', key, 'n', 'lo')\n"
+        "  local n, l = tonumber(v[1] or '0'), tonumber(v[2] or '0')\n"
+        "  local first = sec - span\n"
+        "  if n <= 0 or first - l > span then\n"
+        "    if v[1] then redis.call('DEL', key) end\n"
+        "    lo[key] = sec\n"
+        "    return 0\n"
+        "  end\n"
+        "  if l < first then\n"
+        "    while l < first do\n"
+        "      local c = redis.call('HGET', key, l)\n"
+        "      if c then n = n - tonumber(c) redis.call('HDEL', key, l) end\n"
+        "      l = l + 1\n"
+        "    end\n"
+        "    while n > 0 and l < sec and redis.call('HEXISTS', key, l) == 0 do l = l + 1 end\n"
+        "    if n > 0 then redis.call('HSET', key, 'n', n, 'lo', l) else redis.call('DEL', key) l = sec end\n"
+        "  end\n"
+        "  lo[key] = l\n"
+        "  return n\n"
         "end\n"
-        "local function admit(key)\n"
-        "  redis.call('ZADD', key, now, ARGV[3])\n"
-        "  redis.call('PEXPIRE', key, window)\n"
+        "local function admit(key, n)\n"
+        "  redis.call('HINCRBY', key, sec, 1)\n"
+        "  redis.call('HSET', key, 'n', n + 1, 'lo', lo[key])\n"
+        "  redis.call('PEXPIRE', key, window + 1000)\n"
         "end\n"
-        "local function reset(key)\n"
-        "  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')\n"
-        "  if oldest[2] then return math.ceil((tonumber(oldest[2]) + window - now) / 1000) end\n"
-        "  return 0\n"
+        "local function reset(key, n)\n"
+        "  if n <= 0 then return 0 end\n"
+        "  return math.ceil(((lo[key] + span + 1) * 1000 - now) / 1000)\n"
         "end\n"
         "local n = count(KEYS[1])\n"
         "local kn = 0\n"
         "if klimit > 0 then kn = count(KEYS[4]) end\n"
         "local allowed = 0\n"
         "if n < limit and (klimit == 0 or kn < klimit) then\n"
-        "  admit(KEYS[1])\n"
+        "  admit(KEYS[1], n)\n"
         "  n = n + 1\n"
-        "  if klimit > 0 then admit(KEYS[4]) kn = kn + 1 end\n"
+        "  if klimit > 0 then admit(KEYS[4], kn) kn = kn + 1 end\n"
         "  allowed = 1\n"
         "end\n"
         "local bykey = false\n"
         "if klimit > 0 then\n"
         "  if allowed == 1 then bykey = klimit - kn <= limit - n\n"
-        "  elseif kn >= klimit and n >= limit then bykey = reset(KEYS[4]) >= reset(KEYS[1])\n"
+        "  elseif kn >= klimit and n >= limit then bykey = reset(KEYS[4], kn) >= reset(KEYS[1], n)\n"
         "  else bykey = kn >= klimit end\n"
         "end\n"
         "local cached = false\n"
         "if allowed == 1 and ARGV[5] ~= '' then\n"
         "  cached = redis.call('GET', ARGV[4] .. gen .. ':' .. ARGV[5])\n"
         "end\n"
-        "if bykey then return {allowed, klimit - kn, reset(KEYS[4]), gen, cached, used, klimit, 1, 0} end\n"
-        "return {allowed, limit - n, reset(KEYS[1]), gen, cached, used, limit, 0, 0}\n",
+        "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0} end\n"
+        "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0}\n",
 };
 
 void
@@ -116,7 +144,7 @@ build_args(struct aigw_req *req, struct admit_args *a)
     const struct aigw_api_key *k = req->api_key;
     struct aigw_query *q = req->q;
 
-    snprintf(a->rl_key, sizeof(a->rl_key), "aigw:{%s}:rl", t->id);
+    snprintf(a->rl_key, sizeof(a->rl_key), "aigw:{%s}:rlb", t->id);
     snprintf(a->gen_key, sizeof(a->gen_key), "aigw:{%s}:gen", t->id);
     snprintf(a->prefix, sizeof(a->prefix), "aigw:{%s}:c:", t->id);
     snprintf(a->limit, sizeof(a->limit), "%d", t->requests_per_minute);

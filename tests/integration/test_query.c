@@ -349,7 +349,7 @@ test_rate_limit(void)
     ask(tok, "{\"question\":\"rate limited question\"}", &r);
     tl_expect("6th request", &r, 429, "rate_limited");
     CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
-              strtol(buf, NULL, 10) <= 60,
+              strtol(buf, NULL, 10) <= 61,
           "Retry-After %s", buf);
     CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=0;t=", 15) == 0,
           "RateLimit r=0: %s", buf);
@@ -358,6 +358,56 @@ test_rate_limit(void)
     ask(tok, "{\"question\":\"rate limited question\"}", &r);
     tl_expect("after the minute boundary: still limited (sliding window)", &r, 429, "rate_limited");
     tl_resp_free(&r);
+    free(tok);
+}
+
+/* The window's one-second buckets, seeded by hand: buckets older than 60 s
+ * stop counting (and are deleted), "lo" moves to the oldest live bucket, and
+ * the reset time is that bucket's second + 61. The test's clock is the
+ * machine's, Redis TIME too; margins of 2+ s absorb a second boundary. */
+static void
+test_rate_buckets(void)
+{
+    char id[37], code[65], *tok, buf[128];
+    struct tl_resp r;
+    long long now, t;
+
+    tenant("pro", "{\"requests_per_minute\":3}", id, code);
+    tok = tl_token(code, "optician", 600);
+    now = (long long)time(NULL);
+
+    /* everything stale: the whole window restarts */
+    tl_redis_int("HSET aigw:{%s}:rlb n 3 lo %lld %lld 3", id, now - 63, now - 63);
+    ask(tok, "{\"question\":\"bucket question one\"}", &r);
+    CHECK(r.status == 200, "stale window: admitted (%ld)", r.status);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 1, "stale window: n restarts at 1");
+    CHECK(tl_redis_int("HEXISTS aigw:{%s}:rlb %lld", id, now - 63) == 0, "stale bucket deleted");
+
+    /* partly stale: the old bucket goes, lo moves to the live one */
+    tl_redis_int("DEL aigw:{%s}:rlb", id);
+    tl_redis_int("HSET aigw:{%s}:rlb n 3 lo %lld %lld 2 %lld 1", id, now - 63, now - 63, now - 20);
+    ask(tok, "{\"question\":\"bucket question two\"}", &r);
+    CHECK(r.status == 200, "partly stale: admitted (%ld)", r.status);
+    CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=1;t=", 15) == 0,
+          "partly stale: one left: %s", buf);
+    t = strtoll(buf + 15, NULL, 10);
+    CHECK(t >= 39 && t <= 43, "reset follows the oldest live bucket (~41 s): %lld", t);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 2, "partly stale: n = 1 live + 1 new");
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb lo", id) == now - 20, "lo = the oldest live bucket");
+    CHECK(tl_redis_int("HEXISTS aigw:{%s}:rlb %lld", id, now - 63) == 0, "stale bucket deleted");
+
+    /* full and live: refused until the oldest bucket leaves (~3 s), nothing counted */
+    tl_redis_int("DEL aigw:{%s}:rlb", id);
+    tl_redis_int("HSET aigw:{%s}:rlb n 3 lo %lld %lld 2 %lld 1", id, now - 58, now - 58, now - 30);
+    ask(tok, "{\"question\":\"bucket question three\"}", &r);
+    tl_expect("full window", &r, 429, "rate_limited");
+    CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
+              strtol(buf, NULL, 10) <= 5,
+          "Retry-After until the oldest bucket leaves (~3 s): %s", buf);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 3, "refused: not counted");
     free(tok);
 }
 
@@ -556,6 +606,7 @@ main(void)
     test_quota_race();
     test_rebuild();
     test_single_flight(gw2.port);
+    test_rate_buckets();
     test_upstream_failures();
     test_idempotency();
     test_leader_death();
