@@ -56,7 +56,7 @@ struct aigw_req {
     const char *params[AIGW_MAX_PARAMS]; /* "{}" path segments */
     size_t stage;                      /* index of the stage to run next */
     char request_id[65];
-    char usage_id[37];                 /* unique per request: usage row id, rate-limit member */
+    char usage_id[37];                 /* unique per request (UUIDv7): usage row id, single-flight owner */
     int64_t start_us;
 
     /* upload */

@@ -34,6 +34,10 @@ void aigw_random(void *buf, size_t n);
 
 /* A random (version 4) UUID in canonical text form. */
 void aigw_uuid4(char out[37]);
+/* A time-ordered (version 7, RFC 9562) UUID: 48 bits of Unix milliseconds,
+ * then 74 random bits. Primary keys of append-mostly tables: new ids land
+ * on the rightmost B-tree page instead of a random one. */
+void aigw_uuid7(char out[37]);
 
 /* FNV-1a hash of a NUL-terminated string (hash tables, not security). */
 uint64_t aigw_hash_str(const char *s);

@@ -507,7 +507,7 @@ aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
     if (u == NULL || row == NULL)
         return -1;
     if (row->id[0] == '\0')
-        aigw_uuid4(row->id);
+        aigw_uuid7(row->id);
     if (row->created_at_us == 0)
         row->created_at_us = wall_us();
     line = row_line(row, &len);

@@ -128,17 +128,39 @@ aigw_random(void *buf, size_t n)
     }
 }
 
+static void
+uuid_text(unsigned char b[16], unsigned version, char out[37])
+{
+    char hex[33];
+
+    b[6] = (unsigned char)((b[6] & 0x0F) | (version << 4));
+    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
+    aigw_hex(b, 16, hex);
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+}
+
 void
 aigw_uuid4(char out[37])
 {
     unsigned char b[16];
-    char hex[33];
 
     aigw_random(b, sizeof(b));
-    b[6] = (unsigned char)((b[6] & 0x0F) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3F) | 0x80);
-    aigw_hex(b, 16, hex);
-    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16, hex + 20);
+    uuid_text(b, 4, out);
+}
+
+void
+aigw_uuid7(char out[37])
+{
+    unsigned char b[16];
+    struct timespec ts;
+    uint64_t ms;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    aigw_random(b + 6, sizeof(b) - 6);
+    for (int i = 5; i >= 0; i--, ms >>= 8)
+        b[i] = (unsigned char)(ms & 0xFF);
+    uuid_text(b, 7, out);
 }
 
 bool

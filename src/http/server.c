@@ -344,7 +344,7 @@ handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, co
         req->url = aigw_pool_strdup(pool, url);
         *con_cls = req;
         set_request_id(req);
-        aigw_uuid4(req->usage_id);
+        aigw_uuid7(req->usage_id);
         return on_headers(req);
     }
     if (req->responded) {

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -175,6 +176,22 @@ main(void)
     CHECK(strcmp(ts, "2027-01-01T00:00:00Z") == 0, "year rollover %s", ts);
     CHECK(aigw_is_uuid("11111111-1111-4111-8111-111111111111", 36), "uuid ok");
     CHECK(!aigw_is_uuid("11111111-1111-4111-8111-11111111111g", 36), "uuid bad hex");
+    {
+        char a[37], b[37], c[37], hex[13];
+        struct timespec pause = {0, 3 * 1000000L};
+        long long ms = (long long)time(NULL) * 1000, prefix;
+
+        aigw_uuid7(a);
+        nanosleep(&pause, NULL);
+        aigw_uuid7(b);
+        aigw_uuid7(c);
+        CHECK(aigw_is_uuid(a, 36) && a[14] == '7' && strchr("89ab", a[19]) != NULL, "uuid7 version and variant: %s", a);
+        snprintf(hex, sizeof(hex), "%.8s%.4s", a, a + 9);
+        prefix = strtoll(hex, NULL, 16);
+        CHECK(prefix >= ms - 1000 && prefix <= ms + 2000, "uuid7 starts with the Unix ms: %lld vs %lld", prefix, ms);
+        CHECK(strcmp(a, b) < 0, "uuid7 ids sort by time: %s < %s", a, b);
+        CHECK(strcmp(b, c) != 0, "uuid7 ids differ within one ms");
+    }
     {
         long v;
 

@@ -1,0 +1,14 @@
+-- 007_usage_write_path.sql - fewer indexes to maintain per usage row.
+--
+-- Every request writes one ai_usage_logs row, so each index on the table is
+-- paid on the hottest write path. ai_usage_logs_billed_idx (tenant_id,
+-- created_at) WHERE billed only served the monthly quota rebuild (count of a
+-- tenant's billed rows in a month); ai_usage_logs_billing_idx (005) has the
+-- same key and carries `billed` as an included column, so that count is an
+-- index-only scan on it with `billed` as a filter. One index less to write
+-- (and to WAL-log) per row.
+--
+-- Row ids are UUIDv7 from this version on (aigw_uuid7: time-ordered), so
+-- the primary key grows at its right edge instead of touching a random
+-- leaf per row; no schema change is needed for that.
+DROP INDEX IF EXISTS ai_usage_logs_billed_idx;
