@@ -32,10 +32,16 @@ void aigw_hex(const unsigned char *in, size_t n, char *out);
 /* Fill buf with n cryptographically random bytes; aborts if the RNG fails. */
 void aigw_random(void *buf, size_t n);
 
+/* Fill buf with n bytes for identifiers that must be unique but need not be
+ * secret (request ids, usage row ids): xoshiro256** with per-thread state
+ * seeded once from aigw_random, so the hot path makes no RAND_bytes call
+ * (1.8 us each here, with a getpid(2) for fork detection). Never for keys,
+ * tokens or anything an attacker must not predict. */
+void aigw_unique_bytes(void *buf, size_t n);
 /* A random (version 4) UUID in canonical text form. */
 void aigw_uuid4(char out[37]);
 /* A time-ordered (version 7, RFC 9562) UUID: 48 bits of Unix milliseconds,
- * then 74 random bits. Primary keys of append-mostly tables: new ids land
+ * then 74 bits of aigw_unique_bytes (unique, not secret). Primary keys of append-mostly tables: new ids land
  * on the rightmost B-tree page instead of a random one. */
 void aigw_uuid7(char out[37]);
 

@@ -128,6 +128,42 @@ aigw_random(void *buf, size_t n)
     }
 }
 
+/* xoshiro256** (Blackman & Vigna): fast, 256-bit state, not cryptographic. */
+static uint64_t
+rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+void
+aigw_unique_bytes(void *buf, size_t n)
+{
+    static _Thread_local uint64_t st[4];
+    static _Thread_local bool seeded;
+    unsigned char *out = buf;
+
+    if (!seeded) {
+        do
+            aigw_random(st, sizeof(st));
+        while ((st[0] | st[1] | st[2] | st[3]) == 0);
+        seeded = true;
+    }
+    while (n > 0) {
+        uint64_t r = rotl(st[1] * 5, 7) * 9, t = st[1] << 17;
+        size_t k = n < sizeof(r) ? n : sizeof(r);
+
+        st[2] ^= st[0];
+        st[3] ^= st[1];
+        st[1] ^= st[2];
+        st[0] ^= st[3];
+        st[2] ^= t;
+        st[3] = rotl(st[3], 45);
+        memcpy(out, &r, k);
+        out += k;
+        n -= k;
+    }
+}
+
 static void
 uuid_text(unsigned char b[16], unsigned version, char out[37])
 {
@@ -157,7 +193,7 @@ aigw_uuid7(char out[37])
 
     clock_gettime(CLOCK_REALTIME, &ts);
     ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-    aigw_random(b + 6, sizeof(b) - 6);
+    aigw_unique_bytes(b + 6, sizeof(b) - 6);
     for (int i = 5; i >= 0; i--, ms >>= 8)
         b[i] = (unsigned char)(ms & 0xFF);
     uuid_text(b, 7, out);

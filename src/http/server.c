@@ -63,7 +63,7 @@ set_request_id(struct aigw_req *req)
             return;
         }
     }
-    aigw_random(rnd, sizeof(rnd));
+    aigw_unique_bytes(rnd, sizeof(rnd));
     aigw_hex(rnd, sizeof(rnd), req->request_id);
 }
 

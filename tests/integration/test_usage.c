@@ -405,6 +405,44 @@ test_rows_and_replay(const char *url)
     remove_spool(copy);
 }
 
+/* ---- batching under a steady trickle ---- */
+
+/* Rows that arrive one by one (a row every ~0.25 ms for ~0.5 s, faster than
+ * a commit takes) are written in flush_ms batches, not a few at a time as
+ * soon as the previous commit returns: rows committed together share their
+ * transaction id (xmin). */
+static void
+test_batches(const char *url)
+{
+    enum { ROWS = 2000 };
+    char tenant[37], code[65], dir[64], req[64];
+    const char *p[1] = {tenant};
+    struct aigw_usage_row r;
+    struct aigw_usage *u;
+    struct timespec gap = {0, 200 * 1000L};
+    long txns;
+    int fails = 0;
+
+    tl_create_tenant(owner, "pro", "active", tenant, code);
+    make_spool(dir);
+    u = start(dir, url, 150, 500);
+    CHECK(u != NULL, "usage writer starts");
+    if (u == NULL)
+        return;
+    for (int i = 0; i < ROWS; i++) {
+        fill_row(&r, req, sizeof(req), tenant, i);
+        fails += aigw_usage_record(u, &r) != 0;
+        nanosleep(&gap, NULL);
+    }
+    CHECK(fails == 0, "all records succeeded (%d failed)", fails);
+    CHECK(wait_backlog(u, 0, 15000), "all rows committed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == ROWS, "every row written: %ld", count_rows(tenant));
+    txns = tl_sql_long(owner, "SELECT count(DISTINCT xmin::text) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+    CHECK(txns >= 1 && txns <= 30, "%d rows in %ld transactions (flush_ms 150, batch_rows 500)", ROWS, txns);
+    aigw_usage_stop(u, 5000);
+    remove_spool(dir);
+}
+
 /* ---- 3: PostgreSQL outage ---- */
 
 static const char *
@@ -617,6 +655,7 @@ main(void)
     aigw_log_init(LOG_INFO, 0);
     owner = tl_pg_owner();
     test_rows_and_replay(url);
+    test_batches(url);
     test_rejected(url);
     test_crash(url);
     test_outage(url); /* last: restarts PostgreSQL */

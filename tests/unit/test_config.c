@@ -193,6 +193,18 @@ main(void)
         CHECK(strcmp(b, c) != 0, "uuid7 ids differ within one ms");
     }
     {
+        unsigned char x[21], y[21];
+
+        memset(x, 0xAA, sizeof(x));
+        memset(y, 0xAA, sizeof(y));
+        aigw_unique_bytes(x, 13);
+        aigw_unique_bytes(y, 13);
+        CHECK(memcmp(x, y, 13) != 0, "unique bytes differ call to call");
+        CHECK(x[13] == 0xAA && y[13] == 0xAA && x[20] == 0xAA, "unique bytes write exactly n bytes");
+        aigw_unique_bytes(x, 0);
+        CHECK(x[13] == 0xAA, "n = 0 writes nothing");
+    }
+    {
         long v;
 
         CHECK(aigw_parse_long("42", 0, 100, &v) && v == 42, "parse 42");
