@@ -35,6 +35,11 @@ struct aigw_query {
     char gen[24];
     char *cached;              /* cached answer JSON text, or NULL */
     long quota_used;           /* this month's counter as admission saw it; -1 = missing */
+    int sf_pre;                /* single-flight answer of the admission script: -1 none, 0 someone
+                                * else leads, 1 this request leads, 2 result in sf_pre_result */
+    char *sf_pre_result;
+    int quota_pre;             /* quota answer of the admission script: -1 none, -2 counter
+                                * missing, 0 exhausted, 1 reserved */
 
     /* idempotency */
     char *idem_key;            /* Redis key, NULL when no Idempotency-Key */

@@ -11,6 +11,7 @@
 #include "aigw/quota.h"
 #include "aigw/util.h"
 #include "aigw/redis.h"
+#include "aigw/singleflight.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 
@@ -31,11 +32,25 @@
  * KEYS[1] tenant window, KEYS[2] generation, KEYS[3] monthly quota
  * counter; API keys only: KEYS[4] key window, KEYS[5] key revocation
  * marker. ARGV[1] tenant limit, ARGV[2] window ms (a multiple of 1000),
- * ARGV[3] request id (unused; kept for the call's shape), ARGV[4] cache key
+ * ARGV[3] request id (the single-flight lock's owner), ARGV[4] cache key
  * prefix, ARGV[5] cache hash ('' = skip lookup), ARGV[6] key limit (0 =
  * none).
+ * Leading a miss in the same round trip (ARGV[7] '' = no): when admitted
+ * and the cache has no answer, 's' takes the single-flight lock (or the
+ * result a leader just published) and, as leader, reserves one query of
+ * the monthly quota; 'q' (nothing to coalesce) only reserves. A leader
+ * whose reservation is refused keeps the lock and publishes its 429 like any
+ * failed leader, so its waiters get the same answer. ARGV[8] single-flight key prefix,
+ * ARGV[9] lock ttl ms, ARGV[10] '1' to take a published result, ARGV[11]
+ * cache hash (also under no-cache), ARGV[12] monthly limit (-1 none).
  * -> {allowed, remaining, reset_s, generation, cached or false, quota used
- *     or -1, limit, key policy (1 when the numbers are the key's), revoked}
+ *     or -1, limit, key policy (1 when the numbers are the key's), revoked,
+ *     single-flight (-1 not tried, 0 someone else leads, 1 lock taken,
+ *     2 published result), that result or false, quota (-1 not tried,
+ *     -2 counter missing, 0 exhausted, 1 reserved), quota used after}
+ * The single-flight and quota stages then use these answers instead of
+ * asking Redis again: a miss costs one round trip before the upstream call
+ * instead of three.
  * The numbers describe the tighter policy: the one that refused, else the
  * one with less left. The cache key is built here because it embeds the
  * generation; it shares the tenant's hash tag, so it lives on the same
@@ -49,7 +64,7 @@ static struct aigw_redis_script admit_script = {
         "local gen = redis.call('GET', KEYS[2]) or '0'\n"
         "local used = tonumber(redis.call('GET', KEYS[3]) or '-1')\n"
         "if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then\n"
-        "  return {0, 0, 0, gen, false, used, limit, 0, 1}\n"
+        "  return {0, 0, 0, gen, false, used, limit, 0, 1, -1, false, -1, used}\n"
         "end\n"
         "local sec, span = math.floor(now / 1000), math.floor(window / 1000)\n"
         "local lo = {}\n"
@@ -103,8 +118,29 @@ static struct aigw_redis_script admit_script = {
         "if allowed == 1 and ARGV[5] ~= '' then\n"
         "  cached = redis.call('GET', ARGV[4] .. gen .. ':' .. ARGV[5])\n"
         "end\n"
-        "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0} end\n"
-        "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0}\n",
+        "local sf, sfres, qst, qused = -1, false, -1, used\n"
+        "local mode = ARGV[7] or ''\n"
+        "if allowed == 1 and not cached and mode ~= '' then\n"
+        "  local lead = true\n"
+        "  if mode == 's' then\n"
+        "    local lock = ARGV[8] .. gen .. ':' .. ARGV[11]\n"
+        "    if ARGV[10] == '1' then\n"
+        "      local r = redis.call('GET', lock .. ':r')\n"
+        "      if r and string.sub(r, 1, 9) ~= '{\"error\":' then sf, sfres, lead = 2, r, false end\n"
+        "    end\n"
+        "    if lead then\n"
+        "      if redis.call('SET', lock, ARGV[3], 'NX', 'PX', ARGV[9]) then sf = 1 else sf, lead = 0, false end\n"
+        "    end\n"
+        "  end\n"
+        "  if lead then\n"
+        "    local qlimit = tonumber(ARGV[12])\n"
+        "    if used < 0 then qst = -2\n"
+        "    elseif qlimit >= 0 and used >= qlimit then qst = 0\n"
+        "    else qst, qused = 1, redis.call('INCR', KEYS[3]) end\n"
+        "  end\n"
+        "end\n"
+        "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
+        "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
 };
 
 void
@@ -132,10 +168,28 @@ add_ratelimit_headers(struct aigw_req *req)
 /* The script's keys and arguments of one request (buffers live here). */
 struct admit_args {
     char rl_key[96], gen_key[96], q_key[96], prefix[96], limit[24], key_rl[160], key_revoked[160], key_limit[24];
+    char sf_prefix[96], sf_ttl[24], q_limit[24];
     const char *keys[5];
-    const char *args[6];
-    int nkeys;
+    const char *args[12];
+    int nkeys, nargs;
 };
+
+/* Lead a miss from the admission script? Only on routes whose chain goes
+ * on to the single-flight and quota stages, and not with an
+ * Idempotency-Key: its record must be checked before anything is reserved. */
+static char
+lead_mode(struct aigw_req *req)
+{
+    bool sf = false, quota = false;
+
+    for (const aigw_stage_fn *st = req->route->stages; *st != NULL; st++) {
+        sf = sf || *st == aigw_stage_singleflight;
+        quota = quota || *st == aigw_stage_quota;
+    }
+    if (!quota || aigw_req_header(req, "Idempotency-Key") != NULL)
+        return '\0';
+    return sf && !req->q->no_store ? 's' : 'q';
+}
 
 static void
 build_args(struct aigw_req *req, struct admit_args *a)
@@ -168,15 +222,35 @@ build_args(struct aigw_req *req, struct admit_args *a)
         a->args[5] = a->key_limit;
         a->nkeys = 5;
     }
+    a->nargs = 6;
+    switch (lead_mode(req)) {
+    case 's':
+        a->args[6] = "s";
+        break;
+    case 'q':
+        a->args[6] = "q";
+        break;
+    default:
+        return;
+    }
+    snprintf(a->sf_prefix, sizeof(a->sf_prefix), "aigw:{%s}:sf:", t->id);
+    snprintf(a->sf_ttl, sizeof(a->sf_ttl), "%d", aigw_singleflight_lock_ms(req));
+    snprintf(a->q_limit, sizeof(a->q_limit), "%ld", t->monthly_limit);
+    a->args[7] = a->sf_prefix;
+    a->args[8] = a->sf_ttl;
+    a->args[9] = q->no_cache ? "0" : "1";
+    a->args[10] = q->cache_hex;
+    a->args[11] = a->q_limit;
+    a->nargs = 12;
 }
 
 static bool
 reply_ok(const redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 9)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 13)
         return false;
-    for (size_t i = 0; i < 9; i++)
-        if (i != 3 && i != 4 && r->element[i]->type != REDIS_REPLY_INTEGER)
+    for (size_t i = 0; i < 13; i++)
+        if (i != 3 && i != 4 && i != 10 && r->element[i]->type != REDIS_REPLY_INTEGER)
             return false;
     return true;
 }
@@ -209,7 +283,7 @@ aigw_stage_admit(struct aigw_req *req)
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         goto unavailable;
-    r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, 6, a.args);
+    r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, a.nargs, a.args);
     aigw_redis_release(req->srv->redis, rc);
     if (!reply_ok(r)) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
@@ -232,6 +306,18 @@ aigw_stage_admit(struct aigw_req *req)
     q->quota_used = r->element[5]->type == REDIS_REPLY_INTEGER ? (long)r->element[5]->integer : -1;
     q->rl_limit = (long)r->element[6]->integer;
     by_key = r->element[7]->integer == 1;
+    q->sf_pre = (int)r->element[9]->integer;
+    if (q->sf_pre == 2 && r->element[10]->type == REDIS_REPLY_STRING)
+        q->sf_pre_result = aigw_pool_strndup(req->pool, r->element[10]->str, r->element[10]->len);
+    else if (q->sf_pre == 2)
+        q->sf_pre = -1;
+    q->quota_pre = (int)r->element[11]->integer;
+    if (q->quota_pre == 1) { /* reserved: refunded by the finish hook unless billed */
+        q->quota_reserved = true;
+        q->queries_remaining = req->tenant->monthly_limit < 0 ? -1 : req->tenant->monthly_limit - (long)r->element[12]->integer;
+    } else if (q->quota_pre == 0) {
+        q->quota_used = (long)r->element[12]->integer;
+    }
     freeReplyObject(r);
     add_ratelimit_headers(req);
     if (!q->admitted)

@@ -220,9 +220,15 @@ aigw_stage_quota(struct aigw_req *req)
 {
     const struct aigw_tenant *t = req->tenant;
     struct aigw_query *q = req->q;
-    long used = 0;
-    int rc = aigw_quota_reserve(req->srv, t, &used);
+    long used = q->quota_used;
+    int rc;
     char resets[32];
+
+    if (q->quota_reserved) /* by the admission script */
+        return AIGW_OK;
+    /* the admission script found it exhausted; anything else (not tried,
+     * counter missing: rebuilt from the rows) is asked here */
+    rc = q->quota_pre == 0 ? 1 : aigw_quota_reserve(req->srv, t, &used);
 
     if (rc < 0) {
         aigw_req_add_header(req, "Retry-After", "1");

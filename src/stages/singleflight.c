@@ -257,14 +257,51 @@ from_result(struct aigw_req *req, const char *text)
     return rc;
 }
 
+int
+aigw_singleflight_lock_ms(const struct aigw_req *req)
+{
+    return req->srv->cfg.timeout_ms + req->srv->cfg.queue_timeout_ms + 5000;
+}
+
+/* The lock or the published result, asked of Redis: {2, result}, {1} or {0}
+ * as the acquire script answers; -1 = Redis unavailable or a bad reply. */
+static long long
+acquire(struct aigw_req *req, char **result)
+{
+    struct aigw_query *q = req->q;
+    const char *keys[2] = {q->sf_lock_key, q->sf_result_key}, *args[3];
+    redisContext *rc;
+    redisReply *r;
+    long long st;
+
+    args[0] = req->usage_id;
+    args[1] = aigw_pool_printf(req->pool, "%d", aigw_singleflight_lock_ms(req));
+    args[2] = q->no_cache ? "0" : "1";
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc == NULL)
+        return -1;
+    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 3, args);
+    aigw_redis_release(req->srv->redis, rc);
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        freeReplyObject(r);
+        return -1;
+    }
+    st = r->element[0]->integer;
+    if (st == 2 && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+        *result = aigw_xstrndup(r->element[1]->str, r->element[1]->len);
+        aigw_pool_cleanup(req->pool, free_result, *result);
+    } else if (st == 2) {
+        st = -1;
+    }
+    freeReplyObject(r);
+    return st;
+}
+
 enum aigw_rc
 aigw_stage_singleflight(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
-    const struct aigw_config *cfg = &req->srv->cfg;
-    const char *keys[2], *args[3];
-    redisContext *rc;
-    redisReply *r;
+    char *result = NULL;
     long long st;
 
     if (q->no_store) /* sampled answers differ per request: nothing to share */
@@ -282,35 +319,23 @@ aigw_stage_singleflight(struct aigw_req *req)
         q->sf_lock_key = aigw_pool_printf(req->pool, "aigw:{%s}:sf:%s:%s", req->tenant->id, q->gen, q->cache_hex);
         q->sf_result_key = aigw_pool_printf(req->pool, "%s:r", q->sf_lock_key);
     }
-    keys[0] = q->sf_lock_key;
-    keys[1] = q->sf_result_key;
-    args[0] = req->usage_id;
-    args[1] = aigw_pool_printf(req->pool, "%d", cfg->timeout_ms + cfg->queue_timeout_ms + 5000);
-    args[2] = q->no_cache ? "0" : "1";
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc == NULL)
+    if (q->sf_pre >= 0) { /* the admission script already asked (once: a retry asks again) */
+        st = q->sf_pre;
+        result = q->sf_pre_result;
+        q->sf_pre = -1;
+    } else {
+        st = acquire(req, &result);
+    }
+    if (st < 0)
         return AIGW_OK; /* no coalescing without Redis; the quota stage decides */
-    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 3, args);
-    aigw_redis_release(req->srv->redis, rc);
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        freeReplyObject(r);
-        return AIGW_OK;
-    }
-    st = r->element[0]->integer;
-    if (st == 2 && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
-        char *text = aigw_xstrndup(r->element[1]->str, r->element[1]->len);
-
-        freeReplyObject(r);
-        aigw_pool_cleanup(req->pool, free_result, text);
-        return from_result(req, text);
-    }
-    freeReplyObject(r);
+    if (st == 2)
+        return from_result(req, result);
     if (st == 1) {
         q->sf_role = AIGW_SF_LEADER;
         return AIGW_OK;
     }
     q->sf_role = AIGW_SF_WAITER;
-    q->sf_deadline_ms = aigw_now_ms() + cfg->timeout_ms + cfg->queue_timeout_ms + 5000;
+    q->sf_deadline_ms = aigw_now_ms() + aigw_singleflight_lock_ms(req);
     if (!q->sf_registered) {
         aigw_pool_cleanup(req->pool, free_indirect, &q->sf_result);
         q->sf_registered = true;

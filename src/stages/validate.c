@@ -24,6 +24,8 @@ aigw_query_new(struct aigw_req *req)
 
     q->upstream_ms = -1;
     q->queries_remaining = -1;
+    q->sf_pre = -1;
+    q->quota_pre = -1;
     q->no_cache = cc != NULL && strstr(cc, "no-cache") != NULL;
     q->respond = aigw_api_query;
     req->q = q;

@@ -257,6 +257,32 @@ test_quota_race(void)
         tl_resp_free(&u);
         free(other);
     }
+    {
+        /* exhausted, and the same question five times at once: the admission
+         * script makes one of them leader and refuses its reservation; the
+         * others get its published 429 and no lock is left behind */
+        const char *same[5];
+
+        for (int i = 0; i < 5; i++)
+            same[i] = "{\"question\":\"one question, quota gone\"}";
+        tl_post_parallel(port, "/api/ai/query", tok, NULL, same, 5, r);
+        exhausted = 0;
+        for (int i = 0; i < 5; i++) {
+            char c[64] = "";
+
+            exhausted += r[i].status == 429 && tl_json_str(&r[i], "error.code", c, sizeof(c)) &&
+                         strcmp(c, "quota_exhausted") == 0;
+            tl_resp_free(&r[i]);
+        }
+        CHECK(exhausted == 5, "identical questions over the quota: all 5 quota_exhausted (got %d)", exhausted);
+        CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                           "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                           " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
+                           id) == 0,
+              "no single-flight lock left behind");
+        CHECK(tl_quota_used(id) == 5, "the counter still says 5 (%lld)", (long long)tl_quota_used(id));
+        CHECK(rows(id, 55) == 55, "a usage row for each refusal");
+    }
     free(tok);
 }
 
