@@ -452,10 +452,12 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
         aigw_sse_detach(req->sse);
         req->sse = NULL;
     }
-    if (req->route != NULL && req->route->after != NULL)
-        req->route->after(req);
+    /* logged and measured as the client saw it, before the after hook's
+     * Redis work (single-flight publish, cache store) */
     access_log(req, toe);
     aigw_metrics_request_done(srv->metrics, req);
+    if (req->route != NULL && req->route->after != NULL)
+        req->route->after(req);
     if (req->api_key != NULL && req->authenticated) /* batched: no database write here */
         aigw_apikey_usage_touch(req->srv->key_usage, req->api_key, aigw_wall_s());
     aigw_tenant_put(req->tenant);

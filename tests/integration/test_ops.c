@@ -441,7 +441,7 @@ test_access_log(struct tl_aigw *gw, struct keys *k)
     ask_with_id(gw->port, tok, q, hit_id, &r);
     CHECK(r.status == 200, "same query again: %ld", r.status);
     tl_resp_free(&r);
-    CHECK(tl_aigw_log_wait(gw, hit_id, 5000), "both logged");
+    CHECK(tl_aigw_log_wait(gw, hit_id, 5000) && tl_aigw_log_wait(gw, miss_id, 5000), "both logged");
     line = log_line(gw, miss_id);
     snprintf(want, sizeof(want), "TENANT_ID=%s", id);
     CHECK(line != NULL && strstr(line, "ROUTE=/api/ai/query") && strstr(line, "STATUS=200") &&
