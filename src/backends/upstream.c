@@ -41,6 +41,13 @@
 #define MAX_EVENTS 256
 /* One server-sent event larger than this is a broken backend. */
 #define MAX_SSE_EVENT_BYTES ((size_t)256 << 10)
+/* curl's receive buffer of a buffered (non-stream) call. curl allocates it
+ * per easy handle for the whole transfer (16 KiB by default), so a call that
+ * waits seconds for the model holds it all that time: with thousands of
+ * calls in flight it was the largest single cost (S3 in bench/README.md).
+ * The answer is read once, when the model is done; at this size a few extra
+ * recv() calls per answer cost microseconds. curl's minimum is 1024. */
+#define ANSWER_RECV_BUFFER 1024L
 
 /* pick() results besides a backend index */
 #define PICK_FULL (-1) /* some backend of the group is eligible, none has a free slot */
@@ -650,6 +657,7 @@ make_easy(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     } else {
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->timeout_ms);
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, ANSWER_RECV_BUFFER);
     }
     return e;
 }

@@ -294,6 +294,21 @@ on_headers(struct aigw_req *req)
     return MHD_YES;
 }
 
+/* First capacity of the body buffer: the declared Content-Length (on_headers
+ * refused any over the limit) plus the NUL. The buffer lives in the pool as
+ * long as the request, through the whole model call, so a 100-byte question
+ * should not hold 1 KiB; a chunked body starts at 1 KiB and doubles. */
+static size_t
+first_body_cap(struct aigw_req *req, size_t need)
+{
+    const char *cl = aigw_req_header(req, "Content-Length");
+    long len = 0;
+
+    if (cl != NULL && aigw_parse_long(cl, 0, (long)req->srv->cfg.max_body_bytes, &len) && (size_t)len + 1 >= need)
+        return (size_t)len + 1;
+    return 1024;
+}
+
 static void
 on_upload(struct aigw_req *req, const char *data, size_t size)
 {
@@ -306,7 +321,7 @@ on_upload(struct aigw_req *req, const char *data, size_t size)
         return;
     }
     if (req->body_len + size + 1 > req->body_cap) {
-        size_t cap = req->body_cap ? req->body_cap : 1024;
+        size_t cap = req->body_cap ? req->body_cap : first_body_cap(req, req->body_len + size + 1);
         char *nb;
 
         while (cap < req->body_len + size + 1)
