@@ -394,7 +394,7 @@ set_defaults(struct aigw_config *cfg)
     cfg->listen_addr = aigw_xstrdup("127.0.0.1");
     cfg->port = 8080;
     cfg->max_body_bytes = 256 * 1024;
-    cfg->max_header_bytes = 16 * 1024;
+    cfg->max_header_bytes = 8 * 1024; /* also the per-connection memory pool: 8 KiB x 10k connections */
     cfg->max_connections = 10000;
     cfg->max_connections_per_ip = 0;
     cfg->connection_timeout_s = 30;

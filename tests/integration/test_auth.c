@@ -58,7 +58,7 @@ main(void)
 {
     const char *secret = tl_env("AIGW_JWT_SECRET");
     char *rs_pub, *rs_priv, *es_pub, *es_priv, *cfg, *tok, path_rs[300], path_es[300], patch[2048];
-    char big[10240];
+    char big[6144];
     struct tl_aigw gw;
     PGconn *owner = tl_pg_owner();
     char tid[37], tcode[65];
@@ -127,7 +127,7 @@ main(void)
     expect_401("two-segment token", "eyJhbGciOiJIUzI1NiIsImtpZCI6ImRldiJ9.eyJzdWIiOiJ4In0");
     memset(big, 'x', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
-    expect_401("10 kB garbage", big);
+    expect_401("6 kB garbage", big);
     {
         struct tl_resp r;
         const char *h[] = {"Authorization: Basic dXNlcjpwYXNz", NULL};
