@@ -34,7 +34,8 @@ struct aigw_query {
     long rl_limit, rl_remaining, rl_reset_s;
     char gen[24];
     char *cached;              /* cached answer JSON text, or NULL */
-    long quota_used;           /* this month's counter as admission saw it; -1 = missing */
+    long quota_used;           /* this month's counter as admission saw it (after its reservation,
+                                * when it made one); -1 = missing */
     int sf_pre;                /* single-flight answer of the admission script: -1 none, 0 someone
                                 * else leads, 1 this request leads, 2 result in sf_pre_result */
     char *sf_pre_result;

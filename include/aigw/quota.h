@@ -8,6 +8,20 @@
 #include "aigw/server.h"
 #include "aigw/tenant.h"
 
+/* Lua: quota_reserve(counter key, limit number) -> status, count: -2, 0 the
+ * counter is missing (rebuild it first); 0, used: exhausted; 1, used after
+ * the increment: reserved. Limit < 0 = unlimited (still counted). Shared by
+ * the reserve script here and the admission script, which reserves for the
+ * leader of a miss in its own round trip. */
+#define AIGW_QUOTA_RESERVE_LUA                                                                       \
+    "local function quota_reserve(key, limit)\n"                                                    \
+    "  local v = redis.call('GET', key)\n"                                                          \
+    "  if not v then return -2, 0 end\n"                                                            \
+    "  v = tonumber(v)\n"                                                                           \
+    "  if limit >= 0 and v >= limit then return 0, v end\n"                                         \
+    "  return 1, redis.call('INCR', key)\n"                                                         \
+    "end\n"
+
 /* Prepare the Lua scripts; call once before threads start. */
 void aigw_quota_init(void);
 

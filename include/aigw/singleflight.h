@@ -14,6 +14,22 @@
 struct aigw_sf;
 struct aigw_req;
 
+/* Lua: sf_acquire(lock, result key, owner, ttl ms, take) -> 2, result: a
+ * leader's published outcome (taken only when take is true, and never a
+ * published error: that was for the waiters of its flight); 1: this caller
+ * holds the lock now (SET NX PX); 0: someone else leads. Shared by the
+ * acquire script here and the admission script, which leads a miss in its
+ * own round trip. */
+#define AIGW_SF_ACQUIRE_LUA                                                                          \
+    "local function sf_acquire(lock, result, owner, ttl, take)\n"                                   \
+    "  if take then\n"                                                                              \
+    "    local r = redis.call('GET', result)\n"                                                     \
+    "    if r and string.sub(r, 1, 9) ~= '{\"error\":' then return 2, r end\n"                      \
+    "  end\n"                                                                                       \
+    "  if redis.call('SET', lock, owner, 'NX', 'PX', ttl) then return 1, false end\n"               \
+    "  return 0, false\n"                                                                           \
+    "end\n"
+
 /* Start the poller thread (checks every poll_ms). Never fails. */
 struct aigw_sf *aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms);
 /* Resume every waiter as timed out, stop and join the thread. NULL-safe. */

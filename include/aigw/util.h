@@ -41,8 +41,9 @@ void aigw_unique_bytes(void *buf, size_t n);
 /* A random (version 4) UUID in canonical text form. */
 void aigw_uuid4(char out[37]);
 /* A time-ordered (version 7, RFC 9562) UUID: 48 bits of Unix milliseconds,
- * then 74 bits of aigw_unique_bytes (unique, not secret). Primary keys of append-mostly tables: new ids land
- * on the rightmost B-tree page instead of a random one. */
+ * then 74 bits of aigw_unique_bytes (unique, not secret). For primary keys
+ * of append-mostly tables: new ids land on the rightmost B-tree page
+ * instead of a random one. */
 void aigw_uuid7(char out[37]);
 
 /* FNV-1a hash of a NUL-terminated string (hash tables, not security). */

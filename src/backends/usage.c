@@ -1062,11 +1062,9 @@ run(void *arg)
 
     for (;;) {
         int r = drain(u); /* first round: what earlier runs left */
-        bool stop;
 
         tend(u, true);
-        stop = stopping(u);
-        if (stop && (r == 0 || aigw_now_ms() >= u->deadline_ms))
+        if (stopping(u) && (r == 0 || aigw_now_ms() >= u->deadline_ms))
             break;
         if (r == 0) {
             backoff = BACKOFF_MIN_MS;

@@ -278,10 +278,10 @@ on_headers(struct aigw_req *req)
         const char *cl = aigw_req_header(req, "Content-Length");
         const char *te = aigw_req_header(req, "Transfer-Encoding");
         long len = 0;
-        bool has_body = te != NULL || (cl != NULL && !(aigw_parse_long(cl, 0, 0, &len)));
+        bool cl_ok = cl != NULL && aigw_parse_long(cl, 0, __LONG_MAX__, &len);
+        bool has_body = te != NULL || (cl != NULL && !(cl_ok && len == 0));
 
-        if (cl != NULL && aigw_parse_long(cl, 0, __LONG_MAX__, &len) &&
-            (size_t)len > req->srv->cfg.max_body_bytes) {
+        if (cl_ok && (size_t)len > req->srv->cfg.max_body_bytes) {
             aigw_req_fail(req, 413, "body_too_large", "request body is over %zu bytes",
                           req->srv->cfg.max_body_bytes);
             return queue(req);
@@ -290,23 +290,16 @@ on_headers(struct aigw_req *req)
             aigw_req_fail(req, 415, "unsupported_media_type", "the body must be application/json");
             return queue(req);
         }
+        if (cl_ok && len > 0) {
+            /* exactly the declared size: the buffer lives in the pool as long
+             * as the request, through the whole model call, so a 100-byte
+             * question should not hold 1 KiB (a chunked body starts at 1 KiB
+             * and doubles in on_upload) */
+            req->body_cap = (size_t)len + 1;
+            req->body = aigw_pool_alloc(req->pool, req->body_cap);
+        }
     }
     return MHD_YES;
-}
-
-/* First capacity of the body buffer: the declared Content-Length (on_headers
- * refused any over the limit) plus the NUL. The buffer lives in the pool as
- * long as the request, through the whole model call, so a 100-byte question
- * should not hold 1 KiB; a chunked body starts at 1 KiB and doubles. */
-static size_t
-first_body_cap(struct aigw_req *req, size_t need)
-{
-    const char *cl = aigw_req_header(req, "Content-Length");
-    long len = 0;
-
-    if (cl != NULL && aigw_parse_long(cl, 0, (long)req->srv->cfg.max_body_bytes, &len) && (size_t)len + 1 >= need)
-        return (size_t)len + 1;
-    return 1024;
 }
 
 static void
@@ -321,7 +314,7 @@ on_upload(struct aigw_req *req, const char *data, size_t size)
         return;
     }
     if (req->body_len + size + 1 > req->body_cap) {
-        size_t cap = req->body_cap ? req->body_cap : first_body_cap(req, req->body_len + size + 1);
+        size_t cap = req->body_cap ? req->body_cap : 1024;
         char *nb;
 
         while (cap < req->body_len + size + 1)

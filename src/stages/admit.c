@@ -57,6 +57,7 @@
  * cluster slot. */
 static struct aigw_redis_script admit_script = {
     .source =
+        AIGW_SF_ACQUIRE_LUA AIGW_QUOTA_RESERVE_LUA
         "local t = redis.call('TIME')\n"
         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
         "local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
@@ -121,23 +122,11 @@ static struct aigw_redis_script admit_script = {
         "local sf, sfres, qst, qused = -1, false, -1, used\n"
         "local mode = ARGV[7] or ''\n"
         "if allowed == 1 and not cached and mode ~= '' then\n"
-        "  local lead = true\n"
         "  if mode == 's' then\n"
         "    local lock = ARGV[8] .. gen .. ':' .. ARGV[11]\n"
-        "    if ARGV[10] == '1' then\n"
-        "      local r = redis.call('GET', lock .. ':r')\n"
-        "      if r and string.sub(r, 1, 9) ~= '{\"error\":' then sf, sfres, lead = 2, r, false end\n"
-        "    end\n"
-        "    if lead then\n"
-        "      if redis.call('SET', lock, ARGV[3], 'NX', 'PX', ARGV[9]) then sf = 1 else sf, lead = 0, false end\n"
-        "    end\n"
+        "    sf, sfres = sf_acquire(lock, lock .. ':r', ARGV[3], ARGV[9], ARGV[10] == '1')\n"
         "  end\n"
-        "  if lead then\n"
-        "    local qlimit = tonumber(ARGV[12])\n"
-        "    if used < 0 then qst = -2\n"
-        "    elseif qlimit >= 0 and used >= qlimit then qst = 0\n"
-        "    else qst, qused = 1, redis.call('INCR', KEYS[3]) end\n"
-        "  end\n"
+        "  if mode == 'q' or sf == 1 then qst, qused = quota_reserve(KEYS[3], tonumber(ARGV[12])) end\n"
         "end\n"
         "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
         "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
@@ -312,12 +301,9 @@ aigw_stage_admit(struct aigw_req *req)
     else if (q->sf_pre == 2)
         q->sf_pre = -1;
     q->quota_pre = (int)r->element[11]->integer;
-    if (q->quota_pre == 1) { /* reserved: refunded by the finish hook unless billed */
-        q->quota_reserved = true;
-        q->queries_remaining = req->tenant->monthly_limit < 0 ? -1 : req->tenant->monthly_limit - (long)r->element[12]->integer;
-    } else if (q->quota_pre == 0) {
+    if (q->quota_pre >= 0) /* reserved (the count after) or exhausted: the quota stage, which the
+                            * route runs next (lead_mode), takes it from here */
         q->quota_used = (long)r->element[12]->integer;
-    }
     freeReplyObject(r);
     add_ratelimit_headers(req);
     if (!q->admitted)

@@ -29,12 +29,8 @@ static const char COUNT_SQL[] =
 /* KEYS[1] counter; ARGV[1] limit (-1 unlimited).
  * -> {-2, 0} counter missing (rebuild first), {0, used} exhausted, {1, used} reserved */
 static struct aigw_redis_script reserve_script = {
-    .source = "local v = redis.call('GET', KEYS[1])\n"
-              "if not v then return {-2, 0} end\n"
-              "v = tonumber(v)\n"
-              "local limit = tonumber(ARGV[1])\n"
-              "if limit >= 0 and v >= limit then return {0, v} end\n"
-              "return {1, redis.call('INCR', KEYS[1])}\n",
+    .source = AIGW_QUOTA_RESERVE_LUA "local st, v = quota_reserve(KEYS[1], tonumber(ARGV[1]))\n"
+                                     "return {st, v}\n",
 };
 
 /* KEYS[1] counter: decrement, never below zero */
@@ -224,11 +220,13 @@ aigw_stage_quota(struct aigw_req *req)
     int rc;
     char resets[32];
 
-    if (q->quota_reserved) /* by the admission script */
-        return AIGW_OK;
-    /* the admission script found it exhausted; anything else (not tried,
-     * counter missing: rebuilt from the rows) is asked here */
-    rc = q->quota_pre == 0 ? 1 : aigw_quota_reserve(req->srv, t, &used);
+    /* the admission script's answer (1 reserved, 0 exhausted, once); anything
+     * else (not tried, counter missing: rebuilt from the rows) is asked here */
+    if (q->quota_pre == 1 || q->quota_pre == 0)
+        rc = q->quota_pre == 1 ? 0 : 1;
+    else
+        rc = aigw_quota_reserve(req->srv, t, &used);
+    q->quota_pre = -1;
 
     if (rc < 0) {
         aigw_req_add_header(req, "Retry-After", "1");

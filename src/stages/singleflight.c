@@ -30,16 +30,12 @@ struct aigw_sf {
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] lock ttl ms, ARGV[3]
- * '1' to take a just-published result ('0' for Cache-Control: no-cache); a
- * published error is only for the waiters of that flight, a newcomer retries
+ * '1' to take a just-published result ('0' for Cache-Control: no-cache)
  * -> {2, result} a result is already there, {1} lock taken, {0} someone else leads */
 static struct aigw_redis_script acquire_script = {
-    .source = "if ARGV[3] == '1' then\n"
-              "  local r = redis.call('GET', KEYS[2])\n"
-              "  if r and string.sub(r, 1, 9) ~= '{\"error\":' then return {2, r} end\n"
-              "end\n"
-              "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end\n"
-              "return {0}\n",
+    .source = AIGW_SF_ACQUIRE_LUA "local st, r = sf_acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3] == '1')\n"
+                                  "if st == 2 then return {2, r} end\n"
+                                  "return {st}\n",
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result ('' = none:
