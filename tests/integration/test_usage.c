@@ -38,6 +38,8 @@ config(struct aigw_config *c, const char *dir, const char *url, int flush_ms, in
     c->usage_batch_rows = batch_rows;
 }
 
+static void make_spool(char out[64]);
+
 static struct aigw_usage *
 start(const char *dir, const char *url, int flush_ms, int batch_rows)
 {
@@ -45,6 +47,21 @@ start(const char *dir, const char *url, int flush_ms, int batch_rows)
 
     config(&c, dir, url, flush_ms, batch_rows);
     return aigw_usage_start(&c);
+}
+
+/* A new tenant of tier, a new spool and a writer on it (NULL, checked, when it
+ * does not start). */
+static struct aigw_usage *
+fresh_writer(const char *tier, char tenant[37], char dir[64], const char *url, int flush_ms, int batch_rows)
+{
+    char code[65];
+    struct aigw_usage *u;
+
+    tl_create_tenant(owner, tier, "active", tenant, code);
+    make_spool(dir);
+    u = start(dir, url, flush_ms, batch_rows);
+    CHECK(u != NULL, "usage writer starts");
+    return u;
 }
 
 static void
@@ -415,7 +432,7 @@ static void
 test_batches(const char *url)
 {
     enum { ROWS = 2000 };
-    char tenant[37], code[65], dir[64], req[64];
+    char tenant[37], dir[64], req[64];
     const char *p[1] = {tenant};
     struct aigw_usage_row r;
     struct aigw_usage *u;
@@ -423,10 +440,7 @@ test_batches(const char *url)
     long txns;
     int fails = 0;
 
-    tl_create_tenant(owner, "pro", "active", tenant, code);
-    make_spool(dir);
-    u = start(dir, url, 150, 500);
-    CHECK(u != NULL, "usage writer starts");
+    u = fresh_writer("pro", tenant, dir, url, 150, 500);
     if (u == NULL)
         return;
     for (int i = 0; i < ROWS; i++) {
@@ -481,14 +495,11 @@ static void
 test_outage(const char *url)
 {
     enum { DOWN_ROWS = 9000 };
-    char tc[37], code[65], dir[64];
+    char tc[37], dir[64];
     struct aigw_usage *u;
     int fails;
 
-    tl_create_tenant(owner, "standard", "active", tc, code);
-    make_spool(dir);
-    u = start(dir, url, 20, 50);
-    CHECK(u != NULL, "writer starts");
+    u = fresh_writer("standard", tc, dir, url, 20, 50);
     if (u == NULL)
         return;
     CHECK(record_n(u, tc, 0, 3) == 0 && wait_backlog(u, 0, 10000), "rows before the outage committed");
