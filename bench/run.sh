@@ -86,7 +86,7 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     fi
     rm -f "$build_log"
 fi
-[[ -x "$build/aigw" && -x "$build/aigw-token" && -x "$build/tests/mock_upstream/mock-upstream" && -x "$build/sseload" ]] \
+[[ -x "$build/aigw" && -x "$build/aigw-token" && -x "$build/tests/mock_upstream/mock-upstream" && -x "$build/sseload" && -x "$build/platform" ]] \
     || die "build-release is incomplete"
 
 # Many connections: soft fd limit up to the hard one (inherited by the stack, wrk, aigw).
@@ -96,6 +96,11 @@ nofile="$(ulimit -n)"
 git_rev="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [[ "$git_rev" != unknown ]] && ! git diff --quiet HEAD -- 2>/dev/null; then git_rev="$git_rev-dirty"; fi
 run_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+# The machine's baseline before anything is started: what one syscall and one
+# thread hand-off cost here (every hot path is made of them).
+platform_json="$("$build/platform")" || die "bench/platform failed"
+log "platform: $platform_json"
 
 # Free ports below the ephemeral range (S3 leaves thousands of ephemeral ports
 # in use or in TIME_WAIT), not used by any socket in any state.
@@ -373,7 +378,7 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     mock_cfg "{\"first_token_ms\":0,\"token_latency_ms\":$S4_TOKEN_MS,\"tokens\":$S4_TOKENS,\"slots\":$mock_slots}"
     start_gw s4 "$sd/spool-s4"; gw4_port="$gw_port"   # fresh process: VmHWM belongs to S4 alone
     s4_body='{"stream":true,"messages":[{"role":"user","content":"S4 stream %d '"$RANDOM"'"}]}'
-    declare -a s4g_p99 s4d_p99 s4g_p50 s4d_p50 s4g_done=() s4d_done=()
+    declare -a s4g_p99 s4d_p99 s4g_p50 s4d_p50 s4g_st99 s4d_st99 s4g_done=() s4d_done=()
     s4_side() { # side round
         local out="$runs/s4-$1-$2.json" port path hdr=()
         if [[ "$1" == aigw ]]; then port="$gw4_port"; hdr=(-H "Authorization: Bearer $AIGW_BENCH_TOKEN")
@@ -382,8 +387,10 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
             || log "warning: sseload $1 round $2 failed"
         if [[ "$1" == aigw ]]; then
             s4g_p99+=("$(jq .gap_p99_ms "$out")"); s4g_p50+=("$(jq .gap_p50_ms "$out")"); s4g_done+=("$(jq .completed "$out")")
+            s4g_st99+=("$(jq .steady_gap_p99_ms "$out")")
         else
             s4d_p99+=("$(jq .gap_p99_ms "$out")"); s4d_p50+=("$(jq .gap_p50_ms "$out")"); s4d_done+=("$(jq .completed "$out")")
+            s4d_st99+=("$(jq .steady_gap_p99_ms "$out")")
         fi
         log "S4 round $2 $1: $(cat "$out")"
     }
@@ -398,16 +405,19 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     S4_G_P99="$(median "${s4g_p99[@]}")" S4_D_P99="$(median "${s4d_p99[@]}")"
     S4_G_P50="$(median "${s4g_p50[@]}")" S4_D_P50="$(median "${s4d_p50[@]}")"
     S4_ADD_P99="$(diffv "$S4_G_P99" "$S4_D_P99")"
-    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s' \
-        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS")"
+    S4_G_ST99="$(median "${s4g_st99[@]}")" S4_D_ST99="$(median "${s4d_st99[@]}")"
+    S4_ADD_ST99="$(diffv "$S4_G_ST99" "$S4_D_ST99")"
+    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms; steady state, after the last stream started: %s vs %s ms, added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s' \
+        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_ST99" "$S4_D_ST99" "$S4_ADD_ST99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS")"
     s4_json="$(jq -n --argjson n "$S4_STREAMS" --argjson tok "$S4_TOKENS" --argjson ms "$S4_TOKEN_MS" \
         --argjson g99 "$S4_G_P99" --argjson d99 "$S4_D_P99" --argjson g50 "$S4_G_P50" --argjson d50 "$S4_D_P50" \
-        --argjson add "$S4_ADD_P99" --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" \
+        --argjson add "$S4_ADD_P99" --argjson gst "$S4_G_ST99" --argjson dst "$S4_D_ST99" --argjson addst "$S4_ADD_ST99" --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" \
         --argjson gdone "$(median "${s4g_done[@]}")" --argjson ddone "$(median "${s4d_done[@]}")" '
         {skipped: false, settings: {streams: $n, tokens: $tok, token_ms: $ms, route: "/v1/chat/completions stream:true",
                                     client: "bench/sseload (epoll, one request per connection)"},
-         aigw: {gap_p99_ms: $g99, gap_p50_ms: $g50, completed: $gdone}, direct: {gap_p99_ms: $d99, gap_p50_ms: $d50, completed: $ddone},
-         added_gap_p99_ms: $add, aigw_peak_rss_kb: $hwm, aigw_threads: $thr}')"
+         aigw: {gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $gst, completed: $gdone},
+         direct: {gap_p99_ms: $d99, gap_p50_ms: $d50, steady_gap_p99_ms: $dst, completed: $ddone},
+         added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst, aigw_peak_rss_kb: $hwm, aigw_threads: $thr}')"
 fi
 
 # ---------------------------------------------------------------- S5 instructions per request
@@ -492,6 +502,8 @@ S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
     printf '%s\n' "$S3_LINE"
     printf '%s\n' "$S4_LINE"
     printf '%s\n' "$S5_LINE"
+    printf 'machine: a syscall (getppid) %s us, a 1-byte unix socket write+read %s us, a thread wake-up round trip %s us\n' \
+        "$(jq .syscall_us <<<"$platform_json")" "$(jq .pipe_rw_us <<<"$platform_json")" "$(jq .thread_rtt_us <<<"$platform_json")"
 } | tee "$sd/table.txt"
 
 arr() { printf '%s\n' "$@" | jq -s '.'; }
@@ -507,9 +519,10 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     --argjson d50 "$S2_D_P50" --argjson d99 "$S2_D_P99" --argjson drps "$S2_D_RPS" \
     --argjson add50 "$S2_ADD_P50" --argjson add99 "$S2_ADD_P99" \
     --argjson s2g_err "$(arr "${s2g_bad[@]}")" --argjson s2d_err "$(arr "${s2d_bad[@]}")" \
-    --argjson s3 "$s3_json" --argjson s4 "$s4_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" '
+    --argjson s3 "$s3_json" --argjson s4 "$s4_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" \
+    --argjson platform "$platform_json" '
 {
-  date: $date, git_rev: $rev, cores: $cores, rounds: $rounds, duration: $dur, nofile: $nofile,
+  date: $date, git_rev: $rev, cores: $cores, rounds: $rounds, duration: $dur, nofile: $nofile, platform: $platform,
   S1_cache_hit: {
     settings: {connections: $conns, wrk: "-t2 -c\($conns) -d\($dur) --latency -s bench/post.lua", body_bytes: $bodylen,
                reference: "nginx proxy_cache (worker_processes 2, proxy_cache_methods POST, key fixed)"},

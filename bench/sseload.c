@@ -8,7 +8,10 @@
  * Prints one JSON object: streams, completed (saw [DONE] or a closing
  * "done" event), errors, events, ttft_p50_ms / ttft_p99_ms (request to
  * first event) and gap_p50_ms / gap_p99_ms / gap_max_ms (between
- * consecutive events of one stream, over all streams). */
+ * consecutive events of one stream, over all streams), and the same gaps in
+ * steady state only (steady_gaps, steady_gap_p50_ms / steady_gap_p99_ms):
+ * those that began after the last stream got its first event, i.e. without
+ * the ramp-up in which the server is still taking in the other streams. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -27,7 +30,7 @@ struct stream {
     int fd;
     char *req;
     size_t req_len, req_off;
-    double start_ms, last_ms;
+    double start_ms, last_ms, first_ms;
     long events;
     char tail[24];     /* the last bytes of the previous read, to match across reads */
     size_t tail_len;
@@ -81,7 +84,7 @@ pct(struct vec *v, double p)
  * tail of the previous read is prepended so a marker split across reads is
  * still seen once. Note [DONE] or a closing {"done":true event. */
 static void
-scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *ttft)
+scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *gap_at, struct vec *ttft)
 {
     size_t total = s->tail_len + n, keep;
     char *joined = malloc(total + 1);
@@ -95,10 +98,13 @@ scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *
 
         if ((size_t)(p + 6 - joined) <= s->tail_len) /* complete in the previous read: counted then */
             continue;
-        if (s->events == 0)
+        if (s->events == 0) {
             push(ttft, t - s->start_ms);
-        else
+            s->first_ms = t;
+        } else {
             push(gaps, t - s->last_ms);
+            push(gap_at, s->last_ms);
+        }
         s->last_ms = t;
         s->events++;
     }
@@ -147,7 +153,8 @@ main(int argc, char **argv)
     const char *path = "/", *body = "{}", *headers[16];
     int port = 0, n = 100, nh = 0, timeout_s = 120, opt, ep, open_n = 0;
     struct stream *st;
-    struct vec gaps = {0}, ttft = {0};
+    struct vec gaps = {0}, gap_at = {0}, ttft = {0}, steady = {0};
+    double all_started = 0;
     long completed = 0, errors = 0, events = 0;
     struct rlimit rl;
     double deadline;
@@ -222,7 +229,7 @@ main(int argc, char **argv)
                     ssize_t r = read(s->fd, buf, sizeof(buf));
 
                     if (r > 0) {
-                        scan(s, buf, (size_t)r, &gaps, &ttft);
+                        scan(s, buf, (size_t)r, &gaps, &gap_at, &ttft);
                         continue;
                     }
                     if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -243,15 +250,25 @@ main(int argc, char **argv)
         else
             errors++;
         events += st[i].events;
+        if (st[i].first_ms > all_started)
+            all_started = st[i].first_ms;
         free(st[i].req);
     }
+    /* steady state: gaps that began once every stream had its first event
+     * (the ramp-up, where the server is still accepting and connecting the
+     * later streams, is left out); gap_at[i] is when gaps[i] began */
+    for (size_t i = 0; i < gaps.n; i++)
+        if (gap_at.v[i] >= all_started)
+            push(&steady, gaps.v[i]);
     printf("{\"streams\": %d, \"completed\": %ld, \"errors\": %ld, \"events\": %ld, "
            "\"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, \"gap_p50_ms\": %.3f, \"gap_p99_ms\": %.3f, "
-           "\"gap_max_ms\": %.3f}\n",
+           "\"gap_max_ms\": %.3f, \"steady_gaps\": %zu, \"steady_gap_p50_ms\": %.3f, \"steady_gap_p99_ms\": %.3f}\n",
            n, completed, errors, events, pct(&ttft, 0.5), pct(&ttft, 0.99), pct(&gaps, 0.5), pct(&gaps, 0.99),
-           pct(&gaps, 1.0));
+           pct(&gaps, 1.0), steady.n, pct(&steady, 0.5), pct(&steady, 0.99));
     free(st);
     free(gaps.v);
+    free(gap_at.v);
+    free(steady.v);
     free(ttft.v);
     return 0;
 }

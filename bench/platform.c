@@ -1,0 +1,111 @@
+/* platform - what this machine charges for the two things aigw's hot paths
+ * are made of: entering the kernel, and handing work to another thread.
+ * A gateway request is mostly small syscalls (recv, send, one Redis round
+ * trip, one spool write) and a few thread hand-offs (MHD worker -> upstream
+ * engine -> MHD worker), so these two numbers bound what any design can
+ * reach here; bench/run.sh prints them beside the scenarios.
+ *
+ *   platform [-n ROUNDS]
+ *
+ * Prints one JSON object:
+ *   syscall_us         getppid(2), the cheapest real syscall
+ *   pipe_rw_us         a 1-byte write + read on a unix socket pair (one thread)
+ *   thread_rtt_us      ping-pong between two threads over eventfds: two
+ *                      wake-ups of a sleeping thread (median of 5 batches)
+ * Each is the mean over ROUNDS (default 20000) calls. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+struct pair {
+    int ping, pong;
+};
+
+static double
+now_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static void *
+echo(void *arg)
+{
+    const struct pair *p = arg;
+    uint64_t v;
+
+    while (read(p->ping, &v, sizeof(v)) == (ssize_t)sizeof(v))
+        if (v == UINT64_MAX - 1 || write(p->pong, &v, sizeof(v)) != (ssize_t)sizeof(v))
+            break;
+    return NULL;
+}
+
+static int
+cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+int
+main(int argc, char **argv)
+{
+    int n = 20000, sv[2], opt;
+    struct pair p;
+    pthread_t t;
+    double t0, syscall_us, pipe_us, rtt[5];
+    uint64_t v;
+    char c = 0;
+
+    while ((opt = getopt(argc, argv, "n:")) != -1) {
+        if (opt != 'n' || (n = atoi(optarg)) <= 0) {
+            fprintf(stderr, "usage: platform [-n ROUNDS]\n");
+            return 2;
+        }
+    }
+    t0 = now_us();
+    for (int i = 0; i < n; i++)
+        (void)getppid();
+    syscall_us = (now_us() - t0) / n;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+        return 1;
+    t0 = now_us();
+    for (int i = 0; i < n; i++)
+        if (write(sv[0], &c, 1) != 1 || read(sv[1], &c, 1) != 1)
+            return 1;
+    pipe_us = (now_us() - t0) / n;
+    close(sv[0]);
+    close(sv[1]);
+
+    p.ping = eventfd(0, EFD_CLOEXEC);
+    p.pong = eventfd(0, EFD_CLOEXEC);
+    if (p.ping < 0 || p.pong < 0 || pthread_create(&t, NULL, echo, &p) != 0)
+        return 1;
+    for (int b = 0; b < 5; b++) {
+        t0 = now_us();
+        for (int i = 0; i < n / 5; i++) {
+            v = 1;
+            if (write(p.ping, &v, sizeof(v)) != (ssize_t)sizeof(v) || read(p.pong, &v, sizeof(v)) != (ssize_t)sizeof(v))
+                return 1;
+        }
+        rtt[b] = (now_us() - t0) / (n / 5 > 0 ? n / 5 : 1);
+    }
+    v = UINT64_MAX - 1; /* tells echo to stop */
+    if (write(p.ping, &v, sizeof(v)) != (ssize_t)sizeof(v))
+        return 1;
+    pthread_join(t, NULL);
+    close(p.ping);
+    close(p.pong);
+    qsort(rtt, 5, sizeof(rtt[0]), cmp);
+    printf("{\"syscall_us\": %.2f, \"pipe_rw_us\": %.2f, \"thread_rtt_us\": %.1f}\n", syscall_us, pipe_us, rtt[2]);
+    return 0;
+}
