@@ -228,6 +228,7 @@ drain(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, in
         if (!wait_idle(srv, wd, set, aigw_now_ms() + DRAIN_GRACE_MS))
             aigw_log(LOG_WARNING, "drain: closing %zu connections that did not finish", aigw_http_in_flight(srv));
     }
+    aigw_redis_pipe_cancel(srv->pipe); /* resumes any request still waiting on it: before MHD stops */
     aigw_http_stop(srv);
     aigw_log(LOG_NOTICE, "drain: HTTP stopped");
 }
@@ -263,6 +264,7 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->health = aigw_health_start(&srv->cfg);
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
+    srv->pipe = aigw_redis_pipe_start(srv->redis);
     srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants, srv->api_keys);
     if (aigw_http_start(srv) != 0)
         return 1;
@@ -355,7 +357,8 @@ main(int argc, char **argv)
     srv.pg = aigw_pg_pool_create(srv.cfg.database_url, srv.cfg.db_pool_size);
     rc = serve(&srv, config_path);
 out:
-    aigw_http_stop(&srv); /* first: requests may still use everything below */
+    aigw_redis_pipe_cancel(srv.pipe); /* resumes requests waiting on it, so before the daemon stops */
+    aigw_http_stop(&srv); /* then: requests may still use everything below */
     aigw_sf_stop(srv.sf);
     aigw_upstream_stop(srv.upstream);
     aigw_apikey_usage_stop(srv.key_usage); /* last flush of last_used_at */
@@ -366,6 +369,7 @@ out:
     aigw_jwt_cache_destroy(srv.tokens);
     aigw_apikey_cache_destroy(srv.api_keys);
     aigw_pg_pool_destroy(srv.pg);
+    aigw_redis_pipe_destroy(srv.pipe);
     aigw_redis_pool_destroy(srv.redis);
     aigw_metrics_destroy(srv.metrics);
     aigw_snapshot_slot_destroy(srv.live); /* the last snapshot may borrow from srv.cfg */

@@ -13,6 +13,7 @@
 #define AIGW_QUESTION_MAX_CHARS 4000
 
 struct aigw_upstream_call;
+struct redisReply;
 struct aigw_req;
 
 enum aigw_sf_role { AIGW_SF_NONE, AIGW_SF_LEADER, AIGW_SF_WAITER };
@@ -29,7 +30,11 @@ struct aigw_query {
     char question_sha256[65];  /* of the normalized question: the usage row keeps only this */
     char cache_hex[65];        /* SHA-256 over tenant, query type, question, model, max_tokens */
 
-    /* admission (one Redis round trip: rate limit + generation + cache GET) */
+    /* admission (one Redis round trip on the pipe, the request suspended
+     * meanwhile: rate limit + generation + cache GET) */
+    bool admit_sent;           /* the script call is on the pipe */
+    atomic_int admit_done;     /* its callback ran: admit_reply is the answer */
+    struct redisReply *admit_reply; /* NULL = Redis unavailable; freed with the request */
     bool admitted;
     long rl_limit, rl_remaining, rl_reset_s;
     char gen[24];

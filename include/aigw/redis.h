@@ -1,4 +1,5 @@
-/* redis.h - pool of synchronous hiredis contexts with timeouts, and Lua scripts */
+/* redis.h - pool of synchronous hiredis contexts with timeouts, Lua scripts,
+ * and one pipelined asynchronous connection for the hot path */
 #ifndef AIGW_REDIS_H
 #define AIGW_REDIS_H
 
@@ -47,5 +48,43 @@ void aigw_redis_script_init(struct aigw_redis_script *s);
  * contract as aigw_redis_cmd. */
 redisReply *aigw_redis_eval(redisContext *ctx, const struct aigw_redis_script *s, int nkeys,
                             const char **keys, int nargs, const char **args);
+
+/* ---- the pipe: asynchronous, pipelined script calls ----
+ * One connection and one thread. A caller hands over a script call and goes
+ * on (the HTTP worker suspends its request instead of blocking on the round
+ * trip); the thread writes every call that arrived since its last round in
+ * one write(2), so Redis reads, runs and answers them in batches instead of
+ * being woken once per request, and hands each reply to its callback in
+ * order. Same endpoint and timeout as the pool; a call that gets no reply
+ * within the timeout, and every call behind it, fails and the connection is
+ * replaced (a late reply would be out of step). A NOSCRIPT reply loads the
+ * script (SCRIPT LOAD) and sends the call once more. */
+struct aigw_redis_pipe;
+
+/* reply: the reply (the callee owns it: freeReplyObject), or NULL when
+ * Redis could not be asked or did not answer in time. Runs on the pipe's
+ * thread, or on the caller's when the pipe is cancelled; exactly once. */
+typedef void (*aigw_redis_done_fn)(redisReply *reply, void *ud);
+
+/* Endpoint and timeout from pool, which must outlive the pipe. */
+struct aigw_redis_pipe *aigw_redis_pipe_start(struct aigw_redis_pool *pool);
+/* EVALSHA s with keys then args (copied: they need not outlive the call);
+ * done(reply, ud) later, exactly once. NULL-safe on p: done(NULL) at once. */
+void aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
+                          const char **keys, int nargs, const char **args, aigw_redis_done_fn done, void *ud);
+/* The direct path: when Redis is otherwise idle, a blocking round trip on
+ * the caller's thread (a pool connection) answers sooner than a hand-off to
+ * the pipe's thread and back, which costs two thread wake-ups. true = no
+ * call is in flight on the pipe and no other caller is on the direct path:
+ * the caller makes its call on the pool and then calls ..._direct_end. false
+ * = use aigw_redis_pipe_eval. NULL-safe (false). */
+bool aigw_redis_pipe_direct_begin(struct aigw_redis_pipe *p);
+void aigw_redis_pipe_direct_end(struct aigw_redis_pipe *p);
+/* Stop the thread and fail every call not answered yet (done(NULL) on this
+ * thread); later calls fail at once. Idempotent, NULL-safe. Before the HTTP
+ * daemon stops: callbacks resume suspended requests. */
+void aigw_redis_pipe_cancel(struct aigw_redis_pipe *p);
+/* Cancel, then free. NULL-safe. */
+void aigw_redis_pipe_destroy(struct aigw_redis_pipe *p);
 
 #endif

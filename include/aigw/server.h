@@ -36,6 +36,7 @@ struct aigw_server {
     struct MHD_Daemon *mhd;
     struct aigw_pg_pool *pg;                /* thread-safe checkout pool */
     struct aigw_redis_pool *redis;          /* thread-safe checkout pool */
+    struct aigw_redis_pipe *pipe;           /* async pipelined connection (admission); thread-safe */
     struct aigw_tenant_cache *tenants;      /* thread-safe */
     struct aigw_jwt_cache *tokens;          /* verified tokens; thread-safe */
     struct aigw_apikey_cache *api_keys;     /* API key records by SHA-256; thread-safe */

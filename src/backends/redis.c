@@ -1,4 +1,5 @@
-/* redis.c - checkout pool of sync hiredis contexts; every command has a timeout */
+/* redis.c - checkout pool of sync hiredis contexts (every command has a
+ * timeout), Lua scripts, and the pipe: one pipelined async connection */
 #include "aigw/redis.h"
 
 #include <errno.h>
@@ -8,11 +9,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "aigw/log.h"
 #include "aigw/metrics.h"
 #include "aigw/util.h"
+
+#define EVAL_MAX_ARGS 32
 
 struct aigw_redis_pool {
     char *host;            /* NULL for unix sockets */
@@ -257,19 +263,17 @@ aigw_redis_script_init(struct aigw_redis_script *s)
     aigw_hex(md, 20, s->sha1);
 }
 
-redisReply *
-aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, const char **keys,
-                int nargs, const char **args)
+/* argv/lens of "EVALSHA sha nkeys keys... args..."; nk holds the count's
+ * text. Returns argc, or -1 when there are too many arguments. */
+static int
+eval_argv(const struct aigw_redis_script *s, int nkeys, const char **keys, int nargs, const char **args,
+          const char *argv[EVAL_MAX_ARGS], size_t lens[EVAL_MAX_ARGS], char nk[16])
 {
-    const char *argv[32];
-    size_t lens[32];
-    char nk[16];
-    redisReply *r;
     int argc = 0;
 
-    if (3 + nkeys + nargs > 32)
-        return NULL;
-    snprintf(nk, sizeof(nk), "%d", nkeys);
+    if (3 + nkeys + nargs > EVAL_MAX_ARGS)
+        return -1;
+    snprintf(nk, 16, "%d", nkeys);
     argv[argc++] = "EVALSHA";
     argv[argc++] = s->sha1;
     argv[argc++] = nk;
@@ -279,8 +283,29 @@ aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, c
         argv[argc++] = args[i];
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
+    return argc;
+}
+
+static bool
+is_noscript(const redisReply *r)
+{
+    return r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0;
+}
+
+redisReply *
+aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, const char **keys,
+                int nargs, const char **args)
+{
+    const char *argv[EVAL_MAX_ARGS];
+    size_t lens[EVAL_MAX_ARGS];
+    char nk[16];
+    redisReply *r;
+    int argc = eval_argv(s, nkeys, keys, nargs, args, argv, lens, nk);
+
+    if (argc < 0)
+        return NULL;
     r = redisCommandArgv(c, argc, argv, lens);
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+    if (is_noscript(r)) {
         freeReplyObject(r);
         argv[0] = "EVAL";
         argv[1] = s->source;
@@ -307,4 +332,414 @@ aigw_redis_ping(struct aigw_redis_pool *pool)
     freeReplyObject(r);
     aigw_redis_release(pool, c);
     return ok;
+}
+
+/* ---- the pipe ---- */
+
+struct pipe_op {
+    struct pipe_op *next;
+    char *cmd;                  /* RESP-encoded (redisFormatCommandArgv) */
+    int len;
+    const struct aigw_redis_script *script; /* NOSCRIPT: load it and send cmd again */
+    bool retried;
+    int64_t deadline_ms;
+    aigw_redis_done_fn done;    /* NULL: the pipe's own command (SELECT, SCRIPT LOAD) */
+    void *ud;
+};
+
+struct op_list {
+    struct pipe_op *head, *tail;
+};
+
+struct aigw_redis_pipe {
+    struct aigw_redis_pool *pool; /* endpoint, timeout, error log */
+    pthread_t thread;
+    bool started;
+    int epfd, wake_fd;
+    pthread_mutex_t lock;       /* guards inbox, signaled, closed */
+    struct op_list inbox;       /* handed over, not yet sent */
+    bool signaled;              /* wake_fd written since the thread last took the inbox */
+    bool closed;                /* cancelled: calls fail at once */
+    atomic_bool stopping;
+    atomic_int in_flight;       /* callers' calls not answered yet + the direct path (0 or 1) */
+    /* the thread's (the canceller's once the thread is joined) */
+    redisContext *ctx;
+    struct op_list sent;        /* in the order their replies come back */
+    bool want_out;              /* registered for EPOLLOUT: output left to write */
+};
+
+static void
+log_errno(const char *what)
+{
+    char eb[128];
+
+    aigw_log(LOG_ERR, "redis: %s: %s", what, strerror_r(errno, eb, sizeof(eb)));
+}
+
+static void
+ops_push(struct op_list *l, struct pipe_op *op)
+{
+    op->next = NULL;
+    if (l->tail != NULL)
+        l->tail->next = op;
+    else
+        l->head = op;
+    l->tail = op;
+}
+
+static struct pipe_op *
+ops_pop(struct op_list *l)
+{
+    struct pipe_op *op = l->head;
+
+    if (op != NULL) {
+        l->head = op->next;
+        if (l->head == NULL)
+            l->tail = NULL;
+    }
+    return op;
+}
+
+static struct pipe_op *
+op_new(char *cmd, int len, aigw_redis_done_fn done, void *ud, int timeout_ms)
+{
+    struct pipe_op *op = aigw_xcalloc(1, sizeof(*op));
+
+    op->cmd = cmd;
+    op->len = len;
+    op->done = done;
+    op->ud = ud;
+    op->deadline_ms = aigw_now_ms() + timeout_ms;
+    return op;
+}
+
+/* Hand the reply (or NULL) over and free the op. */
+static void
+op_finish(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
+{
+    if (op->done != NULL) {
+        atomic_fetch_sub(&p->in_flight, 1);
+        op->done(r, op->ud);
+    } else {
+        freeReplyObject(r);
+    }
+    free(op->cmd);
+    free(op);
+}
+
+static void
+ops_fail(struct aigw_redis_pipe *p, struct op_list *l)
+{
+    struct pipe_op *op;
+
+    while ((op = ops_pop(l)) != NULL)
+        op_finish(p, op, NULL);
+}
+
+/* The connection is unusable (I/O error, protocol error, timeout): drop it
+ * and fail what was sent on it. The next call connects again. */
+static void
+pipe_drop(struct aigw_redis_pipe *p, const char *what, const char *detail)
+{
+    log_error(p->pool, what, detail);
+    epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->ctx->fd, NULL);
+    redisFree(p->ctx);
+    p->ctx = NULL;
+    p->want_out = false;
+    ops_fail(p, &p->sent);
+}
+
+static void
+pipe_append(struct aigw_redis_pipe *p, struct pipe_op *op)
+{
+    redisAppendFormattedCommand(p->ctx, op->cmd, (size_t)op->len);
+    ops_push(&p->sent, op);
+}
+
+/* A command of the pipe's own: its reply is dropped. */
+static void
+pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens)
+{
+    char *cmd = NULL;
+    int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+
+    if (len > 0)
+        pipe_append(p, op_new(cmd, len, NULL, NULL, p->pool->timeout_ms));
+}
+
+/* Write what the connection has buffered; wait for EPOLLOUT if not all. */
+static void
+pipe_flush(struct aigw_redis_pipe *p)
+{
+    int done = 0;
+
+    if (p->ctx == NULL)
+        return;
+    if (redisBufferWrite(p->ctx, &done) != REDIS_OK) {
+        pipe_drop(p, "connection dropped", p->ctx->errstr);
+        return;
+    }
+    if (p->want_out != !done) {
+        struct epoll_event ev = {.events = EPOLLIN | (done ? 0 : EPOLLOUT), .data.u32 = 1};
+
+        p->want_out = !done;
+        epoll_ctl(p->epfd, EPOLL_CTL_MOD, p->ctx->fd, &ev);
+    }
+}
+
+static bool
+pipe_connect(struct aigw_redis_pipe *p)
+{
+    struct aigw_redis_pool *pool = p->pool;
+    redisContext *c = pool->path ? redisConnectUnixNonBlock(pool->path) : redisConnectNonBlock(pool->host, pool->port);
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = 1};
+
+    if (c == NULL || c->err || epoll_ctl(p->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+        log_error(pool, "connect failed", c != NULL && c->err ? c->errstr : "out of resources");
+        redisFree(c);
+        return false;
+    }
+    redisEnableKeepAlive(c);
+    p->ctx = c;
+    p->want_out = true; /* the connect completes when the socket is writable */
+    if (pool->db != 0) {
+        char db[16];
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, 0};
+
+        lens[1] = (size_t)snprintf(db, sizeof(db), "%d", pool->db);
+        pipe_append_own(p, 2, argv, lens);
+    }
+    return true;
+}
+
+/* Send what callers handed over, in one write where it fits. */
+static void
+pipe_send(struct aigw_redis_pipe *p, struct op_list *in)
+{
+    struct pipe_op *op;
+
+    if (p->ctx == NULL && !pipe_connect(p)) {
+        ops_fail(p, in);
+        return;
+    }
+    while ((op = ops_pop(in)) != NULL)
+        pipe_append(p, op);
+    pipe_flush(p);
+}
+
+/* A NOSCRIPT answer (Redis restarted, SCRIPT FLUSH): load the script and
+ * send the call again, once. */
+static bool
+pipe_retry_noscript(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
+{
+    const char *argv[3] = {"SCRIPT", "LOAD", NULL};
+    size_t lens[3] = {6, 4, 0};
+
+    if (op->script == NULL || op->retried || !is_noscript(r))
+        return false;
+    freeReplyObject(r);
+    op->retried = true;
+    argv[2] = op->script->source;
+    lens[2] = strlen(op->script->source);
+    pipe_append_own(p, 3, argv, lens);
+    pipe_append(p, op);
+    pipe_flush(p);
+    return true;
+}
+
+static void
+pipe_read(struct aigw_redis_pipe *p)
+{
+    if (redisBufferRead(p->ctx) != REDIS_OK) {
+        pipe_drop(p, "connection dropped", p->ctx->errstr);
+        return;
+    }
+    while (p->ctx != NULL) {
+        void *reply = NULL;
+        struct pipe_op *op;
+
+        if (redisGetReplyFromReader(p->ctx, &reply) != REDIS_OK) {
+            pipe_drop(p, "protocol error", p->ctx->errstr);
+            return;
+        }
+        if (reply == NULL)
+            return;
+        op = ops_pop(&p->sent);
+        if (op == NULL) {
+            freeReplyObject(reply);
+            pipe_drop(p, "protocol error", "a reply nobody asked for");
+            return;
+        }
+        if (!pipe_retry_noscript(p, op, reply))
+            op_finish(p, op, reply);
+    }
+}
+
+/* epoll_wait's timeout: until the oldest unanswered call's deadline. */
+static int
+pipe_wait_ms(const struct aigw_redis_pipe *p)
+{
+    int64_t left;
+
+    if (p->sent.head == NULL)
+        return -1;
+    left = p->sent.head->deadline_ms - aigw_now_ms();
+    return left <= 0 ? 0 : left > 1000 ? 1000 : (int)left;
+}
+
+static void *
+pipe_run(void *arg)
+{
+    struct aigw_redis_pipe *p = arg;
+    struct epoll_event ev[4];
+
+    while (!atomic_load(&p->stopping)) {
+        struct op_list in;
+        int n;
+
+        pthread_mutex_lock(&p->lock);
+        in = p->inbox;
+        p->inbox.head = p->inbox.tail = NULL;
+        p->signaled = false;
+        pthread_mutex_unlock(&p->lock);
+        if (in.head != NULL)
+            pipe_send(p, &in);
+        n = epoll_wait(p->epfd, ev, 4, pipe_wait_ms(p));
+        for (int i = 0; i < n; i++) {
+            if (ev[i].data.u32 == 0) {
+                uint64_t v;
+
+                if (read(p->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                    log_errno("pipe wake-up read failed");
+                continue;
+            }
+            if (p->ctx != NULL && (ev[i].events & EPOLLOUT))
+                pipe_flush(p);
+            if (p->ctx != NULL && (ev[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                pipe_read(p);
+        }
+        if (p->ctx != NULL && p->sent.head != NULL && aigw_now_ms() >= p->sent.head->deadline_ms)
+            pipe_drop(p, "timed out", "no reply within redis.timeout_ms");
+    }
+    return NULL;
+}
+
+struct aigw_redis_pipe *
+aigw_redis_pipe_start(struct aigw_redis_pool *pool)
+{
+    struct aigw_redis_pipe *p = aigw_xcalloc(1, sizeof(*p));
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0};
+
+    p->pool = pool;
+    pthread_mutex_init(&p->lock, NULL);
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->epfd < 0 || p->wake_fd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->wake_fd, &ev) != 0
+        || pthread_create(&p->thread, NULL, pipe_run, p) != 0) {
+        log_errno("cannot start the pipe thread");
+        p->closed = true; /* calls fail at once; the pool still serves everything else */
+        return p;
+    }
+    p->started = true;
+    return p;
+}
+
+void
+aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys, const char **keys,
+                     int nargs, const char **args, aigw_redis_done_fn done, void *ud)
+{
+    const char *argv[EVAL_MAX_ARGS];
+    size_t lens[EVAL_MAX_ARGS];
+    char nk[16], *cmd = NULL;
+    int argc, len = -1;
+    struct pipe_op *op;
+    bool wake;
+
+    if (p != NULL && (argc = eval_argv(s, nkeys, keys, nargs, args, argv, lens, nk)) > 0)
+        len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    if (len <= 0) {
+        free(cmd);
+        done(NULL, ud);
+        return;
+    }
+    op = op_new(cmd, len, done, ud, p->pool->timeout_ms);
+    op->script = s;
+    atomic_fetch_add(&p->in_flight, 1);
+    pthread_mutex_lock(&p->lock);
+    if (p->closed) {
+        pthread_mutex_unlock(&p->lock);
+        op_finish(p, op, NULL);
+        return;
+    }
+    ops_push(&p->inbox, op);
+    wake = !p->signaled;
+    p->signaled = true;
+    pthread_mutex_unlock(&p->lock);
+    if (wake) {
+        uint64_t one = 1;
+
+        if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            log_errno("pipe wake-up failed");
+    }
+}
+
+bool
+aigw_redis_pipe_direct_begin(struct aigw_redis_pipe *p)
+{
+    int idle = 0;
+
+    /* only while nothing else is in flight: with a second caller on the
+     * direct path every worker could end up blocked on Redis again and the
+     * pipe would never batch anything (measured: S1 back to the blocking
+     * numbers) */
+    return p != NULL && atomic_compare_exchange_strong(&p->in_flight, &idle, 1);
+}
+
+void
+aigw_redis_pipe_direct_end(struct aigw_redis_pipe *p)
+{
+    atomic_fetch_sub(&p->in_flight, 1);
+}
+
+void
+aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
+{
+    struct op_list in;
+    uint64_t one = 1;
+
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->closed = true;
+    in = p->inbox;
+    p->inbox.head = p->inbox.tail = NULL;
+    pthread_mutex_unlock(&p->lock);
+    if (p->started) {
+        atomic_store(&p->stopping, true);
+        if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            log_errno("pipe wake-up failed");
+        pthread_join(p->thread, NULL);
+        p->started = false;
+    }
+    ops_fail(p, &p->sent); /* sent before the inbox: fail them in the order they came */
+    ops_fail(p, &in);
+    if (p->ctx != NULL) {
+        redisFree(p->ctx);
+        p->ctx = NULL;
+    }
+}
+
+void
+aigw_redis_pipe_destroy(struct aigw_redis_pipe *p)
+{
+    if (p == NULL)
+        return;
+    aigw_redis_pipe_cancel(p);
+    if (p->wake_fd >= 0)
+        close(p->wake_fd);
+    if (p->epfd >= 0)
+        close(p->epfd);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
 }

@@ -1,6 +1,8 @@
 /* admit.c - per-tenant sliding-window rate limit, cache generation and cache
  * lookup in ONE Redis round trip (a Lua script: increment-check-answer is
- * atomic, so concurrent requests and instances can never overshoot). */
+ * atomic, so concurrent requests and instances can never overshoot). The
+ * script goes out on the pipe (redis.h) and the request is suspended until
+ * it answers, so the HTTP worker serves other connections meanwhile. */
 #include <stdio.h>
 #include <string.h>
 
@@ -259,21 +261,34 @@ refuse(struct aigw_req *req, bool by_key)
                                by_key ? "the API key's rate limit" : "rate limit", q->rl_limit);
 }
 
-enum aigw_rc
-aigw_stage_admit(struct aigw_req *req)
+/* The pipe's thread: the script answered (or Redis is unavailable). */
+static void
+on_admit_reply(redisReply *r, void *ud)
+{
+    struct aigw_req *req = ud;
+
+    req->q->admit_reply = r;
+    atomic_store(&req->q->admit_done, 1);
+    aigw_req_resume(req);
+}
+
+/* Pool cleanup: a reply that came back after the request was abandoned. */
+static void
+drop_admit_reply(void *arg)
+{
+    struct aigw_query *q = arg;
+
+    freeReplyObject(q->admit_reply);
+    q->admit_reply = NULL;
+}
+
+/* The script's answer (NULL: Redis unavailable) into the request. */
+static enum aigw_rc
+admit_answer(struct aigw_req *req, redisReply *r)
 {
     struct aigw_query *q = req->q;
-    struct admit_args a;
-    redisContext *rc;
-    redisReply *r;
     bool by_key;
 
-    build_args(req, &a);
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc == NULL)
-        goto unavailable;
-    r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, a.nargs, a.args);
-    aigw_redis_release(req->srv->redis, rc);
     if (!reply_ok(r)) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
             aigw_log(LOG_ERR, "redis: admit script: %s", r->str);
@@ -312,4 +327,48 @@ aigw_stage_admit(struct aigw_req *req)
 unavailable:
     aigw_req_add_header(req, "Retry-After", "1");
     return aigw_req_fail(req, 503, "service_unavailable", "admission control is unavailable, retry shortly");
+}
+
+/* Redis idle: one blocking round trip here is the quickest. Else the
+ * script goes on the pipe and the request is suspended until it answers, so
+ * this worker serves other connections meanwhile and Redis gets the scripts
+ * of many requests in one read. */
+static enum aigw_rc
+admit_send(struct aigw_req *req)
+{
+    struct aigw_redis_pipe *pipe = req->srv->pipe;
+    struct admit_args a;
+
+    build_args(req, &a);
+    req->q->admit_sent = true;
+    if (aigw_redis_pipe_direct_begin(pipe)) {
+        redisContext *rc = aigw_redis_acquire(req->srv->redis);
+        redisReply *r = NULL;
+
+        if (rc != NULL) {
+            r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, a.nargs, a.args);
+            aigw_redis_release(req->srv->redis, rc);
+        }
+        aigw_redis_pipe_direct_end(pipe);
+        return admit_answer(req, r);
+    }
+    aigw_pool_cleanup(req->pool, drop_admit_reply, req->q);
+    aigw_req_suspend(req);
+    aigw_redis_pipe_eval(pipe, &admit_script, a.nkeys, a.keys, a.nargs, a.args, on_admit_reply, req);
+    return AIGW_AGAIN;
+}
+
+enum aigw_rc
+aigw_stage_admit(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    redisReply *r;
+
+    if (!q->admit_sent)
+        return admit_send(req);
+    if (!atomic_load(&q->admit_done))
+        return aigw_req_fail(req, 500, "internal", "resumed before admission answered");
+    r = q->admit_reply;
+    q->admit_reply = NULL;
+    return admit_answer(req, r);
 }

@@ -1,0 +1,282 @@
+/* test_redis_pipe.c - the pipelined async Redis connection (redis.h) against
+ * the real Redis of the test stack: many threads' calls each get their own
+ * reply, exactly once; NOSCRIPT recovery; a stalled Redis fails calls at the
+ * timeout and the pipe recovers; an unreachable Redis fails at once; cancel
+ * fails what is pending; the direct-path slot. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aigw/redis.h"
+#include "aigw/util.h"
+#include "testlib.h"
+
+#define THREADS 8
+#define PER_THREAD 250
+
+/* Returns {ARGV[1], INCR KEYS[1]}: the tag proves the reply is the caller's,
+ * the counter that every call ran exactly once. */
+static struct aigw_redis_script echo_script = {
+    .source = "return {ARGV[1], redis.call('INCR', KEYS[1])}\n",
+};
+
+struct waiter {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int answered, nulls, wrong;
+    char tag[32];
+};
+
+static void
+waiter_init(struct waiter *w)
+{
+    memset(w, 0, sizeof(*w));
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+}
+
+static void
+waiter_fini(struct waiter *w)
+{
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+}
+
+static void
+on_reply(redisReply *r, void *ud)
+{
+    struct waiter *w = ud;
+
+    pthread_mutex_lock(&w->lock);
+    if (r == NULL)
+        w->nulls++;
+    else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING
+             || strcmp(r->element[0]->str, w->tag) != 0)
+        w->wrong++;
+    w->answered++;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    freeReplyObject(r);
+}
+
+/* Wait until w has n answers (or timeout_ms); returns the count. */
+static int
+wait_answers(struct waiter *w, int n, int timeout_ms)
+{
+    struct timespec dl;
+    int got;
+
+    aigw_deadline_ms(&dl, timeout_ms);
+    pthread_mutex_lock(&w->lock);
+    while (w->answered < n)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &dl) != 0)
+            break;
+    got = w->answered;
+    pthread_mutex_unlock(&w->lock);
+    return got;
+}
+
+static void
+call(struct aigw_redis_pipe *p, const char *key, struct waiter *w)
+{
+    const char *keys[1] = {key};
+    const char *args[1] = {w->tag};
+
+    aigw_redis_pipe_eval(p, &echo_script, 1, keys, 1, args, on_reply, w);
+}
+
+/* A command on a fresh pool connection of the test's own. */
+static redisReply *
+sync_cmd(struct aigw_redis_pool *pool, int argc, const char **argv)
+{
+    size_t lens[8];
+    redisContext *c = aigw_redis_acquire(pool);
+    redisReply *r;
+
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (c == NULL)
+        return NULL;
+    r = aigw_redis_cmd(c, argc, argv, lens);
+    aigw_redis_release(pool, c);
+    return r;
+}
+
+struct worker {
+    struct aigw_redis_pipe *pipe;
+    struct waiter w;
+    int id;
+};
+
+static void *
+worker_run(void *arg)
+{
+    struct worker *wk = arg;
+
+    for (int i = 0; i < PER_THREAD; i++)
+        call(wk->pipe, "test:pipe:count", &wk->w);
+    return NULL;
+}
+
+static void
+test_many_threads(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    struct worker wk[THREADS];
+    pthread_t th[THREADS];
+    const char *del[2] = {"DEL", "test:pipe:count"}, *get[2] = {"GET", "test:pipe:count"};
+    redisReply *r;
+    int answered = 0, nulls = 0, wrong = 0;
+
+    freeReplyObject(sync_cmd(pool, 2, del));
+    for (int i = 0; i < THREADS; i++) {
+        wk[i].pipe = pipe;
+        wk[i].id = i;
+        waiter_init(&wk[i].w);
+        snprintf(wk[i].w.tag, sizeof(wk[i].w.tag), "thread-%d", i);
+        pthread_create(&th[i], NULL, worker_run, &wk[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        answered += wait_answers(&wk[i].w, PER_THREAD, 10000);
+        nulls += wk[i].w.nulls;
+        wrong += wk[i].w.wrong;
+        waiter_fini(&wk[i].w);
+    }
+    CHECK(answered == THREADS * PER_THREAD, "every call answered: %d of %d", answered, THREADS * PER_THREAD);
+    CHECK(nulls == 0, "no call failed: %d", nulls);
+    CHECK(wrong == 0, "each reply went to its own caller: %d misrouted", wrong);
+    r = sync_cmd(pool, 2, get);
+    CHECK(r != NULL && r->type == REDIS_REPLY_STRING && strtol(r->str, NULL, 10) == THREADS * PER_THREAD,
+          "every call ran exactly once: counter %s", r && r->type == REDIS_REPLY_STRING ? r->str : "?");
+    freeReplyObject(r);
+}
+
+static void
+test_noscript(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    const char *flush[2] = {"SCRIPT", "FLUSH"}, *exists[3] = {"SCRIPT", "EXISTS", echo_script.sha1};
+    struct waiter w;
+    redisReply *r;
+
+    waiter_init(&w);
+    snprintf(w.tag, sizeof(w.tag), "after-flush");
+    freeReplyObject(sync_cmd(pool, 2, flush));
+    r = sync_cmd(pool, 3, exists);
+    CHECK(r != NULL && r->type == REDIS_REPLY_ARRAY && r->element[0]->integer == 0, "the script is gone");
+    freeReplyObject(r);
+    call(pipe, "test:pipe:count", &w);
+    CHECK(wait_answers(&w, 1, 5000) == 1, "answered after SCRIPT FLUSH");
+    CHECK(w.nulls == 0 && w.wrong == 0, "the call succeeded (NOSCRIPT -> SCRIPT LOAD -> again): %d null, %d wrong",
+          w.nulls, w.wrong);
+    r = sync_cmd(pool, 3, exists);
+    CHECK(r != NULL && r->type == REDIS_REPLY_ARRAY && r->element[0]->integer == 1, "the script is loaded again");
+    freeReplyObject(r);
+    waiter_fini(&w);
+}
+
+/* CLIENT PAUSE stalls every client, the pipe's too: its call must fail at
+ * the pipe's timeout, and the pipe must work again once Redis does. */
+static void
+test_stall(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    const char *pause[4] = {"CLIENT", "PAUSE", "1500", "ALL"};
+    struct waiter w;
+
+    waiter_init(&w);
+    snprintf(w.tag, sizeof(w.tag), "stalled");
+    freeReplyObject(sync_cmd(pool, 4, pause));
+    call(pipe, "test:pipe:count", &w);
+    CHECK(wait_answers(&w, 1, 5000) == 1, "a stalled call is answered (by the timeout)");
+    CHECK(w.nulls == 1, "... with NULL: Redis did not answer in time");
+    usleep(1600 * 1000); /* the pause is over */
+    snprintf(w.tag, sizeof(w.tag), "recovered");
+    call(pipe, "test:pipe:count", &w);
+    CHECK(wait_answers(&w, 2, 5000) == 2, "the next call is answered");
+    CHECK(w.nulls == 1 && w.wrong == 0, "... with its reply: the pipe reconnected (%d null, %d wrong)", w.nulls,
+          w.wrong);
+    waiter_fini(&w);
+}
+
+static void
+test_unreachable(void)
+{
+    char err[128], url[64];
+    struct aigw_redis_pool *pool;
+    struct aigw_redis_pipe *pipe;
+    struct waiter w;
+
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", tl_free_port());
+    pool = aigw_redis_pool_create(url, 2, 300, err, sizeof(err));
+    pipe = aigw_redis_pipe_start(pool);
+    waiter_init(&w);
+    snprintf(w.tag, sizeof(w.tag), "nobody");
+    call(pipe, "test:pipe:count", &w);
+    call(pipe, "test:pipe:count", &w);
+    CHECK(wait_answers(&w, 2, 5000) == 2, "calls to an unreachable Redis are answered");
+    CHECK(w.nulls == 2, "... with NULL (%d)", w.nulls);
+    aigw_redis_pipe_destroy(pipe);
+    aigw_redis_pool_destroy(pool);
+    waiter_fini(&w);
+}
+
+static void
+test_cancel(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    const char *pause[4] = {"CLIENT", "PAUSE", "1500", "ALL"};
+    struct waiter w;
+    int64_t t0;
+
+    waiter_init(&w);
+    snprintf(w.tag, sizeof(w.tag), "cancelled");
+    freeReplyObject(sync_cmd(pool, 4, pause));
+    for (int i = 0; i < 5; i++)
+        call(pipe, "test:pipe:count", &w);
+    t0 = aigw_now_ms();
+    aigw_redis_pipe_cancel(pipe);
+    CHECK(w.answered == 5 && w.nulls == 5, "cancel answers every pending call with NULL before it returns: %d/%d",
+          w.answered, w.nulls);
+    CHECK(aigw_now_ms() - t0 < 1400, "cancel does not wait for Redis (%lld ms)", (long long)(aigw_now_ms() - t0));
+    call(pipe, "test:pipe:count", &w);
+    CHECK(w.answered == 6 && w.nulls == 6, "a call after cancel fails at once");
+    aigw_redis_pipe_cancel(pipe); /* idempotent */
+    usleep(1600 * 1000);
+    waiter_fini(&w);
+}
+
+static void
+test_direct_slot(struct aigw_redis_pipe *pipe)
+{
+    CHECK(aigw_redis_pipe_direct_begin(pipe), "idle pipe: the direct path is free");
+    CHECK(!aigw_redis_pipe_direct_begin(pipe), "one caller at a time on the direct path");
+    aigw_redis_pipe_direct_end(pipe);
+    CHECK(aigw_redis_pipe_direct_begin(pipe), "free again after direct_end");
+    aigw_redis_pipe_direct_end(pipe);
+    CHECK(!aigw_redis_pipe_direct_begin(NULL), "no pipe: never direct");
+}
+
+int
+main(void)
+{
+    char err[128];
+    struct aigw_redis_pool *pool = aigw_redis_pool_create(tl_env("AIGW_REDIS_URL"), 4, 500, err, sizeof(err));
+    struct aigw_redis_pipe *pipe;
+
+    if (pool == NULL) {
+        fprintf(stderr, "redis pool: %s\n", err);
+        return 1;
+    }
+    aigw_redis_script_init(&echo_script);
+    pipe = aigw_redis_pipe_start(pool);
+    test_direct_slot(pipe);
+    test_many_threads(pool, pipe);
+    test_noscript(pool, pipe);
+    test_stall(pool, pipe);
+    test_unreachable();
+    test_cancel(pool, pipe);
+    aigw_redis_pipe_destroy(pipe);
+    aigw_redis_pool_destroy(pool);
+    return tl_done();
+}
