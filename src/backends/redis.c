@@ -360,7 +360,7 @@ struct aigw_redis_pipe {
     struct op_list inbox;       /* handed over, not yet sent */
     bool signaled;              /* wake_fd written since the thread last took the inbox */
     bool closed;                /* cancelled: calls fail at once */
-    atomic_bool stopping;
+    atomic_bool stopping;       /* cancel: finish what is queued and sent, then end */
     atomic_int in_flight;       /* callers' calls not answered yet + the direct path (0 or 1) */
     /* the thread's (the canceller's once the thread is joined) */
     redisContext *ctx;
@@ -594,7 +594,7 @@ pipe_run(void *arg)
     struct aigw_redis_pipe *p = arg;
     struct epoll_event ev[4];
 
-    while (!atomic_load(&p->stopping)) {
+    for (;;) {
         struct op_list in;
         int n;
 
@@ -605,6 +605,10 @@ pipe_run(void *arg)
         pthread_mutex_unlock(&p->lock);
         if (in.head != NULL)
             pipe_send(p, &in);
+        /* stopping: new calls are refused (closed), so once everything sent
+         * is answered or has timed out there is nothing left to wait for */
+        if (atomic_load(&p->stopping) && p->sent.head == NULL)
+            break;
         n = epoll_wait(p->epfd, ev, 4, pipe_wait_ms(p));
         for (int i = 0; i < n; i++) {
             if (ev[i].data.u32 == 0) {
@@ -645,20 +649,16 @@ aigw_redis_pipe_start(struct aigw_redis_pool *pool)
     return p;
 }
 
-void
-aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys, const char **keys,
-                     int nargs, const char **args, aigw_redis_done_fn done, void *ud)
+/* Queue a formatted command (cmd: malloc'd, taken over; NULL = could not be
+ * formatted) and wake the thread if it is not awake already. */
+static void
+pipe_submit(struct aigw_redis_pipe *p, char *cmd, int len, const struct aigw_redis_script *s,
+            aigw_redis_done_fn done, void *ud)
 {
-    const char *argv[EVAL_MAX_ARGS];
-    size_t lens[EVAL_MAX_ARGS];
-    char nk[16], *cmd = NULL;
-    int argc, len = -1;
     struct pipe_op *op;
     bool wake;
 
-    if (p != NULL && (argc = eval_argv(s, nkeys, keys, nargs, args, argv, lens, nk)) > 0)
-        len = redisFormatCommandArgv(&cmd, argc, argv, lens);
-    if (len <= 0) {
+    if (p == NULL || len <= 0) {
         free(cmd);
         done(NULL, ud);
         return;
@@ -682,6 +682,40 @@ aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *
         if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
             log_errno("pipe wake-up failed");
     }
+}
+
+void
+aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys, const char **keys,
+                     int nargs, const char **args, aigw_redis_done_fn done, void *ud)
+{
+    const char *argv[EVAL_MAX_ARGS];
+    size_t lens[EVAL_MAX_ARGS];
+    char nk[16], *cmd = NULL;
+    int argc, len = -1;
+
+    if (p != NULL && (argc = eval_argv(s, nkeys, keys, nargs, args, argv, lens, nk)) > 0)
+        len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    pipe_submit(p, cmd, len, s, done, ud);
+}
+
+void
+aigw_redis_pipe_cmd(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens,
+                    aigw_redis_done_fn done, void *ud)
+{
+    char *cmd = NULL;
+    int len = p != NULL ? redisFormatCommandArgv(&cmd, argc, argv, lens) : -1;
+
+    pipe_submit(p, cmd, len, NULL, done, ud);
+}
+
+void
+aigw_redis_done_log(redisReply *reply, void *what_failed)
+{
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "%s%s%s", (const char *)what_failed, reply != NULL ? ": " : "",
+                 reply != NULL ? reply->str : "");
+    freeReplyObject(reply);
+    free(what_failed);
 }
 
 bool
@@ -712,16 +746,18 @@ aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
         return;
     pthread_mutex_lock(&p->lock);
     p->closed = true;
-    in = p->inbox;
-    p->inbox.head = p->inbox.tail = NULL;
     pthread_mutex_unlock(&p->lock);
-    if (p->started) {
+    if (p->started) { /* the thread sends what is queued and waits for the replies */
         atomic_store(&p->stopping, true);
         if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
             log_errno("pipe wake-up failed");
         pthread_join(p->thread, NULL);
         p->started = false;
     }
+    pthread_mutex_lock(&p->lock);
+    in = p->inbox;
+    p->inbox.head = p->inbox.tail = NULL;
+    pthread_mutex_unlock(&p->lock);
     ops_fail(p, &p->sent); /* sent before the inbox: fail them in the order they came */
     ops_fail(p, &in);
     if (p->ctx != NULL) {
