@@ -72,14 +72,6 @@ struct aigw_redis_pipe *aigw_redis_pipe_start(struct aigw_redis_pool *pool);
  * done(reply, ud) later, exactly once. NULL-safe on p: done(NULL) at once. */
 void aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
                           const char **keys, int nargs, const char **args, aigw_redis_done_fn done, void *ud);
-/* The same for any command (argv/lens copied). */
-void aigw_redis_pipe_cmd(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens,
-                         aigw_redis_done_fn done, void *ud);
-/* A done callback for calls nobody waits for: ud is a malloc'd message,
- * logged at WARNING (with the error reply, if any) when the call failed,
- * then freed; the reply is freed. */
-void aigw_redis_done_log(redisReply *reply, void *what_failed);
-
 /* The direct path: when Redis is otherwise idle, a blocking round trip on
  * the caller's thread (a pool connection) answers sooner than a hand-off to
  * the pipe's thread and back, which costs two thread wake-ups. true = no

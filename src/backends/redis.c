@@ -698,26 +698,6 @@ aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *
     pipe_submit(p, cmd, len, s, done, ud);
 }
 
-void
-aigw_redis_pipe_cmd(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens,
-                    aigw_redis_done_fn done, void *ud)
-{
-    char *cmd = NULL;
-    int len = p != NULL ? redisFormatCommandArgv(&cmd, argc, argv, lens) : -1;
-
-    pipe_submit(p, cmd, len, NULL, done, ud);
-}
-
-void
-aigw_redis_done_log(redisReply *reply, void *what_failed)
-{
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
-        aigw_log(LOG_WARNING, "%s%s%s", (const char *)what_failed, reply != NULL ? ": " : "",
-                 reply != NULL ? reply->str : "");
-    freeReplyObject(reply);
-    free(what_failed);
-}
-
 bool
 aigw_redis_pipe_direct_begin(struct aigw_redis_pipe *p)
 {

@@ -11,7 +11,6 @@
 #include "aigw/redis.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
-#include "aigw/util.h"
 
 /* Entry format (parsed without a JSON parser on the hit path):
  * "v2\n<model>\n<prompt_tokens> <completion_tokens>\n<answer as a JSON string>" */
@@ -54,9 +53,9 @@ aigw_cache_store(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     struct aigw_jsonw w;
-    char head[160], key[256], ttl[16];
-    const char *argv[5] = {"SET", key, NULL, "EX", ttl};
-    size_t lens[5] = {3, 0, 0, 2, 0};
+    char head[160];
+    redisContext *rc;
+    redisReply *r;
 
     if (req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
         return;
@@ -67,13 +66,14 @@ aigw_cache_store(struct aigw_req *req)
              q->completion_tokens);
     aigw_jsonw_append(&w, head, strlen(head));
     aigw_jsonw_str(&w, q->answer);
-    lens[1] = (size_t)snprintf(key, sizeof(key), "aigw:{%s}:c:%s:%s", req->tenant->id, q->gen, q->cache_hex);
-    argv[2] = w.buf;
-    lens[2] = w.len;
-    lens[4] = (size_t)snprintf(ttl, sizeof(ttl), "%d", req->tenant->cache_ttl_s);
-    /* on the pipe (the answer has gone out; nobody waits for the store) */
-    aigw_redis_pipe_cmd(req->srv->pipe, 5, argv, lens, aigw_redis_done_log,
-                        aigw_xstrdup(aigw_pool_printf(req->pool, "cache: store failed for request %s",
-                                                      req->request_id)));
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc != NULL) {
+        r = redisCommand(rc, "SET aigw:{%s}:c:%s:%s %b EX %d", req->tenant->id, q->gen, q->cache_hex, w.buf,
+                         w.len, req->tenant->cache_ttl_s);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            aigw_log(LOG_WARNING, "cache: store failed for request %s", req->request_id);
+        freeReplyObject(r);
+        aigw_redis_release(req->srv->redis, rc);
+    }
     aigw_jsonw_free(&w);
 }

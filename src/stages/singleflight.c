@@ -192,12 +192,16 @@ aigw_sf_publish(struct aigw_req *req, const char *result_json)
     struct aigw_query *q = req->q;
     const char *keys[2] = {q->sf_lock_key, q->sf_result_key};
     const char *args[3] = {req->usage_id, result_json != NULL ? result_json : "", "10000"};
+    redisContext *rc = aigw_redis_acquire(req->srv->redis);
+    redisReply *r;
 
-    /* on the pipe, nobody waits: the answer has gone out already; if it
-     * fails, waiters fall back to retrying once the lock expires */
-    aigw_redis_pipe_eval(req->srv->pipe, &publish_script, 2, keys, 3, args, aigw_redis_done_log,
-                         aigw_xstrdup(aigw_pool_printf(req->pool, "single-flight: publish failed for request %s",
-                                                       req->request_id)));
+    if (rc == NULL)
+        return; /* waiters fall back to retrying once the lock expires */
+    r = aigw_redis_eval(rc, &publish_script, 2, keys, 3, args);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "single-flight: publish failed for request %s", req->request_id);
+    freeReplyObject(r);
+    aigw_redis_release(req->srv->redis, rc);
 }
 
 static void
