@@ -73,13 +73,14 @@ struct aigw_redis_pipe *aigw_redis_pipe_start(struct aigw_redis_pool *pool);
 void aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
                           const char **keys, int nargs, const char **args, aigw_redis_done_fn done, void *ud);
 /* The direct path: when Redis is otherwise idle, a blocking round trip on
- * the caller's thread (a pool connection) answers sooner than a hand-off to
- * the pipe's thread and back, which costs two thread wake-ups. true = no
- * call is in flight on the pipe and no other caller is on the direct path:
- * the caller makes its call on the pool and then calls ..._direct_end. false
- * = use aigw_redis_pipe_eval. NULL-safe (false). */
-bool aigw_redis_pipe_direct_begin(struct aigw_redis_pipe *p);
-void aigw_redis_pipe_direct_end(struct aigw_redis_pipe *p);
+ * the caller's thread answers sooner than a hand-off to the pipe's thread
+ * and back, which costs two thread wake-ups. When no call is in flight on
+ * the pipe and no other caller is on this path, runs s on a pool connection
+ * (aigw_redis_eval) and returns true with *reply (NULL: Redis unavailable;
+ * the caller frees it). Else returns false: use aigw_redis_pipe_eval.
+ * NULL-safe (false). */
+bool aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
+                                const char **keys, int nargs, const char **args, redisReply **reply);
 /* Refuse new calls (they fail at once), let the thread finish the calls
  * already handed over — answered, or failed at the timeout, so this waits
  * at most about redis.timeout_ms — and stop it. Idempotent, NULL-safe.

@@ -20,6 +20,12 @@ int64_t aigw_now_us(void);
 /* Wall clock, seconds since the epoch. */
 int64_t aigw_wall_s(void);
 
+/* Wake-up eventfds (EFD_NONBLOCK) of the threads that sleep in poll/epoll:
+ * signal adds one (EAGAIN = the counter is full, so a wake-up is pending
+ * anyway), drain resets it. Neither can fail in a way worth handling. */
+void aigw_eventfd_signal(int fd);
+void aigw_eventfd_drain(int fd);
+
 struct timespec;
 /* *ts = the CLOCK_REALTIME instant ms milliseconds from now (for
  * pthread_cond_timedwait). */

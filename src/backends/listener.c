@@ -110,14 +110,10 @@ aigw_listener_start(const char *db_url, struct aigw_tenant_cache *cache, struct 
 void
 aigw_listener_stop(struct aigw_listener *l)
 {
-    uint64_t one = 1;
-    ssize_t n;
-
     if (l == NULL)
         return;
     atomic_store(&l->stop, true);
-    n = write(l->wake_fd, &one, sizeof(one));
-    (void)n;
+    aigw_eventfd_signal(l->wake_fd);
     pthread_join(l->thread, NULL);
     close(l->wake_fd);
     free(l->url);

@@ -361,20 +361,12 @@ struct aigw_redis_pipe {
     bool signaled;              /* wake_fd written since the thread last took the inbox */
     bool closed;                /* cancelled: calls fail at once */
     atomic_bool stopping;       /* cancel: finish what is queued and sent, then end */
-    atomic_int in_flight;       /* callers' calls not answered yet + the direct path (0 or 1) */
+    atomic_int in_flight;       /* callers' calls not answered yet + a direct call (0 or 1) */
     /* the thread's (the canceller's once the thread is joined) */
     redisContext *ctx;
     struct op_list sent;        /* in the order their replies come back */
     bool want_out;              /* registered for EPOLLOUT: output left to write */
 };
-
-static void
-log_errno(const char *what)
-{
-    char eb[128];
-
-    aigw_log(LOG_ERR, "redis: %s: %s", what, strerror_r(errno, eb, sizeof(eb)));
-}
 
 static void
 ops_push(struct op_list *l, struct pipe_op *op)
@@ -612,10 +604,7 @@ pipe_run(void *arg)
         n = epoll_wait(p->epfd, ev, 4, pipe_wait_ms(p));
         for (int i = 0; i < n; i++) {
             if (ev[i].data.u32 == 0) {
-                uint64_t v;
-
-                if (read(p->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-                    log_errno("pipe wake-up read failed");
+                aigw_eventfd_drain(p->wake_fd);
                 continue;
             }
             if (p->ctx != NULL && (ev[i].events & EPOLLOUT))
@@ -641,7 +630,9 @@ aigw_redis_pipe_start(struct aigw_redis_pool *pool)
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->epfd < 0 || p->wake_fd < 0 || epoll_ctl(p->epfd, EPOLL_CTL_ADD, p->wake_fd, &ev) != 0
         || pthread_create(&p->thread, NULL, pipe_run, p) != 0) {
-        log_errno("cannot start the pipe thread");
+        char eb[128];
+
+        aigw_log(LOG_ERR, "redis: cannot start the pipe thread: %s", strerror_r(errno, eb, sizeof(eb)));
         p->closed = true; /* calls fail at once; the pool still serves everything else */
         return p;
     }
@@ -676,12 +667,8 @@ pipe_submit(struct aigw_redis_pipe *p, char *cmd, int len, const struct aigw_red
     wake = !p->signaled;
     p->signaled = true;
     pthread_mutex_unlock(&p->lock);
-    if (wake) {
-        uint64_t one = 1;
-
-        if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-            log_errno("pipe wake-up failed");
-    }
+    if (wake)
+        aigw_eventfd_signal(p->wake_fd);
 }
 
 void
@@ -699,28 +686,31 @@ aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *
 }
 
 bool
-aigw_redis_pipe_direct_begin(struct aigw_redis_pipe *p)
+aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
+                           const char **keys, int nargs, const char **args, redisReply **reply)
 {
     int idle = 0;
+    redisContext *c;
 
     /* only while nothing else is in flight: with a second caller on the
      * direct path every worker could end up blocked on Redis again and the
      * pipe would never batch anything (measured: S1 back to the blocking
      * numbers) */
-    return p != NULL && atomic_compare_exchange_strong(&p->in_flight, &idle, 1);
-}
-
-void
-aigw_redis_pipe_direct_end(struct aigw_redis_pipe *p)
-{
+    if (p == NULL || !atomic_compare_exchange_strong(&p->in_flight, &idle, 1))
+        return false;
+    *reply = NULL;
+    if ((c = aigw_redis_acquire(p->pool)) != NULL) {
+        *reply = aigw_redis_eval(c, s, nkeys, keys, nargs, args);
+        aigw_redis_release(p->pool, c);
+    }
     atomic_fetch_sub(&p->in_flight, 1);
+    return true;
 }
 
 void
 aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
 {
     struct op_list in;
-    uint64_t one = 1;
 
     if (p == NULL)
         return;
@@ -729,8 +719,7 @@ aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
     pthread_mutex_unlock(&p->lock);
     if (p->started) { /* the thread sends what is queued and waits for the replies */
         atomic_store(&p->stopping, true);
-        if (write(p->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-            log_errno("pipe wake-up failed");
+        aigw_eventfd_signal(p->wake_fd);
         pthread_join(p->thread, NULL);
         p->started = false;
     }

@@ -981,24 +981,6 @@ curl_bits(uint32_t events)
     return bits;
 }
 
-static void
-wake(const struct aigw_upstream *up)
-{
-    uint64_t one = 1;
-    ssize_t n = write(up->wake_fd, &one, sizeof(one));
-
-    (void)n; /* EAGAIN: the counter is full, so a wake-up is pending anyway */
-}
-
-static void
-drain_wake(const struct aigw_upstream *up)
-{
-    uint64_t v;
-    ssize_t n = read(up->wake_fd, &v, sizeof(v));
-
-    (void)n;
-}
-
 /* ---- the engine thread ---- */
 
 /* The wake-up was drained before this (dispatch), so a submit after the
@@ -1101,7 +1083,7 @@ dispatch(struct aigw_upstream *up, int n)
         int fd = up->ev[i].data.fd;
 
         if (fd == up->wake_fd)
-            drain_wake(up);
+            aigw_eventfd_drain(up->wake_fd);
         else
             curl_multi_socket_action(up->multi, fd, curl_bits(up->ev[i].events), &running);
     }
@@ -1416,7 +1398,7 @@ aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *snap)
     up->pending = aigw_snapshot_ref(snap);
     pthread_mutex_unlock(&up->lock);
     aigw_snapshot_unref(old);
-    wake(up);
+    aigw_eventfd_signal(up->wake_fd);
 }
 
 void
@@ -1425,7 +1407,7 @@ aigw_upstream_cancel_all(struct aigw_upstream *up)
     pthread_mutex_lock(&up->lock);
     up->cancel = true;
     pthread_mutex_unlock(&up->lock);
-    wake(up);
+    aigw_eventfd_signal(up->wake_fd);
 }
 
 int64_t
@@ -1465,7 +1447,7 @@ aigw_upstream_stop(struct aigw_upstream *up)
     if (up == NULL)
         return;
     atomic_store(&up->stopping, true);
-    wake(up);
+    aigw_eventfd_signal(up->wake_fd);
     pthread_join(up->thread, NULL);
     curl_multi_cleanup(up->multi); /* may still call on_socket: the epoll set goes after it */
     close(up->epfd);
@@ -1510,7 +1492,7 @@ aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_o
         /* only the first call into an empty inbox wakes the engine: it takes
          * the whole inbox after draining the eventfd, so no call is missed */
         if (up->inbox.head == NULL)
-            wake(up); /* under the lock: closed is not set yet, so wake_fd is open */
+            aigw_eventfd_signal(up->wake_fd); /* under the lock: closed is not set yet, so wake_fd is open */
         list_insert(&up->inbox, c);
     }
     pthread_mutex_unlock(&up->lock);
@@ -1542,7 +1524,7 @@ control(struct aigw_upstream *up, struct aigw_upstream_call *c, unsigned op)
             atomic_fetch_add(&c->refs, 1);
             c->ctl_next = up->ctl_head;
             if (up->ctl_head == NULL && up->inbox.head == NULL)
-                wake(up);
+                aigw_eventfd_signal(up->wake_fd);
             up->ctl_head = c;
         }
     }

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 static void
 oom(size_t n)
@@ -84,6 +85,24 @@ int64_t
 aigw_wall_s(void)
 {
     return (int64_t)time(NULL);
+}
+
+void
+aigw_eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+    ssize_t n = write(fd, &one, sizeof(one));
+
+    (void)n;
+}
+
+void
+aigw_eventfd_drain(int fd)
+{
+    uint64_t v;
+    ssize_t n = read(fd, &v, sizeof(v));
+
+    (void)n;
 }
 
 void

@@ -338,20 +338,12 @@ admit_send(struct aigw_req *req)
 {
     struct aigw_redis_pipe *pipe = req->srv->pipe;
     struct admit_args a;
+    redisReply *r;
 
     build_args(req, &a);
     req->q->admit_sent = true;
-    if (aigw_redis_pipe_direct_begin(pipe)) {
-        redisContext *rc = aigw_redis_acquire(req->srv->redis);
-        redisReply *r = NULL;
-
-        if (rc != NULL) {
-            r = aigw_redis_eval(rc, &admit_script, a.nkeys, a.keys, a.nargs, a.args);
-            aigw_redis_release(req->srv->redis, rc);
-        }
-        aigw_redis_pipe_direct_end(pipe);
+    if (aigw_redis_pipe_try_direct(pipe, &admit_script, a.nkeys, a.keys, a.nargs, a.args, &r))
         return admit_answer(req, r);
-    }
     aigw_pool_cleanup(req->pool, drop_admit_reply, req->q);
     aigw_req_suspend(req);
     aigw_redis_pipe_eval(pipe, &admit_script, a.nkeys, a.keys, a.nargs, a.args, on_admit_reply, req);

@@ -183,7 +183,7 @@ test_noscript(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 static void
 test_stall(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
-    const char *pause[4] = {"CLIENT", "PAUSE", "1500", "ALL"};
+    const char *pause[4] = {"CLIENT", "PAUSE", "2500", "ALL"};
     struct waiter w;
 
     waiter_init(&w);
@@ -192,7 +192,7 @@ test_stall(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     call(pipe, "test:pipe:count", &w);
     CHECK(wait_answers(&w, 1, 5000) == 1, "a stalled call is answered (by the timeout)");
     CHECK(w.nulls == 1, "... with NULL: Redis did not answer in time");
-    usleep(1600 * 1000); /* the pause is over */
+    usleep(2600 * 1000); /* the pause is over */
     snprintf(w.tag, sizeof(w.tag), "recovered");
     call(pipe, "test:pipe:count", &w);
     CHECK(wait_answers(&w, 2, 5000) == 2, "the next call is answered");
@@ -226,7 +226,7 @@ test_unreachable(void)
 static void
 test_cancel(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
-    const char *pause[4] = {"CLIENT", "PAUSE", "1500", "ALL"};
+    const char *pause[4] = {"CLIENT", "PAUSE", "3000", "ALL"};
     struct waiter w;
     int64_t t0;
 
@@ -240,12 +240,12 @@ test_cancel(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     CHECK(w.answered == 5 && w.nulls == 5,
           "cancel with Redis stalled: every pending call failed (at the timeout) before it returns: %d/%d",
           w.answered, w.nulls);
-    CHECK(aigw_now_ms() - t0 < 1400, "cancel waits for the timeout, not for Redis (%lld ms)",
+    CHECK(aigw_now_ms() - t0 < 2500, "cancel waits for the timeout, not for Redis (%lld ms)",
           (long long)(aigw_now_ms() - t0));
     call(pipe, "test:pipe:count", &w);
     CHECK(w.answered == 6 && w.nulls == 6, "a call after cancel fails at once");
     aigw_redis_pipe_cancel(pipe); /* idempotent */
-    usleep(1600 * 1000);
+    usleep(3100 * 1000);
     waiter_fini(&w);
 }
 
@@ -269,22 +269,72 @@ test_cancel_finishes(struct aigw_redis_pool *pool)
     waiter_fini(&w);
 }
 
-static void
-test_direct_slot(struct aigw_redis_pipe *pipe)
+/* A direct call that reports whether it got its own reply. */
+static bool
+direct(struct aigw_redis_pipe *p, const char *tag, bool *taken)
 {
-    CHECK(aigw_redis_pipe_direct_begin(pipe), "idle pipe: the direct path is free");
-    CHECK(!aigw_redis_pipe_direct_begin(pipe), "one caller at a time on the direct path");
-    aigw_redis_pipe_direct_end(pipe);
-    CHECK(aigw_redis_pipe_direct_begin(pipe), "free again after direct_end");
-    aigw_redis_pipe_direct_end(pipe);
-    CHECK(!aigw_redis_pipe_direct_begin(NULL), "no pipe: never direct");
+    const char *keys[1] = {"test:pipe:count"}, *args[1] = {tag};
+    redisReply *r = NULL;
+    bool ok;
+
+    *taken = aigw_redis_pipe_try_direct(p, &echo_script, 1, keys, 1, args, &r);
+    ok = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && strcmp(r->element[0]->str, tag) == 0;
+    freeReplyObject(r);
+    return ok;
+}
+
+struct direct_bg {
+    struct aigw_redis_pipe *pipe;
+    bool taken, ok;
+};
+
+static void *
+direct_run(void *arg)
+{
+    struct direct_bg *d = arg;
+
+    d->ok = direct(d->pipe, "direct-bg", &d->taken);
+    return NULL;
+}
+
+static void
+test_direct_slot(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    const char *pause[4] = {"CLIENT", "PAUSE", "600", "ALL"};
+    struct direct_bg bg = {.pipe = pipe};
+    struct waiter w;
+    pthread_t th;
+    bool taken, ok;
+
+    ok = direct(pipe, "direct-1", &taken);
+    CHECK(taken && ok, "idle pipe: the direct path is free and answers on the caller's thread");
+    /* one caller at a time: two at once while Redis is paused, so whichever
+     * gets the slot holds it for the pause and the other is turned away */
+    freeReplyObject(sync_cmd(pool, 4, pause));
+    pthread_create(&th, NULL, direct_run, &bg);
+    ok = direct(pipe, "direct-2", &taken);
+    pthread_join(th, NULL);
+    CHECK(taken != bg.taken, "one caller at a time on the direct path (main %d, other thread %d)", taken, bg.taken);
+    CHECK(taken ? ok : bg.ok, "the one on the direct path got its reply after the pause");
+    /* nor while a call is in flight on the pipe */
+    waiter_init(&w);
+    snprintf(w.tag, sizeof(w.tag), "on-the-pipe");
+    freeReplyObject(sync_cmd(pool, 4, pause));
+    call(pipe, "test:pipe:count", &w); /* counted in flight before it returns */
+    ok = direct(pipe, "direct-3", &taken);
+    CHECK(!taken, "not while a call is in flight on the pipe");
+    CHECK(wait_answers(&w, 1, 5000) == 1 && w.nulls == 0, "the pipe call was answered after the pause");
+    ok = direct(pipe, "direct-4", &taken);
+    CHECK(taken && ok, "free again once nothing is in flight");
+    CHECK(!aigw_redis_pipe_try_direct(NULL, &echo_script, 0, NULL, 0, NULL, NULL), "no pipe: never direct");
+    waiter_fini(&w);
 }
 
 int
 main(void)
 {
     char err[128];
-    struct aigw_redis_pool *pool = aigw_redis_pool_create(tl_env("AIGW_REDIS_URL"), 4, 500, err, sizeof(err));
+    struct aigw_redis_pool *pool = aigw_redis_pool_create(tl_env("AIGW_REDIS_URL"), 4, 1000, err, sizeof(err));
     struct aigw_redis_pipe *pipe;
 
     if (pool == NULL) {
@@ -293,7 +343,7 @@ main(void)
     }
     aigw_redis_script_init(&echo_script);
     pipe = aigw_redis_pipe_start(pool);
-    test_direct_slot(pipe);
+    test_direct_slot(pool, pipe);
     test_many_threads(pool, pipe);
     test_noscript(pool, pipe);
     test_stall(pool, pipe);
