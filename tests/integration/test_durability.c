@@ -1,4 +1,5 @@
-/* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of aigw */
+/* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of
+ * aigw; a Redis outage refuses admission cleanly and is recovered from */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,72 @@ main(void)
         CHECK(tl_sql_long(owner, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p) == 45,
               "ai_queries_used in step with billed rows");
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after replay");
+    }
+    /* 3) Redis goes away: admission is refused with 503 on both paths (a lone
+     * request: the blocking round trip; a burst: the pipe), nothing reaches
+     * the model, nothing is billed or counted; the next request after Redis
+     * is back is admitted again (the pipe reconnects) */
+    free(cfg);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"tenants\":{\"cache_ttl_s\":3600},"
+                          "\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    {
+        const char *mock = tl_env("AIGW_MOCK_URL");
+        char *bodies[20], buf[64];
+        struct tl_resp rs[20];
+        long long calls, used;
+        long billed, rows;
+        int refused = 0;
+
+        tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+        tl_resp_free(&r);
+        rows = rows_for(id, 45, 15000);
+        billed = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
+        used = tl_quota_used(id);
+        calls = tl_mock_stat(mock, "chat_requests");
+        stack("redis-stop");
+        tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"while Redis is down\"}", &r);
+        CHECK(r.status == 503 && tl_json_str(&r, "error.code", buf, sizeof(buf)) &&
+                  strcmp(buf, "service_unavailable") == 0,
+              "Redis down, a lone request: 503 service_unavailable (%ld %s)", r.status, r.body);
+        CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strcmp(buf, "1") == 0, "with Retry-After: 1");
+        tl_resp_free(&r);
+        for (int i = 0; i < 20; i++)
+            bodies[i] = tl_sprintf("{\"question\":\"burst while Redis is down %d\"}", i);
+        tl_post_parallel(gw.port, "/api/ai/query", tok, NULL, (const char *const *)bodies, 20, rs);
+        for (int i = 0; i < 20; i++) {
+            refused += rs[i].status == 503 && tl_json_str(&rs[i], "error.code", buf, sizeof(buf)) &&
+                       strcmp(buf, "service_unavailable") == 0;
+            tl_resp_free(&rs[i]);
+            free(bodies[i]);
+        }
+        CHECK(refused == 20, "Redis down, a burst of 20: all 503 service_unavailable (%d)", refused);
+        CHECK(tl_mock_stat(mock, "chat_requests") == calls, "no call reached the model");
+        stack("redis-start");
+        CHECK(rows_for(id, rows + 21, 15000) == rows + 21, "the 21 refusals are logged as usage rows");
+        CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == billed,
+              "none of them billed");
+        CHECK(tl_sql_long(owner,
+                          "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND status_code = 503 "
+                          "AND NOT success AND error_code = 'service_unavailable'",
+                          1, p) == 21,
+              "each as a failed 503");
+        CHECK(tl_quota_used(id) == used, "the quota counter did not move (%lld, was %lld)", tl_quota_used(id), used);
+        tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"Redis is back\"}", &r);
+        CHECK(r.status == 200, "Redis back: admitted again (%ld %s)", r.status, r.body);
+        tl_resp_free(&r);
+        for (int i = 0; i < 20; i++)
+            bodies[i] = tl_sprintf("{\"question\":\"burst after Redis is back %d\"}", i);
+        tl_post_parallel(gw.port, "/api/ai/query", tok, NULL, (const char *const *)bodies, 20, rs);
+        refused = 0;
+        for (int i = 0; i < 20; i++) {
+            refused += rs[i].status != 200;
+            tl_resp_free(&rs[i]);
+            free(bodies[i]);
+        }
+        CHECK(refused == 0, "a burst after Redis is back: all answered (%d not)", refused);
+        CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
     }
     {
         char *c = tl_sprintf("rm -rf '%s'", spool);
