@@ -2,6 +2,7 @@
 #ifndef AIGW_LOG_H
 #define AIGW_LOG_H
 
+#include <stdbool.h>
 #include <syslog.h>
 
 /* Choose the sink once at start-up: journald when stderr is connected to the
@@ -10,6 +11,8 @@
  * keeps info and more severe). Not thread-safe: call before threads start. */
 void aigw_log_init(int max_prio, int force_journal);
 void aigw_log_set_level(int max_prio);
+/* Would a line of this priority be written? (skip building one that would not) */
+bool aigw_log_enabled(int prio);
 /* "debug", "info", "notice", "warning", "err"/"error", "crit"; -1 if unknown. */
 int aigw_log_level_parse(const char *name);
 

@@ -3,6 +3,7 @@
 #include "aigw/redis.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -228,10 +229,59 @@ aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
     pthread_mutex_unlock(&p->lock);
 }
 
+/* The RESP array of bulk strings for argv, written by hand: hiredis's
+ * formatter (redisFormatCommandArgv, and redisCommandArgv through sds) costs
+ * ~11k instructions for an admission call, this ~1k. Into buf when it fits
+ * in cap, else into a malloc'd buffer; *out says which. Returns the length. */
+static size_t
+resp_format(int argc, const char **argv, const size_t *lens, char *buf, size_t cap, char **out)
+{
+    size_t need = 1 + 20 + 2, pos = 0;
+    char *o;
+
+    for (int i = 0; i < argc; i++)
+        need += 1 + 20 + 2 + lens[i] + 2;
+    o = need <= cap ? buf : aigw_xmalloc(need);
+    o[pos++] = '*';
+    pos += aigw_fmt_int(o + pos, argc);
+    o[pos++] = '\r';
+    o[pos++] = '\n';
+    for (int i = 0; i < argc; i++) {
+        o[pos++] = '$';
+        pos += aigw_fmt_int(o + pos, (long long)lens[i]);
+        o[pos++] = '\r';
+        o[pos++] = '\n';
+        memcpy(o + pos, argv[i], lens[i]);
+        pos += lens[i];
+        o[pos++] = '\r';
+        o[pos++] = '\n';
+    }
+    *out = o;
+    return pos;
+}
+
+/* The same, always in a buffer of its own (the pipe keeps commands queued). */
+static int
+resp_format_alloc(int argc, const char **argv, const size_t *lens, char **out)
+{
+    size_t len = resp_format(argc, argv, lens, NULL, 0, out);
+
+    return len > INT_MAX ? -1 : (int)len;
+}
+
 redisReply *
 aigw_redis_cmd(redisContext *c, int argc, const char **argv, const size_t *argvlen)
 {
-    return redisCommandArgv(c, argc, argv, argvlen);
+    char stack[1024], *cmd;
+    size_t len = resp_format(argc, argv, argvlen, stack, sizeof(stack), &cmd);
+    void *reply = NULL;
+    int rc = redisAppendFormattedCommand(c, cmd, len);
+
+    if (cmd != stack)
+        free(cmd);
+    if (rc != REDIS_OK || redisGetReply(c, &reply) != REDIS_OK)
+        return NULL;
+    return reply;
 }
 
 long long
@@ -273,7 +323,7 @@ eval_argv(const struct aigw_redis_script *s, int nkeys, const char **keys, int n
 
     if (3 + nkeys + nargs > EVAL_MAX_ARGS)
         return -1;
-    snprintf(nk, 16, "%d", nkeys);
+    aigw_fmt_int(nk, nkeys);
     argv[argc++] = "EVALSHA";
     argv[argc++] = s->sha1;
     argv[argc++] = nk;
@@ -304,14 +354,14 @@ aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, c
 
     if (argc < 0)
         return NULL;
-    r = redisCommandArgv(c, argc, argv, lens);
+    r = aigw_redis_cmd(c, argc, argv, lens);
     if (is_noscript(r)) {
         freeReplyObject(r);
         argv[0] = "EVAL";
         argv[1] = s->source;
         lens[0] = 4;
         lens[1] = strlen(s->source);
-        r = redisCommandArgv(c, argc, argv, lens);
+        r = aigw_redis_cmd(c, argc, argv, lens);
     }
     return r;
 }
@@ -338,7 +388,7 @@ aigw_redis_ping(struct aigw_redis_pool *pool)
 
 struct pipe_op {
     struct pipe_op *next;
-    char *cmd;                  /* RESP-encoded (redisFormatCommandArgv) */
+    char *cmd;                  /* RESP-encoded (resp_format_alloc) */
     int len;
     const struct aigw_redis_script *script; /* NOSCRIPT: load it and send cmd again */
     bool retried;
@@ -453,7 +503,7 @@ static void
 pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens)
 {
     char *cmd = NULL;
-    int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    int len = resp_format_alloc(argc, argv, lens, &cmd);
 
     if (len > 0)
         pipe_append(p, op_new(cmd, len, NULL, NULL, p->pool->timeout_ms));
@@ -681,7 +731,7 @@ aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_script *
     int argc, len = -1;
 
     if (p != NULL && (argc = eval_argv(s, nkeys, keys, nargs, args, argv, lens, nk)) > 0)
-        len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+        len = resp_format_alloc(argc, argv, lens, &cmd);
     pipe_submit(p, cmd, len, s, done, ud);
 }
 

@@ -181,10 +181,10 @@ void
 aigw_jsonw_int(struct aigw_jsonw *w, long long v)
 {
     char num[24];
-    int n = snprintf(num, sizeof(num), "%lld", v);
+    size_t n = aigw_fmt_int(num, v);
 
     sep(w);
-    aigw_jsonw_append(w, num, (size_t)n);
+    aigw_jsonw_append(w, num, n);
 }
 
 void

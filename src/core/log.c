@@ -44,6 +44,12 @@ aigw_log_set_level(int max_prio)
     atomic_store(&log_max, max_prio);
 }
 
+bool
+aigw_log_enabled(int prio)
+{
+    return prio <= atomic_load(&log_max);
+}
+
 int
 aigw_log_level_parse(const char *name)
 {

@@ -100,20 +100,25 @@ void
 aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, const char *model, int max_tokens,
                      char out[65])
 {
+    static const char tag[] = "aigw-cache-v1"; /* sizeof counts the NUL separator */
     unsigned char md[32];
-    char head[160];
-    size_t hl, ql = strlen(normalized), ml = strlen(model);
-    char *buf;
+    char stack[512], *buf;
+    size_t tl = strlen(tenant_id), ql = strlen(normalized), ml = strlen(model);
+    size_t need = sizeof(tag) + tl + 1 + 22 + 22 + ql + 1 + ml, hl = 0;
 
-    /* NUL separators make the encoding unambiguous */
-    hl = (size_t)snprintf(head, sizeof(head), "aigw-cache-v1%c%s%c%d%c%d%c", 0, tenant_id, 0, qtype, 0,
-                          max_tokens, 0);
-    buf = aigw_xmalloc(hl + ql + 1 + ml);
-    memcpy(buf, head, hl);
-    memcpy(buf + hl, normalized, ql);
-    buf[hl + ql] = '\0';
+    /* "aigw-cache-v1" NUL tenant NUL qtype NUL max_tokens NUL question NUL
+     * model: the NUL separators make the encoding unambiguous */
+    buf = need <= sizeof(stack) ? stack : aigw_xmalloc(need);
+    memcpy(buf, tag, sizeof(tag));
+    hl = sizeof(tag);
+    memcpy(buf + hl, tenant_id, tl + 1);
+    hl += tl + 1;
+    hl += aigw_fmt_int(buf + hl, qtype) + 1;
+    hl += aigw_fmt_int(buf + hl, max_tokens) + 1;
+    memcpy(buf + hl, normalized, ql + 1);
     memcpy(buf + hl + ql + 1, model, ml);
     aigw_sha256(buf, hl + ql + 1 + ml, md);
-    free(buf);
+    if (buf != stack)
+        free(buf);
     aigw_hex(md, 32, out);
 }

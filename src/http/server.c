@@ -429,12 +429,15 @@ access_log(const struct aigw_req *req, enum MHD_RequestTerminationCode toe)
     char status[8], dur[24], up_ms[24];
     const struct aigw_query *q = req->q;
     bool upstream = q != NULL && q->upstream_ms >= 0;
+    int prio = req->responded && req->status >= 500 ? LOG_WARNING : LOG_INFO;
 
+    if (!aigw_log_enabled(prio))
+        return;
     snprintf(status, sizeof(status), "%d", req->responded ? req->status : 0);
     snprintf(dur, sizeof(dur), "%.3f", (double)(aigw_now_us() - req->start_us) / 1000.0);
     if (upstream)
         snprintf(up_ms, sizeof(up_ms), "%ld", q->upstream_ms);
-    aigw_log_fields(req->responded && req->status >= 500 ? LOG_WARNING : LOG_INFO, "request", "REQUEST_ID",
+    aigw_log_fields(prio, "request", "REQUEST_ID",
                     req->request_id, "METHOD", req->method, "ROUTE", req->route ? req->route->path : "-", "STATUS",
                     status, "DURATION_MS", dur, "TENANT_ID", req->tenant ? req->tenant->id : NULL, "API_KEY_ID",
                     req->api_key ? req->api_key->id : NULL, "CACHE",

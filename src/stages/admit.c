@@ -189,10 +189,10 @@ build_args(struct aigw_req *req, struct admit_args *a)
     const struct aigw_api_key *k = req->api_key;
     struct aigw_query *q = req->q;
 
-    snprintf(a->rl_key, sizeof(a->rl_key), "aigw:{%s}:rlb", t->id);
-    snprintf(a->gen_key, sizeof(a->gen_key), "aigw:{%s}:gen", t->id);
-    snprintf(a->prefix, sizeof(a->prefix), "aigw:{%s}:c:", t->id);
-    snprintf(a->limit, sizeof(a->limit), "%d", t->requests_per_minute);
+    aigw_concat(a->rl_key, sizeof(a->rl_key), "aigw:{", t->id, "}:rlb", NULL);
+    aigw_concat(a->gen_key, sizeof(a->gen_key), "aigw:{", t->id, "}:gen", NULL);
+    aigw_concat(a->prefix, sizeof(a->prefix), "aigw:{", t->id, "}:c:", NULL);
+    aigw_fmt_int(a->limit, t->requests_per_minute);
     aigw_quota_key(t->id, aigw_wall_s(), a->q_key, sizeof(a->q_key));
     a->keys[0] = a->rl_key;
     a->keys[1] = a->gen_key;
@@ -207,7 +207,7 @@ build_args(struct aigw_req *req, struct admit_args *a)
     if (k != NULL) { /* the key's record names the same tenant (hash slot) */
         aigw_apikey_window_key(t->id, k->id, a->key_rl, sizeof(a->key_rl));
         aigw_apikey_revoked_key(t->id, k->id, a->key_revoked, sizeof(a->key_revoked));
-        snprintf(a->key_limit, sizeof(a->key_limit), "%d", k->requests_per_minute);
+        aigw_fmt_int(a->key_limit, k->requests_per_minute);
         a->keys[3] = a->key_rl;
         a->keys[4] = a->key_revoked;
         a->args[5] = a->key_limit;
@@ -224,9 +224,9 @@ build_args(struct aigw_req *req, struct admit_args *a)
     default:
         return;
     }
-    snprintf(a->sf_prefix, sizeof(a->sf_prefix), "aigw:{%s}:sf:", t->id);
-    snprintf(a->sf_ttl, sizeof(a->sf_ttl), "%d", aigw_singleflight_lock_ms(req));
-    snprintf(a->q_limit, sizeof(a->q_limit), "%ld", t->monthly_limit);
+    aigw_concat(a->sf_prefix, sizeof(a->sf_prefix), "aigw:{", t->id, "}:sf:", NULL);
+    aigw_fmt_int(a->sf_ttl, aigw_singleflight_lock_ms(req));
+    aigw_fmt_int(a->q_limit, t->monthly_limit);
     a->args[7] = a->sf_prefix;
     a->args[8] = a->sf_ttl;
     a->args[9] = q->no_cache ? "0" : "1";

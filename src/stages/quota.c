@@ -54,7 +54,7 @@ aigw_quota_key(const char *tenant_id, int64_t now, char *out, size_t cap)
     char month[8];
 
     aigw_month_key(now, month);
-    snprintf(out, cap, "aigw:{%s}:q:%s", tenant_id, month);
+    aigw_concat(out, cap, "aigw:{", tenant_id, "}:q:", month, NULL);
 }
 
 static int64_t

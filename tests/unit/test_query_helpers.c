@@ -1,9 +1,11 @@
 /* test_query_helpers.c - normalization, classification, PII guard, cache key */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "aigw/config.h"
 #include "aigw/query.h"
+#include "aigw/util.h"
 #include "testlib.h"
 
 static void
@@ -67,6 +69,17 @@ main(void)
     aigw_query_cache_hex("t1", 0, "hello", "m", 300, a);
     aigw_query_cache_hex("t1", 0, "hello", "m", 300, b);
     CHECK(strcmp(a, b) == 0 && strlen(a) == 64, "cache key is deterministic hex");
+    /* the encoding is pinned: entries cached by an older build stay valid */
+    CHECK(strcmp(a, "0ca417b0580a27dbad2aeced3dedc1ee5aa4fa76b37223fc75fbd96b423b86cd") == 0,
+          "cache key = SHA-256 of aigw-cache-v1 NUL tenant NUL type NUL max_tokens NUL question NUL model");
+    {
+        char q[601];
+
+        memset(q, 'x', 600);
+        q[600] = '\0';
+        aigw_query_cache_hex("11111111-1111-4111-8111-111111111111", 2, q, "default", -1, b);
+        CHECK(strcmp(b, "d3669edfd7642077c27ce7f667fc9cccf92b65f70234823b0ffd7a6704d9711f") == 0, "cache key of a question longer than the stack buffer");
+    }
     aigw_query_cache_hex("t2", 0, "hello", "m", 300, b);
     CHECK(strcmp(a, b) != 0, "tenant changes the key");
     aigw_query_cache_hex("t1", 1, "hello", "m", 300, b);
@@ -78,5 +91,20 @@ main(void)
     aigw_query_cache_hex("t1", 0, "hellom", "", 300, b);
     CHECK(strcmp(a, b) != 0, "no ambiguity between question and model");
     CHECK(aigw_utf8_chars("caf\xc3\xa9") == 4, "utf8 chars");
+
+    {
+        char num[24], dst[12];
+
+        CHECK(aigw_fmt_int(num, 0) == 1 && strcmp(num, "0") == 0, "fmt_int 0");
+        CHECK(aigw_fmt_int(num, -7) == 2 && strcmp(num, "-7") == 0, "fmt_int -7");
+        CHECK(aigw_fmt_int(num, 1234567890) == 10 && strcmp(num, "1234567890") == 0, "fmt_int 1234567890");
+        CHECK(aigw_fmt_int(num, LLONG_MAX) == 19 && strcmp(num, "9223372036854775807") == 0, "fmt_int LLONG_MAX");
+        CHECK(aigw_fmt_int(num, LLONG_MIN) == 20 && strcmp(num, "-9223372036854775808") == 0, "fmt_int LLONG_MIN");
+        CHECK(aigw_concat(dst, sizeof(dst), "aigw:{", "t1", "}:q", NULL) && strcmp(dst, "aigw:{t1}:q") == 0,
+              "concat joins the parts");
+        CHECK(!aigw_concat(dst, sizeof(dst), "aigw:{", "t12", "}:q", NULL) && dst[0] == '\0',
+              "concat refuses what does not fit with its NUL, leaving an empty string");
+        CHECK(aigw_concat(dst, sizeof(dst), NULL) && dst[0] == '\0', "concat of nothing is empty");
+    }
     return tl_done();
 }
