@@ -372,6 +372,17 @@ test_rate_limit(void)
         CHECK(r.status == 200, "request %d within the limit (%ld)", i + 1, r.status);
         tl_resp_free(&r);
     }
+    {
+        /* the seconds' buckets add up to n: each admission counted once in its bucket */
+        long long sum = 0;
+
+        for (time_t s = now - 1; s <= time(NULL) + 1; s++) {
+            long long c = tl_redis_int("HGET aigw:{%s}:rlb %lld", id, (long long)s);
+
+            sum += c > 0 ? c : 0;
+        }
+        CHECK(sum == 5 && tl_redis_int("HGET aigw:{%s}:rlb n", id) == 5, "buckets sum to n = 5 (%lld)", sum);
+    }
     ask(tok, "{\"question\":\"rate limited question\"}", &r);
     tl_expect("6th request", &r, 429, "rate_limited");
     CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
@@ -409,6 +420,10 @@ test_rate_buckets(void)
     tl_resp_free(&r);
     CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 1, "stale window: n restarts at 1");
     CHECK(tl_redis_int("HEXISTS aigw:{%s}:rlb %lld", id, now - 63) == 0, "stale bucket deleted");
+    t = tl_redis_int("PTTL aigw:{%s}:rlb", id);
+    CHECK(t > 50000 && t <= 61000, "a new bucket sets the window's TTL (window + 1 s): %lld ms", t);
+    t = tl_redis_int("HLEN aigw:{%s}:rlb", id);
+    CHECK(t == 3, "n, lo and one bucket: %lld fields", t);
 
     /* partly stale: the old bucket goes, lo moves to the live one */
     tl_redis_int("DEL aigw:{%s}:rlb", id);
@@ -423,6 +438,8 @@ test_rate_buckets(void)
     CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 2, "partly stale: n = 1 live + 1 new");
     CHECK(tl_redis_int("HGET aigw:{%s}:rlb lo", id) == now - 20, "lo = the oldest live bucket");
     CHECK(tl_redis_int("HEXISTS aigw:{%s}:rlb %lld", id, now - 63) == 0, "stale bucket deleted");
+    t = tl_redis_int("PTTL aigw:{%s}:rlb", id);
+    CHECK(t > 50000 && t <= 61000, "a window seeded without a TTL gets one from its new bucket: %lld ms", t);
 
     /* full and live: refused until the oldest bucket leaves (~3 s), nothing counted */
     tl_redis_int("DEL aigw:{%s}:rlb", id);
