@@ -35,6 +35,13 @@ void aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn);
  * by the caller (PQclear), or NULL on any error (logged without parameters). */
 PGresult *aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
                               const char *const *params);
+/* The same with PQexecParams's full parameter description: types (NULL, or
+ * one Oid per parameter, 0 = inferred), lengths and formats (NULL = all text;
+ * formats[i] = 1 sends values[i] as lengths[i] bytes in binary format). The
+ * result is in text format. */
+PGresult *aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
+                                     const Oid *types, const char *const *values, const int *lengths,
+                                     const int *formats);
 
 /* A multi-statement transaction under RLS: BEGIN and the transaction-local
  * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one

@@ -219,6 +219,13 @@ PGresult *
 aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
                     const char *const *params)
 {
+    return aigw_pg_exec_tenant_params(conn, tenant_ref, sql, nparams, NULL, params, NULL, NULL);
+}
+
+PGresult *
+aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats)
+{
     PGresult *r, *out = NULL;
     bool failed = false, synced = false;
     int idx = 0;
@@ -228,7 +235,7 @@ aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int n
         return NULL;
     }
     if (PQsendQueryParams(conn, SET_TENANT_SQL, 1, NULL, &tenant_ref, NULL, NULL, 0) != 1 ||
-        PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) != 1 ||
+        PQsendQueryParams(conn, sql, nparams, types, values, lengths, formats, 0) != 1 ||
         PQpipelineSync(conn) != 1) {
         log_result_error("send", conn, NULL);
         failed = true;

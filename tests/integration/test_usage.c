@@ -1,6 +1,7 @@
 /* test_usage.c - the usage writer against the real PostgreSQL: rows and their
- * values, the quota counter, exactly-once replay, a PostgreSQL outage, a
- * crash (SIGKILL) and rejected rows.
+ * values (every column, through the binary statement), lines in another
+ * shape (the JSON statement), the quota counter, exactly-once replay, a
+ * PostgreSQL outage, a crash (SIGKILL) and rejected rows.
  *
  * Stopping PostgreSQL needs the devstack name: AIGW_STACK_NAME, or else the
  * name in the stack marker $AIGW_STACK_DIR/.aigw-devstack. */
@@ -19,6 +20,7 @@
 #include "aigw/config.h"
 #include "aigw/log.h"
 #include "aigw/usage.h"
+#include "aigw/usage_line.h"
 #include "aigw/util.h"
 #include "testlib.h"
 
@@ -422,6 +424,343 @@ test_rows_and_replay(const char *url)
     remove_spool(copy);
 }
 
+/* ---- every column; other line shapes; bad values ---- */
+
+/* Whether the usage writer's last statement (the query of the newest
+ * backend named aigw, idle after its commit) contains needle. */
+static bool
+writer_used(const char *needle)
+{
+    PGresult *r = tl_sql(owner, true,
+                         "SELECT query FROM pg_stat_activity WHERE application_name = 'aigw'"
+                         " ORDER BY backend_start DESC LIMIT 1",
+                         0, NULL);
+    bool found = PQntuples(r) == 1 && strstr(PQgetvalue(r, 0, 0), needle) != NULL;
+
+    PQclear(r);
+    return found;
+}
+
+static void
+expect_col(const PGresult *r, int col, const char *want, const char *what)
+{
+    const char *name = PQfname(r, col);
+
+    if (want == NULL)
+        CHECK(PQgetisnull(r, 0, col), "%s: %s is NULL, not '%s'", what, name, PQgetvalue(r, 0, col));
+    else
+        CHECK(!PQgetisnull(r, 0, col) && strcmp(PQgetvalue(r, 0, col), want) == 0, "%s: %s is '%s', want '%s'",
+              what, name, PQgetisnull(r, 0, col) ? "NULL" : PQgetvalue(r, 0, col), want);
+}
+
+/* Every column of the row with w's id equals w; created_at to the
+ * microsecond. An api_key_id is expected in PostgreSQL's lower case. */
+static void
+check_columns(const char *what, const struct aigw_usage_row *w)
+{
+    const char *p[1] = {w->id};
+    char num[7][24];
+    const char *want[AIGW_USAGE_NCOLS] = {
+        w->id, w->tenant_id, w->user_id, w->api_key_id, w->request_id, w->route, w->query_type,
+        w->question_sha256, w->model, num[0], num[1], w->from_cache ? "t" : "f", w->billed ? "t" : "f",
+        num[2], w->success ? "t" : "f", w->error_code, num[3], w->upstream_ms < 0 ? NULL : num[4], num[5],
+    };
+    PGresult *r = tl_sql(owner, true,
+                         "SELECT id, tenant_id, user_id, api_key_id, request_id, route, query_type, question_sha256,"
+                         " model, prompt_tokens, completion_tokens, from_cache, billed, status_code, success,"
+                         " error_code, response_ms, upstream_ms,"
+                         " (extract(epoch FROM created_at) * 1000000)::bigint AS created_at_us"
+                         " FROM ai_usage_logs WHERE id = $1",
+                         1, p);
+
+    snprintf(num[0], sizeof(num[0]), "%ld", w->prompt_tokens);
+    snprintf(num[1], sizeof(num[1]), "%ld", w->completion_tokens);
+    snprintf(num[2], sizeof(num[2]), "%d", w->status_code);
+    snprintf(num[3], sizeof(num[3]), "%ld", w->response_ms);
+    snprintf(num[4], sizeof(num[4]), "%ld", w->upstream_ms);
+    snprintf(num[5], sizeof(num[5]), "%lld", (long long)w->created_at_us);
+    CHECK(PQntuples(r) == 1, "%s: row %s present", what, w->id);
+    if (PQntuples(r) == 1)
+        for (int c = 0; c < AIGW_USAGE_NCOLS; c++)
+            expect_col(r, c, want[c], what);
+    PQclear(r);
+}
+
+/* A complete row of tenant: request_id req, a fixed created_at. */
+static void
+base_row(struct aigw_usage_row *r, const char *tenant, const char *req)
+{
+    memset(r, 0, sizeof(*r));
+    aigw_uuid7(r->id);
+    snprintf(r->tenant_id, sizeof(r->tenant_id), "%s", tenant);
+    r->user_id = "user-1";
+    r->api_key_id = "6f1d2c3b-4a5e-4f60-8a7b-9c8d7e6f5a4b";
+    r->request_id = req;
+    r->route = "/api/ai/query";
+    r->query_type = "knowledge";
+    r->question_sha256 = SHA_HEX;
+    r->model = "mock-model";
+    r->prompt_tokens = 12;
+    r->completion_tokens = 34;
+    r->billed = true;
+    r->status_code = 200;
+    r->success = true;
+    r->response_ms = 7;
+    r->upstream_ms = 5;
+    r->created_at_us = 1767323045123456LL; /* 2026-01-02T03:04:05.123456Z */
+}
+
+/* Rows written by aigw land with exactly their values, through the binary
+ * statement: NULL and empty text apart, odd user_id text, int4 limits, both
+ * booleans, timestamps before PostgreSQL's epoch and on a leap day. */
+static void
+test_values(const char *url)
+{
+    enum { N = 4 };
+    char tenant[37], dir[64], what[32];
+    struct aigw_usage_row w[N];
+    struct aigw_usage *u;
+
+    u = fresh_writer("pro", tenant, dir, url, 20, 50);
+    if (u == NULL)
+        return;
+    base_row(&w[0], tenant, "req-values-0");
+    w[0].user_id = "q\"uote b\\ack \xc3\xbc \xe6\x97\xa5 \xf0\x9f\x98\x80 ctl\x01\x1f tab\t nl\n";
+    w[0].api_key_id = NULL;
+    w[0].from_cache = true;
+    w[0].billed = false;
+    w[0].upstream_ms = -1;
+    base_row(&w[1], tenant, "req-values-1");
+    w[1].user_id = "";
+    w[1].query_type = NULL;
+    w[1].question_sha256 = NULL;
+    w[1].model = NULL;
+    w[1].prompt_tokens = 2147483647;
+    w[1].completion_tokens = -2147483647L - 1;
+    w[1].status_code = 504;
+    w[1].success = false;
+    w[1].error_code = "upstream_timeout";
+    w[1].response_ms = 60001;
+    w[1].upstream_ms = 0;
+    w[1].created_at_us = 946684799999999LL; /* 1999-12-31T23:59:59.999999Z */
+    base_row(&w[2], tenant, "req-values-2");
+    w[2].user_id = NULL;
+    w[2].error_code = "";
+    w[2].created_at_us = 0; /* now: the only billed row of this month */
+    base_row(&w[3], tenant, "req-values-3");
+    w[3].billed = false;
+    w[3].created_at_us = 1709208000000001LL; /* 2024-02-29T12:00:00.000001Z */
+    for (int i = 0; i < N; i++)
+        CHECK(aigw_usage_record(u, &w[i]) == 0, "record row %d", i);
+    CHECK(wait_backlog(u, 0, 15000), "all rows committed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(writer_used("unnest($1::uuid[]"), "the rows went through the binary statement");
+    for (int i = 0; i < N; i++) {
+        snprintf(what, sizeof(what), "values row %d", i);
+        check_columns(what, &w[i]);
+    }
+    CHECK(count_rows(tenant) == N, "rows: %ld", count_rows(tenant));
+    CHECK(queries_used(tenant) == 1, "billed this month: %ld", queries_used(tenant));
+    aigw_usage_stop(u, 5000);
+    remove_spool(dir);
+}
+
+/* The spool line of r with the first from replaced by to (without '\n'). */
+static char *
+line_of(const struct aigw_usage_row *r, const char *from, const char *to)
+{
+    size_t len;
+    char *line = aigw_usage_line(r, &len), *at, *out;
+
+    line[len - 1] = '\0';
+    if (from == NULL)
+        return line;
+    at = strstr(line, from);
+    CHECK(at != NULL, "'%s' in %s", from, line);
+    out = at ? tl_sprintf("%.*s%s%s", (int)(at - line), line, to, at + strlen(from)) : aigw_xstrdup(line);
+    free(line);
+    return out;
+}
+
+struct shape {
+    const char *from, *to;
+};
+
+/* Lines in another valid shape, each meaning the same row as the spool's
+ * own line, mixed with own lines of the same tenant and another tenant's
+ * own lines in one segment: that tenant's batch goes as JSON and loses
+ * nothing; the other tenant's rows and the next batch go binary again. */
+static void
+test_other_shapes(const char *url)
+{
+    static const struct shape shapes[] = {
+        {"Z\"}", "+00:00\"}"},
+        {"\"2026-01-02T03:04:05.123456Z\"", "\"2026-01-02T05:04:05.123456+02:00\""},
+        {"\"2026-01-02T03:04:05.123456Z\"", "\"2026-01-02T03:04:05.123456\\u005a\""},
+        {"\"prompt_tokens\":12", "\"prompt_tokens\":\"12\""},
+        {"\",\"route\":", "\" , \"route\" : "},
+        {"\"route\":\"/api/ai/query\",\"query_type\":\"knowledge\"",
+         "\"query_type\":\"knowledge\",\"route\":\"/api/ai/query\""},
+        {",\"upstream_ms\":5", ""}, /* missing: NULL, as jsonb_populate_recordset has it */
+        {"\"6f1d2c3b-4a5e-4f60-8a7b-9c8d7e6f5a4b\"", "\"{6F1D2C3B-4A5E-4F60-8A7B-9C8D7E6F5A4B}\""},
+        {"\"user-1\"", "\"\\u00fcser-\\ud83d\\ude00\""},
+        {"Z\"}", "Z\",\"extra\":[1,{\"a\":null}]}"},
+    };
+    enum { NS = sizeof(shapes) / sizeof(shapes[0]), NOWN = 3, NROWS = NOWN + NS + NS / 4 + 1 + 3 };
+    char ta[37], tb[37], code[65], dir[64], path[512], what[48], reqs[NROWS][32];
+    struct aigw_usage_row w[NROWS];
+    struct aigw_usage *u;
+    int n = 0;
+    char *text;
+
+    tl_create_tenant(owner, "pro", "active", ta, code);
+    tl_create_tenant(owner, "pro", "active", tb, code);
+    make_spool(dir);
+    snprintf(path, sizeof(path), "%s/usage-00000000000000000001.jsonl", dir);
+    for (int i = 0; i < NOWN; i++, n++) { /* tenant b's own lines first: its statement runs first */
+        snprintf(reqs[n], sizeof(reqs[n]), "req-own-b-%d", i);
+        base_row(&w[n], tb, reqs[n]);
+        text = line_of(&w[n], NULL, NULL);
+        append_file(path, text);
+        append_file(path, "\n");
+        free(text);
+    }
+    for (int i = 0; i < NS; i++, n++) {
+        snprintf(reqs[n], sizeof(reqs[n]), "req-shape-%d", i);
+        base_row(&w[n], ta, reqs[n]);
+        text = line_of(&w[n], shapes[i].from, shapes[i].to);
+        append_file(path, text);
+        append_file(path, "\n");
+        free(text);
+        if (strcmp(shapes[i].from, ",\"upstream_ms\":5") == 0)
+            w[n].upstream_ms = -1;
+        if (strcmp(shapes[i].from, "\"user-1\"") == 0)
+            w[n].user_id = "\xc3\xbcser-\xf0\x9f\x98\x80";
+        if (i % 4 == 0) { /* an own line of tenant a between the others */
+            n++;
+            snprintf(reqs[n], sizeof(reqs[n]), "req-own-a-%d", i);
+            base_row(&w[n], ta, reqs[n]);
+            text = line_of(&w[n], NULL, NULL);
+            append_file(path, text);
+            append_file(path, "\n");
+            free(text);
+        }
+    }
+    u = start(dir, url, 20, 100);
+    CHECK(u != NULL, "writer starts on the mixed segment");
+    if (u == NULL)
+        return;
+    CHECK(wait_backlog(u, 0, 15000), "mixed segment committed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(writer_used("jsonb_populate_recordset"), "tenant a's mixed batch went as JSON");
+    CHECK(count_rows(ta) == n - NOWN && count_rows(tb) == NOWN, "nothing lost: %ld + %ld rows of %d",
+          count_rows(ta), count_rows(tb), n);
+    for (int i = 0; i < n; i++) {
+        snprintf(what, sizeof(what), "shapes row %d (%s)", i, w[i].request_id);
+        check_columns(what, &w[i]);
+    }
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    CHECK(access(path, F_OK) != 0, "nothing rejected");
+    for (int i = 0; i < 100 && segments(dir, NULL, 0) > 1; i++)
+        usleep(20 * 1000);
+    CHECK(segments(dir, NULL, 0) == 1, "the mixed segment is gone: %d segments", segments(dir, NULL, 0));
+
+    /* the next batch of own lines goes binary again */
+    for (int i = 0; i < 3; i++, n++) {
+        snprintf(reqs[n], sizeof(reqs[n]), "req-after-%d", i);
+        base_row(&w[n], ta, reqs[n]);
+        w[n].created_at_us = 0;
+        CHECK(aigw_usage_record(u, &w[n]) == 0, "record after the mixed batch");
+    }
+    CHECK(wait_backlog(u, 0, 15000), "committed (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(writer_used("unnest($1::uuid[]"), "the next batch went through the binary statement");
+    for (int i = n - 3; i < n; i++) {
+        snprintf(what, sizeof(what), "after row %d", i);
+        check_columns(what, &w[i]);
+    }
+    CHECK(queries_used(ta) == 3, "tenant a billed this month: %ld", queries_used(ta));
+    aigw_usage_stop(u, 5000);
+    remove_spool(dir);
+}
+
+/* Rows with a value PostgreSQL refuses go to rejected.jsonl and the rest of
+ * their batch is inserted: values the binary reader leaves to the JSON
+ * statement (an impossible date, \u0000, a number out of int4 range), and
+ * values it takes that fail the binary statement (bytes that are not UTF-8,
+ * a NULL request_id), which is then retried row by row. */
+static void
+test_bad_values(const char *url)
+{
+    char tenant[37], code[65], dir[64], path[512], reqs[16][32];
+    struct aigw_usage_row w[16];
+    bool bad[16] = {false};
+    struct aigw_usage *u;
+    char *text;
+    int n = 0, good = 0;
+
+    tl_create_tenant(owner, "pro", "active", tenant, code);
+    make_spool(dir);
+    for (int seg = 1; seg <= 2; seg++) {
+        static const struct shape bad_shapes[2][2] = {
+            {{"\"2026-01-02T03:04:05.123456Z\"", "\"2026-02-30T03:04:05.123456Z\""},
+             {"\"user-1\"", "\"nul \\u0000 byte\""}},
+            {{"\"user-1\"", "\"not \xff\xfe UTF-8\""}, {"\"user-1\"", "\"cut \xe6\x97\""}},
+        };
+
+        snprintf(path, sizeof(path), "%s/usage-0000000000000000000%d.jsonl", dir, seg);
+        for (int i = 0; i < 5; i++, n++) {
+            bool is_bad = i == 1 || i == 3;
+
+            snprintf(reqs[n], sizeof(reqs[n]), "req-bad-%d-%d", seg, i);
+            base_row(&w[n], tenant, reqs[n]);
+            text = is_bad ? line_of(&w[n], bad_shapes[seg - 1][i / 2].from, bad_shapes[seg - 1][i / 2].to)
+                          : line_of(&w[n], NULL, NULL);
+            append_file(path, text);
+            append_file(path, "\n");
+            free(text);
+            bad[n] = is_bad;
+        }
+    }
+    u = start(dir, url, 20, 100);
+    CHECK(u != NULL, "writer starts on the segments");
+    if (u == NULL)
+        return;
+    CHECK(wait_backlog(u, 0, 15000), "segments handled (backlog %zu)", aigw_usage_backlog(u));
+    /* a batch recorded by aigw: good rows around a NULL request_id, then around prompt_tokens past int4 */
+    for (int b = 0; b < 2; b++) {
+        for (int i = 0; i < 3; i++, n++) {
+            snprintf(reqs[n], sizeof(reqs[n]), "req-bad-rec-%d-%d", b, i);
+            base_row(&w[n], tenant, reqs[n]);
+            bad[n] = i == 1;
+            if (bad[n] && b == 0)
+                w[n].request_id = NULL;
+            if (bad[n] && b == 1)
+                w[n].prompt_tokens = 3000000000L;
+            CHECK(aigw_usage_record(u, &w[n]) == 0, "record %s", reqs[n]);
+        }
+        CHECK(wait_backlog(u, 0, 15000), "batch %d handled (backlog %zu)", b, aigw_usage_backlog(u));
+    }
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    text = read_all(path);
+    for (int i = 0; i < n; i++) {
+        const char *p[1] = {w[i].id};
+        long in = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE id = $1", 1, p);
+
+        if (bad[i]) {
+            CHECK(in == 0 && strstr(text, w[i].id) != NULL, "bad row %d (%s) rejected, not inserted", i, reqs[i]);
+        } else {
+            good++;
+            CHECK(in == 1 && strstr(text, w[i].id) == NULL, "good row %d (%s) inserted, not rejected", i, reqs[i]);
+            check_columns(reqs[i], &w[i]);
+        }
+    }
+    CHECK(count_rows(tenant) == good, "good rows: %ld of %d", count_rows(tenant), good);
+    CHECK(strstr(text, "\"nul \\u0000 byte\"") != NULL && strstr(text, "\"not \xff\xfe UTF-8\"") != NULL,
+          "rejected lines are kept byte for byte");
+    free(text);
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    remove_spool(dir);
+}
+
 /* ---- batching under a steady trickle ---- */
 
 /* Rows that arrive one by one (a row every ~0.25 ms for ~0.5 s, faster than
@@ -666,6 +1005,9 @@ main(void)
     aigw_log_init(LOG_INFO, 0);
     owner = tl_pg_owner();
     test_rows_and_replay(url);
+    test_values(url);
+    test_other_shapes(url);
+    test_bad_values(url);
     test_batches(url);
     test_rejected(url);
     test_crash(url);
