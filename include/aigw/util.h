@@ -71,6 +71,14 @@ bool aigw_has_prefix_ci(const char *s, const char *prefix);
 bool aigw_is_uuid(const char *s, size_t len);
 /* Parse a base-10 integer in [min,max]; false on any junk or overflow. */
 bool aigw_parse_long(const char *s, long min, long max, long *out);
+/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar, and
+ * back (H. Hinnant's algorithms; pure arithmetic: glibc's gmtime_r takes a
+ * process-wide lock, three times per request before these). */
+int64_t aigw_days_from_civil(int y, int m, int d);
+void aigw_civil_from_days(int64_t days, int *y, int *m, int *d);
+/* "YYYY-MM-DDTHH:MM:SS" of Unix time t into out (20 bytes incl. NUL);
+ * years 0000-9999. */
+void aigw_utc_datetime(int64_t t, char out[20]);
 /* RFC 3339 UTC timestamp ("2026-12-01T00:00:00Z") of t into out[32]. */
 void aigw_rfc3339(int64_t t, char out[32]);
 /* Start of the UTC month after the one containing t, and "YYYYMM" of t. */

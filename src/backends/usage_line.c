@@ -70,18 +70,18 @@ static const struct {
 static void
 format_ts(int64_t us, char out[40])
 {
-    int64_t frac = us % 1000000;
-    time_t secs = (time_t)(us / 1000000);
-    struct tm tm;
-    size_t n;
+    int64_t frac = us % 1000000, secs = us / 1000000;
 
     if (frac < 0) {
         frac += 1000000;
         secs--;
     }
-    gmtime_r(&secs, &tm);
-    n = strftime(out, 40, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, 40 - n, ".%06lldZ", (long long)frac);
+    aigw_utc_datetime(secs, out);
+    out[19] = '.';
+    for (int i = 25; i >= 20; i--, frac /= 10)
+        out[i] = (char)('0' + frac % 10);
+    out[26] = 'Z';
+    out[27] = '\0';
 }
 
 char *
@@ -415,21 +415,6 @@ digits(const char *p, int n)
     return v;
 }
 
-/* Days from 1970-01-01 to y-m-d of the proleptic Gregorian calendar
- * (H. Hinnant's days_from_civil); y >= 1. */
-static int64_t
-days_from_civil(int y, int m, int d)
-{
-    int era, yoe, doy, doe;
-
-    y -= m <= 2;
-    era = y / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return (int64_t)era * 146097 + doe - 719468;
-}
-
 static int
 days_in_month(int y, int m)
 {
@@ -462,7 +447,7 @@ read_tstz(struct aigw_usage_array *c, const char *p, const char *end)
     if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h < 0 || h > 23 || mi < 0 ||
         mi > 59 || sec < 0 || sec > 59 || us < 0)
         return NULL;
-    days = days_from_civil(y, mo, d) - PG_EPOCH_DAYS;
+    days = aigw_days_from_civil(y, mo, d) - PG_EPOCH_DAYS;
     v = ((days * 24 + h) * 60 + mi) * 60 + sec;
     if ((out = put_elem(c, 8)) == NULL)
         return NULL;

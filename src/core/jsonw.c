@@ -1,6 +1,7 @@
 /* jsonw.c - streaming JSON writer; escaping follows RFC 8259 */
 #include "aigw/jsonw.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,12 +120,48 @@ utf8_seq(const unsigned char *p)
     return n;
 }
 
+/* Printable ASCII other than '"' and '\\': copied as it is. */
+static bool
+plain(unsigned char c)
+{
+    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+}
+
+/* Does any of the 8 bytes in x need escaping (< 0x20, '"', '\\') or a
+ * UTF-8 check (>= 0x80)? Word-at-a-time tests (Hacker's Delight / "Bit
+ * Twiddling Hacks" haszero): about 1.5 instructions per byte instead of 6. */
+static bool
+swar_special(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+
+    return ((((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b) | x) & high) != 0;
+}
+
 static void
 escaped(struct aigw_jsonw *w, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;
+    size_t len = strlen(s);
+    char *o;
 
-    put(w, '"');
+    /* the usual string needs no escaping: one reserve, one pass */
+    reserve(w, len + 2);
+    o = w->buf + w->len;
+    *o++ = '"';
+    for (const unsigned char *end8 = p + (len & ~(size_t)7); p < end8; p += 8, o += 8) {
+        uint64_t x;
+
+        memcpy(&x, p, 8);
+        if (swar_special(x))
+            break;
+        memcpy(o, p, 8);
+    }
+    while (plain(*p))
+        *o++ = (char)*p++;
+    w->len = (size_t)(o - w->buf);
+    w->buf[w->len] = '\0';
     while (*p) {
         size_t run = 0, n;
 

@@ -321,41 +321,92 @@ aigw_parse_long(const char *s, long min, long max, long *out)
     return true;
 }
 
+int64_t
+aigw_days_from_civil(int y, int m, int d)
+{
+    int64_t era, yoe, doy, doe;
+
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+void
+aigw_civil_from_days(int64_t days, int *y, int *m, int *d)
+{
+    int64_t z = days + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (int)(yoe + era * 400 + (*m <= 2));
+}
+
+/* n decimal digits of v (0 <= v < 10^n) at out */
+static void
+put_digits(char *out, int v, int n)
+{
+    for (int i = n - 1; i >= 0; i--, v /= 10)
+        out[i] = (char)('0' + v % 10);
+}
+
+void
+aigw_utc_datetime(int64_t t, char out[20])
+{
+    int64_t days = (t >= 0 ? t : t - 86399) / 86400, secs = t - days * 86400;
+    int y, m, d;
+
+    aigw_civil_from_days(days, &y, &m, &d);
+    put_digits(out, y, 4);
+    out[4] = '-';
+    put_digits(out + 5, m, 2);
+    out[7] = '-';
+    put_digits(out + 8, d, 2);
+    out[10] = 'T';
+    put_digits(out + 11, (int)(secs / 3600), 2);
+    out[13] = ':';
+    put_digits(out + 14, (int)(secs / 60 % 60), 2);
+    out[16] = ':';
+    put_digits(out + 17, (int)(secs % 60), 2);
+    out[19] = '\0';
+}
+
 void
 aigw_rfc3339(int64_t t, char out[32])
 {
-    time_t tt = (time_t)t;
-    struct tm tm;
-
-    gmtime_r(&tt, &tm);
-    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    aigw_utc_datetime(t, out);
+    out[19] = 'Z';
+    out[20] = '\0';
 }
 
 int64_t
 aigw_next_month_start(int64_t t)
 {
-    time_t tt = (time_t)t;
-    struct tm tm;
+    int y, m, d;
 
-    gmtime_r(&tt, &tm);
-    tm.tm_mday = 1;
-    tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
-    tm.tm_mon += 1;
-    if (tm.tm_mon == 12) {
-        tm.tm_mon = 0;
-        tm.tm_year += 1;
+    aigw_civil_from_days((t >= 0 ? t : t - 86399) / 86400, &y, &m, &d);
+    if (++m == 13) {
+        m = 1;
+        y++;
     }
-    return (int64_t)timegm(&tm);
+    return aigw_days_from_civil(y, m, 1) * 86400;
 }
 
 void
 aigw_month_key(int64_t t, char out[8])
 {
-    time_t tt = (time_t)t;
-    struct tm tm;
+    int y, m, d;
 
-    gmtime_r(&tt, &tm);
-    strftime(out, 8, "%Y%m", &tm);
+    aigw_civil_from_days((t >= 0 ? t : t - 86399) / 86400, &y, &m, &d);
+    put_digits(out, y, 4);
+    put_digits(out + 4, m, 2);
+    out[6] = '\0';
 }
 
 uint64_t

@@ -46,6 +46,33 @@ main(void)
     json_decref(back);
     free(text);
 
+    /* the word-at-a-time scan: every special byte at every offset of strings
+     * of 1..40 bytes round-trips through jansson */
+    {
+        static const char specials[] = {'"', '\\', '\n', 0x01, 0x1f, 0x7f, ' ', '~'};
+        int bad = 0;
+
+        for (size_t n = 1; n <= 40; n++)
+            for (size_t at = 0; at < n; at++)
+                for (size_t k = 0; k < sizeof(specials); k++) {
+                    char in[48];
+
+                    for (size_t i = 0; i < n; i++)
+                        in[i] = (char)('a' + i % 26);
+                    in[at] = specials[k];
+                    in[n] = '\0';
+                    aigw_jsonw_init(&w, 4);
+                    aigw_jsonw_str(&w, in);
+                    text = aigw_jsonw_take(&w, &len);
+                    back = json_loads(text, JSON_DECODE_ANY, NULL);
+                    if (back == NULL || strcmp(json_string_value(back), in) != 0 || strlen(text) != len)
+                        bad++;
+                    json_decref(back);
+                    free(text);
+                }
+        CHECK(bad == 0, "special bytes at every offset round-trip (%d failures)", bad);
+    }
+
     /* verified-token cache */
     {
         struct aigw_jwt_cache *c = aigw_jwt_cache_create(100, 300);

@@ -1,7 +1,10 @@
 /* test_query_helpers.c - normalization, classification, PII guard, cache key */
 #include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aigw/config.h"
 #include "aigw/query.h"
@@ -92,6 +95,45 @@ main(void)
     CHECK(strcmp(a, b) != 0, "no ambiguity between question and model");
     CHECK(aigw_utf8_chars("caf\xc3\xa9") == 4, "utf8 chars");
 
+    {
+        /* calendar arithmetic against glibc's gmtime_r/timegm: 200k random
+         * instants in 1900..2400 plus the edges */
+        static const int64_t edges[] = {0, -1, 86399, 86400, 951782400 /* 2000-02-29 */, 4107542399 /* 2100-02-28T23:59:59 */,
+                                        -2208988800 /* 1900-01-01 */, 253402300799 /* 9999-12-31T23:59:59 */};
+        int bad = 0;
+        uint64_t x = 88172645463325252ULL;
+
+        for (int i = 0; i < 200000 + (int)(sizeof(edges) / sizeof(edges[0])); i++) {
+            int64_t t;
+            time_t tt;
+            struct tm tm;
+            char want[32], got[32], wm[8], gm[8];
+
+            if (i < (int)(sizeof(edges) / sizeof(edges[0]))) {
+                t = edges[i];
+            } else {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                t = -2208988800LL + (int64_t)(x % 15778800000ULL); /* 1900 .. 2400 */
+            }
+            tt = (time_t)t;
+            gmtime_r(&tt, &tm);
+            strftime(want, sizeof(want), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            strftime(wm, sizeof(wm), "%Y%m", &tm);
+            aigw_rfc3339(t, got);
+            aigw_month_key(t, gm);
+            tm.tm_mday = 1;
+            tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+            if (++tm.tm_mon == 12) {
+                tm.tm_mon = 0;
+                tm.tm_year++;
+            }
+            if (strcmp(want, got) != 0 || strcmp(wm, gm) != 0 || aigw_next_month_start(t) != (int64_t)timegm(&tm)) {
+                if (bad++ < 3)
+                    fprintf(stderr, "calendar mismatch at %lld: %s vs %s, %s vs %s\n", (long long)t, want, got, wm, gm);
+            }
+        }
+        CHECK(bad == 0, "rfc3339, month key and next month start agree with gmtime_r/timegm (%d mismatches)", bad);
+    }
     {
         char num[24], dst[12];
 
