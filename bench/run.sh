@@ -12,7 +12,7 @@
 # Prints a table, writes bench/results/latest.json, appends S5 to
 # bench/results/history.jsonl.
 #
-# Environment (defaults): ROUNDS (3) DUR (8s) CONNS (64) S2_CONNS (16)
+# Environment (defaults): ROUNDS (5) DUR (8s) CONNS (64) S2_CONNS (16)
 #   S3_CONNS (10000) S3_DUR (15s) S3_ANSWER_MS (2000) S5_REQUESTS (2000)
 #   S4_STREAMS (1000) S4_TOKENS (30) S4_TOKEN_MS (100)
 #   SKIP_S3=1 SKIP_S4=1 SKIP_S5=1 SKIP_BUILD=1 BENCH_STACK (bench)
@@ -21,7 +21,7 @@ set -euo pipefail
 repo="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$repo"
 
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 DUR="${DUR:-8s}"
 CONNS="${CONNS:-64}"
 S2_CONNS="${S2_CONNS:-16}"
