@@ -15,6 +15,8 @@
 # Environment (defaults): ROUNDS (5) DUR (8s) CONNS (64) S2_CONNS (16)
 #   S3_CONNS (10000) S3_DUR (15s) S3_ANSWER_MS (2000) S5_REQUESTS (2000)
 #   S4_STREAMS (1000) S4_TOKENS (30) S4_TOKEN_MS (100)
+#   UPSTREAM_SLOTS (4000): aigw's calls at the model at once (backend slots
+#     and connections); beyond it requests wait in aigw's queue
 #   SKIP_S3=1 SKIP_S4=1 SKIP_S5=1 SKIP_BUILD=1 BENCH_STACK (bench)
 set -euo pipefail
 
@@ -29,6 +31,7 @@ S3_CONNS="${S3_CONNS:-10000}"
 S3_DUR="${S3_DUR:-15s}"
 S3_ANSWER_MS="${S3_ANSWER_MS:-2000}"
 S5_REQUESTS="${S5_REQUESTS:-2000}"
+UPSTREAM_SLOTS="${UPSTREAM_SLOTS:-4000}"
 S4_STREAMS="${S4_STREAMS:-1000}"
 S4_TOKENS="${S4_TOKENS:-30}"
 S4_TOKEN_MS="${S4_TOKEN_MS:-100}"
@@ -46,6 +49,7 @@ secs() { # "8s" | "8" | "2m" -> seconds
     esac
 }
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$UPSTREAM_SLOTS" =~ ^[1-9][0-9]*$ ]] || die "UPSTREAM_SLOTS must be a positive integer"
 for v in DUR S3_DUR; do [[ "$(secs "${!v}")" =~ ^[1-9][0-9]*$ ]] || die "$v must look like 8s"; done
 
 # ---------------------------------------------------------------- cleanup
@@ -133,6 +137,7 @@ export AIGW_JWT_SECRET AIGW_PLATFORM_JWT_SECRET AIGW_LOG_LEVEL=warning
 # Bench config: aigw's fds = inbound + upstream + a few; keep both under RLIMIT_NOFILE.
 up_conns=$(( nofile - S3_CONNS - 400 ))
 (( up_conns > S3_CONNS )) && up_conns=$S3_CONNS
+(( up_conns > UPSTREAM_SLOTS )) && up_conns=$UPSTREAM_SLOTS
 (( up_conns < 64 )) && up_conns=64
 cfg="$sd/bench.json"
 jq --argjson maxc $(( S3_CONNS + 200 )) --argjson up "$up_conns" --argjson qs $(( S3_CONNS + 1000 )) '
@@ -368,7 +373,7 @@ if [[ "${SKIP_S3:-0}" != 1 ]]; then
          completed: $reqs, ideal_completed: $ideal, req_per_s: $rps, errors: ($non2xx + $sock), non_2xx: $non2xx, socket_errors: $sock,
          socket_errors_detail: $sd, p50_ms: $p50, p99_ms: $p99,
          aigw_peak_rss_kb: $hwm, aigw_threads_peak: $thr, aigw_threads_end: $thr_end, aigw_cpu_s: $cpu, mock_max_in_flight: $mockmax}')"
-    S3_LINE="$S3_LINE, mock max in flight $S3_MOCK_MAX"
+    S3_LINE="$S3_LINE, mock max in flight $S3_MOCK_MAX (aigw's upstream slots $up_conns)"
 fi
 
 # ---------------------------------------------------------------- S4 streams
