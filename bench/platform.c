@@ -22,17 +22,17 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aigw/util.h"
+
 struct pair {
     int ping, pong;
 };
 
+/* aigw's own monotonic clock, in microseconds as a double */
 static double
 now_us(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+    return (double)aigw_now_us();
 }
 
 static void *

@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "aigw/util.h"
+
 struct stream {
     int fd;
     char *req;
@@ -42,13 +44,11 @@ struct vec {
     size_t n, cap;
 };
 
+/* aigw's own monotonic clock, in milliseconds */
 static double
 now_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
+    return (double)aigw_now_us() / 1000.0;
 }
 
 static void

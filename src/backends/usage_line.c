@@ -415,22 +415,13 @@ digits(const char *p, int n)
     return v;
 }
 
-static int
-days_in_month(int y, int m)
-{
-    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-
-    return m == 2 && leap ? 29 : days[m - 1];
-}
-
 /* "YYYY-MM-DDTHH:MM:SS.ffffffZ" (years 0001-9999, no leap second) as
  * timestamptz: microseconds since 2000-01-01 00:00:00 UTC. */
 static const char *
 read_tstz(struct aigw_usage_array *c, const char *p, const char *end)
 {
     const char *s = p + 1;
-    int y, mo, d, h, mi, sec, us;
+    int y, mo, d, h, mi, sec, us, cy, cm, cd;
     int64_t days, v;
     char *out;
 
@@ -444,10 +435,14 @@ read_tstz(struct aigw_usage_array *c, const char *p, const char *end)
     mi = digits(s + 14, 2);
     sec = digits(s + 17, 2);
     us = digits(s + 20, 6);
-    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) || h < 0 || h > 23 || mi < 0 ||
-        mi > 59 || sec < 0 || sec > 59 || us < 0)
+    if (y < 1 || mo < 1 || mo > 12 || d < 1 || d > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 ||
+        sec > 59 || us < 0)
         return NULL;
-    days = aigw_days_from_civil(y, mo, d) - PG_EPOCH_DAYS;
+    days = aigw_days_from_civil(y, mo, d);
+    aigw_civil_from_days(days, &cy, &cm, &cd);
+    if (cy != y || cm != mo || cd != d) /* no such day, e.g. 02-30 */
+        return NULL;
+    days -= PG_EPOCH_DAYS;
     v = ((days * 24 + h) * 60 + mi) * 60 + sec;
     if ((out = put_elem(c, 8)) == NULL)
         return NULL;

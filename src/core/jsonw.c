@@ -166,7 +166,7 @@ escaped(struct aigw_jsonw *w, const char *s)
         size_t run = 0, n;
 
         /* copy the longest run that needs no escaping at once */
-        while (p[run] >= 0x20 && p[run] < 0x80 && p[run] != '"' && p[run] != '\\')
+        while (plain(p[run]))
             run++;
         if (run > 0) {
             aigw_jsonw_append(w, (const char *)p, run);
