@@ -32,11 +32,12 @@ struct waiter {
 };
 
 static void
-waiter_init(struct waiter *w)
+waiter_init(struct waiter *w, const char *tag)
 {
     memset(w, 0, sizeof(*w));
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
+    snprintf(w->tag, sizeof(w->tag), "%s", tag);
 }
 
 static void
@@ -106,6 +107,15 @@ sync_cmd(struct aigw_redis_pool *pool, int argc, const char **argv)
     return r;
 }
 
+/* CLIENT PAUSE <ms> ALL: every client stalls, the pipe's too. */
+static void
+pause_redis(struct aigw_redis_pool *pool, const char *ms)
+{
+    const char *argv[4] = {"CLIENT", "PAUSE", ms, "ALL"};
+
+    freeReplyObject(sync_cmd(pool, 4, argv));
+}
+
 struct worker {
     struct aigw_redis_pipe *pipe;
     struct waiter w;
@@ -133,10 +143,12 @@ test_many_threads(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 
     freeReplyObject(sync_cmd(pool, 2, del));
     for (int i = 0; i < THREADS; i++) {
+        char tag[16];
+
         wk[i].pipe = pipe;
         wk[i].id = i;
-        waiter_init(&wk[i].w);
-        snprintf(wk[i].w.tag, sizeof(wk[i].w.tag), "thread-%d", i);
+        snprintf(tag, sizeof(tag), "thread-%d", i);
+        waiter_init(&wk[i].w, tag);
         pthread_create(&th[i], NULL, worker_run, &wk[i]);
     }
     for (int i = 0; i < THREADS; i++) {
@@ -162,8 +174,7 @@ test_noscript(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     struct waiter w;
     redisReply *r;
 
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "after-flush");
+    waiter_init(&w, "after-flush");
     freeReplyObject(sync_cmd(pool, 2, flush));
     r = sync_cmd(pool, 3, exists);
     CHECK(r != NULL && r->type == REDIS_REPLY_ARRAY && r->element[0]->integer == 0, "the script is gone");
@@ -183,12 +194,10 @@ test_noscript(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 static void
 test_stall(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
-    const char *pause[4] = {"CLIENT", "PAUSE", "2500", "ALL"};
     struct waiter w;
 
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "stalled");
-    freeReplyObject(sync_cmd(pool, 4, pause));
+    waiter_init(&w, "stalled");
+    pause_redis(pool, "2500");
     call(pipe, "test:pipe:count", &w);
     CHECK(wait_answers(&w, 1, 5000) == 1, "a stalled call is answered (by the timeout)");
     CHECK(w.nulls == 1, "... with NULL: Redis did not answer in time");
@@ -212,8 +221,7 @@ test_unreachable(void)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", tl_free_port());
     pool = aigw_redis_pool_create(url, 2, 300, err, sizeof(err));
     pipe = aigw_redis_pipe_start(pool);
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "nobody");
+    waiter_init(&w, "nobody");
     call(pipe, "test:pipe:count", &w);
     call(pipe, "test:pipe:count", &w);
     CHECK(wait_answers(&w, 2, 5000) == 2, "calls to an unreachable Redis are answered");
@@ -226,13 +234,11 @@ test_unreachable(void)
 static void
 test_cancel(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
-    const char *pause[4] = {"CLIENT", "PAUSE", "3000", "ALL"};
     struct waiter w;
     int64_t t0;
 
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "cancelled");
-    freeReplyObject(sync_cmd(pool, 4, pause));
+    waiter_init(&w, "cancelled");
+    pause_redis(pool, "3000");
     for (int i = 0; i < 5; i++)
         call(pipe, "test:pipe:count", &w);
     t0 = aigw_now_ms();
@@ -258,8 +264,7 @@ test_cancel_finishes(struct aigw_redis_pool *pool)
     struct aigw_redis_pipe *pipe = aigw_redis_pipe_start(pool);
     struct waiter w;
 
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "last-words");
+    waiter_init(&w, "last-words");
     for (int i = 0; i < 50; i++)
         call(pipe, "test:pipe:count", &w);
     aigw_redis_pipe_cancel(pipe);
@@ -300,7 +305,6 @@ direct_run(void *arg)
 static void
 test_direct_slot(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
-    const char *pause[4] = {"CLIENT", "PAUSE", "600", "ALL"};
     struct direct_bg bg = {.pipe = pipe};
     struct waiter w;
     pthread_t th;
@@ -310,16 +314,15 @@ test_direct_slot(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     CHECK(taken && ok, "idle pipe: the direct path is free and answers on the caller's thread");
     /* one caller at a time: two at once while Redis is paused, so whichever
      * gets the slot holds it for the pause and the other is turned away */
-    freeReplyObject(sync_cmd(pool, 4, pause));
+    pause_redis(pool, "600");
     pthread_create(&th, NULL, direct_run, &bg);
     ok = direct(pipe, "direct-2", &taken);
     pthread_join(th, NULL);
     CHECK(taken != bg.taken, "one caller at a time on the direct path (main %d, other thread %d)", taken, bg.taken);
     CHECK(taken ? ok : bg.ok, "the one on the direct path got its reply after the pause");
     /* nor while a call is in flight on the pipe */
-    waiter_init(&w);
-    snprintf(w.tag, sizeof(w.tag), "on-the-pipe");
-    freeReplyObject(sync_cmd(pool, 4, pause));
+    waiter_init(&w, "on-the-pipe");
+    pause_redis(pool, "600");
     call(pipe, "test:pipe:count", &w); /* counted in flight before it returns */
     ok = direct(pipe, "direct-3", &taken);
     CHECK(!taken, "not while a call is in flight on the pipe");

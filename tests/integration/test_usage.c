@@ -201,23 +201,30 @@ queries_used(const char *tenant)
     return tl_sql_long(owner, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p);
 }
 
-/* Row i of a test series: billed unless i % 3 == 0, upstream_ms NULL for even i. */
+/* What every test row of tenant shares: a successful knowledge query. */
 static void
-fill_row(struct aigw_usage_row *r, char *req, size_t cap, const char *tenant, int i)
+common_row(struct aigw_usage_row *r, const char *tenant)
 {
     memset(r, 0, sizeof(*r));
     snprintf(r->tenant_id, sizeof(r->tenant_id), "%s", tenant);
-    snprintf(req, cap, "usage-test-%d", i);
-    r->request_id = req;
     r->route = "/api/ai/query";
     r->query_type = "knowledge";
     r->question_sha256 = SHA_HEX;
     r->model = "mock-model";
+    r->status_code = 200;
+    r->success = true;
+}
+
+/* Row i of a test series: billed unless i % 3 == 0, upstream_ms NULL for even i. */
+static void
+fill_row(struct aigw_usage_row *r, char *req, size_t cap, const char *tenant, int i)
+{
+    common_row(r, tenant);
+    snprintf(req, cap, "usage-test-%d", i);
+    r->request_id = req;
     r->prompt_tokens = 10 + i;
     r->completion_tokens = 20 + i;
     r->billed = i % 3 != 0;
-    r->status_code = 200;
-    r->success = true;
     r->response_ms = 5;
     r->upstream_ms = i % 2 ? 4 : -1;
 }
@@ -490,21 +497,14 @@ check_columns(const char *what, const struct aigw_usage_row *w)
 static void
 base_row(struct aigw_usage_row *r, const char *tenant, const char *req)
 {
-    memset(r, 0, sizeof(*r));
+    common_row(r, tenant);
     aigw_uuid7(r->id);
-    snprintf(r->tenant_id, sizeof(r->tenant_id), "%s", tenant);
     r->user_id = "user-1";
     r->api_key_id = "6f1d2c3b-4a5e-4f60-8a7b-9c8d7e6f5a4b";
     r->request_id = req;
-    r->route = "/api/ai/query";
-    r->query_type = "knowledge";
-    r->question_sha256 = SHA_HEX;
-    r->model = "mock-model";
     r->prompt_tokens = 12;
     r->completion_tokens = 34;
     r->billed = true;
-    r->status_code = 200;
-    r->success = true;
     r->response_ms = 7;
     r->upstream_ms = 5;
     r->created_at_us = 1767323045123456LL; /* 2026-01-02T03:04:05.123456Z */
@@ -585,6 +585,21 @@ struct shape {
     const char *from, *to;
 };
 
+/* A base_row of tenant with request id req, appended to the segment at path
+ * as its spool line with from replaced by to (NULL: as written). */
+static void
+append_row(const char *path, struct aigw_usage_row *r, const char *tenant, const char *req, const char *from,
+           const char *to)
+{
+    char *text;
+
+    base_row(r, tenant, req);
+    text = line_of(r, from, to);
+    append_file(path, text);
+    append_file(path, "\n");
+    free(text);
+}
+
 /* Lines in another valid shape, each meaning the same row as the spool's
  * own line, mixed with own lines of the same tenant and another tenant's
  * own lines in one segment: that tenant's batch goes as JSON and loses
@@ -610,7 +625,6 @@ test_other_shapes(const char *url)
     struct aigw_usage_row w[NROWS];
     struct aigw_usage *u;
     int n = 0;
-    char *text;
 
     tl_create_tenant(owner, "pro", "active", ta, code);
     tl_create_tenant(owner, "pro", "active", tb, code);
@@ -618,19 +632,11 @@ test_other_shapes(const char *url)
     snprintf(path, sizeof(path), "%s/usage-00000000000000000001.jsonl", dir);
     for (int i = 0; i < NOWN; i++, n++) { /* tenant b's own lines first: its statement runs first */
         snprintf(reqs[n], sizeof(reqs[n]), "req-own-b-%d", i);
-        base_row(&w[n], tb, reqs[n]);
-        text = line_of(&w[n], NULL, NULL);
-        append_file(path, text);
-        append_file(path, "\n");
-        free(text);
+        append_row(path, &w[n], tb, reqs[n], NULL, NULL);
     }
     for (int i = 0; i < NS; i++, n++) {
         snprintf(reqs[n], sizeof(reqs[n]), "req-shape-%d", i);
-        base_row(&w[n], ta, reqs[n]);
-        text = line_of(&w[n], shapes[i].from, shapes[i].to);
-        append_file(path, text);
-        append_file(path, "\n");
-        free(text);
+        append_row(path, &w[n], ta, reqs[n], shapes[i].from, shapes[i].to);
         if (strcmp(shapes[i].from, ",\"upstream_ms\":5") == 0)
             w[n].upstream_ms = -1;
         if (strcmp(shapes[i].from, "\"user-1\"") == 0)
@@ -638,11 +644,7 @@ test_other_shapes(const char *url)
         if (i % 4 == 0) { /* an own line of tenant a between the others */
             n++;
             snprintf(reqs[n], sizeof(reqs[n]), "req-own-a-%d", i);
-            base_row(&w[n], ta, reqs[n]);
-            text = line_of(&w[n], NULL, NULL);
-            append_file(path, text);
-            append_file(path, "\n");
-            free(text);
+            append_row(path, &w[n], ta, reqs[n], NULL, NULL);
         }
     }
     u = start(dir, url, 20, 100);
@@ -710,12 +712,8 @@ test_bad_values(const char *url)
             bool is_bad = i == 1 || i == 3;
 
             snprintf(reqs[n], sizeof(reqs[n]), "req-bad-%d-%d", seg, i);
-            base_row(&w[n], tenant, reqs[n]);
-            text = is_bad ? line_of(&w[n], bad_shapes[seg - 1][i / 2].from, bad_shapes[seg - 1][i / 2].to)
-                          : line_of(&w[n], NULL, NULL);
-            append_file(path, text);
-            append_file(path, "\n");
-            free(text);
+            append_row(path, &w[n], tenant, reqs[n], is_bad ? bad_shapes[seg - 1][i / 2].from : NULL,
+                       is_bad ? bad_shapes[seg - 1][i / 2].to : NULL);
             bad[n] = is_bad;
         }
     }
