@@ -92,7 +92,7 @@ aigw_log(int prio, const char *fmt, ...)
     va_list ap;
     int n;
 
-    if (prio > atomic_load(&log_max))
+    if (!aigw_log_enabled(prio))
         return;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -118,7 +118,7 @@ aigw_log_fields(int prio, const char *msg, ...)
     va_list ap;
     int n;
 
-    if (prio > atomic_load(&log_max))
+    if (!aigw_log_enabled(prio))
         return;
     n = snprintf(bufs[nio], sizeof(bufs[0]), "MESSAGE=%s", msg);
     (void)n;
