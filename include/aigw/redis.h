@@ -6,6 +6,7 @@
 #include <hiredis.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct aigw_redis_pool;
 
@@ -15,6 +16,11 @@ struct aigw_redis_pool;
 struct aigw_redis_pool *aigw_redis_pool_create(const char *url, int size, int timeout_ms, char *err,
                                                size_t errlen);
 void aigw_redis_pool_destroy(struct aigw_redis_pool *pool);
+
+/* Log "redis: what: detail" at LOG_ERR, at most once a second for the
+ * pool (an outage would otherwise log once per request), and count it in
+ * the Redis error metric. */
+void aigw_redis_log_error(struct aigw_redis_pool *pool, const char *what, const char *detail);
 
 /* Check out a connected context (waits up to the pool timeout); NULL when
  * Redis cannot be reached (logged, rate-limited). */
@@ -55,10 +61,17 @@ redisReply *aigw_redis_eval(redisContext *ctx, const struct aigw_redis_script *s
  * trip); the thread writes every call that arrived since its last round in
  * one write(2), so Redis reads, runs and answers them in batches instead of
  * being woken once per request, and hands each reply to its callback in
- * order. Same endpoint and timeout as the pool; a call that gets no reply
- * within the timeout, and every call behind it, fails and the connection is
- * replaced (a late reply would be out of step). A NOSCRIPT reply loads the
- * script (SCRIPT LOAD) and sends the call once more. */
+ * order. Same endpoint and timeout as the pool. A call that gets no reply
+ * within the timeout fails (NULL) at its own deadline; calls behind it keep
+ * theirs. While the oldest call on the connection is past its deadline
+ * unanswered, new calls are held back, not written; a late reply to a
+ * failed call is read and dropped, and once every call on the connection
+ * has failed it is dropped and the held calls go out on a new one. So a
+ * call is written only while Redis keeps up, and a script that takes a
+ * deadline (aigw_redis_pipe_deadline) and does nothing once it is past can
+ * never act on a call whose caller was told it failed. A NOSCRIPT reply
+ * loads the script (SCRIPT LOAD) and sends the call once more. The thread
+ * also samples Redis's clock (TIME) on connecting and every 10 s. */
 struct aigw_redis_pipe;
 
 /* reply: the reply (the callee owns it: freeReplyObject), or NULL when
@@ -81,6 +94,15 @@ void aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_scr
  * NULL-safe (false). */
 bool aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_redis_script *s, int nkeys,
                                 const char **keys, int nargs, const char **args, redisReply **reply);
+/* For a script that must not act after its caller gave up on it: the
+ * Redis-clock instant (TIME in ms since the epoch) by which a call handed
+ * over now must have started so that its reply still arrives in time: now
+ * on Redis's clock + the timeout - a quarter of it for the way back. Redis's
+ * clock comes from the pipe's samples (off by half a round trip at most),
+ * so aigw's and Redis's clocks need not agree. -1 while there is no sample
+ * yet (Redis not reached since start): the script cannot be told a deadline.
+ * NULL-safe (-1). */
+int64_t aigw_redis_pipe_deadline(struct aigw_redis_pipe *p);
 /* Refuse new calls (they fail at once), let the thread finish the calls
  * already handed over — answered, or failed at the timeout, so this waits
  * at most about redis.timeout_ms — and stop it. Idempotent, NULL-safe.

@@ -134,8 +134,8 @@ aigw_redis_pool_destroy(struct aigw_redis_pool *p)
     free(p);
 }
 
-static void
-log_error(struct aigw_redis_pool *p, const char *what, const char *detail)
+void
+aigw_redis_log_error(struct aigw_redis_pool *p, const char *what, const char *detail)
 {
     int64_t now = aigw_now_ms(), last = atomic_load(&p->last_error_log_ms);
 
@@ -154,7 +154,7 @@ connect_one(struct aigw_redis_pool *p)
                               : redisConnectWithTimeout(p->host, p->port, tv);
 
     if (c == NULL || c->err) {
-        log_error(p, "connect failed", c ? c->errstr : "out of memory");
+        aigw_redis_log_error(p, "connect failed", c ? c->errstr : "out of memory");
         redisFree(c);
         return NULL;
     }
@@ -164,7 +164,7 @@ connect_one(struct aigw_redis_pool *p)
         redisReply *r = redisCommand(c, "SELECT %d", p->db);
 
         if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-            log_error(p, "SELECT failed", r ? r->str : c->errstr);
+            aigw_redis_log_error(p, "SELECT failed", r ? r->str : c->errstr);
             freeReplyObject(r);
             redisFree(c);
             return NULL;
@@ -195,7 +195,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
     }
     pthread_mutex_unlock(&p->lock);
     if (c == NULL && !reserved) {
-        log_error(p, "pool exhausted", "all connections busy");
+        aigw_redis_log_error(p, "pool exhausted", "all connections busy");
         return NULL;
     }
     if (c == NULL) {
@@ -217,7 +217,7 @@ aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
         return;
     if (c->err) {
         /* a timed-out context may still receive a late reply: never reuse it */
-        log_error(p, "connection dropped", c->errstr);
+        aigw_redis_log_error(p, "connection dropped", c->errstr);
         redisFree(c);
         c = NULL;
     }
@@ -386,14 +386,24 @@ aigw_redis_ping(struct aigw_redis_pool *pool)
 
 /* ---- the pipe ---- */
 
+/* Redis's clock is sampled (TIME) when the pipe connects and then every
+ * CLOCK_SYNC_MS; a sample whose round trip took longer than CLOCK_MAX_RTT_MS
+ * is too vague to use. */
+#define CLOCK_SYNC_MS 10000
+#define CLOCK_RETRY_MS 1000
+#define CLOCK_MAX_RTT_MS 50
+#define CLOCK_UNKNOWN INT64_MIN
+
 struct pipe_op {
     struct pipe_op *next;
     char *cmd;                  /* RESP-encoded (resp_format_alloc) */
     int len;
     const struct aigw_redis_script *script; /* NOSCRIPT: load it and send cmd again */
     bool retried;
-    int64_t deadline_ms;
-    aigw_redis_done_fn done;    /* NULL: the pipe's own command (SELECT, SCRIPT LOAD) */
+    bool failed;                /* its deadline passed: done(NULL) ran, a late reply is dropped */
+    bool is_time;               /* the pipe's clock sample */
+    int64_t deadline_ms, sent_ms;
+    aigw_redis_done_fn done;    /* NULL: the pipe's own command (SELECT, SCRIPT LOAD, TIME) */
     void *ud;
 };
 
@@ -407,15 +417,19 @@ struct aigw_redis_pipe {
     bool started;
     int epfd, wake_fd;
     pthread_mutex_t lock;       /* guards inbox, signaled, closed */
-    struct op_list inbox;       /* handed over, not yet sent */
+    struct op_list inbox;       /* handed over, not yet taken by the thread */
     bool signaled;              /* wake_fd written since the thread last took the inbox */
     bool closed;                /* cancelled: calls fail at once */
     atomic_bool stopping;       /* cancel: finish what is queued and sent, then end */
     atomic_int in_flight;       /* callers' calls not answered yet + a direct call (0 or 1) */
+    _Atomic int64_t clock_offset_ms; /* Redis's TIME minus aigw_now_ms(); CLOCK_UNKNOWN */
     /* the thread's (the canceller's once the thread is joined) */
     redisContext *ctx;
     struct op_list sent;        /* in the order their replies come back */
+    struct op_list held;        /* taken, waiting while the connection is stalled */
+    struct pipe_op *live;       /* first op in sent that has not failed (NULL: none) */
     bool want_out;              /* registered for EPOLLOUT: output left to write */
+    int64_t next_sync_ms;       /* when to sample Redis's clock again */
 };
 
 static void
@@ -442,6 +456,20 @@ ops_pop(struct op_list *l)
     return op;
 }
 
+/* Append all of src to dst; src is left empty. */
+static void
+ops_concat(struct op_list *dst, struct op_list *src)
+{
+    if (src->head == NULL)
+        return;
+    if (dst->tail != NULL)
+        dst->tail->next = src->head;
+    else
+        dst->head = src->head;
+    dst->tail = src->tail;
+    src->head = src->tail = NULL;
+}
+
 static struct pipe_op *
 op_new(char *cmd, int len, aigw_redis_done_fn done, void *ud, int timeout_ms)
 {
@@ -455,18 +483,35 @@ op_new(char *cmd, int len, aigw_redis_done_fn done, void *ud, int timeout_ms)
     return op;
 }
 
-/* Hand the reply (or NULL) over and free the op. */
+/* Hand the reply (or NULL) to the caller, once: a failed op's caller has
+ * had its NULL already, so its late reply is dropped. */
 static void
-op_finish(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
+op_answer(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
 {
-    if (op->done != NULL) {
+    if (op->done != NULL && !op->failed) {
         atomic_fetch_sub(&p->in_flight, 1);
         op->done(r, op->ud);
     } else {
         freeReplyObject(r);
     }
+}
+
+/* Answer (or fail) the op and free it. */
+static void
+op_finish(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
+{
+    op_answer(p, op, r);
     free(op->cmd);
     free(op);
+}
+
+/* Its deadline passed: the caller gets NULL now; the op stays where it is
+ * (in sent its reply may still come and must be matched). */
+static void
+op_fail(struct aigw_redis_pipe *p, struct pipe_op *op)
+{
+    op_answer(p, op, NULL);
+    op->failed = true;
 }
 
 static void
@@ -478,16 +523,18 @@ ops_fail(struct aigw_redis_pipe *p, struct op_list *l)
         op_finish(p, op, NULL);
 }
 
-/* The connection is unusable (I/O error, protocol error, timeout): drop it
- * and fail what was sent on it. The next call connects again. */
+/* The connection is unusable (I/O error, protocol error, every call on it
+ * past its deadline): drop it and fail what was sent on it. The next call
+ * connects again. */
 static void
 pipe_drop(struct aigw_redis_pipe *p, const char *what, const char *detail)
 {
-    log_error(p->pool, what, detail);
+    aigw_redis_log_error(p->pool, what, detail);
     epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->ctx->fd, NULL);
     redisFree(p->ctx);
     p->ctx = NULL;
     p->want_out = false;
+    p->live = NULL;
     ops_fail(p, &p->sent);
 }
 
@@ -495,18 +542,26 @@ static void
 pipe_append(struct aigw_redis_pipe *p, struct pipe_op *op)
 {
     redisAppendFormattedCommand(p->ctx, op->cmd, (size_t)op->len);
+    op->sent_ms = aigw_now_ms();
     ops_push(&p->sent, op);
+    if (p->live == NULL)
+        p->live = op;
 }
 
-/* A command of the pipe's own: its reply is dropped. */
+/* A command of the pipe's own: its reply is dropped (a TIME reply is read
+ * as a clock sample first). */
 static void
-pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens)
+pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens, bool is_time)
 {
     char *cmd = NULL;
     int len = resp_format_alloc(argc, argv, lens, &cmd);
 
-    if (len > 0)
-        pipe_append(p, op_new(cmd, len, NULL, NULL, p->pool->timeout_ms));
+    if (len > 0) {
+        struct pipe_op *op = op_new(cmd, len, NULL, NULL, p->pool->timeout_ms);
+
+        op->is_time = is_time;
+        pipe_append(p, op);
+    }
 }
 
 /* Write what the connection has buffered; wait for EPOLLOUT if not all. */
@@ -529,6 +584,17 @@ pipe_flush(struct aigw_redis_pipe *p)
     }
 }
 
+/* Ask for Redis's clock (the reply is read by clock_sample). */
+static void
+pipe_sync_clock(struct aigw_redis_pipe *p)
+{
+    const char *argv[1] = {"TIME"};
+    size_t lens[1] = {4};
+
+    p->next_sync_ms = aigw_now_ms() + CLOCK_SYNC_MS;
+    pipe_append_own(p, 1, argv, lens, true);
+}
+
 static bool
 pipe_connect(struct aigw_redis_pipe *p)
 {
@@ -537,7 +603,7 @@ pipe_connect(struct aigw_redis_pipe *p)
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = 1};
 
     if (c == NULL || c->err || epoll_ctl(p->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
-        log_error(pool, "connect failed", c != NULL && c->err ? c->errstr : "out of resources");
+        aigw_redis_log_error(pool, "connect failed", c != NULL && c->err ? c->errstr : "out of resources");
         redisFree(c);
         return false;
     }
@@ -550,22 +616,38 @@ pipe_connect(struct aigw_redis_pipe *p)
         size_t lens[2] = {6, 0};
 
         lens[1] = (size_t)snprintf(db, sizeof(db), "%d", pool->db);
-        pipe_append_own(p, 2, argv, lens);
+        pipe_append_own(p, 2, argv, lens, false);
     }
+    pipe_sync_clock(p);
     return true;
 }
 
-/* Send what callers handed over, in one write where it fits. */
+/* Stalled: the oldest call sent is past its deadline with no reply yet.
+ * Nothing more goes out on the connection then (calls wait in held) until
+ * it answers, or until every call on it is past its deadline and it is
+ * dropped: a call is written only to a connection that answers, so a call
+ * that failed at its deadline was either never sent or sent to a Redis
+ * that was stalled already. */
+static bool
+pipe_stalled(const struct aigw_redis_pipe *p)
+{
+    return p->sent.head != NULL && p->sent.head->failed;
+}
+
+/* Send the held calls, in one write where it fits, unless the connection
+ * is stalled. */
 static void
-pipe_send(struct aigw_redis_pipe *p, struct op_list *in)
+pipe_send(struct aigw_redis_pipe *p)
 {
     struct pipe_op *op;
 
+    if (p->held.head == NULL || pipe_stalled(p))
+        return;
     if (p->ctx == NULL && !pipe_connect(p)) {
-        ops_fail(p, in);
+        ops_fail(p, &p->held);
         return;
     }
-    while ((op = ops_pop(in)) != NULL)
+    while ((op = ops_pop(&p->held)) != NULL)
         pipe_append(p, op);
     pipe_flush(p);
 }
@@ -578,16 +660,35 @@ pipe_retry_noscript(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r
     const char *argv[3] = {"SCRIPT", "LOAD", NULL};
     size_t lens[3] = {6, 4, 0};
 
-    if (op->script == NULL || op->retried || !is_noscript(r))
+    if (op->script == NULL || op->retried || op->failed || !is_noscript(r))
         return false;
     freeReplyObject(r);
     op->retried = true;
     argv[2] = op->script->source;
     lens[2] = strlen(op->script->source);
-    pipe_append_own(p, 3, argv, lens);
+    pipe_append_own(p, 3, argv, lens, false);
     pipe_append(p, op);
     pipe_flush(p);
     return true;
+}
+
+/* A TIME reply: offset of Redis's clock from ours, taken at the middle of
+ * the round trip, so it is off by at most half the round trip. */
+static void
+clock_sample(struct aigw_redis_pipe *p, const struct pipe_op *op, const redisReply *r)
+{
+    int64_t now = aigw_now_ms(), rtt = now - op->sent_ms;
+    long long s, us;
+
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING
+        || r->element[1]->type != REDIS_REPLY_STRING || rtt > CLOCK_MAX_RTT_MS) {
+        if (atomic_load(&p->clock_offset_ms) == CLOCK_UNKNOWN)
+            p->next_sync_ms = now + CLOCK_RETRY_MS;
+        return;
+    }
+    s = strtoll(r->element[0]->str, NULL, 10);
+    us = strtoll(r->element[1]->str, NULL, 10);
+    atomic_store(&p->clock_offset_ms, s * 1000 + us / 1000 - (op->sent_ms + now) / 2);
 }
 
 static void
@@ -613,21 +714,77 @@ pipe_read(struct aigw_redis_pipe *p)
             pipe_drop(p, "protocol error", "a reply nobody asked for");
             return;
         }
+        if (op == p->live)
+            p->live = op->next;
+        if (op->is_time)
+            clock_sample(p, op, reply);
         if (!pipe_retry_noscript(p, op, reply))
             op_finish(p, op, reply);
     }
 }
 
-/* epoll_wait's timeout: until the oldest unanswered call's deadline. */
+/* Fail every call whose deadline has passed: sent ones in order (they
+ * were sent in the order of their deadlines), held ones (never sent, so
+ * they did nothing). Once every call on the connection has failed, nothing
+ * will answer on it in time: drop it. */
+static void
+pipe_expire(struct aigw_redis_pipe *p)
+{
+    int64_t now = aigw_now_ms();
+    struct op_list keep = {NULL, NULL};
+    struct pipe_op *op;
+
+    bool expired = false;
+
+    while (p->live != NULL && p->live->deadline_ms <= now) {
+        op_fail(p, p->live);
+        p->live = p->live->next;
+        expired = true;
+    }
+    while ((op = ops_pop(&p->held)) != NULL) {
+        if (op->deadline_ms <= now) {
+            op_finish(p, op, NULL);
+            expired = true;
+        } else {
+            ops_push(&keep, op);
+        }
+    }
+    p->held = keep;
+    if (expired)
+        aigw_redis_log_error(p->pool, "timed out", "no reply within redis.timeout_ms");
+    if (p->ctx != NULL && p->sent.head != NULL && p->live == NULL)
+        pipe_drop(p, "connection dropped", "no call on it answered in time; connecting again");
+}
+
+/* epoll_wait's timeout: until the next deadline of a call, or the next
+ * clock sample (retried sooner while Redis's clock is not known). */
 static int
 pipe_wait_ms(const struct aigw_redis_pipe *p)
 {
-    int64_t left;
+    int64_t now = aigw_now_ms(), next = p->next_sync_ms, left;
 
-    if (p->sent.head == NULL)
-        return -1;
-    left = p->sent.head->deadline_ms - aigw_now_ms();
+    if (p->live != NULL && p->live->deadline_ms < next)
+        next = p->live->deadline_ms;
+    if (p->held.head != NULL && p->held.head->deadline_ms < next)
+        next = p->held.head->deadline_ms;
+    left = next - now;
     return left <= 0 ? 0 : left > 1000 ? 1000 : (int)left;
+}
+
+/* Sample Redis's clock when it is due, connecting for it if need be. */
+static void
+pipe_clock_due(struct aigw_redis_pipe *p)
+{
+    if (aigw_now_ms() < p->next_sync_ms || atomic_load(&p->stopping))
+        return;
+    if (p->ctx != NULL) {
+        pipe_sync_clock(p);
+        pipe_flush(p);
+    } else if (!pipe_connect(p)) {
+        p->next_sync_ms = aigw_now_ms() + CLOCK_RETRY_MS;
+    } else {
+        pipe_flush(p);
+    }
 }
 
 static void *
@@ -645,11 +802,14 @@ pipe_run(void *arg)
         p->inbox.head = p->inbox.tail = NULL;
         p->signaled = false;
         pthread_mutex_unlock(&p->lock);
-        if (in.head != NULL)
-            pipe_send(p, &in);
-        /* stopping: new calls are refused (closed), so once everything sent
-         * is answered or has timed out there is nothing left to wait for */
-        if (atomic_load(&p->stopping) && p->sent.head == NULL)
+        ops_concat(&p->held, &in);
+        pipe_expire(p);
+        pipe_send(p);
+        pipe_clock_due(p);
+        /* stopping: new calls are refused (closed), so once every call
+         * handed over is answered or has failed there is nothing left to
+         * wait for (late replies to failed calls are not waited for) */
+        if (atomic_load(&p->stopping) && p->live == NULL && p->held.head == NULL)
             break;
         n = epoll_wait(p->epfd, ev, 4, pipe_wait_ms(p));
         for (int i = 0; i < n; i++) {
@@ -662,8 +822,6 @@ pipe_run(void *arg)
             if (p->ctx != NULL && (ev[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
                 pipe_read(p);
         }
-        if (p->ctx != NULL && p->sent.head != NULL && aigw_now_ms() >= p->sent.head->deadline_ms)
-            pipe_drop(p, "timed out", "no reply within redis.timeout_ms");
     }
     return NULL;
 }
@@ -675,6 +833,7 @@ aigw_redis_pipe_start(struct aigw_redis_pool *pool)
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = 0};
 
     p->pool = pool;
+    atomic_init(&p->clock_offset_ms, CLOCK_UNKNOWN);
     pthread_mutex_init(&p->lock, NULL);
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -757,6 +916,18 @@ aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_redis_sc
     return true;
 }
 
+int64_t
+aigw_redis_pipe_deadline(struct aigw_redis_pipe *p)
+{
+    int64_t off = p != NULL ? atomic_load(&p->clock_offset_ms) : CLOCK_UNKNOWN;
+    int t;
+
+    if (off == CLOCK_UNKNOWN)
+        return -1;
+    t = p->pool->timeout_ms;
+    return aigw_now_ms() + off + t - t / 4;
+}
+
 void
 aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
 {
@@ -777,7 +948,8 @@ aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
     in = p->inbox;
     p->inbox.head = p->inbox.tail = NULL;
     pthread_mutex_unlock(&p->lock);
-    ops_fail(p, &p->sent); /* sent before the inbox: fail them in the order they came */
+    ops_fail(p, &p->sent); /* sent, then held, then the inbox: in the order they came */
+    ops_fail(p, &p->held);
     ops_fail(p, &in);
     if (p->ctx != NULL) {
         redisFree(p->ctx);

@@ -347,7 +347,7 @@ aigw_metrics_render(const struct aigw_metrics *m, const struct aigw_server *srv,
     render_lifecycle(out, m, srv);
     counter(out, "aigw_postgres_errors_total", "Failed PostgreSQL connects, pool acquires and statements.",
             get(&pg_errors));
-    counter(out, "aigw_redis_errors_total", "Failed Redis connects, pool acquires and dropped connections.",
+    counter(out, "aigw_redis_errors_total", "Failed Redis connects and pool acquires, timed-out calls, dropped connections.",
             get(&redis_errors));
     meta(out, "aigw_build_info", "gauge", "Build information; the value is always 1.");
     fputs("aigw_build_info{version=\"", out);

@@ -49,6 +49,15 @@
  * failed leader, so its waiters get the same answer. ARGV[8] single-flight key prefix,
  * ARGV[9] lock ttl ms, ARGV[10] '1' to take a published result, ARGV[11]
  * cache hash (also under no-cache), ARGV[12] monthly limit (-1 none).
+ * ARGV[13] deadline ('' = none): Redis-clock ms after which the script
+ * does nothing and returns 'expired'. aigw gives up on its reply at
+ * redis.timeout_ms (503), but Redis may still run it later (it was stuck
+ * behind a slow command, or paused): without the deadline that late run
+ * would count the request in the window, reserve a query of quota that is
+ * never used or refunded, and take a single-flight lock nobody leads. The
+ * deadline leaves a quarter of the timeout for the reply to come back (see
+ * aigw_redis_pipe_deadline), and the pipe never writes a call to a
+ * connection that has stopped answering.
  * -> {allowed, remaining, reset_s, generation, cached or false, quota used
  *     or -1, limit, key policy (1 when the numbers are the key's), revoked,
  *     single-flight (-1 not tried, 0 someone else leads, 1 lock taken,
@@ -66,6 +75,8 @@ static struct aigw_redis_script admit_script = {
         AIGW_SF_ACQUIRE_LUA AIGW_QUOTA_RESERVE_LUA
         "local t = redis.call('TIME')\n"
         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "local deadline = tonumber(ARGV[13] or '')\n"
+        "if deadline and now > deadline then return 'expired' end\n"
         "local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
         "local klimit = tonumber(ARGV[6] or '0')\n"
         "local gq = redis.call('MGET', KEYS[2], KEYS[3])\n"
@@ -165,9 +176,9 @@ add_ratelimit_headers(struct aigw_req *req)
 /* The script's keys and arguments of one request (buffers live here). */
 struct admit_args {
     char rl_key[96], gen_key[96], q_key[96], prefix[96], limit[24], key_rl[160], key_revoked[160], key_limit[24];
-    char sf_prefix[96], sf_ttl[24], q_limit[24];
+    char sf_prefix[96], sf_ttl[24], q_limit[24], deadline[24];
     const char *keys[5];
-    const char *args[12];
+    const char *args[13];
     int nkeys, nargs;
 };
 
@@ -194,6 +205,7 @@ build_args(struct aigw_req *req, struct admit_args *a)
     const struct aigw_tenant *t = req->tenant;
     const struct aigw_api_key *k = req->api_key;
     struct aigw_query *q = req->q;
+    int64_t deadline;
 
     aigw_concat(a->rl_key, sizeof(a->rl_key), "aigw:{", t->id, "}:rlb", NULL);
     aigw_concat(a->gen_key, sizeof(a->gen_key), "aigw:{", t->id, "}:gen", NULL);
@@ -219,7 +231,15 @@ build_args(struct aigw_req *req, struct admit_args *a)
         a->args[5] = a->key_limit;
         a->nkeys = 5;
     }
-    a->nargs = 6;
+    for (int i = 6; i < 12; i++)
+        a->args[i] = ""; /* ARGV[7] '' = not leading a miss */
+    deadline = aigw_redis_pipe_deadline(req->srv->pipe);
+    if (deadline >= 0)
+        aigw_fmt_int(a->deadline, deadline);
+    else
+        a->deadline[0] = '\0';
+    a->args[12] = a->deadline;
+    a->nargs = 13;
     switch (lead_mode(req)) {
     case 's':
         a->args[6] = "s";
@@ -238,7 +258,6 @@ build_args(struct aigw_req *req, struct admit_args *a)
     a->args[9] = q->no_cache ? "0" : "1";
     a->args[10] = q->cache_hex;
     a->args[11] = a->q_limit;
-    a->nargs = 12;
 }
 
 static bool
@@ -295,6 +314,14 @@ admit_answer(struct aigw_req *req, redisReply *r)
     struct aigw_query *q = req->q;
     bool by_key;
 
+    if (r != NULL && r->type == REDIS_REPLY_STRING && strcmp(r->str, "expired") == 0) {
+        /* it started after its deadline (and did nothing), yet its reply
+         * came in time: Redis stalled for more than 3/4 of the timeout (or
+         * its clock jumped since the pipe last sampled it) */
+        aigw_redis_log_error(req->srv->redis, "admit script", "started after its deadline (Redis stalled)");
+        freeReplyObject(r);
+        goto unavailable;
+    }
     if (!reply_ok(r)) {
         if (r != NULL && r->type == REDIS_REPLY_ERROR)
             aigw_log(LOG_ERR, "redis: admit script: %s", r->str);

@@ -1,5 +1,7 @@
 /* test_query.c - POST /api/ai/query end to end: cache, quota race, single-flight,
- * rate limit, feature gating, PII, bad input, upstream failures, idempotency */
+ * rate limit, feature gating, PII, bad input, upstream failures, idempotency,
+ * a stalled Redis */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +19,7 @@ static int port;
 static const char CONFIG[] =
     "{\"upstream\":{\"timeout_ms\":1500,\"queue_timeout_ms\":1000,\"health_interval_ms\":60000,\"fail_threshold\":100,"
     "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]},"
-    "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}\",\"flush_ms\":20}}";
+    "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}\",\"flush_ms\":20},\"redis\":{\"timeout_ms\":1000}}";
 
 static void
 tenant(const char *tier, const char *overrides, char id[37], char code[65])
@@ -51,6 +53,16 @@ rows(const char *tid, long want)
     const char *p[1] = {tid};
 
     return tl_wait_sql(owner, want, 3000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+}
+
+/* Whether the tenant has a single-flight lock (not a published result). */
+static long long
+sf_locks(const char *id)
+{
+    return tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                        " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
+                        id);
 }
 
 static void
@@ -275,11 +287,7 @@ test_quota_race(void)
             tl_resp_free(&r[i]);
         }
         CHECK(exhausted == 5, "identical questions over the quota: all 5 quota_exhausted (got %d)", exhausted);
-        CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
-                           "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
-                           " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
-                           id) == 0,
-              "no single-flight lock left behind");
+        CHECK(sf_locks(id) == 0, "no single-flight lock left behind");
         CHECK(tl_quota_used(id) == 5, "the counter still says 5 (%lld)", (long long)tl_quota_used(id));
         CHECK(rows(id, 55) == 55, "a usage row for each refusal");
     }
@@ -588,6 +596,91 @@ test_leader_death(void)
     free(tok);
 }
 
+/* A question asked after a delay, on a thread of its own. */
+struct late_ask {
+    const char *token;
+    int delay_ms, n;
+    struct tl_resp r;
+    pthread_t th;
+};
+
+static void *
+late_ask_run(void *arg)
+{
+    struct late_ask *a = arg;
+    char body[96];
+
+    usleep((useconds_t)a->delay_ms * 1000);
+    snprintf(body, sizeof(body), "{\"question\":\"asked while redis is stalled, number %d\"}", a->n);
+    ask(a->token, body, &a->r);
+    return NULL;
+}
+
+/* Redis stalls (CLIENT PAUSE) for longer than redis.timeout_ms while three
+ * misses are admitted. Whatever gave up on Redis answered 503, and Redis,
+ * which runs those scripts once it resumes, must not count them in the
+ * window, reserve quota for them or leave their single-flight locks behind
+ * (each admission script carries a deadline; the pipe writes nothing to a
+ * connection that stopped answering): the counters move by exactly the
+ * requests that were answered. redis.timeout_ms is 1000 here. The first
+ * admission (Redis idle: the direct path) gives up at 1000 ms. The second
+ * goes on the pipe at ~100 ms and the pipe gives up on it at ~1100; the
+ * third follows it at ~600 ms and keeps the connection open past 1300 ms,
+ * when Redis resumes and runs both: the second's script is past its
+ * deadline (~850) and does nothing, the third's (~1350) is not and it is
+ * answered. On a loaded machine the order can shift (a request that starts
+ * late is simply answered); the counters must agree either way. */
+static void
+test_redis_stall(void)
+{
+    char id[37], code[65], *tok;
+    struct late_ask a[3];
+    struct tl_resp r;
+    long long used0, n0, locks = -1;
+    int ok = 0, unavailable = 0;
+    const char *p[1] = {id};
+
+    tenant("pro", "{\"requests_per_minute\":1000,\"monthly_query_limit\":100}", id, code);
+    tok = tl_token(code, "optician", 600);
+    ask(tok, "{\"question\":\"before the stall\"}", &r);
+    CHECK(r.status == 200, "before the stall: answered (%ld)", r.status);
+    tl_resp_free(&r);
+    used0 = tl_quota_used(id);
+    n0 = tl_redis_int("HGET aigw:{%s}:rlb n", id);
+    CHECK(used0 == 1 && n0 == 1, "one query used, one in the window (%lld, %lld)", used0, n0);
+    tl_redis_int("CLIENT PAUSE 1300 ALL");
+    for (int i = 0; i < 3; i++) {
+        a[i] = (struct late_ask){.token = tok, .delay_ms = (int[]){0, 100, 600}[i], .n = i};
+        pthread_create(&a[i].th, NULL, late_ask_run, &a[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        char c[64] = "";
+
+        pthread_join(a[i].th, NULL);
+        ok += a[i].r.status == 200;
+        unavailable += a[i].r.status == 503 && tl_json_str(&a[i].r, "error.code", c, sizeof(c))
+                       && strcmp(c, "service_unavailable") == 0;
+        tl_resp_free(&a[i].r);
+    }
+    CHECK(ok + unavailable == 3 && unavailable >= 1, "stalled Redis: %d gave up (503), %d answered", unavailable, ok);
+    usleep(300 * 1000); /* the pause is over and Redis has run whatever it was sent */
+    CHECK(tl_quota_used(id) == used0 + ok, "quota: only the answered ones used a query (%lld, want %lld)",
+          tl_quota_used(id), used0 + ok);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == n0 + ok, "window: only the answered ones counted (%lld, want %lld)",
+          tl_redis_int("HGET aigw:{%s}:rlb n", id), n0 + ok);
+    for (int64_t end = aigw_now_ms() + 3000; aigw_now_ms() < end && (locks = sf_locks(id)) != 0;)
+        usleep(50 * 1000); /* an answered leader releases its lock just after its answer */
+    CHECK(locks == 0, "no single-flight lock left behind (%lld)", locks);
+    CHECK(rows(id, 4) == 4, "a usage row for each of the four requests");
+    CHECK(tl_wait_sql(owner, 1 + ok, 3000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p)
+              == 1 + ok,
+          "billed: the answered ones only");
+    ask(tok, "{\"question\":\"after the stall\"}", &r);
+    CHECK(r.status == 200, "after the stall: answered again (%ld)", r.status);
+    tl_resp_free(&r);
+    free(tok);
+}
+
 static void
 test_all_backends_down(void)
 {
@@ -653,6 +746,7 @@ main(void)
     test_upstream_failures();
     test_idempotency();
     test_leader_death();
+    test_redis_stall();
     test_all_backends_down();
     test_rate_limit();
 

@@ -1,14 +1,21 @@
 /* test_redis_pipe.c - the pipelined async Redis connection (redis.h) against
  * the real Redis of the test stack: many threads' calls each get their own
  * reply, exactly once; NOSCRIPT recovery; a stalled Redis fails calls at the
- * timeout and the pipe recovers; an unreachable Redis fails at once; cancel
+ * timeout and the pipe recovers; each call fails at its own deadline and a
+ * deadline-taking script does nothing once it is past; a silent server is
+ * given up on; an unreachable Redis fails at once; cancel
  * finishes what was handed over (answered, or failed at the
  * timeout) and refuses the rest; the direct-path slot. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "aigw/redis.h"
@@ -17,6 +24,16 @@
 
 #define THREADS 8
 #define PER_THREAD 250
+
+/* Returns {ARGV[1], INCR KEYS[1]}, or {ARGV[1], -1} without counting once
+ * Redis's clock is past ARGV[2] (a deadline from aigw_redis_pipe_deadline):
+ * the shape the admission script relies on. */
+static struct aigw_redis_script deadline_script = {
+    .source = "local t = redis.call('TIME')\n"
+              "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+              "if now > tonumber(ARGV[2]) then return {ARGV[1], -1} end\n"
+              "return {ARGV[1], redis.call('INCR', KEYS[1])}\n",
+};
 
 /* Returns {ARGV[1], INCR KEYS[1]}: the tag proves the reply is the caller's,
  * the counter that every call ran exactly once. */
@@ -210,6 +227,203 @@ test_stall(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     waiter_fini(&w);
 }
 
+/* One call's outcome: answered when, NULL or not, and the count it got. */
+struct outcome {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool answered, null;
+    long long count;
+    int64_t at_ms;
+};
+
+static void
+outcome_init(struct outcome *o)
+{
+    memset(o, 0, sizeof(*o));
+    pthread_mutex_init(&o->lock, NULL);
+    pthread_cond_init(&o->cond, NULL);
+}
+
+static void
+on_outcome(redisReply *r, void *ud)
+{
+    struct outcome *o = ud;
+
+    pthread_mutex_lock(&o->lock);
+    o->answered = true;
+    o->at_ms = aigw_now_ms();
+    o->null = r == NULL;
+    o->count = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2
+                       && r->element[1]->type == REDIS_REPLY_INTEGER
+                   ? r->element[1]->integer
+                   : -2;
+    pthread_cond_signal(&o->cond);
+    pthread_mutex_unlock(&o->lock);
+    freeReplyObject(r);
+}
+
+static bool
+outcome_wait(struct outcome *o, int timeout_ms)
+{
+    struct timespec dl;
+    bool got;
+
+    aigw_deadline_ms(&dl, timeout_ms);
+    pthread_mutex_lock(&o->lock);
+    while (!o->answered)
+        if (pthread_cond_timedwait(&o->cond, &o->lock, &dl) != 0)
+            break;
+    got = o->answered;
+    pthread_mutex_unlock(&o->lock);
+    pthread_cond_destroy(&o->cond);
+    pthread_mutex_destroy(&o->lock);
+    return got;
+}
+
+/* A call of deadline_script with the pipe's deadline (or the one given). */
+static void
+deadline_call(struct aigw_redis_pipe *p, const char *tag, int64_t deadline, struct outcome *o)
+{
+    const char *keys[1] = {"test:pipe:deadline"};
+    char dl[24];
+    const char *args[2] = {tag, dl};
+
+    snprintf(dl, sizeof(dl), "%lld", (long long)(deadline >= 0 ? deadline : aigw_redis_pipe_deadline(p)));
+    aigw_redis_pipe_eval(p, &deadline_script, 1, keys, 2, args, on_outcome, o);
+}
+
+/* The pipe knows Redis's clock (here the same host's: so its estimate is
+ * the wall clock), and a stalled Redis fails each call at its OWN
+ * deadline: a call behind one that timed out keeps its connection and gets
+ * its reply when Redis resumes. Both were sent before Redis resumed and
+ * both deadlines are past by then, so the script counts neither: nothing
+ * happens for a caller that was told its call failed. */
+static void
+test_deadlines(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
+{
+    const char *del[2] = {"DEL", "test:pipe:deadline"}, *get[2] = {"GET", "test:pipe:deadline"};
+    struct outcome a, b;
+    struct timespec ts;
+    int64_t dl = -1, t0, wall;
+    redisReply *r;
+
+    for (int i = 0; i < 300 && (dl = aigw_redis_pipe_deadline(pipe)) < 0; i++)
+        usleep(10 * 1000);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    CHECK(dl >= 0, "the pipe sampled Redis's clock");
+    CHECK(dl - wall >= 700 && dl - wall <= 800,
+          "deadline = Redis's clock + 3/4 of the 1000 ms timeout (%lld ms ahead of the wall clock)",
+          (long long)(dl - wall));
+    CHECK(aigw_redis_pipe_deadline(NULL) == -1, "no pipe: no deadline");
+    freeReplyObject(sync_cmd(pool, 2, del));
+    outcome_init(&a);
+    outcome_init(&b);
+    pause_redis(pool, "1500");
+    t0 = aigw_now_ms();
+    deadline_call(pipe, "a", -1, &a);
+    usleep(700 * 1000);
+    deadline_call(pipe, "b", -1, &b);
+    CHECK(outcome_wait(&a, 3000) && a.null, "the first call failed (NULL)");
+    CHECK(a.at_ms - t0 >= 900, "... at its deadline, not before (%lld ms)", (long long)(a.at_ms - t0));
+    CHECK(outcome_wait(&b, 3000) && !b.null, "the call behind it was not failed with it: it got its reply");
+    CHECK(b.count == -1, "... the script's 'too late' (started after its deadline: %lld)", b.count);
+    CHECK(b.at_ms - t0 >= 1400, "... once Redis resumed (%lld ms)", (long long)(b.at_ms - t0));
+    r = sync_cmd(pool, 2, get);
+    CHECK(r != NULL && r->type == REDIS_REPLY_NIL, "neither late call counted: %s",
+          r != NULL && r->type == REDIS_REPLY_STRING ? r->str : "(nil)");
+    freeReplyObject(r);
+}
+
+/* A "Redis" that accepts connections and never answers (a black hole: a
+ * host gone without a reset). */
+struct blackhole {
+    int fd, port;
+    atomic_int accepted;
+    atomic_bool stop;
+    pthread_t th;
+};
+
+static void *
+blackhole_run(void *arg)
+{
+    struct blackhole *bh = arg;
+    int conns[64], n = 0;
+
+    while (!atomic_load(&bh->stop)) {
+        struct pollfd pfd[65];
+        int np = 0;
+
+        pfd[np++] = (struct pollfd){.fd = bh->fd, .events = POLLIN};
+        for (int i = 0; i < n; i++)
+            pfd[np++] = (struct pollfd){.fd = conns[i], .events = POLLIN};
+        if (poll(pfd, (nfds_t)np, 50) <= 0)
+            continue;
+        if ((pfd[0].revents & POLLIN) && n < 64) {
+            int c = accept(bh->fd, NULL, NULL);
+
+            if (c >= 0) {
+                conns[n++] = c;
+                atomic_fetch_add(&bh->accepted, 1);
+            }
+        }
+        for (int i = 1; i < np; i++) {
+            char buf[4096];
+
+            if (pfd[i].revents & POLLIN)
+                (void)!read(pfd[i].fd, buf, sizeof(buf)); /* swallowed, never answered */
+        }
+    }
+    for (int i = 0; i < n; i++)
+        close(conns[i]);
+    return NULL;
+}
+
+/* With calls coming all the time, the pipe must not sit on a connection
+ * that never answers (every call would fail until TCP gave up, minutes):
+ * calls wait while the oldest one is overdue, so every call on the
+ * connection fails within one timeout and the pipe connects again. */
+static void
+test_blackhole(void)
+{
+    struct blackhole bh = {0};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    struct aigw_redis_pool *pool;
+    struct aigw_redis_pipe *pipe;
+    struct waiter w;
+    char err[128], url[64];
+    int calls = 0;
+
+    bh.fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (bh.fd < 0 || bind(bh.fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(bh.fd, 16) != 0
+        || getsockname(bh.fd, (struct sockaddr *)&sa, &sl) != 0) {
+        CHECK(0, "black hole listens");
+        return;
+    }
+    bh.port = ntohs(sa.sin_port);
+    pthread_create(&bh.th, NULL, blackhole_run, &bh);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", bh.port);
+    pool = aigw_redis_pool_create(url, 2, 300, err, sizeof(err));
+    pipe = aigw_redis_pipe_start(pool);
+    waiter_init(&w, "void");
+    for (int64_t end = aigw_now_ms() + 2000; aigw_now_ms() < end; calls++) {
+        call(pipe, "test:pipe:count", &w);
+        usleep(50 * 1000);
+    }
+    CHECK(wait_answers(&w, calls, 3000) == calls && w.nulls == calls, "every call to the black hole failed: %d/%d",
+          w.nulls, calls);
+    CHECK(atomic_load(&bh.accepted) >= 3, "the pipe gave up on the silent connection and connected again (%d times)",
+          atomic_load(&bh.accepted));
+    CHECK(aigw_redis_pipe_deadline(pipe) == -1, "no clock from a Redis that never answered");
+    aigw_redis_pipe_destroy(pipe);
+    aigw_redis_pool_destroy(pool);
+    waiter_fini(&w);
+    atomic_store(&bh.stop, true);
+    pthread_join(bh.th, NULL);
+    close(bh.fd);
+}
+
 static void
 test_unreachable(void)
 {
@@ -345,12 +559,15 @@ main(void)
         return 1;
     }
     aigw_redis_script_init(&echo_script);
+    aigw_redis_script_init(&deadline_script);
     pipe = aigw_redis_pipe_start(pool);
     test_direct_slot(pool, pipe);
     test_many_threads(pool, pipe);
     test_noscript(pool, pipe);
     test_stall(pool, pipe);
+    test_deadlines(pool, pipe);
     test_unreachable();
+    test_blackhole();
     test_cancel_finishes(pool);
     test_cancel(pool, pipe);
     aigw_redis_pipe_destroy(pipe);
