@@ -775,8 +775,8 @@ pipe_wait_ms(const struct aigw_redis_pipe *p)
 static void
 pipe_clock_due(struct aigw_redis_pipe *p)
 {
-    if (aigw_now_ms() < p->next_sync_ms || atomic_load(&p->stopping))
-        return;
+    if (aigw_now_ms() < p->next_sync_ms || atomic_load(&p->stopping) || pipe_stalled(p))
+        return; /* (a stalled connection is not kept open by a sample) */
     if (p->ctx != NULL) {
         pipe_sync_clock(p);
         pipe_flush(p);
