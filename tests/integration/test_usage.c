@@ -1,7 +1,8 @@
 /* test_usage.c - the usage writer against the real PostgreSQL: rows and their
  * values (every column, through the binary statement), lines in another
  * shape (the JSON statement), the quota counter, exactly-once replay, a
- * PostgreSQL outage, a crash (SIGKILL) and rejected rows.
+ * PostgreSQL outage, a crash (SIGKILL), rejected rows, and a tenant deleted
+ * while its rows are written.
  *
  * Stopping PostgreSQL needs the devstack name: AIGW_STACK_NAME, or else the
  * name in the stack marker $AIGW_STACK_DIR/.aigw-devstack. */
@@ -995,6 +996,153 @@ test_rejected(const char *url)
     remove_spool(dir);
 }
 
+/* ---- 6: a tenant's deletion and its usage rows ---- */
+
+/* Poll (up to 5 s) until the backend of the query sql selects (one row: its
+ * pid, or nothing) is blocked by blocker's lock. */
+static bool
+wait_blocked(PGconn *blocker, const char *sql)
+{
+    char pid[16];
+    const char *p[1] = {pid};
+
+    snprintf(pid, sizeof(pid), "%d", PQbackendPID(blocker));
+    for (int waited = 0; waited < 5000; waited += 10) {
+        if (tl_sql_long(owner, sql, 1, p) > 0)
+            return true;
+        usleep(10 * 1000);
+    }
+    return false;
+}
+
+/* Whether the id of every row is in dir's rejected.jsonl. */
+static bool
+in_rejected(const char *dir, const struct aigw_usage_row *rows, int n)
+{
+    char path[512], *text;
+    bool all = true;
+
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    text = read_all(path);
+    for (int i = 0; i < n; i++)
+        all = all && strstr(text, rows[i].id) != NULL;
+    free(text);
+    return all;
+}
+
+/* A batch for a tenant whose DELETE is under way: the writer resolves the
+ * tenant (the DELETE is not committed yet), its insert waits on the tenant
+ * row, and once the DELETE commits the batch fails like a foreign-key
+ * violation: nothing inserted, the rows in rejected.jsonl. Rows written
+ * before the DELETE went with the tenant. */
+static void
+test_tenant_deleted_during_batch(const char *url)
+{
+    char tenant[37], dir[64], reqs[4][32];
+    const char *p[1] = {tenant};
+    struct aigw_usage_row w[4];
+    struct aigw_usage *u = fresh_writer("pro", tenant, dir, url, 20, 100);
+    PGconn *deleter = tl_pg_owner();
+
+    if (u == NULL)
+        return;
+    CHECK(record_n(u, tenant, 0, 3) == 0, "rows before the delete");
+    CHECK(wait_backlog(u, 0, 15000), "written (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == 3, "3 rows in: %ld", count_rows(tenant));
+
+    PQclear(tl_sql(deleter, true, "BEGIN", 0, NULL));
+    PQclear(tl_sql(deleter, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+    for (int i = 0; i < 4; i++) {
+        snprintf(reqs[i], sizeof(reqs[i]), "req-deleted-%d", i);
+        base_row(&w[i], tenant, reqs[i]);
+        CHECK(aigw_usage_record(u, &w[i]) == 0, "record %s", reqs[i]);
+    }
+    CHECK(wait_blocked(deleter, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'aigw_app'"
+                                " AND application_name = 'aigw' AND query LIKE '%ai_usage_logs%'"
+                                " AND $1::int = ANY (pg_blocking_pids(pid))"),
+          "the writer's insert waits for the uncommitted tenant DELETE");
+    PQclear(tl_sql(deleter, true, "COMMIT", 0, NULL));
+    CHECK(wait_backlog(u, 0, 15000), "batch handled (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == 0, "no usage row of the deleted tenant: %ld", count_rows(tenant));
+    CHECK(in_rejected(dir, w, 4), "the batch's rows are in rejected.jsonl");
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    remove_spool(dir);
+    PQfinish(deleter);
+}
+
+/* The other order: a transaction that inserted rows holds the tenant row
+ * (FOR KEY SHARE); a DELETE of the tenant waits for it and then deletes the
+ * rows it committed, so no orphan is left. Also: no insert for a tenant that
+ * is gone, even when the tenant setting names it; no new id for a tenant with
+ * usage rows; no tenant DELETE outside READ COMMITTED. */
+static void
+test_tenant_delete_waits(void)
+{
+    static const char INS[] =
+        "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success)"
+        " SELECT gen_random_uuid(), $1, 'delete-wait', '/api/ai/query', 200, true FROM generate_series(1, 5)";
+    char tenant[37], code[65];
+    const char *p[1] = {tenant};
+    PGconn *app = tl_pg_app(), *deleter = tl_pg_owner();
+    const char *state;
+    PGresult *r;
+
+    tl_create_tenant(owner, "pro", "active", tenant, code);
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    PQclear(tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p));
+    PQclear(tl_sql(app, true, INS, 1, p));
+
+    CHECK(PQsendQueryParams(deleter, "DELETE FROM tenants WHERE id = $1", 1, NULL, p, NULL, NULL, 0) == 1,
+          "send DELETE");
+    CHECK(wait_blocked(app, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DELETE FROM tenants%'"
+                            " AND $1::int = ANY (pg_blocking_pids(pid))"),
+          "the DELETE waits for the open insert");
+    usleep(200 * 1000);
+    PQconsumeInput(deleter);
+    CHECK(PQisBusy(deleter), "still waiting after 200 ms");
+    PQclear(tl_sql(app, true, "COMMIT", 0, NULL));
+    r = PQgetResult(deleter);
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdTuples(r), "1") == 0, "tenant deleted: %s",
+          PQresultErrorMessage(r));
+    PQclear(r);
+    while ((r = PQgetResult(deleter)) != NULL)
+        PQclear(r);
+    CHECK(count_rows(tenant) == 0, "the committed rows went with the tenant: %ld", count_rows(tenant));
+
+    /* the tenant setting still names the deleted tenant: the insert is refused as by the foreign key */
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    PQclear(tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p));
+    r = tl_sql(app, false, INS, 1, p);
+    state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR && state != NULL && strcmp(state, "23503") == 0,
+          "insert for a deleted tenant: 23503 as from the foreign key: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    PQclear(tl_sql(app, true, "ROLLBACK", 0, NULL));
+    CHECK(count_rows(tenant) == 0, "nothing inserted");
+
+    /* a tenant id with usage rows cannot change */
+    tl_create_tenant(owner, "pro", "active", tenant, code);
+    PQclear(tl_sql(owner, true,
+                   "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success)"
+                   " VALUES (gen_random_uuid(), $1, 'new-id', '/api/ai/query', 200, true)",
+                   1, p));
+    r = tl_sql(owner, false, "UPDATE tenants SET id = gen_random_uuid() WHERE id = $1", 1, p);
+    CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR, "new id for a tenant with usage rows refused");
+    PQclear(r);
+    /* nor can it be deleted outside READ COMMITTED */
+    PQclear(tl_sql(deleter, true, "BEGIN ISOLATION LEVEL REPEATABLE READ", 0, NULL));
+    r = tl_sql(deleter, false, "DELETE FROM tenants WHERE id = $1", 1, p);
+    CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR && strstr(PQresultErrorMessage(r), "READ COMMITTED") != NULL,
+          "tenant DELETE under REPEATABLE READ refused: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    PQclear(tl_sql(deleter, true, "ROLLBACK", 0, NULL));
+    PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+    CHECK(count_rows(tenant) == 0, "deleting the tenant deleted its row");
+    PQfinish(deleter);
+    PQfinish(app);
+}
+
 int
 main(void)
 {
@@ -1008,6 +1156,8 @@ main(void)
     test_bad_values(url);
     test_batches(url);
     test_rejected(url);
+    test_tenant_deleted_during_batch(url);
+    test_tenant_delete_waits();
     test_crash(url);
     test_outage(url); /* last: restarts PostgreSQL */
     PQfinish(owner);
