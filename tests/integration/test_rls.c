@@ -98,6 +98,16 @@ main(void)
                       0, NULL) == 0,
           "every tenant-owned table has RLS enabled and forced");
 
+    /* one tenant_isolation policy per table, for every role and command,
+     * USING = WITH CHECK, the tenant read once per statement (sql/009) */
+    CHECK(tl_sql_long(owner,
+                      "SELECT count(*) FROM pg_policies WHERE schemaname = 'public' AND policyname = 'tenant_isolation' "
+                      "AND roles = '{public}' AND cmd = 'ALL' AND qual = with_check "
+                      "AND qual = '(' || CASE tablename WHEN 'tenants' THEN 'id' ELSE 'tenant_id' END "
+                      "|| ' = ( SELECT aigw_current_tenant() AS aigw_current_tenant))'",
+                      0, NULL) == (long)N_TABLES,
+          "tenant_isolation policies: same expression for USING and WITH CHECK, tenant as an InitPlan");
+
     /* isolation: tenant A sees its own rows and none of B's */
     for (size_t i = 0; i < N_TABLES; i++) {
         CHECK(count_in(app, a, TABLES[i], a) >= 1, "%s: tenant A sees its own rows", TABLES[i]);
@@ -117,6 +127,24 @@ main(void)
                  "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
                  "VALUES (gen_random_uuid(), $1, 'x', '/x', 200, true)",
                  1, pb, "row-level security");
+    /* the writer's shape: many rows in one INSERT ... SELECT, the policy's
+     * tenant read once per statement (sql/009); one row of B among A's is
+     * enough to refuse the whole statement */
+    r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PQclear(r);
+    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
+    PQclear(r);
+    expect_error(app, "multi-row usage insert with one row of B under A",
+                 "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
+                 "SELECT gen_random_uuid(), t, 'x', '/x', 200, true "
+                 "FROM unnest(ARRAY[$1::uuid, $1::uuid, $2::uuid, $1::uuid]) AS t",
+                 2, pab, "row-level security");
+    expect_error(app, "multi-row usage insert with no tenant set",
+                 "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
+                 "SELECT gen_random_uuid(), t, 'x', '/x', 200, true FROM unnest(ARRAY[$1::uuid, $1::uuid]) AS t",
+                 1, pa, "row-level security");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE request_id = 'x'", 0, NULL) == 0,
+          "no usage row written by the refused inserts");
     r = tl_sql(app, true, "BEGIN", 0, NULL);
     PQclear(r);
     r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
