@@ -1,7 +1,7 @@
 /* usage_rowcost.c - PostgreSQL backend CPU per usage row for the usage
  * writer's statement
  *
- *   usage_rowcost APP_URL TENANT_UUID ROWS BATCH [writer|plain|sql]
+ *   usage_rowcost APP_URL TENANT_UUID ROWS BATCH [writer|replay|plain|sql]
  *
  * Sends ROWS cache-hit-like usage rows of one tenant, BATCH rows per
  * statement, the way the writer does (src/backends/usage.c): the rows as
@@ -10,7 +10,10 @@
  * (aigw_pg_exec_tenant_params). Prints the backend's CPU time over the
  * measured batches from /proc/<backend pid>/schedstat (ns on CPU) and
  * /proc/<pid>/stat (utime + stime), per row. "writer" is the writer's
- * statement (INSERT_BIN_SQL, copied from usage.c), "plain" the INSERT alone
+ * statement (INSERT_BIN_SQL, copied from usage.c), "replay" its statement
+ * for a batch with rows already written (ON CONFLICT (id) DO NOTHING; the
+ * rows here are new, so it measures what ON CONFLICT costs when nothing
+ * conflicts), "plain" the INSERT alone
  * (no RETURNING, no quota UPDATE), "sql" the statement in $ROWCOST_SQL
  * (same 19 parameters). Two warm-up batches are not counted.
  * ROWCOST_SETUP=SQL runs SQL on the connection first (e.g. SET jit = off). */
@@ -29,20 +32,25 @@
 #include "aigw/util.h"
 
 /* copied from src/backends/usage.c */
-#define INSERT_TAIL                                                                                 \
-    " ON CONFLICT (id) DO NOTHING RETURNING billed, created_at),"                                   \
+#define RETURNING_TAIL                                                                              \
+    " RETURNING billed, created_at),"                                                               \
     " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
     " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
     " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
     " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
     " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
     " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
+#define INSERT_TAIL " ON CONFLICT (id) DO NOTHING" RETURNING_TAIL
+#define INSERT_BIN_HEAD                                                                             \
+    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"                               \
+    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[]," \
+    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"      \
+    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])"
 
-static const char WRITER_SQL[] =
-    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"
-    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"
-    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])" INSERT_TAIL;
+/* INSERT_BIN_SQL: what the writer sends first; INSERT_BIN_REPLAY_SQL: its
+ * statement for a batch with rows already written (mode "replay") */
+static const char WRITER_SQL[] = INSERT_BIN_HEAD RETURNING_TAIL;
+static const char REPLAY_SQL[] = INSERT_BIN_HEAD INSERT_TAIL;
 
 static const char PLAIN_SQL[] =
     "INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"
@@ -144,11 +152,13 @@ main(int argc, char **argv)
     PGresult *r;
 
     if (argc < 5) {
-        fprintf(stderr, "usage: %s APP_URL TENANT_UUID ROWS BATCH [writer|plain|sql]\n", argv[0]);
+        fprintf(stderr, "usage: %s APP_URL TENANT_UUID ROWS BATCH [writer|replay|plain|sql]\n", argv[0]);
         return 2;
     }
     if (argc > 5 && strcmp(argv[5], "plain") == 0)
         sql = PLAIN_SQL;
+    else if (argc > 5 && strcmp(argv[5], "replay") == 0)
+        sql = REPLAY_SQL;
     else if (argc > 5 && strcmp(argv[5], "sql") == 0)
         sql = getenv("ROWCOST_SQL"); /* another statement with the same 19 parameters */
     if (sql == NULL) {

@@ -43,6 +43,15 @@ PGresult *aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const
                                      const Oid *types, const char *const *values, const int *lengths,
                                      const int *formats);
 
+/* The same, for a caller that handles some error itself: when the statement
+ * (not the tenant setting, not the connection) fails, state (char[6], may
+ * be NULL) gets its SQLSTATE, else ""; an error whose SQLSTATE is quiet_state
+ * (NULL = none) is neither logged nor counted as a PostgreSQL error. The
+ * implicit transaction is over either way: a retry sends both again. */
+PGresult *aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
+                                  const Oid *types, const char *const *values, const int *lengths,
+                                  const int *formats, const char *quiet_state, char *state);
+
 /* A multi-statement transaction under RLS: BEGIN and the transaction-local
  * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one
  * round trip. Run statements with aigw_pg_exec, then aigw_pg_commit; on any

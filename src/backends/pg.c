@@ -226,9 +226,33 @@ PGresult *
 aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
                            const char *const *values, const int *lengths, const int *formats)
 {
+    return aigw_pg_exec_tenant_try(conn, tenant_ref, sql, nparams, types, values, lengths, formats, NULL, NULL);
+}
+
+/* The statement's error: its SQLSTATE into state; logged (and counted)
+ * unless it is quiet_state. */
+static void
+statement_error(PGconn *conn, PGresult *r, const char *quiet_state, char *state)
+{
+    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+
+    if (state != NULL && st != NULL && strlen(st) == 5)
+        memcpy(state, st, 6);
+    if (quiet_state == NULL || st == NULL || strcmp(st, quiet_state) != 0)
+        log_result_error("tenant query", conn, r);
+}
+
+PGresult *
+aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
+                        const char *const *values, const int *lengths, const int *formats, const char *quiet_state,
+                        char *state)
+{
     PGresult *r, *out = NULL;
     bool failed = false, synced = false;
     int idx = 0;
+
+    if (state != NULL)
+        state[0] = '\0';
 
     if (PQenterPipelineMode(conn) != 1) {
         log_result_error("pipeline", conn, NULL);
@@ -265,7 +289,9 @@ aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql
                 PQclear(r);
             break;
         default:
-            if (!failed)
+            if (!failed && idx == 1)
+                statement_error(conn, r, quiet_state, state);
+            else if (!failed)
                 log_result_error("tenant query", conn, r);
             failed = true;
             PQclear(r);

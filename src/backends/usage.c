@@ -10,9 +10,11 @@
  *
  * How far a segment is committed is kept in memory only: after a crash every
  * segment left is replayed from its start. That is safe because the row id is
- * the primary key and the insert is ON CONFLICT (id) DO NOTHING; the quota
- * counter in tenants is raised by the rows the INSERT RETURNs, i.e. only by
- * rows inserted now, so a replay adds neither a row nor a count.
+ * the primary key: a batch is sent as a plain INSERT, and when that fails
+ * with unique_violation (rows of the batch already there: a replay) it is
+ * sent again as INSERT ... ON CONFLICT (id) DO NOTHING. The quota counter in
+ * tenants is raised by the rows the INSERT RETURNs, i.e. only by rows
+ * inserted now, so a replay adds neither a row nor a count.
  *
  * What goes to PostgreSQL: the tenant's rows of a batch as 19 arrays, one
  * per column, in PostgreSQL's binary array format (usage_line.c reads the
@@ -68,27 +70,37 @@
 #define BACKOFF_MAX_MS 5000
 #define READ_MIN ((size_t)64 << 10)
 
-/* What both statements do with the rows: insert the new ones and raise the
+/* What the statements do with the rows: insert the new ones and raise the
  * quota counter by the billed rows inserted now (not the conflicting
  * replays) whose created_at lies in the current UTC month, restarting at 0
  * in a new month; the UPDATE is skipped when there is nothing to add. The
  * column list is explicit so that a column added later gets its default. */
-#define INSERT_TAIL                                                                                 \
-    " ON CONFLICT (id) DO NOTHING RETURNING billed, created_at),"                                   \
+#define RETURNING_TAIL                                                                              \
+    " RETURNING billed, created_at),"                                                               \
     " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
     " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
     " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
     " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
     " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
     " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
+#define INSERT_TAIL " ON CONFLICT (id) DO NOTHING" RETURNING_TAIL
 
 /* The usual statement: $1..$19 are one binary array per column (see
  * usage_line.c), in AIGW_USAGE_COLUMNS order. */
-static const char INSERT_BIN_SQL[] =
-    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"
-    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],"
-    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"
-    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])" INSERT_TAIL;
+#define INSERT_BIN_HEAD                                                                             \
+    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"                               \
+    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[]," \
+    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"      \
+    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])"
+
+/* A plain INSERT first: a duplicate id only comes from a replay (the ids are
+ * aigw's own UUIDv7s), and ON CONFLICT costs PostgreSQL ~12k instructions
+ * per row (a speculative insertion: the index is checked before the heap
+ * tuple goes in, then the insertion is confirmed) whether or not anything
+ * conflicts. When it fails with unique_violation the batch is sent again
+ * with ON CONFLICT (id) DO NOTHING, which inserts the rows not yet there. */
+static const char INSERT_BIN_SQL[] = INSERT_BIN_HEAD RETURNING_TAIL;
+static const char INSERT_BIN_REPLAY_SQL[] = INSERT_BIN_HEAD INSERT_TAIL;
 
 /* For lines the binary reader does not take, and row by row in isolate():
  * $1 is a JSON array of spool lines. jsonb_populate_recordset matches keys
@@ -96,6 +108,8 @@ static const char INSERT_BIN_SQL[] =
 static const char INSERT_SQL[] =
     "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"
     " SELECT " AIGW_USAGE_COLUMNS " FROM jsonb_populate_recordset(NULL::ai_usage_logs, $1::jsonb)" INSERT_TAIL;
+
+#define UNIQUE_VIOLATION "23505"
 
 /* Same as pg.c's, but here we read the result: '' means unknown tenant. */
 static const char SET_TENANT_SQL[] =
@@ -844,9 +858,18 @@ insert_tenant(struct aigw_usage *u, const char *tenant)
     PGresult *r;
 
     if (arrays_of(u, tenant)) {
+        char state[6];
+
         aigw_usage_arrays_finish(&u->arrays, types, values, lengths);
-        return aigw_pg_exec_tenant_params(u->conn, tenant, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, values,
-                                          lengths, formats);
+        r = aigw_pg_exec_tenant_try(u->conn, tenant, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, values, lengths,
+                                    formats, UNIQUE_VIOLATION, state);
+        if (r != NULL || strcmp(state, UNIQUE_VIOLATION) != 0)
+            return r;
+        /* the statement and its transaction were rolled back: all again */
+        aigw_log(LOG_INFO, "usage: tenant %s: the batch has rows already written (a replay); skipping those",
+                 tenant);
+        return aigw_pg_exec_tenant_params(u->conn, tenant, INSERT_BIN_REPLAY_SQL, AIGW_USAGE_NCOLS, types,
+                                          values, lengths, formats);
     }
     aigw_log(LOG_DEBUG, "usage: tenant %s: a line not in the spool's own format; sending JSON", tenant);
     param = json_array_of(&u->b, tenant, NULL);

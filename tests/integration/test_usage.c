@@ -795,6 +795,54 @@ test_batches(const char *url)
     remove_spool(dir);
 }
 
+/* A batch with a row already in PostgreSQL (as in a replay, but in a live
+ * writer): the plain INSERT fails with unique_violation and the batch goes
+ * again with ON CONFLICT (id) DO NOTHING. Its other rows are written, in one
+ * transaction; the known row is neither doubled, nor counted twice, nor
+ * rejected. */
+static void
+test_batch_with_written_row(const char *url)
+{
+    char tenant[37], dir[64], path[512], req[6][64];
+    const char *p[1] = {tenant};
+    struct aigw_usage_row r[6];
+    struct aigw_usage *u = fresh_writer("pro", tenant, dir, url, 300, 100);
+    int fails = 0;
+
+    if (u == NULL)
+        return;
+    for (int i = 0; i < 2; i++) {
+        fill_row(&r[i], req[i], sizeof(req[i]), tenant, i);
+        fails += aigw_usage_record(u, &r[i]) != 0;
+    }
+    CHECK(wait_backlog(u, 0, 15000), "first rows written (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == 2, "2 rows in: %ld", count_rows(tenant));
+    /* one batch: rows 2..5 with row 1 again (same id) in the middle */
+    for (int i = 2; i < 6; i++) {
+        fill_row(&r[i], req[i], sizeof(req[i]), tenant, i);
+        fails += aigw_usage_record(u, &r[i]) != 0;
+        if (i == 3)
+            fails += aigw_usage_record(u, &r[1]) != 0;
+    }
+    CHECK(fails == 0, "all records succeeded (%d failed)", fails);
+    CHECK(wait_backlog(u, 0, 15000), "batch with a written row handled (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == 6, "every row once: %ld", count_rows(tenant));
+    CHECK(tl_sql_long(owner, "SELECT count(DISTINCT id) FROM ai_usage_logs WHERE tenant_id = $1", 1, p) == 6,
+          "no id twice");
+    CHECK(tl_sql_long(owner,
+                      "SELECT count(DISTINCT xmin::text) FROM ai_usage_logs WHERE tenant_id = $1"
+                      " AND request_id IN ('usage-test-2', 'usage-test-3', 'usage-test-4', 'usage-test-5')",
+                      1, p) == 1,
+          "the batch's new rows in one transaction");
+    CHECK(queries_used(tenant) == billed(0, 6), "quota counted once per row: %ld (want %d)", queries_used(tenant),
+          billed(0, 6));
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    CHECK(access(path, F_OK) != 0, "nothing rejected");
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    remove_spool(dir);
+}
+
 /* ---- 3: PostgreSQL outage ---- */
 
 static const char *
@@ -1155,6 +1203,7 @@ main(void)
     test_other_shapes(url);
     test_bad_values(url);
     test_batches(url);
+    test_batch_with_written_row(url);
     test_rejected(url);
     test_tenant_deleted_during_batch(url);
     test_tenant_delete_waits();
