@@ -1,7 +1,7 @@
 /* usage_rowcost.c - PostgreSQL backend CPU per usage row for the usage
  * writer's statement
  *
- *   usage_rowcost APP_URL TENANT_UUID ROWS BATCH [writer|replay|plain|sql]
+ *   usage_rowcost APP_URL TENANT_UUID ROWS BATCH [writer|unprepared|replay|plain|sql]
  *
  * Sends ROWS cache-hit-like usage rows of one tenant, BATCH rows per
  * statement, the way the writer does (src/backends/usage.c): the rows as
@@ -10,7 +10,9 @@
  * (aigw_pg_exec_tenant_params). Prints the backend's CPU time over the
  * measured batches from /proc/<backend pid>/schedstat (ns on CPU) and
  * /proc/<pid>/stat (utime + stime), per row. "writer" is the writer's
- * statement (INSERT_BIN_SQL, copied from usage.c), "replay" its statement
+ * statement (INSERT_BIN_SQL, copied from usage.c), prepared once on the
+ * connection as the writer does, "unprepared" the same sent with its text
+ * every time, "replay" the writer's unprepared statement
  * for a batch with rows already written (ON CONFLICT (id) DO NOTHING; the
  * rows here are new, so it measures what ON CONFLICT costs when nothing
  * conflicts), "plain" the INSERT alone
@@ -145,6 +147,7 @@ main(int argc, char **argv)
     int lengths[AIGW_USAGE_NCOLS];
     Oid types[AIGW_USAGE_NCOLS];
     const char *sql = WRITER_SQL;
+    bool prepare = argc <= 5 || strcmp(argv[5], "writer") == 0, prepared = false;
     uint64_t ns0 = 0, ns1, t0 = 0, t1, s0 = 0, s1, f0 = 0, f1;
     long rows, batch, done = 0, i = 0;
     int pid, warm = 2;
@@ -152,13 +155,15 @@ main(int argc, char **argv)
     PGresult *r;
 
     if (argc < 5) {
-        fprintf(stderr, "usage: %s APP_URL TENANT_UUID ROWS BATCH [writer|replay|plain|sql]\n", argv[0]);
+        fprintf(stderr, "usage: %s APP_URL TENANT_UUID ROWS BATCH [writer|unprepared|replay|plain|sql]\n", argv[0]);
         return 2;
     }
     if (argc > 5 && strcmp(argv[5], "plain") == 0)
         sql = PLAIN_SQL;
     else if (argc > 5 && strcmp(argv[5], "replay") == 0)
         sql = REPLAY_SQL;
+    else if (argc > 5 && strcmp(argv[5], "unprepared") == 0)
+        prepare = false;
     else if (argc > 5 && strcmp(argv[5], "sql") == 0)
         sql = getenv("ROWCOST_SQL"); /* another statement with the same 19 parameters */
     if (sql == NULL) {
@@ -190,7 +195,16 @@ main(int argc, char **argv)
         aigw_usage_arrays_finish(&a, types, values, lengths);
         if (warm == 0 && done == 0)
             proc_cpu(pid, &ns0, &t0, &s0, &f0);
-        r = aigw_pg_exec_tenant_params(c, argv[2], sql, AIGW_USAGE_NCOLS, types, values, lengths, formats);
+        if (prepare && !prepared) {
+            if (aigw_pg_prepare(c, "rowcost", sql, AIGW_USAGE_NCOLS, types) != 0)
+                return 1;
+            prepared = true;
+        }
+        if (prepare)
+            r = aigw_pg_exec_tenant_prepared(c, argv[2], "rowcost", AIGW_USAGE_NCOLS, values, lengths, formats, NULL,
+                                             NULL);
+        else
+            r = aigw_pg_exec_tenant_params(c, argv[2], sql, AIGW_USAGE_NCOLS, types, values, lengths, formats);
         if (r == NULL) {
             fprintf(stderr, "batch failed\n");
             return 1;

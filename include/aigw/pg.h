@@ -52,6 +52,14 @@ PGresult *aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const ch
                                   const Oid *types, const char *const *values, const int *lengths,
                                   const int *formats, const char *quiet_state, char *state);
 
+/* The same with the statement prepared on conn as stmt (aigw_pg_prepare).
+ * A statement conn does not have fails with SQLSTATE 26000. */
+PGresult *aigw_pg_exec_tenant_prepared(PGconn *conn, const char *tenant_ref, const char *stmt, int nparams,
+                                       const char *const *values, const int *lengths, const int *formats,
+                                       const char *quiet_state, char *state);
+/* Prepare sql as stmt on conn (outside any transaction): 0, or -1 (logged). */
+int aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types);
+
 /* A multi-statement transaction under RLS: BEGIN and the transaction-local
  * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one
  * round trip. Run statements with aigw_pg_exec, then aigw_pg_commit; on any

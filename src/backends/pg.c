@@ -242,25 +242,27 @@ statement_error(PGconn *conn, PGresult *r, const char *quiet_state, char *state)
         log_result_error("tenant query", conn, r);
 }
 
-PGresult *
-aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
-                        const char *const *values, const int *lengths, const int *formats, const char *quiet_state,
-                        char *state)
+/* sql, or (stmt != NULL) the statement prepared as stmt */
+static PGresult *
+exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, const char *stmt, int nparams, const Oid *types,
+            const char *const *values, const int *lengths, const int *formats, const char *quiet_state, char *state)
 {
     PGresult *r, *out = NULL;
     bool failed = false, synced = false;
-    int idx = 0;
+    int idx = 0, sent;
 
     if (state != NULL)
         state[0] = '\0';
-
     if (PQenterPipelineMode(conn) != 1) {
         log_result_error("pipeline", conn, NULL);
         return NULL;
     }
-    if (PQsendQueryParams(conn, SET_TENANT_SQL, 1, NULL, &tenant_ref, NULL, NULL, 0) != 1 ||
-        PQsendQueryParams(conn, sql, nparams, types, values, lengths, formats, 0) != 1 ||
-        PQpipelineSync(conn) != 1) {
+    sent = PQsendQueryParams(conn, SET_TENANT_SQL, 1, NULL, &tenant_ref, NULL, NULL, 0);
+    if (sent == 1 && stmt != NULL)
+        sent = PQsendQueryPrepared(conn, stmt, nparams, values, lengths, formats, 0);
+    else if (sent == 1)
+        sent = PQsendQueryParams(conn, sql, nparams, types, values, lengths, formats, 0);
+    if (sent != 1 || PQpipelineSync(conn) != 1) {
         log_result_error("send", conn, NULL);
         failed = true;
         goto out;
@@ -306,6 +308,34 @@ out:
         return NULL;
     }
     return out;
+}
+
+PGresult *
+aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
+                        const char *const *values, const int *lengths, const int *formats, const char *quiet_state,
+                        char *state)
+{
+    return exec_tenant(conn, tenant_ref, sql, NULL, nparams, types, values, lengths, formats, quiet_state, state);
+}
+
+PGresult *
+aigw_pg_exec_tenant_prepared(PGconn *conn, const char *tenant_ref, const char *stmt, int nparams,
+                             const char *const *values, const int *lengths, const int *formats,
+                             const char *quiet_state, char *state)
+{
+    return exec_tenant(conn, tenant_ref, NULL, stmt, nparams, NULL, values, lengths, formats, quiet_state, state);
+}
+
+int
+aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types)
+{
+    PGresult *r = PQprepare(conn, stmt, sql, nparams, types);
+    int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+
+    if (rc != 0)
+        log_result_error("prepare", conn, r);
+    PQclear(r);
+    return rc;
 }
 
 bool
