@@ -33,26 +33,10 @@
 #include "aigw/usage_line.h"
 #include "aigw/util.h"
 
-/* copied from src/backends/usage.c */
-#define RETURNING_TAIL                                                                              \
-    " RETURNING billed, created_at),"                                                               \
-    " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
-    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
-    " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
-    " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
-    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
-    " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
-#define INSERT_TAIL " ON CONFLICT (id) DO NOTHING" RETURNING_TAIL
-#define INSERT_BIN_HEAD                                                                             \
-    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"                               \
-    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[]," \
-    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"      \
-    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])"
-
 /* INSERT_BIN_SQL: what the writer sends first; INSERT_BIN_REPLAY_SQL: its
  * statement for a batch with rows already written (mode "replay") */
-static const char WRITER_SQL[] = INSERT_BIN_HEAD RETURNING_TAIL;
-static const char REPLAY_SQL[] = INSERT_BIN_HEAD INSERT_TAIL;
+static const char WRITER_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_RETURNING_TAIL;
+static const char REPLAY_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_ON_CONFLICT_TAIL;
 
 static const char PLAIN_SQL[] =
     "INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"

@@ -18,6 +18,30 @@
     " prompt_tokens, completion_tokens, from_cache, billed, status_code, success, error_code,"      \
     " response_ms, upstream_ms, created_at"
 
+/* The writer's statements (here so that bench/usage_rowcost sends the very
+ * same). What they do with the rows: insert the new ones and raise the
+ * quota counter by the billed rows inserted now (not the conflicting
+ * replays) whose created_at lies in the current UTC month, restarting at 0
+ * in a new month; the UPDATE is skipped when there is nothing to add. The
+ * column list is explicit so that a column added later gets its default. */
+#define AIGW_USAGE_RETURNING_TAIL                                                                   \
+    " RETURNING billed, created_at),"                                                               \
+    " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
+    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
+    " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
+    " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
+    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
+    " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
+#define AIGW_USAGE_ON_CONFLICT_TAIL " ON CONFLICT (id) DO NOTHING" AIGW_USAGE_RETURNING_TAIL
+
+/* The usual statement: $1..$19 are one binary array per column (see
+ * usage_line.c), in AIGW_USAGE_COLUMNS order. */
+#define AIGW_USAGE_INSERT_BIN_HEAD                                                                  \
+    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"                               \
+    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[]," \
+    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"      \
+    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])"
+
 /* The row as one compact JSON line ending in '\n', keys in AIGW_USAGE_COLUMNS
  * order (id and tenant_id first); created_at is RFC 3339 UTC with
  * microseconds. Text that is not UTF-8 keeps the row with '?' for the odd

@@ -70,48 +70,26 @@
 #define BACKOFF_MAX_MS 5000
 #define READ_MIN ((size_t)64 << 10)
 
-/* What the statements do with the rows: insert the new ones and raise the
- * quota counter by the billed rows inserted now (not the conflicting
- * replays) whose created_at lies in the current UTC month, restarting at 0
- * in a new month; the UPDATE is skipped when there is nothing to add. The
- * column list is explicit so that a column added later gets its default. */
-#define RETURNING_TAIL                                                                              \
-    " RETURNING billed, created_at),"                                                               \
-    " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
-    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
-    " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
-    " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
-    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
-    " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
-#define INSERT_TAIL " ON CONFLICT (id) DO NOTHING" RETURNING_TAIL
-
-/* The usual statement: $1..$19 are one binary array per column (see
- * usage_line.c), in AIGW_USAGE_COLUMNS order. */
-#define INSERT_BIN_HEAD                                                                             \
-    "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"                               \
-    " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[]," \
-    " $7::text[], $8::text[], $9::text[], $10::int4[], $11::int4[], $12::bool[], $13::bool[],"      \
-    " $14::int4[], $15::bool[], $16::text[], $17::int4[], $18::int4[], $19::timestamptz[])"
-
 /* A plain INSERT first: a duplicate id only comes from a replay (the ids are
  * aigw's own UUIDv7s), and ON CONFLICT costs PostgreSQL ~12k instructions
  * per row (a speculative insertion: the index is checked before the heap
  * tuple goes in, then the insertion is confirmed) whether or not anything
  * conflicts. When it fails with unique_violation the batch is sent again
  * with ON CONFLICT (id) DO NOTHING, which inserts the rows not yet there. */
-static const char INSERT_BIN_SQL[] = INSERT_BIN_HEAD RETURNING_TAIL;
+static const char INSERT_BIN_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_RETURNING_TAIL;
 /* ... prepared once per connection: parsing, analysing and planning it
  * cost PostgreSQL ~2.4M instructions per statement, ~24k per row in
  * 100-row batches. */
 #define INSERT_STMT "aigw_usage_insert"
-static const char INSERT_BIN_REPLAY_SQL[] = INSERT_BIN_HEAD INSERT_TAIL;
+static const char INSERT_BIN_REPLAY_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_ON_CONFLICT_TAIL;
 
 /* For lines the binary reader does not take, and row by row in isolate():
  * $1 is a JSON array of spool lines. jsonb_populate_recordset matches keys
  * to column names (a missing key is NULL) and PostgreSQL judges every value. */
 static const char INSERT_SQL[] =
     "WITH ins AS (INSERT INTO ai_usage_logs (" AIGW_USAGE_COLUMNS ")"
-    " SELECT " AIGW_USAGE_COLUMNS " FROM jsonb_populate_recordset(NULL::ai_usage_logs, $1::jsonb)" INSERT_TAIL;
+    " SELECT " AIGW_USAGE_COLUMNS " FROM jsonb_populate_recordset(NULL::ai_usage_logs, $1::jsonb)"
+    AIGW_USAGE_ON_CONFLICT_TAIL;
 
 #define UNIQUE_VIOLATION "23505"
 
