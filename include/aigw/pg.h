@@ -43,17 +43,13 @@ PGresult *aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const
                                      const Oid *types, const char *const *values, const int *lengths,
                                      const int *formats);
 
-/* The same, for a caller that handles some error itself: when the statement
- * (not the tenant setting, not the connection) fails, state (char[6], may
- * be NULL) gets its SQLSTATE, else ""; an error whose SQLSTATE is quiet_state
- * (NULL = none) is neither logged nor counted as a PostgreSQL error. The
- * implicit transaction is over either way: a retry sends both again. */
-PGresult *aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams,
-                                  const Oid *types, const char *const *values, const int *lengths,
-                                  const int *formats, const char *quiet_state, char *state);
-
-/* The same with the statement prepared on conn as stmt (aigw_pg_prepare).
- * A statement conn does not have fails with SQLSTATE 26000. */
+/* The same with the statement prepared on conn as stmt (aigw_pg_prepare),
+ * for a caller that handles some errors itself: when the statement (not the
+ * tenant setting, not the connection) fails, state (char[6], may be NULL)
+ * gets its SQLSTATE, else ""; an error whose SQLSTATE is quiet_state (NULL
+ * = none) is neither logged nor counted as a PostgreSQL error. The implicit
+ * transaction is over either way: a retry sends both again. A statement
+ * conn does not have fails with SQLSTATE 26000. */
 PGresult *aigw_pg_exec_tenant_prepared(PGconn *conn, const char *tenant_ref, const char *stmt, int nparams,
                                        const char *const *values, const int *lengths, const int *formats,
                                        const char *quiet_state, char *state);

@@ -222,13 +222,6 @@ aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int n
     return aigw_pg_exec_tenant_params(conn, tenant_ref, sql, nparams, NULL, params, NULL, NULL);
 }
 
-PGresult *
-aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
-                           const char *const *values, const int *lengths, const int *formats)
-{
-    return aigw_pg_exec_tenant_try(conn, tenant_ref, sql, nparams, types, values, lengths, formats, NULL, NULL);
-}
-
 /* The statement's error: its SQLSTATE into state; logged (and counted)
  * unless it is quiet_state. */
 static void
@@ -311,11 +304,10 @@ out:
 }
 
 PGresult *
-aigw_pg_exec_tenant_try(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
-                        const char *const *values, const int *lengths, const int *formats, const char *quiet_state,
-                        char *state)
+aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql, int nparams, const Oid *types,
+                           const char *const *values, const int *lengths, const int *formats)
 {
-    return exec_tenant(conn, tenant_ref, sql, NULL, nparams, types, values, lengths, formats, quiet_state, state);
+    return exec_tenant(conn, tenant_ref, sql, NULL, nparams, types, values, lengths, formats, NULL, NULL);
 }
 
 PGresult *

@@ -723,17 +723,14 @@ pipe_read(struct aigw_redis_pipe *p)
     }
 }
 
-/* Fail every call whose deadline has passed: sent ones in order (they
- * were sent in the order of their deadlines), held ones (never sent, so
- * they did nothing). Once every call on the connection has failed, nothing
- * will answer on it in time: drop it. */
+/* Fail every call whose deadline has passed: sent ones and held ones (never
+ * sent, so they did nothing), each list in the order of its deadlines. Once
+ * every call on the connection has failed, nothing will answer on it in
+ * time: drop it. */
 static void
 pipe_expire(struct aigw_redis_pipe *p)
 {
     int64_t now = aigw_now_ms();
-    struct op_list keep = {NULL, NULL};
-    struct pipe_op *op;
-
     bool expired = false;
 
     while (p->live != NULL && p->live->deadline_ms <= now) {
@@ -741,15 +738,10 @@ pipe_expire(struct aigw_redis_pipe *p)
         p->live = p->live->next;
         expired = true;
     }
-    while ((op = ops_pop(&p->held)) != NULL) {
-        if (op->deadline_ms <= now) {
-            op_finish(p, op, NULL);
-            expired = true;
-        } else {
-            ops_push(&keep, op);
-        }
+    while (p->held.head != NULL && p->held.head->deadline_ms <= now) {
+        op_finish(p, ops_pop(&p->held), NULL);
+        expired = true;
     }
-    p->held = keep;
     if (expired)
         aigw_redis_log_error(p->pool, "timed out", "no reply within redis.timeout_ms");
     if (p->ctx != NULL && p->sent.head != NULL && p->live == NULL)
@@ -779,12 +771,11 @@ pipe_clock_due(struct aigw_redis_pipe *p)
         return; /* (a stalled connection is not kept open by a sample) */
     if (p->ctx != NULL) {
         pipe_sync_clock(p);
-        pipe_flush(p);
-    } else if (!pipe_connect(p)) {
+    } else if (!pipe_connect(p)) { /* (connecting asks for the clock) */
         p->next_sync_ms = aigw_now_ms() + CLOCK_RETRY_MS;
-    } else {
-        pipe_flush(p);
+        return;
     }
+    pipe_flush(p);
 }
 
 static void *

@@ -92,6 +92,7 @@ static const char INSERT_SQL[] =
     AIGW_USAGE_ON_CONFLICT_TAIL;
 
 #define UNIQUE_VIOLATION "23505"
+#define NO_SUCH_STATEMENT "26000" /* invalid_sql_statement_name */
 
 /* Same as pg.c's, but here we read the result: '' means unknown tenant. */
 static const char SET_TENANT_SQL[] =
@@ -847,9 +848,9 @@ insert_prepared(struct aigw_usage *u, const char *tenant, const Oid *types, cons
         }
         r = aigw_pg_exec_tenant_prepared(u->conn, tenant, INSERT_STMT, AIGW_USAGE_NCOLS, values, lengths, formats,
                                          UNIQUE_VIOLATION, state);
-        if (r != NULL || strcmp(state, "26000") != 0)
+        if (r != NULL || strcmp(state, NO_SUCH_STATEMENT) != 0)
             break;
-        u->prepared = false; /* invalid_sql_statement_name: gone */
+        u->prepared = false; /* gone: prepare it again */
     }
     return r;
 }

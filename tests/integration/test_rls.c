@@ -28,19 +28,26 @@ seed(PGconn *owner, const char *tid)
     PQclear(r);
 }
 
+/* BEGIN, and the transaction-local tenant setting when tenant is not NULL. */
+static void
+begin_as(PGconn *app, const char *tenant)
+{
+    const char *p[1] = {tenant};
+
+    PQclear(tl_sql(app, true, "BEGIN", 0, NULL));
+    if (tenant != NULL)
+        PQclear(tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p));
+}
+
 static long
 count_in(PGconn *app, const char *tenant_setting, const char *table, const char *other_id)
 {
     char sql[256];
     const char *p[2] = {tenant_setting, other_id};
     long n;
-    PGresult *r = tl_sql(app, true, "BEGIN", 0, NULL);
+    PGresult *r;
 
-    PQclear(r);
-    if (tenant_setting != NULL) {
-        r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, p);
-        PQclear(r);
-    }
+    begin_as(app, tenant_setting);
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s WHERE %s = $1", table,
              strcmp(table, "tenants") == 0 ? "id" : "tenant_id");
     n = tl_sql_long(app, sql, 1, &p[1]);
@@ -119,10 +126,7 @@ main(void)
     CHECK(tl_sql_long(app, "SELECT count(*) FROM users", 0, NULL) == 0, "after COMMIT nothing is visible");
 
     /* writes for B under A are refused */
-    r = tl_sql(app, true, "BEGIN", 0, NULL);
-    PQclear(r);
-    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
-    PQclear(r);
+    begin_as(app, pa[0]);
     expect_error(app, "insert usage row for B under A",
                  "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
                  "VALUES (gen_random_uuid(), $1, 'x', '/x', 200, true)",
@@ -130,10 +134,7 @@ main(void)
     /* the writer's shape: many rows in one INSERT ... SELECT, the policy's
      * tenant read once per statement (sql/009); one row of B among A's is
      * enough to refuse the whole statement */
-    r = tl_sql(app, true, "BEGIN", 0, NULL);
-    PQclear(r);
-    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
-    PQclear(r);
+    begin_as(app, pa[0]);
     expect_error(app, "multi-row usage insert with one row of B under A",
                  "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
                  "SELECT gen_random_uuid(), t, 'x', '/x', 200, true "
@@ -145,16 +146,10 @@ main(void)
                  1, pa, "row-level security");
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE request_id = 'x'", 0, NULL) == 0,
           "no usage row written by the refused inserts");
-    r = tl_sql(app, true, "BEGIN", 0, NULL);
-    PQclear(r);
-    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
-    PQclear(r);
+    begin_as(app, pa[0]);
     expect_error(app, "insert audit row for B under A",
                  "INSERT INTO audit_logs (tenant_id, actor, action) VALUES ($1, 'x', 'x')", 1, pb, "row-level security");
-    r = tl_sql(app, true, "BEGIN", 0, NULL);
-    PQclear(r);
-    r = tl_sql(app, true, "SELECT set_config('app.current_tenant', $1, true)", 1, pa);
-    PQclear(r);
+    begin_as(app, pa[0]);
     r = tl_sql(app, true, "UPDATE tenants SET ai_queries_used = 999 WHERE id = $1", 1, pb);
     CHECK(strcmp(PQcmdTuples(r), "0") == 0, "update of B's tenant row under A touches 0 rows");
     PQclear(r);
