@@ -10,7 +10,8 @@
  * (aigw_pg_exec_tenant_params). Prints the backend's CPU time over the
  * measured batches from /proc/<backend pid>/schedstat (ns on CPU) and
  * /proc/<pid>/stat (utime + stime), per row. "writer" is the writer's
- * statement (INSERT_BIN_SQL, copied from usage.c), prepared once on the
+ * statement (built from the AIGW_USAGE_* macros of usage_line.h, as the
+ * writer builds it), prepared once on the
  * connection as the writer does, "unprepared" the same sent with its text
  * every time, "replay" the writer's unprepared statement
  * for a batch with rows already written (ON CONFLICT (id) DO NOTHING; the
