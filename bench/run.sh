@@ -431,57 +431,93 @@ S5_LINE="S5 skipped (SKIP_S5=1)"
 cg_total() { # callgrind out file -> total Ir
     awk '/^(summary|totals):/ { print $2; exit }' "$1"
 }
-cg_run() { # tag requests sleep_s -> sets CG_IR CG_EL CG_OK (no subshell: the trap must see vg_pid)
-    local tag="$1" n="$2" nap="$3" port out start end ok=0 try
-    out="$sd/callgrind.$tag.out"
-    mkdir -p "$sd/spool-s5-$tag"
+cg_requests() { # port n -> prints how many of n sequential keep-alive cache-hit requests answered 200
+    local kf="$sd/s5-requests-$1.curl" j
+    { for ((j = 0; j < $2; j++)); do
+          printf 'url = "http://127.0.0.1:%s/api/ai/query"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\ndata = "{\\"question\\":\\"%s\\"}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
+              "$1" "$AIGW_BENCH_TOKEN" "$q1"
+          if (( j < $2 - 1 )); then printf 'next\n'; fi
+      done; } >"$kf"
+    timeout 600 curl -s -K "$kf" | grep -c '^200$' || true
+}
+# target tag requests sleep_s -> sets CG_IR CG_EL CG_OK (no subshell: the trap must see vg_pid and gw_pid).
+# target aigw: aigw itself under callgrind. target redis: a Redis of its own
+# under callgrind (same settings as the stack's) behind a plain Release aigw,
+# so the count is what Redis executes per cache hit (admission script, RESP).
+cg_run() {
+    local target="$1" tag="$2" n="$3" nap="$4" port out start end ok=0 try rport
+    out="$sd/callgrind.$target-$tag.out"
+    mkdir -p "$sd/spool-s5-$target-$tag"
     for try in 1 2 3; do
         rm -f "$out"
-        port="$(free_port)"
-        AIGW_PORT="$port" AIGW_SPOOL_DIR="$sd/spool-s5-$tag" \
-            valgrind --tool=callgrind --callgrind-out-file="$out" "$build/aigw" -c "$cfg" 2>>"$sd/aigw-s5-$tag.log" &
-        vg_pid=$!
-        wait_http "http://127.0.0.1:$port/healthz" 120 "$vg_pid" && break
+        if [[ "$target" == aigw ]]; then
+            port="$(free_port)"
+            AIGW_PORT="$port" AIGW_SPOOL_DIR="$sd/spool-s5-$target-$tag" \
+                valgrind --tool=callgrind --callgrind-out-file="$out" "$build/aigw" -c "$cfg" 2>>"$sd/s5-$target-$tag.log" &
+            vg_pid=$!
+            wait_http "http://127.0.0.1:$port/healthz" 120 "$vg_pid" && break
+        else
+            rport="$(free_port)"
+            valgrind --tool=callgrind --callgrind-out-file="$out" redis-server --bind 127.0.0.1 --port "$rport" \
+                --dir "$sd" --save '' --appendonly no --protected-mode yes --logfile "$sd/s5-redis-$tag.redis.log" \
+                2>>"$sd/s5-$target-$tag.log" &
+            vg_pid=$!
+            local i
+            for ((i = 0; i < 600; i++)); do
+                [[ "$(redis-cli -p "$rport" PING 2>/dev/null)" == PONG ]] && break
+                kill -0 "$vg_pid" 2>/dev/null || break
+                sleep 0.2
+            done
+            if [[ "$(redis-cli -p "$rport" PING 2>/dev/null)" == PONG ]] &&
+                AIGW_REDIS_URL="redis://127.0.0.1:$rport" start_gw "s5-$tag" "$sd/spool-s5-$target-$tag"; then
+                port="$gw_port"
+                break
+            fi
+        fi
         stop_pid "$vg_pid" 30; vg_pid=""
-        cp "$sd/aigw-s5-$tag.log" "$runs/" 2>/dev/null || true
-        log "warning: aigw under callgrind did not start (try $try, log in $runs/aigw-s5-$tag.log)"
-        (( try < 3 )) || die "aigw under callgrind did not start"
+        cp "$sd/s5-$target-$tag.log" "$runs/" 2>/dev/null || true
+        log "warning: S5 $target under callgrind did not start (try $try, log in $runs/s5-$target-$tag.log)"
+        (( try < 3 )) || die "S5 $target under callgrind did not start"
     done
     wait_http "http://127.0.0.1:$port/readyz" 30 || true
-    ask "$port" "$q1" >/dev/null || die "S5 warm-up request failed"   # both runs: one warm-up request
+    # both runs: the same warm-up (with a fresh Redis the first one is the miss that fills the cache)
+    ask "$port" "$q1" >/dev/null || die "S5 warm-up request failed"
+    [[ "$target" == aigw ]] || ask "$port" "$q1" >/dev/null || die "S5 warm-up request failed"
     start=$(date +%s.%N)
-    if (( n > 0 )); then
-        local kf="$sd/s5-requests.curl" j
-        { for ((j = 0; j < n; j++)); do
-              printf 'url = "http://127.0.0.1:%s/api/ai/query"\nheader = "Authorization: Bearer %s"\nheader = "Content-Type: application/json"\ndata = "{\\"question\\":\\"%s\\"}"\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n' \
-                  "$port" "$AIGW_BENCH_TOKEN" "$q1"
-              if (( j < n - 1 )); then printf 'next\n'; fi
-          done; } >"$kf"
-        ok="$(timeout 600 curl -s -K "$kf" | grep -c '^200$' || true)"
-    else
-        sleep "$nap"
-    fi
+    if (( n > 0 )); then ok="$(cg_requests "$port" "$n")"; else sleep "$nap"; fi
     end=$(date +%s.%N)
+    if [[ "$target" == redis ]]; then
+        stop_pid "$gw_pid" 15; gw_pid=""
+        redis-cli -p "$rport" SHUTDOWN NOSAVE >/dev/null 2>&1 || true
+    fi
     stop_pid "$vg_pid" 120; vg_pid=""
-    [[ -s "$out" ]] || die "callgrind wrote no output ($sd/aigw-s5-$tag.log)"
+    [[ -s "$out" ]] || die "callgrind wrote no output ($sd/s5-$target-$tag.log)"
     CG_IR="$(cg_total "$out")"; CG_OK="$ok"
     CG_EL="$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b-a }')"
     [[ "$CG_IR" =~ ^[0-9]+$ ]] || die "no Ir total in $out"
 }
 if [[ "${SKIP_S5:-0}" != 1 ]]; then
     log "S5: aigw under callgrind, $S5_REQUESTS sequential cache-hit requests"
-    cg_run loaded "$S5_REQUESTS" 0; ir_load="$CG_IR" el_load="$CG_EL" ok_load="$CG_OK"
+    cg_run aigw loaded "$S5_REQUESTS" 0; ir_load="$CG_IR" el_load="$CG_EL" ok_load="$CG_OK"
     (( ok_load == S5_REQUESTS )) || log "warning: only $ok_load of $S5_REQUESTS S5 requests answered 200"
     log "S5: baseline run, 0 requests, idle for the same ${el_load}s"
-    cg_run baseline 0 "$el_load"; ir_base="$CG_IR"
+    cg_run aigw baseline 0 "$el_load"; ir_base="$CG_IR"
     S5_IPR="$(awk -v a="$ir_load" -v b="$ir_base" -v n="$S5_REQUESTS" 'BEGIN { printf "%.0f", (a-b)/n }')"
-    S5_LINE="S5 instructions per cache-hit request: $S5_IPR (loaded $ir_load Ir in ${el_load}s, baseline $ir_base Ir, N=$S5_REQUESTS)"
+    log "S5: Redis under callgrind behind a Release aigw, $S5_REQUESTS sequential cache-hit requests, then its baseline"
+    cg_run redis loaded "$S5_REQUESTS" 0; rir_load="$CG_IR" rel_load="$CG_EL" rok_load="$CG_OK"
+    (( rok_load == S5_REQUESTS )) || log "warning: only $rok_load of $S5_REQUESTS S5 (Redis) requests answered 200"
+    cg_run redis baseline 0 "$rel_load"; rir_base="$CG_IR"
+    S5_RIPR="$(awk -v a="$rir_load" -v b="$rir_base" -v n="$S5_REQUESTS" 'BEGIN { printf "%.0f", (a-b)/n }')"
+    S5_LINE="S5 instructions per cache-hit request: aigw $S5_IPR, Redis $S5_RIPR (aigw: loaded $ir_load Ir in ${el_load}s, baseline $ir_base Ir; Redis: loaded $rir_load, baseline $rir_base; N=$S5_REQUESTS)"
     s5_json="$(jq -n --argjson ipr "$S5_IPR" --argjson n "$S5_REQUESTS" --argjson ok "$ok_load" --argjson l "$ir_load" \
-        --argjson b "$ir_base" --argjson el "$el_load" '{skipped: false, instructions_per_request: $ipr, requests: $n, answered_200: $ok,
+        --argjson b "$ir_base" --argjson el "$el_load" --argjson ripr "$S5_RIPR" --argjson rok "$rok_load" \
+        --argjson rl "$rir_load" --argjson rb "$rir_base" --argjson rel "$rel_load" '{skipped: false,
+        instructions_per_request: $ipr, requests: $n, answered_200: $ok,
         total_ir_loaded: $l, total_ir_baseline: $b, request_phase_s: $el,
-        method: "callgrind Ir of a run with 1 warm-up + N sequential keep-alive cache-hit requests minus a run with 1 warm-up and the same idle time, divided by N"}')"
-    jq -cn --arg date "$run_date" --arg rev "$git_rev" --argjson ipr "$S5_IPR" --argjson n "$S5_REQUESTS" \
-        '{date: $date, git_rev: $rev, instructions_per_request: $ipr, requests: $n}' >>"$results/history.jsonl"
+        redis: {instructions_per_request: $ripr, answered_200: $rok, total_ir_loaded: $rl, total_ir_baseline: $rb, request_phase_s: $rel},
+        method: "callgrind Ir of a run with 1 warm-up + N sequential keep-alive cache-hit requests minus a run with 1 warm-up and the same idle time, divided by N; redis: the same with Redis under callgrind and aigw (Release) outside it, 2 warm-ups"}')"
+    jq -cn --arg date "$run_date" --arg rev "$git_rev" --argjson ipr "$S5_IPR" --argjson n "$S5_REQUESTS" --argjson ripr "$S5_RIPR" \
+        '{date: $date, git_rev: $rev, instructions_per_request: $ipr, redis_instructions_per_request: $ripr, requests: $n}' >>"$results/history.jsonl"
 fi
 
 # ---------------------------------------------------------------- report
