@@ -115,7 +115,7 @@ static struct aigw_redis_script admit_script = {
         "    if n > 0 then redis.call('HSET', key, 'n', n, 'lo', l) else redis.call('DEL', key) l, cur[key] = sec, 0 end\n"
         "  end\n"
         "  lo[key] = l\n"
-        "  lo_kept[key] = v[2] ~= nil and l == v[2] + 0\n"
+        "  lo_kept[key] = v[2] and l == v[2] + 0\n"
         "  return n\n"
         "end\n"
         "local function admit(key, n)\n"

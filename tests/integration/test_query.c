@@ -449,6 +449,27 @@ test_rate_buckets(void)
     t = tl_redis_int("PTTL aigw:{%s}:rlb", id);
     CHECK(t > 50000 && t <= 61000, "a window seeded without a TTL gets one from its new bucket: %lld ms", t);
 
+    /* live, lo unchanged: the script leaves lo alone and adds the new bucket */
+    tl_redis_int("DEL aigw:{%s}:rlb", id);
+    tl_redis_int("HSET aigw:{%s}:rlb n 1 lo %lld %lld 1", id, now - 30, now - 30);
+    ask(tok, "{\"question\":\"bucket question four\"}", &r);
+    CHECK(r.status == 200, "live window: admitted (%ld)", r.status);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 2, "live window: n = 1 + 1");
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb lo", id) == now - 30, "live window: lo kept");
+    t = tl_redis_int("HLEN aigw:{%s}:rlb", id);
+    CHECK(t == 4, "n, lo and two buckets: %lld fields", t);
+
+    /* a window hash without lo (not one the script writes): it starts over */
+    tl_redis_int("DEL aigw:{%s}:rlb", id);
+    tl_redis_int("HSET aigw:{%s}:rlb n 2", id);
+    ask(tok, "{\"question\":\"bucket question five\"}", &r);
+    CHECK(r.status == 200, "window without lo: admitted (%ld)", r.status);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 1, "window without lo: n restarts at 1");
+    t = tl_redis_int("HGET aigw:{%s}:rlb lo", id);
+    CHECK(t >= now - 2 && t <= now + 5, "window without lo: lo = the current second (%lld, now %lld)", t, now);
+
     /* full and live: refused until the oldest bucket leaves (~3 s), nothing counted */
     tl_redis_int("DEL aigw:{%s}:rlb", id);
     tl_redis_int("HSET aigw:{%s}:rlb n 3 lo %lld %lld 2 %lld 1", id, now - 58, now - 58, now - 30);
