@@ -181,13 +181,13 @@ main(int argc, char **argv)
         if (warm == 0 && done == 0)
             proc_cpu(pid, &ns0, &t0, &s0, &f0);
         if (prepare && !prepared) {
-            if (aigw_pg_prepare(c, "rowcost", sql, AIGW_USAGE_NCOLS, types) != 0)
+            if (aigw_pg_prepare(c, "rowcost", sql, AIGW_USAGE_NCOLS, types, NULL, NULL) != 0)
                 return 1;
             prepared = true;
         }
         if (prepare)
-            r = aigw_pg_exec_tenant_prepared(c, argv[2], "rowcost", AIGW_USAGE_NCOLS, values, lengths, formats, NULL,
-                                             NULL);
+            r = aigw_pg_exec_tenant_stmt(c, argv[2], "rowcost", NULL, AIGW_USAGE_NCOLS, NULL, values, lengths,
+                                         formats, NULL, NULL);
         else
             r = aigw_pg_exec_tenant_params(c, argv[2], sql, AIGW_USAGE_NCOLS, types, values, lengths, formats);
         if (r == NULL) {

@@ -39,6 +39,8 @@ PACKAGES=(
     prometheus
     # systemd-analyze verify/security, systemd-sysusers, systemd-tmpfiles (tests/integration/test_systemd.c)
     systemd
+    # PgBouncer in transaction mode in front of PostgreSQL (tests/integration/test_usage.c)
+    pgbouncer
 )
 
 # Node.js + npm run the official OpenAI SDK in tests/integration/test_sdk.c;

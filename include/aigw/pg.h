@@ -43,18 +43,24 @@ PGresult *aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const
                                      const Oid *types, const char *const *values, const int *lengths,
                                      const int *formats);
 
-/* The same with the statement prepared on conn as stmt (aigw_pg_prepare),
- * for a caller that handles some errors itself: when the statement (not the
- * tenant setting, not the connection) fails, state (char[6], may be NULL)
- * gets its SQLSTATE, else ""; an error whose SQLSTATE is quiet_state (NULL
- * = none) is neither logged nor counted as a PostgreSQL error. The implicit
- * transaction is over either way: a retry sends both again. A statement
- * conn does not have fails with SQLSTATE 26000. */
-PGresult *aigw_pg_exec_tenant_prepared(PGconn *conn, const char *tenant_ref, const char *stmt, int nparams,
-                                       const char *const *values, const int *lengths, const int *formats,
-                                       const char *quiet_state, char *state);
-/* Prepare sql as stmt on conn (outside any transaction): 0, or -1 (logged). */
-int aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types);
+/* The same for a caller that handles some errors itself, with stmt naming
+ * a statement prepared on conn (aigw_pg_prepare; sql and types unused), or
+ * NULL: sql with types as an unnamed statement. When the statement (not
+ * the tenant setting, not the connection) fails, state (char[6], may be
+ * NULL) gets its SQLSTATE, else ""; an error whose SQLSTATE is in
+ * quiet_states (space-separated, NULL = none) is neither logged nor counted
+ * as a PostgreSQL error. The implicit transaction is over either way: a
+ * retry sends both again. A named statement conn's session does not have
+ * fails with SQLSTATE 26000. */
+PGresult *aigw_pg_exec_tenant_stmt(PGconn *conn, const char *tenant_ref, const char *stmt, const char *sql,
+                                   int nparams, const Oid *types, const char *const *values, const int *lengths,
+                                   const int *formats, const char *quiet_states, char *state);
+/* Prepare sql as stmt on conn (outside any transaction): 0, or -1 with the
+ * SQLSTATE in state (char[6], may be NULL; "" when there is none), logged
+ * unless it is in quiet_states (as above). A session that has stmt already
+ * answers 42P05. */
+int aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types,
+                    const char *quiet_states, char *state);
 
 /* A multi-statement transaction under RLS: BEGIN and the transaction-local
  * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one

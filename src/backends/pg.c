@@ -223,22 +223,25 @@ aigw_pg_exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, int n
 }
 
 /* The statement's error: its SQLSTATE into state; logged (and counted)
- * unless it is quiet_state. */
+ * unless it is one of quiet_states. */
 static void
-statement_error(PGconn *conn, PGresult *r, const char *quiet_state, char *state)
+statement_error(PGconn *conn, PGresult *r, const char *what, const char *quiet_states, char *state)
 {
-    const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    const char *st = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    bool valid = st != NULL && strlen(st) == 5 && strchr(st, ' ') == NULL;
 
-    if (state != NULL && st != NULL && strlen(st) == 5)
+    if (state != NULL && valid)
         memcpy(state, st, 6);
-    if (quiet_state == NULL || st == NULL || strcmp(st, quiet_state) != 0)
-        log_result_error("tenant query", conn, r);
+    /* SQLSTATEs are 5 characters without spaces: in a space-separated list
+     * a code can only match itself */
+    if (quiet_states == NULL || !valid || strstr(quiet_states, st) == NULL)
+        log_result_error(what, conn, r);
 }
 
 /* sql, or (stmt != NULL) the statement prepared as stmt */
 static PGresult *
 exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, const char *stmt, int nparams, const Oid *types,
-            const char *const *values, const int *lengths, const int *formats, const char *quiet_state, char *state)
+            const char *const *values, const int *lengths, const int *formats, const char *quiet_states, char *state)
 {
     PGresult *r, *out = NULL;
     bool failed = false, synced = false;
@@ -285,7 +288,7 @@ exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, const char *s
             break;
         default:
             if (!failed && idx == 1)
-                statement_error(conn, r, quiet_state, state);
+                statement_error(conn, r, "tenant query", quiet_states, state);
             else if (!failed)
                 log_result_error("tenant query", conn, r);
             failed = true;
@@ -311,21 +314,24 @@ aigw_pg_exec_tenant_params(PGconn *conn, const char *tenant_ref, const char *sql
 }
 
 PGresult *
-aigw_pg_exec_tenant_prepared(PGconn *conn, const char *tenant_ref, const char *stmt, int nparams,
-                             const char *const *values, const int *lengths, const int *formats,
-                             const char *quiet_state, char *state)
+aigw_pg_exec_tenant_stmt(PGconn *conn, const char *tenant_ref, const char *stmt, const char *sql, int nparams,
+                         const Oid *types, const char *const *values, const int *lengths, const int *formats,
+                         const char *quiet_states, char *state)
 {
-    return exec_tenant(conn, tenant_ref, NULL, stmt, nparams, NULL, values, lengths, formats, quiet_state, state);
+    return exec_tenant(conn, tenant_ref, sql, stmt, nparams, types, values, lengths, formats, quiet_states, state);
 }
 
 int
-aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types)
+aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types,
+                const char *quiet_states, char *state)
 {
     PGresult *r = PQprepare(conn, stmt, sql, nparams, types);
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
 
+    if (state != NULL)
+        state[0] = '\0';
     if (rc != 0)
-        log_result_error("prepare", conn, r);
+        statement_error(conn, r, "prepare", quiet_states, state);
     PQclear(r);
     return rc;
 }

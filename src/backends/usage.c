@@ -92,7 +92,8 @@ static const char INSERT_SQL[] =
     AIGW_USAGE_ON_CONFLICT_TAIL;
 
 #define UNIQUE_VIOLATION "23505"
-#define NO_SUCH_STATEMENT "26000" /* invalid_sql_statement_name */
+#define NO_SUCH_STATEMENT "26000"   /* invalid_sql_statement_name */
+#define DUPLICATE_STATEMENT "42P05" /* duplicate_prepared_statement */
 
 /* Same as pg.c's, but here we read the result: '' means unknown tenant. */
 static const char SET_TENANT_SQL[] =
@@ -147,6 +148,7 @@ struct aigw_usage {
     int64_t synced_ms;
     PGconn *conn;          /* the writer's own connection */
     bool prepared;         /* INSERT_BIN_SQL is prepared on conn as INSERT_STMT */
+    bool unnamed;          /* conn's sessions are shared (a pooler): no named statement */
     bool db_down;          /* logged once per outage */
     struct batch b;
     struct aigw_usage_arrays arrays; /* the binary statement's parameters (writer only) */
@@ -830,29 +832,51 @@ arrays_of(struct aigw_usage *u, const char *tenant)
     return true;
 }
 
-/* INSERT_BIN_SQL as the statement prepared on the writer's connection
- * (prepared first if it is not yet; again if PostgreSQL says it has no such
- * statement, 26000). NULL when it failed; state = its SQLSTATE or "". */
-static PGresult *
-insert_prepared(struct aigw_usage *u, const char *tenant, const Oid *types, const char *const *values,
-                const int *lengths, const int *formats, char *state)
+/* PostgreSQL answered state (26000: no such statement, after it was
+ * prepared; 42P05: it exists already, on a connection that never prepared
+ * it): the sessions behind the writer's connection are shared, as behind
+ * PgBouncer in transaction mode, so a named statement lives in a session
+ * the next transaction may not get. From now on the statement goes unnamed
+ * (parsed and planned per batch), for the life of the writer. */
+static void
+sessions_shared(struct aigw_usage *u, const char *state)
 {
-    PGresult *r = NULL;
+    u->unnamed = true;
+    u->prepared = false;
+    aigw_log(LOG_NOTICE,
+             "usage: PostgreSQL answered %s to the writer's prepared statement: its sessions are shared (a pooler in "
+             "transaction mode?); sending the statement unnamed from now on",
+             state);
+}
+
+/* INSERT_BIN_SQL as the statement prepared on the writer's connection
+ * (prepared first if it is not yet), or unnamed once the sessions turned
+ * out to be shared. NULL when it failed; state = its SQLSTATE or "". */
+static PGresult *
+insert_bin(struct aigw_usage *u, const char *tenant, const Oid *types, const char *const *values,
+           const int *lengths, const int *formats, char *state)
+{
+    PGresult *r;
 
     state[0] = '\0';
-    for (int attempt = 0; attempt < 2; attempt++) {
-        if (!u->prepared) {
-            if (aigw_pg_prepare(u->conn, INSERT_STMT, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types) != 0)
-                return NULL;
+    if (!u->unnamed && !u->prepared) {
+        if (aigw_pg_prepare(u->conn, INSERT_STMT, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, DUPLICATE_STATEMENT,
+                            state) == 0)
             u->prepared = true;
-        }
-        r = aigw_pg_exec_tenant_prepared(u->conn, tenant, INSERT_STMT, AIGW_USAGE_NCOLS, values, lengths, formats,
-                                         UNIQUE_VIOLATION, state);
-        if (r != NULL || strcmp(state, NO_SUCH_STATEMENT) != 0)
-            break;
-        u->prepared = false; /* gone: prepare it again */
+        else if (strcmp(state, DUPLICATE_STATEMENT) == 0)
+            sessions_shared(u, state);
+        else
+            return NULL;
     }
-    return r;
+    if (!u->unnamed) {
+        r = aigw_pg_exec_tenant_stmt(u->conn, tenant, INSERT_STMT, NULL, AIGW_USAGE_NCOLS, NULL, values, lengths,
+                                     formats, UNIQUE_VIOLATION " " NO_SUCH_STATEMENT, state);
+        if (r != NULL || strcmp(state, NO_SUCH_STATEMENT) != 0)
+            return r;
+        sessions_shared(u, state);
+    }
+    return aigw_pg_exec_tenant_stmt(u->conn, tenant, NULL, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, values, lengths,
+                                    formats, UNIQUE_VIOLATION, state);
 }
 
 /* The tenant's rows in one statement: binary arrays when every line reads
@@ -872,7 +896,7 @@ insert_tenant(struct aigw_usage *u, const char *tenant)
         char state[6];
 
         aigw_usage_arrays_finish(&u->arrays, types, values, lengths);
-        r = insert_prepared(u, tenant, types, values, lengths, formats, state);
+        r = insert_bin(u, tenant, types, values, lengths, formats, state);
         if (r != NULL || strcmp(state, UNIQUE_VIOLATION) != 0)
             return r;
         /* the statement and its transaction were rolled back: all again */

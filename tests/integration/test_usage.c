@@ -1,8 +1,9 @@
 /* test_usage.c - the usage writer against the real PostgreSQL: rows and their
  * values (every column, through the binary statement), lines in another
  * shape (the JSON statement), the quota counter, exactly-once replay, a
- * PostgreSQL outage, a crash (SIGKILL), rejected rows, and a tenant deleted
- * while its rows are written.
+ * PostgreSQL outage, a crash (SIGKILL), rejected rows, a tenant deleted
+ * while its rows are written, and the writer behind PgBouncer in transaction
+ * mode.
  *
  * Stopping PostgreSQL needs the devstack name: AIGW_STACK_NAME, or else the
  * name in the stack marker $AIGW_STACK_DIR/.aigw-devstack. */
@@ -1191,6 +1192,172 @@ test_tenant_delete_waits(void)
     PQfinish(app);
 }
 
+/* ---- behind PgBouncer in transaction mode ---- */
+
+#define PGBOUNCER "/usr/sbin/pgbouncer"
+
+/* Start PgBouncer (transaction pooling, round robin over two server
+ * sessions) in front of the stack's PostgreSQL. Returns its port, 0 when it
+ * does not come up (checked). It refuses to run as root, so as root it runs
+ * as the postgres OS user (the stack's PostgreSQL runs as that user too). */
+static int
+pgbouncer_start(const char *dir)
+{
+    char *ini, *users, *cmd, *url, *text;
+    int port = tl_free_port();
+    PGconn *c;
+
+    users = tl_sprintf("%s/users.txt", dir);
+    tl_write_file(users, "\"aigw_app\" \"\"\n");
+    ini = tl_sprintf("%s/pgbouncer.ini", dir);
+    text = tl_sprintf("[databases]\naigw = host=%s port=%s dbname=aigw\n"
+                      "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
+                      "auth_type = trust\nauth_file = %s\npool_mode = transaction\n"
+                      "server_round_robin = 1\ndefault_pool_size = 2\nmax_client_conn = 20\n"
+                      "ignore_startup_parameters = extra_float_digits,options\n"
+                      "logfile = %s/pgbouncer.log\npidfile = %s/pgbouncer.pid\n",
+                      PQhost(owner), PQport(owner), port, users, dir, dir);
+    tl_write_file(ini, text);
+    free(text);
+    cmd = tl_sprintf("%s %s -d %s", getuid() == 0 ? "runuser -u postgres --" : "", PGBOUNCER, ini);
+    CHECK(system(cmd) == 0, "pgbouncer starts: %s", cmd);
+    url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", port);
+    for (int i = 0; i < 50; i++) {
+        c = PQconnectdb(url);
+        if (PQstatus(c) == CONNECTION_OK) {
+            PQfinish(c);
+            break;
+        }
+        PQfinish(c);
+        c = NULL;
+        usleep(100 * 1000);
+    }
+    if (c == NULL)
+        port = 0;
+    CHECK(port != 0, "pgbouncer answers on 127.0.0.1");
+    free(url);
+    free(cmd);
+    free(ini);
+    free(users);
+    return port;
+}
+
+static void
+pgbouncer_stop(const char *dir)
+{
+    char *pidfile = tl_sprintf("%s/pgbouncer.pid", dir);
+    FILE *f = fopen(pidfile, "r");
+    long pid = 0;
+
+    if (f != NULL && fscanf(f, "%ld", &pid) == 1 && pid > 1) {
+        kill((pid_t)pid, SIGTERM);
+        for (int i = 0; i < 50 && kill((pid_t)pid, 0) == 0; i++)
+            usleep(100 * 1000);
+    }
+    if (f != NULL)
+        fclose(f);
+    free(pidfile);
+}
+
+/* Two client transactions open at once: PgBouncer gives each a server
+ * session, so it has two to go round. */
+static void
+two_server_sessions(const char *url)
+{
+    PGconn *a = PQconnectdb(url), *b = PQconnectdb(url);
+
+    PQclear(PQexec(a, "BEGIN"));
+    PQclear(PQexec(a, "SELECT 1"));
+    PQclear(PQexec(b, "BEGIN"));
+    PQclear(PQexec(b, "SELECT 1"));
+    PQclear(PQexec(a, "COMMIT"));
+    PQclear(PQexec(b, "COMMIT"));
+    PQfinish(a);
+    PQfinish(b);
+}
+
+/* The writer through PgBouncer in transaction mode: consecutive
+ * transactions land on different server sessions, so the named statement
+ * prepared in one is missing in the other (26000), or is there already in
+ * one the writer's connection never prepared it on (42P05). The writer
+ * says so once, sends the statement unnamed from then on, and no batch
+ * fails; every row arrives once. (Its log goes to stderr, which is a file
+ * here for the length of the test.) */
+static void
+test_pgbouncer(void)
+{
+    enum { BATCHES = 6, PER = 40 };
+    char tenant[37], dir[64], pdir[64], req[64], *url, *log, *logpath;
+    struct aigw_usage_row r;
+    struct aigw_usage *u;
+    int port, saved, fd, fails = 0, shared = 0;
+
+    if (access(PGBOUNCER, X_OK) != 0) {
+        CHECK(false, "%s is installed (scripts/install-deps.sh test)", PGBOUNCER);
+        return;
+    }
+    make_spool(pdir);
+    chmod(pdir, 0777); /* PgBouncer may run as postgres */
+    port = pgbouncer_start(pdir);
+    if (port == 0) {
+        pgbouncer_stop(pdir);
+        remove_spool(pdir);
+        return;
+    }
+    url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", port);
+    two_server_sessions(url);
+
+    logpath = tl_sprintf("%s/writer.log", pdir);
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+
+    u = fresh_writer("pro", tenant, dir, url, 20, 500);
+    for (int b = 0; u != NULL && b < BATCHES; b++) {
+        for (int i = 0; i < PER; i++) {
+            fill_row(&r, req, sizeof(req), tenant, b * PER + i);
+            fails += aigw_usage_record(u, &r) != 0;
+        }
+        CHECK(wait_backlog(u, 0, 10000), "batch %d committed through pgbouncer (backlog %zu)", b,
+              aigw_usage_backlog(u));
+    }
+    if (u != NULL)
+        aigw_usage_stop(u, 5000);
+
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    log = NULL;
+    {
+        FILE *f = fopen(logpath, "r");
+        long n;
+
+        if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+            log = calloc(1, (size_t)n + 1);
+            if (log != NULL && fread(log, 1, (size_t)n, f) != (size_t)n)
+                log[0] = '\0';
+        }
+        if (f != NULL)
+            fclose(f);
+    }
+    for (const char *p = log; p != NULL && (p = strstr(p, "its sessions are shared")) != NULL; p++)
+        shared++;
+    CHECK(fails == 0, "all records succeeded (%d failed)", fails);
+    CHECK(count_rows(tenant) == BATCHES * PER, "every row written once through pgbouncer: %ld", count_rows(tenant));
+    CHECK(shared == 1, "the writer noticed the shared sessions once (%d times); its log:\n%s", shared,
+          log ? log : "(none)");
+    CHECK(log != NULL && strstr(log, "insert failed") == NULL && strstr(log, "failed:") == NULL,
+          "no batch and no statement failed; the writer's log:\n%s", log ? log : "(none)");
+    free(log);
+    free(logpath);
+    free(url);
+    pgbouncer_stop(pdir);
+    remove_spool(pdir);
+    remove_spool(dir);
+}
+
 int
 main(void)
 {
@@ -1207,6 +1374,7 @@ main(void)
     test_rejected(url);
     test_tenant_deleted_during_batch(url);
     test_tenant_delete_waits();
+    test_pgbouncer();
     test_crash(url);
     test_outage(url); /* last: restarts PostgreSQL */
     PQfinish(owner);
