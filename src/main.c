@@ -265,7 +265,9 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
     srv->pipe = aigw_redis_pipe_start(srv->redis);
-    srv->listener = aigw_listener_start(srv->cfg.database_url, srv->tenants, srv->api_keys);
+    srv->listener = aigw_listener_start(srv->cfg.database_listen_url ? srv->cfg.database_listen_url
+                                                                     : srv->cfg.database_url,
+                                        srv->tenants, srv->api_keys);
     if (aigw_http_start(srv) != 0)
         return 1;
     wd = aigw_watchdog_create(srv);

@@ -53,6 +53,7 @@ struct aigw_config {
 
     /* dependencies */
     char *database_url;
+    char *database_listen_url; /* the listener's session; NULL = database_url */
     int db_pool_size;
     char *redis_url;
     int redis_pool_size;

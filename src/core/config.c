@@ -467,7 +467,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
                                          "connection_timeout_s", "max_json_depth", NULL};
-    static const char *const db_k[] = {"url", "pool_size", NULL};
+    static const char *const db_k[] = {"url", "listen_url", "pool_size", NULL};
     static const char *const redis_k[] = {"url", "pool_size", "timeout_ms", NULL};
     static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
     static const char *const tenants_k[] = {"cache_ttl_s", NULL};
@@ -512,6 +512,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     }
     if ((sec = SECTION("database", db_k)) != NULL) {
         get_str(&c, sec, "url", &cfg->database_url);
+        get_str(&c, sec, "listen_url", &cfg->database_listen_url);
         get_int(&c, sec, "pool_size", 1, 1000, &cfg->db_pool_size);
     }
     if ((sec = SECTION("redis", redis_k)) != NULL) {
@@ -600,6 +601,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         fail(&c, "database.url (or AIGW_DATABASE_URL) is required");
     if (!c.failed && (cfg->redis_url == NULL || *cfg->redis_url == '\0'))
         fail(&c, "redis.url (or AIGW_REDIS_URL) is required");
+    if (cfg->database_listen_url != NULL && *cfg->database_listen_url == '\0') { /* e.g. "${VAR:-}" */
+        free(cfg->database_listen_url);
+        cfg->database_listen_url = NULL;
+    }
     if (!c.failed && cfg->n_jwt_keys == 0)
         fail(&c, "jwt.keys: at least one key is required");
 out:
@@ -619,6 +624,7 @@ aigw_config_free(struct aigw_config *cfg)
         return;
     free(cfg->listen_addr);
     free(cfg->database_url);
+    free(cfg->database_listen_url);
     free(cfg->redis_url);
     free(cfg->jwt_issuer);
     free(cfg->jwt_audience);
@@ -683,8 +689,9 @@ aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *
                   a->max_connections_per_ip != b->max_connections_per_ip ||
                   a->connection_timeout_s != b->connection_timeout_s || a->max_json_depth != b->max_json_depth,
               "http", out, cap, &n);
-    note_diff(!same_str(a->database_url, b->database_url) || a->db_pool_size != b->db_pool_size, "database", out,
-              cap, &n);
+    note_diff(!same_str(a->database_url, b->database_url) ||
+                  !same_str(a->database_listen_url, b->database_listen_url) || a->db_pool_size != b->db_pool_size,
+              "database", out, cap, &n);
     note_diff(!same_str(a->redis_url, b->redis_url) || a->redis_pool_size != b->redis_pool_size ||
                   a->redis_timeout_ms != b->redis_timeout_ms,
               "redis", out, cap, &n);

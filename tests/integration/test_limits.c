@@ -1,4 +1,5 @@
-/* test_limits.c - GET /api/ai/limits per demo tenant, quota rebuild, NOTIFY-driven plan changes */
+/* test_limits.c - GET /api/ai/limits per demo tenant, quota rebuild, NOTIFY-driven plan changes (also
+ * with aigw behind PgBouncer and its listener on database.listen_url) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,72 @@ wait_for(const char *tenant, const char *field, const char *want_str, long want_
         usleep(50 * 1000);
     }
     return false;
+}
+
+/* aigw behind PgBouncer in transaction mode: requests and their usage rows
+ * go through the pooler, and with database.listen_url pointing at
+ * PostgreSQL itself the listener keeps a session of its own, so a plan
+ * change still shows on the next requests (the tenant cache TTL is an hour).
+ * Without listen_url its LISTEN would run in a pooled session and the
+ * change would wait for the TTL. */
+static void
+test_behind_pgbouncer(PGconn *owner)
+{
+    char dir[] = "/tmp/aigw-pgbouncer-XXXXXX", tid[37], tcode[65], *cfg, *envs[2], *url;
+    const char *env[2], *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int saved = port, bport;
+    PGresult *q;
+
+    if (mkdtemp(dir) == NULL) {
+        CHECK(false, "mkdtemp");
+        return;
+    }
+    bport = tl_pgbouncer_start(dir, 4);
+    if (bport == 0)
+        goto out;
+    url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", bport);
+    envs[0] = tl_sprintf("AIGW_DATABASE_URL=%s", url);
+    envs[1] = NULL;
+    env[0] = envs[0];
+    env[1] = NULL;
+    cfg = tl_sprintf("{\"tenants\":{\"cache_ttl_s\":3600},\"database\":{\"listen_url\":\"%s\"}}",
+                     tl_env("AIGW_DATABASE_URL"));
+    {
+        char *patched = tl_config_patch(cfg);
+
+        free(cfg);
+        cfg = patched;
+    }
+    tl_create_tenant(owner, "standard", "active", tid, tcode);
+    if (tl_aigw_start_env(&gw, cfg, env) == 0) {
+        port = gw.port;
+        check_plan(tcode, "standard", 100, 10, 300, "knowledge", "sales");
+        q = tl_sql(owner, true, "UPDATE tenants SET tier = 'pro' WHERE id = $1", 1, p);
+        PQclear(q);
+        CHECK(wait_for(tcode, "tier", "pro", 0), "behind pgbouncer: the tier change arrives by NOTIFY");
+        get_limits(tcode, &r);
+        CHECK(r.status == 200, "behind pgbouncer: requests answered (%ld)", r.status);
+        tl_resp_free(&r);
+        CHECK(tl_aigw_stop(&gw) == 0, "behind pgbouncer: clean exit");
+    } else {
+        CHECK(false, "aigw starts with database.url through pgbouncer");
+    }
+    port = saved;
+    q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
+    PQclear(q);
+    free(cfg);
+    free(envs[0]);
+    free(url);
+out:
+    tl_pgbouncer_stop(dir);
+    {
+        char *rm = tl_sprintf("rm -rf %s", dir);
+
+        CHECK(system(rm) == 0, "%s", rm);
+        free(rm);
+    }
 }
 
 int
@@ -145,6 +212,7 @@ main(void)
     q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
     PQclear(q);
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    test_behind_pgbouncer(owner);
     free(cfg);
     PQfinish(owner);
     return tl_done();

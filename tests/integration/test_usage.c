@@ -1194,71 +1194,6 @@ test_tenant_delete_waits(void)
 
 /* ---- behind PgBouncer in transaction mode ---- */
 
-#define PGBOUNCER "/usr/sbin/pgbouncer"
-
-/* Start PgBouncer (transaction pooling, round robin over two server
- * sessions) in front of the stack's PostgreSQL. Returns its port, 0 when it
- * does not come up (checked). It refuses to run as root, so as root it runs
- * as the postgres OS user (the stack's PostgreSQL runs as that user too). */
-static int
-pgbouncer_start(const char *dir)
-{
-    char *ini, *users, *cmd, *url, *text;
-    int port = tl_free_port();
-    PGconn *c;
-
-    users = tl_sprintf("%s/users.txt", dir);
-    tl_write_file(users, "\"aigw_app\" \"\"\n");
-    ini = tl_sprintf("%s/pgbouncer.ini", dir);
-    text = tl_sprintf("[databases]\naigw = host=%s port=%s dbname=aigw\n"
-                      "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
-                      "auth_type = trust\nauth_file = %s\npool_mode = transaction\n"
-                      "server_round_robin = 1\ndefault_pool_size = 2\nmax_client_conn = 20\n"
-                      "ignore_startup_parameters = extra_float_digits,options\n"
-                      "logfile = %s/pgbouncer.log\npidfile = %s/pgbouncer.pid\n",
-                      PQhost(owner), PQport(owner), port, users, dir, dir);
-    tl_write_file(ini, text);
-    free(text);
-    cmd = tl_sprintf("%s %s -d %s", getuid() == 0 ? "runuser -u postgres --" : "", PGBOUNCER, ini);
-    CHECK(system(cmd) == 0, "pgbouncer starts: %s", cmd);
-    url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", port);
-    for (int i = 0; i < 50; i++) {
-        c = PQconnectdb(url);
-        if (PQstatus(c) == CONNECTION_OK) {
-            PQfinish(c);
-            break;
-        }
-        PQfinish(c);
-        c = NULL;
-        usleep(100 * 1000);
-    }
-    if (c == NULL)
-        port = 0;
-    CHECK(port != 0, "pgbouncer answers on 127.0.0.1");
-    free(url);
-    free(cmd);
-    free(ini);
-    free(users);
-    return port;
-}
-
-static void
-pgbouncer_stop(const char *dir)
-{
-    char *pidfile = tl_sprintf("%s/pgbouncer.pid", dir);
-    FILE *f = fopen(pidfile, "r");
-    long pid = 0;
-
-    if (f != NULL && fscanf(f, "%ld", &pid) == 1 && pid > 1) {
-        kill((pid_t)pid, SIGTERM);
-        for (int i = 0; i < 50 && kill((pid_t)pid, 0) == 0; i++)
-            usleep(100 * 1000);
-    }
-    if (f != NULL)
-        fclose(f);
-    free(pidfile);
-}
-
 /* Two client transactions open at once: PgBouncer gives each a server
  * session, so it has two to go round. */
 static void
@@ -1292,15 +1227,10 @@ test_pgbouncer(void)
     struct aigw_usage *u;
     int port, saved, fd, fails = 0, shared = 0;
 
-    if (access(PGBOUNCER, X_OK) != 0) {
-        CHECK(false, "%s is installed (scripts/install-deps.sh test)", PGBOUNCER);
-        return;
-    }
     make_spool(pdir);
-    chmod(pdir, 0777); /* PgBouncer may run as postgres */
-    port = pgbouncer_start(pdir);
+    port = tl_pgbouncer_start(pdir, 2);
     if (port == 0) {
-        pgbouncer_stop(pdir);
+        tl_pgbouncer_stop(pdir);
         remove_spool(pdir);
         return;
     }
@@ -1353,7 +1283,7 @@ test_pgbouncer(void)
     free(log);
     free(logpath);
     free(url);
-    pgbouncer_stop(pdir);
+    tl_pgbouncer_stop(pdir);
     remove_spool(pdir);
     remove_spool(dir);
 }

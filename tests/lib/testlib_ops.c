@@ -1,5 +1,6 @@
 /* testlib_ops.c - test helpers for the operations tests: requests in the
- * background, a fake systemd notify socket, /metrics samples */
+ * background, a fake systemd notify socket, /metrics samples, PgBouncer in
+ * front of the stack's PostgreSQL */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -8,8 +9,10 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -182,4 +185,73 @@ tl_metric_wait(int port, const char *series, double want, int timeout_ms)
         usleep(20 * 1000);
     }
     return v;
+}
+
+/* ---- PgBouncer ---- */
+
+#define PGBOUNCER "/usr/sbin/pgbouncer"
+
+int
+tl_pgbouncer_start(const char *dir, int pool_size)
+{
+    PGconn *owner, *c = NULL;
+    char *ini, *users, *cmd, *url, *text;
+    int port = tl_free_port();
+
+    if (access(PGBOUNCER, X_OK) != 0) {
+        CHECK(false, "%s is installed (scripts/install-deps.sh)", PGBOUNCER);
+        return 0;
+    }
+    chmod(dir, 0777);
+    owner = tl_pg_owner();
+    users = tl_sprintf("%s/users.txt", dir);
+    tl_write_file(users, "\"aigw_app\" \"\"\n");
+    ini = tl_sprintf("%s/pgbouncer.ini", dir);
+    text = tl_sprintf("[databases]\naigw = host=%s port=%s dbname=aigw\n"
+                      "[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
+                      "auth_type = trust\nauth_file = %s\npool_mode = transaction\n"
+                      "server_round_robin = 1\ndefault_pool_size = %d\nmax_client_conn = 100\n"
+                      "ignore_startup_parameters = extra_float_digits,options\n"
+                      "logfile = %s/pgbouncer.log\npidfile = %s/pgbouncer.pid\n",
+                      PQhost(owner), PQport(owner), port, users, pool_size, dir, dir);
+    PQfinish(owner);
+    tl_write_file(ini, text);
+    cmd = tl_sprintf("%s %s -d %s", getuid() == 0 ? "runuser -u postgres --" : "", PGBOUNCER, ini);
+    CHECK(system(cmd) == 0, "pgbouncer starts: %s", cmd);
+    url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", port);
+    for (int i = 0; i < 50; i++) {
+        c = PQconnectdb(url);
+        if (PQstatus(c) == CONNECTION_OK)
+            break;
+        PQfinish(c);
+        c = NULL;
+        usleep(100 * 1000);
+    }
+    if (c == NULL)
+        port = 0;
+    PQfinish(c);
+    CHECK(port != 0, "pgbouncer answers on 127.0.0.1");
+    free(url);
+    free(cmd);
+    free(text);
+    free(ini);
+    free(users);
+    return port;
+}
+
+void
+tl_pgbouncer_stop(const char *dir)
+{
+    char *pidfile = tl_sprintf("%s/pgbouncer.pid", dir);
+    FILE *f = fopen(pidfile, "r");
+    long pid = 0;
+
+    if (f != NULL && fscanf(f, "%ld", &pid) == 1 && pid > 1) {
+        kill((pid_t)pid, SIGTERM);
+        for (int i = 0; i < 50 && kill((pid_t)pid, 0) == 0; i++)
+            usleep(100 * 1000);
+    }
+    if (f != NULL)
+        fclose(f);
+    free(pidfile);
 }

@@ -114,12 +114,29 @@ main(void)
                         "\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret\":\"${AIGW_TEST_SECRET}\"}]}}");
     CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "expansion config loads: %s", err);
     CHECK(cfg.database_url && strcmp(cfg.database_url, "postgresql:///fallback") == 0, "default applied");
+    CHECK(cfg.database_listen_url == NULL, "no database.listen_url: the listener uses database.url");
     CHECK(cfg.jwt_keys[0].key_len == 36, "secret from environment");
     CHECK(cfg.port == 9999, "AIGW_PORT override");
     CHECK(aigw_config_find_key(&cfg, NULL) == &cfg.jwt_keys[0], "single key found without kid");
     CHECK(aigw_config_find_key(&cfg, "other") == NULL, "unknown kid not found");
     aigw_config_free(&cfg);
     unsetenv("AIGW_PORT");
+
+    /* database.listen_url: its own session for LISTEN; "" (an empty default) means unset */
+    tl_write_file(path, "{\"database\":{\"url\":\"postgresql://u@127.0.0.1:6432/aigw\","
+                        "\"listen_url\":\"postgresql:///aigw?host=/run/postgresql\"},"
+                        "\"redis\":{\"url\":\"redis://h:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}");
+    CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "listen_url config loads: %s", err);
+    CHECK(cfg.database_listen_url && strcmp(cfg.database_listen_url, "postgresql:///aigw?host=/run/postgresql") == 0,
+          "database.listen_url read");
+    aigw_config_free(&cfg);
+    tl_write_file(path, "{\"database\":{\"url\":\"postgresql:///x\",\"listen_url\":\"${AIGW_NOPE:-}\"},"
+                        "\"redis\":{\"url\":\"redis://h:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}");
+    CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "empty listen_url config loads: %s", err);
+    CHECK(cfg.database_listen_url == NULL, "an empty database.listen_url counts as unset");
+    aigw_config_free(&cfg);
+    expect_invalid("listen_url not a string", "{\"database\":{\"url\":\"postgresql:///x\",\"listen_url\":5},"
+                   "\"redis\":{\"url\":\"redis://h:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}", "listen_url");
 
     /* aigw --check-config: 0 for a valid file, 2 for an invalid one, secrets never printed */
     {
