@@ -164,8 +164,10 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
         int64_t now = aigw_now_ms();
         int sig;
 
-        if (pg && redis)
+        if (pg && redis) {
+            aigw_pg_check_timeouts(srv->pg);
             return 0;
+        }
         if (now - start >= limit) {
             aigw_log(LOG_ERR, "startup: %s not reachable after %d ms (startup.dependency_timeout_ms); exiting",
                      missing, limit);

@@ -74,6 +74,11 @@ void aigw_pg_rollback(PGconn *conn);
 /* Whether a pooled connection can be had within timeout_ms and answers
  * SELECT 1. For /readyz and the start-up wait. Never fails (false = down). */
 bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
+/* Log a warning when a pooled connection runs without statement_timeout or
+ * lock_timeout (0): aigw asks for them in the connection's options, which a
+ * pooler such as PgBouncer drops, and then nothing bounds a stuck statement.
+ * For start-up, once PostgreSQL answered; silent when it cannot ask. */
+void aigw_pg_check_timeouts(struct aigw_pg_pool *pool);
 
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);

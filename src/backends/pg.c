@@ -336,6 +336,26 @@ aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, co
     return rc;
 }
 
+void
+aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
+{
+    PGconn *conn = aigw_pg_acquire(pool, 1000);
+    PGresult *r;
+
+    if (conn == NULL)
+        return;
+    r = aigw_pg_exec(conn, "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')", 0, NULL);
+    if (r != NULL && PQntuples(r) == 1 &&
+        (strcmp(PQgetvalue(r, 0, 0), "0") == 0 || strcmp(PQgetvalue(r, 0, 1), "0") == 0))
+        aigw_log(LOG_WARNING,
+                 "postgresql: statement_timeout is %s and lock_timeout %s on aigw's connections (0 = none; a pooler "
+                 "that drops the connection's options?): set them on the role, e.g. ALTER ROLE aigw_app SET "
+                 "statement_timeout = '5s'; ALTER ROLE aigw_app SET lock_timeout = '2s'",
+                 PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+    PQclear(r);
+    aigw_pg_release(pool, conn);
+}
+
 bool
 aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms)
 {

@@ -108,6 +108,11 @@ test_behind_pgbouncer(PGconn *owner)
     }
     tl_create_tenant(owner, "standard", "active", tid, tcode);
     if (tl_aigw_start_env(&gw, cfg, env) == 0) {
+        char *log = tl_aigw_log(&gw);
+
+        CHECK(log != NULL && strstr(log, "statement_timeout is 0 and lock_timeout 0") != NULL,
+              "behind pgbouncer (options dropped): start-up warns that statements run without timeouts");
+        free(log);
         port = gw.port;
         check_plan(tcode, "standard", 100, 10, 300, "knowledge", "sales");
         q = tl_sql(owner, true, "UPDATE tenants SET tier = 'pro' WHERE id = $1", 1, p);
@@ -211,6 +216,13 @@ main(void)
 
     q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
     PQclear(q);
+    {
+        char *log = tl_aigw_log(&gw);
+
+        CHECK(log != NULL && strstr(log, "ready: serving") != NULL && strstr(log, "statement_timeout is") == NULL,
+              "connected directly: the connection's timeouts hold, no warning");
+        free(log);
+    }
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
     test_behind_pgbouncer(owner);
     free(cfg);
