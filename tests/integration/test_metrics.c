@@ -135,6 +135,20 @@ test_query(void)
     tl_resp_free(&r);
     CHECK(wait_sample("aigw_cache_misses_total", misses + 1) == misses + 1, "a miss");
     CHECK(wait_sample("aigw_upstream_duration_seconds_count", up + 1) == up + 1, "upstream duration observed");
+    /* the answer is stored after the response leaves: until then a repeat
+     * is answered from the flight's published result (aigw_coalesced_total) */
+    {
+        char pattern[64];
+        long long n = 0;
+
+        snprintf(pattern, sizeof(pattern), "aigw:{%s}:c:*", id);
+        for (int i = 0; i < 100 && n < 1; i++) {
+            n = tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pattern);
+            if (n < 1)
+                usleep(20 * 1000);
+        }
+        CHECK(n == 1, "the answer is in the cache (%lld keys)", n);
+    }
     tl_post(port, "/api/ai/query", tok, body, &r);
     CHECK(r.status == 200, "second query: %ld %s", r.status, r.body);
     tl_resp_free(&r);
