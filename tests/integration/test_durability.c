@@ -175,12 +175,7 @@ main(void)
         CHECK(refused == 0, "a burst after Redis is back: all answered (%d not)", refused);
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
     }
-    {
-        char *c = tl_sprintf("rm -rf '%s'", spool);
-
-        CHECK(system(c) == 0, "spool removed");
-        free(c);
-    }
+    CHECK(tl_rm_rf(spool), "spool removed");
     free(cfg);
     free(tok);
     PQfinish(owner);

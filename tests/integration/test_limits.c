@@ -133,12 +133,7 @@ test_behind_pgbouncer(PGconn *owner)
     free(url);
 out:
     tl_pgbouncer_stop(dir);
-    {
-        char *rm = tl_sprintf("rm -rf %s", dir);
-
-        CHECK(system(rm) == 0, "%s", rm);
-        free(rm);
-    }
+    CHECK(tl_rm_rf(dir), "%s removed", dir);
 }
 
 int

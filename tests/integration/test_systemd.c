@@ -209,8 +209,6 @@ test_example_config(void)
 int
 main(void)
 {
-    char *cmd;
-
     snprintf(tmp, sizeof(tmp), "/tmp/aigw-systemd-XXXXXX");
     if (mkdtemp(tmp) == NULL)
         return 1;
@@ -222,8 +220,6 @@ main(void)
     test_install_destdir();
     test_install_prefix();
     test_example_config();
-    cmd = tl_sprintf("rm -rf '%s'", tmp);
-    CHECK(system(cmd) == 0, "scratch removed");
-    free(cmd);
+    CHECK(tl_rm_rf(tmp), "scratch removed");
     return tl_done();
 }

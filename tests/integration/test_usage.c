@@ -1259,19 +1259,7 @@ test_pgbouncer(void)
     fflush(stderr);
     dup2(saved, STDERR_FILENO);
     close(saved);
-    log = NULL;
-    {
-        FILE *f = fopen(logpath, "r");
-        long n;
-
-        if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-            log = calloc(1, (size_t)n + 1);
-            if (log != NULL && fread(log, 1, (size_t)n, f) != (size_t)n)
-                log[0] = '\0';
-        }
-        if (f != NULL)
-            fclose(f);
-    }
+    log = tl_read_file(logpath);
     for (const char *p = log; p != NULL && (p = strstr(p, "its sessions are shared")) != NULL; p++)
         shared++;
     CHECK(fails == 0, "all records succeeded (%d failed)", fails);

@@ -341,8 +341,8 @@ tl_free_port(void)
     return port;
 }
 
-static char *
-slurp(const char *path)
+char *
+tl_read_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
     struct buf b = {NULL, 0};
@@ -413,7 +413,7 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
     snprintf(gw->config, sizeof(gw->config), "%s/aigw.json", gw->dir);
     snprintf(gw->log, sizeof(gw->log), "%s/aigw.log", gw->dir);
     if (config_json == NULL)
-        cfg = slurp(AIGW_SOURCE_DIR "/config/aigw.json");
+        cfg = tl_read_file(AIGW_SOURCE_DIR "/config/aigw.json");
     f = fopen(gw->config, "w");
     fputs(config_json ? config_json : cfg, f);
     fclose(f);
@@ -465,10 +465,7 @@ tl_aigw_kill9(struct tl_aigw *gw)
     waitpid(gw->pid, &status, 0);
     gw->pid = 0;
     if (gw->dir[0] != '\0') {
-        char cmd[600];
-
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
-        if (system(cmd) != 0)
+        if (!tl_rm_rf(gw->dir))
             fprintf(stderr, "could not remove %s\n", gw->dir);
         gw->dir[0] = '\0';
     }
@@ -478,7 +475,7 @@ tl_aigw_kill9(struct tl_aigw *gw)
 char *
 tl_aigw_log(const struct tl_aigw *gw)
 {
-    return slurp(gw->log);
+    return tl_read_file(gw->log);
 }
 
 void
@@ -510,7 +507,6 @@ int
 tl_aigw_stop(struct tl_aigw *gw)
 {
     int res;
-    char cmd[600];
 
     tl_aigw_signal(gw, SIGTERM);
     res = tl_aigw_wait(gw, 10000);
@@ -525,8 +521,7 @@ tl_aigw_stop(struct tl_aigw *gw)
         free(log);
     }
     if (gw->dir[0] != '\0') {
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", gw->dir);
-        if (system(cmd) != 0)
+        if (!tl_rm_rf(gw->dir))
             fprintf(stderr, "could not remove %s\n", gw->dir);
         gw->dir[0] = '\0';
     }
@@ -795,6 +790,16 @@ tl_write_file(const char *path, const char *s)
         abort();
     fputs(s, f);
     fclose(f);
+}
+
+bool
+tl_rm_rf(const char *dir)
+{
+    char *cmd = tl_sprintf("rm -rf '%s'", dir);
+    bool ok = system(cmd) == 0;
+
+    free(cmd);
+    return ok;
 }
 
 static void

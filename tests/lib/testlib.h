@@ -130,17 +130,10 @@ long long tl_redis_int(const char *fmt, ...);
 void tl_keypair(const char *alg, char **pub_pem, char **priv_pem);
 /* Write s to path. */
 void tl_write_file(const char *path, const char *s);
-/* PgBouncer (/usr/sbin/pgbouncer) in transaction pooling mode, round robin
- * over at most pool_size server sessions, in front of the stack's
- * PostgreSQL, on a free port of 127.0.0.1; its files in dir (which it makes
- * writable for the postgres OS user: as root PgBouncer runs as that user,
- * it refuses root). The database is "aigw", user aigw_app without a
- * password; the connection's options are ignored. Returns its port, or 0
- * (checked) when it is not installed or does not answer. */
-int tl_pgbouncer_start(const char *dir, int pool_size);
-/* Stop the PgBouncer started in dir (its pid file); no-op if none. */
-void tl_pgbouncer_stop(const char *dir);
-
+/* The whole file at path, malloc'd and NUL-terminated; NULL if unreadable. */
+char *tl_read_file(const char *path);
+/* rm -rf dir: true when it is gone. */
+bool tl_rm_rf(const char *dir);
 #endif
 
 /* The repo's config/aigw.json with an RFC 7386 JSON merge patch applied
@@ -226,3 +219,13 @@ double tl_metric_in(const char *text, const char *series);
 double tl_metric(int port, const char *series);
 /* Scrape until series equals want or timeout_ms pass; the last value. */
 double tl_metric_wait(int port, const char *series, double want, int timeout_ms);
+/* PgBouncer (/usr/sbin/pgbouncer) in transaction pooling mode, round robin
+ * over at most pool_size server sessions, in front of the stack's
+ * PostgreSQL, on a free port of 127.0.0.1; its files in dir (which it makes
+ * writable for the postgres OS user: as root PgBouncer runs as that user,
+ * it refuses root). The database is "aigw", user aigw_app without a
+ * password; the connection's options are ignored. Returns its port, or 0
+ * (checked) when it is not installed or does not answer. */
+int tl_pgbouncer_start(const char *dir, int pool_size);
+/* Stop the PgBouncer started in dir (its pid file); no-op if none. */
+void tl_pgbouncer_stop(const char *dir);
