@@ -63,11 +63,16 @@ first_line(const char *msg, char *out, size_t cap)
     out[n] = '\0';
 }
 
+/* What aigw asks PostgreSQL for on every connection (ms), in its options. */
+#define STATEMENT_TIMEOUT "5000"
+#define LOCK_TIMEOUT "2000"
+
 PGconn *
 aigw_pg_connect(const char *url)
 {
     const char *keys[] = {"dbname", "application_name", "connect_timeout", "options", NULL};
-    const char *vals[] = {url, "aigw", "3", "-c statement_timeout=5000 -c lock_timeout=2000", NULL};
+    const char *vals[] = {url, "aigw", "3",
+                          "-c statement_timeout=" STATEMENT_TIMEOUT " -c lock_timeout=" LOCK_TIMEOUT, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     char why[256];
 
@@ -350,7 +355,8 @@ aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
         aigw_log(LOG_WARNING,
                  "postgresql: statement_timeout is %s and lock_timeout %s on aigw's connections (0 = none; a pooler "
                  "that drops the connection's options?): set them on the role, e.g. ALTER ROLE aigw_app SET "
-                 "statement_timeout = '5s'; ALTER ROLE aigw_app SET lock_timeout = '2s'",
+                 "statement_timeout = '" STATEMENT_TIMEOUT "ms'; ALTER ROLE aigw_app SET lock_timeout = '" LOCK_TIMEOUT
+                 "ms'",
                  PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
     aigw_pg_release(pool, conn);
