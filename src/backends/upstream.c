@@ -1060,13 +1060,28 @@ poll_timeout(const struct aigw_upstream *up, int64_t now)
 }
 
 /* The epoll_wait timeout: our deadlines or curl's timer, whichever is first
- * (rounded up, so we do not wake just before curl's timer and spin). */
+ * (rounded up, so we do not wake just before curl's timer and spin).
+ *
+ * A deadline that has passed is asked of curl again: libcurl 7.88 does not
+ * always report a timer it drops (a transfer that finishes and is removed
+ * leaves the last deadline standing, with no callback of -1), and one it
+ * reports in whole milliseconds, rounded down, is not ripe when that time
+ * comes. Trusting the stale value made this loop spin on epoll_wait(0)
+ * between transfers: a core of CPU on the miss path. curl_multi_timeout says
+ * -1 (no timer), 0 (ripe: dispatch acts on it) or the time left (>= 1 ms). */
 static int
-wait_timeout(const struct aigw_upstream *up)
+wait_timeout(struct aigw_upstream *up)
 {
     int64_t now_us = aigw_now_us();
     int64_t t = poll_timeout(up, now_us / 1000);
 
+    if (up->curl_due_us >= 0 && up->curl_due_us <= now_us) {
+        long ms = -1;
+
+        if (curl_multi_timeout(up->multi, &ms) != CURLM_OK)
+            ms = 0;
+        up->curl_due_us = ms < 0 ? -1 : now_us + (int64_t)ms * 1000;
+    }
     if (up->curl_due_us >= 0 && (up->curl_due_us - now_us + 999) / 1000 < t)
         t = (up->curl_due_us - now_us + 999) / 1000;
     return t > 0 ? (int)t : 0;
