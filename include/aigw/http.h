@@ -141,7 +141,7 @@ void aigw_req_settle(struct aigw_req *req);
 int aigw_http_start(struct aigw_server *srv);
 /* Stop accepting new connections and close the listening socket, so new
  * clients are refused at once instead of waiting in the kernel backlog
- * (in-flight requests go on). NULL-safe on srv->mhd; idempotent. */
+ * (in-flight requests go on). Safe before start and after stop; idempotent. */
 void aigw_http_quiesce(struct aigw_server *srv);
 /* Requests between their first callback and their completion. */
 size_t aigw_http_in_flight(const struct aigw_server *srv);

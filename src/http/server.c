@@ -1,8 +1,10 @@
 /* server.c - libmicrohttpd glue: request lifecycle, upload limits, the stage loop */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,34 @@ struct aigw_busy {
 };
 
 static _Thread_local _Atomic int64_t *busy_stamp;
+
+/* The listening socket is aigw's own, served by one thread that accepts and
+ * hands each connection to libmicrohttpd (MHD_add_connection), rather than
+ * every worker accepting on a shared socket. Two reasons:
+ *  - libmicrohttpd 0.9.75's MHD_quiesce_daemon races a worker that is taking
+ *    the same listening socket out of its epoll set on its own, and aborts
+ *    the process ("Failed to remove listen FD from epoll set") when the
+ *    worker wins: a SIGTERM could kill aigw before its drain. Closing a
+ *    socket of our own has no such race.
+ *  - workers accepting for themselves share connections unevenly (the first
+ *    to wake empties the backlog: in bench S4 one of two workers held nearly
+ *    all 1,000 streams); added connections are spread over the workers.
+ * At http.max_connections open connections the thread stops accepting, so
+ * further clients wait in the kernel backlog, as with libmicrohttpd's own
+ * accept. It counts for itself (a connection is open from its hand-over to
+ * libmicrohttpd's close notification) and gives libmicrohttpd a limit it can
+ * never reach: 0.9.75 deadlocks when a worker finds an added connection over
+ * its limit ("Failed to start serving new connection"; its own count lags
+ * behind the hand-overs, so it cannot be the gate). */
+struct aigw_acceptor {
+    int fd;                        /* -1 once closed (drain) */
+    pthread_t thread;
+    pthread_mutex_t lock;          /* guards open, stop */
+    pthread_cond_t wake;           /* a connection closed, or stop was set */
+    unsigned open, limit;          /* handed over and not closed; http.max_connections */
+    bool stop;
+    bool running;                  /* thread started, not joined */
+};
 
 static void
 mhd_logger(void *cls, const char *fmt, va_list ap)
@@ -480,6 +510,108 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     atomic_fetch_sub(&srv->in_flight, 1);
 }
 
+/* MHD_OPTION_NOTIFY_CONNECTION: a handed-over connection closed. */
+static void
+conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context, enum MHD_ConnectionNotificationCode toe)
+{
+    struct aigw_acceptor *a = cls;
+
+    (void)conn;
+    (void)socket_context;
+    if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
+        return;
+    pthread_mutex_lock(&a->lock);
+    if (a->open > 0)
+        a->open--;
+    pthread_cond_signal(&a->wake);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* Wait for room under the limit and take it; false once stopping. */
+static bool
+acceptor_room(struct aigw_acceptor *a)
+{
+    bool go;
+
+    pthread_mutex_lock(&a->lock);
+    while (!a->stop && a->open >= a->limit)
+        pthread_cond_wait(&a->wake, &a->lock);
+    go = !a->stop;
+    if (go)
+        a->open++;
+    pthread_mutex_unlock(&a->lock);
+    return go;
+}
+
+/* Give back a place taken by acceptor_room that no connection used. */
+static void
+acceptor_unused(struct aigw_acceptor *a)
+{
+    pthread_mutex_lock(&a->lock);
+    a->open--;
+    pthread_cond_signal(&a->wake);
+    pthread_mutex_unlock(&a->lock);
+}
+
+static void *
+accept_loop(void *arg)
+{
+    struct aigw_server *srv = arg;
+    struct aigw_acceptor *a = srv->acceptor;
+    int64_t last_log_ms = 0;
+
+    while (acceptor_room(a)) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+        if (fd < 0) {
+            acceptor_unused(a);
+            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EPROTO)
+                continue;
+            if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM)
+                break; /* EINVAL: the drain shut the socket down */
+            if (aigw_now_ms() - last_log_ms > 5000) {
+                char eb[128];
+
+                aigw_log(LOG_ERR, "http: accept: %s; new connections wait", strerror_r(errno, eb, sizeof(eb)));
+                last_log_ms = aigw_now_ms();
+            }
+            usleep(10 * 1000); /* out of descriptors or memory: let connections close */
+            continue;
+        }
+        /* refused (per-IP limit): libmicrohttpd closed fd, and will not
+         * notify its close */
+        if (MHD_add_connection(srv->mhd, fd, (struct sockaddr *)&ss, len) != MHD_YES)
+            acceptor_unused(a);
+    }
+    return NULL;
+}
+
+/* The listening socket: SO_REUSEADDR, IPV6_V6ONLY for an IPv6 address. */
+static int
+listen_socket(const struct sockaddr *sa, socklen_t len, uint16_t *port)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0 ||
+        (sa->sa_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
+        bind(fd, sa, len) != 0 || listen(fd, 4096) != 0 || getsockname(fd, (struct sockaddr *)&bound, &blen) != 0)
+        goto fail;
+    *port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                              : ((struct sockaddr_in *)&bound)->sin_port);
+    return fd;
+fail:
+    on = errno; /* for the caller's message */
+    close(fd);
+    errno = on;
+    return -1;
+}
+
 int
 aigw_http_start(struct aigw_server *srv)
 {
@@ -487,10 +619,13 @@ aigw_http_start(struct aigw_server *srv)
     struct sockaddr_storage ss;
     socklen_t sslen;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+                     MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned threads = cfg->threads > 0 ? (unsigned)cfg->threads : (unsigned)(ncpu > 0 ? ncpu : 2);
-    const union MHD_DaemonInfo *info;
+    struct aigw_acceptor *a;
+    /* each worker gets limit / threads: this way none can be full before the
+     * acceptor's own limit is (see struct aigw_acceptor) */
+    unsigned mhd_limit = (unsigned)cfg->max_connections * threads + threads;
 
     memset(&ss, 0, sizeof(ss));
     if (strchr(cfg->listen_addr, ':') != NULL) {
@@ -501,7 +636,6 @@ aigw_http_start(struct aigw_server *srv)
         if (inet_pton(AF_INET6, cfg->listen_addr, &s6->sin6_addr) != 1)
             goto bad_addr;
         sslen = sizeof(*s6);
-        flags |= MHD_USE_IPv6;
     } else {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
 
@@ -511,23 +645,35 @@ aigw_http_start(struct aigw_server *srv)
             goto bad_addr;
         sslen = sizeof(*s4);
     }
-    (void)sslen;
+    a = aigw_xcalloc(1, sizeof(*a));
+    pthread_mutex_init(&a->lock, NULL);
+    pthread_cond_init(&a->wake, NULL);
+    a->limit = (unsigned)cfg->max_connections;
+    a->fd = listen_socket((struct sockaddr *)&ss, sslen, &srv->bound_port);
+    srv->acceptor = a;
+    if (a->fd < 0) {
+        char eb[128];
+
+        aigw_log(LOG_ERR, "http: cannot listen on %s:%d: %s", cfg->listen_addr, cfg->port,
+                 strerror_r(errno, eb, sizeof(eb)));
+        return -1;
+    }
     srv->busy = aigw_xcalloc(1, sizeof(*srv->busy) + threads * sizeof(srv->busy->since_us[0]));
     srv->busy->n = threads;
     srv->mhd = MHD_start_daemon(
         flags, 0, NULL, NULL, access_cb, srv, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, srv,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+        MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        (unsigned)4096, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, srv, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes, MHD_OPTION_NOTIFY_COMPLETED, completed_cb,
+        srv, MHD_OPTION_NOTIFY_CONNECTION, conn_notify, a, MHD_OPTION_END);
     if (srv->mhd == NULL) {
-        aigw_log(LOG_ERR, "http: cannot listen on %s:%d", cfg->listen_addr, cfg->port);
+        aigw_log(LOG_ERR, "http: cannot start the HTTP workers");
         return -1;
     }
-    info = MHD_get_daemon_info(srv->mhd, MHD_DAEMON_INFO_BIND_PORT);
-    srv->bound_port = info ? info->port : (uint16_t)cfg->port;
+    if (pthread_create(&a->thread, NULL, accept_loop, srv) != 0)
+        abort();
+    a->running = true;
     aigw_log(LOG_NOTICE, "http: listening on %s:%u with %u threads", cfg->listen_addr, srv->bound_port,
              threads);
     return 0;
@@ -536,16 +682,25 @@ bad_addr:
     return -1;
 }
 
+/* shutdown() wakes the blocked accept (EINVAL), then the socket is closed:
+ * new clients are refused instead of parked in the backlog. */
 void
 aigw_http_quiesce(struct aigw_server *srv)
 {
-    MHD_socket fd;
+    struct aigw_acceptor *a = srv->acceptor;
 
-    if (srv->mhd == NULL)
+    if (a == NULL || a->fd < 0)
         return;
-    fd = MHD_quiesce_daemon(srv->mhd); /* MHD_INVALID_SOCKET the second time */
-    if (fd != MHD_INVALID_SOCKET)
-        close(fd); /* ours now: closing it refuses new clients instead of parking them in the backlog */
+    pthread_mutex_lock(&a->lock);
+    a->stop = true;
+    pthread_cond_broadcast(&a->wake);
+    pthread_mutex_unlock(&a->lock);
+    shutdown(a->fd, SHUT_RDWR);
+    if (a->running)
+        pthread_join(a->thread, NULL);
+    a->running = false;
+    close(a->fd);
+    a->fd = -1;
 }
 
 size_t
@@ -576,9 +731,16 @@ aigw_http_busy_ms(const struct aigw_server *srv)
 void
 aigw_http_stop(struct aigw_server *srv)
 {
+    aigw_http_quiesce(srv); /* the acceptor first: it hands connections to the daemon */
     if (srv->mhd != NULL)
         MHD_stop_daemon(srv->mhd);
     srv->mhd = NULL;
     free(srv->busy);
     srv->busy = NULL;
+    if (srv->acceptor != NULL) {
+        pthread_mutex_destroy(&srv->acceptor->lock);
+        pthread_cond_destroy(&srv->acceptor->wake);
+        free(srv->acceptor);
+        srv->acceptor = NULL;
+    }
 }
