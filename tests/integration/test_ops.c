@@ -6,6 +6,7 @@
  * refused, usage rows written; cancellation at the deadline). */
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +130,94 @@ test_notify_and_watchdog(void)
 out:
     tl_aigw_stop(&gw);
     close(fd);
+    free(cfg);
+}
+
+/* ---- the accept thread and its limits ---- */
+
+/* A TCP connection from 127.0.0.<host> (not .1: the test's own requests
+ * come from there); with get, a GET /healthz is sent on it. fd or -1. */
+static int
+connect_from(int host, int port, bool get)
+{
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000000u | (unsigned)host)};
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof(from)) != 0 ||
+        connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0 ||
+        (get && write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1))) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Within ms: 1 = "HTTP/1.1 200" arrived, 0 = the server closed the
+ * connection without a response, -1 = nothing yet. */
+static int
+outcome(int fd, int ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    char buf[256] = "";
+    ssize_t n;
+
+    if (poll(&p, 1, ms) != 1)
+        return -1;
+    n = read(fd, buf, sizeof(buf) - 1);
+    return n > 12 && strncmp(buf, "HTTP/1.1 200", 12) == 0 ? 1 : 0;
+}
+
+/* A client over the per-address cap is refused (libmicrohttpd closes the
+ * handed-over socket) without using up a place under http.max_connections:
+ * after many refusals a client from another address still gets in. With
+ * the total at its limit a new client waits in the backlog, and is served
+ * once a place frees. SIGTERM then exits 0 with connections still open. */
+static void
+test_connection_limits(void)
+{
+    char *cfg = tl_config_patch("{\"http\":{\"threads\":2,\"max_connections\":3,\"max_connections_per_ip\":2,"
+                                "\"connection_timeout_s\":300}}");
+    struct tl_aigw gw;
+    int held[2] = {-1, -1}, other[2] = {-1, -1}, refused = 0;
+
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    usleep(300 * 1000); /* the start-up probes' connections are closed */
+    held[0] = connect_from(3, gw.port, false);
+    held[1] = connect_from(3, gw.port, false);
+    CHECK(held[0] >= 0 && held[1] >= 0, "limits: two idle connections from 127.0.0.3");
+    for (int i = 0; i < 8; i++) {
+        int fd = connect_from(3, gw.port, true);
+
+        refused += fd >= 0 && outcome(fd, 5000) == 0;
+        if (fd >= 0)
+            close(fd);
+    }
+    CHECK(refused == 8, "limits: a third client from 127.0.0.3 is refused (%d of 8)", refused);
+    other[0] = connect_from(2, gw.port, true);
+    CHECK(other[0] >= 0 && outcome(other[0], 5000) == 1, "limits: 8 refusals took no place: 127.0.0.2 is served");
+    /* three open: the total limit */
+    other[1] = connect_from(2, gw.port, true);
+    CHECK(other[1] >= 0 && outcome(other[1], 700) == -1, "limits: a fourth client waits while three are open");
+    close(held[0]);
+    held[0] = -1;
+    CHECK(outcome(other[1], 5000) == 1, "limits: it is served once a place frees");
+    tl_aigw_signal(&gw, SIGTERM);
+    CHECK(tl_aigw_wait(&gw, 30000) == 0, "limits: exit 0 after SIGTERM with connections still open");
+out:
+    for (int i = 0; i < 2; i++) {
+        if (held[i] >= 0)
+            close(held[i]);
+        if (other[i] >= 0)
+            close(other[i]);
+    }
+    tl_aigw_stop(&gw);
     free(cfg);
 }
 
@@ -666,6 +755,7 @@ main(void)
     mock2 = tl_env("AIGW_MOCK2_URL");
     srand((unsigned)getpid());
     test_notify_and_watchdog();
+    test_connection_limits();
     test_ready_waits_for_redis();
     test_reloads();
     test_drain();
