@@ -2,13 +2,9 @@
  * transfer to the llama-server backends with a libcurl multi handle.
  *
  * No caller ever waits on a model: aigw_upstream_submit() queues the call and
- * returns at once (when the engine thread is asleep, submit starts the
- * transfer itself first: the request goes out without a thread hand-off).
- * The engine calls done() exactly once when the call finished, failed, timed
- * out or was cancelled. Callbacks (done, on_event) run on the engine thread
- * or on a thread inside submit, possibly another call's submitter, never two
- * at once; they must not block. Worker threads suspend their MHD connection
- * before submitting and resume it from done(). */
+ * returns at once; the engine calls done() exactly once, on the engine thread,
+ * when the call finished, failed, timed out or was cancelled. Worker threads
+ * suspend their MHD connection and resume it from done(). */
 #ifndef AIGW_UPSTREAM_H
 #define AIGW_UPSTREAM_H
 
@@ -58,13 +54,13 @@ struct aigw_upstream_event {
     bool usage_only;           /* a chunk with usage and no choices (stream_options.include_usage) */
 };
 
-/* Stream consumer, once per event in order, where callbacks run (above).
- * Must not block. Return true when the consumer's buffer is full: the transfer is
+/* Stream consumer, on the engine thread, once per event in order. Must not
+ * block. Return true when the consumer's buffer is full: the transfer is
  * paused until aigw_upstream_unpause(). */
 typedef bool (*aigw_upstream_event_fn)(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev,
                                        void *ud);
 
-/* Called once per call, where callbacks run (above). Must not block. */
+/* Called once per call on the engine thread. Must not block. */
 typedef void (*aigw_upstream_done_fn)(struct aigw_upstream_call *call, void *ud);
 
 /* Start the engine thread for cfg's backends and routes. health supplies the
@@ -147,7 +143,5 @@ int64_t aigw_upstream_stalled_ms(const struct aigw_upstream *up);
 /* Gauges for /readyz and metrics (thread-safe snapshots). */
 size_t aigw_upstream_in_flight(const struct aigw_upstream *up);
 size_t aigw_upstream_queued(const struct aigw_upstream *up);
-/* Calls started by their submitter because the engine was asleep (counter). */
-size_t aigw_upstream_direct_starts(const struct aigw_upstream *up);
 
 #endif

@@ -7,18 +7,10 @@
  * only the transfers that have something to do. curl_multi_perform would walk
  * every transfer on every wake-up, O(n^2) with thousands in flight.
  *
- * Threads: everything but the inbox (the multi handle, the epoll set, easy
- * handles, queues, backend state) belongs to whoever holds up->run_lock. The
- * engine thread holds it while it works and lets go only to sleep in
- * epoll_wait. aigw_upstream_submit() (any thread) puts the call in the inbox
- * under up->lock; if the engine is asleep it takes run_lock itself and does
- * what the engine would have done on waking (route the call, start the
- * transfer: the request is on the wire before submit returns), else it
- * writes the engine's eventfd. On this VM a thread wake-up from idle costs
- * 70-230 us (README, S2), and that hand-off was one of the three on a miss's
- * way to the model. So callbacks (done, on_event) run under run_lock on the
- * engine thread or on a submitting thread, one at a time, never
- * concurrently. */
+ * Threads: aigw_upstream_submit() (any thread) only touches the inbox under
+ * up->lock and writes the engine's eventfd. Everything else (the multi
+ * handle, the epoll set, easy handles, queues, backend state) belongs to the
+ * engine thread. */
 #include "aigw/upstream.h"
 
 #include <curl/curl.h>
@@ -130,11 +122,7 @@ struct aigw_upstream {
     bool closed;                       /* the engine takes no more calls (shutting down) */
     atomic_bool stopping;
     atomic_size_t n_in_flight, n_queued;
-    atomic_size_t n_direct;            /* calls started by their submitter (engine asleep) */
-    /* Everything below belongs to the holder of run_lock (see the top). */
-    pthread_mutex_t run_lock;
-    bool sleeping;                     /* the engine thread is in (or about to enter) epoll_wait */
-    int64_t sleep_until_us;            /* monotonic us its epoll_wait times out */
+    /* engine thread only */
     struct backend be[AIGW_MAX_BACKENDS];
     struct call_list queue[AIGW_QUERY_TYPES];
     struct call_list active;
@@ -1172,26 +1160,18 @@ run(void *arg)
 {
     struct aigw_upstream *up = arg;
 
-    pthread_mutex_lock(&up->run_lock);
     while (!atomic_load(&up->stopping)) {
-        int n, t;
+        int n;
 
         checkpoint(up);
         recover(up, aigw_now_ms());
         take_inbox(up);
         take_control(up);
         settle(up);
-        t = wait_timeout(up);
-        up->sleep_until_us = aigw_now_us() + (int64_t)t * 1000;
-        up->sleeping = true;
-        pthread_mutex_unlock(&up->run_lock);
-        n = epoll_wait(up->epfd, up->ev, MAX_EVENTS, t);
-        pthread_mutex_lock(&up->run_lock);
-        up->sleeping = false;
+        n = epoll_wait(up->epfd, up->ev, MAX_EVENTS, wait_timeout(up));
         dispatch(up, n > 0 ? n : 0); /* n < 0: EINTR, just go round */
     }
     shutdown_calls(up);
-    pthread_mutex_unlock(&up->run_lock);
     return NULL;
 }
 
@@ -1468,11 +1448,9 @@ aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
     setup_backends(up);
     setup_events(up);
     pthread_mutex_init(&up->lock, NULL);
-    pthread_mutex_init(&up->run_lock, NULL);
     atomic_init(&up->stopping, false);
     atomic_init(&up->n_in_flight, 0);
     atomic_init(&up->n_queued, 0);
-    atomic_init(&up->n_direct, 0);
     if (pthread_create(&up->thread, NULL, run, up) != 0)
         abort();
     return up;
@@ -1494,7 +1472,6 @@ aigw_upstream_stop(struct aigw_upstream *up)
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         free(up->be[b].url);
     pthread_mutex_destroy(&up->lock);
-    pthread_mutex_destroy(&up->run_lock);
     aigw_snapshot_unref(up->pending);
     aigw_snapshot_unref(up->snap);
     free(up);
@@ -1506,7 +1483,7 @@ struct aigw_upstream_call *
 aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_opts *o)
 {
     struct aigw_upstream_call *c = aigw_xcalloc(1, sizeof(*c));
-    bool closed, direct = false;
+    bool closed;
 
     atomic_init(&c->refs, 2); /* the caller's and the engine's */
     c->state = CS_INBOX;
@@ -1527,32 +1504,13 @@ aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_o
         /* seq and submit time under one lock: queue order = deadline order */
         c->seq = up->next_seq++;
         c->submit_ms = aigw_now_ms();
-        /* The engine asleep: start the call on this thread instead of waking
-         * it. Only a trylock here: the engine takes up->lock while it holds
-         * run_lock. */
-        if (pthread_mutex_trylock(&up->run_lock) == 0) {
-            direct = up->sleeping && !atomic_load(&up->stopping);
-            if (!direct)
-                pthread_mutex_unlock(&up->run_lock);
-        }
-        /* otherwise only the first call into an empty inbox wakes the engine:
-         * it takes the whole inbox after draining the eventfd, so no call is
-         * missed */
-        if (!direct && up->inbox.head == NULL)
+        /* only the first call into an empty inbox wakes the engine: it takes
+         * the whole inbox after draining the eventfd, so no call is missed */
+        if (up->inbox.head == NULL)
             aigw_eventfd_signal(up->wake_fd); /* under the lock: closed is not set yet, so wake_fd is open */
         list_insert(&up->inbox, c);
     }
     pthread_mutex_unlock(&up->lock);
-    if (direct) {
-        atomic_fetch_add_explicit(&up->n_direct, 1, memory_order_relaxed);
-        take_inbox(up);
-        settle(up);
-        /* the engine sleeps on an old timeout: wake it if it must act sooner
-         * (run_lock held: the engine cannot have stopped, wake_fd is open) */
-        if (aigw_now_us() + (int64_t)wait_timeout(up) * 1000 < up->sleep_until_us)
-            aigw_eventfd_signal(up->wake_fd);
-        pthread_mutex_unlock(&up->run_lock);
-    }
     if (closed) {
         c->submit_ms = aigw_now_ms();
         fail_shutdown(c); /* no engine thread left to run done() */
@@ -1623,10 +1581,4 @@ size_t
 aigw_upstream_queued(const struct aigw_upstream *up)
 {
     return atomic_load(&up->n_queued);
-}
-
-size_t
-aigw_upstream_direct_starts(const struct aigw_upstream *up)
-{
-    return atomic_load_explicit(&up->n_direct, memory_order_relaxed);
 }

@@ -321,10 +321,6 @@ render_gauges(FILE *out, const struct aigw_server *srv)
     fprintf(out, "aigw_upstream_in_flight %zu\n", srv->upstream ? aigw_upstream_in_flight(srv->upstream) : 0);
     meta(out, "aigw_upstream_queued", "gauge", "Upstream calls queued for a free backend slot.");
     fprintf(out, "aigw_upstream_queued %zu\n", srv->upstream ? aigw_upstream_queued(srv->upstream) : 0);
-    meta(out, "aigw_upstream_direct_starts_total", "counter",
-         "Upstream calls started on the request's own thread because the engine thread was idle (no hand-off).");
-    fprintf(out, "aigw_upstream_direct_starts_total %zu\n",
-            srv->upstream ? aigw_upstream_direct_starts(srv->upstream) : 0);
     render_backends(out, srv);
     gauge(out, "aigw_usage_backlog_rows", "Usage rows recorded but not yet committed to PostgreSQL.",
           aigw_usage_backlog(srv->usage));

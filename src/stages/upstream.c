@@ -15,8 +15,7 @@
 #include "aigw/upstream.h"
 #include "aigw/util.h"
 
-/* Upstream callback (engine thread, or a submitter while the engine sleeps):
- * the result is ready; wake the request. */
+/* Engine thread: the result is ready; wake the request. */
 static void
 on_done(struct aigw_upstream_call *call, void *ud)
 {
@@ -69,7 +68,7 @@ build_query_body(struct aigw_req *req, const struct aigw_tenant *t)
 
 /* ---- streaming ---- */
 
-/* Upstream callback: each upstream token becomes data: {"delta": "..."}; the
+/* Engine thread: each upstream token becomes data: {"delta": "..."}; the
  * closing event is written by the finalizer, which knows the bookkeeping. */
 static bool
 on_query_event(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev, void *ud)
@@ -172,7 +171,7 @@ query_finalize(struct aigw_req *req, bool client_gone)
     aigw_sse_append(req->sse, ev, strlen(ev));
 }
 
-/* Upstream callback: the OpenAI route passes the upstream's events through
+/* Engine thread: the OpenAI route passes the upstream's events through
  * byte for byte; only the ending (or the usage chunk nobody asked for) is
  * aigw's to write. */
 static bool

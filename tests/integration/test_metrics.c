@@ -19,7 +19,6 @@ static const char *const METRICS[] = {
     "aigw_usage_spool_bytes",     "aigw_postgres_errors_total",    "aigw_redis_errors_total",
     "aigw_build_info",            "aigw_start_time_seconds",       "aigw_requests_in_flight",
     "aigw_draining",              "aigw_config_reloads_total",     "aigw_config_last_reload_successful",
-    "aigw_upstream_direct_starts_total",
 };
 
 static int port;

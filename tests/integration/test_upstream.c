@@ -251,41 +251,6 @@ test_idle_cpu(void)
     tl_mock_reset(mock1);
 }
 
-/* A call submitted while the engine thread sleeps is started by the
- * submitter (no hand-off): spaced-out calls go that way, each answered. The
- * engine also wakes on its own every 500 ms, so a submit can meet it awake:
- * most, not all, of ten must go direct. */
-static void
-test_direct_start(void)
-{
-    struct aigw_config cfg;
-    struct aigw_upstream *up;
-    struct pending p;
-    size_t before;
-    int ok = 0;
-
-    cfg_init(&cfg);
-    add_backend(&cfg, "mock1", mock1, 4);
-    up = aigw_upstream_start(&cfg, NULL);
-    CHECK(aigw_upstream_direct_starts(up) == 0, "direct: none before the first call");
-    submit(up, &p);
-    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 200, "direct: warm-up call answered");
-    free_all(&p, 1);
-    before = aigw_upstream_direct_starts(up);
-    for (int i = 0; i < 10; i++) {
-        sleep_ms(30); /* the engine goes back to sleep after the last call */
-        submit(up, &p);
-        if (wait_all(&p, 1, 5000) && res(&p)->status == 200 && p.ndone == 1)
-            ok++;
-        free_all(&p, 1);
-    }
-    CHECK(ok == 10, "direct: %d of 10 calls answered once", ok);
-    CHECK(aigw_upstream_direct_starts(up) - before >= 8, "direct: %zu of 10 calls started by their submitter",
-          aigw_upstream_direct_starts(up) - before);
-    aigw_upstream_stop(up);
-    aigw_config_free(&cfg);
-}
-
 /* More calls than slots: the backend never sees more than its slots. */
 static void
 test_slots(void)
@@ -982,7 +947,6 @@ main(void)
 
     test_success();
     test_idle_cpu();
-    test_direct_start();
     test_slots();
     test_many_submitters();
     test_spread();
