@@ -566,15 +566,17 @@ accept_loop(void *arg)
         int fd = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
         if (fd < 0) {
+            int err = errno;
+
             acceptor_unused(a);
-            if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EPROTO)
+            if (err == EINTR || err == ECONNABORTED || err == EAGAIN || err == EPROTO)
                 continue;
-            if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM)
+            if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
                 break; /* EINVAL: the drain shut the socket down */
             if (aigw_now_ms() - last_log_ms > 5000) {
                 char eb[128];
 
-                aigw_log(LOG_ERR, "http: accept: %s; new connections wait", strerror_r(errno, eb, sizeof(eb)));
+                aigw_log(LOG_ERR, "http: accept: %s; new connections wait", strerror_r(err, eb, sizeof(eb)));
                 last_log_ms = aigw_now_ms();
             }
             usleep(10 * 1000); /* out of descriptors or memory: let connections close */
