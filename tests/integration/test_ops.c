@@ -82,15 +82,22 @@ reload(struct tl_aigw *gw, int fd, const char *config_json)
 
 /* ---- sd_notify and the watchdog ---- */
 
+/* A TCP connection from 127.0.0.<host>; with get, a GET /healthz is sent
+ * on it. fd or -1. */
 static int
-hold_connection(int port)
+connect_from(int host, int port, bool get)
 {
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000000u | (unsigned)host)};
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     int fd = socket(AF_INET, SOCK_STREAM, 0);
 
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-        close(fd);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof(from)) != 0 ||
+        connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0 ||
+        (get && write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1))) {
+        if (fd >= 0)
+            close(fd);
         return -1;
     }
     return fd;
@@ -113,8 +120,8 @@ test_notify_and_watchdog(void)
     CHECK(pings >= 2, "WATCHDOG=1 pings while healthy (%d in 6 s, one due per second)", pings);
     CHECK(reload(&gw, fd, cfg), "a reload of the same file");
 
-    held[0] = hold_connection(gw.port);
-    held[1] = hold_connection(gw.port);
+    held[0] = connect_from(1, gw.port, false);
+    held[1] = connect_from(1, gw.port, false);
     CHECK(held[0] >= 0 && held[1] >= 0, "two idle connections take both slots");
     tl_notify_count(fd, "WATCHDOG=1", 1500); /* a check already running may still pass */
     pings = tl_notify_count(fd, "WATCHDOG=1", 4000);
@@ -134,27 +141,6 @@ out:
 }
 
 /* ---- the accept thread and its limits ---- */
-
-/* A TCP connection from 127.0.0.<host> (not .1: the test's own requests
- * come from there); with get, a GET /healthz is sent on it. fd or -1. */
-static int
-connect_from(int host, int port, bool get)
-{
-    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000000u | (unsigned)host)};
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-    if (fd < 0 || bind(fd, (struct sockaddr *)&from, sizeof(from)) != 0 ||
-        connect(fd, (struct sockaddr *)&to, sizeof(to)) != 0 ||
-        (get && write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1))) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 /* Within ms: 1 = "HTTP/1.1 200" arrived, 0 = the server closed the
  * connection without a response, -1 = nothing yet. */
@@ -188,7 +174,7 @@ test_connection_limits(void)
         CHECK(false, "aigw did not start");
         goto out;
     }
-    usleep(300 * 1000); /* the start-up probes' connections are closed */
+    usleep(300 * 1000); /* the start-up probes' connections (from .1) are closed */
     held[0] = connect_from(3, gw.port, false);
     held[1] = connect_from(3, gw.port, false);
     CHECK(held[0] >= 0 && held[1] >= 0, "limits: two idle connections from 127.0.0.3");
