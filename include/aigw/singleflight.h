@@ -13,6 +13,7 @@
 
 struct aigw_sf;
 struct aigw_req;
+struct aigw_cache_entry;
 
 /* Lua: sf_acquire(lock, result key, owner, ttl ms, take) -> 2, result: a
  * leader's published outcome (taken only when take is true, and never a
@@ -45,7 +46,8 @@ void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);
 int aigw_singleflight_lock_ms(const struct aigw_req *req);
 /* Leader: publish its outcome (JSON text) for the waiters and release the
  * lock. NULL publishes nothing: the waiters see the lock go and retry, one
- * of them leading (the leader's client left mid-stream). */
-void aigw_sf_publish(struct aigw_req *req, const char *result_json);
+ * of them leading (the leader's client left mid-stream). With entry (may be
+ * NULL) the answer is also stored in the cache, in the same round trip. */
+void aigw_sf_publish(struct aigw_req *req, const char *result_json, const struct aigw_cache_entry *entry);
 
 #endif

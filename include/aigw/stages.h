@@ -5,6 +5,7 @@
 #define AIGW_STAGES_H
 
 #include "aigw/http.h"
+#include "aigw/jsonw.h"
 
 /* Verify the caller's credential and fill req->claims: a bearer JWT, or an
  * API key (X-API-Key, or Bearer with the key prefix) which also sets
@@ -69,8 +70,20 @@ enum aigw_rc aigw_stage_cache(struct aigw_req *req);
  * only without stream, and with temperature 0 unless openai.cache_sampled). */
 enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
 
-/* Store a fresh upstream answer under the tenant's TTL. */
-void aigw_cache_store(struct aigw_req *req);
+/* A fresh upstream answer as a cache entry: its key, its value (in the
+ * entry format aigw_stage_cache reads) and the tenant's TTL. */
+struct aigw_cache_entry {
+    const char *key;           /* in the request's pool */
+    struct aigw_jsonw value;   /* the caller frees it (aigw_jsonw_free) */
+    char ttl_s[24];
+};
+
+/* Fill *e when this answer is to be cached (a 200 from the model, billed,
+ * the tenant caches, the client did not say no-store); else false and *e
+ * untouched. */
+bool aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e);
+/* SET the entry with its TTL (one round trip on a pooled connection). */
+void aigw_cache_store(struct aigw_req *req, struct aigw_cache_entry *e);
 /* Coalesce identical in-flight questions (this and other instances). */
 enum aigw_rc aigw_stage_singleflight(struct aigw_req *req);
 /* Reserve one monthly query: 429 quota_exhausted. */

@@ -126,24 +126,30 @@ aigw_query_finish(struct aigw_req *req)
 }
 
 /* Off the client's clock: the answer has gone out when waiters get it and
- * the cache stores it (two Redis round trips the miss path no longer waits
- * for). A waiter polls every few ms, so it sees the result a little later. */
+ * the cache stores it. A leader does both in one Redis round trip (the
+ * publish script also stores the entry); the miss path does not wait for
+ * it. A waiter polls every few ms, so it sees the result a little later. */
 void
 aigw_query_after(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
+    struct aigw_cache_entry entry;
+    bool store;
 
     if (q == NULL)
         return;
+    store = aigw_cache_entry(req, &entry);
     if (q->sf_role == AIGW_SF_LEADER) {
         char *text = req->status == 499 || !req->responded ? NULL : outcome_json(req);
 
-        aigw_sf_publish(req, text);
+        aigw_sf_publish(req, text, store ? &entry : NULL);
         free(text);
         q->sf_role = AIGW_SF_NONE;
+    } else if (store) {
+        aigw_cache_store(req, &entry);
     }
-    if (req->status == 200 && q->billed)
-        aigw_cache_store(req);
+    if (store)
+        aigw_jsonw_free(&entry.value);
 }
 
 /* The JSON answer's fields minus the text: what closes a stream. */

@@ -11,6 +11,7 @@
 #include "aigw/redis.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
+#include "aigw/util.h"
 
 /* Entry format (parsed without a JSON parser on the hit path):
  * "v2\n<model>\n<prompt_tokens> <completion_tokens>\n<answer as a JSON string>" */
@@ -48,32 +49,39 @@ unreadable:
     return AIGW_OK;
 }
 
-void
-aigw_cache_store(struct aigw_req *req)
+bool
+aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
 {
     struct aigw_query *q = req->q;
-    struct aigw_jsonw w;
     char head[160];
-    redisContext *rc;
-    redisReply *r;
 
-    if (req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
-        return;
+    if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
+        return false;
     if (q->model != NULL && strchr(q->model, '\n') != NULL)
-        return;
-    aigw_jsonw_init(&w, strlen(q->answer) + 160);
+        return false;
+    e->key = aigw_pool_printf(req->pool, "aigw:{%s}:c:%s:%s", req->tenant->id, q->gen, q->cache_hex);
+    aigw_fmt_int(e->ttl_s, req->tenant->cache_ttl_s);
+    aigw_jsonw_init(&e->value, strlen(q->answer) + 160);
     snprintf(head, sizeof(head), "v2\n%s\n%ld %ld\n", q->model ? q->model : "", q->prompt_tokens,
              q->completion_tokens);
-    aigw_jsonw_append(&w, head, strlen(head));
-    aigw_jsonw_str(&w, q->answer);
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc != NULL) {
-        r = redisCommand(rc, "SET aigw:{%s}:c:%s:%s %b EX %d", req->tenant->id, q->gen, q->cache_hex, w.buf,
-                         w.len, req->tenant->cache_ttl_s);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            aigw_log(LOG_WARNING, "cache: store failed for request %s", req->request_id);
-        freeReplyObject(r);
-        aigw_redis_release(req->srv->redis, rc);
-    }
-    aigw_jsonw_free(&w);
+    aigw_jsonw_append(&e->value, head, strlen(head));
+    aigw_jsonw_str(&e->value, q->answer);
+    return true;
+}
+
+void
+aigw_cache_store(struct aigw_req *req, struct aigw_cache_entry *e)
+{
+    const char *argv[5] = {"SET", e->key, e->value.buf, "EX", e->ttl_s};
+    size_t lens[5] = {3, strlen(e->key), e->value.len, 2, strlen(e->ttl_s)};
+    redisContext *rc = aigw_redis_acquire(req->srv->redis);
+    redisReply *r;
+
+    if (rc == NULL)
+        return;
+    r = aigw_redis_cmd(rc, 5, argv, lens);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR)
+        aigw_log(LOG_WARNING, "cache: store failed for request %s", req->request_id);
+    freeReplyObject(r);
+    aigw_redis_release(req->srv->redis, rc);
 }

@@ -39,9 +39,12 @@ static struct aigw_redis_script acquire_script = {
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result ('' = none:
- * only release the lock), ARGV[3] result ttl ms */
+ * only release the lock), ARGV[3] result ttl ms. With the answer to cache
+ * too, KEYS[3] its cache key, ARGV[4] the entry, ARGV[5] its TTL in s: the
+ * cache store rides on the same round trip (it used to be a second one). */
 static struct aigw_redis_script publish_script = {
     .source = "if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end\n"
+              "if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end\n"
               "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
               "return 1\n",
 };
@@ -187,17 +190,18 @@ aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req)
 }
 
 void
-aigw_sf_publish(struct aigw_req *req, const char *result_json)
+aigw_sf_publish(struct aigw_req *req, const char *result_json, const struct aigw_cache_entry *entry)
 {
     struct aigw_query *q = req->q;
-    const char *keys[2] = {q->sf_lock_key, q->sf_result_key};
-    const char *args[3] = {req->usage_id, result_json != NULL ? result_json : "", "10000"};
+    const char *keys[3] = {q->sf_lock_key, q->sf_result_key, entry != NULL ? entry->key : NULL};
+    const char *args[5] = {req->usage_id, result_json != NULL ? result_json : "", "10000",
+                           entry != NULL ? entry->value.buf : NULL, entry != NULL ? entry->ttl_s : NULL};
     redisContext *rc = aigw_redis_acquire(req->srv->redis);
     redisReply *r;
 
     if (rc == NULL)
         return; /* waiters fall back to retrying once the lock expires */
-    r = aigw_redis_eval(rc, &publish_script, 2, keys, 3, args);
+    r = aigw_redis_eval(rc, &publish_script, entry != NULL ? 3 : 2, keys, entry != NULL ? 5 : 3, args);
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
         aigw_log(LOG_WARNING, "single-flight: publish failed for request %s", req->request_id);
     freeReplyObject(r);

@@ -65,6 +65,24 @@ sf_locks(const char *id)
                         id);
 }
 
+/* The tenant's cached answers (keys aigw:{id}:c:*) that pass check, a Lua
+ * expression over k (the key) and v (its value). Waits up to 2 s for want:
+ * the after hook stores the answer once the response has gone out. */
+static long long
+cache_entries(const char *id, const char *check, long long want)
+{
+    char script[512];
+    long long n = -1;
+
+    snprintf(script, sizeof(script),
+             "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+             " local v = redis.call('GET', k) if %s then n = n + 1 end end return n",
+             check);
+    for (int i = 0; i < 200 && (n = tl_redis_int("EVAL %s 0 aigw:{%s}:c:*", script, id)) != want; i++)
+        usleep(10000);
+    return n;
+}
+
 static void
 test_basic_and_cache(void)
 {
@@ -94,6 +112,21 @@ test_basic_and_cache(void)
           "RateLimit: %s", buf);
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+    /* the leader's after hook: the answer cached for the tenant's TTL (3600 s
+     * by default) in the entry format, its result published for waiters and
+     * its single-flight lock released, all in one script call */
+    CHECK(cache_entries(id, "true", 1) == 1, "one cache entry");
+    CHECK(cache_entries(id, "string.sub(v, 1, 3) == 'v2\\n' and string.find(v, 'Mock answer', 1, true)", 1) == 1,
+          "the entry holds the answer in the v2 format");
+    CHECK(cache_entries(id, "redis.call('TTL', k) > 3590 and redis.call('TTL', k) <= 3600", 1) == 1,
+          "the entry expires after the tenant's cache TTL");
+    CHECK(sf_locks(id) == 0, "the leader released its single-flight lock");
+    CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                       "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                       " local t = redis.call('PTTL', k)"
+                       " if string.sub(k, -2) == ':r' and t > 0 and t <= 10000 then n = n + 1 end end return n",
+                       id) == 1,
+          "the leader's result published for 10 s");
 
     /* same question, different spacing/case: a hit, not billed, quota unchanged */
     ask(tok, "{\"question\":\"how do i clean ANTI-REFLECTIVE lenses?\"}", &r);
