@@ -1,12 +1,16 @@
 /* test_upstream.c - the upstream engine driven directly against the mock
  * llama-server: answers, slots and queue, error mapping, timeouts, retry on
  * connect failure, passive and active health, stop with calls in flight */
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -250,6 +254,191 @@ test_idle_cpu(void)
     aigw_upstream_stop(up);
     aigw_config_free(&cfg);
     tl_mock_reset(mock1);
+}
+
+/* A backend that closes kept-alive connections while they idle: it serves
+ * one connection at a time, answers every request on it with a chat
+ * completion (keep-alive), and closes it when the test says so. */
+struct closer {
+    int lfd, port;
+    pthread_t thread;
+    pthread_mutex_t lock;  /* guards conn, accepted */
+    int conn;              /* the open connection, -1 none */
+    int accepted;
+    atomic_bool stop;
+    atomic_bool close_each;  /* answer with Connection: close and close */
+};
+
+static const char CLOSER_ANSWER[] =
+    "{\"id\":\"c\",\"object\":\"chat.completion\",\"model\":\"test-model\",\"choices\":[{\"index\":0,"
+    "\"message\":{\"role\":\"assistant\",\"content\":\"kept\"},\"finish_reason\":\"stop\"}],"
+    "\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}";
+
+/* Read one request (headers, then Content-Length bytes); false at EOF. */
+static bool
+closer_read_request(int fd)
+{
+    char buf[8192];
+    size_t have = 0;
+    char *end;
+    long body;
+
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+
+        if (n <= 0)
+            return false;
+        have += (size_t)n;
+        buf[have] = '\0';
+        if ((end = strstr(buf, "\r\n\r\n")) != NULL)
+            break;
+        if (have == sizeof(buf) - 1)
+            return false;
+    }
+    body = strstr(buf, "Content-Length: ") ? strtol(strstr(buf, "Content-Length: ") + 16, NULL, 10) : 0;
+    for (size_t got = have - (size_t)(end + 4 - buf); got < (size_t)body;) {
+        ssize_t n = read(fd, buf, sizeof(buf));
+
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
+}
+
+static void *
+closer_run(void *arg)
+{
+    struct closer *c = arg;
+    char head[256], head_close[256];
+
+    snprintf(head, sizeof(head),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+             strlen(CLOSER_ANSWER));
+    snprintf(head_close, sizeof(head_close),
+             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n",
+             strlen(CLOSER_ANSWER));
+    while (!atomic_load(&c->stop)) {
+        struct pollfd pfd = {.fd = c->lfd, .events = POLLIN};
+        int fd;
+
+        if (poll(&pfd, 1, 50) != 1 || (fd = accept(c->lfd, NULL, NULL)) < 0)
+            continue;
+        pthread_mutex_lock(&c->lock);
+        c->conn = fd;
+        c->accepted++;
+        pthread_mutex_unlock(&c->lock);
+        while (closer_read_request(fd)) {
+            const char *h = atomic_load(&c->close_each) ? head_close : head;
+
+            if (write(fd, h, strlen(h)) < 0 || write(fd, CLOSER_ANSWER, strlen(CLOSER_ANSWER)) < 0
+                || atomic_load(&c->close_each))
+                break;
+        }
+        pthread_mutex_lock(&c->lock);
+        c->conn = -1;
+        pthread_mutex_unlock(&c->lock);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void
+closer_start(struct closer *c)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+
+    memset(c, 0, sizeof(*c));
+    c->conn = -1;
+    pthread_mutex_init(&c->lock, NULL);
+    c->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->lfd < 0 || bind(c->lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(c->lfd, 16) != 0
+        || getsockname(c->lfd, (struct sockaddr *)&a, &len) != 0)
+        abort();
+    c->port = ntohs(a.sin_port);
+    if (pthread_create(&c->thread, NULL, closer_run, c) != 0)
+        abort();
+}
+
+/* Close the kept-alive connection from the backend's side (FIN). */
+static void
+closer_drop(struct closer *c)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->conn >= 0)
+        shutdown(c->conn, SHUT_RDWR);
+    pthread_mutex_unlock(&c->lock);
+}
+
+static void
+closer_stop(struct closer *c)
+{
+    atomic_store(&c->stop, true);
+    closer_drop(c);
+    pthread_join(c->thread, NULL);
+    close(c->lfd);
+    pthread_mutex_destroy(&c->lock);
+}
+
+/* A connection whose transfer is over stays in the engine's epoll set (the
+ * next call on it then needs no epoll_ctl). When the backend closes it while
+ * it idles, the engine must take it out rather than spin on it, and the next
+ * call must go out on a new connection, whatever descriptor number that
+ * gets. */
+static void
+test_backend_closes_idle(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    struct closer srv;
+    char url[64];
+    double worst = 0;
+    int ok = 0, rounds = 12;
+
+    closer_start(&srv);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
+    cfg_init(&cfg);
+    add_backend(&cfg, "closer", url, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < rounds; i++) {
+        double idle;
+
+        submit(up, &p);
+        if (wait_all(&p, 1, 3000) && res(&p)->status == 200 && res(&p)->content != NULL
+            && strcmp(res(&p)->content, "kept") == 0)
+            ok++;
+        free_all(&p, 1);
+        if (i % 2 == 1)
+            continue; /* every other call reuses the kept-alive connection */
+        closer_drop(&srv);
+        idle = -others_cpu_ms();
+        sleep_ms(100);
+        idle += others_cpu_ms();
+        if (idle > worst)
+            worst = idle;
+    }
+    /* curl closes each connection itself (Connection: close): the next
+     * socket, very likely under the same number, must be watched afresh */
+    atomic_store(&srv.close_each, true);
+    for (int i = 0; i < 6; i++) {
+        submit(up, &p);
+        if (wait_all(&p, 1, 3000) && res(&p)->status == 200)
+            ok++;
+        free_all(&p, 1);
+    }
+    CHECK(ok == rounds + 6, "closed idle: %d of %d calls answered", ok, rounds + 6);
+    CHECK(worst < 50, "closed idle: the engine used %.0f ms of CPU in 100 ms beside a closed connection", worst);
+    pthread_mutex_lock(&srv.lock);
+    /* the first call, one after each close, and the first Connection: close
+     * answer still came on the last kept-alive connection */
+    CHECK(srv.accepted == 1 + rounds / 2 + 5, "closed idle: %d connections for %d calls, want one more per close",
+          srv.accepted, rounds + 6);
+    pthread_mutex_unlock(&srv.lock);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    closer_stop(&srv);
 }
 
 /* More calls than slots: the backend never sees more than its slots. */
@@ -948,6 +1137,7 @@ main(void)
 
     test_success();
     test_idle_cpu();
+    test_backend_closes_idle();
     test_slots();
     test_many_submitters();
     test_spread();
