@@ -12,8 +12,13 @@
  *   pipe_rw_us         a 1-byte write + read on a unix socket pair (one thread)
  *   thread_rtt_us      ping-pong between two threads over eventfds: two
  *                      wake-ups of a sleeping thread (median of 5 batches)
- * Each is the mean over ROUNDS (default 20000) calls. */
+ *   idle_wake_us_p50   a thread asleep for 2 ms (the machine otherwise idle,
+ *   idle_wake_us_p99   as between two requests at low load) woken through
+ *                      an eventfd: from the write to the woken thread
+ *                      running (IDLE_WAKES samples)
+ * The first three are means over ROUNDS (default 20000) calls. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +29,18 @@
 
 #include "aigw/util.h"
 
+#define IDLE_WAKES 300
+
 struct pair {
     int ping, pong;
+};
+
+/* The idle wake-up probe: the waker stamps sent_us just before its write. */
+struct idle {
+    int fd;
+    _Atomic double sent_us;
+    double lat_us[IDLE_WAKES];
+    int n;
 };
 
 /* aigw's own monotonic clock, in microseconds as a double */
@@ -47,6 +62,46 @@ echo(void *arg)
     return NULL;
 }
 
+static void *
+idle_waiter(void *arg)
+{
+    struct idle *w = arg;
+    uint64_t v;
+
+    /* two writes can meet in one read when this thread is late: the last
+     * write (UINT64_MAX - 1, added to whatever is pending) ends the loop */
+    while (read(w->fd, &v, sizeof(v)) == (ssize_t)sizeof(v) && v < UINT64_MAX / 2)
+        if (w->n < IDLE_WAKES)
+            w->lat_us[w->n++] = now_us() - atomic_load(&w->sent_us);
+    return NULL;
+}
+
+/* Up to IDLE_WAKES wake-ups of a thread that slept 2 ms into w->lat_us
+ * (w->n of them). */
+static int
+idle_wakes(struct idle *w)
+{
+    struct timespec gap = {0, 2000000};
+    pthread_t t;
+    uint64_t v = 1;
+
+    w->n = 0;
+    if ((w->fd = eventfd(0, EFD_CLOEXEC)) < 0 || pthread_create(&t, NULL, idle_waiter, w) != 0)
+        return -1;
+    for (int i = 0; i < IDLE_WAKES; i++) {
+        nanosleep(&gap, NULL);
+        atomic_store(&w->sent_us, now_us());
+        if (write(w->fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+            return -1;
+    }
+    v = UINT64_MAX - 1;
+    if (write(w->fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+        return -1;
+    pthread_join(t, NULL);
+    close(w->fd);
+    return 0;
+}
+
 static int
 cmp(const void *a, const void *b)
 {
@@ -62,6 +117,7 @@ main(int argc, char **argv)
     struct pair p;
     pthread_t t;
     double t0, syscall_us, pipe_us, rtt[5];
+    static struct idle w;
     uint64_t v;
     char c = 0;
 
@@ -106,6 +162,11 @@ main(int argc, char **argv)
     close(p.ping);
     close(p.pong);
     qsort(rtt, 5, sizeof(rtt[0]), cmp);
-    printf("{\"syscall_us\": %.2f, \"pipe_rw_us\": %.2f, \"thread_rtt_us\": %.1f}\n", syscall_us, pipe_us, rtt[2]);
+    if (idle_wakes(&w) != 0 || w.n == 0)
+        return 1;
+    qsort(w.lat_us, (size_t)w.n, sizeof(w.lat_us[0]), cmp);
+    printf("{\"syscall_us\": %.2f, \"pipe_rw_us\": %.2f, \"thread_rtt_us\": %.1f, \"idle_wake_us_p50\": %.1f, "
+           "\"idle_wake_us_p99\": %.1f}\n",
+           syscall_us, pipe_us, rtt[2], w.lat_us[w.n / 2], w.lat_us[w.n * 99 / 100]);
     return 0;
 }

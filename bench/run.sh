@@ -302,19 +302,25 @@ done
 stop_pid "$nginx_pid" 5; nginx_pid=""
 S1_G_RPS="$(median "${s1g_rps[@]}")" S1_G_P50="$(median "${s1g_p50[@]}")" S1_G_P99="$(median "${s1g_p99[@]}")"
 S1_N_RPS="$(median "${s1n_rps[@]}")" S1_N_P50="$(median "${s1n_p50[@]}")" S1_N_P99="$(median "${s1n_p99[@]}")"
-us_per_req() { awk -v t="$1" -v n="$s1_reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n == 0) print 0; else printf "%.1f\n", t / hz * 1e6 / n }'; }
-S1_CPU_GW="$(us_per_req "${s1_cpu[0]}")" S1_CPU_REDIS="$(us_per_req "${s1_cpu[1]}")" S1_CPU_PG="$(us_per_req "${s1_cpu[2]}")"
+us_per_req() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n == 0) print 0; else printf "%.1f\n", t / hz * 1e6 / n }'; }
+S1_CPU_GW="$(us_per_req "${s1_cpu[0]}" "$s1_reqs")" S1_CPU_REDIS="$(us_per_req "${s1_cpu[1]}" "$s1_reqs")"
+S1_CPU_PG="$(us_per_req "${s1_cpu[2]}" "$s1_reqs")"
 log "S1 CPU per cache hit: aigw $S1_CPU_GW us, Redis $S1_CPU_REDIS us, PostgreSQL $S1_CPU_PG us ($s1_reqs requests)"
 
 # ---------------------------------------------------------------- S2 miss path overhead
 mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
 declare -a s2g_p50 s2g_p99 s2g_rps s2d_p50 s2d_p99 s2d_rps s2g_bad=() s2d_bad=()
+s2_cpu=(0 0) s2_reqs=0 # aigw's and Redis's CPU ticks over the aigw rounds: what a miss costs them
 s2_side() { # side round
-    local r
+    local r t0 t1
     export AIGW_BENCH_NONCE="$run_nonce-$2"
     if [[ "$1" == aigw ]]; then
+        read -r -a t0 <<<"$(stack_ticks)"
         r="$(AIGW_BENCH_UNIQUE=1 run_wrk "s2-aigw-$2" "http://127.0.0.1:$gw_port/api/ai/query" "$S2_CONNS" "$DUR")"
-        read -r rps p50 p99 _ bad sock <<<"$r"; s2g_rps+=("$rps"); s2g_p50+=("$p50"); s2g_p99+=("$p99"); s2g_bad+=($((bad + sock)))
+        read -r -a t1 <<<"$(stack_ticks)"
+        s2_cpu[0]=$(( s2_cpu[0] + t1[0] - t0[0] )) s2_cpu[1]=$(( s2_cpu[1] + t1[1] - t0[1] ))
+        read -r rps p50 p99 reqs bad sock <<<"$r"; s2_reqs=$(( s2_reqs + reqs ))
+        s2g_rps+=("$rps"); s2g_p50+=("$p50"); s2g_p99+=("$p99"); s2g_bad+=($((bad + sock)))
     else
         r="$(AIGW_BENCH_UNIQUE=1 AIGW_BENCH_DIRECT=1 run_wrk "s2-direct-$2" "$AIGW_MOCK_URL/v1/chat/completions" "$S2_CONNS" "$DUR")"
         read -r rps p50 p99 _ bad sock <<<"$r"; s2d_rps+=("$rps"); s2d_p50+=("$p50"); s2d_p99+=("$p99"); s2d_bad+=($((bad + sock)))
@@ -328,6 +334,8 @@ for ((i = 1; i <= ROUNDS; i++)); do
 done
 S2_G_P50="$(median "${s2g_p50[@]}")" S2_G_P99="$(median "${s2g_p99[@]}")" S2_G_RPS="$(median "${s2g_rps[@]}")"
 S2_D_P50="$(median "${s2d_p50[@]}")" S2_D_P99="$(median "${s2d_p99[@]}")" S2_D_RPS="$(median "${s2d_rps[@]}")"
+S2_CPU_GW="$(us_per_req "${s2_cpu[0]}" "$s2_reqs")" S2_CPU_REDIS="$(us_per_req "${s2_cpu[1]}" "$s2_reqs")"
+log "S2 CPU per miss: aigw $S2_CPU_GW us, Redis $S2_CPU_REDIS us ($s2_reqs requests)"
 stop_pid "$gw_pid" 15; gw_pid=""
 
 # ---------------------------------------------------------------- S3 many slow requests
@@ -539,12 +547,15 @@ S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
     printf '%-34s %14s %14s %12s\n' "S2 miss p50 ms (c=$S2_CONNS)" "$S2_G_P50" "$S2_D_P50" "+$S2_ADD_P50"
     printf '%-34s %14s %14s %12s\n' "S2 miss p99 ms" "$S2_G_P99" "$S2_D_P99" "+$S2_ADD_P99"
     printf '%-34s %14s %14s %12s\n' "S2 miss req/s" "$S2_G_RPS" "$S2_D_RPS" "$(ratio "$S2_G_RPS" "$S2_D_RPS")"
-    printf '  (S2 reference = the mock called directly; last column = ms added by aigw)\n'
+    printf '  (S2 reference = the mock called directly; last column = ms added by aigw; CPU per miss: aigw %s us, Redis %s us)\n' \
+        "$S2_CPU_GW" "$S2_CPU_REDIS"
     printf '%s\n' "$S3_LINE"
     printf '%s\n' "$S4_LINE"
     printf '%s\n' "$S5_LINE"
-    printf 'machine: a syscall (getppid) %s us, a 1-byte unix socket write+read %s us, a thread wake-up round trip %s us\n' \
+    printf 'machine: a syscall (getppid) %s us, a 1-byte unix socket write+read %s us, a thread wake-up round trip %s us,\n' \
         "$(jq .syscall_us <<<"$platform_json")" "$(jq .pipe_rw_us <<<"$platform_json")" "$(jq .thread_rtt_us <<<"$platform_json")"
+    printf '  waking a thread that slept 2 ms: p50 %s us, p99 %s us\n' \
+        "$(jq .idle_wake_us_p50 <<<"$platform_json")" "$(jq .idle_wake_us_p99 <<<"$platform_json")"
 } | tee "$sd/table.txt"
 
 arr() { printf '%s\n' "$@" | jq -s '.'; }
@@ -559,6 +570,7 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     --argjson a50 "$S2_G_P50" --argjson a99 "$S2_G_P99" --argjson arps "$S2_G_RPS" \
     --argjson d50 "$S2_D_P50" --argjson d99 "$S2_D_P99" --argjson drps "$S2_D_RPS" \
     --argjson add50 "$S2_ADD_P50" --argjson add99 "$S2_ADD_P99" \
+    --argjson s2cpu_gw "$S2_CPU_GW" --argjson s2cpu_redis "$S2_CPU_REDIS" \
     --argjson s2g_err "$(arr "${s2g_bad[@]}")" --argjson s2d_err "$(arr "${s2d_bad[@]}")" \
     --argjson s3 "$s3_json" --argjson s4 "$s4_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" \
     --argjson platform "$platform_json" '
@@ -576,7 +588,8 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     settings: {connections: $s2c, wrk: "-t2 -c\($s2c) -d\($dur) --latency, unique questions", mock: "first_token_ms 20, tokens 8"},
     aigw: {p50_ms: $a50, p99_ms: $a99, req_per_s: $arps, rounds_errors: $s2g_err},
     direct: {p50_ms: $d50, p99_ms: $d99, req_per_s: $drps, rounds_errors: $s2d_err},
-    added_ms: {p50: $add50, p99: $add99}
+    added_ms: {p50: $add50, p99: $add99},
+    cpu_us_per_request: {aigw: $s2cpu_gw, redis: $s2cpu_redis}
   },
   S3_many_slow: $s3,
   S4_streams: $s4,
