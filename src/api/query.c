@@ -79,36 +79,51 @@ aigw_query_from_json(struct aigw_req *req, json_t *root)
     return q->respond(req);
 }
 
-/* The leader's outcome as waiters will read it. */
+/* A leader's error as waiters will read it: status, code, message and the
+ * error's other fields from the response it sent. */
+static char *
+outcome_error(struct aigw_req *req)
+{
+    json_t *sent = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
+    json_t *err = json_object_get(sent, "error");
+    json_t *extra = json_deep_copy(err);
+    const char *msg = json_string_value(json_object_get(err, "message"));
+    json_t *o;
+    char *text;
+
+    json_object_del(extra, "code");
+    json_object_del(extra, "message");
+    json_object_del(extra, "request_id");
+    o = json_pack("{s:{s:i, s:s, s:s, s:o}}", "error", "status", req->status, "code",
+                  req->error_code ? req->error_code : "upstream_error", "message",
+                  msg ? msg : "the upstream call failed", "extra", extra ? extra : json_object());
+    json_decref(sent);
+    text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return text;
+}
+
+/* The leader's outcome as waiters will read it (aigw_query_from_json);
+ * an answer, on every miss, with the streaming writer. */
 static char *
 outcome_json(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
-    json_t *o;
-    char *text;
+    struct aigw_jsonw w;
 
-    if (req->status == 200 && q->answer != NULL)
-        o = json_pack("{s:s, s:s, s:{s:I, s:I}}", "answer", q->answer, "model", q->model ? q->model : "", "usage",
-                      "prompt_tokens", (json_int_t)q->prompt_tokens, "completion_tokens",
-                      (json_int_t)q->completion_tokens);
-    else {
-        json_t *sent = json_loadb(req->resp_body ? req->resp_body : "", req->resp_len, 0, NULL);
-        json_t *err = json_object_get(sent, "error");
-        json_t *extra = json_deep_copy(err);
-
-        json_object_del(extra, "code");
-        json_object_del(extra, "message");
-        json_object_del(extra, "request_id");
-        o = json_pack("{s:{s:i, s:s, s:s, s:o}}", "error", "status", req->status, "code",
-                      req->error_code ? req->error_code : "upstream_error", "message",
-                      json_string_value(json_object_get(err, "message")) ? json_string_value(json_object_get(err, "message"))
-                                                                          : "the upstream call failed",
-                      "extra", extra ? extra : json_object());
-        json_decref(sent);
-    }
-    text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    return text;
+    if (req->status != 200 || q->answer == NULL)
+        return outcome_error(req);
+    aigw_jsonw_init(&w, strlen(q->answer) + 128);
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_kstr(&w, "answer", q->answer);
+    aigw_jsonw_kstr(&w, "model", q->model ? q->model : "");
+    aigw_jsonw_key(&w, "usage");
+    aigw_jsonw_obj_open(&w);
+    aigw_jsonw_kint(&w, "prompt_tokens", q->prompt_tokens);
+    aigw_jsonw_kint(&w, "completion_tokens", q->completion_tokens);
+    aigw_jsonw_obj_close(&w);
+    aigw_jsonw_obj_close(&w);
+    return aigw_jsonw_take(&w, NULL);
 }
 
 void
