@@ -392,13 +392,16 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     start_gw s4 "$sd/spool-s4"; gw4_port="$gw_port"   # fresh process: VmHWM belongs to S4 alone
     s4_body='{"stream":true,"messages":[{"role":"user","content":"S4 stream %d '"$RANDOM"'"}]}'
     declare -a s4g_p99 s4d_p99 s4g_p50 s4d_p50 s4g_st99 s4d_st99 s4g_done=() s4d_done=()
+    s4_ticks=0 s4_events=0 # aigw's CPU over its rounds, per relayed event
     s4_side() { # side round
-        local out="$runs/s4-$1-$2.json" port path hdr=()
+        local out="$runs/s4-$1-$2.json" port path hdr=() t0
         if [[ "$1" == aigw ]]; then port="$gw4_port"; hdr=(-H "Authorization: Bearer $AIGW_BENCH_TOKEN")
         else port="${AIGW_MOCK_URL##*:}"; fi
+        t0="$(cpu_ticks "$gw_pid")"
         "$build/sseload" -p "$port" -P /v1/chat/completions -c "$S4_STREAMS" "${hdr[@]}" -b "$s4_body" -t 120 >"$out" \
             || log "warning: sseload $1 round $2 failed"
         if [[ "$1" == aigw ]]; then
+            s4_ticks=$(( s4_ticks + $(cpu_ticks "$gw_pid") - t0 )) s4_events=$(( s4_events + $(jq '.events // 0' "$out") ))
             s4g_p99+=("$(jq .gap_p99_ms "$out")"); s4g_p50+=("$(jq .gap_p50_ms "$out")"); s4g_done+=("$(jq .completed "$out")")
             s4g_st99+=("$(jq .steady_gap_p99_ms "$out")")
         else
@@ -420,17 +423,19 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     S4_ADD_P99="$(diffv "$S4_G_P99" "$S4_D_P99")"
     S4_G_ST99="$(median "${s4g_st99[@]}")" S4_D_ST99="$(median "${s4d_st99[@]}")"
     S4_ADD_ST99="$(diffv "$S4_G_ST99" "$S4_D_ST99")"
-    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms; steady state, after the last stream started: %s vs %s ms, added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s' \
-        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_ST99" "$S4_D_ST99" "$S4_ADD_ST99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS")"
+    S4_CPU_EVENT="$(us_per_req "$s4_ticks" "$s4_events")"
+    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms; steady state, after the last stream started: %s vs %s ms, added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s, aigw CPU per relayed event %s us' \
+        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_ST99" "$S4_D_ST99" "$S4_ADD_ST99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS" "$S4_CPU_EVENT")"
     s4_json="$(jq -n --argjson n "$S4_STREAMS" --argjson tok "$S4_TOKENS" --argjson ms "$S4_TOKEN_MS" \
         --argjson g99 "$S4_G_P99" --argjson d99 "$S4_D_P99" --argjson g50 "$S4_G_P50" --argjson d50 "$S4_D_P50" \
         --argjson add "$S4_ADD_P99" --argjson gst "$S4_G_ST99" --argjson dst "$S4_D_ST99" --argjson addst "$S4_ADD_ST99" --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" \
-        --argjson gdone "$(median "${s4g_done[@]}")" --argjson ddone "$(median "${s4d_done[@]}")" '
+        --argjson gdone "$(median "${s4g_done[@]}")" --argjson ddone "$(median "${s4d_done[@]}")" --argjson cpuev "$S4_CPU_EVENT" '
         {skipped: false, settings: {streams: $n, tokens: $tok, token_ms: $ms, route: "/v1/chat/completions stream:true",
                                     client: "bench/sseload (epoll, one request per connection)"},
          aigw: {gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $gst, completed: $gdone},
          direct: {gap_p99_ms: $d99, gap_p50_ms: $d50, steady_gap_p99_ms: $dst, completed: $ddone},
-         added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst, aigw_peak_rss_kb: $hwm, aigw_threads: $thr}')"
+         added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst, aigw_peak_rss_kb: $hwm, aigw_threads: $thr,
+         aigw_cpu_us_per_event: $cpuev}')"
 fi
 
 # ---------------------------------------------------------------- S5 instructions per request
