@@ -28,6 +28,19 @@ remaining_now(struct aigw_req *req)
     return used >= t->monthly_limit ? 0 : t->monthly_limit - used;
 }
 
+/* "model" and the "usage" object of an answer, as the response and a
+ * leader's published outcome both carry them. */
+static void
+model_and_usage(struct aigw_jsonw *w, const struct aigw_query *q)
+{
+    aigw_jsonw_kstr(w, "model", q->model ? q->model : "");
+    aigw_jsonw_key(w, "usage");
+    aigw_jsonw_obj_open(w);
+    aigw_jsonw_kint(w, "prompt_tokens", q->prompt_tokens);
+    aigw_jsonw_kint(w, "completion_tokens", q->completion_tokens);
+    aigw_jsonw_obj_close(w);
+}
+
 /* Built with the streaming writer: this is the hot path of every answer. */
 enum aigw_rc
 aigw_api_query(struct aigw_req *req)
@@ -48,12 +61,7 @@ aigw_api_query(struct aigw_req *req)
     aigw_jsonw_kstr(&w, "query_type", aigw_query_type_names[q->qtype]);
     aigw_jsonw_kbool(&w, "cached", q->from_cache);
     aigw_jsonw_kstr(&w, "request_id", req->request_id);
-    aigw_jsonw_kstr(&w, "model", q->model ? q->model : "");
-    aigw_jsonw_key(&w, "usage");
-    aigw_jsonw_obj_open(&w);
-    aigw_jsonw_kint(&w, "prompt_tokens", q->prompt_tokens);
-    aigw_jsonw_kint(&w, "completion_tokens", q->completion_tokens);
-    aigw_jsonw_obj_close(&w);
+    model_and_usage(&w, q);
     aigw_jsonw_kint(&w, "queries_remaining", remaining);
     aigw_jsonw_obj_close(&w);
     aigw_req_add_header(req, "X-Cache", q->from_cache ? "HIT" : "MISS");
@@ -116,12 +124,7 @@ outcome_json(struct aigw_req *req)
     aigw_jsonw_init(&w, strlen(q->answer) + 128);
     aigw_jsonw_obj_open(&w);
     aigw_jsonw_kstr(&w, "answer", q->answer);
-    aigw_jsonw_kstr(&w, "model", q->model ? q->model : "");
-    aigw_jsonw_key(&w, "usage");
-    aigw_jsonw_obj_open(&w);
-    aigw_jsonw_kint(&w, "prompt_tokens", q->prompt_tokens);
-    aigw_jsonw_kint(&w, "completion_tokens", q->completion_tokens);
-    aigw_jsonw_obj_close(&w);
+    model_and_usage(&w, q);
     aigw_jsonw_obj_close(&w);
     return aigw_jsonw_take(&w, NULL);
 }
