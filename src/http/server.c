@@ -594,7 +594,7 @@ accept_loop(void *arg)
 static int
 listen_socket(const struct sockaddr *sa, socklen_t len, uint16_t *port)
 {
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1, err;
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
 
@@ -608,9 +608,9 @@ listen_socket(const struct sockaddr *sa, socklen_t len, uint16_t *port)
                                               : ((struct sockaddr_in *)&bound)->sin_port);
     return fd;
 fail:
-    on = errno; /* for the caller's message */
+    err = errno; /* for the caller's message: close may change errno */
     close(fd);
-    errno = on;
+    errno = err;
     return -1;
 }
 
