@@ -216,27 +216,43 @@ body="$(ask "$gw_port" "$q1")" || die "cache-hit request failed"
 grep -qi '^X-Cache: HIT' "$sd/last.h" || die "aigw did not answer the primed question from cache"
 [[ "$body" != *'$'* ]] || die "cached body contains '\$'; cannot embed it in nginx.conf"
 
-ngx="$sd/nginx"; mkdir -p "$ngx/cache" "$ngx/tmp"
-ngx_port="$(free_port)"; origin_port="$(free_port)"
-while [[ "$origin_port" == "$ngx_port" ]]; do origin_port="$(free_port)"; done
-esc_body="$(printf '%s' "$body" | sed -e 's/\\/\\\\/g' -e "s/'/\\\\'/g")"
-user_line=""; [[ "$(id -u)" == 0 ]] && user_line="user root;"
-cat >"$ngx/nginx.conf" <<EOF
+# nginx.conf for a reference side: dir, then the http{} blocks on stdin.
+# Two workers (aigw has two HTTP workers), no access log, temp files in dir.
+ngx_conf() {
+    local user_line=""
+    [[ "$(id -u)" == 0 ]] && user_line="user root;"
+    mkdir -p "$1/tmp"
+    cat >"$1/nginx.conf" <<EOF
 $user_line
 worker_processes 2;
 daemon off;
-pid $ngx/nginx.pid;
-error_log $ngx/error.log warn;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
 worker_rlimit_nofile 16384;
 events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    client_body_temp_path $ngx/tmp/body;
-    proxy_temp_path $ngx/tmp/proxy;
-    fastcgi_temp_path $ngx/tmp/fastcgi;
-    uwsgi_temp_path $ngx/tmp/uwsgi;
-    scgi_temp_path $ngx/tmp/scgi;
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+$(cat)
+}
+EOF
+}
+ngx_start() { # dir url-to-wait-for -> sets nginx_pid
+    nginx -t -q -c "$1/nginx.conf" -p "$1" 2>>"$1/error.log" || die "nginx config test failed: $1/error.log"
+    nginx -c "$1/nginx.conf" -p "$1" 2>>"$1/error.log" &
+    nginx_pid=$!
+    wait_http "$2" 10 "$nginx_pid" || die "nginx did not start: $1/error.log"
+}
+ngx="$sd/nginx"; mkdir -p "$ngx/cache"
+ngx_port="$(free_port)"; origin_port="$(free_port)"
+while [[ "$origin_port" == "$ngx_port" ]]; do origin_port="$(free_port)"; done
+esc_body="$(printf '%s' "$body" | sed -e 's/\\/\\\\/g' -e "s/'/\\\\'/g")"
+ngx_conf "$ngx" <<EOF
     proxy_cache_path $ngx/cache levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h use_temp_path=off;
     server {   # origin: the same JSON aigw answers from its cache
         listen 127.0.0.1:$origin_port;
@@ -255,12 +271,8 @@ http {
             add_header X-Cache-Status \$upstream_cache_status always;
         }
     }
-}
 EOF
-nginx -t -q -c "$ngx/nginx.conf" -p "$ngx" 2>>"$ngx/error.log" || die "nginx config test failed: $ngx/error.log"
-nginx -c "$ngx/nginx.conf" -p "$ngx" 2>>"$ngx/error.log" &
-nginx_pid=$!
-wait_http "http://127.0.0.1:$origin_port/" 10 "$nginx_pid" || die "nginx did not start: $ngx/error.log"
+ngx_start "$ngx" "http://127.0.0.1:$origin_port/"
 ngx_post() { curl -sf -D "$sd/ngx.h" "http://127.0.0.1:$ngx_port/api/ai/query" -H "Authorization: Bearer $AIGW_BENCH_TOKEN" \
                   -H 'Content-Type: application/json' -d "{\"question\":\"$q1\"}"; }
 ngx_post >/dev/null || die "priming nginx failed"
@@ -391,51 +403,88 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     mock_cfg "{\"first_token_ms\":0,\"token_latency_ms\":$S4_TOKEN_MS,\"tokens\":$S4_TOKENS,\"slots\":$mock_slots}"
     start_gw s4 "$sd/spool-s4"; gw4_port="$gw_port"   # fresh process: VmHWM belongs to S4 alone
     s4_body='{"stream":true,"messages":[{"role":"user","content":"S4 stream %d '"$RANDOM"'"}]}'
-    declare -a s4g_p99 s4d_p99 s4g_p50 s4d_p50 s4g_st99 s4d_st99 s4g_done=() s4d_done=()
-    s4_ticks=0 s4_events=0 # aigw's CPU over its rounds, per relayed event
+    # Reference: nginx as a plain streaming reverse proxy (no buffering) in
+    # front of the mock that aigw's route for these requests (knowledge:
+    # mock1) and the direct side use: what relaying the same events costs a
+    # C proxy that does nothing else, on the same cores.
+    ngx4="$sd/nginx-s4"; ngx4_port="$(free_port)"
+    ngx_conf "$ngx4" <<EOF
+    upstream mock { server ${AIGW_MOCK_URL#http://}; keepalive 1024; }
+    server {
+        listen 127.0.0.1:$ngx4_port;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }
+    }
+EOF
+    ngx_start "$ngx4" "http://127.0.0.1:$ngx4_port/health"
+    ngx_ticks() { local p t=0; for p in $(pgrep -P "$nginx_pid"); do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
+    declare -A s4_p99 s4_p50 s4_st99 s4_done s4_ticks=([aigw]=0 [nginx]=0) s4_events=([aigw]=0 [nginx]=0)
     s4_side() { # side round
-        local out="$runs/s4-$1-$2.json" port path hdr=() t0
-        if [[ "$1" == aigw ]]; then port="$gw4_port"; hdr=(-H "Authorization: Bearer $AIGW_BENCH_TOKEN")
-        else port="${AIGW_MOCK_URL##*:}"; fi
-        t0="$(cpu_ticks "$gw_pid")"
+        local out="$runs/s4-$1-$2.json" port hdr=() c0=0
+        case "$1" in
+            aigw) port="$gw4_port"; hdr=(-H "Authorization: Bearer $AIGW_BENCH_TOKEN"); c0="$(cpu_ticks "$gw_pid")" ;;
+            nginx) port="$ngx4_port"; c0="$(ngx_ticks)" ;;
+            direct) port="${AIGW_MOCK_URL##*:}" ;;
+        esac
         "$build/sseload" -p "$port" -P /v1/chat/completions -c "$S4_STREAMS" "${hdr[@]}" -b "$s4_body" -t 120 >"$out" \
             || log "warning: sseload $1 round $2 failed"
-        if [[ "$1" == aigw ]]; then
-            s4_ticks=$(( s4_ticks + $(cpu_ticks "$gw_pid") - t0 )) s4_events=$(( s4_events + $(jq '.events // 0' "$out") ))
-            s4g_p99+=("$(jq .gap_p99_ms "$out")"); s4g_p50+=("$(jq .gap_p50_ms "$out")"); s4g_done+=("$(jq .completed "$out")")
-            s4g_st99+=("$(jq .steady_gap_p99_ms "$out")")
-        else
-            s4d_p99+=("$(jq .gap_p99_ms "$out")"); s4d_p50+=("$(jq .gap_p50_ms "$out")"); s4d_done+=("$(jq .completed "$out")")
-            s4d_st99+=("$(jq .steady_gap_p99_ms "$out")")
-        fi
+        case "$1" in # CPU of the relaying process over its rounds, per relayed event
+            aigw) s4_ticks[aigw]=$(( s4_ticks[aigw] + $(cpu_ticks "$gw_pid") - c0 )) ;;
+            nginx) s4_ticks[nginx]=$(( s4_ticks[nginx] + $(ngx_ticks) - c0 )) ;;
+        esac
+        [[ "$1" == direct ]] || s4_events[$1]=$(( s4_events[$1] + $(jq '.events // 0' "$out") ))
+        s4_p99[$1]+=" $(jq .gap_p99_ms "$out")"; s4_p50[$1]+=" $(jq .gap_p50_ms "$out")"
+        s4_st99[$1]+=" $(jq .steady_gap_p99_ms "$out")"; s4_done[$1]+=" $(jq .completed "$out")"
+        s4_counts+=" $(jq .events "$out")"
         log "S4 round $2 $1: $(cat "$out")"
     }
     log "S4: $S4_STREAMS streams at once, $S4_TOKENS tokens every $S4_TOKEN_MS ms, $ROUNDS rounds per side"
-    for ((i = 1; i <= ROUNDS; i++)); do
-        if (( i % 2 )); then s4_side aigw "$i"; s4_side direct "$i"; else s4_side direct "$i"; s4_side aigw "$i"; fi
+    sides=(aigw direct nginx) s4_counts=""
+    for ((i = 1; i <= ROUNDS; i++)); do # each round starts with another side
+        for j in 0 1 2; do s4_side "${sides[(i + j) % 3]}" "$i"; done
     done
+    stop_pid "$nginx_pid" 5; nginx_pid=""
+    # shellcheck disable=SC2086
+    [[ "$(printf '%s\n' $s4_counts | sort -u | wc -l)" == 1 ]] \
+        || log "warning: the S4 sides did not all see the same number of events ($s4_counts): not the same streams"
     S4_HWM_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")"
     S4_THREADS="$(awk '/^Threads:/ { print $2 }' "/proc/$gw_pid/status")"
     stop_pid "$gw_pid" 15; gw_pid=""
     mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
-    S4_G_P99="$(median "${s4g_p99[@]}")" S4_D_P99="$(median "${s4d_p99[@]}")"
-    S4_G_P50="$(median "${s4g_p50[@]}")" S4_D_P50="$(median "${s4d_p50[@]}")"
-    S4_ADD_P99="$(diffv "$S4_G_P99" "$S4_D_P99")"
-    S4_G_ST99="$(median "${s4g_st99[@]}")" S4_D_ST99="$(median "${s4d_st99[@]}")"
-    S4_ADD_ST99="$(diffv "$S4_G_ST99" "$S4_D_ST99")"
-    S4_CPU_EVENT="$(us_per_req "$s4_ticks" "$s4_events")"
-    S4_LINE="$(printf 'S4 %s streams: inter-token p99 %s ms via aigw vs %s ms direct (added %s ms; steady state, after the last stream started: %s vs %s ms, added %s ms), p50 %s vs %s ms, completed aigw %s direct %s, aigw VmHWM %s MiB, threads %s, aigw CPU per relayed event %s us' \
-        "$S4_STREAMS" "$S4_G_P99" "$S4_D_P99" "$S4_ADD_P99" "$S4_G_ST99" "$S4_D_ST99" "$S4_ADD_ST99" "$S4_G_P50" "$S4_D_P50" "$(median "${s4g_done[@]}")" "$(median "${s4d_done[@]}")" $(( S4_HWM_KB / 1024 )) "$S4_THREADS" "$S4_CPU_EVENT")"
+    declare -A S4_P99 S4_P50 S4_ST99 S4_DONE S4_CPU
+    for k in aigw direct nginx; do
+        # shellcheck disable=SC2086
+        S4_P99[$k]="$(median ${s4_p99[$k]})" S4_P50[$k]="$(median ${s4_p50[$k]})"
+        # shellcheck disable=SC2086
+        S4_ST99[$k]="$(median ${s4_st99[$k]})" S4_DONE[$k]="$(median ${s4_done[$k]})"
+    done
+    S4_ADD_P99="$(diffv "${S4_P99[aigw]}" "${S4_P99[direct]}")" S4_ADD_ST99="$(diffv "${S4_ST99[aigw]}" "${S4_ST99[direct]}")"
+    S4_NADD_P99="$(diffv "${S4_P99[nginx]}" "${S4_P99[direct]}")" S4_NADD_ST99="$(diffv "${S4_ST99[nginx]}" "${S4_ST99[direct]}")"
+    S4_CPU[aigw]="$(us_per_req "${s4_ticks[aigw]}" "${s4_events[aigw]}")" S4_CPU[nginx]="$(us_per_req "${s4_ticks[nginx]}" "${s4_events[nginx]}")"
+    S4_LINE="$(printf 'S4 %s streams: inter-token gap p99 %s ms via aigw, %s ms via nginx, %s ms direct: added by aigw %s ms, by nginx %s ms (steady state, after the last stream started: aigw %s, nginx %s, direct %s ms); gap p50 %s / %s / %s ms; completed %s / %s / %s; aigw VmHWM %s MiB, threads %s; CPU per relayed event aigw %s us, nginx %s us' \
+        "$S4_STREAMS" "${S4_P99[aigw]}" "${S4_P99[nginx]}" "${S4_P99[direct]}" "$S4_ADD_P99" "$S4_NADD_P99" \
+        "${S4_ST99[aigw]}" "${S4_ST99[nginx]}" "${S4_ST99[direct]}" "${S4_P50[aigw]}" "${S4_P50[nginx]}" "${S4_P50[direct]}" \
+        "${S4_DONE[aigw]}" "${S4_DONE[nginx]}" "${S4_DONE[direct]}" $(( S4_HWM_KB / 1024 )) "$S4_THREADS" "${S4_CPU[aigw]}" "${S4_CPU[nginx]}")"
+    s4_side_json() { # side -> {gap_p99_ms, ...}
+        jq -n --argjson g99 "${S4_P99[$1]}" --argjson g50 "${S4_P50[$1]}" --argjson st "${S4_ST99[$1]}" --argjson cmpl "${S4_DONE[$1]}" \
+            '{gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $st, completed: $cmpl}'
+    }
     s4_json="$(jq -n --argjson n "$S4_STREAMS" --argjson tok "$S4_TOKENS" --argjson ms "$S4_TOKEN_MS" \
-        --argjson g99 "$S4_G_P99" --argjson d99 "$S4_D_P99" --argjson g50 "$S4_G_P50" --argjson d50 "$S4_D_P50" \
-        --argjson add "$S4_ADD_P99" --argjson gst "$S4_G_ST99" --argjson dst "$S4_D_ST99" --argjson addst "$S4_ADD_ST99" --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" \
-        --argjson gdone "$(median "${s4g_done[@]}")" --argjson ddone "$(median "${s4d_done[@]}")" --argjson cpuev "$S4_CPU_EVENT" '
+        --argjson gw "$(s4_side_json aigw)" --argjson direct "$(s4_side_json direct)" --argjson nginx "$(s4_side_json nginx)" \
+        --argjson add "$S4_ADD_P99" --argjson addst "$S4_ADD_ST99" --argjson nadd "$S4_NADD_P99" --argjson naddst "$S4_NADD_ST99" \
+        --argjson hwm "$S4_HWM_KB" --argjson thr "$S4_THREADS" --argjson cpuev "${S4_CPU[aigw]}" --argjson ncpuev "${S4_CPU[nginx]}" '
         {skipped: false, settings: {streams: $n, tokens: $tok, token_ms: $ms, route: "/v1/chat/completions stream:true",
-                                    client: "bench/sseload (epoll, one request per connection)"},
-         aigw: {gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $gst, completed: $gdone},
-         direct: {gap_p99_ms: $d99, gap_p50_ms: $d50, steady_gap_p99_ms: $dst, completed: $ddone},
-         added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst, aigw_peak_rss_kb: $hwm, aigw_threads: $thr,
-         aigw_cpu_us_per_event: $cpuev}')"
+                                    client: "bench/sseload (epoll, one request per connection)",
+                                    reference: "nginx (worker_processes 2, proxy_buffering off) in front of the same mock"},
+         aigw: ($gw + {cpu_us_per_event: $cpuev}), direct: $direct, nginx: ($nginx + {cpu_us_per_event: $ncpuev}),
+         added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst,
+         nginx_added_gap_p99_ms: $nadd, nginx_added_steady_gap_p99_ms: $naddst,
+         aigw_peak_rss_kb: $hwm, aigw_threads: $thr, aigw_cpu_us_per_event: $cpuev}')"
 fi
 
 # ---------------------------------------------------------------- S5 instructions per request
