@@ -26,6 +26,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "aigw/chunk.h"
 #include "aigw/log.h"
 #include "aigw/snapshot.h"
 #include "aigw/util.h"
@@ -79,6 +80,8 @@ struct aigw_upstream_call {
     /* streaming, engine thread */
     char *sse;             /* bytes of the event being reassembled */
     size_t sse_len, sse_cap;
+    char *delta;           /* the current event's decoded delta text */
+    size_t delta_cap;
     bool want_pause, paused;
     bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
     bool stream_error;     /* an error event arrived */
@@ -217,6 +220,7 @@ call_free(struct aigw_upstream_call *c)
     free(c->res.raw);
     free(c->buf);
     free(c->sse);
+    free(c->delta);
     free(c->body);
     free(c);
 }
@@ -428,17 +432,19 @@ text_append(struct aigw_upstream_call *c, const char *p, size_t n)
     }
 }
 
-/* The payload of an event: its data: lines joined with "\n" (SSE rules),
- * into out (malloc'd); *is_error when it has an error: field. NULL when
- * the event has no data. */
-static char *
-event_payload(const char *ev, size_t len, bool *is_error, size_t *out_len)
+/* The payload of an event: its data: lines joined with "\n" (SSE rules);
+ * *is_error when it has an error: field. One data: line, the usual case,
+ * is returned in place; several are joined into *joined (malloc'd, the
+ * caller frees it). NULL when the event has no data. */
+static const char *
+event_payload(const char *ev, size_t len, bool *is_error, size_t *out_len, char **joined)
 {
+    const char *first = NULL, *p = ev, *end = ev + len;
+    size_t first_len = 0, n = 0;
     char *out = NULL;
-    size_t n = 0;
-    const char *p = ev, *end = ev + len;
 
     *is_error = false;
+    *joined = NULL;
     while (p < end) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         size_t ll = (size_t)((eol != NULL ? eol : end) - p);
@@ -460,68 +466,84 @@ event_payload(const char *ev, size_t len, bool *is_error, size_t *out_len)
                 val++;
                 vl--;
             }
-            out = aigw_xrealloc(out, n + vl + 2);
-            if (n > 0)
+            if (first == NULL) {
+                first = val;
+                first_len = vl;
+            } else {
+                if (out == NULL) {
+                    out = aigw_xmalloc(first_len + 1);
+                    memcpy(out, first, first_len);
+                    n = first_len;
+                }
+                out = aigw_xrealloc(out, n + vl + 2);
                 out[n++] = '\n';
-            memcpy(out + n, val, vl);
-            n += vl;
-            out[n] = '\0';
+                memcpy(out + n, val, vl);
+                n += vl;
+                out[n] = '\0';
+            }
         }
         p = eol != NULL ? eol + 1 : end;
     }
+    if (out == NULL) {
+        *out_len = first_len;
+        return first;
+    }
+    *joined = out;
     *out_len = n;
     return out;
 }
 
-/* Tap one event for what aigw needs (text, counts, model, errors); the
- * bytes themselves go to the consumer unchanged. */
-static void
-tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct aigw_upstream_event *ev,
-          json_t **root_out)
+/* A string of a scanned chunk, decoded into a new allocation. */
+static char *
+chunk_strdup(const struct aigw_chunk_str *s)
 {
-    json_t *root, *choices, *choice, *delta, *content, *usage, *timings;
+    char *out = aigw_xmalloc(s->len + 1);
 
-    *root_out = NULL;
+    aigw_chunk_decode(s, out);
+    return out;
+}
+
+/* Tap one event for what aigw needs (text, counts, model, errors); the
+ * bytes themselves go to the consumer unchanged. The event's JSON is
+ * scanned in place (aigw_chunk_scan), not parsed into a tree; a delta is
+ * decoded into the call's scratch buffer, valid until the next event. */
+static void
+tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct aigw_upstream_event *ev)
+{
+    struct aigw_chunk k;
+
     if (plen == 6 && memcmp(payload, "[DONE]", 6) == 0) {
         ev->done = true;
         c->res.saw_done = true;
         return;
     }
-    root = json_loadb(payload, plen, 0, NULL);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        ev->error = true; /* not JSON: the stream is broken */
+    if (aigw_chunk_scan(payload, plen, &k) != 0 || k.error) {
+        ev->error = true; /* an error object, or not a JSON object at all: the stream is broken */
         return;
     }
-    *root_out = root;
-    if (json_object_get(root, "error") != NULL) {
-        ev->error = true;
-        return;
-    }
-    if (c->res.model == NULL)
-        c->res.model = dup_string(json_object_get(root, "model"));
-    choices = json_object_get(root, "choices");
-    choice = json_array_get(choices, 0);
-    delta = json_object_get(choice, "delta");
-    content = json_object_get(delta, "content");
-    if (json_is_string(content) && json_string_length(content) > 0) {
-        ev->delta = json_string_value(content);
-        ev->delta_len = json_string_length(content);
+    if (c->res.model == NULL && k.model.p != NULL)
+        c->res.model = chunk_strdup(&k.model);
+    if (k.content.p != NULL && k.content.len > 0) { /* no \u0000: a non-empty text decodes non-empty */
+        if (k.content.len + 1 > c->delta_cap) {
+            c->delta_cap = k.content.len + 1 > 256 ? k.content.len + 1 : 256;
+            free(c->delta);
+            c->delta = aigw_xmalloc(c->delta_cap);
+        }
+        ev->delta = c->delta;
+        ev->delta_len = aigw_chunk_decode(&k.content, c->delta);
         c->res.chunks++;
         text_append(c, ev->delta, ev->delta_len);
     }
-    if (json_is_string(json_object_get(choice, "finish_reason")) && c->res.finish_reason == NULL)
-        c->res.finish_reason = dup_string(json_object_get(choice, "finish_reason"));
-    usage = json_object_get(root, "usage");
-    if (json_is_object(usage)) {
-        c->usage_prompt = token_count(json_object_get(usage, "prompt_tokens"));
-        c->usage_completion = token_count(json_object_get(usage, "completion_tokens"));
-        ev->usage_only = json_is_array(choices) && json_array_size(choices) == 0;
+    if (k.finish_reason.p != NULL && c->res.finish_reason == NULL)
+        c->res.finish_reason = chunk_strdup(&k.finish_reason);
+    if (k.usage) {
+        c->usage_prompt = k.prompt_tokens;
+        c->usage_completion = k.completion_tokens;
+        ev->usage_only = k.choices_empty;
     }
-    timings = json_object_get(root, "timings");
-    if (json_is_object(timings)) {
-        c->timings_prompt = token_count(json_object_get(timings, "prompt_n"));
-        c->timings_predicted = token_count(json_object_get(timings, "predicted_n"));
+    if (k.timings) {
+        c->timings_prompt = k.prompt_n;
+        c->timings_predicted = k.predicted_n;
     }
 }
 
@@ -532,8 +554,8 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     struct aigw_upstream_event ev;
     size_t plen = 0;
     bool is_error;
-    char *payload = event_payload(bytes, len, &is_error, &plen);
-    json_t *root = NULL;
+    char *joined;
+    const char *payload = event_payload(bytes, len, &is_error, &plen, &joined);
 
     if (payload == NULL && !is_error) /* a comment or keep-alive: nothing for anyone */
         return;
@@ -543,7 +565,7 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     if (is_error)
         ev.error = true;
     else
-        tap_event(c, payload != NULL ? payload : "", plen, &ev, &root);
+        tap_event(c, payload, plen, &ev);
     /* an error before anything was delivered stays an ordinary failed call
      * (the client gets a plain HTTP error), and nothing after it is
      * delivered; once started, the consumer sees everything */
@@ -554,8 +576,7 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     }
     if (ev.error)
         c->stream_error = true;
-    json_decref(root);
-    free(payload);
+    free(joined);
 }
 
 /* The end of the event starting at p: just past its blank line, or NULL. */

@@ -1,0 +1,588 @@
+/* chunk.c - one-pass scan of a chat.completion.chunk (see chunk.h). The
+ * grammar and its limits follow jansson 2.14's load.c and utf.c rule for
+ * rule, since the scan must accept and refuse exactly what json_loadb did
+ * before it. */
+#include "aigw/chunk.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aigw/util.h"
+
+#define MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH: a value nested deeper fails */
+#define KEY_MAX 128    /* raw length past which a key cannot spell any key looked for */
+
+/* What a value is to the scan: where it sits decides what is read from it. */
+enum role {
+    R_SKIP,                /* validated only */
+    R_ROOT,                /* the top-level object */
+    R_CHOICES,             /* root.choices */
+    R_CHOICE0,             /* root.choices[0] */
+    R_DELTA,               /* root.choices[0].delta */
+    R_USAGE,               /* root.usage */
+    R_TIMINGS,             /* root.timings */
+    R_MODEL,               /* root.model */
+    R_CONTENT,             /* root.choices[0].delta.content */
+    R_FINISH,              /* root.choices[0].finish_reason */
+    R_PROMPT_TOKENS,       /* root.usage.prompt_tokens */
+    R_COMPLETION_TOKENS,   /* root.usage.completion_tokens */
+    R_PROMPT_N,            /* root.timings.prompt_n */
+    R_PREDICTED_N,         /* root.timings.predicted_n */
+};
+
+struct scan {
+    const unsigned char *p, *end;
+    struct aigw_chunk *out;
+};
+
+static int value(struct scan *s, enum role r, int depth);
+
+static void
+skip_ws(struct scan *s)
+{
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
+        s->p++;
+}
+
+static int
+hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The 4 hex digits at p (p..end), or -1. */
+static int32_t
+hex4(const unsigned char *p, const unsigned char *end)
+{
+    int32_t v = 0;
+
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(p[i]);
+
+        if (h < 0)
+            return -1;
+        v = v << 4 | h;
+    }
+    return v;
+}
+
+/* Length of the valid UTF-8 sequence at p (2..4), or 0: jansson's
+ * utf8_check_first + utf8_check_full (no overlong forms, no surrogates,
+ * nothing above U+10FFFF). */
+static size_t
+utf8_len(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char u = p[0];
+    size_t n;
+    uint32_t v;
+
+    if (u >= 0xC2 && u <= 0xDF) {
+        n = 2;
+        v = u & 0x1Fu;
+    } else if (u >= 0xE0 && u <= 0xEF) {
+        n = 3;
+        v = u & 0x0Fu;
+    } else if (u >= 0xF0 && u <= 0xF4) {
+        n = 4;
+        v = u & 0x07u;
+    } else {
+        return 0;
+    }
+    if ((size_t)(end - p) < n)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xBF)
+            return 0;
+        v = v << 6 | (p[i] & 0x3Fu);
+    }
+    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+        return 0;
+    if ((n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
+        return 0;
+    return n;
+}
+
+/* The string at s->p (its opening quote): validated, its span in *out. */
+static int
+string(struct scan *s, struct aigw_chunk_str *out)
+{
+    const unsigned char *start = s->p + 1, *p = start, *end = s->end;
+    bool escaped = false;
+
+    for (;;) {
+        unsigned char c;
+
+        if (p >= end)
+            return -1;
+        c = *p;
+        if (c == '"')
+            break;
+        if (c < 0x20)
+            return -1; /* a control character, NUL included */
+        if (c >= 0x80) {
+            size_t n = utf8_len(p, end);
+
+            if (n == 0)
+                return -1;
+            p += n;
+            continue;
+        }
+        p++;
+        if (c != '\\')
+            continue;
+        escaped = true;
+        if (p >= end)
+            return -1;
+        c = *p++;
+        if (c == 'u') {
+            int32_t v = hex4(p, end), v2;
+
+            if (v <= 0) /* not 4 hex digits, or \u0000 (refused without JSON_ALLOW_NUL) */
+                return -1;
+            p += 4;
+            if (v >= 0xDC00 && v <= 0xDFFF)
+                return -1; /* a low surrogate first */
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                if (end - p < 2 || p[0] != '\\' || p[1] != 'u')
+                    return -1;
+                v2 = hex4(p + 2, end);
+                if (v2 < 0xDC00 || v2 > 0xDFFF)
+                    return -1;
+                p += 6;
+            }
+        } else if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' && c != 'r' &&
+                   c != 't') {
+            return -1;
+        }
+    }
+    out->p = (const char *)start;
+    out->len = (size_t)(p - start);
+    out->escaped = escaped;
+    s->p = p + 1;
+    return 0;
+}
+
+/* A real's text: refused when it overflows a double, as jansson does. */
+static int
+real_ok(const unsigned char *p, size_t n)
+{
+    char small[64], *txt = n < sizeof(small) ? small : aigw_xmalloc(n + 1);
+    double v;
+    int rc = 0;
+
+    memcpy(txt, p, n);
+    txt[n] = '\0';
+    errno = 0;
+    v = strtod(txt, NULL);
+    if ((v == HUGE_VAL || v == -HUGE_VAL) && errno == ERANGE)
+        rc = -1;
+    if (txt != small)
+        free(txt);
+    return rc;
+}
+
+/* The number at s->p. *iv is its value when it is an integer (*is_int),
+ * which must fit a long long. */
+static int
+number(struct scan *s, bool *is_int, long long *iv)
+{
+    const unsigned char *start = s->p, *p = s->p, *end = s->end;
+    bool neg = false;
+    unsigned long long acc = 0, limit;
+
+    if (*p == '-') {
+        neg = true;
+        p++;
+    }
+    limit = neg ? (unsigned long long)LLONG_MAX + 1 : (unsigned long long)LLONG_MAX;
+    if (p >= end || *p < '0' || *p > '9')
+        return -1;
+    if (*p == '0') {
+        p++;
+        if (p < end && *p >= '0' && *p <= '9')
+            return -1; /* a leading zero */
+    } else {
+        while (p < end && *p >= '0' && *p <= '9') {
+            unsigned d = (unsigned)(*p - '0');
+
+            if (acc > (limit - d) / 10)
+                acc = limit + 1; /* too big: refused below if it stays an integer */
+            else
+                acc = acc * 10 + d;
+            p++;
+        }
+    }
+    if (p < end && (*p == '.' || *p == 'e' || *p == 'E')) {
+        if (*p == '.') {
+            p++;
+            if (p >= end || *p < '0' || *p > '9')
+                return -1;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            p++;
+            if (p < end && (*p == '+' || *p == '-'))
+                p++;
+            if (p >= end || *p < '0' || *p > '9')
+                return -1;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        }
+        if (real_ok(start, (size_t)(p - start)) < 0)
+            return -1;
+        *is_int = false;
+    } else {
+        if (acc > limit)
+            return -1;
+        *is_int = true;
+        *iv = neg ? (acc == (unsigned long long)LLONG_MAX + 1 ? LLONG_MIN : -(long long)acc) : (long long)acc;
+    }
+    s->p = p;
+    return 0;
+}
+
+static int
+literal(struct scan *s, const char *word, size_t n)
+{
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
+        return -1;
+    s->p += n;
+    return 0;
+}
+
+/* Does key (as scanned) spell word? Escaped keys are decoded first. */
+static bool
+key_is(const struct aigw_chunk_str *key, const char *word)
+{
+    size_t n = strlen(word);
+    char buf[KEY_MAX + 1];
+
+    if (!key->escaped)
+        return key->len == n && memcmp(key->p, word, n) == 0;
+    if (key->len > KEY_MAX)
+        return false;
+    return aigw_chunk_decode(key, buf) == n && memcmp(buf, word, n) == 0;
+}
+
+/* The role of the member named key in an object of role obj. A key that
+ * comes again replaces what its earlier value gave (the last one counts). */
+static enum role
+member(struct aigw_chunk *out, enum role obj, const struct aigw_chunk_str *key)
+{
+    static const struct aigw_chunk_str none;
+
+    switch (obj) {
+    case R_ROOT:
+        if (key_is(key, "error")) {
+            out->error = true;
+            return R_SKIP;
+        }
+        if (key_is(key, "model")) {
+            out->model = none;
+            return R_MODEL;
+        }
+        if (key_is(key, "choices")) {
+            out->content = out->finish_reason = none;
+            out->choices_empty = false;
+            return R_CHOICES;
+        }
+        if (key_is(key, "usage")) {
+            out->usage = false;
+            out->prompt_tokens = out->completion_tokens = 0;
+            return R_USAGE;
+        }
+        if (key_is(key, "timings")) {
+            out->timings = false;
+            out->prompt_n = out->predicted_n = 0;
+            return R_TIMINGS;
+        }
+        return R_SKIP;
+    case R_CHOICE0:
+        if (key_is(key, "delta")) {
+            out->content = none;
+            return R_DELTA;
+        }
+        if (key_is(key, "finish_reason")) {
+            out->finish_reason = none;
+            return R_FINISH;
+        }
+        return R_SKIP;
+    case R_DELTA:
+        if (key_is(key, "content")) {
+            out->content = none;
+            return R_CONTENT;
+        }
+        return R_SKIP;
+    case R_USAGE:
+        if (key_is(key, "prompt_tokens")) {
+            out->prompt_tokens = 0;
+            return R_PROMPT_TOKENS;
+        }
+        if (key_is(key, "completion_tokens")) {
+            out->completion_tokens = 0;
+            return R_COMPLETION_TOKENS;
+        }
+        return R_SKIP;
+    case R_TIMINGS:
+        if (key_is(key, "prompt_n")) {
+            out->prompt_n = 0;
+            return R_PROMPT_N;
+        }
+        if (key_is(key, "predicted_n")) {
+            out->predicted_n = 0;
+            return R_PREDICTED_N;
+        }
+        return R_SKIP;
+    default:
+        return R_SKIP;
+    }
+}
+
+static int
+object(struct scan *s, enum role r, int depth)
+{
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        return 0;
+    }
+    for (;;) {
+        struct aigw_chunk_str key;
+
+        if (s->p >= s->end || *s->p != '"' || string(s, &key) < 0)
+            return -1;
+        skip_ws(s);
+        if (s->p >= s->end || *s->p != ':')
+            return -1;
+        s->p++;
+        skip_ws(s);
+        if (value(s, member(s->out, r, &key), depth + 1) < 0)
+            return -1;
+        skip_ws(s);
+        if (s->p >= s->end)
+            return -1;
+        if (*s->p == '}') {
+            s->p++;
+            return 0;
+        }
+        if (*s->p != ',')
+            return -1;
+        s->p++;
+        skip_ws(s);
+    }
+}
+
+static int
+array(struct scan *s, enum role r, int depth)
+{
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        if (r == R_CHOICES)
+            s->out->choices_empty = true;
+        return 0;
+    }
+    for (bool first = true;; first = false) {
+        if (value(s, r == R_CHOICES && first ? R_CHOICE0 : R_SKIP, depth + 1) < 0)
+            return -1;
+        skip_ws(s);
+        if (s->p >= s->end)
+            return -1;
+        if (*s->p == ']') {
+            s->p++;
+            return 0;
+        }
+        if (*s->p != ',')
+            return -1;
+        s->p++;
+        skip_ws(s);
+    }
+}
+
+/* Where a string of role r goes, or NULL. */
+static struct aigw_chunk_str *
+string_slot(struct aigw_chunk *out, enum role r)
+{
+    switch (r) {
+    case R_MODEL:
+        return &out->model;
+    case R_CONTENT:
+        return &out->content;
+    case R_FINISH:
+        return &out->finish_reason;
+    default:
+        return NULL;
+    }
+}
+
+/* Where an integer of role r goes, or NULL. */
+static long *
+count_slot(struct aigw_chunk *out, enum role r)
+{
+    switch (r) {
+    case R_PROMPT_TOKENS:
+        return &out->prompt_tokens;
+    case R_COMPLETION_TOKENS:
+        return &out->completion_tokens;
+    case R_PROMPT_N:
+        return &out->prompt_n;
+    case R_PREDICTED_N:
+        return &out->predicted_n;
+    default:
+        return NULL;
+    }
+}
+
+static int
+value(struct scan *s, enum role r, int depth)
+{
+    if (depth > MAX_DEPTH || s->p >= s->end)
+        return -1;
+    switch (*s->p) {
+    case '{':
+        if (r == R_ROOT || r == R_CHOICE0 || r == R_DELTA || r == R_USAGE || r == R_TIMINGS) {
+            s->out->usage |= r == R_USAGE;
+            s->out->timings |= r == R_TIMINGS;
+            return object(s, r, depth);
+        }
+        return object(s, R_SKIP, depth);
+    case '[':
+        return array(s, r == R_CHOICES ? R_CHOICES : R_SKIP, depth);
+    case '"': {
+        struct aigw_chunk_str str, *slot = string_slot(s->out, r);
+
+        if (string(s, &str) < 0)
+            return -1;
+        if (slot != NULL)
+            *slot = str;
+        return 0;
+    }
+    case 't':
+        return literal(s, "true", 4);
+    case 'f':
+        return literal(s, "false", 5);
+    case 'n':
+        return literal(s, "null", 4);
+    default: {
+        bool is_int = false;
+        long long iv = 0;
+        long *slot = count_slot(s->out, r);
+
+        if (*s->p != '-' && (*s->p < '0' || *s->p > '9'))
+            return -1;
+        if (number(s, &is_int, &iv) < 0)
+            return -1;
+        if (slot != NULL && is_int && iv > 0 && iv <= LONG_MAX)
+            *slot = (long)iv;
+        return 0;
+    }
+    }
+}
+
+int
+aigw_chunk_scan(const char *json, size_t len, struct aigw_chunk *out)
+{
+    struct scan s = {(const unsigned char *)json, (const unsigned char *)json + len, out};
+
+    memset(out, 0, sizeof(*out));
+    skip_ws(&s);
+    if (s.p >= s.end || *s.p != '{')
+        return -1;
+    if (value(&s, R_ROOT, 1) < 0)
+        return -1;
+    skip_ws(&s);
+    return s.p == s.end ? 0 : -1;
+}
+
+/* Append code point v as UTF-8 at o; returns the new end. */
+static char *
+put_utf8(char *o, uint32_t v)
+{
+    if (v < 0x80) {
+        *o++ = (char)v;
+    } else if (v < 0x800) {
+        *o++ = (char)(0xC0 | v >> 6);
+        *o++ = (char)(0x80 | (v & 0x3F));
+    } else if (v < 0x10000) {
+        *o++ = (char)(0xE0 | v >> 12);
+        *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (v & 0x3F));
+    } else {
+        *o++ = (char)(0xF0 | v >> 18);
+        *o++ = (char)(0x80 | (v >> 12 & 0x3F));
+        *o++ = (char)(0x80 | (v >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (v & 0x3F));
+    }
+    return o;
+}
+
+size_t
+aigw_chunk_decode(const struct aigw_chunk_str *s, char *out)
+{
+    const unsigned char *p = (const unsigned char *)s->p, *end = p + s->len;
+    char *o = out;
+
+    if (!s->escaped) {
+        memcpy(out, s->p, s->len);
+        out[s->len] = '\0';
+        return s->len;
+    }
+    while (p < end) {
+        const unsigned char *bs = memchr(p, '\\', (size_t)(end - p));
+        size_t run = (size_t)((bs != NULL ? bs : end) - p);
+        uint32_t v;
+
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p >= end)
+            break;
+        p++; /* the backslash; the scan checked what follows */
+        switch (*p++) {
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
+        case 'u':
+            v = (uint32_t)hex4(p, end);
+            p += 4;
+            if (v >= 0xD800 && v <= 0xDBFF) {
+                v = 0x10000 + ((v - 0xD800) << 10) + ((uint32_t)hex4(p + 2, end) - 0xDC00);
+                p += 6;
+            }
+            o = put_utf8(o, v);
+            break;
+        default: /* " \ / */
+            *o++ = (char)p[-1];
+            break;
+        }
+    }
+    *o = '\0';
+    return (size_t)(o - out);
+}
