@@ -35,6 +35,14 @@ void aigw_deadline_ms(struct timespec *ts, int64_t ms);
 void aigw_sha256(const void *buf, size_t len, unsigned char out[32]);
 /* Lower-case hex of n bytes into out (2n+1 bytes incl. NUL). */
 void aigw_hex(const unsigned char *in, size_t n, char *out);
+/* The value of hex digit ch (either case), or -1. */
+int aigw_hexval(char ch);
+/* The JSON string escape at p (just after its backslash; p..end) decoded
+ * to UTF-8 at *q, which advances (never by more bytes than the escape
+ * takes in the text, at most 4). Returns the text after the escape, or NULL
+ * for one JSON or PostgreSQL's jsonb refuses: an unknown letter, bad hex,
+ * \u0000, a lone or reversed surrogate. */
+const char *aigw_json_unescape(const char *p, const char *end, char **q);
 /* Fill buf with n cryptographically random bytes; aborts if the RNG fails. */
 void aigw_random(void *buf, size_t n);
 

@@ -48,36 +48,6 @@ skip_ws(struct scan *s)
         s->p++;
 }
 
-static int
-hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* The 4 hex digits at p (p..end), or -1. */
-static int32_t
-hex4(const unsigned char *p, const unsigned char *end)
-{
-    int32_t v = 0;
-
-    if (end - p < 4)
-        return -1;
-    for (int i = 0; i < 4; i++) {
-        int h = hexval(p[i]);
-
-        if (h < 0)
-            return -1;
-        v = v << 4 | h;
-    }
-    return v;
-}
-
 /* Length of the valid UTF-8 sequence at p (2..4), or 0: jansson's
  * utf8_check_first + utf8_check_full (no overlong forms, no surrogates,
  * nothing above U+10FFFF). */
@@ -122,6 +92,8 @@ string(struct scan *s, struct aigw_chunk_str *out)
     bool escaped = false;
 
     for (;;) {
+        char tmp[4], *q;
+        const char *after;
         unsigned char c;
 
         if (p >= end)
@@ -143,29 +115,10 @@ string(struct scan *s, struct aigw_chunk_str *out)
         if (c != '\\')
             continue;
         escaped = true;
-        if (p >= end)
+        q = tmp; /* validated here, decoded later if wanted */
+        if ((after = aigw_json_unescape((const char *)p, (const char *)end, &q)) == NULL)
             return -1;
-        c = *p++;
-        if (c == 'u') {
-            int32_t v = hex4(p, end), v2;
-
-            if (v <= 0) /* not 4 hex digits, or \u0000 (refused without JSON_ALLOW_NUL) */
-                return -1;
-            p += 4;
-            if (v >= 0xDC00 && v <= 0xDFFF)
-                return -1; /* a low surrogate first */
-            if (v >= 0xD800 && v <= 0xDBFF) {
-                if (end - p < 2 || p[0] != '\\' || p[1] != 'u')
-                    return -1;
-                v2 = hex4(p + 2, end);
-                if (v2 < 0xDC00 || v2 > 0xDFFF)
-                    return -1;
-                p += 6;
-            }
-        } else if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' && c != 'r' &&
-                   c != 't') {
-            return -1;
-        }
+        p = (const unsigned char *)after;
     }
     out->p = (const char *)start;
     out->len = (size_t)(p - start);
@@ -351,6 +304,25 @@ member(struct aigw_chunk *out, enum role obj, const struct aigw_chunk_str *key)
     }
 }
 
+/* After a member or element: 1 at a comma (skipped, with the whitespace
+ * after it), 0 at close (skipped), -1 at anything else. */
+static int
+after_item(struct scan *s, unsigned char close)
+{
+    skip_ws(s);
+    if (s->p >= s->end)
+        return -1;
+    if (*s->p == close) {
+        s->p++;
+        return 0;
+    }
+    if (*s->p != ',')
+        return -1;
+    s->p++;
+    skip_ws(s);
+    return 1;
+}
+
 static int
 object(struct scan *s, enum role r, int depth)
 {
@@ -362,6 +334,7 @@ object(struct scan *s, enum role r, int depth)
     }
     for (;;) {
         struct aigw_chunk_str key;
+        int more;
 
         if (s->p >= s->end || *s->p != '"' || string(s, &key) < 0)
             return -1;
@@ -370,19 +343,10 @@ object(struct scan *s, enum role r, int depth)
             return -1;
         s->p++;
         skip_ws(s);
-        if (value(s, member(s->out, r, &key), depth + 1) < 0)
+        if (value(s, member(s->out, r, &key), depth + 1) < 0 || (more = after_item(s, '}')) < 0)
             return -1;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return -1;
-        if (*s->p == '}') {
-            s->p++;
+        if (more == 0)
             return 0;
-        }
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        skip_ws(s);
     }
 }
 
@@ -398,19 +362,12 @@ array(struct scan *s, enum role r, int depth)
         return 0;
     }
     for (bool first = true;; first = false) {
-        if (value(s, r == R_CHOICES && first ? R_CHOICE0 : R_SKIP, depth + 1) < 0)
+        int more;
+
+        if (value(s, r == R_CHOICES && first ? R_CHOICE0 : R_SKIP, depth + 1) < 0 || (more = after_item(s, ']')) < 0)
             return -1;
-        skip_ws(s);
-        if (s->p >= s->end)
-            return -1;
-        if (*s->p == ']') {
-            s->p++;
+        if (more == 0)
             return 0;
-        }
-        if (*s->p != ',')
-            return -1;
-        s->p++;
-        skip_ws(s);
     }
 }
 
@@ -509,79 +466,21 @@ aigw_chunk_scan(const char *json, size_t len, struct aigw_chunk *out)
     return s.p == s.end ? 0 : -1;
 }
 
-/* Append code point v as UTF-8 at o; returns the new end. */
-static char *
-put_utf8(char *o, uint32_t v)
-{
-    if (v < 0x80) {
-        *o++ = (char)v;
-    } else if (v < 0x800) {
-        *o++ = (char)(0xC0 | v >> 6);
-        *o++ = (char)(0x80 | (v & 0x3F));
-    } else if (v < 0x10000) {
-        *o++ = (char)(0xE0 | v >> 12);
-        *o++ = (char)(0x80 | (v >> 6 & 0x3F));
-        *o++ = (char)(0x80 | (v & 0x3F));
-    } else {
-        *o++ = (char)(0xF0 | v >> 18);
-        *o++ = (char)(0x80 | (v >> 12 & 0x3F));
-        *o++ = (char)(0x80 | (v >> 6 & 0x3F));
-        *o++ = (char)(0x80 | (v & 0x3F));
-    }
-    return o;
-}
-
 size_t
 aigw_chunk_decode(const struct aigw_chunk_str *s, char *out)
 {
-    const unsigned char *p = (const unsigned char *)s->p, *end = p + s->len;
+    const char *p = s->p, *end = p + s->len;
     char *o = out;
 
-    if (!s->escaped) {
-        memcpy(out, s->p, s->len);
-        out[s->len] = '\0';
-        return s->len;
-    }
-    while (p < end) {
-        const unsigned char *bs = memchr(p, '\\', (size_t)(end - p));
+    while (p != NULL && p < end) {
+        const char *bs = s->escaped ? memchr(p, '\\', (size_t)(end - p)) : NULL;
         size_t run = (size_t)((bs != NULL ? bs : end) - p);
-        uint32_t v;
 
         memcpy(o, p, run);
         o += run;
         p += run;
-        if (p >= end)
-            break;
-        p++; /* the backslash; the scan checked what follows */
-        switch (*p++) {
-        case 'b':
-            *o++ = '\b';
-            break;
-        case 'f':
-            *o++ = '\f';
-            break;
-        case 'n':
-            *o++ = '\n';
-            break;
-        case 'r':
-            *o++ = '\r';
-            break;
-        case 't':
-            *o++ = '\t';
-            break;
-        case 'u':
-            v = (uint32_t)hex4(p, end);
-            p += 4;
-            if (v >= 0xD800 && v <= 0xDBFF) {
-                v = 0x10000 + ((v - 0xD800) << 10) + ((uint32_t)hex4(p + 2, end) - 0xDC00);
-                p += 6;
-            }
-            o = put_utf8(o, v);
-            break;
-        default: /* " \ / */
-            *o++ = (char)p[-1];
-            break;
-        }
+        if (p < end) /* a backslash: the scan checked the escape, so this never fails */
+            p = aigw_json_unescape(p + 1, end, &o);
     }
     *o = '\0';
     return (size_t)(o - out);

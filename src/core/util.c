@@ -436,3 +436,122 @@ aigw_name_bits(const char *list, const char *const *names, int n)
     }
     return bits;
 }
+
+/* ---- JSON string escapes ---- */
+
+int
+aigw_hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits at p (end permitting) as a number, or -1. */
+static long
+hex4(const char *p, const char *end)
+{
+    long v = 0;
+
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int h = aigw_hexval(p[i]);
+
+        if (h < 0)
+            return -1;
+        v = v << 4 | h;
+    }
+    return v;
+}
+
+/* Code point cp as UTF-8 at q; returns the end. */
+static char *
+utf8_put(char *q, unsigned long cp)
+{
+    if (cp < 0x80) {
+        *q++ = (char)cp;
+    } else if (cp < 0x800) {
+        *q++ = (char)(0xC0 | cp >> 6);
+        *q++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *q++ = (char)(0xE0 | cp >> 12);
+        *q++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *q++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *q++ = (char)(0xF0 | cp >> 18);
+        *q++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+        *q++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *q++ = (char)(0x80 | (cp & 0x3F));
+    }
+    return q;
+}
+
+/* The \u escape at p (after "\u"): a BMP code point or a surrogate pair,
+ * decoded to UTF-8 at *q. NULL for what jsonb refuses (\u0000, a lone or
+ * reversed surrogate). */
+static const char *
+unescape_u(const char *p, const char *end, char **q)
+{
+    long cp = hex4(p, end), lo;
+
+    if (cp <= 0 || (cp >= 0xDC00 && cp <= 0xDFFF))
+        return NULL;
+    p += 4;
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
+            return NULL;
+        lo = hex4(p + 2, end);
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return NULL;
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        p += 6;
+    }
+    *q = utf8_put(*q, (unsigned long)cp);
+    return p;
+}
+
+const char *
+aigw_json_unescape(const char *p, const char *end, char **q)
+{
+    char ch;
+
+    if (p >= end)
+        return NULL;
+    switch (*p++) {
+    case '"':
+        ch = '"';
+        break;
+    case '\\':
+        ch = '\\';
+        break;
+    case '/':
+        ch = '/';
+        break;
+    case 'b':
+        ch = '\b';
+        break;
+    case 'f':
+        ch = '\f';
+        break;
+    case 'n':
+        ch = '\n';
+        break;
+    case 'r':
+        ch = '\r';
+        break;
+    case 't':
+        ch = '\t';
+        break;
+    case 'u':
+        return unescape_u(p, end, q);
+    default:
+        return NULL;
+    }
+    *(*q)++ = ch;
+    return p;
+}
