@@ -1,7 +1,8 @@
 /* test_stream.c - "stream": true on /api/ai/query: SSE framing, billing once
  * at the end, cache replay as SSE, single-flight, failures before and after
  * the first byte, client disconnect (upstream cancelled, partial usage row)
- * and a slow reader (upstream paused, memory flat) */
+ * a slow reader (upstream paused, memory flat) and text the upstream had to
+ * escape, decoded exactly */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
@@ -169,6 +170,41 @@ test_stream_and_replay(void)
     tl_resp_free(&r);
     free_events(&e);
     free_events(&e2);
+    free(tok);
+}
+
+/* An answer whose text the upstream had to escape (quotes, a backslash)
+ * and that carries multi-byte UTF-8 is decoded from every event exactly:
+ * streamed deltas, the cached replay and the JSON answer all agree. */
+static void
+test_escaped_text(void)
+{
+    static const char expect[] = "Mock answer to [Is \"caf\xc3\xa9\" ok \\ \xf0\x9f\x98\x80?]: tok1 tok2 tok3";
+    char id[37], code[65], buf[64], text[1024], text2[1024];
+    struct tl_resp r;
+    struct events e;
+    char *tok;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":3,\"token_latency_ms\":5}");
+    ask_stream(tok, "Is \\\"caf\xc3\xa9\\\" ok \\\\ \xf0\x9f\x98\x80?", &r);
+    CHECK(r.status == 200, "escaped text: 200 (%ld)", r.status);
+    parse_events(r.body, &e);
+    CHECK(e.framing_ok && e.n == 4, "escaped text: 3 deltas + closing (%d): %s", e.n, r.body);
+    joined(&e, text, sizeof(text));
+    CHECK(strcmp(text, expect) == 0, "escaped text: deltas decoded exactly: %s", text);
+    free_events(&e);
+    tl_resp_free(&r);
+
+    ask_stream(tok, "Is \\\"caf\xc3\xa9\\\" ok \\\\ \xf0\x9f\x98\x80?", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
+          "escaped text: repeat is a HIT (%ld)", r.status);
+    parse_events(r.body, &e);
+    joined(&e, text2, sizeof(text2));
+    CHECK(strcmp(text2, expect) == 0, "escaped text: the cached answer is the decoded text: %s", text2);
+    free_events(&e);
+    tl_resp_free(&r);
     free(tok);
 }
 
@@ -455,6 +491,7 @@ main(void)
     port = gw.port;
 
     test_stream_and_replay();
+    test_escaped_text();
     test_single_flight();
     test_failures();
     test_disconnect();
