@@ -1,6 +1,6 @@
 /* test_stream.c - "stream": true on /api/ai/query: SSE framing, billing once
  * at the end, cache replay as SSE, single-flight, failures before and after
- * the first byte, client disconnect (upstream cancelled, partial usage row)
+ * the first byte, client disconnect (upstream cancelled, partial usage row),
  * a slow reader (upstream paused, memory flat) and text the upstream had to
  * escape, decoded exactly */
 #include <arpa/inet.h>
