@@ -400,7 +400,9 @@ fi
 s4_json='{"skipped": true}'
 S4_LINE="S4 skipped (SKIP_S4=1)"
 if [[ "${SKIP_S4:-0}" != 1 ]]; then
-    mock_cfg "{\"first_token_ms\":0,\"token_latency_ms\":$S4_TOKEN_MS,\"tokens\":$S4_TOKENS,\"slots\":$mock_slots}"
+    # stamp_events: each token carries the instant the mock produced it, so
+    # sseload also measures every event's one-way latency (see bench/README.md)
+    mock_cfg "{\"first_token_ms\":0,\"token_latency_ms\":$S4_TOKEN_MS,\"tokens\":$S4_TOKENS,\"slots\":$mock_slots,\"stamp_events\":true}"
     start_gw s4 "$sd/spool-s4"; gw4_port="$gw_port"   # fresh process: VmHWM belongs to S4 alone
     s4_body='{"stream":true,"messages":[{"role":"user","content":"S4 stream %d '"$RANDOM"'"}]}'
     # Reference: nginx as a plain streaming reverse proxy (no buffering) in
@@ -423,7 +425,7 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
 EOF
     ngx_start "$ngx4" "http://127.0.0.1:$ngx4_port/health"
     ngx_ticks() { local p t=0; for p in $(pgrep -P "$nginx_pid"); do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
-    declare -A s4_p99 s4_p50 s4_st99 s4_done s4_ticks=([aigw]=0 [nginx]=0) s4_events=([aigw]=0 [nginx]=0)
+    declare -A s4_p99 s4_p50 s4_st99 s4_done s4_lat50 s4_lat99 s4_stlat99 s4_ticks=([aigw]=0 [nginx]=0) s4_events=([aigw]=0 [nginx]=0)
     s4_side() { # side round
         local out="$runs/s4-$1-$2.json" port hdr=() c0=0
         case "$1" in
@@ -441,6 +443,8 @@ EOF
         s4_p99[$1]+=" $(jq .gap_p99_ms "$out")"; s4_p50[$1]+=" $(jq .gap_p50_ms "$out")"
         s4_st99[$1]+=" $(jq .steady_gap_p99_ms "$out")"; s4_done[$1]+=" $(jq .completed "$out")"
         s4_counts+=" $(jq .events "$out")"
+        s4_lat50[$1]+=" $(jq '.lat_p50_ms // 0' "$out")"; s4_lat99[$1]+=" $(jq '.lat_p99_ms // 0' "$out")"
+        s4_stlat99[$1]+=" $(jq '.steady_lat_p99_ms // 0' "$out")"
         log "S4 round $2 $1: $(cat "$out")"
     }
     log "S4: $S4_STREAMS streams at once, $S4_TOKENS tokens every $S4_TOKEN_MS ms, $ROUNDS rounds per side"
@@ -455,24 +459,32 @@ EOF
     S4_HWM_KB="$(awk '/^VmHWM:/ { print $2 }' "/proc/$gw_pid/status")"
     S4_THREADS="$(awk '/^Threads:/ { print $2 }' "/proc/$gw_pid/status")"
     stop_pid "$gw_pid" 15; gw_pid=""
-    mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
-    declare -A S4_P99 S4_P50 S4_ST99 S4_DONE S4_CPU
+    mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8,"stamp_events":false}'
+    declare -A S4_P99 S4_P50 S4_ST99 S4_DONE S4_CPU S4_LAT50 S4_LAT99 S4_STLAT99
     for k in aigw direct nginx; do
         # shellcheck disable=SC2086
         S4_P99[$k]="$(median ${s4_p99[$k]})" S4_P50[$k]="$(median ${s4_p50[$k]})"
         # shellcheck disable=SC2086
         S4_ST99[$k]="$(median ${s4_st99[$k]})" S4_DONE[$k]="$(median ${s4_done[$k]})"
+        # shellcheck disable=SC2086
+        S4_LAT50[$k]="$(median ${s4_lat50[$k]})" S4_LAT99[$k]="$(median ${s4_lat99[$k]})" S4_STLAT99[$k]="$(median ${s4_stlat99[$k]})"
     done
     S4_ADD_P99="$(diffv "${S4_P99[aigw]}" "${S4_P99[direct]}")" S4_ADD_ST99="$(diffv "${S4_ST99[aigw]}" "${S4_ST99[direct]}")"
     S4_NADD_P99="$(diffv "${S4_P99[nginx]}" "${S4_P99[direct]}")" S4_NADD_ST99="$(diffv "${S4_ST99[nginx]}" "${S4_ST99[direct]}")"
     S4_CPU[aigw]="$(us_per_req "${s4_ticks[aigw]}" "${s4_events[aigw]}")" S4_CPU[nginx]="$(us_per_req "${s4_ticks[nginx]}" "${s4_events[nginx]}")"
+    S4_LAT_LINE="$(printf '   one-way latency per token (mock produced it -> client read it), p50 / p99 / steady-state p99: aigw %s / %s / %s ms, nginx %s / %s / %s ms, direct %s / %s / %s ms' \
+        "${S4_LAT50[aigw]}" "${S4_LAT99[aigw]}" "${S4_STLAT99[aigw]}" "${S4_LAT50[nginx]}" "${S4_LAT99[nginx]}" "${S4_STLAT99[nginx]}" \
+        "${S4_LAT50[direct]}" "${S4_LAT99[direct]}" "${S4_STLAT99[direct]}")"
     S4_LINE="$(printf 'S4 %s streams: inter-token gap p99 %s ms via aigw, %s ms via nginx, %s ms direct: added by aigw %s ms, by nginx %s ms (steady state, after the last stream started: aigw %s, nginx %s, direct %s ms); gap p50 %s / %s / %s ms; completed %s / %s / %s; aigw VmHWM %s MiB, threads %s; CPU per relayed event aigw %s us, nginx %s us' \
         "$S4_STREAMS" "${S4_P99[aigw]}" "${S4_P99[nginx]}" "${S4_P99[direct]}" "$S4_ADD_P99" "$S4_NADD_P99" \
         "${S4_ST99[aigw]}" "${S4_ST99[nginx]}" "${S4_ST99[direct]}" "${S4_P50[aigw]}" "${S4_P50[nginx]}" "${S4_P50[direct]}" \
         "${S4_DONE[aigw]}" "${S4_DONE[nginx]}" "${S4_DONE[direct]}" $(( S4_HWM_KB / 1024 )) "$S4_THREADS" "${S4_CPU[aigw]}" "${S4_CPU[nginx]}")"
+    S4_LINE+=$'\n'"$S4_LAT_LINE"
     s4_side_json() { # side -> {gap_p99_ms, ...}
         jq -n --argjson g99 "${S4_P99[$1]}" --argjson g50 "${S4_P50[$1]}" --argjson st "${S4_ST99[$1]}" --argjson cmpl "${S4_DONE[$1]}" \
-            '{gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $st, completed: $cmpl}'
+            --argjson l50 "${S4_LAT50[$1]}" --argjson l99 "${S4_LAT99[$1]}" --argjson sl99 "${S4_STLAT99[$1]}" \
+            '{gap_p99_ms: $g99, gap_p50_ms: $g50, steady_gap_p99_ms: $st, completed: $cmpl,
+              latency_p50_ms: $l50, latency_p99_ms: $l99, steady_latency_p99_ms: $sl99}'
     }
     s4_json="$(jq -n --argjson n "$S4_STREAMS" --argjson tok "$S4_TOKENS" --argjson ms "$S4_TOKEN_MS" \
         --argjson gw "$(s4_side_json aigw)" --argjson direct "$(s4_side_json direct)" --argjson nginx "$(s4_side_json nginx)" \
@@ -484,6 +496,9 @@ EOF
          aigw: ($gw + {cpu_us_per_event: $cpuev}), direct: $direct, nginx: ($nginx + {cpu_us_per_event: $ncpuev}),
          added_gap_p99_ms: $add, added_steady_gap_p99_ms: $addst,
          nginx_added_gap_p99_ms: $nadd, nginx_added_steady_gap_p99_ms: $naddst,
+         added_latency_p50_ms: (($gw.latency_p50_ms - $direct.latency_p50_ms) * 1000 | round / 1000),
+         added_latency_p99_ms: (($gw.latency_p99_ms - $direct.latency_p99_ms) * 1000 | round / 1000),
+         nginx_added_latency_p99_ms: (($nginx.latency_p99_ms - $direct.latency_p99_ms) * 1000 | round / 1000),
          aigw_peak_rss_kb: $hwm, aigw_threads: $thr, aigw_cpu_us_per_event: $cpuev}')"
 fi
 

@@ -11,7 +11,14 @@
  * consecutive events of one stream, over all streams), and the same gaps in
  * steady state only (steady_gaps, steady_gap_p50_ms / steady_gap_p99_ms):
  * those that began after the last stream got its first event, i.e. without
- * the ramp-up in which the server is still taking in the other streams. */
+ * the ramp-up in which the server is still taking in the other streams.
+ * Events that carry the mock's "x_mock_sent_us" stamp (its stamp_events
+ * setting: the CLOCK_MONOTONIC instant it produced the event) also give
+ * their one-way latency, production to arrival here (lat_samples,
+ * lat_p50_ms / lat_p99_ms / lat_max_ms, and steady_lat_* for the events
+ * that arrived after the last stream got its first): what the path between
+ * the model server and the client added to each token, without the gap's
+ * dependence on the events around it. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -42,6 +49,11 @@ struct stream {
 struct vec {
     double *v;
     size_t n, cap;
+};
+
+/* What the reads of every stream add up to. */
+struct samples {
+    struct vec gaps, gap_at, ttft, lat, lat_at;
 };
 
 /* aigw's own monotonic clock, in milliseconds */
@@ -80,11 +92,28 @@ pct(struct vec *v, double p)
     return v->v[(size_t)(p * (double)(v->n - 1) + 0.5)];
 }
 
+/* The one-way latency (ms) of the event whose data starts at p, from the
+ * mock's stamp; -1 when it has none (or the stamp is cut off by the read). */
+static double
+stamp_latency(const char *p, double now)
+{
+    static const char key[] = "{\"x_mock_sent_us\":";
+    char *end;
+    long long sent;
+
+    if (strncmp(p, key, sizeof(key) - 1) != 0)
+        return -1;
+    sent = strtoll(p + sizeof(key) - 1, &end, 10);
+    if (*end != ',' || sent <= 0)
+        return -1;
+    return now - (double)sent / 1000.0;
+}
+
 /* Count "data: " occurrences (one per event) in the bytes just read; the
  * tail of the previous read is prepended so a marker split across reads is
  * still seen once. Note [DONE] or a closing {"done":true event. */
 static void
-scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *gap_at, struct vec *ttft)
+scan(struct stream *s, const char *buf, size_t n, struct samples *sm)
 {
     size_t total = s->tail_len + n, keep;
     char *joined = malloc(total + 1);
@@ -96,14 +125,20 @@ scan(struct stream *s, const char *buf, size_t n, struct vec *gaps, struct vec *
     for (p = joined; (p = strstr(p, "data: ")) != NULL; p += 6) {
         double t = now_ms();
 
+        double lat;
+
         if ((size_t)(p + 6 - joined) <= s->tail_len) /* complete in the previous read: counted then */
             continue;
         if (s->events == 0) {
-            push(ttft, t - s->start_ms);
+            push(&sm->ttft, t - s->start_ms);
             s->first_ms = t;
         } else {
-            push(gaps, t - s->last_ms);
-            push(gap_at, s->last_ms);
+            push(&sm->gaps, t - s->last_ms);
+            push(&sm->gap_at, s->last_ms);
+        }
+        if ((lat = stamp_latency(p + 6, t)) >= 0) {
+            push(&sm->lat, lat);
+            push(&sm->lat_at, t);
         }
         s->last_ms = t;
         s->events++;
@@ -153,7 +188,8 @@ main(int argc, char **argv)
     const char *path = "/", *body = "{}", *headers[16];
     int port = 0, n = 100, nh = 0, timeout_s = 120, opt, ep, open_n = 0;
     struct stream *st;
-    struct vec gaps = {0}, gap_at = {0}, ttft = {0}, steady = {0};
+    struct samples sm = {0};
+    struct vec steady = {0}, steady_lat = {0};
     double all_started = 0;
     long completed = 0, errors = 0, events = 0;
     struct rlimit rl;
@@ -229,7 +265,7 @@ main(int argc, char **argv)
                     ssize_t r = read(s->fd, buf, sizeof(buf));
 
                     if (r > 0) {
-                        scan(s, buf, (size_t)r, &gaps, &gap_at, &ttft);
+                        scan(s, buf, (size_t)r, &sm);
                         continue;
                     }
                     if (r < 0 && (errno == EAGAIN || errno == EINTR))
@@ -257,18 +293,28 @@ main(int argc, char **argv)
     /* steady state: gaps that began once every stream had its first event
      * (the ramp-up, where the server is still accepting and connecting the
      * later streams, is left out); gap_at[i] is when gaps[i] began */
-    for (size_t i = 0; i < gaps.n; i++)
-        if (gap_at.v[i] >= all_started)
-            push(&steady, gaps.v[i]);
+    for (size_t i = 0; i < sm.gaps.n; i++)
+        if (sm.gap_at.v[i] >= all_started)
+            push(&steady, sm.gaps.v[i]);
+    for (size_t i = 0; i < sm.lat.n; i++)
+        if (sm.lat_at.v[i] >= all_started)
+            push(&steady_lat, sm.lat.v[i]);
     printf("{\"streams\": %d, \"completed\": %ld, \"errors\": %ld, \"events\": %ld, "
            "\"ttft_p50_ms\": %.3f, \"ttft_p99_ms\": %.3f, \"gap_p50_ms\": %.3f, \"gap_p99_ms\": %.3f, "
-           "\"gap_max_ms\": %.3f, \"steady_gaps\": %zu, \"steady_gap_p50_ms\": %.3f, \"steady_gap_p99_ms\": %.3f}\n",
-           n, completed, errors, events, pct(&ttft, 0.5), pct(&ttft, 0.99), pct(&gaps, 0.5), pct(&gaps, 0.99),
-           pct(&gaps, 1.0), steady.n, pct(&steady, 0.5), pct(&steady, 0.99));
+           "\"gap_max_ms\": %.3f, \"steady_gaps\": %zu, \"steady_gap_p50_ms\": %.3f, \"steady_gap_p99_ms\": %.3f, "
+           "\"lat_samples\": %zu, \"lat_p50_ms\": %.3f, \"lat_p99_ms\": %.3f, \"lat_max_ms\": %.3f, "
+           "\"steady_lat_samples\": %zu, \"steady_lat_p50_ms\": %.3f, \"steady_lat_p99_ms\": %.3f}\n",
+           n, completed, errors, events, pct(&sm.ttft, 0.5), pct(&sm.ttft, 0.99), pct(&sm.gaps, 0.5),
+           pct(&sm.gaps, 0.99), pct(&sm.gaps, 1.0), steady.n, pct(&steady, 0.5), pct(&steady, 0.99), sm.lat.n,
+           pct(&sm.lat, 0.5), pct(&sm.lat, 0.99), pct(&sm.lat, 1.0), steady_lat.n, pct(&steady_lat, 0.5),
+           pct(&steady_lat, 0.99));
     free(st);
-    free(gaps.v);
-    free(gap_at.v);
+    free(sm.gaps.v);
+    free(sm.gap_at.v);
+    free(sm.ttft.v);
+    free(sm.lat.v);
+    free(sm.lat_at.v);
     free(steady.v);
-    free(ttft.v);
+    free(steady_lat.v);
     return 0;
 }

@@ -71,6 +71,7 @@ struct config {
     long slots;
     bool queue;
     bool usage_in_finish_chunk; /* pre-2025 llama-server stream usage placement */
+    bool stamp_events;          /* bench: role/token chunks carry "x_mock_sent_us" */
     char model[256];
 };
 
@@ -106,7 +107,7 @@ struct req {
 
     /* generation parameters (fixed when admitted) */
     enum mode kind;
-    bool stream, include_usage, usage_in_finish;
+    bool stream, include_usage, usage_in_finish, stamp;
     long n_tokens, prompt_tokens, first_ms, lat_ms;
     const char *finish_reason;
     char id[48];
@@ -415,7 +416,7 @@ static bool is_loading_locked(void)
 
 static json_t *config_json_locked(void)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:s}",
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:s}",
                      "mode", mode_names[g_cfg.mode],
                      "fail_next", (json_int_t)g_cfg.fail_next,
                      "token_latency_ms", (json_int_t)g_cfg.token_latency_ms,
@@ -424,6 +425,7 @@ static json_t *config_json_locked(void)
                      "slots", (json_int_t)g_cfg.slots,
                      "queue", (int)g_cfg.queue,
                      "usage_in_finish_chunk", (int)g_cfg.usage_in_finish_chunk,
+                     "stamp_events", (int)g_cfg.stamp_events,
                      "model", g_cfg.model);
 }
 
@@ -515,6 +517,9 @@ static enum MHD_Result handle_config_post(struct req *r)
         } else if (strcmp(key, "usage_in_finish_chunk") == 0) {
             ok = json_is_boolean(v);
             c.usage_in_finish_chunk = json_is_true(v);
+        } else if (strcmp(key, "stamp_events") == 0) {
+            ok = json_is_boolean(v);
+            c.stamp_events = json_is_true(v);
         } else if (strcmp(key, "model") == 0) {
             ok = json_is_string(v) && json_string_length(v) > 0 &&
                  json_string_length(v) < sizeof c.model;
@@ -672,6 +677,20 @@ static void stream_setup(struct req *r)
     }
 }
 
+/* chunk with "x_mock_sent_us" (CLOCK_MONOTONIC, microseconds) as its first
+ * member: the bench's client, on the same machine, takes the event's
+ * one-way latency from it. Takes chunk; NULL on OOM. */
+static char *stamp_chunk(char *chunk, int64_t now_ns)
+{
+    char *out = NULL;
+    if (chunk != NULL && chunk[0] == '{' &&
+        asprintf(&out, "{\"x_mock_sent_us\":%lld,%s", (long long)(now_ns / 1000), chunk + 1) < 0) {
+        out = NULL;
+    }
+    free(chunk);
+    return out;
+}
+
 /* Produce the next SSE event into r->out.
  * 1: produced; 0: not due yet (*due set); -1: end of stream; -2: abort. */
 static int stream_produce(struct req *r, int64_t now, int64_t *due)
@@ -686,6 +705,9 @@ static int stream_produce(struct req *r, int64_t now, int64_t *due)
         }
         char *chunk = r->ev == 0 ? mu_render_chunk_role(&g) : mu_render_chunk_token(&g, r->ev);
         r->ev++;
+        if (r->stamp) {
+            chunk = stamp_chunk(chunk, now);
+        }
         return out_set(r, "data: ", chunk, "\n\n") ? 1 : -2;
     }
     if (r->step_i >= r->nsteps) {
@@ -878,6 +900,7 @@ static enum MHD_Result handle_chat(struct req *r)
     r->stream = pr.stream;
     r->include_usage = pr.include_usage;
     r->usage_in_finish = c.usage_in_finish_chunk;
+    r->stamp = c.stamp_events;
     r->n_tokens = c.tokens;
     r->finish_reason = "stop";
     if (pr.max_tokens > 0 && pr.max_tokens < c.tokens) {
@@ -1153,7 +1176,7 @@ static void usage(FILE *f)
         "  --help                this text\n"
         "\n"
         "Control API: POST /__mock/config {mode,fail_next,token_latency_ms,first_token_ms,\n"
-        "tokens,slots,queue,usage_in_finish_chunk,model}; GET /__mock/config;\n"
+        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,model}; GET /__mock/config;\n"
         "GET /__mock/stats; POST /__mock/reset.\n",
         f);
 }

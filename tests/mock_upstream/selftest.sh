@@ -253,6 +253,16 @@ if jq -e -s '.[-1].choices[0].finish_reason == "stop" and .[-1].usage.completion
     ok "usage_in_finish_chunk: usage + timings on the finish chunk"; else bad "usage_in_finish_chunk"; fi
 cfg '{"usage_in_finish_chunk":false}'
 
+cfg '{"stamp_events":true}'
+curl -sN --max-time 10 "$BASE/v1/chat/completions" -d "$CHAT_STREAM" >"$TMP/s4"
+sse_data "$TMP/s4" | grep -v '^\[DONE\]' >"$TMP/s4.json"
+if jq -e -s '(map(.x_mock_sent_us // empty) | length == 9 and . == sort and all(.[]; type == "number" and . > 0))
+        and (.[-1] | has("x_mock_sent_us") | not) and .[1].choices[0].delta.content != null' "$TMP/s4.json" >/dev/null; then
+    ok "stamp_events: role and token chunks carry x_mock_sent_us, in order"; else bad "stamp_events"; fi
+cfg '{"stamp_events":false}'
+curl -sN --max-time 10 "$BASE/v1/chat/completions" -d "$CHAT_STREAM" >"$TMP/s5"
+check "stamp_events off: no stamp" bash -c "! grep -q x_mock_sent_us '$TMP/s5'"
+
 # ---- keep-alive
 curl -sv --max-time 5 "$BASE/health" "$BASE/health" >/dev/null 2>"$TMP/ka"
 check "keep-alive connection reuse" grep -qi 're-using existing connection' "$TMP/ka"
