@@ -547,6 +547,71 @@ test_many_submitters(void)
     aigw_config_free(&cfg);
 }
 
+/* A flood of calls submitted at once: the engine takes them in slices,
+ * relaying between slices, and never sleeps while calls wait in its inbox;
+ * every call is started once and completes exactly once. */
+#define FLOOD_CALLS 1000
+
+static void
+test_flood(void)
+{
+    static struct pending p[FLOOD_CALLS];
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    long long before;
+    int ok = 0, once = 0;
+
+    reset_mocks();
+    before = tl_mock_stat(mock1, "chat_requests");
+    cfg_init(&cfg);
+    cfg.queue_size = FLOOD_CALLS;
+    add_backend(&cfg, "mock1", mock1, 64);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < FLOOD_CALLS; i++)
+        submit(up, &p[i]);
+    CHECK(wait_all(p, FLOOD_CALLS, 60000), "flood: all %d done within 60 s", FLOOD_CALLS);
+    pthread_mutex_lock(&mu);
+    for (int i = 0; i < FLOOD_CALLS; i++) {
+        once += p[i].ndone == 1;
+        ok += p[i].ndone == 1 && res(&p[i])->status == 200;
+    }
+    pthread_mutex_unlock(&mu);
+    CHECK(once == FLOOD_CALLS && ok == FLOOD_CALLS, "flood: done once for %d, 200 for %d of %d", once, ok,
+          FLOOD_CALLS);
+    CHECK(tl_mock_stat(mock1, "chat_requests") - before == FLOOD_CALLS, "flood: the backend got each call once (%lld)",
+          tl_mock_stat(mock1, "chat_requests") - before);
+    CHECK(aigw_upstream_in_flight(up) == 0 && aigw_upstream_queued(up) == 0, "flood: gauges back to 0");
+    free_all(p, FLOOD_CALLS);
+
+    /* a silent backend (the first token 1.5 s away): no socket wakes the
+     * engine, yet the whole flood is taken in at once, 64 calls at the
+     * model and the rest in the queue (an engine that slept between slices
+     * would need half a second per slice) */
+    tl_mock_config(mock1, "{\"first_token_ms\":1500,\"slots\":100}");
+    for (int i = 0; i < FLOOD_CALLS; i++)
+        submit(up, &p[i]);
+    {
+        int64_t end = aigw_now_ms() + 5000;
+
+        while (aigw_upstream_in_flight(up) + aigw_upstream_queued(up) < FLOOD_CALLS && aigw_now_ms() < end)
+            sleep_ms(10);
+    }
+    CHECK(aigw_upstream_in_flight(up) == 64 && aigw_upstream_queued(up) == FLOOD_CALLS - 64,
+          "flood, silent backend: all taken in within 5 s (%zu at the model, %zu queued)", aigw_upstream_in_flight(up),
+          aigw_upstream_queued(up));
+    aigw_upstream_stop(up); /* fails what is left: 503 shutting down */
+    CHECK(wait_all(p, FLOOD_CALLS, 10000), "flood, silent backend: every call done at stop");
+    free_all(p, FLOOD_CALLS);
+    aigw_config_free(&cfg);
+    {
+        int64_t end = aigw_now_ms() + 10000; /* the mock's abandoned calls end at their first token */
+
+        while (tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end)
+            sleep_ms(50);
+    }
+    reset_mocks();
+}
+
 /* Two backends in one group share the load. */
 static void
 test_spread(void)
@@ -1146,6 +1211,7 @@ main(void)
     test_backend_closes_idle();
     test_slots();
     test_many_submitters();
+    test_flood();
     test_spread();
     test_queue_full();
     test_queue_timeout();
