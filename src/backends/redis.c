@@ -241,7 +241,7 @@ resp_format(int argc, const char **argv, const size_t *lens, char *buf, size_t c
 
     for (int i = 0; i < argc; i++)
         need += 1 + 20 + 2 + lens[i] + 2;
-    o = need <= cap ? buf : aigw_xmalloc(need);
+    o = buf != NULL && need <= cap ? buf : aigw_xmalloc(need);
     o[pos++] = '*';
     pos += aigw_fmt_int(o + pos, argc);
     o[pos++] = '\r';
