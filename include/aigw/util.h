@@ -35,6 +35,11 @@ void aigw_deadline_ms(struct timespec *ts, int64_t ms);
 void aigw_sha256(const void *buf, size_t len, unsigned char out[32]);
 /* Lower-case hex of n bytes into out (2n+1 bytes incl. NUL). */
 void aigw_hex(const unsigned char *in, size_t n, char *out);
+/* Length (1..4) of the valid UTF-8 sequence at p, reading at most avail
+ * bytes; 0 when it is not one (RFC 3629: no overlong form, no surrogate,
+ * nothing past U+10FFFF). A NUL ends a sequence, so a NUL-terminated string
+ * may pass 4. */
+size_t aigw_utf8_seq(const unsigned char *p, size_t avail);
 /* The value of hex digit ch (either case), or -1. */
 int aigw_hexval(char ch);
 /* The JSON string escape at p (just after its backslash; p..end) decoded

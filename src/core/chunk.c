@@ -20,6 +20,7 @@
 enum role {
     R_SKIP,                /* validated only */
     R_ROOT,                /* the top-level object */
+    R_ERROR,               /* root.error: its presence is what counts */
     R_CHOICES,             /* root.choices */
     R_CHOICE0,             /* root.choices[0] */
     R_DELTA,               /* root.choices[0].delta */
@@ -48,42 +49,6 @@ skip_ws(struct scan *s)
         s->p++;
 }
 
-/* Length of the valid UTF-8 sequence at p (2..4), or 0: jansson's
- * utf8_check_first + utf8_check_full (no overlong forms, no surrogates,
- * nothing above U+10FFFF). */
-static size_t
-utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char u = p[0];
-    size_t n;
-    uint32_t v;
-
-    if (u >= 0xC2 && u <= 0xDF) {
-        n = 2;
-        v = u & 0x1Fu;
-    } else if (u >= 0xE0 && u <= 0xEF) {
-        n = 3;
-        v = u & 0x0Fu;
-    } else if (u >= 0xF0 && u <= 0xF4) {
-        n = 4;
-        v = u & 0x07u;
-    } else {
-        return 0;
-    }
-    if ((size_t)(end - p) < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if (p[i] < 0x80 || p[i] > 0xBF)
-            return 0;
-        v = v << 6 | (p[i] & 0x3Fu);
-    }
-    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
-        return 0;
-    if ((n == 3 && v < 0x800) || (n == 4 && v < 0x10000))
-        return 0;
-    return n;
-}
-
 /* The string at s->p (its opening quote): validated, its span in *out. */
 static int
 string(struct scan *s, struct aigw_chunk_str *out)
@@ -104,7 +69,7 @@ string(struct scan *s, struct aigw_chunk_str *out)
         if (c < 0x20)
             return -1; /* a control character, NUL included */
         if (c >= 0x80) {
-            size_t n = utf8_len(p, end);
+            size_t n = aigw_utf8_seq(p, (size_t)(end - p));
 
             if (n == 0)
                 return -1;
@@ -230,78 +195,80 @@ key_is(const struct aigw_chunk_str *key, const char *word)
     return aigw_chunk_decode(key, buf) == n && memcmp(buf, word, n) == 0;
 }
 
-/* The role of the member named key in an object of role obj. A key that
- * comes again replaces what its earlier value gave (the last one counts). */
+/* The members read, by the role of the object they are in. */
+static const struct {
+    enum role in;
+    const char *key;
+    enum role role;
+} members[] = {
+    {R_ROOT, "error", R_ERROR},
+    {R_ROOT, "model", R_MODEL},
+    {R_ROOT, "choices", R_CHOICES},
+    {R_ROOT, "usage", R_USAGE},
+    {R_ROOT, "timings", R_TIMINGS},
+    {R_CHOICE0, "delta", R_DELTA},
+    {R_CHOICE0, "finish_reason", R_FINISH},
+    {R_DELTA, "content", R_CONTENT},
+    {R_USAGE, "prompt_tokens", R_PROMPT_TOKENS},
+    {R_USAGE, "completion_tokens", R_COMPLETION_TOKENS},
+    {R_TIMINGS, "prompt_n", R_PROMPT_N},
+    {R_TIMINGS, "predicted_n", R_PREDICTED_N},
+};
+
+static struct aigw_chunk_str *string_slot(struct aigw_chunk *out, enum role r);
+static long *count_slot(struct aigw_chunk *out, enum role r);
+
+/* A member of role r begins. Its value replaces whatever an earlier member
+ * of the same name gave (jansson keeps the last of a repeated key), so
+ * everything read from under it is cleared first. */
+static void
+member_begins(struct aigw_chunk *out, enum role r)
+{
+    static const struct aigw_chunk_str none;
+    struct aigw_chunk_str *str = string_slot(out, r);
+    long *count = count_slot(out, r);
+
+    if (str != NULL)
+        *str = none;
+    if (count != NULL)
+        *count = 0;
+    switch (r) {
+    case R_ERROR:
+        out->error = true;
+        break;
+    case R_CHOICES:
+        out->content = out->finish_reason = none;
+        out->choices_empty = false;
+        break;
+    case R_DELTA:
+        out->content = none;
+        break;
+    case R_USAGE:
+        out->usage = false;
+        out->prompt_tokens = out->completion_tokens = 0;
+        break;
+    case R_TIMINGS:
+        out->timings = false;
+        out->prompt_n = out->predicted_n = 0;
+        break;
+    default:
+        break;
+    }
+}
+
+/* The role of the member named key in an object of role obj. */
 static enum role
 member(struct aigw_chunk *out, enum role obj, const struct aigw_chunk_str *key)
 {
-    static const struct aigw_chunk_str none;
-
-    switch (obj) {
-    case R_ROOT:
-        if (key_is(key, "error")) {
-            out->error = true;
-            return R_SKIP;
-        }
-        if (key_is(key, "model")) {
-            out->model = none;
-            return R_MODEL;
-        }
-        if (key_is(key, "choices")) {
-            out->content = out->finish_reason = none;
-            out->choices_empty = false;
-            return R_CHOICES;
-        }
-        if (key_is(key, "usage")) {
-            out->usage = false;
-            out->prompt_tokens = out->completion_tokens = 0;
-            return R_USAGE;
-        }
-        if (key_is(key, "timings")) {
-            out->timings = false;
-            out->prompt_n = out->predicted_n = 0;
-            return R_TIMINGS;
-        }
+    if (obj == R_SKIP)
         return R_SKIP;
-    case R_CHOICE0:
-        if (key_is(key, "delta")) {
-            out->content = none;
-            return R_DELTA;
+    for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
+        if (members[i].in == obj && key_is(key, members[i].key)) {
+            member_begins(out, members[i].role);
+            return members[i].role;
         }
-        if (key_is(key, "finish_reason")) {
-            out->finish_reason = none;
-            return R_FINISH;
-        }
-        return R_SKIP;
-    case R_DELTA:
-        if (key_is(key, "content")) {
-            out->content = none;
-            return R_CONTENT;
-        }
-        return R_SKIP;
-    case R_USAGE:
-        if (key_is(key, "prompt_tokens")) {
-            out->prompt_tokens = 0;
-            return R_PROMPT_TOKENS;
-        }
-        if (key_is(key, "completion_tokens")) {
-            out->completion_tokens = 0;
-            return R_COMPLETION_TOKENS;
-        }
-        return R_SKIP;
-    case R_TIMINGS:
-        if (key_is(key, "prompt_n")) {
-            out->prompt_n = 0;
-            return R_PROMPT_N;
-        }
-        if (key_is(key, "predicted_n")) {
-            out->predicted_n = 0;
-            return R_PREDICTED_N;
-        }
-        return R_SKIP;
-    default:
-        return R_SKIP;
     }
+    return R_SKIP;
 }
 
 /* After a member or element: 1 at a comma (skipped, with the whitespace

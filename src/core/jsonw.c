@@ -88,38 +88,6 @@ aigw_jsonw_obj_close(struct aigw_jsonw *w)
     w->need_comma = true;
 }
 
-/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
-static size_t
-utf8_seq(const unsigned char *p)
-{
-    size_t n;
-    unsigned cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if ((p[0] & 0xE0) == 0xC0) {
-        n = 2;
-        cp = p[0] & 0x1F;
-    } else if ((p[0] & 0xF0) == 0xE0) {
-        n = 3;
-        cp = p[0] & 0x0F;
-    } else if ((p[0] & 0xF8) == 0xF0) {
-        n = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3F);
-    }
-    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return n;
-}
-
 /* Printable ASCII other than '"' and '\\': copied as it is. */
 static bool
 plain(unsigned char c)
@@ -184,7 +152,7 @@ escaped(struct aigw_jsonw *w, const char *s)
             snprintf(e, sizeof(e), "\\u%04x", *p);
             aigw_jsonw_append(w, e, 6);
             p++;
-        } else if ((n = utf8_seq(p)) > 0) {
+        } else if ((n = aigw_utf8_seq(p, 4)) > 0) { /* a NUL ends a sequence: no read past the string */
             aigw_jsonw_append(w, (const char *)p, n);
             p += n;
         } else {

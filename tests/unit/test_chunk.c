@@ -234,6 +234,7 @@ static const char *const corpus[] = {
     "{\"choices\":[[1],{\"delta\":{\"content\":\"second\"}}],\"model\":null}",
     "{\"choices\":[{\"delta\":[{\"content\":\"in array\"}],\"finish_reason\":[\"stop\"]}]}",
     " \t\r\n{ \"choices\" : [ { \"delta\" : { \"content\" : \"\" } } ] , \"a\":true,\"b\":false,\"c\":null } \n",
+    "{\"choices\":[],\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1}}",
     "{\"choices\":[{\"delta\":{\"content\":\"nested\",\"x\":{\"y\":[{\"z\":[[[]]]}]}}}],\"error\":null}",
     "{}",
 };
