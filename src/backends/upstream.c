@@ -476,12 +476,13 @@ event_payload(const char *ev, size_t len, bool *is_error, size_t *out_len, char 
                 first = val;
                 first_len = vl;
             } else {
-                if (out == NULL) {
-                    out = aigw_xmalloc(first_len + 1);
+                if (out == NULL) { /* a second data: line: from here on the lines are joined in a copy */
+                    out = aigw_xmalloc(first_len + vl + 2);
                     memcpy(out, first, first_len);
                     n = first_len;
+                } else {
+                    out = aigw_xrealloc(out, n + vl + 2);
                 }
-                out = aigw_xrealloc(out, n + vl + 2);
                 out[n++] = '\n';
                 memcpy(out + n, val, vl);
                 n += vl;

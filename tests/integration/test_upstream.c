@@ -275,6 +275,7 @@ struct closer {
     int accepted;
     atomic_bool stop;
     atomic_bool close_each;  /* answer with Connection: close and close */
+    const char *sse;         /* set: answer every request with this event stream, then close */
 };
 
 static const char CLOSER_ANSWER[] =
@@ -339,6 +340,15 @@ closer_run(void *arg)
         while (closer_read_request(fd)) {
             const char *h = atomic_load(&c->close_each) ? head_close : head;
 
+            if (c->sse != NULL) {
+                static const char sse_head[] =
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+
+                if (write(fd, sse_head, strlen(sse_head)) >= 0 && write(fd, c->sse, strlen(c->sse)) >= 0)
+                    shutdown(fd, SHUT_WR);
+                break;
+            }
+
             if (write(fd, h, strlen(h)) < 0 || write(fd, CLOSER_ANSWER, strlen(CLOSER_ANSWER)) < 0
                 || atomic_load(&c->close_each))
                 break;
@@ -351,14 +361,17 @@ closer_run(void *arg)
     return NULL;
 }
 
+/* sse: NULL for chat completions on kept-alive connections, else the
+ * event stream every request gets. */
 static void
-closer_start(struct closer *c)
+closer_start(struct closer *c, const char *sse)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof(a);
 
     memset(c, 0, sizeof(*c));
     c->conn = -1;
+    c->sse = sse;
     pthread_mutex_init(&c->lock, NULL);
     c->lfd = socket(AF_INET, SOCK_STREAM, 0);
     if (c->lfd < 0 || bind(c->lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(c->lfd, 16) != 0
@@ -405,7 +418,7 @@ test_backend_closes_idle(void)
     double worst = 0;
     int ok = 0, rounds = 12;
 
-    closer_start(&srv);
+    closer_start(&srv, NULL);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
     cfg_init(&cfg);
     add_backend(&cfg, "closer", url, 1);
@@ -545,6 +558,58 @@ test_many_submitters(void)
     free_all(p, MT_THREADS * MT_CALLS);
     aigw_upstream_stop(up);
     aigw_config_free(&cfg);
+}
+
+/* Stream consumer of test_sse_data_lines: the result carries what it needs. */
+static bool
+ignore_event(struct aigw_upstream_call *call, const struct aigw_upstream_event *ev, void *ud)
+{
+    (void)call;
+    (void)ev;
+    (void)ud;
+    return false;
+}
+
+/* An event whose JSON comes in several data: lines is read as the lines
+ * joined with newlines (SSE), and a comment line is no event at all. */
+static void
+test_sse_data_lines(void)
+{
+    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct aigw_upstream_opts o;
+    struct pending p;
+    struct closer srv;
+    char url[64];
+
+    closer_start(&srv, ": keep-alive comment\n\n"
+              "data: {\"choices\":[{\"delta\":{\"content\":\"one \"}}],\"model\":\"m\"}\n\n"
+              "data: {\"choices\":[{\"delta\":\n"
+              "data: {\"content\":\"two\"}}],\n"
+              "data: \"model\":\"m\"}\n\n"
+              "data: [DONE]\n\n");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
+    cfg_init(&cfg);
+    add_backend(&cfg, "sse", url, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    memset(&p, 0, sizeof(p));
+    memset(&o, 0, sizeof(o));
+    o.body = body;
+    o.len = strlen(body);
+    o.on_event = ignore_event;
+    o.done = on_done;
+    o.ud = &p;
+    p.call = aigw_upstream_submit_opts(up, &o);
+    CHECK(wait_all(&p, 1, 5000), "data lines: the stream ends");
+    CHECK(res(&p)->status == 200 && res(&p)->content != NULL && strcmp(res(&p)->content, "one two") == 0,
+          "data lines: the three-line event's delta is read (%d, %s)", res(&p)->status,
+          res(&p)->content != NULL ? res(&p)->content : "(null)");
+    CHECK(res(&p)->chunks == 2, "data lines: two content events, the comment is none (%ld)", res(&p)->chunks);
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    closer_stop(&srv);
 }
 
 /* A flood of calls submitted at once: the engine takes them in slices,
@@ -1212,6 +1277,7 @@ main(void)
     test_slots();
     test_many_submitters();
     test_flood();
+    test_sse_data_lines();
     test_spread();
     test_queue_full();
     test_queue_timeout();
