@@ -8,10 +8,40 @@
 #include "aigw/http.h"
 #include "aigw/log.h"
 #include "aigw/pg.h"
+#include "aigw/util.h"
 
 static const char INSERT_SQL[] =
     "INSERT INTO audit_logs (tenant_id, actor, actor_role, action, target, ip, user_agent, request_id, details) "
     "VALUES ($1::uuid, $2, NULLIF($3, ''), $4, $5, NULLIF($6, ''), $7, $8, COALESCE($9::jsonb, '{}'))";
+
+/* The client's User-Agent as text PostgreSQL takes: at most cap - 1 bytes,
+ * cut between characters, and every byte that is not part of a valid UTF-8
+ * sequence (a Latin-1 header, say) replaced by '?'. PostgreSQL refuses
+ * invalid UTF-8 in a text parameter, and that would fail the audit insert
+ * and with it the change it records. */
+static const char *
+ua_text(const char *ua, char *out, size_t cap)
+{
+    const unsigned char *p = (const unsigned char *)ua, *end = p + strlen(ua);
+    size_t o = 0;
+
+    while (p < end) {
+        size_t n = *p < 0x80 ? 1 : aigw_utf8_seq(p, (size_t)(end - p));
+
+        if (o + (n > 0 ? n : 1) >= cap)
+            break;
+        if (n == 0) {
+            out[o++] = '?';
+            p++;
+            continue;
+        }
+        memcpy(out + o, p, n);
+        o += n;
+        p += n;
+    }
+    out[o] = '\0';
+    return out;
+}
 
 int
 aigw_audit_insert(PGconn *conn, struct aigw_req *req, const struct aigw_audit_entry *e)
@@ -26,17 +56,8 @@ aigw_audit_insert(PGconn *conn, struct aigw_req *req, const struct aigw_audit_en
     /* the platform operator's staff share no user namespace with a clinic's */
     snprintf(actor, sizeof(actor), "%s%s", req->claims.platform_key ? "platform:" : "", sub);
     aigw_req_client_ip(req, ip, sizeof(ip));
-    if (ua != NULL) { /* bounded, and cut at a UTF-8 boundary so the text stays valid */
-        size_t n = strlen(ua);
-
-        if (n >= sizeof(ua_cut))
-            n = sizeof(ua_cut) - 1;
-        while (n > 0 && n < strlen(ua) && ((unsigned char)ua[n] & 0xC0) == 0x80)
-            n--;
-        memcpy(ua_cut, ua, n);
-        ua_cut[n] = '\0';
-        ua = ua_cut;
-    }
+    if (ua != NULL)
+        ua = ua_text(ua, ua_cut, sizeof(ua_cut));
     params[0] = e->tenant_id;
     params[1] = actor;
     params[2] = req->claims.role;

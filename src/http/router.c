@@ -1,10 +1,12 @@
 /* router.c - the route table: method + path -> stage chain. const after start. */
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "aigw/api.h"
 #include "aigw/http.h"
 #include "aigw/stages.h"
+#include "aigw/util.h"
 
 #define CLINIC_GET(handler) {aigw_stage_authenticate, aigw_stage_tenant, handler, NULL}
 #define CLINIC_POST(handler) \
@@ -70,8 +72,17 @@ path_match(struct aigw_pool *pool, const char *pattern, const char *path, const 
 
             if (n == 0 || np == AIGW_MAX_PARAMS)
                 return 0;
-            if (params != NULL)
-                params[np] = aigw_pool_strndup(pool, path, n);
+            if (params != NULL) {
+                char *seg = aigw_pool_strndup(pool, path, n);
+
+                /* UUIDs are case-insensitive; lower case is the form
+                 * PostgreSQL prints, and the one every Redis key, cache
+                 * entry and audit row is built from */
+                if (aigw_is_uuid(seg, n))
+                    for (char *c = seg; *c != '\0'; c++)
+                        *c = (char)tolower((unsigned char)*c);
+                params[np] = seg;
+            }
             np++;
             path += n;
             pattern += 2;

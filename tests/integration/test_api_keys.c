@@ -1,6 +1,7 @@
 /* test_api_keys.c - end to end: creating, listing, using and revoking API
  * keys through two aigw instances; scopes, plans, per-key rate limits,
  * expiry, last_used_at batching, audit rows, and no key in any log */
+#include <ctype.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -447,6 +448,39 @@ test_revocation(void)
     free(other_admin);
 }
 
+/* A UUID is case-insensitive: revoking by the id in upper case must set the
+ * same marker, audit the same target and empty the same cache entry as the
+ * id in lower case (it set a marker under the upper-case id, which no
+ * admission ever looks up, so the key kept working on every instance that
+ * had not had the NOTIFY yet). */
+static void
+test_revocation_upper_case_id(void)
+{
+    char tid[37], code[65], key[128], id[37], upper[37], path[128], marker[160];
+    char *admin = new_tenant("enterprise", tid, code);
+    struct tl_resp r;
+
+    CHECK(create_key(port1, admin, "{\"name\":\"revoked in capitals\"}", key, id) == 201, "create");
+    expect_use("before revoke, instance 2", port2, key, NULL, 200, NULL);
+    for (size_t i = 0; i < sizeof(upper); i++)
+        upper[i] = (char)toupper((unsigned char)id[i]);
+    CHECK(strcmp(upper, id) != 0, "the id has letters: %s", id);
+    snprintf(path, sizeof(path), "/api/v1/api-keys/%s", upper);
+    tl_delete(port1, path, admin, &r);
+    tl_expect("revoke by the upper-case id", &r, 204, NULL);
+    tl_resp_free(&r);
+    snprintf(marker, sizeof(marker), "aigw:{%s}:kr:%s", tid, id);
+    CHECK(tl_redis_int("EXISTS %s", marker) == 1, "the marker is under the id as the database prints it");
+    snprintf(marker, sizeof(marker), "aigw:{%s}:kr:%s", tid, upper);
+    CHECK(tl_redis_int("EXISTS %s", marker) == 0, "no marker under the upper-case spelling");
+    expect_use("next query on instance 2", port2, key, NULL, 401, "unauthenticated");
+    expect_use("next query on instance 1", port1, key, "/api/ai/limits", 401, "unauthenticated");
+    CHECK(sql1("SELECT count(*) FROM audit_logs WHERE action = 'api_key.revoke' AND target = $1 AND tenant_id = $2",
+               id, tid) == 1,
+          "the audit row names the key as the database does");
+    free(admin);
+}
+
 static void
 test_expiry(void)
 {
@@ -654,6 +688,7 @@ main(void)
     test_scopes();
     test_key_rate_limit();
     test_revocation();
+    test_revocation_upper_case_id();
     test_expiry();
     test_plan();
     test_bad_input();

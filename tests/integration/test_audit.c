@@ -93,6 +93,55 @@ test_cache_invalidate(const char *a, const char *acode)
     free(optician);
 }
 
+/* A User-Agent that is not UTF-8 (Latin-1 here) or too long must not fail
+ * the audited change: it is stored with '?' for each invalid byte, cut to
+ * at most 255 bytes between characters (PostgreSQL refused the whole insert, and
+ * the change was rolled back with a 500). */
+static void
+test_odd_user_agent(const char *a, const char *acode)
+{
+    char *admin = tl_token(acode, "admin", 600), rid[64], hdr[128], ua[400];
+    const char *extra[3] = {hdr, NULL, NULL};
+    const char *p[2] = {a, rid};
+    struct tl_resp r;
+    long long gen = generation(a);
+    PGresult *q;
+
+    snprintf(rid, sizeof(rid), "aud-l1-%08x", (unsigned)rand());
+    snprintf(hdr, sizeof(hdr), "X-Request-Id: %s", rid);
+    extra[1] = "User-Agent: M\xfcller-App/1.0 \xc3(\xe9)";
+    tl_send(port, "POST", "/api/ai/cache/invalidate", admin, NULL, extra, &r);
+    tl_expect_field("a Latin-1 user agent", &r, 200, NULL, NULL);
+    tl_resp_free(&r);
+    CHECK(generation(a) == gen + 1, "the invalidation happened");
+    q = tl_sql(owner, true, "SELECT user_agent FROM audit_logs WHERE tenant_id = $1 AND request_id = $2", 2, p);
+    CHECK(PQntuples(q) == 1 && strcmp(PQgetvalue(q, 0, 0), "M?ller-App/1.0 ?(?)") == 0,
+          "stored with the invalid bytes replaced: '%s'", PQntuples(q) == 1 ? PQgetvalue(q, 0, 0) : "(no row)");
+    PQclear(q);
+
+    snprintf(rid, sizeof(rid), "aud-long-%08x", (unsigned)rand());
+    snprintf(hdr, sizeof(hdr), "X-Request-Id: %s", rid);
+    {
+        int n = snprintf(ua, sizeof(ua), "User-Agent: ");
+
+        while (n + 3 < (int)sizeof(ua))
+            n += snprintf(ua + n, sizeof(ua) - (size_t)n, "\xc3\xa9"); /* é: 255 bytes would split one */
+    }
+    extra[1] = ua;
+    tl_send(port, "POST", "/api/ai/cache/invalidate", admin, NULL, extra, &r);
+    tl_expect_field("a long user agent", &r, 200, NULL, NULL);
+    tl_resp_free(&r);
+    q = tl_sql(owner, true,
+               "SELECT octet_length(user_agent), left(user_agent, 3) FROM audit_logs"
+               " WHERE tenant_id = $1 AND request_id = $2", 2, p);
+    CHECK(PQntuples(q) == 1 && strcmp(PQgetvalue(q, 0, 0), "254") == 0 &&
+              strcmp(PQgetvalue(q, 0, 1), "\xc3\xa9\xc3\xa9\xc3\xa9") == 0,
+          "cut to 254 bytes, not through the 128th character: %s", PQntuples(q) == 1 ? PQgetvalue(q, 0, 0) : "(no row)");
+    PQclear(q);
+    CHECK(generation(a) == gen + 2, "both invalidations happened");
+    free(admin);
+}
+
 struct trail {
     const char *tid;
     long seen, last, first;
@@ -336,6 +385,7 @@ main(void)
     tl_create_tenant(owner, "pro", "active", b, bcode);
 
     test_cache_invalidate(a, acode);
+    test_odd_user_agent(a, acode);
     test_listing(a, acode, b, bcode);
     test_platform_change_visible(a, acode);
     test_atomicity(a, acode);
