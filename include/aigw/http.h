@@ -40,6 +40,7 @@ struct aigw_route {
     bool openai;                           /* errors in the OpenAI shape {"error":{"message","type","param","code"}} */
     const char *scope;                     /* API key scope the route needs ("query", "chat");
                                             * NULL: JWT only, API keys get 403 */
+    bool ops;                              /* /healthz, /readyz, /metrics: still answered while draining */
 };
 
 struct aigw_hdr {
@@ -63,6 +64,7 @@ struct aigw_req {
     char *body;
     size_t body_len, body_cap;
     bool body_too_large;
+    size_t body_over;                  /* bytes received since body_too_large (dropped) */
     json_t *json;                      /* parsed body (owned via pool cleanup) */
 
     /* query path state (NULL on other routes) */

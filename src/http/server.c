@@ -279,7 +279,42 @@ is_json_type(const char *ct)
     return strncasecmp(ct, "application/json", n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
 }
 
-/* Checks that need only the headers: route, content type, declared length. */
+/* The first body buffer's largest size (see on_headers). */
+#define BODY_FIRST_MAX 8192
+/* How much of a body past http.max_body_bytes is read (and dropped) while
+ * waiting for its end to answer 413 (see handle). */
+#define BODY_DISCARD_MAX (1024 * 1024)
+
+static enum MHD_Result
+add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value,
+                 size_t value_len)
+{
+    size_t *n = cls;
+
+    (void)kind;
+    (void)key;
+    (void)value;
+    *n += key_len + value_len + 4; /* "name: value\r\n" */
+    return MHD_YES;
+}
+
+/* The request line and header lines as sent, give or take the query
+ * string's escapes. libmicrohttpd's per-connection pool is larger than
+ * http.max_header_bytes (it also holds the parsed headers and the reply's
+ * header block: headers that just fit it left no room to answer), so the
+ * limit itself is checked here. */
+static size_t
+header_bytes(struct aigw_req *req)
+{
+    size_t n = strlen(req->method) + strlen(req->url) + 11; /* " HTTP/1.1\r\n" */
+
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, add_header_bytes, &n);
+    MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, add_header_bytes, &n);
+    return n;
+}
+
+/* Checks that need only the headers: route, header size, content type,
+ * declared length. */
 static enum MHD_Result
 on_headers(struct aigw_req *req)
 {
@@ -297,7 +332,12 @@ on_headers(struct aigw_req *req)
         }
         return queue(req);
     }
-    if (atomic_load(&req->srv->stopping) && strncmp(req->route->path, "/api/", 5) == 0) {
+    if (header_bytes(req) > req->srv->cfg.max_header_bytes) {
+        aigw_req_fail(req, 431, "headers_too_large", "request line and headers are over %zu bytes",
+                      req->srv->cfg.max_header_bytes);
+        return queue(req);
+    }
+    if (atomic_load(&req->srv->stopping) && !req->route->ops) {
         /* draining: only the ops routes (/healthz, /readyz, /metrics) still answer */
         aigw_req_add_header(req, "Retry-After", "1");
         aigw_req_fail(req, 503, "service_unavailable", "shutting down, retry on another instance");
@@ -321,11 +361,14 @@ on_headers(struct aigw_req *req)
             return queue(req);
         }
         if (cl_ok && len > 0) {
-            /* exactly the declared size: the buffer lives in the pool as long
-             * as the request, through the whole model call, so a 100-byte
-             * question should not hold 1 KiB (a chunked body starts at 1 KiB
-             * and doubles in on_upload) */
-            req->body_cap = (size_t)len + 1;
+            /* exactly the declared size, up to BODY_FIRST_MAX: the buffer
+             * lives in the pool as long as the request, through the whole
+             * model call, so a 100-byte question should not hold 1 KiB (a
+             * chunked body starts at 1 KiB and doubles in on_upload). A
+             * larger declared body doubles in on_upload as it arrives:
+             * memory follows the bytes received, not a length a client
+             * merely claims before it has even authenticated. */
+            req->body_cap = (size_t)len + 1 < BODY_FIRST_MAX ? (size_t)len + 1 : BODY_FIRST_MAX;
             req->body = aigw_pool_alloc(req->pool, req->body_cap);
         }
     }
@@ -391,6 +434,15 @@ handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, co
     }
     if (*upload_data_size > 0) {
         on_upload(req, upload_data, *upload_data_size);
+        if (req->body_too_large && (req->body_over += *upload_data_size) > BODY_DISCARD_MAX) {
+            /* a chunked body over the limit that keeps coming: libmicrohttpd
+             * 0.9.75 takes no answer in the middle of a body, so the 413
+             * waits for its end; past this much more, the connection is
+             * closed instead of read on (maybe forever) */
+            aigw_log(LOG_INFO, "http: request %s: body over %zu bytes kept coming; connection closed",
+                     req->request_id, srv->cfg.max_body_bytes);
+            return MHD_NO;
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -614,6 +666,12 @@ fail:
     return -1;
 }
 
+/* Room in libmicrohttpd's per-connection pool beyond http.max_header_bytes:
+ * the parsed header records (~56 bytes each) and the reply's status line
+ * and headers. Requests over the limit get aigw's 431 (header_bytes); only
+ * headers too large or too many even for this room get libmicrohttpd's. */
+#define HEADER_POOL_RESERVE 2048
+
 int
 aigw_http_start(struct aigw_server *srv)
 {
@@ -667,7 +725,7 @@ aigw_http_start(struct aigw_server *srv)
         MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)cfg->max_connections_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes, MHD_OPTION_NOTIFY_COMPLETED, completed_cb,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes + HEADER_POOL_RESERVE, MHD_OPTION_NOTIFY_COMPLETED, completed_cb,
         srv, MHD_OPTION_NOTIFY_CONNECTION, conn_notify, a, MHD_OPTION_END);
     if (srv->mhd == NULL) {
         aigw_log(LOG_ERR, "http: cannot start the HTTP workers");

@@ -1,7 +1,12 @@
 /* test_http.c - HTTP bad input, routing, request ids, ops routes, cache invalidation */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "testlib.h"
@@ -45,6 +50,167 @@ post_raw(const char *name, const char *ctype, const char *body, size_t len, long
     expect_error(name, &r, status, code);
     CHECK(generation() == before, "%s: cache generation unchanged", name);
     tl_resp_free(&r);
+}
+
+/* A raw TCP connection to aigw (fd or -1). */
+static int
+raw_connect(int to_port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)to_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Headers near http.max_header_bytes: every request gets an answer, the
+ * route's own or 431 headers_too_large, never a closed connection.
+ * libmicrohttpd's per-connection pool also holds the parsed headers and
+ * the reply's header block, so when it was exactly max_header_bytes,
+ * headers a little under it were processed, billed and cached, and then
+ * the reply could not be built. */
+static void
+test_header_limit(void)
+{
+    static char big[9100];
+    char auth[4096], code[64];
+    const char *h[4] = {auth, "Content-Type: application/json", big, NULL};
+    static const char q[] = "{\"question\":\"How do I clean anti-reflective lenses?\"}";
+    int silent = 0, wrong = 0, reordered = 0, answered[2] = {0, 0}, refused[2] = {0, 0};
+    struct tl_resp r;
+    PGconn *owner = tl_pg_owner();
+    char tid[37], tcode[65], *tok;
+
+    tl_create_tenant(owner, "enterprise", "active", tid, tcode); /* its own rate limit */
+    tok = tl_token(tcode, "admin", 600);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", tok);
+    free(tok);
+    for (int n = 6600; n <= 9000; n += 40) {
+        memcpy(big, "X-Big: ", 7);
+        memset(big + 7, 'a', (size_t)n);
+        big[7 + n] = '\0';
+        for (int route = 0; route < 2; route++) {
+            if (route == 0)
+                tl_http(port, "POST", "/api/ai/query", h, q, sizeof(q) - 1, &r);
+            else
+                tl_http(port, "GET", "/api/ai/limits", h, NULL, 0, &r);
+            if (r.status == 200) {
+                answered[route]++;
+                reordered += refused[route] > 0;
+            } else if (r.status == 431) {
+                refused[route]++;
+                wrong += !tl_json_str(&r, "error.code", code, sizeof(code)) || strcmp(code, "headers_too_large") != 0;
+            } else {
+                silent++;
+                fprintf(stderr, "X-Big of %d bytes, %s: status %ld\n", n, route == 0 ? "query" : "limits", r.status);
+            }
+            tl_resp_free(&r);
+        }
+    }
+    CHECK(silent == 0, "every request near the header limit is answered (%d were not)", silent);
+    CHECK(wrong == 0, "every 431 is aigw's headers_too_large (%d were not)", wrong);
+    CHECK(reordered == 0, "no request is answered after a smaller one was refused");
+    CHECK(answered[0] > 0 && refused[0] > 0 && answered[1] > 0 && refused[1] > 0,
+          "both routes answer below the limit and refuse above it (query %d/%d, limits %d/%d)", answered[0],
+          refused[0], answered[1], refused[1]);
+    CHECK(tl_usage_rows(owner, tid, "true", answered[0]) == answered[0], "a usage row for each answered query, none for a 431");
+    PQfinish(owner);
+}
+
+/* A chunked body over http.max_body_bytes that never ends must not keep a
+ * worker reading it: libmicrohttpd 0.9.75 takes no answer in the middle of
+ * a body, so after 1 MiB more the connection is closed. */
+static void
+test_endless_chunked_body(void)
+{
+    char head[4096], chunk[1100], resp[512];
+    int fd = raw_connect(port), n;
+    size_t sent = 0;
+    ssize_t got = -1;
+
+    snprintf(head, sizeof(head),
+             "POST /api/ai/cache/invalidate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+             admin_tok);
+    n = snprintf(chunk, sizeof(chunk), "400\r\n");
+    memset(chunk + n, ' ', 1024);
+    memcpy(chunk + n + 1024, "\r\n", 2);
+    n += 1026;
+    CHECK(fd >= 0 && send(fd, head, strlen(head), MSG_NOSIGNAL) == (ssize_t)strlen(head), "request sent");
+    while (fd >= 0 && sent < 4u << 20) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+        if (poll(&pfd, 1, 1) > 0) {
+            got = recv(fd, resp, sizeof(resp) - 1, 0);
+            break;
+        }
+        if (send(fd, chunk, (size_t)n, MSG_NOSIGNAL) != n) { /* closed on us: the answer may be there */
+            struct pollfd last = {.fd = fd, .events = POLLIN};
+
+            if (poll(&last, 1, 2000) > 0)
+                got = recv(fd, resp, sizeof(resp) - 1, 0);
+            break;
+        }
+        sent += (size_t)n;
+    }
+    CHECK(got == 0 || (got < 0 && errno == ECONNRESET), "the connection is closed (recv %zd)", got);
+    CHECK(sent > 1u << 20 && sent < 3u << 20, "after about 1 MiB over the limit (%zu bytes sent)", sent);
+    if (fd >= 0)
+        close(fd);
+}
+
+static long
+rss_kb(pid_t pid)
+{
+    char path[64], *text, *p;
+    long kb = -1;
+
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    text = tl_read_file(path);
+    if (text != NULL && (p = strstr(text, "VmRSS:")) != NULL)
+        kb = strtol(p + 6, NULL, 10);
+    free(text);
+    return kb;
+}
+
+/* A declared Content-Length costs memory only as the body arrives: 100
+ * clients that announce 1 MiB, send one byte and wait, before any
+ * authentication, must not make aigw allocate (and zero) 100 MiB. */
+static void
+test_declared_length_memory(void)
+{
+    char *cfg = tl_config_patch("{\"http\":{\"max_body_bytes\":1048576}}");
+    static const char req[] = "POST /api/ai/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              "Content-Length: 1048576\r\n\r\n{";
+    struct tl_aigw gw;
+    int fds[100], open_n = 0;
+    long before, after;
+
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        free(cfg);
+        return;
+    }
+    before = rss_kb(gw.pid);
+    for (int i = 0; i < 100; i++) {
+        fds[i] = raw_connect(gw.port);
+        if (fds[i] >= 0 && send(fds[i], req, sizeof(req) - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof(req) - 1))
+            open_n++;
+    }
+    usleep(500 * 1000);
+    after = rss_kb(gw.pid);
+    CHECK(open_n == 100, "100 clients announced 1 MiB bodies (%d)", open_n);
+    CHECK(before > 0 && after - before < 30 * 1024, "aigw grew by %ld KiB for them (100 MiB if it took them at their word)",
+          after - before);
+    for (int i = 0; i < 100; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    free(cfg);
 }
 
 int
@@ -184,7 +350,11 @@ main(void)
         free(tok);
     }
 
+    test_header_limit();
+    test_endless_chunked_body();
+
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    test_declared_length_memory();
     free(admin_tok);
     free(cfg);
     return tl_done();

@@ -632,7 +632,7 @@ test_drain(void)
     char buf[64];
     struct tl_resp out[20], r;
     struct tl_parallel *bg;
-    struct tl_conn *api, *ops, *mon;
+    struct tl_conn *api, *ops, *mon, *oai;
     struct tl_aigw gw;
     int ok = 0;
     bool refused = false;
@@ -646,7 +646,10 @@ test_drain(void)
     api = tl_conn_open(gw.port);
     ops = tl_conn_open(gw.port);
     mon = tl_conn_open(gw.port);
+    oai = tl_conn_open(gw.port);
     tl_conn_get(api, "/api/ai/limits", tok, &r, NULL); /* the connections open and kept */
+    tl_resp_free(&r);
+    tl_conn_get(oai, "/healthz", NULL, &r, NULL);
     tl_resp_free(&r);
     tl_conn_get(ops, "/healthz", NULL, &r, NULL);
     tl_resp_free(&r);
@@ -664,6 +667,12 @@ test_drain(void)
           "a new request on a kept connection: 503 (%ld %s)", r.status, r.body);
     CHECK(tl_resp_header(&r, "Connection", buf, sizeof(buf)) && strcmp(buf, "close") == 0,
           "with Connection: close");
+    tl_resp_free(&r);
+    /* the OpenAI routes too: every route but /healthz, /readyz and /metrics */
+    tl_conn_get(oai, "/v1/models", tok, &r, NULL);
+    CHECK(r.status == 503 && tl_json_str(&r, "error.code", buf, sizeof(buf)) &&
+              strcmp(buf, "service_unavailable") == 0,
+          "/v1/models on a kept connection: 503 (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
     tl_conn_get(mon, "/metrics", NULL, &r, NULL);
     CHECK(tl_metric_in(r.body, "aigw_draining") == 1 && tl_metric_in(r.body, "aigw_requests_in_flight") >= 20,
@@ -685,6 +694,7 @@ test_drain(void)
     tl_conn_close(api);
     tl_conn_close(ops);
     tl_conn_close(mon);
+    tl_conn_close(oai);
     tl_aigw_stop(&gw);
 out:
     tl_mock_reset(mock1);
