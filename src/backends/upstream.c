@@ -46,6 +46,11 @@
  * instead of after the whole flood: starting a call costs the engine tens
  * of microseconds (a new connection to the backend costs more). */
 #define INBOX_SLICE 32
+/* A stream that sent [DONE] but keeps its connection open this long after
+ * it is ended by the engine (as a success: the answer is complete). A
+ * backend normally ends the response right after [DONE]; ending it there
+ * ourselves would close every kept-alive connection. */
+#define DONE_GRACE_MS 1000
 /* One server-sent event larger than this is a broken backend. */
 #define MAX_SSE_EVENT_BYTES ((size_t)256 << 10)
 /* curl's receive buffer of a buffered (non-stream) call. curl allocates it
@@ -73,6 +78,7 @@ enum { CTL_UNPAUSE = 1, CTL_CANCEL = 2 };
 
 struct aigw_upstream_call {
     struct aigw_upstream_call *prev, *next; /* links of the list the call is in */
+    struct aigw_upstream *up;
     atomic_int refs;       /* the caller's and the engine's (plus one per pending control request) */
     enum call_state state; /* engine thread */
     int qtype;
@@ -91,6 +97,7 @@ struct aigw_upstream_call {
     bool want_pause, paused;
     bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
     bool stream_error;     /* an error event arrived */
+    int64_t done_ms;       /* monotonic ms [DONE] arrived while in flight; 0 = not (yet) */
     long usage_prompt, usage_completion, timings_prompt, timings_predicted;
     uint64_t seq;          /* submit order: queues stay FIFO even for a retried call */
     int64_t submit_ms;
@@ -141,6 +148,7 @@ struct aigw_upstream {
     size_t watch_cap;
     int64_t curl_due_us;               /* monotonic us curl's timer expires; -1 = none */
     bool added;                        /* transfers were added since the last kick */
+    size_t done_open;                  /* active streams past [DONE] whose response has not ended */
     struct epoll_event ev[MAX_EVENTS];
     /* reload and drain (see "reload" below); pending and cancel are guarded by lock */
     struct aigw_snapshot *pending;     /* newest configuration not applied yet */
@@ -521,6 +529,10 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
 
     if (plen == 6 && memcmp(payload, "[DONE]", 6) == 0) {
         ev->done = true;
+        if (!c->res.saw_done && c->easy != NULL) {
+            c->done_ms = aigw_now_ms();
+            c->up->done_open++;
+        }
         c->res.saw_done = true;
         return;
     }
@@ -616,6 +628,8 @@ on_stream_write(char *ptr, size_t size, size_t nmemb, void *ud)
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &code);
     if (code != 200) /* an error answer: keep it as a body for the log, like a plain call */
         return body_append(c, ptr, n) ? n : 0;
+    if (c->res.saw_done)
+        return 0; /* bytes after [DONE] (keep-alive comments, say): the answer is complete, end here */
     if (c->want_pause) {
         c->paused = true;
         return CURL_WRITEFUNC_PAUSE;
@@ -808,6 +822,10 @@ detach(struct aigw_upstream *up, struct aigw_upstream_call *c)
     curl_easy_cleanup(c->easy);
     c->easy = NULL;
     c->backend = -1;
+    if (c->done_ms != 0) {
+        c->done_ms = 0;
+        up->done_open--;
+    }
     list_remove(&up->active, c);
     up->be[b].in_flight--;
     atomic_fetch_sub(&up->n_in_flight, 1);
@@ -945,13 +963,14 @@ service_queues(struct aigw_upstream *up, int64_t now)
 
 /* ---- results ---- */
 
-/* A stream that got its 200: success only with [DONE] and no error event;
- * either way the result carries what was delivered. */
+/* A stream that got its 200: success only with [DONE] and no error event
+ * (however the response ended after it: see on_stream_write and
+ * end_done_streams); either way the result carries what was delivered. */
 static void
 complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc, int b)
 {
     stream_result(c);
-    if (rc == CURLE_OK && c->res.saw_done && !c->stream_error) {
+    if (c->res.saw_done && !c->stream_error) {
         up->be[b].fails = 0;
         c->res.status = 200;
         finish(c);
@@ -1003,7 +1022,13 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
         fail(c, 502, "upstream_error", "transport error", 0);
     } else if (code != 200) {
         aigw_log(LOG_INFO, "upstream: backend %s answered HTTP %ld", up->cfg->backends[b].name, code);
-        if (code >= 500) /* 4xx means our request was wrong, not the backend */
+        /* 4xx means our request was wrong, not the backend; so does the 500
+         * llama-server answers for a request it cannot serve (a `tools`
+         * field without --jinja, say): one client's requests must not take
+         * a backend out for everyone. 502-504 (loading, overloaded, a proxy
+         * in front that lost it) count, as do transport errors, timeouts and
+         * answers that are not the protocol. */
+        if (code >= 502)
             backend_failed(up, b);
         fail(c, 502, "upstream_error", "backend answered with an error status", 0);
     } else if (parse_answer(c) != 0) {
@@ -1141,6 +1166,8 @@ poll_timeout(const struct aigw_upstream *up, int64_t now)
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         if (up->be[b].down_until != 0 && up->be[b].down_until - now < t)
             t = up->be[b].down_until - now;
+    if (up->done_open > 0 && DONE_GRACE_MS / 10 < t)
+        t = DONE_GRACE_MS / 10; /* end_done_streams: within a tenth of the grace */
     return t > 0 ? (int)t : 0;
 }
 
@@ -1197,6 +1224,22 @@ dispatch(struct aigw_upstream *up, int n)
         curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 }
 
+/* End the streams that sent [DONE] DONE_GRACE_MS ago and are still open
+ * (the backend holds the response open): complete, as a success. */
+static void
+end_done_streams(struct aigw_upstream *up, int64_t now)
+{
+    struct aigw_upstream_call *c, *next;
+
+    if (up->done_open == 0)
+        return;
+    for (c = up->active.head; c != NULL && up->done_open > 0; c = next) {
+        next = c->next;
+        if (c->done_ms != 0 && c->done_ms + DONE_GRACE_MS <= now)
+            complete(up, c, CURLE_OK);
+    }
+}
+
 /* Complete what curl finished and fill the freed slots. A new easy handle
  * only gets a timer from curl_multi_add_handle; the timeout kick starts it.
  * A kick can itself finish transfers (and free slots), so go round until a
@@ -1208,6 +1251,7 @@ settle(struct aigw_upstream *up)
         int running = 0;
 
         reap(up);
+        end_done_streams(up, aigw_now_ms());
         recover(up, aigw_now_ms());
         service_queues(up, aigw_now_ms());
         if (!up->added)
@@ -1580,6 +1624,7 @@ aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_o
     bool closed;
 
     atomic_init(&c->refs, 2); /* the caller's and the engine's */
+    c->up = up;
     c->state = CS_INBOX;
     c->qtype = o->qtype;
     c->keep_raw = o->keep_raw;

@@ -276,6 +276,8 @@ struct closer {
     atomic_bool stop;
     atomic_bool close_each;  /* answer with Connection: close and close */
     const char *sse;         /* set: answer every request with this event stream, then close */
+    int linger_ms;           /* with sse: keep the response open this long after it before closing */
+    const char *after;       /* with linger_ms: sent every 100 ms meanwhile (NULL: silence) */
 };
 
 static const char CLOSER_ANSWER[] =
@@ -344,8 +346,17 @@ closer_run(void *arg)
                 static const char sse_head[] =
                     "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
 
-                if (write(fd, sse_head, strlen(sse_head)) >= 0 && write(fd, c->sse, strlen(c->sse)) >= 0)
+                if (write(fd, sse_head, strlen(sse_head)) >= 0 && write(fd, c->sse, strlen(c->sse)) >= 0) {
+                    for (int waited = 0; waited < c->linger_ms && !atomic_load(&c->stop); waited += 100) {
+                        struct pollfd gone = {.fd = fd, .events = POLLIN};
+
+                        if (poll(&gone, 1, 100) > 0) /* aigw closed it */
+                            break;
+                        if (c->after != NULL && send(fd, c->after, strlen(c->after), MSG_NOSIGNAL) < 0)
+                            break;
+                    }
                     shutdown(fd, SHUT_WR);
+                }
                 break;
             }
 
@@ -610,6 +621,64 @@ test_sse_data_lines(void)
     aigw_upstream_stop(up);
     aigw_config_free(&cfg);
     closer_stop(&srv);
+}
+
+/* A backend that keeps a stream's response open after data: [DONE], in
+ * silence or with keep-alive comments: the answer is complete, so the call
+ * ends as a success within about a second, and the backend is not blamed
+ * (it waited for the close, then failed at stream_idle_ms or
+ * stream_timeout_ms with 504 upstream_timeout, counting against the
+ * backend). */
+static void
+test_open_after_done(void)
+{
+    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    static const char *const after[2] = {NULL, ": ping\n\n"};
+
+    for (int i = 0; i < 2; i++) {
+        struct aigw_config cfg;
+        struct aigw_upstream *up;
+        struct aigw_upstream_opts o;
+        struct pending p;
+        struct closer srv;
+        char url[64];
+        int64_t t0;
+
+        closer_start(&srv, "data: {\"choices\":[{\"delta\":{\"content\":\"whole\"}}],\"model\":\"m\"}\n\n"
+                           "data: [DONE]\n\n");
+        srv.linger_ms = 4000;
+        srv.after = after[i];
+        snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
+        cfg_init(&cfg);
+        add_backend(&cfg, "lingers", url, 1);
+        cfg.fail_threshold = 1;
+        up = aigw_upstream_start(&cfg, NULL);
+        memset(&p, 0, sizeof(p));
+        memset(&o, 0, sizeof(o));
+        o.body = body;
+        o.len = strlen(body);
+        o.on_event = ignore_event;
+        o.done = on_done;
+        o.ud = &p;
+        t0 = aigw_now_ms();
+        p.call = aigw_upstream_submit_opts(up, &o);
+        CHECK(wait_all(&p, 1, 8000), "open after [DONE] (%s): the call ends", after[i] ? "pings" : "silent");
+        CHECK(res(&p)->status == 200 && res(&p)->content != NULL && strcmp(res(&p)->content, "whole") == 0,
+              "open after [DONE] (%s): a success with the whole answer (%d)", after[i] ? "pings" : "silent",
+              res(&p)->status);
+        CHECK(aigw_now_ms() - t0 < 2500, "open after [DONE] (%s): ended in %lld ms, not when the backend closed",
+              after[i] ? "pings" : "silent", (long long)(aigw_now_ms() - t0));
+        free_all(&p, 1);
+        /* with fail_threshold 1 a blamed backend would now be down: the next call must reach it */
+        memset(&p, 0, sizeof(p));
+        p.call = aigw_upstream_submit_opts(up, &o);
+        CHECK(wait_all(&p, 1, 8000) && res(&p)->status == 200, "open after [DONE] (%s): the backend is not blamed (%d)",
+              after[i] ? "pings" : "silent", res(&p)->status);
+        free_all(&p, 1);
+        aigw_upstream_stop(up);
+        aigw_config_free(&cfg);
+        closer_stop(&srv);
+    }
 }
 
 /* A flood of calls submitted at once: the engine takes them in slices,
@@ -906,7 +975,7 @@ test_passive_single(void)
     int64_t t0;
 
     reset_mocks();
-    tl_mock_config(mock1, "{\"mode\":\"error500\"}");
+    tl_mock_config(mock1, "{\"mode\":\"loading\"}");
     cfg_init(&cfg);
     cfg.fail_threshold = 3;
     cfg.down_ms = 1000;
@@ -923,7 +992,7 @@ test_passive_single(void)
           tl_mock_stat(mock1, "chat_requests"));
     sleep_ms(1100 - (long)(aigw_now_ms() - t0));
     /* back on probation: the first failure marks it down again */
-    tl_mock_config(mock1, "{\"mode\":\"error500\",\"fail_next\":1}");
+    tl_mock_config(mock1, "{\"mode\":\"loading\",\"fail_next\":1}");
     CHECK(run_seq(up, 1, 502) == 1, "passive: back after down_ms, fails once");
     t0 = aigw_now_ms();
     CHECK(run_seq(up, 1, 503) == 1, "passive: one failure on probation marks it down again");
@@ -931,8 +1000,32 @@ test_passive_single(void)
     sleep_ms(1100 - (long)(aigw_now_ms() - t0));
     CHECK(run_seq(up, 1, 200) == 1, "passive: back again and healthy");
     /* a success clears the count: one failure is no longer enough */
-    tl_mock_config(mock1, "{\"mode\":\"error500\",\"fail_next\":1}");
+    tl_mock_config(mock1, "{\"mode\":\"loading\",\"fail_next\":1}");
     CHECK(run_seq(up, 1, 502) == 1 && run_seq(up, 1, 200) == 1, "passive: success cleared the count");
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
+/* A 500 is the request's failure, not the backend's (llama-server answers
+ * 500 for a request it cannot serve): with fail_threshold 1, five of them
+ * leave the backend up, and the next call reaches it. */
+static void
+test_passive_ignores_500(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"mode\":\"error500\",\"fail_next\":5}");
+    cfg_init(&cfg);
+    cfg.fail_threshold = 1;
+    cfg.down_ms = 5000;
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    CHECK(run_seq(up, 5, 502) == 5, "500s: five 502 upstream_error");
+    CHECK(run_seq(up, 1, 200) == 1, "500s: the backend is still up, the next call succeeds");
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 6, "500s: all six calls reached the backend (%lld)",
+          tl_mock_stat(mock1, "chat_requests"));
     aigw_upstream_stop(up);
     aigw_config_free(&cfg);
 }
@@ -946,7 +1039,7 @@ test_passive_pair(void)
     int ok;
 
     reset_mocks();
-    tl_mock_config(mock1, "{\"mode\":\"error500\"}");
+    tl_mock_config(mock1, "{\"mode\":\"loading\"}");
     cfg_init(&cfg);
     cfg.fail_threshold = 2;
     cfg.down_ms = 5000;
@@ -1278,6 +1371,7 @@ main(void)
     test_many_submitters();
     test_flood();
     test_sse_data_lines();
+    test_open_after_done();
     test_spread();
     test_queue_full();
     test_queue_timeout();
@@ -1288,6 +1382,7 @@ main(void)
     expect_mode("disconnect", 502, "upstream_error");
     test_retry();
     test_passive_single();
+    test_passive_ignores_500();
     test_passive_pair();
     test_active_health();
     test_no_route();
