@@ -59,6 +59,8 @@ struct aigw_req {
     char request_id[65];
     char usage_id[37];                 /* unique per request (UUIDv7): usage row id, single-flight owner */
     int64_t start_us;
+    int64_t start_wall_us;             /* wall clock at the start: the usage row's created_at and the
+                                        * month whose quota counter the request counts in */
 
     /* upload */
     char *body;

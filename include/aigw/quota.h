@@ -42,12 +42,15 @@ int aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t
 
 struct aigw_req;
 
-/* Reserve one query of the monthly quota atomically (rebuilding a missing
- * counter from PostgreSQL first). Returns 0 with *used = the count including
- * this query, 1 when the quota is exhausted (*used = the count), -1 when
+/* Reserve one query of the monthly quota of the UTC month containing at_s
+ * (the request's start) atomically (rebuilding a missing counter from
+ * PostgreSQL first). Returns 0 with *used = the count including this query,
+ * 1 when the quota is exhausted (*used = the count), -1 when
  * Redis/PostgreSQL could not answer. Unlimited plans (limit < 0) count too. */
-int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, long *used);
-/* Give back one reserved query (the upstream call failed). Best effort. */
-void aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t);
+int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s, long *used);
+/* Give back one query reserved for the month containing at_s (the upstream
+ * call failed): the counter it was taken from, even when the month has
+ * turned since. Best effort. */
+void aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s);
 
 #endif

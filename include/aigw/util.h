@@ -19,6 +19,8 @@ int64_t aigw_now_ms(void);
 int64_t aigw_now_us(void);
 /* Wall clock, seconds since the epoch. */
 int64_t aigw_wall_s(void);
+/* Wall clock (CLOCK_REALTIME) in microseconds since the epoch. */
+int64_t aigw_wall_us(void);
 
 /* Wake-up eventfds (EFD_NONBLOCK) of the threads that sleep in poll/epoll:
  * signal adds one (EAGAIN = the counter is full, so a wake-up is pending

@@ -137,7 +137,7 @@ aigw_query_finish(struct aigw_req *req)
     if (q == NULL)
         return;
     if (q->quota_reserved && !q->billed) {
-        aigw_quota_refund(req->srv, req->tenant);
+        aigw_quota_refund(req->srv, req->tenant, req->start_wall_us / 1000000);
         q->quota_reserved = false;
     }
     aigw_idempotency_finish(req);

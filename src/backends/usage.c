@@ -162,15 +162,6 @@ errstr(int err, char *buf, size_t cap)
     return strerror_r(err, buf, cap);
 }
 
-static int64_t
-wall_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void
 abs_time(struct timespec *ts, int64_t mono_ms)
 {
@@ -254,7 +245,7 @@ seg_append(struct aigw_usage *u, struct seg *s)
 static struct seg *
 seg_create(struct aigw_usage *u)
 {
-    uint64_t seq = (uint64_t)wall_us();
+    uint64_t seq = (uint64_t)aigw_wall_us();
     char name[64], eb[128];
     struct seg *s;
     int fd;
@@ -478,7 +469,7 @@ aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
     if (row->id[0] == '\0')
         aigw_uuid7(row->id);
     if (row->created_at_us == 0)
-        row->created_at_us = wall_us();
+        row->created_at_us = aigw_wall_us();
     line = aigw_usage_line(row, &len);
     if (line == NULL) {
         aigw_log(LOG_ERR, "usage: cannot serialize usage row %s", row->id);

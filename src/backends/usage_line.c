@@ -84,6 +84,15 @@ format_ts(int64_t us, char out[40])
     out[27] = '\0';
 }
 
+/* A token count as the int4 column takes it: a model server that reports
+ * more than 2^31 - 1 tokens (or a cache entry holding such a count) must
+ * not get a billed row refused by PostgreSQL for good. */
+static long
+int4_clamp(long v)
+{
+    return v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : v;
+}
+
 char *
 aigw_usage_line(const struct aigw_usage_row *r, size_t *len)
 {
@@ -102,8 +111,8 @@ aigw_usage_line(const struct aigw_usage_row *r, size_t *len)
     aigw_jsonw_kstr(&w, "query_type", r->query_type);
     aigw_jsonw_kstr(&w, "question_sha256", r->question_sha256);
     aigw_jsonw_kstr(&w, "model", r->model);
-    aigw_jsonw_kint(&w, "prompt_tokens", r->prompt_tokens);
-    aigw_jsonw_kint(&w, "completion_tokens", r->completion_tokens);
+    aigw_jsonw_kint(&w, "prompt_tokens", int4_clamp(r->prompt_tokens));
+    aigw_jsonw_kint(&w, "completion_tokens", int4_clamp(r->completion_tokens));
     aigw_jsonw_kbool(&w, "from_cache", r->from_cache);
     aigw_jsonw_kbool(&w, "billed", r->billed);
     aigw_jsonw_kint(&w, "status_code", r->status_code);

@@ -146,6 +146,9 @@ record_usage(struct aigw_req *req)
     row.error_code = req->error_code;
     row.response_ms = (long)((aigw_now_us() - req->start_us) / 1000);
     row.upstream_ms = -1;
+    /* the request's start, not its end: a reservation made at 23:59:59 on
+     * the last of the month is billed in that month, as counted */
+    row.created_at_us = req->start_wall_us;
     if (q != NULL) {
         row.query_type = q->question ? aigw_query_type_names[q->qtype] : NULL;
         row.question_sha256 = q->question ? q->question_sha256 : NULL;
@@ -421,6 +424,7 @@ handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, co
         req->snap = aigw_snapshot_acquire(srv->live);
         req->conn = conn;
         req->start_us = aigw_now_us();
+        req->start_wall_us = aigw_wall_us();
         req->method = aigw_pool_strdup(pool, method);
         req->url = aigw_pool_strdup(pool, url);
         *con_cls = req;

@@ -222,7 +222,7 @@ build_args(struct aigw_req *req, struct admit_args *a)
     aigw_concat(a->gen_key, sizeof(a->gen_key), "aigw:{", t->id, "}:gen", NULL);
     aigw_concat(a->prefix, sizeof(a->prefix), "aigw:{", t->id, "}:c:", NULL);
     aigw_fmt_int(a->limit, t->requests_per_minute);
-    aigw_quota_key(t->id, aigw_wall_s(), a->q_key, sizeof(a->q_key));
+    aigw_quota_key(t->id, req->start_wall_us / 1000000, a->q_key, sizeof(a->q_key));
     a->keys[0] = a->rl_key;
     a->keys[1] = a->gen_key;
     a->keys[2] = a->q_key;

@@ -156,9 +156,8 @@ rebuild(struct aigw_server *srv, redisContext *rc, const struct aigw_tenant *t, 
 }
 
 int
-aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, long *used)
+aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *used)
 {
-    int64_t now = aigw_wall_s();
     char key[128], limit[24];
     const char *keys[1] = {key}, *args[1] = {limit};
     redisContext *rc = aigw_redis_acquire(srv->redis);
@@ -192,7 +191,7 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, long *u
 }
 
 void
-aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t)
+aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s)
 {
     char key[128];
     const char *keys[1] = {key};
@@ -203,7 +202,7 @@ aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t)
         aigw_log(LOG_WARNING, "quota: refund for tenant %s lost: Redis unavailable", t->id);
         return;
     }
-    aigw_quota_key(t->id, aigw_wall_s(), key, sizeof(key));
+    aigw_quota_key(t->id, at_s, key, sizeof(key));
     r = aigw_redis_eval(rc, &refund_script, 1, keys, 0, NULL);
     if (r == NULL || r->type == REDIS_REPLY_ERROR)
         aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", t->id);
@@ -225,7 +224,7 @@ aigw_stage_quota(struct aigw_req *req)
     if (q->quota_pre == 1 || q->quota_pre == 0)
         rc = q->quota_pre == 1 ? 0 : 1;
     else
-        rc = aigw_quota_reserve(req->srv, t, &used);
+        rc = aigw_quota_reserve(req->srv, t, req->start_wall_us / 1000000, &used);
     q->quota_pre = -1;
 
     if (rc < 0) {

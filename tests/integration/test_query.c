@@ -559,6 +559,47 @@ test_upstream_failures(void)
     free(tok);
 }
 
+static int64_t
+wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A usage row is stamped with the request's start, the instant its quota
+ * was reserved for, not its end: a question asked at 23:59:59 on the last
+ * of the month and answered after midnight is billed in the month it was
+ * counted in (and refunded there, when it fails). */
+static void
+test_row_time(void)
+{
+    char id[37], code[65], *tok;
+    struct tl_resp r;
+    const char *p[1];
+    int64_t sent, answered;
+    long stamped;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    p[0] = id;
+    tl_mock_config(mock, "{\"first_token_ms\":900}");
+    sent = wall_ms();
+    ask(tok, "{\"question\":\"a slow answer, stamped when asked\"}", &r);
+    answered = wall_ms();
+    tl_expect("slow answer", &r, 200, NULL);
+    tl_resp_free(&r);
+    tl_mock_reset(mock);
+    CHECK(billed_rows(id, 1) == 1, "the slow answer is billed");
+    stamped = tl_sql_long(owner, "SELECT (extract(epoch FROM created_at) * 1000)::bigint FROM ai_usage_logs"
+                                 " WHERE tenant_id = $1", 1, p);
+    CHECK(stamped >= sent - 50 && stamped <= sent + 500 && stamped <= answered - 800,
+          "created_at is when it was asked: %ld ms after sending, %ld ms before the answer", (long)(stamped - sent),
+          (long)(answered - stamped));
+    free(tok);
+}
+
 static void
 test_idempotency(void)
 {
@@ -798,6 +839,7 @@ main(void)
     test_single_flight(gw2.port);
     test_rate_buckets();
     test_upstream_failures();
+    test_row_time();
     test_idempotency();
     test_leader_death();
     test_redis_stall();

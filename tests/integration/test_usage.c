@@ -724,17 +724,21 @@ test_bad_values(const char *url)
     if (u == NULL)
         return;
     CHECK(wait_backlog(u, 0, 15000), "segments handled (backlog %zu)", aigw_usage_backlog(u));
-    /* a batch recorded by aigw: good rows around a NULL request_id, then around prompt_tokens past int4 */
+    /* a batch recorded by aigw: good rows around a NULL request_id (rejected);
+     * then a row with prompt_tokens past int4, which a model server may claim:
+     * written as int4's largest, so the billed row is kept, not rejected */
     for (int b = 0; b < 2; b++) {
         for (int i = 0; i < 3; i++, n++) {
             snprintf(reqs[n], sizeof(reqs[n]), "req-bad-rec-%d-%d", b, i);
             base_row(&w[n], tenant, reqs[n]);
-            bad[n] = i == 1;
-            if (bad[n] && b == 0)
+            bad[n] = i == 1 && b == 0;
+            if (bad[n])
                 w[n].request_id = NULL;
-            if (bad[n] && b == 1)
+            if (i == 1 && b == 1)
                 w[n].prompt_tokens = 3000000000L;
             CHECK(aigw_usage_record(u, &w[n]) == 0, "record %s", reqs[n]);
+            if (i == 1 && b == 1)
+                w[n].prompt_tokens = 2147483647; /* what check_columns must find */
         }
         CHECK(wait_backlog(u, 0, 15000), "batch %d handled (backlog %zu)", b, aigw_usage_backlog(u));
     }

@@ -257,6 +257,25 @@ test_round_trip(struct aigw_usage_arrays *a)
     check_headers(a, 1, has_null);
 }
 
+/* Token counts past int4 (a model server's word, or a cache entry holding
+ * it) are written as the nearest int4, so the billed row is not refused. */
+static void
+test_token_clamp(struct aigw_usage_arrays *a)
+{
+    struct aigw_usage_row r, want;
+
+    base_row(&r);
+    r.prompt_tokens = 3000000000L;
+    r.completion_tokens = -3000000000L;
+    want = r;
+    want.prompt_tokens = 2147483647;
+    want.completion_tokens = -2147483647 - 1;
+    aigw_usage_arrays_reset(a);
+    CHECK(add_row(a, &r), "a row with counts past int4 is read");
+    CHECK(a->n == 1, "1 element: %d", a->n);
+    check_row(a, 0, &want);
+}
+
 /* created_at across the calendar: aigw_usage_line's timestamp read back to
  * the microsecond (1900-01-01 to 9999-12-31, every month's end, leap days). */
 static void
@@ -496,6 +515,7 @@ main(void)
     struct aigw_usage_arrays a = {0};
 
     test_round_trip(&a);
+    test_token_clamp(&a);
     test_timestamps(&a);
     test_escapes(&a);
     test_shapes(&a);
