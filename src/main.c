@@ -24,6 +24,7 @@
 #include "aigw/pg.h"
 #include "aigw/quota.h"
 #include "aigw/redis.h"
+#include "aigw/reservations.h"
 #include "aigw/server.h"
 #include "aigw/singleflight.h"
 #include "aigw/snapshot.h"
@@ -245,6 +246,29 @@ drain_timeout_ms(struct aigw_server *srv)
     return ms;
 }
 
+static int
+refund_leftover(void *ud, const char *tenant_id, int64_t at_s)
+{
+    return aigw_quota_refund(ud, tenant_id, at_s);
+}
+
+/* Reservations a crashed previous run left in flight: refunded now that
+ * Redis answers (the ones that fail stay journaled for the next start). */
+static void
+recover_reservations(struct aigw_server *srv)
+{
+    size_t left = aigw_resv_leftover(srv->resv), done;
+
+    if (left == 0) {
+        aigw_resv_recover(srv->resv, refund_leftover, srv); /* removes the previous run's files */
+        return;
+    }
+    done = aigw_resv_recover(srv->resv, refund_leftover, srv);
+    aigw_log(done == left ? LOG_NOTICE : LOG_ERR,
+             "quota: %zu of %zu reservations left in flight by the previous run refunded%s", done, left,
+             done == left ? "" : "; the rest stay journaled for the next start");
+}
+
 /* Start the threads and the listener, wait for the dependencies, then
  * serve until SIGTERM/SIGINT and drain. Returns the exit code. */
 static int
@@ -263,6 +287,16 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->usage = aigw_usage_start(&srv->cfg);
     if (srv->usage == NULL)
         return 1;
+    {
+        char err[256];
+
+        /* in the spool directory, which the usage spool has created and locked */
+        srv->resv = aigw_resv_open(srv->cfg.spool_dir, err, sizeof(err));
+        if (srv->resv == NULL) {
+            aigw_log(LOG_ERR, "%s", err);
+            return 1;
+        }
+    }
     srv->health = aigw_health_start(&srv->cfg);
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
@@ -274,6 +308,8 @@ serve(struct aigw_server *srv, const char *config_path)
         return 1;
     wd = aigw_watchdog_create(srv);
     sig = wait_dependencies(srv, wd, &set, config_path);
+    if (sig == 0)
+        recover_reservations(srv);
     if (sig == 0) {
         sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u\nMAINPID=%lu", srv->cfg.listen_addr, srv->bound_port,
                    (unsigned long)getpid());
@@ -363,6 +399,7 @@ main(int argc, char **argv)
 out:
     aigw_redis_pipe_cancel(srv.pipe); /* resumes requests waiting on it, so before the daemon stops */
     aigw_http_stop(&srv); /* then: requests may still use everything below */
+    aigw_resv_close(srv.resv); /* every request settled: the journal files go */
     aigw_sf_stop(srv.sf);
     aigw_upstream_stop(srv.upstream);
     aigw_apikey_usage_stop(srv.key_usage); /* last flush of last_used_at */

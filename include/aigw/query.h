@@ -19,6 +19,8 @@ struct aigw_req;
 enum aigw_sf_role { AIGW_SF_NONE, AIGW_SF_LEADER, AIGW_SF_WAITER };
 
 /* Everything the query stages learn; pool-allocated, owned by the request. */
+struct aigw_resv_file;
+
 struct aigw_query {
     /* request */
     const char *question;      /* trimmed */
@@ -62,6 +64,7 @@ struct aigw_query {
 
     /* quota */
     bool quota_reserved;
+    struct aigw_resv_file *resv; /* the journal file the reservation is in (NULL: none) */
     long queries_remaining;    /* -1 unlimited */
 
     /* upstream */

@@ -48,9 +48,10 @@ struct aigw_req;
  * 1 when the quota is exhausted (*used = the count), -1 when
  * Redis/PostgreSQL could not answer. Unlimited plans (limit < 0) count too. */
 int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s, long *used);
-/* Give back one query reserved for the month containing at_s (the upstream
- * call failed): the counter it was taken from, even when the month has
- * turned since. Best effort. */
-void aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s);
+/* Give back one query of tenant_id reserved for the month containing at_s
+ * (the upstream call failed): the counter it was taken from, even when the
+ * month has turned since. Returns 0, or -1 when Redis could not do it
+ * (logged). */
+int aigw_quota_refund(struct aigw_server *srv, const char *tenant_id, int64_t at_s);
 
 #endif

@@ -28,6 +28,7 @@ struct aigw_usage;
 struct aigw_sf;
 struct aigw_metrics;
 struct aigw_snapshot_slot;
+struct aigw_resv;
 struct aigw_busy;
 struct aigw_acceptor;
 
@@ -46,6 +47,7 @@ struct aigw_server {
     struct aigw_listener *listener;         /* LISTEN/NOTIFY thread */
     struct aigw_upstream *upstream;         /* curl multi engine thread */
     struct aigw_usage *usage;               /* usage spool + writer thread */
+    struct aigw_resv *resv;                 /* journal of quota reservations in flight; thread-safe */
     struct aigw_sf *sf;                     /* single-flight waiter poller */
     struct aigw_metrics *metrics;           /* lock-free counters for GET /metrics */
     struct aigw_busy *busy;                 /* per-worker callback stamps for the watchdog (http.h) */

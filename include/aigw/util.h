@@ -73,6 +73,8 @@ size_t aigw_fmt_int(char *out, long long v);
 /* dst = the NUL-terminated concatenation of the strings up to the NULL;
  * false (dst = "") if it would not fit in cap bytes. */
 bool aigw_concat(char *dst, size_t cap, ...);
+/* "dir/name" in a new allocation. */
+char *aigw_path_join(const char *dir, const char *name);
 
 /* FNV-1a hash of a NUL-terminated string (hash tables, not security). */
 uint64_t aigw_hash_str(const char *s);

@@ -9,6 +9,7 @@
 #include "aigw/jsonw.h"
 #include "aigw/query.h"
 #include "aigw/quota.h"
+#include "aigw/reservations.h"
 #include "aigw/singleflight.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
@@ -137,9 +138,11 @@ aigw_query_finish(struct aigw_req *req)
     if (q == NULL)
         return;
     if (q->quota_reserved && !q->billed) {
-        aigw_quota_refund(req->srv, req->tenant, req->start_wall_us / 1000000);
+        aigw_quota_refund(req->srv, req->tenant->id, req->start_wall_us / 1000000);
         q->quota_reserved = false;
     }
+    aigw_resv_settle(req->srv->resv, q->resv, req->usage_id); /* kept or refunded: settled either way */
+    q->resv = NULL;
     aigw_idempotency_finish(req);
 }
 

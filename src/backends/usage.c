@@ -223,11 +223,7 @@ open_spool(struct aigw_usage *u)
 static char *
 seg_path(const struct aigw_usage *u, const char *name)
 {
-    size_t n = strlen(u->dir) + strlen(name) + 2;
-    char *p = aigw_xmalloc(n);
-
-    snprintf(p, n, "%s/%s", u->dir, name);
-    return p;
+    return aigw_path_join(u->dir, name);
 }
 
 static void

@@ -266,6 +266,16 @@ aigw_fmt_int(char *out, long long v)
     return len;
 }
 
+char *
+aigw_path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = aigw_xmalloc(n);
+
+    snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
 bool
 aigw_concat(char *dst, size_t cap, ...)
 {

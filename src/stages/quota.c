@@ -12,6 +12,7 @@
 #include "aigw/stages.h"
 #include "aigw/pg.h"
 #include "aigw/redis.h"
+#include "aigw/reservations.h"
 #include "aigw/util.h"
 
 /* KEYS[1] counter; ARGV[1] rebuilt value, ARGV[2] ttl seconds.
@@ -190,24 +191,28 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t
     return ret;
 }
 
-void
-aigw_quota_refund(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s)
+int
+aigw_quota_refund(struct aigw_server *srv, const char *tenant_id, int64_t at_s)
 {
     char key[128];
     const char *keys[1] = {key};
     redisContext *rc = aigw_redis_acquire(srv->redis);
     redisReply *r;
+    int ret = 0;
 
     if (rc == NULL) {
-        aigw_log(LOG_WARNING, "quota: refund for tenant %s lost: Redis unavailable", t->id);
-        return;
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s lost: Redis unavailable", tenant_id);
+        return -1;
     }
-    aigw_quota_key(t->id, at_s, key, sizeof(key));
+    aigw_quota_key(tenant_id, at_s, key, sizeof(key));
     r = aigw_redis_eval(rc, &refund_script, 1, keys, 0, NULL);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", t->id);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", tenant_id);
+        ret = -1;
+    }
     freeReplyObject(r);
     aigw_redis_release(srv->redis, rc);
+    return ret;
 }
 
 enum aigw_rc
@@ -240,6 +245,7 @@ aigw_stage_quota(struct aigw_req *req)
                                    "the monthly query limit of %ld is reached", t->monthly_limit);
     }
     q->quota_reserved = true;
+    q->resv = aigw_resv_add(req->srv->resv, req->usage_id, t->id, req->start_wall_us / 1000000);
     q->queries_remaining = t->monthly_limit < 0 ? -1 : t->monthly_limit - used;
     return AIGW_OK;
 }
