@@ -68,17 +68,10 @@ struct aigw_resv {
 static int
 append(struct aigw_resv_file *f, const char *line, size_t len)
 {
-    size_t off = 0;
+    int err = 0;
+    size_t off = aigw_write_all(f->fd, line, len, &err);
 
-    while (off < len) {
-        ssize_t n = write(f->fd, line + off, len - off);
-
-        if (n > 0) {
-            off += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
+    if (off < len) {
         if (off > 0 && ftruncate(f->fd, (off_t)f->bytes) != 0)
             aigw_log(LOG_CRIT, "quota journal: cannot cut a partial line off %s", f->path);
         return -1;

@@ -422,20 +422,12 @@ static int
 append_line(struct aigw_usage *u, const char *line, size_t len)
 {
     struct seg *s = u->cur;
-    size_t old = atomic_load(&s->size), off = 0;
+    size_t old = atomic_load(&s->size), off;
     char eb[128];
+    int err = 0;
 
-    while (off < len) {
-        ssize_t n = write(s->fd, line + off, len - off);
-
-        if (n > 0) {
-            off += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        aigw_log(LOG_ERR, "usage: spool write to %s failed: %s", s->path,
-                 errstr(n < 0 ? errno : ENOSPC, eb, sizeof(eb)));
+    if ((off = aigw_write_all(s->fd, line, len, &err)) < len) {
+        aigw_log(LOG_ERR, "usage: spool write to %s failed: %s", s->path, errstr(err, eb, sizeof(eb)));
         if (off > 0 && ftruncate(s->fd, (off_t)old) != 0) {
             /* half a row stays: publish it, the writer skips or rejects it */
             aigw_log(LOG_CRIT, "usage: cannot cut a partial row off %s", s->path);

@@ -266,6 +266,26 @@ aigw_fmt_int(char *out, long long v)
     return len;
 }
 
+size_t
+aigw_write_all(int fd, const void *p, size_t n, int *err)
+{
+    size_t off = 0;
+
+    while (off < n) {
+        ssize_t w = write(fd, (const char *)p + off, n - off);
+
+        if (w > 0) {
+            off += (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else {
+            *err = w < 0 ? errno : ENOSPC;
+            break;
+        }
+    }
+    return off;
+}
+
 char *
 aigw_path_join(const char *dir, const char *name)
 {

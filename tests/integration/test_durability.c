@@ -1,6 +1,5 @@
 /* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of
  * aigw; a Redis outage refuses admission cleanly and is recovered from */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,22 +25,6 @@ rows_for(const char *tid, long want, int timeout_ms)
     const char *p[1] = {tid};
 
     return tl_wait_sql(owner, want, timeout_ms, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
-}
-
-/* Quota-reservation journal files in the spool directory (-1: unreadable). */
-static int
-journal_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-
-    if (d == NULL)
-        return -1;
-    while ((de = readdir(d)) != NULL)
-        n += strncmp(de->d_name, "quota-reservations-", 19) == 0;
-    closedir(d);
-    return n;
 }
 
 int
@@ -134,13 +117,13 @@ main(void)
         char *bodies[3];
         struct tl_resp rs[3];
         struct tl_parallel *bg;
-        long long in_flight = 0;
+        long long in_flight = 0, before = tl_mock_stat(mock, "in_flight");
 
         tl_mock_config(mock, "{\"mode\":\"hang\"}");
         for (int i = 0; i < 3; i++)
             bodies[i] = tl_sprintf("{\"question\":\"in flight at the crash %d\"}", i);
         bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, (const char *const *)bodies, 3, rs);
-        for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight")) < 3; i++)
+        for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 3; i++)
             usleep(50 * 1000);
         CHECK(in_flight == 3, "3 calls hang at the model (%lld)", in_flight);
         CHECK(tl_quota_used(id) == 48, "their 3 queries are reserved (%lld)", tl_quota_used(id));
@@ -152,16 +135,17 @@ main(void)
         }
         tl_mock_reset(mock);
         CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
-        CHECK(tl_quota_used(id) == 45, "the 3 reservations left in flight are refunded (%lld)", tl_quota_used(id));
-        CHECK(tl_aigw_log_wait(&gw, "3 of 3 reservations left in flight by the previous run refunded", 0),
+        /* refunded once Redis answers, before READY (/healthz answers earlier) */
+        CHECK(tl_aigw_log_wait(&gw, "3 of 3 reservations left in flight by the previous run refunded", 10000),
               "the refund is logged");
+        CHECK(tl_quota_used(id) == 45, "the 3 reservations left in flight are refunded (%lld)", tl_quota_used(id));
         CHECK(rows_for(id, 45, 0) == 45, "and no row was made up for them");
         tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"after the crash\"}", &r);
         CHECK(r.status == 200 && tl_json_int(&r, "queries_remaining", -9) == -1, "served again: %ld", r.status);
         tl_resp_free(&r);
         CHECK(tl_quota_used(id) == 46, "counted once (%lld)", tl_quota_used(id));
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
-        CHECK(journal_files(spool) == 0, "a clean stop leaves no journal file (%d)", journal_files(spool));
+        CHECK(tl_count_files(spool, "quota-reservations-") == 0, "a clean stop leaves no journal file (%d)", tl_count_files(spool, "quota-reservations-"));
     }
     /* 3) Redis goes away: admission is refused with 503 on both paths (a lone
      * request: the blocking round trip; a burst: the pipe), nothing reaches

@@ -581,15 +581,30 @@ ignore_event(struct aigw_upstream_call *call, const struct aigw_upstream_event *
     return false;
 }
 
+/* Submit one streaming call of a minimal chat body, its result to p. */
+static void
+submit_stream(struct aigw_upstream *up, struct pending *p)
+{
+    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
+    struct aigw_upstream_opts o;
+
+    memset(p, 0, sizeof(*p));
+    memset(&o, 0, sizeof(o));
+    o.body = body;
+    o.len = strlen(body);
+    o.on_event = ignore_event;
+    o.done = on_done;
+    o.ud = p;
+    p->call = aigw_upstream_submit_opts(up, &o);
+}
+
 /* An event whose JSON comes in several data: lines is read as the lines
  * joined with newlines (SSE), and a comment line is no event at all. */
 static void
 test_sse_data_lines(void)
 {
-    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
     struct aigw_config cfg;
     struct aigw_upstream *up;
-    struct aigw_upstream_opts o;
     struct pending p;
     struct closer srv;
     char url[64];
@@ -604,14 +619,7 @@ test_sse_data_lines(void)
     cfg_init(&cfg);
     add_backend(&cfg, "sse", url, 1);
     up = aigw_upstream_start(&cfg, NULL);
-    memset(&p, 0, sizeof(p));
-    memset(&o, 0, sizeof(o));
-    o.body = body;
-    o.len = strlen(body);
-    o.on_event = ignore_event;
-    o.done = on_done;
-    o.ud = &p;
-    p.call = aigw_upstream_submit_opts(up, &o);
+    submit_stream(up, &p);
     CHECK(wait_all(&p, 1, 5000), "data lines: the stream ends");
     CHECK(res(&p)->status == 200 && res(&p)->content != NULL && strcmp(res(&p)->content, "one two") == 0,
           "data lines: the three-line event's delta is read (%d, %s)", res(&p)->status,
@@ -632,13 +640,11 @@ test_sse_data_lines(void)
 static void
 test_open_after_done(void)
 {
-    static const char body[] = "{\"model\":\"m\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}";
     static const char *const after[2] = {NULL, ": ping\n\n"};
 
     for (int i = 0; i < 2; i++) {
         struct aigw_config cfg;
         struct aigw_upstream *up;
-        struct aigw_upstream_opts o;
         struct pending p;
         struct closer srv;
         char url[64];
@@ -653,15 +659,8 @@ test_open_after_done(void)
         add_backend(&cfg, "lingers", url, 1);
         cfg.fail_threshold = 1;
         up = aigw_upstream_start(&cfg, NULL);
-        memset(&p, 0, sizeof(p));
-        memset(&o, 0, sizeof(o));
-        o.body = body;
-        o.len = strlen(body);
-        o.on_event = ignore_event;
-        o.done = on_done;
-        o.ud = &p;
         t0 = aigw_now_ms();
-        p.call = aigw_upstream_submit_opts(up, &o);
+        submit_stream(up, &p);
         CHECK(wait_all(&p, 1, 8000), "open after [DONE] (%s): the call ends", after[i] ? "pings" : "silent");
         CHECK(res(&p)->status == 200 && res(&p)->content != NULL && strcmp(res(&p)->content, "whole") == 0,
               "open after [DONE] (%s): a success with the whole answer (%d)", after[i] ? "pings" : "silent",
@@ -670,8 +669,7 @@ test_open_after_done(void)
               after[i] ? "pings" : "silent", (long long)(aigw_now_ms() - t0));
         free_all(&p, 1);
         /* with fail_threshold 1 a blamed backend would now be down: the next call must reach it */
-        memset(&p, 0, sizeof(p));
-        p.call = aigw_upstream_submit_opts(up, &o);
+        submit_stream(up, &p);
         CHECK(wait_all(&p, 1, 8000) && res(&p)->status == 200, "open after [DONE] (%s): the backend is not blamed (%d)",
               after[i] ? "pings" : "silent", res(&p)->status);
         free_all(&p, 1);

@@ -3,6 +3,7 @@
 
 #include "aigw/util.h"
 
+#include <dirent.h>
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
@@ -790,6 +791,21 @@ tl_write_file(const char *path, const char *s)
         abort();
     fputs(s, f);
     fclose(f);
+}
+
+int
+tl_count_files(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((de = readdir(d)) != NULL)
+        n += strncmp(de->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return n;
 }
 
 bool

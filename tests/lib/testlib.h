@@ -134,6 +134,8 @@ void tl_write_file(const char *path, const char *s);
 char *tl_read_file(const char *path);
 /* rm -rf dir: true when it is gone. */
 bool tl_rm_rf(const char *dir);
+/* Entries of dir whose names start with prefix (-1: dir unreadable). */
+int tl_count_files(const char *dir, const char *prefix);
 #endif
 
 /* The repo's config/aigw.json with an RFC 7386 JSON merge patch applied

@@ -1,7 +1,6 @@
 /* test_reservations.c - the quota-reservation journal: what a crashed run
  * left in flight is found (and nothing else), refunded once even across
  * starts that fail half-way, files rotate and go once settled */
-#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,16 +21,7 @@ static char dir[64];
 static int
 files(void)
 {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-
-    if (d == NULL)
-        return -1;
-    while ((de = readdir(d)) != NULL)
-        n += strncmp(de->d_name, "quota-reservations-", 19) == 0;
-    closedir(d);
-    return n;
+    return tl_count_files(dir, "quota-reservations-");
 }
 
 /* The refunds a recover asked for; fail_from: the ones from this index on fail. */
