@@ -252,8 +252,9 @@ refund_leftover(void *ud, const char *tenant_id, int64_t at_s)
     return aigw_quota_refund(ud, tenant_id, at_s);
 }
 
-/* Reservations a crashed previous run left in flight: refunded now that
- * Redis answers (the ones that fail stay journaled for the next start). */
+/* Reservations the previous run left unsettled (in flight when it died, or
+ * a refund Redis could not take): refunded now that Redis answers (the ones
+ * that fail stay journaled for the next start). */
 static void
 recover_reservations(struct aigw_server *srv)
 {
@@ -265,7 +266,7 @@ recover_reservations(struct aigw_server *srv)
     }
     done = aigw_resv_recover(srv->resv, refund_leftover, srv);
     aigw_log(done == left ? LOG_NOTICE : LOG_ERR,
-             "quota: %zu of %zu reservations left in flight by the previous run refunded%s", done, left,
+             "quota: %zu of %zu reservations the previous run left unsettled refunded%s", done, left,
              done == left ? "" : "; the rest stay journaled for the next start");
 }
 

@@ -134,14 +134,18 @@ void
 aigw_query_finish(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
+    bool settled = true;
 
     if (q == NULL)
         return;
     if (q->quota_reserved && !q->billed) {
-        aigw_quota_refund(req->srv, req->tenant->id, req->start_wall_us / 1000000);
+        settled = aigw_quota_refund(req->srv, req->tenant->id, req->start_wall_us / 1000000) == 0;
         q->quota_reserved = false;
     }
-    aigw_resv_settle(req->srv->resv, q->resv, req->usage_id); /* kept or refunded: settled either way */
+    /* kept, or refunded: settled. A refund Redis could not take stays open
+     * in the journal, and the next start makes it. */
+    if (settled)
+        aigw_resv_settle(req->srv->resv, q->resv, req->usage_id);
     q->resv = NULL;
     aigw_idempotency_finish(req);
 }

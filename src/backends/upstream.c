@@ -51,6 +51,9 @@
  * backend normally ends the response right after [DONE]; ending it there
  * ourselves would close every kept-alive connection. */
 #define DONE_GRACE_MS 1000
+/* How often the engine looks for streams past [DONE] or idle (see
+ * sweep_streams): the precision of stream_idle_ms and of the grace. */
+#define SWEEP_MS 100
 /* One server-sent event larger than this is a broken backend. */
 #define MAX_SSE_EVENT_BYTES ((size_t)256 << 10)
 /* curl's receive buffer of a buffered (non-stream) call. curl allocates it
@@ -98,6 +101,7 @@ struct aigw_upstream_call {
     bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
     bool stream_error;     /* an error event arrived */
     int64_t done_ms;       /* monotonic ms [DONE] arrived while in flight; 0 = not (yet) */
+    int64_t last_byte_ms;  /* monotonic ms a byte last came (or the transfer started or resumed) */
     long usage_prompt, usage_completion, timings_prompt, timings_predicted;
     uint64_t seq;          /* submit order: queues stay FIFO even for a retried call */
     int64_t submit_ms;
@@ -149,6 +153,8 @@ struct aigw_upstream {
     int64_t curl_due_us;               /* monotonic us curl's timer expires; -1 = none */
     bool added;                        /* transfers were added since the last kick */
     size_t done_open;                  /* active streams past [DONE] whose response has not ended */
+    int64_t next_sweep_ms;             /* sweep_streams: when next */
+    size_t n_streams;                  /* active streaming calls */
     struct epoll_event ev[MAX_EVENTS];
     /* reload and drain (see "reload" below); pending and cancel are guarded by lock */
     struct aigw_snapshot *pending;     /* newest configuration not applied yet */
@@ -625,6 +631,7 @@ on_stream_write(char *ptr, size_t size, size_t nmemb, void *ud)
     long code = 0;
     const char *p, *end, *e;
 
+    c->last_byte_ms = aigw_now_ms();
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &code);
     if (code != 200) /* an error answer: keep it as a body for the log, like a plain call */
         return body_append(c, ptr, n) ? n : 0;
@@ -772,11 +779,10 @@ make_easy(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, (void *)up);
     if (c->on_event != NULL) {
         /* TIMEOUT_MS would cut a long stream: an idle limit (no byte for
-         * stream_idle_ms, the first token included) plus a generous total.
-         * curl skips the speed check while the transfer is paused. */
+         * stream_idle_ms, the first token included: sweep_streams; curl's
+         * own low-speed check averages over seconds and ended a stream up
+         * to ~6 s late) plus a generous total */
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_stream_write);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((up->cfg->stream_idle_ms + 999) / 1000));
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)up->cfg->stream_timeout_ms);
     } else {
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
@@ -805,6 +811,8 @@ start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     c->easy = e;
     c->backend = b;
     c->state = CS_ACTIVE;
+    c->last_byte_ms = aigw_now_ms();
+    up->n_streams += c->on_event != NULL;
     list_append(&up->active, c);
     up->added = true;
     up->be[b].in_flight++;
@@ -826,6 +834,7 @@ detach(struct aigw_upstream *up, struct aigw_upstream_call *c)
         c->done_ms = 0;
         up->done_open--;
     }
+    up->n_streams -= c->on_event != NULL;
     list_remove(&up->active, c);
     up->be[b].in_flight--;
     atomic_fetch_sub(&up->n_in_flight, 1);
@@ -1146,6 +1155,7 @@ take_control(struct aigw_upstream *up)
             c->want_pause = false;
             if (c->paused) {
                 c->paused = false;
+                c->last_byte_ms = aigw_now_ms(); /* the idle clock stood still while the client was full */
                 curl_easy_pause(c->easy, CURLPAUSE_CONT);
             }
         }
@@ -1166,8 +1176,8 @@ poll_timeout(const struct aigw_upstream *up, int64_t now)
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         if (up->be[b].down_until != 0 && up->be[b].down_until - now < t)
             t = up->be[b].down_until - now;
-    if (up->done_open > 0 && DONE_GRACE_MS / 10 < t)
-        t = DONE_GRACE_MS / 10; /* end_done_streams: within a tenth of the grace */
+    if (up->n_streams > 0 && up->next_sweep_ms - now < t)
+        t = up->next_sweep_ms - now; /* sweep_streams */
     return t > 0 ? (int)t : 0;
 }
 
@@ -1224,19 +1234,27 @@ dispatch(struct aigw_upstream *up, int n)
         curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 }
 
-/* End the streams that sent [DONE] DONE_GRACE_MS ago and are still open
- * (the backend holds the response open): complete, as a success. */
+/* Every SWEEP_MS: end the streams that sent [DONE] DONE_GRACE_MS ago and
+ * are still open (the backend holds the response open) as a success, and
+ * the ones with no byte for stream_idle_ms (not counting time paused while
+ * the client was full) as timed out. */
 static void
-end_done_streams(struct aigw_upstream *up, int64_t now)
+sweep_streams(struct aigw_upstream *up, int64_t now)
 {
     struct aigw_upstream_call *c, *next;
 
-    if (up->done_open == 0)
+    if (up->n_streams == 0 || now < up->next_sweep_ms)
         return;
-    for (c = up->active.head; c != NULL && up->done_open > 0; c = next) {
+    up->next_sweep_ms = now + SWEEP_MS;
+    for (c = up->active.head; c != NULL; c = next) {
         next = c->next;
+        if (c->on_event == NULL)
+            continue;
         if (c->done_ms != 0 && c->done_ms + DONE_GRACE_MS <= now)
             complete(up, c, CURLE_OK);
+        else if (c->done_ms == 0 && !c->paused && up->cfg->stream_idle_ms > 0 &&
+                 now - c->last_byte_ms >= up->cfg->stream_idle_ms)
+            complete(up, c, CURLE_OPERATION_TIMEDOUT);
     }
 }
 
@@ -1251,7 +1269,7 @@ settle(struct aigw_upstream *up)
         int running = 0;
 
         reap(up);
-        end_done_streams(up, aigw_now_ms());
+        sweep_streams(up, aigw_now_ms());
         recover(up, aigw_now_ms());
         service_queues(up, aigw_now_ms());
         if (!up->added)

@@ -136,7 +136,7 @@ main(void)
         tl_mock_reset(mock);
         CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
         /* refunded once Redis answers, before READY (/healthz answers earlier) */
-        CHECK(tl_aigw_log_wait(&gw, "3 of 3 reservations left in flight by the previous run refunded", 10000),
+        CHECK(tl_aigw_log_wait(&gw, "3 of 3 reservations the previous run left unsettled refunded", 10000),
               "the refund is logged");
         CHECK(tl_quota_used(id) == 45, "the 3 reservations left in flight are refunded (%lld)", tl_quota_used(id));
         CHECK(rows_for(id, 45, 0) == 45, "and no row was made up for them");
@@ -212,6 +212,45 @@ main(void)
         }
         CHECK(refused == 0, "a burst after Redis is back: all answered (%d not)", refused);
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
+    }
+    /* 4) a refund Redis cannot take (it went away while the call was at the
+     * model) stays journaled, and the next start makes it */
+    free(cfg);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000,\"timeout_ms\":1500},"
+                          "\"tenants\":{\"cache_ttl_s\":3600},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    {
+        const char *mock = tl_env("AIGW_MOCK_URL");
+        const char *body[1] = {"{\"question\":\"a refund while Redis is down\"}"};
+        struct tl_resp rs[1];
+        struct tl_parallel *bg;
+        long long used, before = tl_mock_stat(mock, "in_flight"), in_flight = 0;
+
+        tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+        tl_resp_free(&r);
+        used = tl_quota_used(id);
+        tl_mock_config(mock, "{\"mode\":\"hang\"}");
+        bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
+        for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+            usleep(50 * 1000);
+        CHECK(in_flight == 1 && tl_quota_used(id) == used + 1, "a call at the model, its query reserved");
+        stack("redis-stop");
+        tl_parallel_join(bg);
+        CHECK(rs[0].status == 504, "the call times out: 504 (%ld)", rs[0].status);
+        tl_resp_free(&rs[0]);
+        tl_mock_reset(mock);
+        stack("redis-start");
+        CHECK(tl_quota_used(id) == used + 1, "its refund could not be made (%lld)", tl_quota_used(id));
+        CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+        CHECK(tl_count_files(spool, "quota-reservations-") == 1, "the journal file with it is kept (%d)",
+              tl_count_files(spool, "quota-reservations-"));
+        CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
+        CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
+              "the refund is made at the start");
+        CHECK(tl_quota_used(id) == used, "the counter is back (%lld, was %lld)", tl_quota_used(id), used);
+        CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+        CHECK(tl_count_files(spool, "quota-reservations-") == 0, "and no journal file is left");
     }
     CHECK(tl_rm_rf(spool), "spool removed");
     free(cfg);

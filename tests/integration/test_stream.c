@@ -291,7 +291,8 @@ test_failures(void)
         ask_stream(tok, "Will this stream stall?", &r);
         CHECK(r.status == 504 && tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "upstream_timeout") == 0,
               "stalled stream: 504 upstream_timeout (%ld %s)", r.status, r.body);
-        CHECK(aigw_now_ms() - t0 < 7500, "ended by the 1 s idle timeout, before the first token was due");
+        CHECK(aigw_now_ms() - t0 < 2500, "ended by the 1 s idle timeout, well before the first token was due (%lld ms)",
+              (long long)(aigw_now_ms() - t0));
         tl_resp_free(&r);
         CHECK(tl_usage_rows(owner, id, "NOT billed AND status_code = 504 AND error_code = 'upstream_timeout'", 1) == 1,
               "stalled stream: row, not billed");
