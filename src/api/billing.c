@@ -59,7 +59,9 @@ parse_month(const char *period, struct month *m)
         snprintf(y, sizeof(y), "%.4s", now_key);
         snprintf(mm, sizeof(mm), "%.2s", now_key + 4);
     } else {
-        if (strlen(period) != 7 || period[4] != '-')
+        /* digits only: the number parser would take a sign or a space */
+        if (strlen(period) != 7 || period[4] != '-' || strspn(period, "0123456789") != 4 ||
+            strspn(period + 5, "0123456789") != 2)
             return false;
         snprintf(y, sizeof(y), "%.4s", period);
         snprintf(mm, sizeof(mm), "%.2s", period + 5);

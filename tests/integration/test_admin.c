@@ -516,6 +516,9 @@ test_validation(void)
             {"/api/v1/tenants/clinic_001/usage?period=202605", "period"},
             {"/api/v1/tenants/clinic_001/usage?period=26-05", "period"},
             {"/api/v1/tenants/clinic_001/usage?period=2026-5x", "period"},
+            {"/api/v1/tenants/clinic_001/usage?period=2026-+1", "period"}, /* strtol took these as January */
+            {"/api/v1/tenants/clinic_001/usage?period=2026-%201", "period"},
+            {"/api/v1/tenants/clinic_001/usage?period=+026-01", "period"},
         };
 
         for (size_t i = 0; i < sizeof(BAD_ARGS) / sizeof(BAD_ARGS[0]); i++) {
