@@ -273,13 +273,12 @@ aigw_resv_recover(struct aigw_resv *j, aigw_resv_refund_fn refund, void *ud)
             close(fd);
             fd = -1;
         }
-        if (fd < 0 || write(fd, line, strlen(line)) != (ssize_t)strlen(line))
+        if (fd >= 0 && write(fd, line, strlen(line)) == (ssize_t)strlen(line))
+            j->old_whole[l->file] += (off_t)strlen(line); /* a failed write is cut off by the next one */
+        else
             aigw_log(LOG_ERR, "quota journal: cannot mark %s refunded in %s", l->id, j->old[l->file]);
         if (fd >= 0)
             close(fd);
-        else
-            continue;
-        j->old_whole[l->file] += (off_t)strlen(line);
     }
     if (aigw_resv_leftover(j) == 0) {
         for (size_t i = 0; i < j->n_old; i++) {

@@ -313,8 +313,10 @@ parse_model(struct ctx *c, json_t *m, size_t idx, struct aigw_model_cfg *mc)
     mc->qtype = route != NULL ? aigw_query_type_index(route) : 0;
     if (mc->qtype < 0)
         fail(c, "%s: route must be a query type", where);
-    if (tiers != NULL && (!json_is_array(tiers) || json_array_size(tiers) > AIGW_MAX_MODEL_TIERS))
+    if (tiers != NULL && (!json_is_array(tiers) || json_array_size(tiers) > AIGW_MAX_MODEL_TIERS)) {
         fail(c, "%s: tiers must be an array of at most %d plan names", where, AIGW_MAX_MODEL_TIERS);
+        tiers = NULL; /* not read: it would not fit mc->tiers */
+    }
     json_array_foreach(tiers, i, t) {
         if (!json_is_string(t) || json_string_length(t) == 0 || json_string_length(t) >= sizeof(mc->tiers[0])) {
             fail(c, "%s: tiers must be plan names", where);
@@ -489,6 +491,12 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     set_defaults(cfg);
     root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
+        /* jansson's text quotes the token it stopped at ("near '...'"),
+         * which can be part of a secret: line and column say where */
+        char *near = strstr(jerr.text, " near '");
+
+        if (near != NULL)
+            *near = '\0';
         fail(&c, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
         goto out;
     }

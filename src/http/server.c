@@ -205,7 +205,7 @@ make_response(struct aigw_req *req)
 
     if (req->sse_live) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        int sndbuf = req->srv->cfg.stream_buffer_bytes;
+        int sndbuf = req->snap->cfg.stream_buffer_bytes;
 
         /* a stream's kernel send buffer is bounded like its pipe: a slow
          * reader then pauses the upstream instead of filling megabytes of
@@ -288,6 +288,10 @@ is_json_type(const char *ct)
  * waiting for its end to answer 413 (see handle). */
 #define BODY_DISCARD_MAX (1024 * 1024)
 
+/* What libmicrohttpd 0.9.75 keeps per parsed header, cookie or query
+ * argument besides its text: a 56-byte record, 16-byte aligned. */
+#define HEADER_RECORD_BYTES 64
+
 static enum MHD_Result
 add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value,
                  size_t value_len)
@@ -297,22 +301,24 @@ add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key, size_t key
     (void)kind;
     (void)key;
     (void)value;
-    *n += key_len + value_len + 4; /* "name: value\r\n" */
+    *n += key_len + value_len + 4 + HEADER_RECORD_BYTES; /* "name: value\r\n" and its record */
     return MHD_YES;
 }
 
-/* The request line and header lines as sent, give or take the query
- * string's escapes. libmicrohttpd's per-connection pool is larger than
- * http.max_header_bytes (it also holds the parsed headers and the reply's
- * header block: headers that just fit it left no room to answer), so the
- * limit itself is checked here. */
+/* What the request's head takes of libmicrohttpd's per-connection pool:
+ * the request line and header lines as sent (give or take the query
+ * string's escapes) plus a record per header, cookie and query argument.
+ * The pool is http.max_header_bytes + HEADER_POOL_RESERVE, the reserve
+ * being room for the reply's header block, so the limit is checked here:
+ * a head that used up the reserve was processed, billed, and then could
+ * not be answered. */
 static size_t
 header_bytes(struct aigw_req *req)
 {
     size_t n = strlen(req->method) + strlen(req->url) + 11; /* " HTTP/1.1\r\n" */
 
-    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, add_header_bytes, &n);
-    MHD_get_connection_values_n(req->conn, MHD_GET_ARGUMENT_KIND, add_header_bytes, &n);
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND,
+                                add_header_bytes, &n);
     return n;
 }
 

@@ -9,6 +9,7 @@
 
 #include "aigw/api.h"
 #include "aigw/http.h"
+#include "aigw/snapshot.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
 #include "aigw/query.h"
@@ -260,7 +261,9 @@ from_result(struct aigw_req *req, const char *text)
 int
 aigw_singleflight_lock_ms(const struct aigw_req *req)
 {
-    return req->srv->cfg.timeout_ms + req->srv->cfg.queue_timeout_ms + 5000;
+    const struct aigw_config *cfg = &req->snap->cfg; /* upstream.* reloads: the lock outlasts the call */
+
+    return cfg->timeout_ms + cfg->queue_timeout_ms + 5000;
 }
 
 /* The lock or the published result, asked of Redis: {2, result}, {1} or {0}

@@ -9,6 +9,7 @@
 #include "aigw/config.h"
 #include "aigw/jsonw.h"
 #include "aigw/query.h"
+#include "aigw/snapshot.h"
 #include "aigw/sse.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
@@ -111,7 +112,7 @@ aigw_stream_start(struct aigw_req *req, const char *body, size_t len, aigw_upstr
     struct aigw_upstream_opts o = {.qtype = q->qtype, .body = body, .len = len, .on_event = on_event,
                                    .done = on_stream_done};
 
-    req->sse = aigw_sse_create(req->conn, (size_t)req->srv->cfg.stream_buffer_bytes);
+    req->sse = aigw_sse_create(req->conn, (size_t)req->snap->cfg.stream_buffer_bytes);
     req->sse_finalize = finalize;
     req->sse_on_drain = stream_unpause;
     o.ud = req->sse;

@@ -395,6 +395,42 @@ test_single_flight(int port2)
     free(tok);
 }
 
+/* A failed leader publishes its error for its own waiters. The next flight
+ * of the same question (within the error's 10 s) gets a new leader, whose
+ * waiters must get its answer, not the earlier flight's error. */
+static void
+test_single_flight_after_error(void)
+{
+    char id[37], code[65], *tok, *bodies[2];
+    struct tl_resp r[2];
+    long long calls;
+    int ok = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"error500\",\"fail_next\":1}");
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"a flight after a failed one\"}", &r[0]);
+    tl_expect("the first flight fails", &r[0], 502, "upstream_error");
+    tl_resp_free(&r[0]);
+    tl_mock_config(mock, "{\"first_token_ms\":600}");
+    calls = tl_mock_stat(mock, "chat_requests");
+    for (int i = 0; i < 2; i++)
+        bodies[i] = tl_sprintf("{\"question\":\"a flight after a failed one\"}");
+    tl_post_parallel(port, "/api/ai/query", tok, NULL, (const char *const *)bodies, 2, r);
+    for (int i = 0; i < 2; i++) {
+        ok += r[i].status == 200;
+        if (r[i].status != 200)
+            fprintf(stderr, "second flight: %ld %s\n", r[i].status, r[i].body);
+        tl_resp_free(&r[i]);
+        free(bodies[i]);
+    }
+    CHECK(ok == 2, "the second flight: leader and waiter both 200 (%d)", ok);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call for it (%lld)",
+          tl_mock_stat(mock, "chat_requests") - calls);
+    tl_mock_reset(mock);
+    free(tok);
+}
+
 static void
 test_rate_limit(void)
 {
@@ -839,6 +875,7 @@ main(void)
     test_single_flight(gw2.port);
     test_rate_buckets();
     test_upstream_failures();
+    test_single_flight_after_error();
     test_row_time();
     test_idempotency();
     test_leader_death();

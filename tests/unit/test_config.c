@@ -65,6 +65,35 @@ main(void)
     expect_invalid("openai model with an unknown route",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"id\":\"m\",\"route\":\"x\"}]}}",
                    "route must be a query type");
+    {
+        /* more tiers than the struct holds: refused, not written past it (9
+         * of them overwrote n_tiers, 40 crashed --check-config and a reload) */
+        char json[4096];
+        int n = snprintf(json, sizeof(json), "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},"
+                                             "\"openai\":{\"models\":[{\"id\":\"m\",\"tiers\":[");
+
+        for (int i = 0; i < 40; i++)
+            n += snprintf(json + n, sizeof(json) - (size_t)n, "%s\"tier-number-%02d\"", i ? "," : "", i);
+        snprintf(json + n, sizeof(json) - (size_t)n, "]},{\"id\":\"m2\"}]}}");
+        expect_invalid("40 tiers", json, "at most 8 plan names");
+        n = snprintf(json, sizeof(json), "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},"
+                                         "\"openai\":{\"models\":[{\"id\":\"m\",\"tiers\":[");
+        for (int i = 0; i < 9; i++)
+            n += snprintf(json + n, sizeof(json) - (size_t)n, "%s\"tier-%d\"", i ? "," : "", i);
+        snprintf(json + n, sizeof(json) - (size_t)n, "]}]}}");
+        expect_invalid("9 tiers", json, "at most 8 plan names");
+    }
+    {
+        /* a JSON error names the line and column, not the text it stopped
+         * at: that can be a secret with a stray backslash */
+        char e2[512] = "";
+
+        CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\","
+                   "\"secret\":\"TopSecretHmac\\Kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\"}]}}",
+                   e2, sizeof(e2)) == -1 &&
+                  strstr(e2, ":1:") != NULL && strstr(e2, "TopSecret") == NULL,
+              "a JSON error without the secret: %s", e2);
+    }
     expect_invalid("openai.cache_sampled not a boolean",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"cache_sampled\":1}}", "cache_sampled");
     {
