@@ -430,6 +430,40 @@ test_backend_reload(struct tl_aigw *gw, int fd, struct keys *k)
     free(tok);
 }
 
+/* The single-flight lock lives as long as the reloaded upstream timeouts
+ * say, not the start-up ones (a lock sized for a shorter timeout expired
+ * under a live leader, and its waiters made their own model calls). */
+static void
+test_lock_follows_reload(struct tl_aigw *gw, int fd, struct keys *k)
+{
+    static const char MAX_PTTL[] = "local m = -1 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do "
+                                   "local t = redis.call('PTTL', key) if t > m then m = t end end return m";
+    const char *slow_body[1] = {"{\"question\":\"How long may the leader of this question take?\"}"};
+    struct tl_resp slow;
+    struct tl_parallel *bg;
+    char id[37], *tok = busy_tenant(id, "k2", k->secret2), *pattern = tl_sprintf("aigw:{%s}:sf:*", id);
+    char *patch = tl_sprintf("{\"jwt\":{\"keys\":%s},\"upstream\":{\"health_interval_ms\":200,\"fail_threshold\":100,"
+                             "\"timeout_ms\":20000,\"routes\":null,\"backends\":%s}}",
+                             k->k2_keys, ONLY2);
+    char *cfg = tl_config_patch(patch);
+    long long pttl;
+
+    reload(gw, fd, cfg); /* upstream.timeout_ms 60000 -> 20000; queue_timeout_ms stays 10000 */
+    tl_mock_config(mock2, "{\"first_token_ms\":1500}");
+    bg = tl_post_parallel_bg(gw->port, "/api/ai/query", tok, slow_body, 1, &slow);
+    CHECK(tl_metric_wait(gw->port, "aigw_upstream_in_flight", 1, 15000) == 1, "a leader is at the model");
+    pttl = tl_redis_int("EVAL %s 0 %s", MAX_PTTL, pattern);
+    CHECK(pttl > 30000 && pttl <= 35000, "its lock lives 20 + 10 + 5 s, as reloaded (%lld ms left)", pttl);
+    tl_parallel_join(bg);
+    CHECK(slow.status == 200, "answered: %ld", slow.status);
+    tl_resp_free(&slow);
+    tl_mock_reset(mock2);
+    free(cfg);
+    free(patch);
+    free(pattern);
+    free(tok);
+}
+
 /* GET /api/ai/limits with an X-Request-Id, for the access log. */
 static long
 limits_with_id(int port, const char *tok, const char *rid)
@@ -571,6 +605,7 @@ test_reloads(void)
     test_key_rotation(&gw, fd, &k, ONLY1);
     test_bad_reload(&gw, fd, &k, ONLY1);
     test_backend_reload(&gw, fd, &k);
+    test_lock_follows_reload(&gw, fd, &k);
     test_log_level_reload(&gw, fd, &k, ONLY2);
     test_access_log(&gw, &k);
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit after the reloads");
