@@ -103,6 +103,20 @@ bool aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_red
  * yet (Redis not reached since start): the script cannot be told a deadline.
  * NULL-safe (-1). */
 int64_t aigw_redis_pipe_deadline(struct aigw_redis_pipe *p);
+/* aigw_redis_pipe_deadline as a script argument: digits, or "" for none. */
+void aigw_redis_deadline_arg(struct aigw_redis_pipe *p, char out[24]);
+/* Lua: past(deadline) is true when Redis's clock is past deadline (ms, as
+ * from aigw_redis_deadline_arg; '' never is). A script on a pool
+ * connection that must not act after its caller gave up starts with
+ * `if past(ARGV[n]) then return 'expired' end`: a Redis stuck behind another
+ * client's slow command still runs what was sent to it once it is free, and
+ * the caller answered 503 long before. */
+#define AIGW_REDIS_PAST_LUA                                                                          \
+    "local function past(deadline)\n"                                                               \
+    "  if deadline == nil or deadline == '' then return false end\n"                                \
+    "  local t = redis.call('TIME')\n"                                                              \
+    "  return t[1] * 1000 + math.floor(t[2] / 1000) > deadline + 0\n"                                \
+    "end\n"
 /* Refuse new calls (they fail at once), let the thread finish the calls
  * already handed over — answered, or failed at the timeout, so this waits
  * at most about redis.timeout_ms — and stop it. Idempotent, NULL-safe.

@@ -920,6 +920,17 @@ aigw_redis_pipe_deadline(struct aigw_redis_pipe *p)
 }
 
 void
+aigw_redis_deadline_arg(struct aigw_redis_pipe *p, char out[24])
+{
+    int64_t d = aigw_redis_pipe_deadline(p);
+
+    if (d >= 0)
+        aigw_fmt_int(out, d);
+    else
+        out[0] = '\0';
+}
+
+void
 aigw_redis_pipe_cancel(struct aigw_redis_pipe *p)
 {
     struct op_list in;

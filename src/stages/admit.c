@@ -216,7 +216,6 @@ build_args(struct aigw_req *req, struct admit_args *a)
     const struct aigw_tenant *t = req->tenant;
     const struct aigw_api_key *k = req->api_key;
     struct aigw_query *q = req->q;
-    int64_t deadline;
 
     aigw_concat(a->rl_key, sizeof(a->rl_key), "aigw:{", t->id, "}:rlb", NULL);
     aigw_concat(a->gen_key, sizeof(a->gen_key), "aigw:{", t->id, "}:gen", NULL);
@@ -244,11 +243,7 @@ build_args(struct aigw_req *req, struct admit_args *a)
     }
     for (int i = 6; i < 12; i++)
         a->args[i] = ""; /* ARGV[7] '' = not leading a miss */
-    deadline = aigw_redis_pipe_deadline(req->srv->pipe);
-    if (deadline >= 0)
-        aigw_fmt_int(a->deadline, deadline);
-    else
-        a->deadline[0] = '\0';
+    aigw_redis_deadline_arg(req->srv->pipe, a->deadline);
     a->args[12] = a->deadline;
     a->nargs = 13;
     switch (lead_mode(req)) {

@@ -14,12 +14,16 @@
 
 #define IDEM_TTL_MS "86400000"
 
-/* KEYS[1] record; ARGV[1] "P"..fingerprint, ARGV[2] pending ttl ms.
- * -> {0} when this request now owns the key, else {1, stored value} */
+/* KEYS[1] record; ARGV[1] "P"..fingerprint, ARGV[2] pending ttl ms, ARGV[3]
+ * deadline (see AIGW_REDIS_PAST_LUA: a late run would leave a pending
+ * record, and the client's retry of the 503 would get 409 for minutes).
+ * -> {0} when this request now owns the key, else {1, stored value};
+ * 'expired' (did nothing) */
 static struct aigw_redis_script begin_script = {
-    .source = "local v = redis.call('GET', KEYS[1])\n"
-              "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {0} end\n"
-              "return {1, v}\n",
+    .source = AIGW_REDIS_PAST_LUA "if past(ARGV[3]) then return 'expired' end\n"
+                                  "local v = redis.call('GET', KEYS[1])\n"
+                                  "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {0} end\n"
+                                  "return {1, v}\n",
 };
 
 void
@@ -88,9 +92,9 @@ aigw_stage_idempotency(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     const char *hdr = aigw_req_header(req, "Idempotency-Key"), *key;
-    char fp_arg[70], scoped[65];
+    char fp_arg[70], scoped[65], deadline[24];
     unsigned char md[32];
-    const char *keys[1], *args[2] = {fp_arg, "0"};
+    const char *keys[1], *args[3] = {fp_arg, "0", deadline};
     redisContext *rc;
     redisReply *r;
     enum aigw_rc ret = AIGW_OK;
@@ -115,7 +119,8 @@ aigw_stage_idempotency(struct aigw_req *req)
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         goto unavailable;
-    r = aigw_redis_eval(rc, &begin_script, 1, keys, 2, args);
+    aigw_redis_deadline_arg(req->srv->pipe, deadline);
+    r = aigw_redis_eval(rc, &begin_script, 1, keys, 3, args); /* 'expired': not an array, 503 */
     aigw_redis_release(req->srv->redis, rc);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         freeReplyObject(r);

@@ -27,11 +27,13 @@ static const char COUNT_SQL[] =
     "SELECT count(*) FROM ai_usage_logs WHERE billed AND tenant_id = aigw_current_tenant()"
     " AND created_at >= to_timestamp($1) AND created_at < to_timestamp($2)";
 
-/* KEYS[1] counter; ARGV[1] limit (-1 unlimited).
- * -> {-2, 0} counter missing (rebuild first), {0, used} exhausted, {1, used} reserved */
+/* KEYS[1] counter; ARGV[1] limit (-1 unlimited), ARGV[2] deadline (see
+ * AIGW_REDIS_PAST_LUA). -> {-2, 0} counter missing (rebuild first), {0, used}
+ * exhausted, {1, used} reserved, 'expired' (did nothing) */
 static struct aigw_redis_script reserve_script = {
-    .source = AIGW_QUOTA_RESERVE_LUA "local st, v = quota_reserve(KEYS[1], tonumber(ARGV[1]))\n"
-                                     "return {st, v}\n",
+    .source = AIGW_REDIS_PAST_LUA AIGW_QUOTA_RESERVE_LUA "if past(ARGV[2]) then return 'expired' end\n"
+                                                         "local st, v = quota_reserve(KEYS[1], tonumber(ARGV[1]))\n"
+                                                         "return {st, v}\n",
 };
 
 /* KEYS[1] counter: decrement, never below zero */
@@ -159,8 +161,8 @@ rebuild(struct aigw_server *srv, redisContext *rc, const struct aigw_tenant *t, 
 int
 aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *used)
 {
-    char key[128], limit[24];
-    const char *keys[1] = {key}, *args[1] = {limit};
+    char key[128], limit[24], deadline[24];
+    const char *keys[1] = {key}, *args[2] = {limit, deadline};
     redisContext *rc = aigw_redis_acquire(srv->redis);
     int ret = -1;
 
@@ -169,7 +171,10 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t
     aigw_quota_key(t->id, now, key, sizeof(key));
     snprintf(limit, sizeof(limit), "%ld", t->monthly_limit);
     for (int attempt = 0; attempt < 2; attempt++) {
-        redisReply *r = aigw_redis_eval(rc, &reserve_script, 1, keys, 1, args);
+        redisReply *r;
+
+        aigw_redis_deadline_arg(srv->pipe, deadline);
+        r = aigw_redis_eval(rc, &reserve_script, 1, keys, 2, args); /* 'expired': not an array, -1 */
         long long st;
 
         if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {

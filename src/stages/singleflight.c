@@ -31,12 +31,16 @@ struct aigw_sf {
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] lock ttl ms, ARGV[3]
- * '1' to take a just-published result ('0' for Cache-Control: no-cache)
- * -> {2, result} a result is already there, {1} lock taken, {0} someone else leads */
+ * '1' to take a just-published result ('0' for Cache-Control: no-cache),
+ * ARGV[4] deadline (see AIGW_REDIS_PAST_LUA: a late run would take a lock
+ * nobody leads) -> {2, result} a result is already there, {1} lock taken,
+ * {0} someone else leads, 'expired' (did nothing) */
 static struct aigw_redis_script acquire_script = {
-    .source = AIGW_SF_ACQUIRE_LUA "local st, r = sf_acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3] == '1')\n"
-                                  "if st == 2 then return {2, r} end\n"
-                                  "return {st}\n",
+    .source = AIGW_REDIS_PAST_LUA AIGW_SF_ACQUIRE_LUA
+    "if past(ARGV[4]) then return 'expired' end\n"
+    "local st, r = sf_acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3] == '1')\n"
+    "if st == 2 then return {2, r} end\n"
+    "return {st}\n",
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result ('' = none:
@@ -272,7 +276,8 @@ static long long
 acquire(struct aigw_req *req, char **result)
 {
     struct aigw_query *q = req->q;
-    const char *keys[2] = {q->sf_lock_key, q->sf_result_key}, *args[3];
+    const char *keys[2] = {q->sf_lock_key, q->sf_result_key}, *args[4];
+    char deadline[24];
     redisContext *rc;
     redisReply *r;
     long long st;
@@ -280,10 +285,12 @@ acquire(struct aigw_req *req, char **result)
     args[0] = req->usage_id;
     args[1] = aigw_pool_printf(req->pool, "%d", aigw_singleflight_lock_ms(req));
     args[2] = q->no_cache ? "0" : "1";
+    args[3] = deadline;
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         return -1;
-    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 3, args);
+    aigw_redis_deadline_arg(req->srv->pipe, deadline);
+    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 4, args); /* 'expired': not an array, -1 */
     aigw_redis_release(req->srv->redis, rc);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         freeReplyObject(r);

@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
+
 #include "aigw/query.h"
 #include "aigw/util.h"
 #include "testlib.h"
@@ -812,6 +814,103 @@ test_redis_stall(void)
     free(tok);
 }
 
+/* The busy client of test_redis_busy: once the request's idempotency
+ * record appears (a keyspace notification), keep Redis busy in a script for
+ * 2.5 s, longer than redis.timeout_ms (1 s here), so the request's next
+ * script on a pool connection (single-flight or quota) gives up and answers
+ * 503, and Redis runs that script only afterwards. */
+struct busy {
+    char pattern[128];
+    bool fired;
+    pthread_t th;
+};
+
+static redisContext *
+redis_connect(void)
+{
+    char host[64] = "127.0.0.1";
+    int rport = 6379;
+
+    sscanf(tl_env("AIGW_REDIS_URL"), "redis://%63[^:]:%d", host, &rport);
+    return redisConnect(host, rport);
+}
+
+static void *
+busy_run(void *arg)
+{
+    struct busy *b = arg;
+    redisContext *sub = redis_connect(), *c = redis_connect();
+    struct timeval tv = {10, 0};
+    redisReply *r;
+
+    if (sub == NULL || sub->err || c == NULL || c->err)
+        goto out;
+    redisSetTimeout(sub, tv);
+    freeReplyObject(redisCommand(sub, "PSUBSCRIBE %s", b->pattern));
+    if (redisGetReply(sub, (void **)&r) != REDIS_OK)
+        goto out;
+    freeReplyObject(r);
+    b->fired = true;
+    freeReplyObject(redisCommand(c, "EVAL %s 0",
+                                 "local t = redis.call('TIME') local s = t[1] * 1000 + t[2] / 1000 "
+                                 "while true do local n = redis.call('TIME') "
+                                 "if n[1] * 1000 + n[2] / 1000 - s > 2500 then return 1 end end"));
+out:
+    redisFree(sub);
+    redisFree(c);
+    return NULL;
+}
+
+/* Redis busy with another client's script right after an idempotent
+ * request's first script: the request answers 503, and the scripts it gave
+ * up on (single-flight lock, quota reservation, idempotency record: on pool
+ * connections, with no deadline) ran later anyway, leaving a query of the
+ * month reserved, a lock nobody led, or a pending record that answered the
+ * retry 409. With a deadline they do nothing: the retry with the same key
+ * is served and counted once. (Which script the busy spell hits depends on
+ * timing; a lock can also stay because the leader's own release could not
+ * reach Redis in time, so the lock is not checked here: it expires.) */
+static void
+test_redis_busy(void)
+{
+    char id[37], code[65], *tok, buf[64];
+    const char *h[] = {"Idempotency-Key: busy-1", NULL};
+    const char *body[1] = {"{\"question\":\"asked while another client keeps redis busy\"}"};
+    struct tl_resp r;
+    struct busy b;
+    long long used0;
+    int answered = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000,\"monthly_query_limit\":100}", id, code);
+    tok = tl_token(code, "optician", 600);
+    ask(tok, "{\"question\":\"before redis gets busy\"}", &r);
+    CHECK(r.status == 200, "before: answered (%ld)", r.status);
+    tl_resp_free(&r);
+    used0 = tl_quota_used(id);
+    memset(&b, 0, sizeof(b));
+    snprintf(b.pattern, sizeof(b.pattern), "__keyspace@*__:aigw:{%s}:idem:*", id);
+    tl_redis_int("CONFIG SET notify-keyspace-events K$");
+    pthread_create(&b.th, NULL, busy_run, &b);
+    usleep(200 * 1000); /* subscribed */
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    answered += r.status == 200;
+    CHECK(r.status == 200 || (r.status == 503 && tl_json_str(&r, "error.code", buf, sizeof(buf)) &&
+                              strcmp(buf, "service_unavailable") == 0),
+          "while Redis is busy: 200 or 503 service_unavailable (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    pthread_join(b.th, NULL);
+    tl_redis_int("CONFIG SET notify-keyspace-events %s", "");
+    CHECK(b.fired, "Redis was made busy right after the idempotency record");
+    usleep(300 * 1000); /* Redis has run whatever it was sent */
+    CHECK(tl_quota_used(id) == used0 + answered, "quota: only an answered request used a query (%lld, want %lld)",
+          tl_quota_used(id), used0 + answered);
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    CHECK(r.status == 200, "the retry with the same key is served (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_quota_used(id) == used0 + 1, "and counted once (%lld, want %lld)", tl_quota_used(id), used0 + 1);
+    free(tok);
+}
+
 static void
 test_all_backends_down(void)
 {
@@ -880,6 +979,7 @@ main(void)
     test_idempotency();
     test_leader_death();
     test_redis_stall();
+    test_redis_busy();
     test_all_backends_down();
     test_rate_limit();
 
