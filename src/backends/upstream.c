@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -685,8 +686,12 @@ stream_result(struct aigw_upstream_call *c)
  * two syscalls fewer per call. An idle socket that reports an event (the
  * backend closed the connection) is taken out then; one curl closes leaves
  * the set by itself (on_close_socket clears its entry, so a reused number
- * is added afresh). */
-enum { WATCH_SET = 1, WATCH_IN = 2, WATCH_OUT = 4, WATCH_IDLE = 8 };
+ * is added afresh). Only connections are kept idle (WATCH_CONN: curl opened
+ * them through on_open_socket): the threaded resolver's socketpair is closed
+ * by curl without the close hook, and an entry left for it made the next
+ * socketpair with the same number look watched already, so its answer was
+ * seen only at curl's next timer (up to ~200 ms later). */
+enum { WATCH_SET = 1, WATCH_IN = 2, WATCH_OUT = 4, WATCH_IDLE = 8, WATCH_CONN = 16 };
 
 static uint8_t *
 watch_of(struct aigw_upstream *up, curl_socket_t s)
@@ -719,11 +724,16 @@ on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
         return 0;
     w = watch_of(up, s);
     if (what == CURL_POLL_REMOVE) {
-        if (*w & WATCH_SET)
+        if ((*w & WATCH_SET) && (*w & WATCH_CONN)) {
             *w |= WATCH_IDLE;
+        } else if (*w & WATCH_SET) { /* not a connection: about to be closed behind our back */
+            epoll_ctl(up->epfd, EPOLL_CTL_DEL, s, NULL);
+            *w = 0;
+        }
         return 0;
     }
-    want = (uint8_t)(WATCH_SET | ((what & CURL_POLL_IN) ? WATCH_IN : 0) | ((what & CURL_POLL_OUT) ? WATCH_OUT : 0));
+    want = (uint8_t)(WATCH_SET | ((what & CURL_POLL_IN) ? WATCH_IN : 0) | ((what & CURL_POLL_OUT) ? WATCH_OUT : 0) |
+                     (*w & WATCH_CONN));
     if ((*w & ~WATCH_IDLE) == want) {
         *w = want;
         return 0;
@@ -736,11 +746,27 @@ on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
         && epoll_ctl(up->epfd, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s, &ev) != 0) {
         /* only on ENOMEM/ENOSPC; the transfer still ends, by its curl timeout */
         aigw_log(LOG_ERR, "upstream: cannot watch a backend socket");
-        *w = 0;
+        *w &= WATCH_CONN;
         return 0;
     }
     *w = want;
     return 0;
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: a connection's socket. Its number is fresh,
+ * so whatever the table says of it is stale (a socket closed behind our
+ * back: the kernel took it out of the epoll set). */
+static curl_socket_t
+on_open_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    struct aigw_upstream *up = clientp;
+    curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+
+    (void)purpose;
+    if (s == CURL_SOCKET_BAD)
+        return CURL_SOCKET_BAD;
+    *watch_of(up, s) = WATCH_CONN;
+    return s;
 }
 
 /* CURLOPT_CLOSESOCKETFUNCTION: closing takes s out of the epoll set. */
@@ -775,6 +801,8 @@ make_easy(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->len);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, (void *)c);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)up->cfg->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, (void *)up);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, (void *)up);
     if (c->on_event != NULL) {
@@ -1225,7 +1253,7 @@ dispatch(struct aigw_upstream *up, int n)
             /* an idle kept-alive connection stirred (closed by the backend):
              * out of the set; curl finds it dead when it next looks */
             epoll_ctl(up->epfd, EPOLL_CTL_DEL, fd, NULL);
-            up->watch[fd] = 0;
+            up->watch[fd] = WATCH_CONN;
         } else {
             curl_multi_socket_action(up->multi, fd, curl_bits(up->ev[i].events), &running);
         }

@@ -413,6 +413,43 @@ closer_stop(struct closer *c)
     pthread_mutex_destroy(&c->lock);
 }
 
+/* A backend given by host name: curl resolves it on its resolver thread,
+ * whose socketpair the engine watches and drops again (it is not a
+ * connection, so it is not kept idle in the set). Calls on new connections
+ * (the closer closes each) keep working, each answered at once. */
+static void
+test_hostname_backend(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    struct closer srv;
+    char url[64];
+    int ok = 0;
+
+    closer_start(&srv, NULL);
+    atomic_store(&srv.close_each, true);
+    snprintf(url, sizeof(url), "http://localhost:%d", srv.port);
+    cfg_init(&cfg);
+    add_backend(&cfg, "by-name", url, 1);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 5; i++) {
+        int64_t t0 = aigw_now_ms();
+
+        submit(up, &p);
+        ok += wait_all(&p, 1, 5000) && res(&p)->status == 200 && aigw_now_ms() - t0 < 1000;
+        free_all(&p, 1);
+    }
+    CHECK(ok == 5, "by host name: 5 of 5 calls answered within a second (%d)", ok);
+    pthread_mutex_lock(&srv.lock);
+    ok = srv.accepted;
+    pthread_mutex_unlock(&srv.lock);
+    CHECK(ok == 5, "each on a new connection (%d)", ok);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    closer_stop(&srv);
+}
+
 /* A connection whose transfer is over stays in the engine's epoll set (the
  * next call on it then needs no epoll_ctl). When the backend closes it while
  * it idles, the engine must take it out rather than spin on it, and the next
@@ -1369,6 +1406,7 @@ main(void)
     test_many_submitters();
     test_flood();
     test_sse_data_lines();
+    test_hostname_backend();
     test_open_after_done();
     test_spread();
     test_queue_full();
