@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -389,6 +390,22 @@ parse_routes(struct ctx *c, json_t *routes, struct aigw_config *cfg)
                 cfg->route_backends[t][cfg->n_route_backends[t]++] = (int)b;
 }
 
+/* Whether libpq can parse url. Checked here, where the reason can be left
+ * out: libpq's own message quotes the part it could not parse, password
+ * included, and would otherwise reach the log at every connection attempt. */
+static bool
+conninfo_ok(const char *url)
+{
+    char *err = NULL;
+    PQconninfoOption *o = PQconninfoParse(url, &err);
+
+    PQfreemem(err);
+    if (o == NULL)
+        return false;
+    PQconninfoFree(o);
+    return true;
+}
+
 static void
 set_defaults(struct aigw_config *cfg)
 {
@@ -613,6 +630,12 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         free(cfg->database_listen_url);
         cfg->database_listen_url = NULL;
     }
+    if (!c.failed && !conninfo_ok(cfg->database_url))
+        fail(&c, "database.url: not a connection string libpq can parse (why is not shown: it may quote the "
+                 "password; percent-encode special characters in it)");
+    if (!c.failed && cfg->database_listen_url != NULL && !conninfo_ok(cfg->database_listen_url))
+        fail(&c, "database.listen_url: not a connection string libpq can parse (why is not shown: it may quote "
+                 "the password)");
     if (!c.failed && cfg->n_jwt_keys == 0)
         fail(&c, "jwt.keys: at least one key is required");
 out:

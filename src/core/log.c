@@ -68,13 +68,16 @@ aigw_log_level_parse(const char *name)
     return -1;
 }
 
-/* Replace control characters so one log call is one line. */
+/* Replace control characters so one log call is one line, and with '?',
+ * not a space: a tab in a client's value (libmicrohttpd splits the request
+ * line on spaces only, so a method can hold tabs) must not turn into
+ * " NAME=value" fields of its own in the stderr format. */
 static void
 sanitize(char *s)
 {
     for (; *s; s++)
         if (iscntrl((unsigned char)*s))
-            *s = ' ';
+            *s = '?';
 }
 
 static void

@@ -54,7 +54,8 @@ check_messages(struct aigw_req *req, json_t *msgs)
 static enum aigw_rc
 check_max_tokens(struct aigw_req *req, json_t *body, long *out)
 {
-    const char *name = json_object_get(body, "max_completion_tokens") != NULL ? "max_completion_tokens" : "max_tokens";
+    json_t *mct = json_object_get(body, "max_completion_tokens");
+    const char *name = mct != NULL && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
     json_t *v = json_object_get(body, name);
     long plan = req->tenant->max_tokens;
 
@@ -96,7 +97,8 @@ check_options(struct aigw_req *req, json_t *body, bool *cacheable)
 }
 
 /* The body sent upstream: the client's, with the model, the clamped
- * max_tokens and (streams) usage at the end. */
+ * max_tokens and (streams) usage at the end. llama-server's own n_predict
+ * goes: it wins over max_tokens there, and would lift the plan's limit. */
 static json_t *
 forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool stream)
 {
@@ -104,6 +106,7 @@ forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool st
 
     json_object_set_new(out, "model", json_string(m->id));
     json_object_del(out, "max_completion_tokens");
+    json_object_del(out, "n_predict");
     json_object_set_new(out, "max_tokens", json_integer(max_tokens));
     if (stream)
         json_object_set_new(out, "stream_options", json_pack("{s:b}", "include_usage", 1));

@@ -94,6 +94,31 @@ test_plain_and_cache(const char *tok, const char *tid)
     CHECK(tl_usage_rows(owner, tid, "billed", 3) == 3 && tl_usage_rows(owner, tid, "NOT billed", 1) == 1, "3 billed rows, 1 hit row");
 }
 
+/* Length limits the plan sets cannot be lifted: llama-server's own
+ * n_predict (which wins over max_tokens there) is not forwarded, and a null
+ * max_completion_tokens leaves the client's max_tokens in force. */
+static void
+test_length_limits(const char *tok)
+{
+    struct tl_resp r, st;
+    char buf[64];
+
+    chat(tok, "{\"n_predict\":1400,\"messages\":[{\"role\":\"user\",\"content\":\"a long one, please\"}]}", &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "usage.completion_tokens", -1) <= 1000,
+          "n_predict 1400 on a 1000-token plan: %lld tokens", tl_json_int(&r, "usage.completion_tokens", -1));
+    tl_resp_free(&r);
+    tl_http_url(mock, "GET", "/__mock/stats", NULL, &st);
+    CHECK(tl_json_int(&st, "last_request.max_tokens", -1) == 1000 && !tl_json_str(&st, "last_request.n_predict", buf, sizeof(buf)) &&
+              tl_json_int(&st, "last_request.n_predict", -1) == -1,
+          "forwarded: max_tokens 1000, no n_predict");
+    tl_resp_free(&st);
+    chat(tok, "{\"max_completion_tokens\":null,\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":\"short\"}]}",
+         &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "usage.completion_tokens", -1) == 3,
+          "max_completion_tokens null, max_tokens 3: %lld tokens", tl_json_int(&r, "usage.completion_tokens", -1));
+    tl_resp_free(&r);
+}
+
 /* Split an SSE body into its data payloads; false on bad framing. */
 static bool
 payloads(const char *body, char out[][2048], int cap, int *n)
@@ -290,6 +315,7 @@ main(void)
     tok = tl_token(code, "admin", 600);
 
     test_plain_and_cache(tok, id);
+    test_length_limits(tok);
     test_stream(tok, id);
     test_bad_input(tok, id);
     test_gating(tok);

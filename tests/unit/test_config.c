@@ -84,6 +84,17 @@ main(void)
         expect_invalid("9 tiers", json, "at most 8 plan names");
     }
     {
+        /* a database URL libpq cannot parse is refused without libpq's reason,
+         * which quotes the password (it reached the log at every attempt) */
+        char e3[512] = "";
+
+        CHECK(load("{\"database\":{\"url\":\"postgresql://aigw:S3cr%et@127.0.0.1:1/aigw\"},"
+                   "\"redis\":{\"url\":\"redis://127.0.0.1:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                   e3, sizeof(e3)) == -1 &&
+                  strstr(e3, "database.url") != NULL && strstr(e3, "S3cr") == NULL,
+              "an unparsable database.url, without the password: %s", e3);
+    }
+    {
         /* a JSON error names the line and column, not the text it stopped
          * at: that can be a secret with a stray backslash */
         char e2[512] = "";
