@@ -84,6 +84,7 @@ aigw_query_from_json(struct aigw_req *req, json_t *root)
     q->model = json_string_value(json_object_get(root, "model"));
     q->prompt_tokens = (long)json_integer_value(json_object_get(usage, "prompt_tokens"));
     q->completion_tokens = (long)json_integer_value(json_object_get(usage, "completion_tokens"));
+    q->finish_reason = json_string_value(json_object_get(root, "finish_reason")); /* borrowed too */
     q->from_cache = true;
     return q->respond(req);
 }
@@ -125,6 +126,8 @@ outcome_json(struct aigw_req *req)
     aigw_jsonw_init(&w, strlen(q->answer) + 128);
     aigw_jsonw_obj_open(&w);
     aigw_jsonw_kstr(&w, "answer", q->answer);
+    if (q->finish_reason != NULL)
+        aigw_jsonw_kstr(&w, "finish_reason", q->finish_reason);
     model_and_usage(&w, q);
     aigw_jsonw_obj_close(&w);
     return aigw_jsonw_take(&w, NULL);
@@ -165,7 +168,10 @@ aigw_query_after(struct aigw_req *req)
         return;
     store = aigw_cache_entry(req, &entry);
     if (q->sf_role == AIGW_SF_LEADER) {
-        char *text = req->status == 499 || !req->responded ? NULL : outcome_json(req);
+        /* no result for the waiters of a tool call either: rebuilt from the
+         * outcome it would have no tool_calls, so they ask for themselves */
+        bool tools = q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0;
+        char *text = req->status == 499 || !req->responded || tools ? NULL : outcome_json(req);
 
         aigw_sf_publish(req, text, store ? &entry : NULL);
         free(text);

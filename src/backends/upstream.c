@@ -421,9 +421,10 @@ parse_answer(struct aigw_upstream_call *c)
         return -1;
     choice = json_array_get(json_object_get(root, "choices"), 0);
     content = json_object_get(json_object_get(choice, "message"), "content");
-    if (!json_is_string(content))
+    if (!json_is_string(content) && !json_is_null(content))
         goto out;
-    c->res.content = dup_string(content);
+    /* null: an answer that is only tool calls (llama-server with --jinja) */
+    c->res.content = json_is_string(content) ? dup_string(content) : aigw_xstrdup("");
     c->res.model = dup_string(json_object_get(root, "model"));
     c->res.finish_reason = dup_string(json_object_get(choice, "finish_reason"));
     usage = json_object_get(root, "usage");

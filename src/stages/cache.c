@@ -14,16 +14,19 @@
 #include "aigw/util.h"
 
 /* Entry format (parsed without a JSON parser on the hit path):
- * "v2\n<model>\n<prompt_tokens> <completion_tokens>\n<answer as a JSON string>" */
+ * "v3\n<model>\n<prompt_tokens> <completion_tokens> <finish_reason or ->\n<answer as a JSON string>";
+ * "v2" entries (no finish_reason) are still read until they expire. */
 enum aigw_rc
 aigw_stage_cache(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     char *model, *counts, *answer, *end;
+    bool v3;
 
     if (q->cached == NULL)
         return AIGW_OK;
-    if (strncmp(q->cached, "v2\n", 3) != 0)
+    v3 = strncmp(q->cached, "v3\n", 3) == 0;
+    if (!v3 && strncmp(q->cached, "v2\n", 3) != 0)
         goto unreadable;
     model = q->cached + 3;
     counts = strchr(model, '\n');
@@ -36,6 +39,12 @@ aigw_stage_cache(struct aigw_req *req)
     *answer++ = '\0';
     q->prompt_tokens = strtol(counts, &end, 10);
     q->completion_tokens = strtol(end, &end, 10);
+    if (v3) {
+        if (*end != ' ' || end[1] == '\0')
+            goto unreadable;
+        q->finish_reason = strcmp(end + 1, "-") == 0 ? NULL : end + 1; /* points into q->cached */
+        end += strlen(end);
+    }
     if (*end != '\0' || answer[0] != '"' || strlen(answer) < 2 || answer[strlen(answer) - 1] != '"')
         goto unreadable;
     q->model = model;
@@ -49,6 +58,15 @@ unreadable:
     return AIGW_OK;
 }
 
+/* A finish_reason the entry can hold on its counts line: 1..32 of [a-z_]. */
+static bool
+token_word(const char *s)
+{
+    size_t n = s != NULL ? strspn(s, "abcdefghijklmnopqrstuvwxyz_") : 0;
+
+    return n > 0 && n <= 32 && s[n] == '\0';
+}
+
 bool
 aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
 {
@@ -57,13 +75,15 @@ aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
 
     if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
         return false;
+    if (q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0)
+        return false; /* the rebuilt answer would have no tool_calls */
     if (q->model != NULL && strchr(q->model, '\n') != NULL)
         return false;
     e->key = aigw_pool_printf(req->pool, "aigw:{%s}:c:%s:%s", req->tenant->id, q->gen, q->cache_hex);
     aigw_fmt_int(e->ttl_s, req->tenant->cache_ttl_s);
     aigw_jsonw_init(&e->value, strlen(q->answer) + 160);
-    snprintf(head, sizeof(head), "v2\n%s\n%ld %ld\n", q->model ? q->model : "", q->prompt_tokens,
-             q->completion_tokens);
+    snprintf(head, sizeof(head), "v3\n%s\n%ld %ld %s\n", q->model ? q->model : "", q->prompt_tokens,
+             q->completion_tokens, token_word(q->finish_reason) ? q->finish_reason : "-");
     aigw_jsonw_append(&e->value, head, strlen(head));
     aigw_jsonw_str(&e->value, q->answer);
     return true;

@@ -44,7 +44,9 @@ check_messages(struct aigw_req *req, json_t *msgs)
         if (!json_is_string(role) || !known_role(json_string_value(role)))
             return aigw_req_fail(req, 400, "invalid_request",
                                  "messages[%zu].role: must be one of system, user, assistant, developer, tool", i);
-        if (!json_is_string(content))
+        if (!json_is_string(content) &&
+            !((content == NULL || json_is_null(content)) && strcmp(json_string_value(role), "assistant") == 0 &&
+              json_array_size(json_object_get(m, "tool_calls")) > 0)) /* an earlier turn's tool calls */
             return aigw_req_fail(req, 400, "invalid_request", "messages[%zu].content: must be a string", i);
     }
     return AIGW_OK;

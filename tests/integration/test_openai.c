@@ -119,6 +119,37 @@ test_length_limits(const char *tok)
     tl_resp_free(&r);
 }
 
+/* A cached answer keeps its finish_reason ("length" when max_tokens cut
+ * it: it was always "stop"), and an earlier turn's tool calls (an
+ * assistant message with null content) are a valid conversation. */
+static void
+test_finish_and_tools(const char *tok)
+{
+    static const char cut[] = "{\"temperature\":0,\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":"
+                              "\"cut me short\"}]}";
+    struct tl_resp r;
+    char fr[32] = "", hit[8] = "";
+
+    chat(tok, cut, &r);
+    CHECK(r.status == 200 && tl_json_str(&r, "choices.0.finish_reason", fr, sizeof(fr)) && strcmp(fr, "length") == 0,
+          "cut by max_tokens: finish_reason length (%s)", fr);
+    tl_resp_free(&r);
+    chat(tok, cut, &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", hit, sizeof(hit)) && strcmp(hit, "HIT") == 0 &&
+              tl_json_str(&r, "choices.0.finish_reason", fr, sizeof(fr)) && strcmp(fr, "length") == 0,
+          "from the cache: still length (%s, %s)", hit, fr);
+    tl_resp_free(&r);
+    chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},{\"role\":\"assistant\",\"content\":null,"
+              "\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\",\"function\":{\"name\":\"w\",\"arguments\":\"{}\"}}]},"
+              "{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"sunny\"}]}",
+         &r);
+    CHECK(r.status == 200, "a turn after tool calls: 200 (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    chat(tok, "{\"messages\":[{\"role\":\"assistant\",\"content\":null},{\"role\":\"user\",\"content\":\"x\"}]}", &r);
+    expect_error("null content without tool calls", &r, 400, "invalid_request_error", "messages[0].content");
+    tl_resp_free(&r);
+}
+
 /* Split an SSE body into its data payloads; false on bad framing. */
 static bool
 payloads(const char *body, char out[][2048], int cap, int *n)
@@ -316,6 +347,7 @@ main(void)
 
     test_plain_and_cache(tok, id);
     test_length_limits(tok);
+    test_finish_and_tools(tok);
     test_stream(tok, id);
     test_bad_input(tok, id);
     test_gating(tok);

@@ -118,8 +118,8 @@ test_basic_and_cache(void)
      * by default) in the entry format, its result published for waiters and
      * its single-flight lock released, all in one script call */
     CHECK(cache_entries(id, "true", 1) == 1, "one cache entry");
-    CHECK(cache_entries(id, "string.sub(v, 1, 3) == 'v2\\n' and string.find(v, 'Mock answer', 1, true)", 1) == 1,
-          "the entry holds the answer in the v2 format");
+    CHECK(cache_entries(id, "string.sub(v, 1, 3) == 'v3\\n' and string.find(v, 'Mock answer', 1, true)", 1) == 1,
+          "the entry holds the answer in the v3 format");
     CHECK(cache_entries(id, "redis.call('TTL', k) > 3590 and redis.call('TTL', k) <= 3600", 1) == 1,
           "the entry expires after the tenant's cache TTL");
     CHECK(sf_locks(id) == 0, "the leader released its single-flight lock");
@@ -140,6 +140,20 @@ test_basic_and_cache(void)
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "hit: no upstream call");
     CHECK(billed_rows(id, 1) == 1, "one billed row");
     CHECK(rows(id, 2) == 2, "two usage rows (hit logged, not billed)");
+    /* an entry written before finish_reason was kept (v2) is still a hit */
+    CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:c:*",
+                       "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                       " local m, c, rest = string.match(redis.call('GET', k), '^v3\\n([^\\n]*)\\n(%d+ %d+) [^\\n]*\\n(.*)$')"
+                       " if m then redis.call('SET', k, 'v2\\n' .. m .. '\\n' .. c .. '\\n' .. rest, 'KEEPTTL') n = n + 1 end"
+                       " end return n",
+                       id) == 1,
+          "the entry rewritten in the v2 format");
+    ask(tok, "{\"question\":\"How do I clean anti-reflective lenses?\"}", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0 &&
+              tl_json_str(&r, "answer", buf, sizeof(buf)) && strncmp(buf, "Mock answer", 11) == 0,
+          "a v2 entry: HIT with its answer");
+    tl_resp_free(&r);
+    CHECK(rows(id, 3) == 3, "three usage rows");
 
     /* another tenant: its own cache */
     ask(tok2, "{\"question\":\"How do I clean anti-reflective lenses?\"}", &r);

@@ -291,7 +291,10 @@ json_at(const struct tl_resp *r, const char *path, json_t **root)
         size_t n = strcspn(path, ".");
 
         snprintf(key, sizeof(key), "%.*s", (int)n, path);
-        v = json_object_get(v, key);
+        if (json_is_array(v) && n > 0 && strspn(key, "0123456789") == n) /* "choices.0.x" */
+            v = json_array_get(v, strtoul(key, NULL, 10));
+        else
+            v = json_object_get(v, key);
         path += n;
         if (*path == '.')
             path++;
