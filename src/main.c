@@ -258,16 +258,13 @@ refund_leftover(void *ud, const char *tenant_id, int64_t at_s)
 static void
 recover_reservations(struct aigw_server *srv)
 {
-    size_t left = aigw_resv_leftover(srv->resv), done;
+    size_t left = aigw_resv_leftover(srv->resv);
+    size_t done = aigw_resv_recover(srv->resv, refund_leftover, srv); /* also removes the previous run's files */
 
-    if (left == 0) {
-        aigw_resv_recover(srv->resv, refund_leftover, srv); /* removes the previous run's files */
-        return;
-    }
-    done = aigw_resv_recover(srv->resv, refund_leftover, srv);
-    aigw_log(done == left ? LOG_NOTICE : LOG_ERR,
-             "quota: %zu of %zu reservations the previous run left unsettled refunded%s", done, left,
-             done == left ? "" : "; the rest stay journaled for the next start");
+    if (left > 0)
+        aigw_log(done == left ? LOG_NOTICE : LOG_ERR,
+                 "quota: %zu of %zu reservations the previous run left unsettled refunded%s", done, left,
+                 done == left ? "" : "; the rest stay journaled for the next start");
 }
 
 /* Start the threads and the listener, wait for the dependencies, then

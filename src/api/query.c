@@ -168,10 +168,8 @@ aigw_query_after(struct aigw_req *req)
         return;
     store = aigw_cache_entry(req, &entry);
     if (q->sf_role == AIGW_SF_LEADER) {
-        /* no result for the waiters of a tool call either: rebuilt from the
-         * outcome it would have no tool_calls, so they ask for themselves */
-        bool tools = q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0;
-        char *text = req->status == 499 || !req->responded || tools ? NULL : outcome_json(req);
+        /* no result for the waiters of a tool call: they ask for themselves */
+        char *text = req->status == 499 || !req->responded || aigw_query_tool_calls(q) ? NULL : outcome_json(req);
 
         aigw_sf_publish(req, text, store ? &entry : NULL);
         free(text);

@@ -82,7 +82,6 @@ enum { CTL_UNPAUSE = 1, CTL_CANCEL = 2 };
 
 struct aigw_upstream_call {
     struct aigw_upstream_call *prev, *next; /* links of the list the call is in */
-    struct aigw_upstream *up;
     atomic_int refs;       /* the caller's and the engine's (plus one per pending control request) */
     enum call_state state; /* engine thread */
     int qtype;
@@ -153,7 +152,6 @@ struct aigw_upstream {
     size_t watch_cap;
     int64_t curl_due_us;               /* monotonic us curl's timer expires; -1 = none */
     bool added;                        /* transfers were added since the last kick */
-    size_t done_open;                  /* active streams past [DONE] whose response has not ended */
     int64_t next_sweep_ms;             /* sweep_streams: when next */
     size_t n_streams;                  /* active streaming calls */
     struct epoll_event ev[MAX_EVENTS];
@@ -537,10 +535,8 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
 
     if (plen == 6 && memcmp(payload, "[DONE]", 6) == 0) {
         ev->done = true;
-        if (!c->res.saw_done && c->easy != NULL) {
+        if (!c->res.saw_done)
             c->done_ms = aigw_now_ms();
-            c->up->done_open++;
-        }
         c->res.saw_done = true;
         return;
     }
@@ -859,10 +855,7 @@ detach(struct aigw_upstream *up, struct aigw_upstream_call *c)
     curl_easy_cleanup(c->easy);
     c->easy = NULL;
     c->backend = -1;
-    if (c->done_ms != 0) {
-        c->done_ms = 0;
-        up->done_open--;
-    }
+    c->done_ms = 0;
     up->n_streams -= c->on_event != NULL;
     list_remove(&up->active, c);
     up->be[b].in_flight--;
@@ -1003,7 +996,7 @@ service_queues(struct aigw_upstream *up, int64_t now)
 
 /* A stream that got its 200: success only with [DONE] and no error event
  * (however the response ended after it: see on_stream_write and
- * end_done_streams); either way the result carries what was delivered. */
+ * sweep_streams); either way the result carries what was delivered. */
 static void
 complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc, int b)
 {
@@ -1671,7 +1664,6 @@ aigw_upstream_submit_opts(struct aigw_upstream *up, const struct aigw_upstream_o
     bool closed;
 
     atomic_init(&c->refs, 2); /* the caller's and the engine's */
-    c->up = up;
     c->state = CS_INBOX;
     c->qtype = o->qtype;
     c->keep_raw = o->keep_raw;

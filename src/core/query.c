@@ -122,3 +122,9 @@ aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, c
         free(buf);
     aigw_hex(md, 32, out);
 }
+
+bool
+aigw_query_tool_calls(const struct aigw_query *q)
+{
+    return q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0;
+}

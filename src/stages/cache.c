@@ -75,8 +75,8 @@ aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
 
     if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
         return false;
-    if (q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0)
-        return false; /* the rebuilt answer would have no tool_calls */
+    if (aigw_query_tool_calls(q))
+        return false;
     if (q->model != NULL && strchr(q->model, '\n') != NULL)
         return false;
     e->key = aigw_pool_printf(req->pool, "aigw:{%s}:c:%s:%s", req->tenant->id, q->gen, q->cache_hex);
