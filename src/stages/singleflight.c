@@ -62,7 +62,12 @@ resolve(struct aigw_req *req, int state, char *result)
     aigw_req_resume(req);
 }
 
-/* One poll round: pipeline GET result + EXISTS lock for every waiter. */
+/* One poll round: pipeline EXISTS lock + GET result for every waiter. The
+ * lock is read first: the leader's publish script stores the result and drops
+ * the lock in one step, so a lock seen gone means the result (if the flight
+ * had one) is already there for the GET that follows. In the other order a
+ * publish landing between the two read "no result, no lock" and sent the
+ * waiter off to start a flight of its own. */
 static void
 poll_round(struct aigw_sf *sf, struct aigw_req **batch, size_t n)
 {
@@ -71,14 +76,14 @@ poll_round(struct aigw_sf *sf, struct aigw_req **batch, size_t n)
     size_t i;
 
     for (i = 0; rc != NULL && i < n; i++) {
-        redisAppendCommand(rc, "GET %s", batch[i]->q->sf_result_key);
         redisAppendCommand(rc, "EXISTS %s", batch[i]->q->sf_lock_key);
+        redisAppendCommand(rc, "GET %s", batch[i]->q->sf_result_key);
     }
     for (i = 0; i < n; i++) {
         redisReply *res = NULL, *lock = NULL;
         struct aigw_req *req = batch[i];
 
-        if (rc != NULL && (redisGetReply(rc, (void **)&res) != REDIS_OK || redisGetReply(rc, (void **)&lock) != REDIS_OK)) {
+        if (rc != NULL && (redisGetReply(rc, (void **)&lock) != REDIS_OK || redisGetReply(rc, (void **)&res) != REDIS_OK)) {
             freeReplyObject(res);
             res = lock = NULL;
         }
