@@ -151,24 +151,26 @@ reload(struct aigw_server *srv, const char *config_path, bool ready)
 
 /* READY=1 waits for the first PostgreSQL and Redis contact (the listener is
  * already bound, so /readyz says what is missing). Returns 0 once both
- * answered (or at once when startup.dependency_timeout_ms is 0), the signal
- * that asked to stop, or -1 when the timeout passed (logged). */
+ * answered (or after one look at PostgreSQL, for the role check below,
+ * when startup.dependency_timeout_ms is 0), the signal
+ * that asked to stop, -1 when the timeout passed, or -2 when the database
+ * role bypasses row-level security (both logged). */
 static int
 wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, const char *config_path)
 {
     int64_t start = aigw_now_ms(), next_note = start;
     int limit = srv->cfg.dependency_timeout_ms;
 
-    while (limit > 0) {
+    if (limit == 0) /* not waiting; but a role that voids the tenant policies is refused all the same */
+        return aigw_pg_ping(srv->pg, 1000) && aigw_pg_check_session(srv->pg) != 0 ? -2 : 0;
+    for (;;) {
         bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
         const char *missing = !pg && !redis ? "PostgreSQL and Redis" : !pg ? "PostgreSQL" : "Redis";
         int64_t now = aigw_now_ms();
         int sig;
 
-        if (pg && redis) {
-            aigw_pg_check_timeouts(srv->pg);
-            return 0;
-        }
+        if (pg && redis)
+            return aigw_pg_check_session(srv->pg) == 0 ? 0 : -2;
         if (now - start >= limit) {
             aigw_log(LOG_ERR, "startup: %s not reachable after %d ms (startup.dependency_timeout_ms); exiting",
                      missing, limit);
@@ -185,7 +187,6 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
         if (sig == SIGHUP)
             reload(srv, config_path, false);
     }
-    return 0;
 }
 
 /* Wait until no request is in flight or deadline_ms (monotonic) passes; a
@@ -319,7 +320,8 @@ serve(struct aigw_server *srv, const char *config_path)
         }
     }
     rc = sig < 0 ? 1 : 0;
-    aigw_log(LOG_NOTICE, "shutting down (%s)", sig < 0 ? "dependencies unreachable" : "signal");
+    aigw_log(LOG_NOTICE, "shutting down (%s)",
+             sig == -2 ? "refused the database role" : sig < 0 ? "dependencies unreachable" : "signal");
     drain(srv, wd, &set, sig < 0 ? 0 : drain_timeout_ms(srv));
     aigw_watchdog_destroy(wd);
     return rc;

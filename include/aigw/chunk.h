@@ -6,11 +6,15 @@
  * jansson tree of ~10 members per event to look at three of them was a sixth
  * of its CPU per relayed event. The scan accepts exactly the texts that
  * json_loadb(text, len, 0, ...) accepts with an object at the top (RFC 8259
- * with jansson's rules: valid UTF-8, no \u0000 and no unpaired surrogate
- * escape, integers within long long, reals that do not overflow, at most
- * 2048 levels of nesting, nothing but whitespace after the value), and reads
- * a repeated key's last value, as jansson does. tests/unit/test_chunk.c
- * checks both against jansson on realistic and on mutated events. */
+ * with jansson's rules: valid UTF-8, no unpaired surrogate escape, integers
+ * within long long, reals that do not overflow, at most 2048 levels of
+ * nesting, nothing but whitespace after the value), and reads a repeated
+ * key's last value, as jansson does. A \u0000 escape is accepted in a
+ * string value and refused in a key, as jansson does with JSON_ALLOW_NUL:
+ * llama-server writes a NUL the model produced that way, and that is an
+ * answer, not a broken backend; decoded, it becomes U+FFFD, since the text
+ * is handled as a C string. tests/unit/test_chunk.c checks both against
+ * jansson on realistic and on mutated events. */
 #ifndef AIGW_CHUNK_H
 #define AIGW_CHUNK_H
 
@@ -28,9 +32,15 @@ struct aigw_chunk_str {
 
 struct aigw_chunk {
     bool error;                /* a top-level "error" member, whatever its value */
+    long error_code;           /* error.code when a positive integer, else 0 */
+    long code;                 /* a top-level "code" likewise: the payload of
+                                * llama-server's own `error:` event is the
+                                * error object itself */
     struct aigw_chunk_str model;          /* "model" */
     struct aigw_chunk_str content;        /* choices[0].delta.content */
     struct aigw_chunk_str finish_reason;  /* choices[0].finish_reason */
+    struct aigw_chunk_str reasoning;      /* choices[0].delta.reasoning_content */
+    bool tool_calls;           /* choices[0].delta.tool_calls is a non-empty array */
     bool choices_empty;        /* "choices" is an empty array */
     bool usage;                /* "usage" is an object */
     long prompt_tokens;        /* usage.prompt_tokens, completion_tokens, */

@@ -74,11 +74,16 @@ void aigw_pg_rollback(PGconn *conn);
 /* Whether a pooled connection can be had within timeout_ms and answers
  * SELECT 1. For /readyz and the start-up wait. Never fails (false = down). */
 bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
-/* Log a warning when a pooled connection runs without statement_timeout or
- * lock_timeout (0): aigw asks for them in the connection's options, which a
- * pooler such as PgBouncer drops, and then nothing bounds a stuck statement.
- * For start-up, once PostgreSQL answered; silent when it cannot ask. */
-void aigw_pg_check_timeouts(struct aigw_pg_pool *pool);
+/* Start-up checks of the session aigw got, once PostgreSQL answered:
+ * - -1 (logged) when its role bypasses row-level security (a superuser or
+ *   BYPASSRLS role, such as the migration owner given as database.url by
+ *   mistake): every tenant policy would be void, so aigw refuses to serve;
+ * - a warning when a pooled connection runs without statement_timeout or
+ *   lock_timeout (0): aigw asks for them in the connection's options, which
+ *   a pooler such as PgBouncer drops, and then nothing bounds a stuck
+ *   statement.
+ * 0 otherwise, also when it cannot ask (the next query will tell). */
+int aigw_pg_check_session(struct aigw_pg_pool *pool);
 
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);

@@ -41,7 +41,7 @@ ssize_t aigw_sse_read(struct aigw_sse *s, char *buf, size_t max, bool *drained);
 void aigw_sse_append(struct aigw_sse *s, const char *p, size_t n);
 /* A consistent look at the pipe (each pointer may be NULL): started = any
  * byte was ever written (the response can start); closed = the producer
- * finished (its outcome is ready: it closes last); chunks = content events
+ * finished (its outcome is ready: it closes last); chunks = output events
  * written so far. */
 void aigw_sse_state(struct aigw_sse *s, bool *started, bool *closed, long *chunks);
 /* The request is gone: later writes are dropped; drops its reference. */

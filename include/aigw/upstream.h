@@ -38,7 +38,7 @@ struct aigw_upstream_result {
                                 * (a later reload may give its slot to another backend) */
     /* streams */
     bool started;              /* at least one event reached on_event: a failure now is mid-stream */
-    long chunks;               /* events that carried content */
+    long chunks;               /* events that carried generated output: content, reasoning or tool calls */
     bool saw_done;             /* the upstream ended with data: [DONE] */
 };
 
@@ -52,6 +52,7 @@ struct aigw_upstream_event {
     bool done;                 /* data: [DONE] */
     bool error;                /* an error event (llama-server's error: line, or data: {"error":...}) */
     bool usage_only;           /* a chunk with usage and no choices (stream_options.include_usage) */
+    bool output;               /* carries generated output: content, reasoning_content or tool_calls */
 };
 
 /* Stream consumer, on the engine thread, once per event in order. Must not

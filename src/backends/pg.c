@@ -341,17 +341,28 @@ aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, co
     return rc;
 }
 
-void
-aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
+int
+aigw_pg_check_session(struct aigw_pg_pool *pool)
 {
     PGconn *conn = aigw_pg_acquire(pool, 1000);
     PGresult *r;
+    int rc = 0;
 
     if (conn == NULL)
-        return;
-    r = aigw_pg_exec(conn, "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')", 0, NULL);
-    if (r != NULL && PQntuples(r) == 1 &&
-        (strcmp(PQgetvalue(r, 0, 0), "0") == 0 || strcmp(PQgetvalue(r, 0, 1), "0") == 0))
+        return 0;
+    r = aigw_pg_exec(conn,
+                     "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
+                     " r.rolsuper OR r.rolbypassrls, current_user"
+                     " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
+                     0, NULL);
+    if (r != NULL && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), "t") == 0) {
+        aigw_log(LOG_ERR,
+                 "postgresql: role %s bypasses row-level security (superuser or BYPASSRLS), so no tenant policy "
+                 "would hold; give database.url the application role (aigw_app), not the owner",
+                 PQgetvalue(r, 0, 3));
+        rc = -1;
+    } else if (r != NULL && PQntuples(r) == 1 &&
+               (strcmp(PQgetvalue(r, 0, 0), "0") == 0 || strcmp(PQgetvalue(r, 0, 1), "0") == 0))
         aigw_log(LOG_WARNING,
                  "postgresql: statement_timeout is %s and lock_timeout %s on aigw's connections (0 = none; a pooler "
                  "that drops the connection's options?): set them on the role, e.g. ALTER ROLE aigw_app SET "
@@ -360,6 +371,7 @@ aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
                  PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
     aigw_pg_release(pool, conn);
+    return rc;
 }
 
 bool

@@ -100,6 +100,7 @@ struct aigw_upstream_call {
     bool want_pause, paused;
     bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
     bool stream_error;     /* an error event arrived */
+    long stream_error_code; /* its code (llama-server's HTTP-like status), 0 if none */
     int64_t done_ms;       /* monotonic ms [DONE] arrived while in flight; 0 = not (yet) */
     int64_t last_byte_ms;  /* monotonic ms a byte last came (or the transfer started or resumed) */
     long usage_prompt, usage_completion, timings_prompt, timings_predicted;
@@ -392,10 +393,35 @@ on_write(char *ptr, size_t size, size_t nmemb, void *ud)
     return body_append(ud, ptr, n) ? n : 0; /* 0 aborts the transfer: CURLE_WRITE_ERROR */
 }
 
+/* A string member, copied; a NUL in it (\u0000, which the model may
+ * produce and llama-server escapes) becomes U+FFFD, as in a stream, since
+ * the text travels on as a C string. */
 static char *
 dup_string(const json_t *v)
 {
-    return json_is_string(v) ? aigw_xstrndup(json_string_value(v), json_string_length(v)) : NULL;
+    const char *p;
+    size_t n, nuls = 0;
+    char *out, *o;
+
+    if (!json_is_string(v))
+        return NULL;
+    p = json_string_value(v);
+    n = json_string_length(v);
+    for (const char *z = memchr(p, '\0', n); z != NULL; z = memchr(z + 1, '\0', n - (size_t)(z + 1 - p)))
+        nuls++;
+    if (nuls == 0)
+        return aigw_xstrndup(p, n);
+    o = out = aigw_xmalloc(n + 2 * nuls + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] != '\0') {
+            *o++ = p[i];
+            continue;
+        }
+        memcpy(o, "\xEF\xBF\xBD", 3);
+        o += 3;
+    }
+    *o = '\0';
+    return out;
 }
 
 static long
@@ -411,7 +437,7 @@ static int
 parse_answer(struct aigw_upstream_call *c)
 {
     json_error_t err;
-    json_t *root = json_loadb(c->buf != NULL ? c->buf : "", c->buf_len, 0, &err);
+    json_t *root = json_loadb(c->buf != NULL ? c->buf : "", c->buf_len, JSON_ALLOW_NUL, &err);
     json_t *choice, *content, *usage;
     int rc = -1;
 
@@ -542,6 +568,8 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
     }
     if (aigw_chunk_scan(payload, plen, &k) != 0 || k.error) {
         ev->error = true; /* an error object, or not a JSON object at all: the stream is broken */
+        if (c->stream_error_code == 0)
+            c->stream_error_code = k.error_code;
         return;
     }
     if (c->res.model == NULL && k.model.p != NULL)
@@ -554,9 +582,13 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         }
         ev->delta = c->delta;
         ev->delta_len = aigw_chunk_decode(&k.content, c->delta);
-        c->res.chunks++;
         text_append(c, ev->delta, ev->delta_len);
     }
+    /* what the model generated, for the bill when the usage never comes:
+     * thinking and tool calls are output too */
+    ev->output = ev->delta != NULL || (k.reasoning.p != NULL && k.reasoning.len > 0) || k.tool_calls;
+    if (ev->output)
+        c->res.chunks++;
     if (k.finish_reason.p != NULL && c->res.finish_reason == NULL)
         c->res.finish_reason = chunk_strdup(&k.finish_reason);
     if (k.usage) {
@@ -585,10 +617,15 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     memset(&ev, 0, sizeof(ev));
     ev.bytes = bytes;
     ev.len = len;
-    if (is_error)
+    if (is_error) { /* llama-server's `error:` event: the error object is the payload */
+        struct aigw_chunk k;
+
         ev.error = true;
-    else
+        if (payload != NULL && c->stream_error_code == 0 && aigw_chunk_scan(payload, plen, &k) == 0)
+            c->stream_error_code = k.code;
+    } else {
         tap_event(c, payload, plen, &ev);
+    }
     /* an error before anything was delivered stays an ordinary failed call
      * (the client gets a plain HTTP error), and nothing after it is
      * delivered; once started, the consumer sees everything */
@@ -994,14 +1031,30 @@ service_queues(struct aigw_upstream *up, int64_t now)
 
 /* ---- results ---- */
 
-/* A stream that got its 200: success only with [DONE] and no error event
+/* Whether a failure says the backend is sick, by the HTTP status (or the
+ * code of an error event, which llama-server gives the status it would
+ * have answered with): 4xx means the request was wrong, and llama-server
+ * answers 500 for a request it cannot serve (a `tools` field when it runs
+ * without --jinja, say); one client's requests must not take a backend out
+ * for everyone. 502-504 (loading, overloaded, a proxy in front that lost
+ * it) count. */
+static bool
+status_blames_backend(long code)
+{
+    return code >= 502 || code < 400;
+}
+
+/* A stream that got its 200: success with [DONE] and no error event
  * (however the response ended after it: see on_stream_write and
- * sweep_streams); either way the result carries what was delivered. */
+ * sweep_streams), or, from a llama-server older than [DONE] in its chat
+ * streams (before September 2024), a response that ended cleanly after a
+ * chunk with a finish_reason; either way the result carries what was
+ * delivered. */
 static void
 complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc, int b)
 {
     stream_result(c);
-    if (c->res.saw_done && !c->stream_error) {
+    if (!c->stream_error && (c->res.saw_done || (rc == CURLE_OK && c->res.finish_reason != NULL))) {
         up->be[b].fails = 0;
         c->res.status = 200;
         finish(c);
@@ -1011,9 +1064,13 @@ complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode
     } else if (rc == CURLE_WRITE_ERROR && c->too_big) {
         fail(c, 502, "upstream_error", "stream event too large", 0);
     } else {
-        aigw_log(LOG_INFO, "upstream: backend %s: stream ended %s", up->cfg->backends[b].name,
-                 c->stream_error ? "with an error event" : rc != CURLE_OK ? curl_easy_strerror(rc) : "without [DONE]");
-        backend_failed(up, b);
+        aigw_log(LOG_INFO, "upstream: backend %s: stream ended %s (code %ld)", up->cfg->backends[b].name,
+                 c->stream_error ? "with an error event" : rc != CURLE_OK ? curl_easy_strerror(rc) : "without [DONE]",
+                 c->stream_error_code);
+        /* an error event with no code, or a transport error, counts; a
+         * refused request (a prompt over the context size, say) does not */
+        if (!c->stream_error || c->stream_error_code == 0 || status_blames_backend(c->stream_error_code))
+            backend_failed(up, b);
         fail(c, 502, "upstream_error", c->stream_error ? "error event in the stream" : "stream ended early", 0);
     }
 }
@@ -1053,13 +1110,9 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
         fail(c, 502, "upstream_error", "transport error", 0);
     } else if (code != 200) {
         aigw_log(LOG_INFO, "upstream: backend %s answered HTTP %ld", up->cfg->backends[b].name, code);
-        /* 4xx means our request was wrong, not the backend; so does the 500
-         * llama-server answers for a request it cannot serve (a `tools`
-         * field without --jinja, say): one client's requests must not take
-         * a backend out for everyone. 502-504 (loading, overloaded, a proxy
-         * in front that lost it) count, as do transport errors, timeouts and
-         * answers that are not the protocol. */
-        if (code >= 502)
+        /* transport errors, timeouts and answers that are not the protocol
+         * count as well (above and below) */
+        if (status_blames_backend(code))
             backend_failed(up, b);
         fail(c, 502, "upstream_error", "backend answered with an error status", 0);
     } else if (parse_answer(c) != 0) {

@@ -21,6 +21,8 @@ enum role {
     R_SKIP,                /* validated only */
     R_ROOT,                /* the top-level object */
     R_ERROR,               /* root.error: its presence is what counts */
+    R_ERROR_CODE,          /* root.error.code */
+    R_CODE,                /* root.code */
     R_CHOICES,             /* root.choices */
     R_CHOICE0,             /* root.choices[0] */
     R_DELTA,               /* root.choices[0].delta */
@@ -28,6 +30,8 @@ enum role {
     R_TIMINGS,             /* root.timings */
     R_MODEL,               /* root.model */
     R_CONTENT,             /* root.choices[0].delta.content */
+    R_REASONING,           /* root.choices[0].delta.reasoning_content */
+    R_TOOL_CALLS,          /* root.choices[0].delta.tool_calls */
     R_FINISH,              /* root.choices[0].finish_reason */
     R_PROMPT_TOKENS,       /* root.usage.prompt_tokens */
     R_COMPLETION_TOKENS,   /* root.usage.completion_tokens */
@@ -49,9 +53,18 @@ skip_ws(struct scan *s)
         s->p++;
 }
 
-/* The string at s->p (its opening quote): validated, its span in *out. */
+/* A \u0000 escape at p (its backslash)? */
+static bool
+nul_escape(const unsigned char *p, const unsigned char *end)
+{
+    return end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0;
+}
+
+/* The string at s->p (its opening quote): validated, its span in *out. A
+ * key may not hold \u0000 (jansson refuses it there even with
+ * JSON_ALLOW_NUL); a value may. */
 static int
-string(struct scan *s, struct aigw_chunk_str *out)
+string(struct scan *s, struct aigw_chunk_str *out, bool key)
 {
     const unsigned char *start = s->p + 1, *p = start, *end = s->end;
     bool escaped = false;
@@ -80,6 +93,12 @@ string(struct scan *s, struct aigw_chunk_str *out)
         if (c != '\\')
             continue;
         escaped = true;
+        if (nul_escape(p - 1, end)) {
+            if (key)
+                return -1;
+            p += 5;
+            continue;
+        }
         q = tmp; /* validated here, decoded later if wanted */
         if ((after = aigw_json_unescape((const char *)p, (const char *)end, &q)) == NULL)
             return -1;
@@ -209,6 +228,10 @@ static const struct {
     {R_CHOICE0, "delta", R_DELTA},
     {R_CHOICE0, "finish_reason", R_FINISH},
     {R_DELTA, "content", R_CONTENT},
+    {R_DELTA, "reasoning_content", R_REASONING},
+    {R_DELTA, "tool_calls", R_TOOL_CALLS},
+    {R_ERROR, "code", R_ERROR_CODE},
+    {R_ROOT, "code", R_CODE},
     {R_USAGE, "prompt_tokens", R_PROMPT_TOKENS},
     {R_USAGE, "completion_tokens", R_COMPLETION_TOKENS},
     {R_TIMINGS, "prompt_n", R_PROMPT_N},
@@ -235,13 +258,18 @@ member_begins(struct aigw_chunk *out, enum role r)
     switch (r) {
     case R_ERROR:
         out->error = true;
+        out->error_code = 0;
         break;
     case R_CHOICES:
-        out->content = out->finish_reason = none;
-        out->choices_empty = false;
+        out->content = out->finish_reason = out->reasoning = none;
+        out->tool_calls = out->choices_empty = false;
         break;
     case R_DELTA:
-        out->content = none;
+        out->content = out->reasoning = none;
+        out->tool_calls = false;
+        break;
+    case R_TOOL_CALLS:
+        out->tool_calls = false;
         break;
     case R_USAGE:
         out->usage = false;
@@ -303,7 +331,7 @@ object(struct scan *s, enum role r, int depth)
         struct aigw_chunk_str key;
         int more;
 
-        if (s->p >= s->end || *s->p != '"' || string(s, &key) < 0)
+        if (s->p >= s->end || *s->p != '"' || string(s, &key, true) < 0)
             return -1;
         skip_ws(s);
         if (s->p >= s->end || *s->p != ':')
@@ -328,6 +356,8 @@ array(struct scan *s, enum role r, int depth)
             s->out->choices_empty = true;
         return 0;
     }
+    if (r == R_TOOL_CALLS)
+        s->out->tool_calls = true;
     for (bool first = true;; first = false) {
         int more;
 
@@ -349,6 +379,8 @@ string_slot(struct aigw_chunk *out, enum role r)
         return &out->content;
     case R_FINISH:
         return &out->finish_reason;
+    case R_REASONING:
+        return &out->reasoning;
     default:
         return NULL;
     }
@@ -367,6 +399,10 @@ count_slot(struct aigw_chunk *out, enum role r)
         return &out->prompt_n;
     case R_PREDICTED_N:
         return &out->predicted_n;
+    case R_ERROR_CODE:
+        return &out->error_code;
+    case R_CODE:
+        return &out->code;
     default:
         return NULL;
     }
@@ -379,18 +415,18 @@ value(struct scan *s, enum role r, int depth)
         return -1;
     switch (*s->p) {
     case '{':
-        if (r == R_ROOT || r == R_CHOICE0 || r == R_DELTA || r == R_USAGE || r == R_TIMINGS) {
+        if (r == R_ROOT || r == R_ERROR || r == R_CHOICE0 || r == R_DELTA || r == R_USAGE || r == R_TIMINGS) {
             s->out->usage |= r == R_USAGE;
             s->out->timings |= r == R_TIMINGS;
             return object(s, r, depth);
         }
         return object(s, R_SKIP, depth);
     case '[':
-        return array(s, r == R_CHOICES ? R_CHOICES : R_SKIP, depth);
+        return array(s, r == R_CHOICES || r == R_TOOL_CALLS ? r : R_SKIP, depth);
     case '"': {
         struct aigw_chunk_str str, *slot = string_slot(s->out, r);
 
-        if (string(s, &str) < 0)
+        if (string(s, &str, false) < 0)
             return -1;
         if (slot != NULL)
             *slot = str;
@@ -446,8 +482,15 @@ aigw_chunk_decode(const struct aigw_chunk_str *s, char *out)
         memcpy(o, p, run);
         o += run;
         p += run;
-        if (p < end) /* a backslash: the scan checked the escape, so this never fails */
+        if (p >= end)
+            break;
+        if (nul_escape((const unsigned char *)p, (const unsigned char *)end)) { /* 6 bytes become 3 */
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            p += 6;
+        } else { /* a backslash: the scan checked the escape, so this never fails */
             p = aigw_json_unescape(p + 1, end, &o);
+        }
     }
     *o = '\0';
     return (size_t)(o - out);

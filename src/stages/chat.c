@@ -79,8 +79,14 @@ check_options(struct aigw_req *req, json_t *body, bool *cacheable)
     json_t *stream = json_object_get(body, "stream"), *so = json_object_get(body, "stream_options");
     struct aigw_query *q = req->q;
 
+    json_t *n_cmpl = json_object_get(body, "n_cmpl");
+
     if (n != NULL && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
         return aigw_req_fail(req, 400, "invalid_request", "n: only 1 is supported");
+    /* llama-server's own name for n: each extra completion takes a slot of
+     * its own, and its usage reports one completion's tokens */
+    if (n_cmpl != NULL && !json_is_null(n_cmpl) && !(json_is_integer(n_cmpl) && json_integer_value(n_cmpl) == 1))
+        return aigw_req_fail(req, 400, "invalid_request", "n_cmpl: only 1 is supported");
     if (temp != NULL && !json_is_null(temp) &&
         (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 2))
         return aigw_req_fail(req, 400, "invalid_request", "temperature: must be a number from 0 to 2");
@@ -99,8 +105,11 @@ check_options(struct aigw_req *req, json_t *body, bool *cacheable)
 }
 
 /* The body sent upstream: the client's, with the model, the clamped
- * max_tokens and (streams) usage at the end. llama-server's own n_predict
- * goes: it wins over max_tokens there, and would lift the plan's limit. */
+ * max_tokens and (streams) usage at the end. Of llama-server's own fields,
+ * n_predict goes (it wins over max_tokens there, and would lift the plan's
+ * limit), and so does the slot choice (id_slot, or slot_id in older
+ * builds): it would queue the call inside llama-server behind aigw's slot
+ * accounting, and pick the slot whose prompt cache another tenant filled. */
 static json_t *
 forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool stream)
 {
@@ -109,6 +118,8 @@ forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool st
     json_object_set_new(out, "model", json_string(m->id));
     json_object_del(out, "max_completion_tokens");
     json_object_del(out, "n_predict");
+    json_object_del(out, "id_slot");
+    json_object_del(out, "slot_id");
     json_object_set_new(out, "max_tokens", json_integer(max_tokens));
     if (stream)
         json_object_set_new(out, "stream_options", json_pack("{s:b}", "include_usage", 1));

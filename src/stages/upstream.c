@@ -98,6 +98,20 @@ on_stream_done(struct aigw_upstream_call *call, void *ud)
     aigw_sse_close(ud);
 }
 
+/* The model a result is booked under. The OpenAI route keeps the id the
+ * client asked for (set at validation: one of openai.models, what usage rows
+ * and billing group by); llama-server reports its own alias or file name
+ * there. The query route reports what the model server said it ran. */
+static void
+answer_model(struct aigw_req *req, const struct aigw_upstream_result *res)
+{
+    struct aigw_query *q = req->q;
+
+    if (q->chat_body != NULL)
+        return;
+    q->model = aigw_pool_strdup(req->pool, res != NULL && res->model ? res->model : req->srv->cfg.model);
+}
+
 static void
 stream_unpause(struct aigw_req *req)
 {
@@ -133,10 +147,10 @@ aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
         res = NULL;
     }
     q->upstream_ms = res != NULL ? (long)res->upstream_ms : -1;
-    q->model = aigw_pool_strdup(req->pool, res != NULL && res->model ? res->model : req->srv->cfg.model);
+    answer_model(req, res);
     q->prompt_tokens = res != NULL ? res->prompt_tokens : 0;
     /* what the client got: the upstream's count when it finished, else
-     * the content events handed over (never zero when text went out) */
+     * the output events handed over (content, reasoning, tool calls: never zero when any went out) */
     q->completion_tokens = !client_gone && res != NULL && res->completion_tokens > 0 ? res->completion_tokens : *chunks;
     q->billed = *chunks > 0;
     if (client_gone || res == NULL || res->status != 200) {
@@ -180,7 +194,7 @@ chat_event(const struct aigw_upstream_event *ev, void *ud, bool usage_wanted)
 {
     if (ev->done || ev->error || (ev->usage_only && !usage_wanted))
         return false;
-    return aigw_sse_write(ud, ev->bytes, ev->len, ev->delta != NULL);
+    return aigw_sse_write(ud, ev->bytes, ev->len, ev->output);
 }
 
 static bool
@@ -289,7 +303,7 @@ aigw_stage_upstream(struct aigw_req *req)
                                                   : "the model server failed to answer");
     }
     q->answer = aigw_pool_strdup(req->pool, res->content ? res->content : "");
-    q->model = aigw_pool_strdup(req->pool, res->model ? res->model : req->srv->cfg.model);
+    answer_model(req, res);
     q->prompt_tokens = res->prompt_tokens;
     q->completion_tokens = res->completion_tokens;
     q->finish_reason = res->finish_reason ? aigw_pool_strdup(req->pool, res->finish_reason) : NULL;

@@ -112,6 +112,17 @@ test_length_limits(const char *tok)
               tl_json_int(&st, "last_request.n_predict", -1) == -1,
           "forwarded: max_tokens 1000, no n_predict");
     tl_resp_free(&st);
+    /* the slot is aigw's to choose: a pinned one would queue inside
+     * llama-server and reuse the prompt cache another tenant filled */
+    chat(tok, "{\"id_slot\":0,\"slot_id\":0,\"n_cmpl\":1,\"messages\":[{\"role\":\"user\",\"content\":\"my slot\"}]}",
+         &r);
+    CHECK(r.status == 200, "id_slot, slot_id and n_cmpl 1 are accepted (%ld)", r.status);
+    tl_resp_free(&r);
+    tl_http_url(mock, "GET", "/__mock/stats", NULL, &st);
+    CHECK(tl_json_int(&st, "last_request.id_slot", -1) == -1 && tl_json_int(&st, "last_request.slot_id", -1) == -1 &&
+              tl_json_int(&st, "last_request.n_cmpl", -1) == 1,
+          "forwarded: no id_slot or slot_id, n_cmpl 1 as sent");
+    tl_resp_free(&st);
     chat(tok, "{\"max_completion_tokens\":null,\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":\"short\"}]}",
          &r);
     CHECK(r.status == 200 && tl_json_int(&r, "usage.completion_tokens", -1) == 3,
@@ -235,6 +246,8 @@ test_bad_input(const char *tok, const char *tid)
         {"wrong role", "{\"messages\":[{\"role\":\"wizard\",\"content\":\"hi\"}]}", "messages[0].role"},
         {"content not a string", "{\"messages\":[{\"role\":\"user\",\"content\":42}]}", "messages[0].content"},
         {"n > 1", "{\"n\":2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", "n"},
+        {"n_cmpl > 1 (llama-server's n)", "{\"n_cmpl\":4,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
+         "n_cmpl"},
         {"max_tokens negative", "{\"max_tokens\":-5,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",
          "max_tokens"},
         {"max_tokens not integer", "{\"max_tokens\":\"many\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}",

@@ -70,6 +70,84 @@ expect_error(PGconn *c, const char *what, const char *sql, int n, const char *co
     }
 }
 
+static void
+owner_do(PGconn *owner, const char *stmt)
+{
+    char *sql = tl_sprintf("DO $$BEGIN EXECUTE format('%s', current_database()); END$$", stmt);
+
+    PQclear(tl_sql(owner, true, sql, 0, NULL));
+    free(sql);
+}
+
+/* The definer functions (sql/010): a temporary type named like one they
+ * use must not take its place. With TEMPORARY granted for the test (aigw
+ * revokes it from PUBLIC), aigw_app puts a domain `uuid` in pg_temp whose
+ * CHECK escalates the role whenever it runs as anyone else. Without
+ * pg_temp last in the functions' search_path, both the resolver's cast and
+ * the usage-row trigger's variable ran it as the owner. */
+static void
+test_definer_shadowing(PGconn *owner, const char *tid, const char *code)
+{
+    PGconn *app = tl_pg_app(), *app2;
+    const char *pc[1] = {code}, *pt[1] = {tid};
+    PGresult *r;
+
+    expect_error(app, "a temporary table", "CREATE TEMP TABLE t (x int)", 0, NULL, "permission denied");
+    PQfinish(app);
+
+    owner_do(owner, "GRANT TEMPORARY ON DATABASE %I TO aigw_app");
+    app2 = tl_pg_app();
+    PQclear(tl_sql(app2, true,
+                   "CREATE FUNCTION pg_temp.evil(v text) RETURNS boolean LANGUAGE plpgsql AS $f$ BEGIN "
+                   "IF current_user <> session_user THEN EXECUTE 'ALTER ROLE aigw_app BYPASSRLS'; END IF; "
+                   "RETURN true; END $f$",
+                   0, NULL));
+    PQclear(tl_sql(app2, true, "CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.evil(VALUE::text))", 0,
+                   NULL));
+    r = tl_sql(app2, false, "SELECT aigw_tenant_id($1)::text", 1, pc);
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), tid) == 0,
+          "the resolver still answers with a pg_temp.uuid in place: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    begin_as(app2, tid);
+    r = tl_sql(app2, false,
+               "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "
+               "VALUES (gen_random_uuid(), $1, 'shadow', '/x', 200, true)",
+               1, pt);
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK, "a usage row goes in through the trigger: %s",
+          PQresultErrorMessage(r));
+    PQclear(r);
+    PQclear(tl_sql(app2, false, "COMMIT", 0, NULL));
+    PQfinish(app2);
+    CHECK(tl_sql_long(owner, "SELECT (rolsuper OR rolbypassrls)::int FROM pg_roles WHERE rolname = 'aigw_app'", 0,
+                      NULL) == 0,
+          "aigw_app gained no superuser or BYPASSRLS through a definer function");
+    /* whatever happened, leave the role as it was for the rest of the suite */
+    PQclear(tl_sql(owner, true, "ALTER ROLE aigw_app NOSUPERUSER NOBYPASSRLS", 0, NULL));
+    owner_do(owner, "REVOKE TEMPORARY ON DATABASE %I FROM aigw_app");
+    PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE request_id = 'shadow'", 0, NULL));
+}
+
+/* aigw refuses a database role that bypasses RLS (the owner, given as
+ * database.url by mistake): nothing would isolate the tenants. */
+static void
+test_refuses_owner_role(void)
+{
+    struct tl_aigw gw;
+    char *url = tl_sprintf("AIGW_DATABASE_URL=%s", tl_env("AIGW_DATABASE_OWNER_URL"));
+    const char *env[2] = {url, NULL};
+    char *cfg = tl_config_patch("{}"), *log;
+
+    tl_aigw_start_env(&gw, cfg, env); /* may have exited before /healthz was polled */
+    CHECK(tl_aigw_wait(&gw, 30000) == 1, "exit 1 with the owner as database.url (%d)", gw.status);
+    log = tl_aigw_log(&gw);
+    CHECK(log != NULL && strstr(log, "bypasses row-level security") != NULL, "the reason is logged");
+    CHECK(log != NULL && strstr(log, "ready: serving") == NULL, "never reported ready");
+    free(log);
+    tl_aigw_stop(&gw);
+    free(cfg);
+    free(url);
+}
+
 int
 main(void)
 {
@@ -182,6 +260,9 @@ main(void)
         CHECK(PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), a) == 0, "aigw_tenant_id(code) -> id");
         PQclear(r);
     }
+
+    test_definer_shadowing(owner, a, acode);
+    test_refuses_owner_role();
 
     r = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1 OR id = $2", 2, pab);
     PQclear(r);

@@ -716,6 +716,132 @@ test_open_after_done(void)
     }
 }
 
+static int run_seq(struct aigw_upstream *up, int n, int status);
+
+/* One streaming call against srv's canned event stream (closed after it),
+ * with fail_threshold 1; then whether the backend was blamed: a second
+ * call to it gets 503 when it is down. Returns the first call's status. */
+static int
+stream_once_then_blamed(const char *sse, bool *blamed, long *chunks)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    struct closer srv;
+    char url[64];
+    int status;
+
+    closer_start(&srv, sse);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
+    cfg_init(&cfg);
+    add_backend(&cfg, "canned", url, 1);
+    cfg.fail_threshold = 1;
+    cfg.down_ms = 10000;
+    up = aigw_upstream_start(&cfg, NULL);
+    submit_stream(up, &p);
+    status = wait_all(&p, 1, 5000) ? res(&p)->status : -1;
+    if (chunks != NULL)
+        *chunks = res(&p)->chunks;
+    free_all(&p, 1);
+    submit_stream(up, &p);
+    *blamed = wait_all(&p, 1, 5000) && res(&p)->status == 503;
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    closer_stop(&srv);
+    return status;
+}
+
+/* What real llama-server builds send that the mock's default does not:
+ * - streams without data: [DONE] (before September 2024): complete when
+ *   the response ends cleanly after a finish_reason, broken without one;
+ * - a request refused mid-stream (an error event with code 400, the prompt
+ *   over the context size) or a 500 error event: the call fails, the
+ *   backend is not blamed; an error event with no code still is;
+ * - a NUL in the model's text (\u0000): an answer, read as U+FFFD;
+ * - thinking (reasoning_content) and tool-call deltas count as output. */
+static void
+test_llama_variants(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p;
+    bool blamed;
+    long chunks = 0;
+    int st;
+
+    reset_mocks();
+    cfg_init(&cfg);
+    cfg.fail_threshold = 1;
+    cfg.down_ms = 10000;
+    add_backend(&cfg, "mock1", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+
+    tl_mock_config(mock1, "{\"no_done\":true,\"tokens\":3}");
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 200 && res(&p)->content != NULL &&
+              strstr(res(&p)->content, " tok3") != NULL && !res(&p)->saw_done,
+          "no [DONE]: the stream is complete at its clean end after finish_reason (%d)", res(&p)->status);
+    free_all(&p, 1);
+
+    tl_mock_config(mock1, "{\"no_done\":false,\"mode\":\"exceed_context\",\"fail_next\":2}");
+    CHECK(run_seq(up, 1, 502) == 1, "refused mid-stream (400): non-stream 502");
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 502, "refused mid-stream (400): the stream fails with 502 (%d)",
+          res(&p)->status);
+    free_all(&p, 1);
+    tl_mock_config(mock1, "{\"mode\":\"error_midstream_data\",\"fail_next\":1}");
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 502, "error event with code 500: fails (%d)", res(&p)->status);
+    free_all(&p, 1);
+    tl_mock_config(mock1, "{\"mode\":\"error_midstream\",\"fail_next\":1}");
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 502, "error: line with code 500: fails (%d)", res(&p)->status);
+    free_all(&p, 1);
+
+    tl_mock_config(mock1, "{\"nul_text\":true,\"tokens\":3}");
+    CHECK(run_seq(up, 1, 200) == 1, "the backend was blamed for none of them: it is still up");
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 200 && res(&p)->content != NULL &&
+              strstr(res(&p)->content, " tok3\xEF\xBF\xBDx") != NULL,
+          "a NUL in an answer: 200, read as U+FFFD (%d, %s)", res(&p)->status,
+          res(&p)->content ? res(&p)->content : "(null)");
+    free_all(&p, 1);
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 200 && res(&p)->content != NULL &&
+              strstr(res(&p)->content, " tok3\xEF\xBF\xBDx") != NULL,
+          "a NUL in a stream: 200, read as U+FFFD (%d)", res(&p)->status);
+    free_all(&p, 1);
+
+    tl_mock_config(mock1, "{\"nul_text\":false,\"tokens\":5,\"reasoning_tokens\":2}");
+    submit_stream(up, &p);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 200 && res(&p)->chunks == 5 && res(&p)->content != NULL &&
+              strcmp(res(&p)->content, " tok3 tok4 tok5") == 0,
+          "thinking: 5 output events, the content is the answer's alone (%ld, %s)", res(&p)->chunks,
+          res(&p)->content ? res(&p)->content : "(null)");
+    free_all(&p, 1);
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 9, "every call reached the backend (%lld)",
+          tl_mock_stat(mock1, "chat_requests"));
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    reset_mocks();
+
+    st = stream_once_then_blamed("data: {\"choices\":[{\"delta\":{\"content\":\"cut\"}}],\"model\":\"m\"}\n\n",
+                                 &blamed, NULL);
+    CHECK(st == 502 && blamed, "no [DONE] and no finish_reason: a stream cut short, the backend blamed (%d)", st);
+    st = stream_once_then_blamed("data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"model\":\"m\"}\n\n"
+                                 "data: {\"error\":{\"message\":\"no code\"}}\n\n",
+                                 &blamed, NULL);
+    CHECK(st == 502 && blamed, "an error event without a code blames the backend (%d)", st);
+    st = stream_once_then_blamed(
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"type\":\"function\","
+        "\"function\":{\"name\":\"rx\",\"arguments\":\"{}\"}}]}}],\"model\":\"m\"}\n\n"
+        "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"tool_calls\"}],\"model\":\"m\"}\n\n"
+        "data: [DONE]\n\n",
+        &blamed, &chunks);
+    CHECK(st == 200 && !blamed && chunks == 1, "a tool-call delta is an output event (%d, %ld)", st, chunks);
+}
+
 /* A flood of calls submitted at once: the engine takes them in slices,
  * relaying between slices, and never sleeps while calls wait in its inbox;
  * every call is started once and completes exactly once. */
@@ -1408,6 +1534,7 @@ main(void)
     test_sse_data_lines();
     test_hostname_backend();
     test_open_after_done();
+    test_llama_variants();
     test_spread();
     test_queue_full();
     test_queue_timeout();

@@ -259,10 +259,14 @@ char *mu_render_completion(const struct mu_gen *g, const struct mu_timings *t)
         mu_token_text(g, i, content + len, cap - len);
         len += strlen(content + len);
     }
+    if (g->nul && len + 2 < cap) {
+        content[len++] = '\0';
+        content[len++] = 'x';
+    }
     json_t *j = json_pack(
-        "{s:[{s:s, s:i, s:{s:s, s:s}}], s:I, s:s, s:s, s:s, s:o?, s:s, s:o?}",
+        "{s:[{s:s, s:i, s:{s:s, s:s%}}], s:I, s:s, s:s, s:s, s:o?, s:s, s:o?}",
         "choices", "finish_reason", g->finish_reason, "index", 0,
-        "message", "role", "assistant", "content", content,
+        "message", "role", "assistant", "content", content, len,
         "created", (json_int_t)g->created,
         "model", g->model,
         "system_fingerprint", MU_SYSTEM_FINGERPRINT,
@@ -303,7 +307,12 @@ char *mu_render_chunk_token(const struct mu_gen *g, long i)
 {
     char text[MU_SNIPPET_BYTES + 64];
     mu_token_text(g, i, text, sizeof text);
-    json_t *delta = json_pack("{s:s}", "content", text);
+    size_t len = strlen(text);
+    if (g->nul && i == g->n_tokens && len + 2 < sizeof text) {
+        text[len++] = '\0';
+        text[len++] = 'x';
+    }
+    json_t *delta = json_pack("{s:s%}", i <= g->reasoning ? "reasoning_content" : "content", text, len);
     return dump_steal(chunk_base(g, one_choice(NULL, delta)));
 }
 

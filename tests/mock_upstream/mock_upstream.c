@@ -54,12 +54,13 @@ enum mode {
     MODE_DISCONNECT,
     MODE_ERROR_MIDSTREAM,
     MODE_ERROR_MIDSTREAM_DATA,
+    MODE_EXCEED_CONTEXT,
     MODE_COUNT
 };
 
 static const char *const mode_names[MODE_COUNT] = {
     "ok", "error500", "loading", "hang", "garbage", "disconnect", "error_midstream",
-    "error_midstream_data",
+    "error_midstream_data", "exceed_context",
 };
 
 struct config {
@@ -72,6 +73,9 @@ struct config {
     bool queue;
     bool usage_in_finish_chunk; /* pre-2025 llama-server stream usage placement */
     bool stamp_events;          /* bench: role/token chunks carry "x_mock_sent_us" */
+    bool no_done;               /* streams end without data: [DONE] (llama-server before 2024-09) */
+    bool nul_text;              /* the answer's last token ends in \u0000x */
+    long reasoning_tokens;      /* the first N stream tokens are reasoning_content deltas */
     char model[256];
 };
 
@@ -85,7 +89,7 @@ enum route { R_CHAT, R_HEALTH, R_MODELS, R_CFG_GET, R_CFG_POST, R_STATS, R_RESET
 
 enum phase { PH_NEW, PH_QUEUED, PH_WAIT, PH_HANG, PH_STREAMING };
 
-enum step { ST_FINISH, ST_USAGE, ST_DONE, ST_END, ST_ABORT, ST_ERRLINE, ST_ERRDATA, ST_GARBAGE };
+enum step { ST_FINISH, ST_USAGE, ST_DONE, ST_END, ST_ABORT, ST_ERRLINE, ST_ERRDATA, ST_GARBAGE, ST_ERRCTX };
 
 struct req {
     struct MHD_Connection *conn;
@@ -107,8 +111,8 @@ struct req {
 
     /* generation parameters (fixed when admitted) */
     enum mode kind;
-    bool stream, include_usage, usage_in_finish, stamp;
-    long n_tokens, prompt_tokens, first_ms, lat_ms;
+    bool stream, include_usage, usage_in_finish, stamp, no_done, nul;
+    long n_tokens, prompt_tokens, first_ms, lat_ms, reasoning;
     const char *finish_reason;
     char id[48];
     char model[256];
@@ -416,7 +420,7 @@ static bool is_loading_locked(void)
 
 static json_t *config_json_locked(void)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:s}",
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:b, s:I, s:s}",
                      "mode", mode_names[g_cfg.mode],
                      "fail_next", (json_int_t)g_cfg.fail_next,
                      "token_latency_ms", (json_int_t)g_cfg.token_latency_ms,
@@ -426,6 +430,9 @@ static json_t *config_json_locked(void)
                      "queue", (int)g_cfg.queue,
                      "usage_in_finish_chunk", (int)g_cfg.usage_in_finish_chunk,
                      "stamp_events", (int)g_cfg.stamp_events,
+                     "no_done", (int)g_cfg.no_done,
+                     "nul_text", (int)g_cfg.nul_text,
+                     "reasoning_tokens", (json_int_t)g_cfg.reasoning_tokens,
                      "model", g_cfg.model);
 }
 
@@ -520,6 +527,14 @@ static enum MHD_Result handle_config_post(struct req *r)
         } else if (strcmp(key, "stamp_events") == 0) {
             ok = json_is_boolean(v);
             c.stamp_events = json_is_true(v);
+        } else if (strcmp(key, "no_done") == 0) {
+            ok = json_is_boolean(v);
+            c.no_done = json_is_true(v);
+        } else if (strcmp(key, "nul_text") == 0) {
+            ok = json_is_boolean(v);
+            c.nul_text = json_is_true(v);
+        } else if (strcmp(key, "reasoning_tokens") == 0) {
+            ok = cfg_int(v, 0, MAX_TOKENS_SETTING, &c.reasoning_tokens);
         } else if (strcmp(key, "model") == 0) {
             ok = json_is_string(v) && json_string_length(v) > 0 &&
                  json_string_length(v) < sizeof c.model;
@@ -601,6 +616,8 @@ static void gen_of(const struct req *r, struct mu_gen *g)
     g->finish_reason = r->finish_reason;
     g->n_tokens = r->n_tokens;
     g->prompt_tokens = r->prompt_tokens;
+    g->reasoning = r->reasoning;
+    g->nul = r->nul;
 }
 
 static void timings_of(const struct req *r, struct mu_timings *t)
@@ -659,6 +676,12 @@ static void stream_setup(struct req *r)
         r->steps[r->nsteps++] = ST_ERRDATA;
         r->steps[r->nsteps++] = ST_END;
         break;
+    case MODE_EXCEED_CONTEXT: /* llama-server 2024-09..2025-10: a 200, then the refusal as an event */
+        r->tok_limit = -1;
+        r->steps[r->nsteps++] = ST_ERRCTX;
+        r->steps[r->nsteps++] = ST_DONE;
+        r->steps[r->nsteps++] = ST_END;
+        break;
     case MODE_GARBAGE:
         r->tok_limit = -1;
         r->steps[r->nsteps++] = ST_GARBAGE;
@@ -671,7 +694,9 @@ static void stream_setup(struct req *r)
         if (r->include_usage && !r->usage_in_finish) {
             r->steps[r->nsteps++] = ST_USAGE;
         }
-        r->steps[r->nsteps++] = ST_DONE;
+        if (!r->no_done) {
+            r->steps[r->nsteps++] = ST_DONE;
+        }
         r->steps[r->nsteps++] = ST_END;
         break;
     }
@@ -748,6 +773,12 @@ static int stream_produce(struct req *r, int64_t now, int64_t *due)
         break;
     case ST_GARBAGE:
         ok = out_set(r, "", xstrdup("data: {not json"), "\n\n");
+        break;
+    case ST_ERRCTX:
+        ok = out_set(r, "data: ",
+                     mu_render_error(400, "the request exceeds the available context size, try increasing it",
+                                     "exceed_context_size_error", false),
+                     "\n\n");
         break;
     case ST_END:
         return -1;
@@ -829,6 +860,9 @@ static enum MHD_Result finish_generation(struct req *r)
     case MODE_ERROR_MIDSTREAM_DATA:
         return send_error(r->conn, 500, "mock-upstream: simulated error during generation",
                           "server_error");
+    case MODE_EXCEED_CONTEXT:
+        return send_error(r->conn, 400, "the request exceeds the available context size, try increasing it",
+                          "exceed_context_size_error");
     default: {
         struct mu_gen g;
         struct mu_timings t;
@@ -901,6 +935,9 @@ static enum MHD_Result handle_chat(struct req *r)
     r->include_usage = pr.include_usage;
     r->usage_in_finish = c.usage_in_finish_chunk;
     r->stamp = c.stamp_events;
+    r->no_done = c.no_done;
+    r->nul = c.nul_text;
+    r->reasoning = c.reasoning_tokens;
     r->n_tokens = c.tokens;
     r->finish_reason = "stop";
     if (pr.max_tokens > 0 && pr.max_tokens < c.tokens) {
@@ -1167,7 +1204,7 @@ static void usage(FILE *f)
         "  --slots N             concurrent generations (default 4)\n"
         "  --reject-when-busy    answer 503 when no slot is free (default: queue FIFO)\n"
         "  --mode M              ok|error500|loading|hang|garbage|disconnect|\n"
-        "                        error_midstream|error_midstream_data (default ok)\n"
+        "                        error_midstream|error_midstream_data|exceed_context (default ok)\n"
         "  --loading-ms MS       answer 503 Loading model for MS ms after start\n"
         "  --usage-in-finish-chunk  old llama-server stream usage placement\n"
         "  --max-body BYTES      request body cap (default 1048576)\n"
@@ -1176,7 +1213,7 @@ static void usage(FILE *f)
         "  --help                this text\n"
         "\n"
         "Control API: POST /__mock/config {mode,fail_next,token_latency_ms,first_token_ms,\n"
-        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,model}; GET /__mock/config;\n"
+        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,no_done,nul_text,reasoning_tokens,model}; GET /__mock/config;\n"
         "GET /__mock/stats; POST /__mock/reset.\n",
         f);
 }

@@ -38,6 +38,8 @@ struct mu_gen {
     const char *finish_reason;
     long n_tokens;
     long prompt_tokens;
+    long reasoning;  /* tokens 1..reasoning stream as delta.reasoning_content */
+    bool nul;        /* the last token ends in a NUL character and "x" (\u0000x on the wire) */
 };
 
 struct mu_timings {

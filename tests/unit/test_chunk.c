@@ -15,9 +15,9 @@
 
 /* What the engine read from an event, either way. */
 struct seen {
-    bool valid, error, choices_empty, usage, timings;
-    char *model, *content, *finish_reason; /* NULL when absent or not a string */
-    long prompt_tokens, completion_tokens, prompt_n, predicted_n;
+    bool valid, error, choices_empty, usage, timings, tool_calls;
+    char *model, *content, *finish_reason, *reasoning; /* NULL when absent or not a string */
+    long error_code, code, prompt_tokens, completion_tokens, prompt_n, predicted_n;
 };
 
 static void
@@ -26,13 +26,34 @@ seen_free(struct seen *s)
     free(s->model);
     free(s->content);
     free(s->finish_reason);
+    free(s->reasoning);
     memset(s, 0, sizeof(*s));
 }
 
+/* A string as the scan decodes it: a NUL (\u0000, which JSON_ALLOW_NUL
+ * lets through) as U+FFFD. */
 static char *
 ref_str(const json_t *v)
 {
-    return json_is_string(v) ? aigw_xstrndup(json_string_value(v), json_string_length(v)) : NULL;
+    const char *p;
+    size_t n;
+    char *out, *o;
+
+    if (!json_is_string(v))
+        return NULL;
+    p = json_string_value(v);
+    n = json_string_length(v);
+    o = out = aigw_xmalloc(n * 3 + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\0') {
+            memcpy(o, "\xEF\xBF\xBD", 3);
+            o += 3;
+        } else {
+            *o++ = p[i];
+        }
+    }
+    *o = '\0';
+    return out;
 }
 
 static long
@@ -47,18 +68,23 @@ ref_count(const json_t *v)
 static void
 by_jansson(const char *txt, size_t len, struct seen *s)
 {
-    json_t *root = json_loadb(txt, len, 0, NULL), *choices, *choice, *delta, *usage, *timings;
+    json_t *root = json_loadb(txt, len, JSON_ALLOW_NUL, NULL), *choices, *choice, *delta, *usage, *timings, *tc;
 
     memset(s, 0, sizeof(*s));
     if (!json_is_object(root))
         goto out;
     s->valid = true;
     s->error = json_object_get(root, "error") != NULL;
+    s->error_code = ref_count(json_object_get(json_object_get(root, "error"), "code"));
+    s->code = ref_count(json_object_get(root, "code"));
     s->model = ref_str(json_object_get(root, "model"));
     choices = json_object_get(root, "choices");
     choice = json_array_get(choices, 0);
     delta = json_object_get(choice, "delta");
     s->content = ref_str(json_object_get(delta, "content"));
+    s->reasoning = ref_str(json_object_get(delta, "reasoning_content"));
+    tc = json_object_get(delta, "tool_calls");
+    s->tool_calls = json_is_array(tc) && json_array_size(tc) > 0;
     s->finish_reason = ref_str(json_object_get(choice, "finish_reason"));
     s->choices_empty = json_is_array(choices) && json_array_size(choices) == 0;
     usage = json_object_get(root, "usage");
@@ -102,6 +128,10 @@ by_scan(const char *txt, size_t len, struct seen *s)
     s->model = decoded(&c.model);
     s->content = decoded(&c.content);
     s->finish_reason = decoded(&c.finish_reason);
+    s->reasoning = decoded(&c.reasoning);
+    s->tool_calls = c.tool_calls;
+    s->error_code = c.error_code;
+    s->code = c.code;
     s->choices_empty = c.choices_empty;
     s->usage = c.usage;
     s->timings = c.timings;
@@ -125,8 +155,10 @@ differs(const struct seen *a, const struct seen *b)
         return "valid";
     if (!a->valid)
         return NULL;
-    if (a->error != b->error)
+    if (a->error != b->error || a->error_code != b->error_code || a->code != b->code)
         return "error";
+    if (!same_str(a->reasoning, b->reasoning) || a->tool_calls != b->tool_calls)
+        return "reasoning/tool_calls";
     if (!same_str(a->model, b->model))
         return "model";
     if (!same_str(a->content, b->content))
@@ -237,6 +269,14 @@ static const char *const corpus[] = {
     "{\"choices\":[],\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":{\"prompt_tokens\":1}}",
     "{\"choices\":[{\"delta\":{\"content\":\"nested\",\"x\":{\"y\":[{\"z\":[[[]]]}]}}}],\"error\":null}",
     "{}",
+    "{\"choices\":[{\"delta\":{\"reasoning_content\":\"Think\\u0000ing\"},\"index\":0}],\"model\":\"m\"}",
+    "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\","
+    "\"function\":{\"name\":\"get_rx\",\"arguments\":\"{\\\"id\\\": 1}\"}}]}}]}",
+    "{\"choices\":[{\"delta\":{\"tool_calls\":[1],\"tool_calls\":[]}}],\"error\":{\"code\":400},\"error\":[]}",
+    "{\"error\":{\"code\":400,\"message\":\"the request exceeds the available context size\","
+    "\"type\":\"exceed_context_size_error\",\"n_prompt_tokens\":5000,\"n_ctx\":4096}}",
+    "{\"choices\":[{\"delta\":{\"content\":\"a\\u0000b\\u00000\"}}]}",
+    "{\"code\":400,\"message\":\"the request exceeds the available context size\",\"type\":\"invalid_request_error\"}",
 };
 
 /* Inputs jansson refuses (or that are not an object), each for a reason. */
@@ -259,8 +299,8 @@ static const struct {
     {"{\"a\":-9223372036854775809}", 0},
     {"{\"a\":1e309}", 0},
     {"{\"a\":-1e400}", 0},
-    {"{\"a\":\"\\u0000\"}", 0},
     {"{\"\\u0000\":1}", 0},
+    {"{\"a\\u0000\":{\"b\":\"\\u0000\"}}", 0},
     {"{\"a\":\"\\ud800\"}", 0},
     {"{\"a\":\"\\udc00\\ud800\"}", 0},
     {"{\"a\":\"\\ud800\\u0041\"}", 0},
@@ -316,7 +356,24 @@ test_reads_llama_events(void)
     CHECK(aigw_chunk_scan(corpus[3], strlen(corpus[3]), &c) == 0 && c.choices_empty && c.usage &&
               c.prompt_tokens == 12,
           "the usage-only chunk (choices []) is told apart");
-    CHECK(aigw_chunk_scan(corpus[4], strlen(corpus[4]), &c) == 0 && c.error, "an error event is flagged");
+    CHECK(aigw_chunk_scan(corpus[4], strlen(corpus[4]), &c) == 0 && c.error && c.error_code == 500,
+          "an error event is flagged, with its code");
+    CHECK(aigw_chunk_scan(corpus[20], strlen(corpus[20]), &c) == 0 && c.error && c.error_code == 400,
+          "a refused request mid-stream: code 400");
+    CHECK(aigw_chunk_scan(corpus[17], strlen(corpus[17]), &c) == 0 && c.content.p == NULL && c.reasoning.p != NULL &&
+              !c.tool_calls,
+          "a reasoning delta is read");
+    aigw_chunk_decode(&c.reasoning, buf);
+    CHECK(strcmp(buf, "Think\xEF\xBF\xBDing") == 0, "\\u0000 decodes to U+FFFD: '%s'", buf);
+    CHECK(aigw_chunk_scan(corpus[18], strlen(corpus[18]), &c) == 0 && c.tool_calls && c.content.p == NULL,
+          "a tool-call delta is read");
+    CHECK(aigw_chunk_scan(corpus[19], strlen(corpus[19]), &c) == 0 && !c.tool_calls && c.error && c.error_code == 0,
+          "the last tool_calls and error count");
+    CHECK(aigw_chunk_scan(corpus[22], strlen(corpus[22]), &c) == 0 && !c.error && c.code == 400,
+          "the payload of an error: event has its code at the top");
+    CHECK(aigw_chunk_scan(corpus[21], strlen(corpus[21]), &c) == 0, "a NUL in the text scans");
+    CHECK(aigw_chunk_decode(&c.content, buf) == 9 && memcmp(buf, "a\xEF\xBF\xBD" "b\xEF\xBF\xBD" "0", 10) == 0,
+          "\\u0000 decodes to U+FFFD, \\u00000 too plus its 0");
 
     CHECK(aigw_chunk_scan(corpus[5], strlen(corpus[5]), &c) == 0 && c.content.escaped, "escapes scan");
     aigw_chunk_decode(&c.content, buf);
