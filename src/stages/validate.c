@@ -65,14 +65,28 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
     return AIGW_OK;
 }
 
+/* "stream": absent, null or a boolean. */
+static enum aigw_rc
+read_stream(struct aigw_req *req, struct aigw_query *q)
+{
+    json_t *stream = json_object_get(req->json, "stream");
+
+    if (stream == NULL || json_is_null(stream))
+        return AIGW_OK;
+    if (!json_is_boolean(stream))
+        return aigw_req_fail(req, 400, "invalid_request", "stream: must be a boolean");
+    q->stream = json_is_true(stream);
+    return AIGW_OK;
+}
+
 enum aigw_rc
 aigw_stage_validate_query(struct aigw_req *req)
 {
     struct aigw_query *q = aigw_query_new(req);
     json_t *question = json_object_get(req->json, "question");
     json_t *type = json_object_get(req->json, "query_type");
-    json_t *stream = json_object_get(req->json, "stream");
     int qtype = -1;
+    enum aigw_rc rc;
 
     q->route_label = "query";
     if (question == NULL || json_is_null(question))
@@ -86,11 +100,8 @@ aigw_stage_validate_query(struct aigw_req *req)
             return aigw_req_fail(req, 400, "invalid_request",
                                  "query_type: must be one of knowledge, sales, inventory, patient_analytics");
     }
-    if (stream != NULL && !json_is_null(stream)) {
-        if (!json_is_boolean(stream))
-            return aigw_req_fail(req, 400, "invalid_request", "stream: must be a boolean");
-        q->stream = json_is_true(stream);
-    }
+    if ((rc = read_stream(req, q)) != AIGW_OK)
+        return rc;
     return set_question(req, q, json_string_value(question), qtype);
 }
 
@@ -104,7 +115,10 @@ aigw_stage_validate_recommendation(struct aigw_req *req)
     enum aigw_rc rc;
 
     q->route_label = "recommendation";
-    if (!json_is_string(product) || json_string_length(product) == 0 || json_string_length(product) > 200)
+    if ((rc = read_stream(req, q)) != AIGW_OK)
+        return rc;
+    if (!json_is_string(product) || json_string_length(product) == 0 || json_string_length(product) > 200 ||
+        strlen(json_string_value(product)) != json_string_length(product))
         return aigw_req_fail(req, 400, "invalid_request", "product_type: a string of 1..200 characters is required");
     if (rx != NULL && !json_is_null(rx) && !json_is_object(rx))
         return aigw_req_fail(req, 400, "invalid_request", "prescription: must be an object");

@@ -2,6 +2,7 @@
  * rate limit, feature gating, PII, bad input, upstream failures, idempotency,
  * a stalled Redis */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -829,12 +830,19 @@ test_redis_stall(void)
 }
 
 /* The busy client of test_redis_busy: once the request's idempotency
- * record appears (a keyspace notification), keep Redis busy in a script for
- * 2.5 s, longer than redis.timeout_ms (1 s here), so the request's next
- * script on a pool connection (single-flight or quota) gives up and answers
- * 503, and Redis runs that script only afterwards. */
+ * record appears (a keyspace notification), stop Redis from running any
+ * client's command for 2.5 s (CLIENT PAUSE ... ALL), longer than
+ * redis.timeout_ms (1 s here), so the request's next script on a pool
+ * connection (single-flight or quota) gives up and answers 503, and Redis
+ * runs that script only afterwards. A pause, unlike a long script of its
+ * own, holds back no reply of a command that already ran: the scripts are
+ * either run in time and answered, or run late, which is the case under
+ * test. (With a busy script, a reservation that ran just before it had its
+ * reply held up behind it, the residual case the README names, and the
+ * exact count failed about one run in six.) */
 struct busy {
     char pattern[128];
+    atomic_bool subscribed;
     bool fired;
     pthread_t th;
 };
@@ -860,15 +868,15 @@ busy_run(void *arg)
     if (sub == NULL || sub->err || c == NULL || c->err)
         goto out;
     redisSetTimeout(sub, tv);
-    freeReplyObject(redisCommand(sub, "PSUBSCRIBE %s", b->pattern));
+    r = redisCommand(sub, "PSUBSCRIBE %s", b->pattern);
+    atomic_store(&b->subscribed, r != NULL);
+    freeReplyObject(r);
     if (redisGetReply(sub, (void **)&r) != REDIS_OK)
         goto out;
     freeReplyObject(r);
     b->fired = true;
-    freeReplyObject(redisCommand(c, "EVAL %s 0",
-                                 "local t = redis.call('TIME') local s = t[1] * 1000 + t[2] / 1000 "
-                                 "while true do local n = redis.call('TIME') "
-                                 "if n[1] * 1000 + n[2] / 1000 - s > 2500 then return 1 end end"));
+    freeReplyObject(redisCommand(c, "CLIENT PAUSE 2500 ALL"));
+    usleep(2600 * 1000); /* the pause is over when the thread ends */
 out:
     redisFree(sub);
     redisFree(c);
@@ -905,7 +913,9 @@ test_redis_busy(void)
     snprintf(b.pattern, sizeof(b.pattern), "__keyspace@*__:aigw:{%s}:idem:*", id);
     tl_redis_int("CONFIG SET notify-keyspace-events K$");
     pthread_create(&b.th, NULL, busy_run, &b);
-    usleep(200 * 1000); /* subscribed */
+    for (int i = 0; i < 500 && !atomic_load(&b.subscribed); i++)
+        usleep(10 * 1000);
+    CHECK(atomic_load(&b.subscribed), "the busy client is subscribed");
     tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
     answered += r.status == 200;
     CHECK(r.status == 200 || (r.status == 503 && tl_json_str(&r, "error.code", buf, sizeof(buf)) &&
@@ -914,28 +924,27 @@ test_redis_busy(void)
     tl_resp_free(&r);
     pthread_join(b.th, NULL);
     tl_redis_int("CONFIG SET notify-keyspace-events %s", "");
-    CHECK(b.fired, "Redis was made busy right after the idempotency record");
+    CHECK(b.fired, "Redis was paused right after the idempotency record");
     usleep(300 * 1000); /* Redis has run whatever it was sent */
-#ifndef __SANITIZE_ADDRESS__
-    /* Under ASan aigw's path from the idempotency record to the reservation
-     * is slow enough that the busy spell can start right after the
-     * reservation ran, before its reply was written: the reservation counts
-     * and the request, which saw no reply, answers 503. That is the residual
-     * case the README names (a reply held up after its script ran), not a
-     * late run, so the count is asserted in the plain build only, where the
-     * spell reliably stalls the script itself. */
     CHECK(tl_quota_used(id) == used0 + answered, "quota: only an answered request used a query (%lld, want %lld)",
           tl_quota_used(id), used0 + answered);
-#else
-    CHECK(tl_quota_used(id) <= used0 + answered + 1, "quota: at most the residual one more (%lld, want <= %lld)",
-          tl_quota_used(id), used0 + answered + 1);
-#endif
     tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    if (r.status == 409 && answered == 0) {
+        /* The 503's release of its pending record (a DEL) went out during
+         * the pause and was lost with the connection aigw gave up on, so
+         * the record stays pending until its TTL (timeout + queue timeout
+         * + 30 s, the README's Idempotency-Key entry). Stand in for that
+         * expiry; the begin script's deadline is what is under test. */
+        tl_resp_free(&r);
+        tl_redis_int("EVAL %s 0 %s",
+                     "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) end "
+                     "return n",
+                     b.pattern + strlen("__keyspace@*__:"));
+        tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    }
     CHECK(r.status == 200, "the retry with the same key is served (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
-#ifndef __SANITIZE_ADDRESS__
     CHECK(tl_quota_used(id) == used0 + 1, "and counted once (%lld, want %lld)", tl_quota_used(id), used0 + 1);
-#endif
     free(tok);
 }
 

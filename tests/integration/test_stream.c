@@ -173,6 +173,61 @@ test_stream_and_replay(void)
     free(tok);
 }
 
+/* /api/ai/recommendation streams like a query: deltas, then the closing
+ * event (it used to ignore "stream" and answer JSON); a bad "stream" or
+ * product is refused before any upstream call, billing or quota. */
+static void
+test_recommendation(void)
+{
+    static const char *const bad[] = {
+        "{\"product_type\":\"progressive lens\",\"stream\":\"yes\"}",
+        "{\"stream\":true}",
+        "{\"product_type\":\"progressive lens\",\"prescription\":[1],\"stream\":true}",
+    };
+    char id[37], code[65], buf[256], text[4096];
+    struct tl_resp r;
+    struct events e;
+    long long calls, q0;
+    char *tok;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":6,\"token_latency_ms\":5}");
+    calls = tl_mock_stat(mock, "chat_requests");
+    q0 = tl_quota_used(id);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        tl_post(port, "/api/ai/recommendation", tok, bad[i], &r);
+        CHECK(r.status == 400 && tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "invalid_request") == 0,
+              "recommendation: bad input %zu refused with 400 invalid_request (%ld)", i, r.status);
+        tl_resp_free(&r);
+    }
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls, "recommendation: no bad request reached the model");
+    CHECK(tl_quota_used(id) == q0, "recommendation: no quota used by bad input");
+
+    tl_post(port, "/api/ai/recommendation", tok,
+            "{\"product_type\":\"progressive lens\",\"prescription\":{\"sph\":-1.25},\"stream\":true}", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "Content-Type", buf, sizeof(buf)) &&
+              strcmp(buf, "text/event-stream") == 0,
+          "recommendation stream: 200 text/event-stream (%ld)", r.status);
+    parse_events(r.body, &e);
+    joined(&e, text, sizeof(text));
+    CHECK(e.framing_ok && e.n == 7 && strstr(text, " tok6") != NULL, "recommendation stream: 6 deltas + closing (%d)",
+          e.n);
+    CHECK(json_is_true(json_object_get(last(&e), "done")) && json_object_get(last(&e), "recommendation") == NULL,
+          "recommendation stream: the closing event carries the fields, not the text again");
+    free_events(&e);
+    tl_resp_free(&r);
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "recommendation stream: one upstream call");
+    CHECK(tl_usage_rows(owner, id, "billed AND completion_tokens = 6", 1) == 1, "recommendation stream: billed once");
+    tl_post(port, "/api/ai/recommendation", tok, "{\"product_type\":\"progressive lens\",\"prescription\":{\"sph\":-1.25}}",
+            &r);
+    CHECK(r.status == 200 && tl_json_str(&r, "recommendation", buf, sizeof(buf)) && strstr(text, buf) == text &&
+              tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
+          "recommendation: the same request as JSON is the streamed text, from the cache (%ld)", r.status);
+    tl_resp_free(&r);
+    free(tok);
+}
+
 /* An answer whose text the upstream had to escape (quotes, a backslash)
  * and that carries multi-byte UTF-8 is decoded from every event exactly:
  * streamed deltas, the cached replay and the JSON answer all agree. */
@@ -493,6 +548,7 @@ main(void)
 
     test_stream_and_replay();
     test_escaped_text();
+    test_recommendation();
     test_single_flight();
     test_failures();
     test_disconnect();
