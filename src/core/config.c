@@ -1,6 +1,8 @@
 /* config.c - parse and validate the JSON configuration; strict about unknown keys */
 #include "aigw/config.h"
 
+#include <arpa/inet.h>
+
 #include <errno.h>
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -30,7 +32,27 @@ struct ctx {
     char *err;
     size_t errlen;
     int failed;
+    const char *where;     /* the object being read ("upstream", "jwt.keys[0]"), for messages */
 };
+
+/* A numeric address, as the listener binds it (an IPv6 one has a colon). */
+static bool
+listen_addr_ok(const char *a)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return a != NULL && inet_pton(strchr(a, ':') != NULL ? AF_INET6 : AF_INET, a, buf) == 1;
+}
+
+/* "where.key" of the member key of the object being read, into buf. */
+static const char *
+key_path(const struct ctx *c, const char *key, char *buf, size_t cap)
+{
+    if (c->where == NULL)
+        return key;
+    snprintf(buf, cap, "%s.%s", c->where, key);
+    return buf;
+}
 
 static void __attribute__((format(printf, 2, 3)))
 fail(struct ctx *c, const char *fmt, ...)
@@ -131,7 +153,9 @@ get_int(struct ctx *c, json_t *obj, const char *key, long min, long max, int *ou
     if (v == NULL)
         return;
     if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
-        fail(c, "%s: must be an integer in [%ld, %ld]", key, min, max);
+        char path[96];
+
+        fail(c, "%s: must be an integer in [%ld, %ld]", key_path(c, key, path, sizeof(path)), min, max);
         return;
     }
     *out = (int)json_integer_value(v);
@@ -151,15 +175,16 @@ static void
 get_str(struct ctx *c, json_t *obj, const char *key, char **out)
 {
     json_t *v = obj ? json_object_get(obj, key) : NULL;
+    char path[96];
     char *s;
 
     if (v == NULL || json_is_null(v))
         return;
     if (!json_is_string(v)) {
-        fail(c, "%s: must be a string", key);
+        fail(c, "%s: must be a string", key_path(c, key, path, sizeof(path)));
         return;
     }
-    s = expand(c, key, json_string_value(v));
+    s = expand(c, key_path(c, key, path, sizeof(path)), json_string_value(v));
     if (s == NULL)
         return;
     free(*out);
@@ -195,7 +220,10 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
     char where[32], *kid = NULL, *alg = NULL, *secret = NULL, *file = NULL, *pem = NULL;
     json_t *platform = json_object_get(k, "platform");
 
+    const char *outer = c->where;
+
     snprintf(where, sizeof(where), "jwt.keys[%zu]", idx);
+    c->where = where;
     check_keys(c, k, where, allowed);
     if (platform != NULL && !json_is_boolean(platform))
         fail(c, "%s: platform must be a boolean", where);
@@ -246,6 +274,7 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             fail(c, "%s: RS256/ES256 need a PEM public key (SPKI)", where);
     }
 out:
+    c->where = outer;
     free(kid);
     free(alg);
     free(secret);
@@ -277,8 +306,10 @@ parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
 {
     static const char *const allowed[] = {"name", "url", "slots", "max_connections", NULL};
     char where[40], *name = NULL;
+    const char *outer = c->where;
 
     snprintf(where, sizeof(where), "upstream.backends[%zu]", idx);
+    c->where = where;
     check_keys(c, b, where, allowed);
     get_str(c, b, "name", &name);
     get_str(c, b, "url", &be->url);
@@ -292,6 +323,7 @@ parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
         snprintf(be->name, sizeof(be->name), "%s", name);
     if (be->url == NULL || !(aigw_has_prefix_ci(be->url, "http://") || aigw_has_prefix_ci(be->url, "https://")))
         fail(c, "%s: url must start with http:// or https://", where);
+    c->where = outer;
     free(name);
 }
 
@@ -303,10 +335,14 @@ parse_model(struct ctx *c, json_t *m, size_t idx, struct aigw_model_cfg *mc)
     json_t *tiers = json_object_get(m, "tiers"), *t;
     size_t i;
 
+    const char *outer = c->where;
+
     snprintf(where, sizeof(where), "openai.models[%zu]", idx);
+    c->where = where;
     check_keys(c, m, where, allowed);
     get_str(c, m, "id", &id);
     get_str(c, m, "route", &route);
+    c->where = outer;
     if (id == NULL || *id == '\0' || strlen(id) >= sizeof(mc->id))
         fail(c, "%s: id is required (1..127 chars)", where);
     else
@@ -500,7 +536,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const openai_k[] = {"models", "cache_sampled", NULL};
     static const char *const startup_k[] = {"dependency_timeout_ms", NULL};
     static const char *const shutdown_k[] = {"drain_timeout_ms", NULL};
-    struct ctx c = {err, errlen, 0};
+    struct ctx c = {err, errlen, 0, NULL};
     json_error_t jerr;
     json_t *root, *sec, *arr;
     char *level = NULL;
@@ -520,7 +556,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     check_keys(&c, root, "config", top);
 
 #define SECTION(name, keys) \
-    ((sec = json_object_get(root, name)) != NULL ? (check_keys(&c, sec, name, keys), sec) : NULL)
+    ((c.where = name, sec = json_object_get(root, name)) != NULL ? (check_keys(&c, sec, name, keys), sec) : NULL)
 
     if ((sec = SECTION("listen", listen_k)) != NULL) {
         get_str(&c, sec, "address", &cfg->listen_addr);
@@ -621,6 +657,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     if ((sec = SECTION("shutdown", shutdown_k)) != NULL)
         get_int(&c, sec, "drain_timeout_ms", 0, 3600000, &cfg->drain_timeout_ms);
 #undef SECTION
+    c.where = NULL;
     apply_env(&c, cfg);
     if (!c.failed && (cfg->database_url == NULL || *cfg->database_url == '\0'))
         fail(&c, "database.url (or AIGW_DATABASE_URL) is required");
@@ -638,6 +675,8 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                  "the password)");
     if (!c.failed && cfg->n_jwt_keys == 0)
         fail(&c, "jwt.keys: at least one key is required");
+    if (!c.failed && !listen_addr_ok(cfg->listen_addr))
+        fail(&c, "listen.address (or AIGW_LISTEN_ADDR): must be a numeric IPv4 or IPv6 address, not a host name");
 out:
     free(level);
     json_decref(root);

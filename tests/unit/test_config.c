@@ -49,11 +49,28 @@ main(void)
     unsetenv("AIGW_DATABASE_URL");
     unsetenv("AIGW_REDIS_URL");
     unsetenv("AIGW_PORT");
+    unsetenv("AIGW_LISTEN_ADDR");
 
     CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}", err, sizeof(err)) == 0, "minimal config: %s", err);
     /* streaming and OpenAI-route settings */
     expect_invalid("stream_idle_ms too small", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
                    "stream_idle_ms");
+    /* messages name the whole path of the key */
+    expect_invalid("range: section named", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
+                   "upstream.stream_idle_ms: must be an integer");
+    expect_invalid("unset variable: section named",
+                   "{" BASE_DB ",\"jwt\":{\"issuer\":\"${AIGW_TEST_NOT_SET_ANYWHERE}\",\"keys\":[" HS_KEY "]}}",
+                   "jwt.issuer: environment variable AIGW_TEST_NOT_SET_ANYWHERE is not set");
+    expect_invalid("backend slots: index named",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":\"a\","
+                   "\"url\":\"http://127.0.0.1:1\",\"slots\":0}]}}",
+                   "upstream.backends[0].slots: must be an integer");
+    expect_invalid("listen address: a host name", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"listen\":{\"address\":\"localhost\"}}",
+                   "listen.address");
+    expect_invalid("listen address: not an address", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"listen\":{\"address\":\"::1::2\"}}",
+                   "listen.address");
+    CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"listen\":{\"address\":\"::1\"}}", err, sizeof(err)) == 0,
+          "listen address ::1 loads: %s", err);
     expect_invalid("stream_buffer_bytes too small",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_buffer_bytes\":10}}",
                    "stream_buffer_bytes");
