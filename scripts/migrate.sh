@@ -217,6 +217,8 @@ BEGIN;
 INSERT INTO public.schema_migrations (version, checksum) VALUES ('$f', '$sum');
 COMMIT;
 RESET ALL;
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
 \echo applied $f
 \set aigw_mig_applied 1
 \endif

@@ -21,13 +21,16 @@
 /* The writer's statements (here so that bench/usage_rowcost sends the very
  * same). What they do with the rows: insert the new ones and raise the
  * quota counter by the billed rows inserted now (not the conflicting
- * replays) whose created_at lies in the current UTC month, restarting at 0
- * in a new month; the UPDATE is skipped when there is nothing to add. The
+ * replays) whose created_at lies in the current UTC month (a row stamped
+ * in another month by a clock ahead or behind is left out), restarting at
+ * 0 in a new month; the UPDATE is skipped when there is nothing to add. The
  * column list is explicit so that a column added later gets its default. */
 #define AIGW_USAGE_RETURNING_TAIL                                                                   \
     " RETURNING billed, created_at),"                                                               \
     " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
-    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"          \
+    " AND created_at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"           \
+    " AND created_at < (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month')"        \
+    " AT TIME ZONE 'UTC')"                                                                          \
     " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
     " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
     " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \

@@ -25,7 +25,10 @@
     "   'max_tokens', COALESCE((t.overrides->>'max_tokens')::int, p.max_tokens), 'features', p.features),"   \
     " 'created_at', " AIGW_ADMIN_SQL_TS("t.created_at") ", 'updated_at', " AIGW_ADMIN_SQL_TS("t.updated_at") ")::text"
 
-static const char GET_SQL[] = "SELECT " TENANT_JSON " FROM tenants t JOIN plans p ON p.tier = t.tier";
+/* RLS shows only the tenant set, and the WHERE says so again: a role that
+ * bypassed RLS would otherwise get whichever tenant came first. */
+static const char GET_SQL[] =
+    "SELECT " TENANT_JSON " FROM tenants t JOIN plans p ON p.tier = t.tier WHERE t.id = aigw_current_tenant()";
 
 static const char LIST_SQL[] = "SELECT " TENANT_JSON ", t.code FROM tenants t JOIN plans p ON p.tier = t.tier"
                                " WHERE t.code > COALESCE($1, '') ORDER BY t.code LIMIT $2::int + 1";

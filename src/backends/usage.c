@@ -80,7 +80,23 @@ static const char INSERT_BIN_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_RETUR
 /* ... prepared once per connection: parsing, analysing and planning it
  * cost PostgreSQL ~2.4M instructions per statement, ~24k per row in
  * 100-row batches. */
-#define INSERT_STMT "aigw_usage_insert"
+#define INSERT_STMT_PREFIX "aigw_usage_insert_"
+/* The statement's name carries a digest of its text: a pooler in front
+ * (PgBouncer in transaction mode) can hand the writer a server session on
+ * which another aigw, of another version, prepared its own statement, and
+ * a shared name would run that one's SQL. */
+static void
+insert_stmt_name(char out[64])
+{
+    unsigned char md[32];
+    char hex[65];
+
+    aigw_sha256(INSERT_BIN_SQL, sizeof(INSERT_BIN_SQL) - 1, md);
+    aigw_hex(md, 32, hex);
+    aigw_concat(out, 64, INSERT_STMT_PREFIX, NULL);
+    memcpy(out + strlen(INSERT_STMT_PREFIX), hex, 16);
+    out[strlen(INSERT_STMT_PREFIX) + 16] = '\0';
+}
 static const char INSERT_BIN_REPLAY_SQL[] = AIGW_USAGE_INSERT_BIN_HEAD AIGW_USAGE_ON_CONFLICT_TAIL;
 
 /* For lines the binary reader does not take, and row by row in isolate():
@@ -147,7 +163,8 @@ struct aigw_usage {
     size_t synced;         /* cur's size at its last fdatasync (writer only) */
     int64_t synced_ms;
     PGconn *conn;          /* the writer's own connection */
-    bool prepared;         /* INSERT_BIN_SQL is prepared on conn as INSERT_STMT */
+    char stmt[64];         /* INSERT_BIN_SQL's statement name (insert_stmt_name) */
+    bool prepared;         /* INSERT_BIN_SQL is prepared on conn as stmt */
     bool unnamed;          /* conn's sessions are shared (a pooler): no named statement */
     bool db_down;          /* logged once per outage */
     struct batch b;
@@ -839,7 +856,7 @@ insert_bin(struct aigw_usage *u, const char *tenant, const Oid *types, const cha
 
     state[0] = '\0';
     if (!u->unnamed && !u->prepared) {
-        if (aigw_pg_prepare(u->conn, INSERT_STMT, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, DUPLICATE_STATEMENT,
+        if (aigw_pg_prepare(u->conn, u->stmt, INSERT_BIN_SQL, AIGW_USAGE_NCOLS, types, DUPLICATE_STATEMENT,
                             state) == 0)
             u->prepared = true;
         else if (strcmp(state, DUPLICATE_STATEMENT) == 0)
@@ -848,7 +865,7 @@ insert_bin(struct aigw_usage *u, const char *tenant, const Oid *types, const cha
             return NULL;
     }
     if (!u->unnamed) {
-        r = aigw_pg_exec_tenant_stmt(u->conn, tenant, INSERT_STMT, NULL, AIGW_USAGE_NCOLS, NULL, values, lengths,
+        r = aigw_pg_exec_tenant_stmt(u->conn, tenant, u->stmt, NULL, AIGW_USAGE_NCOLS, NULL, values, lengths,
                                      formats, UNIQUE_VIOLATION " " NO_SUCH_STATEMENT, state);
         if (r != NULL || strcmp(state, NO_SUCH_STATEMENT) != 0)
             return r;
@@ -1167,6 +1184,7 @@ aigw_usage_start(const struct aigw_config *cfg)
 {
     struct aigw_usage *u = aigw_xcalloc(1, sizeof(*u));
 
+    insert_stmt_name(u->stmt);
     init_sync(u);
     u->dir_fd = -1;
     u->dir = aigw_xstrdup(cfg->spool_dir ? cfg->spool_dir : "");

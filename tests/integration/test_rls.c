@@ -239,6 +239,31 @@ main(void)
                  "INSERT INTO audit_logs (tenant_id, actor, action) VALUES ($1, 'x', 'x')", 1, pa,
                  "row-level security");
 
+    /* an API key names a user of its own tenant only (sql/011): a foreign
+     * key is checked without RLS, so B's user id under A went in before */
+    {
+        char *buser = NULL;
+
+        r = tl_sql(owner, true, "SELECT id::text FROM users WHERE tenant_id = $1", 1, pb);
+        if (PQntuples(r) == 1)
+            buser = strdup(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        CHECK(buser != NULL, "B has a user");
+        if (buser != NULL) {
+            const char *pk[2] = {a, buser};
+
+            begin_as(app, pa[0]);
+            expect_error(app, "an API key of A naming B's user",
+                         "INSERT INTO api_keys (tenant_id, user_id, name, prefix, secret_sha256) "
+                         "VALUES ($1, $2, 'k', 'aigw_y', sha256('cross-tenant'::bytea))",
+                         2, pk, "api_keys_user_same_tenant_fkey");
+            CHECK(tl_sql_long(owner, "SELECT count(*) FROM api_keys WHERE user_id = $1::uuid AND tenant_id = $2", 2,
+                              (const char *const[]){buser, a}) == 0,
+                  "no key of A names B's user");
+            free(buser);
+        }
+    }
+
     /* the role cannot switch RLS off or around */
     expect_error(app, "disable RLS", "ALTER TABLE ai_usage_logs DISABLE ROW LEVEL SECURITY", 0, NULL, "owner");
     expect_error(app, "no force", "ALTER TABLE tenants NO FORCE ROW LEVEL SECURITY", 0, NULL, "owner");
