@@ -120,12 +120,11 @@ reload(struct aigw_server *srv, const char *config_path, bool ready)
 
     if (ready)
         sd_notify(0, "RELOADING=1");
-    if (aigw_config_load(config_path, &next, err, sizeof(err)) != 0) {
-        aigw_log(LOG_ERR, "reload refused, keeping the running configuration: %s", err);
-        aigw_metrics_reload(srv->metrics, false);
-        if (ready)
-            sd_notify(0, "READY=1\nSTATUS=reload refused (see the log); running configuration kept");
-        return;
+    if (aigw_config_load(config_path, &next, err, sizeof(err)) != 0)
+        goto refused;
+    if (!aigw_redis_url_check(next.redis_url, err, sizeof(err))) { /* restart-only, but the next start needs it */
+        aigw_config_free(&next);
+        goto refused;
     }
     if (aigw_config_restart_diff(&srv->cfg, &next, restart, sizeof(restart)) > 0)
         aigw_log(LOG_WARNING, "reload: %s changed; that takes a restart, the running values stay", restart);
@@ -147,6 +146,12 @@ reload(struct aigw_server *srv, const char *config_path, bool ready)
         sd_notifyf(0, "READY=1\nSTATUS=serving on %s:%u, configuration %llu", srv->cfg.listen_addr,
                    srv->bound_port, (unsigned long long)snap->generation);
     aigw_snapshot_unref(snap);
+    return;
+refused:
+    aigw_log(LOG_ERR, "reload refused, keeping the running configuration: %s", err);
+    aigw_metrics_reload(srv->metrics, false);
+    if (ready)
+        sd_notify(0, "READY=1\nSTATUS=reload refused (see the log); running configuration kept");
 }
 
 /* READY=1 waits for the first PostgreSQL and Redis contact (the listener is

@@ -10,11 +10,14 @@
 
 struct aigw_redis_pool;
 
-/* url: redis://host:port[/db] or unix:///path/to/socket[?db=N]. Returns NULL
- * with a reason in err when the URL is invalid; connections open lazily.
- * timeout_ms bounds connect and every command. Owner: caller. */
+/* url: redis://host[:port][/db], redis://[IPv6 address][:port][/db] or
+ * unix:///path/to/socket[?db=N]. Returns NULL with a reason in err when the
+ * URL is invalid; connections open lazily. timeout_ms bounds connect and
+ * every command. Owner: caller. */
 struct aigw_redis_pool *aigw_redis_pool_create(const char *url, int size, int timeout_ms, char *err,
                                                size_t errlen);
+/* Whether aigw_redis_pool_create would take url; else false with err. */
+bool aigw_redis_url_check(const char *url, char *err, size_t errlen);
 void aigw_redis_pool_destroy(struct aigw_redis_pool *pool);
 
 /* Log "redis: what: detail" at LOG_ERR, at most once a second for the

@@ -66,15 +66,35 @@ parse_url(struct aigw_redis_pool *p, const char *url, char *err, size_t errlen)
         snprintf(err, errlen, "redis url: credentials in the URL are not supported");
         return -1;
     }
-    const char *colon = strrchr(rest, ':'), *slash = strchr(rest, '/');
-    size_t hlen = colon ? (size_t)(colon - rest) : slash ? (size_t)(slash - rest) : strlen(rest);
+    const char *host = rest, *after, *colon, *slash;
+    size_t hlen;
     char portbuf[16] = "6379";
 
+    if (rest[0] == '[') { /* an IPv6 address: redis://[::1]:6379/0 */
+        const char *close = strchr(rest, ']');
+
+        if (close == NULL || (close[1] != '\0' && close[1] != ':' && close[1] != '/')) {
+            snprintf(err, errlen, "redis url: bad [IPv6 address]");
+            return -1;
+        }
+        host = rest + 1;
+        hlen = (size_t)(close - host);
+        after = close + 1;
+    } else {
+        hlen = strcspn(rest, ":/");
+        after = rest + hlen;
+    }
+    slash = strchr(after, '/');
+    colon = after[0] == ':' ? after : NULL;
+    if (colon != NULL && memchr(colon + 1, ':', slash ? (size_t)(slash - colon - 1) : strlen(colon + 1)) != NULL) {
+        snprintf(err, errlen, "redis url: write an IPv6 address in brackets (redis://[::1]:6379)");
+        return -1;
+    }
     if (hlen == 0) {
         snprintf(err, errlen, "redis url: host is missing");
         return -1;
     }
-    p->host = aigw_xstrndup(rest, hlen);
+    p->host = aigw_xstrndup(host, hlen);
     if (colon != NULL) {
         size_t plen = slash ? (size_t)(slash - colon - 1) : strlen(colon + 1);
 
@@ -98,6 +118,19 @@ parse_url(struct aigw_redis_pool *p, const char *url, char *err, size_t errlen)
         p->db = (int)v;
     }
     return 0;
+}
+
+bool
+aigw_redis_url_check(const char *url, char *err, size_t errlen)
+{
+    struct aigw_redis_pool p;
+    int rc;
+
+    memset(&p, 0, sizeof(p));
+    rc = parse_url(&p, url, err, errlen);
+    free(p.host);
+    free(p.path);
+    return rc == 0;
 }
 
 struct aigw_redis_pool *

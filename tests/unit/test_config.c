@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "aigw/config.h"
+#include "aigw/redis.h"
 #include "aigw/stages.h"
 #include "aigw/util.h"
 #include "testlib.h"
@@ -55,6 +56,24 @@ main(void)
     /* streaming and OpenAI-route settings */
     expect_invalid("stream_idle_ms too small", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
                    "stream_idle_ms");
+    /* Redis URLs: an IPv6 address takes brackets (unbracketed, its colons
+     * were read as a port), credentials are refused */
+    {
+        static const struct {
+            const char *url;
+            bool ok;
+        } urls[] = {
+            {"redis://127.0.0.1:6379", true}, {"redis://h", true},           {"redis://[::1]:6379/2", true},
+            {"redis://[::1]", true},          {"unix:///run/r.sock?db=3", true}, {"redis://::1:6379", false},
+            {"redis://::1", false},           {"redis://fe80::1:6379", false}, {"redis://[::1", false},
+            {"redis://[::1]x", false},        {"redis://u:p@h:1", false},      {"rediss://h:1", false},
+            {"redis://h:0", false},           {"redis://h:1/x", false},
+        };
+
+        for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+            CHECK(aigw_redis_url_check(urls[i].url, err, sizeof(err)) == urls[i].ok, "redis url %s: %s (%s)",
+                  urls[i].url, urls[i].ok ? "taken" : "refused", err);
+    }
     /* messages name the whole path of the key */
     expect_invalid("range: section named", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
                    "upstream.stream_idle_ms: must be an integer");
