@@ -45,8 +45,9 @@ void aigw_sf_stop(struct aigw_sf *sf);
 void aigw_sf_cancel(struct aigw_sf *sf);
 /* Register a suspended waiter (req->q->sf_* set). */
 void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);
-/* How long a leader's lock lives (ms): the upstream timeout plus queueing
- * plus a margin, so a live leader never loses it. */
+/* How long a leader's lock lives (ms): the longest its call may take
+ * (upstream.stream_timeout_ms for a streamed answer, timeout_ms for one in a
+ * piece) plus queueing plus a margin, so a live leader never loses it. */
 int aigw_singleflight_lock_ms(const struct aigw_req *req);
 /* Leader: publish its outcome (JSON text) for the waiters and release the
  * lock. NULL publishes nothing: the waiters see the lock go and retry, one

@@ -267,12 +267,33 @@ from_result(struct aigw_req *req, const char *text)
     return rc;
 }
 
+/* The longest the call of a leader may take: a stream runs up to
+ * stream_timeout_ms (the default 600 s against timeout_ms's 30 s), and a
+ * lock sized by timeout_ms expired under a live streaming leader, so a
+ * later request led a second generation and the waiters gave up with 504. */
+static int
+call_ms(const struct aigw_config *cfg, bool stream)
+{
+    return stream && cfg->stream_timeout_ms > cfg->timeout_ms ? cfg->stream_timeout_ms : cfg->timeout_ms;
+}
+
 int
 aigw_singleflight_lock_ms(const struct aigw_req *req)
 {
     const struct aigw_config *cfg = &req->snap->cfg; /* upstream.* reloads: the lock outlasts the call */
 
-    return cfg->timeout_ms + cfg->queue_timeout_ms + 5000;
+    return call_ms(cfg, req->q->stream) + cfg->queue_timeout_ms + 5000;
+}
+
+/* How long a waiter waits: its leader may stream whether or not the waiter
+ * does, so as long as the longer lock (a leader that dies sooner is seen
+ * when its lock goes). */
+static int
+wait_ms(const struct aigw_req *req)
+{
+    const struct aigw_config *cfg = &req->snap->cfg;
+
+    return call_ms(cfg, true) + cfg->queue_timeout_ms + 5000;
 }
 
 /* The lock or the published result, asked of Redis: {2, result}, {1} or {0}
@@ -350,7 +371,7 @@ aigw_stage_singleflight(struct aigw_req *req)
         return AIGW_OK;
     }
     q->sf_role = AIGW_SF_WAITER;
-    q->sf_deadline_ms = aigw_now_ms() + aigw_singleflight_lock_ms(req);
+    q->sf_deadline_ms = aigw_now_ms() + wait_ms(req);
     if (!q->sf_registered) {
         aigw_pool_cleanup(req->pool, free_indirect, &q->sf_result);
         q->sf_registered = true;

@@ -301,6 +301,39 @@ test_single_flight(void)
     free(tok);
 }
 
+/* A streaming leader's single-flight lock lives as long as a stream may
+ * run (stream_timeout_ms, 600 s by default), not timeout_ms (5 s here): a
+ * lock that expired under a live stream let the next identical request
+ * lead a second generation. */
+static void
+test_stream_lock(void)
+{
+    static const char MAX_PTTL[] = "local m = -1 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do "
+                                   "local t = redis.call('PTTL', key) if t > m then m = t end end return m";
+    const char *body[1] = {"{\"question\":\"A slow stream holds its lock\",\"stream\":true}"};
+    char id[37], code[65], *tok, *pattern;
+    struct tl_resp r;
+    struct tl_parallel *bg;
+    long long pttl = -1;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    pattern = tl_sprintf("aigw:{%s}:sf:*", id);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":4,\"first_token_ms\":700,\"token_latency_ms\":10}");
+    bg = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, &r);
+    for (int i = 0; i < 100 && pttl < 0; i++) {
+        usleep(10 * 1000);
+        pttl = tl_redis_int("EVAL %s 0 %s", MAX_PTTL, pattern);
+    }
+    CHECK(pttl > 60000, "a streaming leader's lock lives as long as a stream may (%lld ms left; 12 s before)", pttl);
+    tl_parallel_join(bg);
+    CHECK(r.status == 200, "the stream is answered (%ld)", r.status);
+    tl_resp_free(&r);
+    tl_mock_config(mock, "{\"first_token_ms\":0}");
+    free(pattern);
+    free(tok);
+}
+
 static void
 test_failures(void)
 {
@@ -550,6 +583,7 @@ main(void)
     test_escaped_text();
     test_recommendation();
     test_single_flight();
+    test_stream_lock();
     test_failures();
     test_disconnect();
     test_slow_reader();
