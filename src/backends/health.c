@@ -18,7 +18,19 @@ struct target {
     char name[64];
     char *url;             /* NULL: not probed */
     unsigned gen;
+    int misses;            /* probes in a row that got no answer at all */
 };
+
+/* What a probe got: 200; another status (llama-server's 503 "Loading
+ * model", say: the backend says it cannot serve); or no answer within the
+ * probe's timeout (or no connection). */
+enum probe_result { PROBE_OK, PROBE_REFUSED, PROBE_NO_ANSWER };
+
+/* An up backend goes down on a refusal at once, but only on the second
+ * probe in a row without any answer: a llama-server busy with a long
+ * prompt can miss one (builds of 2024 ran /health through the task queue),
+ * and one missed probe took every call of a single-backend group down. */
+#define MISSES_DOWN 2
 
 struct aigw_health {
     pthread_t thread;
@@ -40,7 +52,7 @@ discard(char *ptr, size_t size, size_t nmemb, void *ud)
     return size * nmemb;
 }
 
-static bool
+static enum probe_result
 probe(CURL *curl, const char *base)
 {
     char url[1024];
@@ -52,9 +64,9 @@ probe(CURL *curl, const char *base)
     snprintf(url, sizeof(url), "%.*s/health", (int)n, base);
     curl_easy_setopt(curl, CURLOPT_URL, url);
     if (curl_easy_perform(curl) != CURLE_OK)
-        return false;
+        return PROBE_NO_ANSWER;
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
-    return code == 200;
+    return code == 200 ? PROBE_OK : PROBE_REFUSED;
 }
 
 /* Probe slot i without holding the lock; publish only if the slot still
@@ -64,6 +76,7 @@ probe_slot(struct aigw_health *h, CURL *curl, size_t i)
 {
     char name[64], *url;
     unsigned gen;
+    enum probe_result res;
     bool ok, was;
 
     pthread_mutex_lock(&h->lock);
@@ -77,12 +90,18 @@ probe_slot(struct aigw_health *h, CURL *curl, size_t i)
     pthread_mutex_unlock(&h->lock);
     if (url == NULL)
         return true;
-    ok = probe(curl, url);
+    res = probe(curl, url);
     free(url);
     pthread_mutex_lock(&h->lock);
-    was = ok;
-    if (h->targets[i].gen == gen)
+    ok = was = res == PROBE_OK;
+    if (h->targets[i].gen == gen) {
+        struct target *t = &h->targets[i];
+
+        t->misses = res == PROBE_NO_ANSWER ? t->misses + 1 : 0;
+        if (res == PROBE_NO_ANSWER && t->misses < MISSES_DOWN && atomic_load(&h->up[i]))
+            ok = true; /* one miss: stays up */
         was = atomic_exchange(&h->up[i], ok);
+    }
     pthread_mutex_unlock(&h->lock);
     if (ok != was)
         aigw_log(ok ? LOG_NOTICE : LOG_WARNING, "upstream: backend %s is %s", name, ok ? "up" : "down");
@@ -172,6 +191,7 @@ aigw_health_reconfigure(struct aigw_health *h, const struct aigw_config *cfg)
         t->url = b != NULL && b->url != NULL ? aigw_xstrdup(b->url) : NULL;
         snprintf(t->name, sizeof(t->name), "%s", b != NULL ? b->name : "");
         t->gen++;
+        t->misses = 0;
         atomic_store(&h->up[i], false);
     }
     h->n = cfg->n_backends;

@@ -278,6 +278,7 @@ struct closer {
     const char *sse;         /* set: answer every request with this event stream, then close */
     int linger_ms;           /* with sse: keep the response open this long after it before closing */
     const char *after;       /* with linger_ms: sent every 100 ms meanwhile (NULL: silence) */
+    atomic_int mute;         /* > 0: leave that many more requests unanswered (until the client leaves) */
 };
 
 static const char CLOSER_ANSWER[] =
@@ -342,6 +343,16 @@ closer_run(void *arg)
         while (closer_read_request(fd)) {
             const char *h = atomic_load(&c->close_each) ? head_close : head;
 
+            if (atomic_load(&c->mute) > 0) { /* no answer: wait for the client to give up */
+                atomic_fetch_sub(&c->mute, 1);
+                for (int waited = 0; waited < 5000 && !atomic_load(&c->stop); waited += 50) {
+                    struct pollfd gone = {.fd = fd, .events = POLLIN};
+
+                    if (poll(&gone, 1, 50) > 0)
+                        break;
+                }
+                break;
+            }
             if (c->sse != NULL) {
                 static const char sse_head[] =
                     "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
@@ -1249,6 +1260,52 @@ test_active_health(void)
     aigw_config_free(&cfg);
 }
 
+/* A probe that gets no answer at all (a llama-server busy with a long
+ * prompt) takes an up backend down only on the second in a row; an answer
+ * other than 200 does at once (test_active_health). */
+static void
+test_health_misses(void)
+{
+    struct aigw_config cfg;
+    struct aigw_health *h;
+    struct closer srv;
+    char url[64];
+    int64_t end;
+    bool went_down = false;
+
+    closer_start(&srv, NULL);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d", srv.port);
+    cfg_init(&cfg);
+    cfg.health_interval_ms = 100;
+    add_backend(&cfg, "probed", url, 1);
+    h = aigw_health_start(&cfg);
+    for (end = aigw_now_ms() + 3000; !aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(aigw_health_up(h, 0), "misses: the backend is up");
+    atomic_store(&srv.mute, 1);
+    /* until the muted probe came, then its 1 s timeout and the next probe */
+    for (end = aigw_now_ms() + 5000; atomic_load(&srv.mute) > 0 && aigw_now_ms() < end;) {
+        went_down |= !aigw_health_up(h, 0);
+        sleep_ms(10);
+    }
+    for (end = aigw_now_ms() + 1500; aigw_now_ms() < end;) {
+        went_down |= !aigw_health_up(h, 0);
+        sleep_ms(10);
+    }
+    CHECK(atomic_load(&srv.mute) == 0 && !went_down, "misses: one probe without an answer leaves it up");
+    atomic_store(&srv.mute, 1000);
+    for (end = aigw_now_ms() + 6000; aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(!aigw_health_up(h, 0), "misses: probes that keep getting no answer take it down");
+    atomic_store(&srv.mute, 0);
+    for (end = aigw_now_ms() + 5000; !aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(aigw_health_up(h, 0), "misses: back up once it answers");
+    aigw_health_stop(h);
+    aigw_config_free(&cfg);
+    closer_stop(&srv);
+}
+
 /* A query type without backends fails at once. */
 static void
 test_no_route(void)
@@ -1535,6 +1592,7 @@ main(void)
     test_hostname_backend();
     test_open_after_done();
     test_llama_variants();
+    test_health_misses();
     test_spread();
     test_queue_full();
     test_queue_timeout();
