@@ -69,6 +69,14 @@ enum aigw_rc aigw_stage_cache(struct aigw_req *req);
  * fills req->q with the body to forward and its cache identity (cacheable
  * only without stream, and with temperature 0 unless openai.cache_sampled). */
 enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
+/* A chat answer or chunk (JSON text) without what tells one tenant about
+ * another's prompts: llama-server's "timings" (cache_n: how much of the
+ * prompt its slot already held, from whichever tenant filled it) and
+ * usage.prompt_tokens_details (cached_tokens). Slots and their prompt
+ * caches are shared by every tenant of a backend. Returns a new malloc'd
+ * text (*out_len set), or NULL when json holds neither (send it as is) or
+ * is no JSON object. */
+char *aigw_chat_strip_cache_info(const char *json, size_t len, size_t *out_len);
 
 /* A fresh upstream answer as a cache entry: its key, its value (in the
  * entry format aigw_stage_cache reads) and the tenant's TTL. */

@@ -53,6 +53,9 @@ struct aigw_upstream_event {
     bool error;                /* an error event (llama-server's error: line, or data: {"error":...}) */
     bool usage_only;           /* a chunk with usage and no choices (stream_options.include_usage) */
     bool output;               /* carries generated output: content, reasoning_content or tool_calls */
+    bool meta;                 /* carries "usage" or llama-server's "timings" */
+    const char *data;          /* the event's data (its data: lines joined), valid during the callback */
+    size_t data_len;
 };
 
 /* Stream consumer, on the engine thread, once per event in order. Must not

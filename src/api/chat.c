@@ -1,5 +1,6 @@
 /* chat.c - the answers of the OpenAI-compatible routes */
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "aigw/api.h"
@@ -7,6 +8,7 @@
 #include "aigw/jsonw.h"
 #include "aigw/query.h"
 #include "aigw/server.h"
+#include "aigw/stages.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
 
@@ -18,8 +20,17 @@ aigw_api_chat(struct aigw_req *req)
     struct aigw_query *q = req->q;
 
     aigw_req_add_header(req, "X-Cache", q->from_cache ? "HIT" : "MISS");
-    if (q->raw != NULL && !q->from_cache)
-        return aigw_req_json_text(req, 200, q->raw, strlen(q->raw));
+    if (q->raw != NULL && !q->from_cache) {
+        size_t n;
+        char *clean = aigw_chat_strip_cache_info(q->raw, strlen(q->raw), &n);
+        enum aigw_rc rc;
+
+        if (clean == NULL)
+            return aigw_req_json_text(req, 200, q->raw, strlen(q->raw));
+        rc = aigw_req_json_text(req, 200, clean, n);
+        free(clean);
+        return rc;
+    }
     {
         json_t *text = q->answer_json != NULL ? json_loads(q->answer_json, JSON_DECODE_ANY, NULL)
                                               : json_string(q->answer ? q->answer : "");

@@ -591,6 +591,7 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         c->res.chunks++;
     if (k.finish_reason.p != NULL && c->res.finish_reason == NULL)
         c->res.finish_reason = chunk_strdup(&k.finish_reason);
+    ev->meta = k.usage || k.timings;
     if (k.usage) {
         c->usage_prompt = k.prompt_tokens;
         c->usage_completion = k.completion_tokens;
@@ -617,6 +618,8 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     memset(&ev, 0, sizeof(ev));
     ev.bytes = bytes;
     ev.len = len;
+    ev.data = payload;
+    ev.data_len = plen;
     if (is_error) { /* llama-server's `error:` event: the error object is the payload */
         struct aigw_chunk k;
 

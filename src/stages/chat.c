@@ -182,3 +182,26 @@ aigw_stage_validate_chat(struct aigw_req *req)
         q->no_cache = q->no_store = true;
     return AIGW_OK;
 }
+
+char *
+aigw_chat_strip_cache_info(const char *json, size_t len, size_t *out_len)
+{
+    json_t *root, *usage;
+    char *out = NULL;
+    bool changed;
+
+    if (memmem(json, len, "\"timings\"", 9) == NULL && memmem(json, len, "\"prompt_tokens_details\"", 23) == NULL)
+        return NULL;
+    root = json_loadb(json, len, JSON_ALLOW_NUL, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return NULL;
+    }
+    usage = json_object_get(root, "usage");
+    changed = json_object_del(root, "timings") == 0;
+    changed |= json_is_object(usage) && json_object_del(usage, "prompt_tokens_details") == 0;
+    if (changed && (out = json_dumps(root, JSON_COMPACT)) != NULL)
+        *out_len = strlen(out);
+    json_decref(root);
+    return out;
+}

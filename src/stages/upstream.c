@@ -192,9 +192,24 @@ query_finalize(struct aigw_req *req, bool client_gone)
 static bool
 chat_event(const struct aigw_upstream_event *ev, void *ud, bool usage_wanted)
 {
+    size_t n;
+    char *clean, *event;
+    bool full;
+
     if (ev->done || ev->error || (ev->usage_only && !usage_wanted))
         return false;
-    return aigw_sse_write(ud, ev->bytes, ev->len, ev->output);
+    /* the chunk with the counts (one or two per stream) is written anew
+     * without the prompt-cache details (aigw_chat_strip_cache_info) */
+    if (!ev->meta || (clean = aigw_chat_strip_cache_info(ev->data, ev->data_len, &n)) == NULL)
+        return aigw_sse_write(ud, ev->bytes, ev->len, ev->output);
+    event = aigw_xmalloc(n + 9);
+    memcpy(event, "data: ", 6);
+    memcpy(event + 6, clean, n);
+    memcpy(event + 6 + n, "\n\n", 3);
+    full = aigw_sse_write(ud, event, n + 8, ev->output);
+    free(event);
+    free(clean);
+    return full;
 }
 
 static bool

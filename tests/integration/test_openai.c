@@ -59,6 +59,8 @@ test_plain_and_cache(const char *tok, const char *tid)
     CHECK(strstr(r.body, "Mock answer to [What is presbyopia?]") != NULL, "the upstream's answer passed through");
     CHECK(tl_json_int(&r, "usage.completion_tokens", -1) > 0, "usage from the upstream");
     CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0, "MISS");
+    CHECK(strstr(r.body, "\"timings\"") == NULL && strstr(r.body, "cache_n") == NULL,
+          "no prompt-cache timings from the shared slot");
     tl_resp_free(&r);
     /* what was forwarded: model kept, max_tokens clamped to the plan (enterprise: 1000) */
     {
@@ -219,6 +221,12 @@ test_stream(const char *tok, const char *tid)
          &r);
     CHECK(r.status == 200 && strstr(r.body, "\"choices\":[]") != NULL && strstr(r.body, "\"usage\"") != NULL,
           "include_usage: the usage chunk is passed through");
+    /* the mock, like llama-server, puts timings (cache_n: how much of the
+     * prompt the shared slot held) on the last chunk: not for the tenant */
+    CHECK(strstr(r.body, "\"timings\"") == NULL && strstr(r.body, "cache_n") == NULL,
+          "include_usage: no prompt-cache timings in the stream");
+    CHECK(payloads(r.body, ev, 64, &n) && n >= 2 && strcmp(ev[n - 1], "[DONE]") == 0,
+          "include_usage: the rewritten chunk keeps the framing");
     tl_resp_free(&r);
 
     /* failure after the first byte: an error event, then [DONE] */

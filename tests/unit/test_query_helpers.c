@@ -8,6 +8,7 @@
 
 #include "aigw/config.h"
 #include "aigw/query.h"
+#include "aigw/stages.h"
 #include "aigw/util.h"
 #include "testlib.h"
 
@@ -40,11 +41,30 @@ pii(const char *q, bool want)
     free(n);
 }
 
+/* What leaves for the tenant of an answer's counts: no prompt-cache details. */
+static void
+test_strip_cache_info(void)
+{
+    static const char both[] = "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":9,\"prompt_tokens_details\":"
+                               "{\"cached_tokens\":7}},\"timings\":{\"cache_n\":7,\"prompt_n\":2}}";
+    static const char plain[] = "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":9}}";
+    size_t n = 0;
+    char *out = aigw_chat_strip_cache_info(both, sizeof(both) - 1, &n);
+
+    CHECK(out != NULL && strcmp(out, "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":9}}") == 0 && n == strlen(out),
+          "timings and prompt_tokens_details removed, the rest kept: %s", out ? out : "(null)");
+    free(out);
+    CHECK(aigw_chat_strip_cache_info(plain, sizeof(plain) - 1, &n) == NULL, "nothing to remove: sent as is");
+    CHECK(aigw_chat_strip_cache_info("[\"timings\"]", 11, &n) == NULL, "not an object: sent as is");
+    CHECK(aigw_chat_strip_cache_info("{\"timings\":1", 12, &n) == NULL, "not JSON: sent as is");
+}
+
 int
 main(void)
 {
     char a[65], b[65];
 
+    test_strip_cache_info();
     norm("  Hello   World \n", "hello world");
     norm("\tA\t\tB", "a b");
     norm("", "");
