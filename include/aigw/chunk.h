@@ -48,6 +48,7 @@ struct aigw_chunk {
     bool timings;              /* when it is a positive integer, else 0 */
     long prompt_n;             /* ("timings" is llama-server's own object) */
     long predicted_n;
+    long cache_n;              /* timings.cache_n: prompt tokens the slot held already (not in prompt_n) */
 };
 
 /* Scan json[0..len). 0 when it is one JSON object, *out filled; -1 when

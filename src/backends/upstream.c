@@ -598,7 +598,7 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         ev->usage_only = k.choices_empty;
     }
     if (k.timings) {
-        c->timings_prompt = k.prompt_n;
+        c->timings_prompt = k.prompt_n + k.cache_n; /* prompt_n leaves out what the slot had cached */
         c->timings_predicted = k.predicted_n;
     }
 }

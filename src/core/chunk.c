@@ -37,6 +37,7 @@ enum role {
     R_COMPLETION_TOKENS,   /* root.usage.completion_tokens */
     R_PROMPT_N,            /* root.timings.prompt_n */
     R_PREDICTED_N,         /* root.timings.predicted_n */
+    R_CACHE_N,             /* root.timings.cache_n */
 };
 
 struct scan {
@@ -236,6 +237,7 @@ static const struct {
     {R_USAGE, "completion_tokens", R_COMPLETION_TOKENS},
     {R_TIMINGS, "prompt_n", R_PROMPT_N},
     {R_TIMINGS, "predicted_n", R_PREDICTED_N},
+    {R_TIMINGS, "cache_n", R_CACHE_N},
 };
 
 static struct aigw_chunk_str *string_slot(struct aigw_chunk *out, enum role r);
@@ -277,7 +279,7 @@ member_begins(struct aigw_chunk *out, enum role r)
         break;
     case R_TIMINGS:
         out->timings = false;
-        out->prompt_n = out->predicted_n = 0;
+        out->prompt_n = out->predicted_n = out->cache_n = 0;
         break;
     default:
         break;
@@ -399,6 +401,8 @@ count_slot(struct aigw_chunk *out, enum role r)
         return &out->prompt_n;
     case R_PREDICTED_N:
         return &out->predicted_n;
+    case R_CACHE_N:
+        return &out->cache_n;
     case R_ERROR_CODE:
         return &out->error_code;
     case R_CODE:

@@ -73,7 +73,10 @@ aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
     struct aigw_query *q = req->q;
     char head[160];
 
-    if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL || q->no_store)
+    /* an empty answer (a thinking model that spent max_tokens on thinking,
+     * say) is no answer to hand out again for cache_ttl_s */
+    if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL ||
+        q->answer[0] == '\0' || q->no_store)
         return false;
     if (aigw_query_tool_calls(q))
         return false;

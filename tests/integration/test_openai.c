@@ -136,7 +136,7 @@ test_length_limits(const char *tok)
  * it: it was always "stop"), and an earlier turn's tool calls (an
  * assistant message with null content) are a valid conversation. */
 static void
-test_finish_and_tools(const char *tok)
+test_finish_and_tools(const char *tok, const char *tid)
 {
     static const char cut[] = "{\"temperature\":0,\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":"
                               "\"cut me short\"}]}";
@@ -161,6 +161,24 @@ test_finish_and_tools(const char *tok)
     chat(tok, "{\"messages\":[{\"role\":\"assistant\",\"content\":null},{\"role\":\"user\",\"content\":\"x\"}]}", &r);
     expect_error("null content without tool calls", &r, 400, "invalid_request_error", "messages[0].content");
     tl_resp_free(&r);
+    /* an empty answer is not kept for the next one to get (the published
+     * result single-flight hands to late-comers for 10 s is another matter) */
+    {
+        static const char empty[] = "{\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"say nothing\"}]}";
+        static const char COUNT[] = "return #redis.call('KEYS', ARGV[1])";
+        char *pattern = tl_sprintf("aigw:{%s}:c:*", tid);
+        long long entries = tl_redis_int("EVAL %s 0 %s", COUNT, pattern);
+
+        tl_mock_config(mock, "{\"tokens\":0}");
+        chat(tok, empty, &r);
+        CHECK(r.status == 200 && tl_json_str(&r, "choices.0.message.content", fr, sizeof(fr)) && fr[0] == '\0' &&
+                  tl_resp_header(&r, "X-Cache", hit, sizeof(hit)) && strcmp(hit, "MISS") == 0,
+              "empty answer: 200, a MISS (%ld %s)", r.status, hit);
+        tl_resp_free(&r);
+        CHECK(tl_redis_int("EVAL %s 0 %s", COUNT, pattern) == entries, "an empty answer is not cached");
+        free(pattern);
+        tl_mock_config(mock, "{\"tokens\":6}");
+    }
 }
 
 /* Split an SSE body into its data payloads; false on bad framing. */
@@ -368,7 +386,7 @@ main(void)
 
     test_plain_and_cache(tok, id);
     test_length_limits(tok);
-    test_finish_and_tools(tok);
+    test_finish_and_tools(tok, id);
     test_stream(tok, id);
     test_bad_input(tok, id);
     test_gating(tok);

@@ -17,7 +17,7 @@
 struct seen {
     bool valid, error, choices_empty, usage, timings, tool_calls;
     char *model, *content, *finish_reason, *reasoning; /* NULL when absent or not a string */
-    long error_code, code, prompt_tokens, completion_tokens, prompt_n, predicted_n;
+    long error_code, code, prompt_tokens, completion_tokens, prompt_n, predicted_n, cache_n;
 };
 
 static void
@@ -98,6 +98,7 @@ by_jansson(const char *txt, size_t len, struct seen *s)
         s->timings = true;
         s->prompt_n = ref_count(json_object_get(timings, "prompt_n"));
         s->predicted_n = ref_count(json_object_get(timings, "predicted_n"));
+        s->cache_n = ref_count(json_object_get(timings, "cache_n"));
     }
 out:
     json_decref(root);
@@ -139,6 +140,7 @@ by_scan(const char *txt, size_t len, struct seen *s)
     s->completion_tokens = c.completion_tokens;
     s->prompt_n = c.prompt_n;
     s->predicted_n = c.predicted_n;
+    s->cache_n = c.cache_n;
 }
 
 static bool
@@ -169,7 +171,8 @@ differs(const struct seen *a, const struct seen *b)
         return "choices_empty";
     if (a->usage != b->usage || a->prompt_tokens != b->prompt_tokens || a->completion_tokens != b->completion_tokens)
         return "usage";
-    if (a->timings != b->timings || a->prompt_n != b->prompt_n || a->predicted_n != b->predicted_n)
+    if (a->timings != b->timings || a->prompt_n != b->prompt_n || a->predicted_n != b->predicted_n ||
+        a->cache_n != b->cache_n)
         return "timings";
     return NULL;
 }
@@ -242,7 +245,7 @@ agree(const char *txt, size_t len, struct seen *ref_out)
 #define LLAMA_FINISH                                                                                             \
     "{\"choices\":[{\"finish_reason\":\"stop\",\"index\":0,\"delta\":{}}],\"created\":1796604279,"              \
     "\"id\":\"chatcmpl-x\",\"model\":\"qwen2.5-7b\",\"object\":\"chat.completion.chunk\",\"usage\":"             \
-    "{\"completion_tokens\":57,\"prompt_tokens\":31,\"total_tokens\":88},\"timings\":{\"prompt_n\":31,"          \
+    "{\"completion_tokens\":57,\"prompt_tokens\":31,\"total_tokens\":88},\"timings\":{\"cache_n\":12,\"prompt_n\":19,"          \
     "\"prompt_ms\":12.5,\"prompt_per_token_ms\":0.403,\"predicted_n\":57,\"predicted_ms\":812.25,"               \
     "\"predicted_per_second\":70.17e0}}"
 
@@ -351,7 +354,8 @@ test_reads_llama_events(void)
     CHECK(strcmp(buf, "stop") == 0, "finish_reason read: '%s'", buf);
     CHECK(c.usage && c.prompt_tokens == 31 && c.completion_tokens == 57, "usage read: %ld/%ld", c.prompt_tokens,
           c.completion_tokens);
-    CHECK(c.timings && c.prompt_n == 31 && c.predicted_n == 57, "timings read: %ld/%ld", c.prompt_n, c.predicted_n);
+    CHECK(c.timings && c.prompt_n == 19 && c.predicted_n == 57 && c.cache_n == 12, "timings read: %ld/%ld/%ld",
+          c.prompt_n, c.predicted_n, c.cache_n);
 
     CHECK(aigw_chunk_scan(corpus[3], strlen(corpus[3]), &c) == 0 && c.choices_empty && c.usage &&
               c.prompt_tokens == 12,
