@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -406,6 +407,7 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
 {
     char portbuf[16];
     char *cfg = NULL;
+    pid_t parent = getpid();
     FILE *f;
 
     memset(gw, 0, sizeof(*gw));
@@ -426,8 +428,16 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
     snprintf(portbuf, sizeof(portbuf), "%d", gw->port);
     gw->pid = fork();
     if (gw->pid == 0) {
-        int fd = open(gw->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fd;
 
+        /* a test that dies without stopping its aigw (a crash, ctest's
+         * timeout) must not leave it serving: it is killed with the test
+         * (with the thread that forked it, so start it from the test's main
+         * thread); and the test may have died before the signal was set */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127);
+        fd = open(gw->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
         dup2(fd, 1);
         dup2(fd, 2);
         child_env(gw, portbuf, env);
@@ -454,7 +464,13 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
         tl_resp_free(&r);
         usleep(50 * 1000);
     }
-    fprintf(stderr, "aigw did not become healthy\n");
+    {
+        char *log = tl_aigw_log(gw);
+
+        fprintf(stderr, "aigw did not become healthy; log:\n%s\n", log ? log : "");
+        free(log);
+    }
+    tl_aigw_kill9(gw); /* not left running, nor its temp dir */
     return -1;
 }
 
