@@ -117,6 +117,7 @@ test_header_limit(void)
     CHECK(answered[0] > 0 && refused[0] > 0 && answered[1] > 0 && refused[1] > 0,
           "both routes answer below the limit and refuse above it (query %d/%d, limits %d/%d)", answered[0],
           refused[0], answered[1], refused[1]);
+    CHECK(tl_usage_flushed(port), "the usage rows are written");
     CHECK(tl_usage_rows(owner, tid, "true", answered[0]) == answered[0], "a usage row for each answered query, none for a 431");
 
     /* the same with the bytes spread over many header lines: each one also
@@ -161,6 +162,7 @@ test_header_limit(void)
               "many lines: every request up to the limit is answered (%d not), none after a refusal (%d)",
               silent_below, reordered);
         CHECK(ours > 0 && ok > 0, "many lines: answered below the limit (%ld), aigw's 431 above it (%d)", ok, ours);
+        CHECK(tl_usage_flushed(port), "many lines: the usage rows are written");
         CHECK(tl_usage_rows(owner, tid, "true", rows0 + ok) == rows0 + ok,
               "many lines: a usage row for each answered query, none for the rest");
     }

@@ -203,12 +203,13 @@ test_bad_input(void)
         {"query_type not a string", "{\"question\":\"hi\",\"query_type\":1}", "query_type"},
         {"stream not a boolean", "{\"question\":\"hi\",\"stream\":\"yes\"}", "stream"},
     };
-    char id[37], code[65], msg[256], *tok, *big;
+    char id[37], code[65], msg[256], *tok, *big, *redis0;
     long long calls = tl_mock_stat(mock, "chat_requests");
     struct tl_resp r;
 
     tenant("pro", "{}", id, code);
     tok = tl_token(code, "optician", 600);
+    redis0 = tl_tenant_redis(id);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         ask(tok, cases[i].body, &r);
         tl_expect(cases[i].name, &r, 400, "invalid_request");
@@ -242,17 +243,38 @@ test_bad_input(void)
         tl_resp_free(&r);
     }
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "bad input: no upstream call");
+    CHECK(tl_usage_flushed(port), "bad input: the usage rows are written");
     CHECK(billed_rows(id, 0) == 0, "bad input: nothing billed");
+    CHECK(tl_tenant_redis_kept(id, redis0, msg, sizeof(msg)),
+          "bad input: nothing counted or stored in Redis (rate limit window, cache, single-flight): %s", msg);
+    free(redis0);
     free(tok);
+}
+
+/* The id of a tenant by its code. */
+static void
+tenant_id(const char *code, char id[37])
+{
+    const char *p[1] = {code};
+    PGresult *r = tl_sql(owner, true, "SELECT id FROM tenants WHERE code = $1", 1, p);
+
+    snprintf(id, 37, "%s", PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    PQclear(r);
 }
 
 static void
 test_gating(void)
 {
-    char buf[64], *tok;
+    char buf[64], what[256], id3[37], id2[37], *tok, *redis3, *redis2;
     struct tl_resp r;
     long long calls = tl_mock_stat(mock, "chat_requests");
 
+    /* refused before admission: a gated request is not counted in the rate
+     * limit window, nor does it look up the cache or lead a flight */
+    tenant_id("clinic_003", id3);
+    tenant_id("clinic_002", id2);
+    redis3 = tl_tenant_redis(id3);
+    redis2 = tl_tenant_redis(id2);
     tok = tl_token("clinic_003", "optician", 600);
     ask(tok, "{\"question\":\"What were our sales last month?\"}", &r);
     tl_expect("standard plan, sales question", &r, 403, "feature_not_in_plan");
@@ -270,6 +292,12 @@ test_gating(void)
     tl_resp_free(&r);
     free(tok);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "gated: no upstream call");
+    CHECK(id3[0] && tl_tenant_redis_kept(id3, redis3, what, sizeof(what)),
+          "gated (plan): nothing counted or stored in Redis: %s", what);
+    CHECK(id2[0] && tl_tenant_redis_kept(id2, redis2, what, sizeof(what)),
+          "gated (PII): nothing counted or stored in Redis: %s", what);
+    free(redis3);
+    free(redis2);
 }
 
 static void
@@ -600,11 +628,13 @@ test_upstream_failures(void)
         free(b);
     }
     tl_mock_reset(mock);
-    CHECK(billed_rows(id, 0) == 0, "failures are not billed");
     CHECK(tl_wait_sql(owner, 4, 3000,
                       "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND NOT success AND status_code >= 502", 1,
                       p) == 4,
           "a usage row with success=false per failure");
+    /* only once the rows are in: before, "none billed" held at once */
+    CHECK(tl_usage_flushed(port), "failures: the usage rows are written");
+    CHECK(billed_rows(id, 0) == 0, "failures are not billed");
     ask(tok, "{\"question\":\"after failures\"}", &r);
     CHECK(r.status == 200 && tl_json_int(&r, "queries_remaining", -9) == 499,
           "quota refunded: remaining 499 after 4 failures and 1 success (%s)", r.body);

@@ -505,6 +505,7 @@ test_disconnect(void)
                          "AND completion_tokens < 400",
                      1) == 1,
           "one usage row with the partial token count");
+    CHECK(tl_usage_flushed(port), "the usage rows are written");
     CHECK(tl_usage_rows(owner, id, "true", 1) == 1, "exactly one row");
     CHECK(tl_quota_used(id) == 1, "the delivered part is billed");
     free(tok);

@@ -739,24 +739,35 @@ tl_count_rows(PGconn *owner, const char *table)
 
 /* ---- Redis ---- */
 
-long long
-tl_redis_int(const char *fmt, ...)
+/* A connection to AIGW_REDIS_URL, or NULL. */
+static redisContext *
+redis_connect(void)
 {
     const char *url = tl_env("AIGW_REDIS_URL");
     char host[64] = "127.0.0.1";
     int port = 6379;
     redisContext *c;
+
+    if (sscanf(url, "redis://%63[^:]:%d", host, &port) < 1)
+        return NULL;
+    c = redisConnect(host, port);
+    if (c == NULL || c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+long long
+tl_redis_int(const char *fmt, ...)
+{
+    redisContext *c = redis_connect();
     redisReply *r;
     va_list ap;
     long long v = -1;
 
-    if (sscanf(url, "redis://%63[^:]:%d", host, &port) < 1)
+    if (c == NULL)
         return -1;
-    c = redisConnect(host, port);
-    if (c == NULL || c->err) {
-        redisFree(c);
-        return -1;
-    }
     va_start(ap, fmt);
     r = redisvCommand(c, fmt, ap);
     va_end(ap);
@@ -767,6 +778,82 @@ tl_redis_int(const char *fmt, ...)
     freeReplyObject(r);
     redisFree(c);
     return v;
+}
+
+static int
+cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char *
+tl_tenant_redis(const char *tid)
+{
+    redisContext *c = redis_connect();
+    redisReply *keys;
+    struct buf out = {NULL, 0};
+    char **lines;
+    size_t n = 0;
+
+    if (c == NULL)
+        return NULL;
+    keys = redisCommand(c, "KEYS aigw:{%s}:*", tid);
+    if (keys == NULL || keys->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(keys);
+        redisFree(c);
+        return NULL;
+    }
+    lines = calloc(keys->elements + 1, sizeof(*lines));
+    for (size_t i = 0; i < keys->elements; i++) {
+        redisReply *d = redisCommand(c, "DUMP %b", keys->element[i]->str, keys->element[i]->len);
+        struct buf line = {NULL, 0};
+
+        if (d != NULL && d->type == REDIS_REPLY_STRING) { /* (nil: expired since KEYS) */
+            collect(keys->element[i]->str, 1, keys->element[i]->len, &line);
+            collect(" ", 1, 1, &line);
+            for (size_t k = 0; k < d->len; k++) {
+                char hex[3];
+
+                snprintf(hex, sizeof(hex), "%02x", (unsigned char)d->str[k]);
+                collect(hex, 1, 2, &line);
+            }
+            lines[n++] = line.p;
+        }
+        freeReplyObject(d);
+    }
+    qsort(lines, n, sizeof(*lines), cmp_str);
+    collect("\n", 1, 1, &out);
+    for (size_t i = 0; i < n; i++) {
+        collect(lines[i], 1, strlen(lines[i]), &out);
+        collect("\n", 1, 1, &out);
+        free(lines[i]);
+    }
+    free(lines);
+    freeReplyObject(keys);
+    redisFree(c);
+    return out.p;
+}
+
+bool
+tl_tenant_redis_kept(const char *tid, const char *before, char *what, size_t cap)
+{
+    char *now = tl_tenant_redis(tid);
+    bool kept = now != NULL && before != NULL;
+
+    snprintf(what, cap, "%s", kept ? "" : "Redis not readable");
+    /* every line of now ("\nkey value\n") must be one of before's */
+    for (const char *p = now; kept && p[1] != '\0'; p = strchr(p + 1, '\n')) {
+        size_t len = (size_t)(strchr(p + 1, '\n') - p) + 1;
+        char *line = strndup(p, len);
+
+        if (strstr(before, line) == NULL) {
+            kept = false;
+            snprintf(what, cap, "%.*s", (int)strcspn(line + 1, " "), line + 1);
+        }
+        free(line);
+    }
+    free(now);
+    return kept;
 }
 
 /* ---- keys ---- */

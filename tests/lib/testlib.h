@@ -120,6 +120,15 @@ void tl_create_tenant(PGconn *owner, const char *tier, const char *status, char 
 
 /* Redis command on AIGW_REDIS_URL: returns integer reply or -1 (GET parses). */
 long long tl_redis_int(const char *fmt, ...);
+/* Everything aigw keeps in Redis for tenant tid (the keys aigw:{tid}:*: rate
+ * limit windows, quota counter, cache generation and entries, single-flight
+ * locks and results, idempotency records) with their values, as text;
+ * malloc'd, NULL if Redis does not answer. */
+char *tl_tenant_redis(const char *tid);
+/* Whether a request left the tenant's Redis state as tl_tenant_redis gave it
+ * before: no key created or changed (one may have expired meanwhile). If
+ * not, what names the first key created or changed. */
+bool tl_tenant_redis_kept(const char *tid, const char *before, char *what, size_t cap);
 
 #endif
 
@@ -192,6 +201,11 @@ long tl_api_key_create(int port, const char *token, const char *json, char *key,
 /* ai_usage_logs rows of tenant tid matching the SQL condition where, polled
  * until there are want of them or 3 s passed; returns the last count. */
 long tl_usage_rows(PGconn *owner, const char *tid, const char *where, long want);
+/* Barrier before a check that a usage row was NOT written: poll the /metrics
+ * of the aigw on port until aigw_usage_backlog_rows is 0, i.e. every row it
+ * recorded is in PostgreSQL (a request's row is recorded before its response
+ * leaves). false after 10 s. */
+bool tl_usage_flushed(int port);
 /* This UTC month's quota counter of tenant tid in Redis (-1 if missing). */
 long long tl_quota_used(const char *tid);
 /* tl_post_parallel on a background thread; out must stay valid until

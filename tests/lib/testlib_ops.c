@@ -187,6 +187,12 @@ tl_metric_wait(int port, const char *series, double want, int timeout_ms)
     return v;
 }
 
+bool
+tl_usage_flushed(int port)
+{
+    return tl_metric_wait(port, "aigw_usage_backlog_rows", 0, 10000) == 0;
+}
+
 /* ---- PgBouncer ---- */
 
 #define PGBOUNCER "/usr/sbin/pgbouncer"
