@@ -115,6 +115,30 @@ test_basic_and_cache(void)
           "RateLimit: %s", buf);
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+    {
+        /* what went upstream: the plan's max_tokens, a system prompt naming
+         * the tenant (never the model), the question as asked (trimmed) */
+        const char *pt[1] = {"pro"};
+        long plan_max = tl_sql_long(owner, "SELECT max_tokens FROM plans WHERE tier = $1", 1, pt);
+        char sys[512], want[256];
+        struct tl_resp st;
+
+        tl_http_url(mock, "GET", "/__mock/stats", NULL, &st);
+        CHECK(plan_max == 500 && tl_json_int(&st, "last_request.max_tokens", -1) == plan_max,
+              "upstream max_tokens is the pro plan's %ld: %s", plan_max, st.body);
+        snprintf(want, sizeof(want), "You are the AI assistant of Test %s (tenant %s), an optical clinic. "
+                                     "Query type: knowledge.", code, code);
+        CHECK(tl_json_str(&st, "last_request.messages.0.role", buf, sizeof(buf)) && strcmp(buf, "system") == 0 &&
+                  tl_json_str(&st, "last_request.messages.0.content", sys, sizeof(sys)) &&
+                  strncmp(sys, want, strlen(want)) == 0,
+              "messages[0]: the system prompt naming the tenant: %s", st.body);
+        CHECK(tl_json_str(&st, "last_request.messages.1.role", buf, sizeof(buf)) && strcmp(buf, "user") == 0 &&
+                  tl_json_str(&st, "last_request.messages.1.content", sys, sizeof(sys)) &&
+                  strcmp(sys, "How do I   clean anti-reflective lenses?") == 0,
+              "messages[1]: the question: %s", st.body);
+        CHECK(!tl_json_str(&st, "last_request.messages.2.role", buf, sizeof(buf)), "two messages, no more");
+        tl_resp_free(&st);
+    }
     /* the leader's after hook: the answer cached for the tenant's TTL (3600 s
      * by default) in the entry format, its result published for waiters and
      * its single-flight lock released, all in one script call */
