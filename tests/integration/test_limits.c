@@ -189,6 +189,9 @@ main(void)
     q = tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 31 WHERE tier = 'pro'", 0, NULL);
     PQclear(q);
     CHECK(wait_for(tcode, "requests_per_minute", NULL, 31), "plan change visible");
+    /* clinic_001 (pro, cached since the start) must show the change too:
+     * else reading 30 there below would not tell that the restore arrived */
+    CHECK(wait_for("clinic_001", "requests_per_minute", NULL, 31), "plan change visible to every tenant of the plan");
     q = tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 30 WHERE tier = 'pro'", 0, NULL);
     PQclear(q);
     CHECK(wait_for("clinic_001", "requests_per_minute", NULL, 30), "plan restored");
