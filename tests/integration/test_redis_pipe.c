@@ -297,14 +297,28 @@ deadline_call(struct aigw_redis_pipe *p, const char *tag, int64_t deadline, stru
  * deadline: a call behind one that timed out keeps its connection and gets
  * its reply when Redis resumes. Both were sent before Redis resumed and
  * both deadlines are past by then, so the script counts neither: nothing
- * happens for a caller that was told its call failed. */
+ * happens for a caller that was told its call failed.
+ * For that Redis must resume after the first call's timeout and the second
+ * call's script deadline (3/4 of the timeout after it was sent), and before
+ * the second call's timeout: a window of 1/4 of the timeout. With the main
+ * pool's 1000 ms that left ~50 ms for a late wake-up of this thread or
+ * the pipe's, so the stall runs on a pool of its own with a timeout of
+ * STALL_TIMEOUT_MS: the second call goes out 1/4 of it after the first,
+ * Redis resumes 1/8 of it past the first call's timeout, every margin is
+ * 1/8 of it (500 ms). */
+#define STALL_TIMEOUT_MS 4000
+
 static void
 test_deadlines(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
     const char *del[2] = {"DEL", "test:pipe:deadline"}, *get[2] = {"GET", "test:pipe:deadline"};
+    const int t = STALL_TIMEOUT_MS, gap = t / 4, resume = t + t / 8;
+    struct aigw_redis_pool *slow;
+    struct aigw_redis_pipe *sp;
     struct outcome a, b;
     struct timespec ts;
     int64_t dl = -1, t0, wall;
+    char pause_ms[16], err[128];
     redisReply *r;
 
     for (int i = 0; i < 300 && (dl = aigw_redis_pipe_deadline(pipe)) < 0; i++)
@@ -316,23 +330,37 @@ test_deadlines(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
           "deadline = Redis's clock + 3/4 of the 1000 ms timeout (%lld ms ahead of the wall clock)",
           (long long)(dl - wall));
     CHECK(aigw_redis_pipe_deadline(NULL) == -1, "no pipe: no deadline");
+    slow = aigw_redis_pool_create(tl_env("AIGW_REDIS_URL"), 2, t, err, sizeof(err));
+    if (slow == NULL) {
+        CHECK(false, "redis pool with a %d ms timeout: %s", t, err);
+        return;
+    }
+    sp = aigw_redis_pipe_start(slow);
+    for (int i = 0; i < 300 && aigw_redis_pipe_deadline(sp) < 0; i++)
+        usleep(10 * 1000);
+    CHECK(aigw_redis_pipe_deadline(sp) >= 0, "the second pipe sampled Redis's clock");
     freeReplyObject(sync_cmd(pool, 2, del));
     outcome_init(&a);
     outcome_init(&b);
-    pause_redis(pool, "1500");
+    snprintf(pause_ms, sizeof(pause_ms), "%d", resume);
+    pause_redis(pool, pause_ms);
     t0 = aigw_now_ms();
-    deadline_call(pipe, "a", -1, &a);
-    usleep(700 * 1000);
-    deadline_call(pipe, "b", -1, &b);
-    CHECK(outcome_wait(&a, 3000) && a.null, "the first call failed (NULL)");
-    CHECK(a.at_ms - t0 >= 900, "... at its deadline, not before (%lld ms)", (long long)(a.at_ms - t0));
-    CHECK(outcome_wait(&b, 3000) && !b.null, "the call behind it was not failed with it: it got its reply");
+    deadline_call(sp, "a", -1, &a);
+    usleep((useconds_t)gap * 1000);
+    deadline_call(sp, "b", -1, &b);
+    CHECK(aigw_now_ms() - t0 < gap + t / 8, "the second call went out in time (%lld ms after the first)",
+          (long long)(aigw_now_ms() - t0));
+    CHECK(outcome_wait(&a, 2 * t) && a.null, "the first call failed (NULL)");
+    CHECK(a.at_ms - t0 >= t - 100, "... at its deadline, not before (%lld ms)", (long long)(a.at_ms - t0));
+    CHECK(outcome_wait(&b, 2 * t) && !b.null, "the call behind it was not failed with it: it got its reply");
     CHECK(b.count == -1, "... the script's 'too late' (started after its deadline: %lld)", b.count);
-    CHECK(b.at_ms - t0 >= 1400, "... once Redis resumed (%lld ms)", (long long)(b.at_ms - t0));
+    CHECK(b.at_ms - t0 >= resume - 100, "... once Redis resumed (%lld ms)", (long long)(b.at_ms - t0));
     r = sync_cmd(pool, 2, get);
     CHECK(r != NULL && r->type == REDIS_REPLY_NIL, "neither late call counted: %s",
           r != NULL && r->type == REDIS_REPLY_STRING ? r->str : "(nil)");
     freeReplyObject(r);
+    aigw_redis_pipe_destroy(sp);
+    aigw_redis_pool_destroy(slow);
 }
 
 /* A "Redis" that accepts connections and never answers (a black hole: a
