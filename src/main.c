@@ -156,26 +156,31 @@ refused:
 
 /* READY=1 waits for the first PostgreSQL and Redis contact (the listener is
  * already bound, so /readyz says what is missing). Returns 0 once both
- * answered (or after one look at PostgreSQL, for the role check below,
- * when startup.dependency_timeout_ms is 0), the signal
- * that asked to stop, -1 when the timeout passed, or -2 when the database
- * role bypasses row-level security (both logged). */
+ * answered (or after one look at PostgreSQL when startup.dependency_timeout_ms
+ * is 0), the signal that asked to stop, -1 when the timeout passed, or -2
+ * when PostgreSQL answered as a role that bypasses row-level security (both
+ * logged; aigw_pg_connect_checked refuses such a connection whenever it is
+ * made, so a later start of PostgreSQL does not let it in either). */
 static int
 wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, const char *config_path)
 {
     int64_t start = aigw_now_ms(), next_note = start;
     int limit = srv->cfg.dependency_timeout_ms;
 
-    if (limit == 0) /* not waiting; but a role that voids the tenant policies is refused all the same */
-        return aigw_pg_ping(srv->pg, 1000) && aigw_pg_check_session(srv->pg) != 0 ? -2 : 0;
+    if (limit == 0) /* not waiting; a connection refused for its role (logged) at start ends it all the same */
+        return !aigw_pg_ping(srv->pg, 1000) && aigw_pg_role_refused(srv->pg) ? -2 : 0;
     for (;;) {
         bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
         const char *missing = !pg && !redis ? "PostgreSQL and Redis" : !pg ? "PostgreSQL" : "Redis";
         int64_t now = aigw_now_ms();
         int sig;
 
-        if (pg && redis)
-            return aigw_pg_check_session(srv->pg) == 0 ? 0 : -2;
+        if (!pg && aigw_pg_role_refused(srv->pg))
+            return -2; /* it answered, as a role aigw must not use (logged) */
+        if (pg && redis) {
+            aigw_pg_check_timeouts(srv->pg);
+            return 0;
+        }
         if (now - start >= limit) {
             aigw_log(LOG_ERR, "startup: %s not reachable after %d ms (startup.dependency_timeout_ms); exiting",
                      missing, limit);

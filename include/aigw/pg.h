@@ -14,8 +14,13 @@ struct aigw_pg_pool *aigw_pg_pool_create(const char *url, int size);
 void aigw_pg_pool_destroy(struct aigw_pg_pool *pool);
 
 /* Open one standalone connection with aigw's session settings (statement
- * timeout, application_name). NULL on failure (reason logged). Owner: caller,
- * PQfinish. Used for LISTEN and by the tests. */
+ * timeout, application_name). NULL on failure (reason logged), also when
+ * the role bypasses row-level security (a superuser or BYPASSRLS role, such
+ * as the migration owner given as database.url by mistake): every tenant
+ * policy would be void, so aigw does not use such a connection, whenever it
+ * connects. *role_refused (if not NULL) tells that case apart. Owner:
+ * caller, PQfinish. Used for LISTEN, by the usage writer and the tests. */
+PGconn *aigw_pg_connect_checked(const char *url, bool *role_refused);
 PGconn *aigw_pg_connect(const char *url);
 
 /* Check out a healthy connection, waiting at most timeout_ms for a free one.
@@ -74,16 +79,14 @@ void aigw_pg_rollback(PGconn *conn);
 /* Whether a pooled connection can be had within timeout_ms and answers
  * SELECT 1. For /readyz and the start-up wait. Never fails (false = down). */
 bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
-/* Start-up checks of the session aigw got, once PostgreSQL answered:
- * - -1 (logged) when its role bypasses row-level security (a superuser or
- *   BYPASSRLS role, such as the migration owner given as database.url by
- *   mistake): every tenant policy would be void, so aigw refuses to serve;
- * - a warning when a pooled connection runs without statement_timeout or
- *   lock_timeout (0): aigw asks for them in the connection's options, which
- *   a pooler such as PgBouncer drops, and then nothing bounds a stuck
- *   statement.
- * 0 otherwise, also when it cannot ask (the next query will tell). */
-int aigw_pg_check_session(struct aigw_pg_pool *pool);
+/* Log a warning when a pooled connection runs without statement_timeout or
+ * lock_timeout (0): aigw asks for them in the connection's options, which a
+ * pooler such as PgBouncer drops, and then nothing bounds a stuck statement.
+ * For start-up, once PostgreSQL answered; silent when it cannot ask. */
+void aigw_pg_check_timeouts(struct aigw_pg_pool *pool);
+/* Whether the pool was refused a connection because its role bypasses
+ * row-level security (see aigw_pg_connect_checked). */
+bool aigw_pg_role_refused(struct aigw_pg_pool *pool);
 
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);

@@ -73,10 +73,12 @@ enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
  * another's prompts: llama-server's "timings" (cache_n: how much of the
  * prompt its slot already held, from whichever tenant filled it) and
  * usage.prompt_tokens_details (cached_tokens). Slots and their prompt
- * caches are shared by every tenant of a backend. Returns a new malloc'd
- * text (*out_len set), or NULL when json holds neither (send it as is) or
- * is no JSON object. */
-char *aigw_chat_strip_cache_info(const char *json, size_t len, size_t *out_len);
+ * caches are shared by every tenant of a backend. When something was
+ * removed and model is not NULL, "model" becomes model (the id the client
+ * asked for, not llama-server's file name). Returns a new malloc'd text
+ * (*out_len set), or NULL when json holds neither (send it as is) or is no
+ * JSON object. */
+char *aigw_chat_strip_cache_info(const char *json, size_t len, const char *model, size_t *out_len);
 
 /* A fresh upstream answer as a cache entry: its key, its value (in the
  * entry format aigw_stage_cache reads) and the tenant's TTL. */

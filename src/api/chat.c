@@ -22,7 +22,7 @@ aigw_api_chat(struct aigw_req *req)
     aigw_req_add_header(req, "X-Cache", q->from_cache ? "HIT" : "MISS");
     if (q->raw != NULL && !q->from_cache) {
         size_t n;
-        char *clean = aigw_chat_strip_cache_info(q->raw, strlen(q->raw), &n);
+        char *clean = aigw_chat_strip_cache_info(q->raw, strlen(q->raw), q->model, &n);
         enum aigw_rc rc;
 
         if (clean == NULL)

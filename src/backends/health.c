@@ -22,8 +22,8 @@ struct target {
 };
 
 /* What a probe got: 200; another status (llama-server's 503 "Loading
- * model", say: the backend says it cannot serve); or no answer within the
- * probe's timeout (or no connection). */
+ * model", say: the backend says it cannot serve) or a refused connection
+ * (nothing listens); or no answer within the probe's timeout. */
 enum probe_result { PROBE_OK, PROBE_REFUSED, PROBE_NO_ANSWER };
 
 /* An up backend goes down on a refusal at once, but only on the second
@@ -63,8 +63,15 @@ probe(CURL *curl, const char *base)
         n--;
     snprintf(url, sizeof(url), "%.*s/health", (int)n, base);
     curl_easy_setopt(curl, CURLOPT_URL, url);
-    if (curl_easy_perform(curl) != CURLE_OK)
+    switch (curl_easy_perform(curl)) {
+    case CURLE_OK:
+        break;
+    case CURLE_COULDNT_CONNECT: /* nothing listens: the server is gone, not busy */
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return PROBE_REFUSED;
+    default:
         return PROBE_NO_ANSWER;
+    }
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &code);
     return code == 200 ? PROBE_OK : PROBE_REFUSED;
 }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct aigw_pg_pool {
     PGconn **idle;
     int n_idle;
     int n_out;             /* checked out (or being connected) */
+    atomic_bool role_refused; /* a connection was refused: its role bypasses RLS */
 };
 
 static const char SET_TENANT_SQL[] =
@@ -67,17 +69,57 @@ first_line(const char *msg, char *out, size_t cap)
 #define STATEMENT_TIMEOUT "5000"
 #define LOCK_TIMEOUT "2000"
 
+/* 1 when the session's role bypasses row-level security, 0 when not, -1
+ * when the question failed. */
+static int
+bypasses_rls(PGconn *conn)
+{
+    PGresult *r = PQexec(conn, "SELECT (r.rolsuper OR r.rolbypassrls)::int, current_user"
+                               " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user");
+    int rc = -1;
+
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        rc = strcmp(PQgetvalue(r, 0, 0), "1") == 0;
+        if (rc == 1)
+            aigw_log(LOG_ERR,
+                     "postgresql: role %s bypasses row-level security (superuser or BYPASSRLS), so no tenant "
+                     "policy would hold; refusing the connection: give database.url the application role "
+                     "(aigw_app), not the owner",
+                     PQgetvalue(r, 0, 1));
+    }
+    PQclear(r);
+    return rc;
+}
+
 PGconn *
 aigw_pg_connect(const char *url)
+{
+    return aigw_pg_connect_checked(url, NULL);
+}
+
+PGconn *
+aigw_pg_connect_checked(const char *url, bool *role_refused)
 {
     const char *keys[] = {"dbname", "application_name", "connect_timeout", "options", NULL};
     const char *vals[] = {url, "aigw", "3",
                           "-c statement_timeout=" STATEMENT_TIMEOUT " -c lock_timeout=" LOCK_TIMEOUT, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     char why[256];
+    int bypass;
 
-    if (conn != NULL && PQstatus(conn) == CONNECTION_OK)
+    if (role_refused != NULL)
+        *role_refused = false;
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK && (bypass = bypasses_rls(conn)) == 0)
         return conn;
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK) {
+        if (bypass == 1 && role_refused != NULL)
+            *role_refused = true;
+        if (bypass != 1)
+            aigw_log(LOG_ERR, "postgresql: connect failed: the session's role could not be checked");
+        aigw_metrics_count_pg_error();
+        PQfinish(conn);
+        return NULL;
+    }
     first_line(conn ? PQerrorMessage(conn) : "out of memory", why, sizeof(why));
     aigw_metrics_count_pg_error();
     aigw_log(LOG_ERR, "postgresql: connect failed: %s", why);
@@ -114,8 +156,13 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
         PQfinish(conn);
         conn = NULL;
     }
-    if (conn == NULL)
-        conn = aigw_pg_connect(pool->url);
+    if (conn == NULL) {
+        bool refused;
+
+        conn = aigw_pg_connect_checked(pool->url, &refused);
+        if (refused)
+            atomic_store(&pool->role_refused, true);
+    }
     if (conn == NULL) {
         pthread_mutex_lock(&pool->lock);
         pool->n_out--;
@@ -341,28 +388,23 @@ aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, co
     return rc;
 }
 
-int
-aigw_pg_check_session(struct aigw_pg_pool *pool)
+bool
+aigw_pg_role_refused(struct aigw_pg_pool *pool)
+{
+    return atomic_load(&pool->role_refused);
+}
+
+void
+aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
 {
     PGconn *conn = aigw_pg_acquire(pool, 1000);
     PGresult *r;
-    int rc = 0;
 
     if (conn == NULL)
-        return 0;
-    r = aigw_pg_exec(conn,
-                     "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'),"
-                     " r.rolsuper OR r.rolbypassrls, current_user"
-                     " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
-                     0, NULL);
-    if (r != NULL && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 2), "t") == 0) {
-        aigw_log(LOG_ERR,
-                 "postgresql: role %s bypasses row-level security (superuser or BYPASSRLS), so no tenant policy "
-                 "would hold; give database.url the application role (aigw_app), not the owner",
-                 PQgetvalue(r, 0, 3));
-        rc = -1;
-    } else if (r != NULL && PQntuples(r) == 1 &&
-               (strcmp(PQgetvalue(r, 0, 0), "0") == 0 || strcmp(PQgetvalue(r, 0, 1), "0") == 0))
+        return;
+    r = aigw_pg_exec(conn, "SELECT current_setting('statement_timeout'), current_setting('lock_timeout')", 0, NULL);
+    if (r != NULL && PQntuples(r) == 1 &&
+        (strcmp(PQgetvalue(r, 0, 0), "0") == 0 || strcmp(PQgetvalue(r, 0, 1), "0") == 0))
         aigw_log(LOG_WARNING,
                  "postgresql: statement_timeout is %s and lock_timeout %s on aigw's connections (0 = none; a pooler "
                  "that drops the connection's options?): set them on the role, e.g. ALTER ROLE aigw_app SET "
@@ -371,7 +413,6 @@ aigw_pg_check_session(struct aigw_pg_pool *pool)
                  PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
     aigw_pg_release(pool, conn);
-    return rc;
 }
 
 bool

@@ -566,8 +566,12 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         c->res.saw_done = true;
         return;
     }
-    if (aigw_chunk_scan(payload, plen, &k) != 0 || k.error) {
-        ev->error = true; /* an error object, or not a JSON object at all: the stream is broken */
+    if (aigw_chunk_scan(payload, plen, &k) != 0) {
+        ev->error = true; /* not a JSON object at all: the stream is broken (whatever a partial scan read) */
+        return;
+    }
+    if (k.error) {
+        ev->error = true;
         if (c->stream_error_code == 0)
             c->stream_error_code = k.error_code;
         return;
@@ -598,7 +602,10 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         ev->usage_only = k.choices_empty;
     }
     if (k.timings) {
-        c->timings_prompt = k.prompt_n + k.cache_n; /* prompt_n leaves out what the slot had cached */
+        /* prompt_n leaves out what the slot had cached (each is at most
+         * INT32_MAX here: the spool line clamps counts to int4 anyway) */
+        c->timings_prompt = (k.prompt_n < INT32_MAX ? k.prompt_n : INT32_MAX) +
+                            (k.cache_n < INT32_MAX ? k.cache_n : INT32_MAX);
         c->timings_predicted = k.predicted_n;
     }
 }

@@ -109,7 +109,8 @@ check_options(struct aigw_req *req, json_t *body, bool *cacheable)
  * n_predict goes (it wins over max_tokens there, and would lift the plan's
  * limit), and so does the slot choice (id_slot, or slot_id in older
  * builds): it would queue the call inside llama-server behind aigw's slot
- * accounting, and pick the slot whose prompt cache another tenant filled. */
+ * accounting, and pick the slot whose prompt cache another tenant filled;
+ * return_progress and timings_per_token go too (below). */
 static json_t *
 forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool stream)
 {
@@ -120,6 +121,11 @@ forwarded(json_t *body, const struct aigw_model_cfg *m, long max_tokens, bool st
     json_object_del(out, "n_predict");
     json_object_del(out, "id_slot");
     json_object_del(out, "slot_id");
+    /* progress chunks tell how much of the prompt the slot had cached
+     * (prompt_progress.cache), and per-token timings would make every
+     * chunk one to rewrite (aigw_chat_strip_cache_info) */
+    json_object_del(out, "return_progress");
+    json_object_del(out, "timings_per_token");
     json_object_set_new(out, "max_tokens", json_integer(max_tokens));
     if (stream)
         json_object_set_new(out, "stream_options", json_pack("{s:b}", "include_usage", 1));
@@ -184,13 +190,14 @@ aigw_stage_validate_chat(struct aigw_req *req)
 }
 
 char *
-aigw_chat_strip_cache_info(const char *json, size_t len, size_t *out_len)
+aigw_chat_strip_cache_info(const char *json, size_t len, const char *model, size_t *out_len)
 {
     json_t *root, *usage;
     char *out = NULL;
     bool changed;
 
-    if (memmem(json, len, "\"timings\"", 9) == NULL && memmem(json, len, "\"prompt_tokens_details\"", 23) == NULL)
+    if (memmem(json, len, "timings", 7) == NULL && memmem(json, len, "prompt_tokens_details", 21) == NULL &&
+        memchr(json, '\\', len) == NULL) /* an escaped key could spell either */
         return NULL;
     root = json_loadb(json, len, JSON_ALLOW_NUL, NULL);
     if (!json_is_object(root)) {
@@ -200,6 +207,9 @@ aigw_chat_strip_cache_info(const char *json, size_t len, size_t *out_len)
     usage = json_object_get(root, "usage");
     changed = json_object_del(root, "timings") == 0;
     changed |= json_is_object(usage) && json_object_del(usage, "prompt_tokens_details") == 0;
+    /* rewritten anyway: the model the client asked for, as a cached answer has it */
+    if (changed && model != NULL)
+        json_object_set_new(root, "model", json_string(model));
     if (changed && (out = json_dumps(root, JSON_COMPACT)) != NULL)
         *out_len = strlen(out);
     json_decref(root);

@@ -84,6 +84,7 @@ poll_round(struct aigw_sf *sf, struct aigw_req **batch, size_t n)
         struct aigw_req *req = batch[i];
 
         if (rc != NULL && (redisGetReply(rc, (void **)&lock) != REDIS_OK || redisGetReply(rc, (void **)&res) != REDIS_OK)) {
+            freeReplyObject(lock);
             freeReplyObject(res);
             res = lock = NULL;
         }

@@ -200,7 +200,7 @@ chat_event(const struct aigw_upstream_event *ev, void *ud, bool usage_wanted)
         return false;
     /* the chunk with the counts (one or two per stream) is written anew
      * without the prompt-cache details (aigw_chat_strip_cache_info) */
-    if (!ev->meta || (clean = aigw_chat_strip_cache_info(ev->data, ev->data_len, &n)) == NULL)
+    if (!ev->meta || (clean = aigw_chat_strip_cache_info(ev->data, ev->data_len, NULL, &n)) == NULL)
         return aigw_sse_write(ud, ev->bytes, ev->len, ev->output);
     event = aigw_xmalloc(n + 9);
     memcpy(event, "data: ", 6);

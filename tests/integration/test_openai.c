@@ -116,7 +116,8 @@ test_length_limits(const char *tok)
     tl_resp_free(&st);
     /* the slot is aigw's to choose: a pinned one would queue inside
      * llama-server and reuse the prompt cache another tenant filled */
-    chat(tok, "{\"id_slot\":0,\"slot_id\":0,\"n_cmpl\":1,\"messages\":[{\"role\":\"user\",\"content\":\"my slot\"}]}",
+    chat(tok, "{\"id_slot\":0,\"slot_id\":0,\"n_cmpl\":1,\"return_progress\":true,\"timings_per_token\":true,"
+              "\"messages\":[{\"role\":\"user\",\"content\":\"my slot\"}]}",
          &r);
     CHECK(r.status == 200, "id_slot, slot_id and n_cmpl 1 are accepted (%ld)", r.status);
     tl_resp_free(&r);
@@ -124,6 +125,8 @@ test_length_limits(const char *tok)
     CHECK(tl_json_int(&st, "last_request.id_slot", -1) == -1 && tl_json_int(&st, "last_request.slot_id", -1) == -1 &&
               tl_json_int(&st, "last_request.n_cmpl", -1) == 1,
           "forwarded: no id_slot or slot_id, n_cmpl 1 as sent");
+    CHECK(!strstr(st.body, "return_progress") && !strstr(st.body, "timings_per_token"),
+          "forwarded: no return_progress (its chunks tell the slot's cached prompt), no timings_per_token");
     tl_resp_free(&st);
     chat(tok, "{\"max_completion_tokens\":null,\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":\"short\"}]}",
          &r);

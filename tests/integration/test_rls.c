@@ -104,10 +104,18 @@ test_definer_shadowing(PGconn *owner, const char *tid, const char *code)
                    0, NULL));
     PQclear(tl_sql(app2, true, "CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.evil(VALUE::text))", 0,
                    NULL));
+    /* by code and by uuid: only the uuid form runs the function's ::uuid cast */
     r = tl_sql(app2, false, "SELECT aigw_tenant_id($1)::text", 1, pc);
     CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), tid) == 0,
-          "the resolver still answers with a pg_temp.uuid in place: %s", PQresultErrorMessage(r));
+          "the resolver (by code) still answers with a pg_temp.uuid in place: %s", PQresultErrorMessage(r));
     PQclear(r);
+    r = tl_sql(app2, false, "SELECT aigw_tenant_id($1)::text", 1, pt);
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), tid) == 0,
+          "the resolver (by uuid) still answers with a pg_temp.uuid in place: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    CHECK(tl_sql_long(owner, "SELECT (rolsuper OR rolbypassrls)::int FROM pg_roles WHERE rolname = 'aigw_app'", 0,
+                      NULL) == 0,
+          "aigw_app gained nothing through the resolver");
     begin_as(app2, tid);
     r = tl_sql(app2, false,
                "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, status_code, success) "

@@ -49,14 +49,19 @@ test_strip_cache_info(void)
                                "{\"cached_tokens\":7}},\"timings\":{\"cache_n\":7,\"prompt_n\":2}}";
     static const char plain[] = "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":9}}";
     size_t n = 0;
-    char *out = aigw_chat_strip_cache_info(both, sizeof(both) - 1, &n);
+    static const char escaped[] = "{\"model\":\"q.gguf\",\"t\\u0069mings\":{\"cache_n\":7}}";
+    char *out = aigw_chat_strip_cache_info(both, sizeof(both) - 1, NULL, &n);
 
     CHECK(out != NULL && strcmp(out, "{\"id\":\"c\",\"usage\":{\"prompt_tokens\":9}}") == 0 && n == strlen(out),
           "timings and prompt_tokens_details removed, the rest kept: %s", out ? out : "(null)");
     free(out);
-    CHECK(aigw_chat_strip_cache_info(plain, sizeof(plain) - 1, &n) == NULL, "nothing to remove: sent as is");
-    CHECK(aigw_chat_strip_cache_info("[\"timings\"]", 11, &n) == NULL, "not an object: sent as is");
-    CHECK(aigw_chat_strip_cache_info("{\"timings\":1", 12, &n) == NULL, "not JSON: sent as is");
+    out = aigw_chat_strip_cache_info(escaped, sizeof(escaped) - 1, "clinic-small", &n);
+    CHECK(out != NULL && strcmp(out, "{\"model\":\"clinic-small\"}") == 0,
+          "an escaped key is seen; the model becomes the one asked for: %s", out ? out : "(null)");
+    free(out);
+    CHECK(aigw_chat_strip_cache_info(plain, sizeof(plain) - 1, "m", &n) == NULL, "nothing to remove: sent as is");
+    CHECK(aigw_chat_strip_cache_info("[\"timings\"]", 11, NULL, &n) == NULL, "not an object: sent as is");
+    CHECK(aigw_chat_strip_cache_info("{\"timings\":1", 12, NULL, &n) == NULL, "not JSON: sent as is");
 }
 
 int
