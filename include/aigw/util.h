@@ -13,6 +13,8 @@ void *aigw_xcalloc(size_t count, size_t n);
 void *aigw_xrealloc(void *p, size_t n);
 char *aigw_xstrdup(const char *s);
 char *aigw_xstrndup(const char *s, size_t n);
+/* Overwrite a NUL-terminated secret, then free it. NULL-safe. */
+void aigw_free_secret(char *s);
 
 /* Monotonic clock in milliseconds / microseconds (CLOCK_MONOTONIC). */
 int64_t aigw_now_ms(void);

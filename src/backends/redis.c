@@ -24,6 +24,7 @@
 struct aigw_redis_pool {
     char *host;            /* NULL for unix sockets */
     char *path;            /* unix socket path */
+    char *user, *pass;     /* AUTH [user] pass on every connection; NULL: none */
     int port, db, size, timeout_ms;
     pthread_mutex_t lock;  /* guards idle, n_idle, n_out */
     pthread_cond_t freed;
@@ -31,6 +32,57 @@ struct aigw_redis_pool {
     int n_idle, n_out;
     _Atomic int64_t last_error_log_ms;
 };
+
+/* s[0..n) with %XX escapes decoded, or NULL when one is malformed or
+ * decodes to NUL. */
+static char *
+percent_decoded(const char *s, size_t n)
+{
+    char *out = aigw_xmalloc(n + 1), *o = out;
+
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+
+        if (s[i] != '%') {
+            *o++ = s[i];
+            continue;
+        }
+        if (i + 2 >= n) { /* fewer than two characters follow */
+            free(out);
+            return NULL;
+        }
+        hi = aigw_hexval(s[i + 1]);
+        lo = aigw_hexval(s[i + 2]);
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            return NULL;
+        }
+        *o++ = (char)(hi << 4 | lo);
+        i += 2;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* redis://[user]:password@host...: the part before the last '@' of the
+ * authority. The error never quotes the URL (it holds the password). */
+static int
+parse_userinfo(struct aigw_redis_pool *p, const char *info, size_t n, char *err, size_t errlen)
+{
+    const char *colon = memchr(info, ':', n);
+
+    if (colon == NULL) {
+        snprintf(err, errlen, "redis url: write the credentials as user:password@ or :password@");
+        return -1;
+    }
+    p->user = colon > info ? percent_decoded(info, (size_t)(colon - info)) : NULL;
+    p->pass = percent_decoded(colon + 1, n - (size_t)(colon + 1 - info));
+    if ((colon > info && p->user == NULL) || p->pass == NULL || p->pass[0] == '\0') {
+        snprintf(err, errlen, "redis url: bad credentials (an empty password, or a %% escape that is not %%XX)");
+        return -1;
+    }
+    return 0;
+}
 
 static int
 parse_url(struct aigw_redis_pool *p, const char *url, char *err, size_t errlen)
@@ -62,9 +114,18 @@ parse_url(struct aigw_redis_pool *p, const char *url, char *err, size_t errlen)
         return -1;
     }
     rest = url + 8;
-    if (strchr(rest, '@') != NULL) {
-        snprintf(err, errlen, "redis url: credentials in the URL are not supported");
-        return -1;
+    {
+        size_t auth = strcspn(rest, "/"); /* the authority: [userinfo@]host[:port] */
+        const char *at = NULL;
+
+        for (const char *q = rest; q < rest + auth; q++)
+            if (*q == '@')
+                at = q;
+        if (at != NULL) {
+            if (parse_userinfo(p, rest, (size_t)(at - rest), err, errlen) != 0)
+                return -1;
+            rest = at + 1;
+        }
     }
     const char *host = rest, *after, *colon, *slash;
     size_t hlen;
@@ -130,6 +191,8 @@ aigw_redis_url_check(const char *url, char *err, size_t errlen)
     rc = parse_url(&p, url, err, errlen);
     free(p.host);
     free(p.path);
+    free(p.user);
+    aigw_free_secret(p.pass);
     return rc == 0;
 }
 
@@ -141,6 +204,8 @@ aigw_redis_pool_create(const char *url, int size, int timeout_ms, char *err, siz
     if (parse_url(p, url, err, errlen) != 0) {
         free(p->host);
         free(p->path);
+        free(p->user);
+        aigw_free_secret(p->pass);
         free(p);
         return NULL;
     }
@@ -164,6 +229,8 @@ aigw_redis_pool_destroy(struct aigw_redis_pool *p)
     free(p->idle);
     free(p->host);
     free(p->path);
+    free(p->user);
+    aigw_free_secret(p->pass);
     free(p);
 }
 
@@ -193,6 +260,18 @@ connect_one(struct aigw_redis_pool *p)
     }
     redisSetTimeout(c, tv);
     redisEnableKeepAlive(c);
+    if (p->pass != NULL) {
+        redisReply *r = p->user != NULL ? redisCommand(c, "AUTH %s %s", p->user, p->pass)
+                                        : redisCommand(c, "AUTH %s", p->pass);
+
+        if (r == NULL || r->type == REDIS_REPLY_ERROR) { /* Redis's error names no secret */
+            aigw_redis_log_error(p, "AUTH failed", r ? r->str : c->errstr);
+            freeReplyObject(r);
+            redisFree(c);
+            return NULL;
+        }
+        freeReplyObject(r);
+    }
     if (p->db != 0) {
         redisReply *r = redisCommand(c, "SELECT %d", p->db);
 
@@ -524,9 +603,13 @@ op_answer(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
     if (op->done != NULL && !op->failed) {
         atomic_fetch_sub(&p->in_flight, 1);
         op->done(r, op->ud);
-    } else {
-        freeReplyObject(r);
+        return;
     }
+    /* the pipe's own AUTH, SELECT, SCRIPT LOAD or TIME refused (a wrong
+     * password, say; Redis's error names no secret) */
+    if (op->done == NULL && r != NULL && r->type == REDIS_REPLY_ERROR)
+        aigw_redis_log_error(p->pool, "the pipe's setup failed", r->str);
+    freeReplyObject(r);
 }
 
 /* Answer (or fail) the op and free it. */
@@ -643,6 +726,12 @@ pipe_connect(struct aigw_redis_pipe *p)
     redisEnableKeepAlive(c);
     p->ctx = c;
     p->want_out = true; /* the connect completes when the socket is writable */
+    if (pool->pass != NULL) {
+        const char *argv[3] = {"AUTH", pool->user != NULL ? pool->user : pool->pass, pool->pass};
+        size_t lens[3] = {4, strlen(argv[1]), strlen(pool->pass)};
+
+        pipe_append_own(p, pool->user != NULL ? 3 : 2, argv, lens, false);
+    }
     if (pool->db != 0) {
         char db[16];
         const char *argv[2] = {"SELECT", db};

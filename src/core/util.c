@@ -68,6 +68,15 @@ aigw_xstrndup(const char *s, size_t n)
     return p;
 }
 
+void
+aigw_free_secret(char *s)
+{
+    if (s == NULL)
+        return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}
+
 int64_t
 aigw_now_us(void)
 {

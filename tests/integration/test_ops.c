@@ -209,8 +209,9 @@ out:
 
 /* ---- readiness waits for the dependencies ---- */
 
+/* A private Redis on port; with a password when pass is not NULL. */
 static pid_t
-start_redis(int port)
+start_redis_pass(int port, const char *pass)
 {
     char portbuf[16];
     pid_t pid = fork();
@@ -221,11 +222,96 @@ start_redis(int port)
         dup2(null, 1);
         dup2(null, 2);
         snprintf(portbuf, sizeof(portbuf), "%d", port);
-        execlp("redis-server", "redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", (char *)NULL);
+        if (pass != NULL)
+            execlp("redis-server", "redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--requirepass", pass, (char *)NULL);
+        else
+            execlp("redis-server", "redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", (char *)NULL);
         _exit(127);
     }
     return pid;
+}
+
+static pid_t
+start_redis(int port)
+{
+    return start_redis_pass(port, NULL);
+}
+
+/* GET /readyz until it answers want (or 15 s); the last status. */
+static long
+readyz_wait(int port, long want)
+{
+    long st = -1;
+
+    for (int i = 0; i < 300 && st != want; i++) {
+        struct tl_resp r;
+
+        tl_get(port, "/readyz", NULL, &r);
+        st = r.status;
+        tl_resp_free(&r);
+        if (st != want)
+            usleep(50 * 1000);
+    }
+    return st;
+}
+
+/* A Redis with a password: aigw sends AUTH on every connection (the pool's
+ * and the admission pipe's), a wrong password keeps it unready with the
+ * reason logged, and the password appears in no log line. */
+static void
+test_redis_auth(void)
+{
+    static const char PASS[] = "Zq9:s3cr@t"; /* a ':' and an '@' of its own */
+    int rport = tl_free_port();
+    char *good = tl_sprintf("AIGW_REDIS_URL=redis://:%s@127.0.0.1:%d/3", PASS, rport);
+    char *bad = tl_sprintf("AIGW_REDIS_URL=redis://default:Zq9-wrong@127.0.0.1:%d", rport);
+    const char *env[2] = {good, NULL};
+    char *cfg = tl_config_patch("{}"), *log, id[37], code[65], *tok, hit[16];
+    struct tl_aigw gw;
+    struct tl_resp r;
+    pid_t redis = start_redis_pass(rport, PASS);
+
+    for (int i = 0; i < 100 && tl_port_refuses(rport); i++)
+        usleep(20 * 1000);
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "aigw did not start against a Redis with a password");
+        goto out;
+    }
+    CHECK(readyz_wait(gw.port, 200) == 200, "auth: ready once AUTH is accepted");
+    for (int i = 0; i < 2; i++) {
+        tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"Asked of a Redis with a password\"}", &r);
+        CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", hit, sizeof(hit)) &&
+                  strcmp(hit, i == 0 ? "MISS" : "HIT") == 0,
+              "auth: query %d answered (%ld %s)", i, r.status, hit);
+        tl_resp_free(&r);
+    }
+    log = tl_aigw_log(&gw);
+    CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the password is in no log line");
+    free(log);
+    CHECK(tl_aigw_stop(&gw) == 0, "auth: clean stop");
+
+    env[0] = bad;
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "aigw did not start with a wrong Redis password");
+        goto out;
+    }
+    CHECK(readyz_wait(gw.port, 503) == 503, "auth: a wrong password keeps it unready");
+    CHECK(tl_aigw_log_wait(&gw, "WRONGPASS", 5000), "auth: the refusal is logged");
+    log = tl_aigw_log(&gw);
+    CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the wrong password is in no log line either");
+    free(log);
+    tl_aigw_stop(&gw);
+out:
+    kill(redis, SIGTERM);
+    waitpid(redis, NULL, 0);
+    free(tok);
+    free(cfg);
+    free(good);
+    free(bad);
 }
 
 static void
@@ -788,6 +874,7 @@ main(void)
     test_notify_and_watchdog();
     test_connection_limits();
     test_ready_waits_for_redis();
+    test_redis_auth();
     test_reloads();
     test_drain();
     test_drain_deadline();

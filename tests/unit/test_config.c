@@ -57,7 +57,7 @@ main(void)
     expect_invalid("stream_idle_ms too small", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
                    "stream_idle_ms");
     /* Redis URLs: an IPv6 address takes brackets (unbracketed, its colons
-     * were read as a port), credentials are refused */
+     * were read as a port); credentials as [user]:password@, %XX-escaped */
     {
         static const struct {
             const char *url;
@@ -66,13 +66,19 @@ main(void)
             {"redis://127.0.0.1:6379", true}, {"redis://h", true},           {"redis://[::1]:6379/2", true},
             {"redis://[::1]", true},          {"unix:///run/r.sock?db=3", true}, {"redis://::1:6379", false},
             {"redis://::1", false},           {"redis://fe80::1:6379", false}, {"redis://[::1", false},
-            {"redis://[::1]x", false},        {"redis://u:p@h:1", false},      {"rediss://h:1", false},
-            {"redis://h:0", false},           {"redis://h:1/x", false},
+            {"redis://[::1]x", false},        {"redis://u:Zq9@h:1", true},     {"rediss://h:1", false},
+            {"redis://h:0", false},           {"redis://h:1/x", false},        {"redis://:Zq9@h:1/2", true},
+            {"redis://:Zq9@x@h", true},       {"redis://:Zq9%40x@[::1]:1", true}, {"redis://Zq9@h:1", false},
+            {"redis://:@h:1", false},         {"redis://:Zq9%zz@h:1", false},  {"redis://:Zq9%00@h:1", false},
+            {"redis://:Zq9%4@h:1", false},    {"redis://:Zq9@::1:6379", false},
         };
 
-        for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+        for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+            err[0] = '\0';
             CHECK(aigw_redis_url_check(urls[i].url, err, sizeof(err)) == urls[i].ok, "redis url %s: %s (%s)",
                   urls[i].url, urls[i].ok ? "taken" : "refused", err);
+            CHECK(strstr(err, "Zq9") == NULL, "the message quotes no password: %s", err);
+        }
     }
     /* messages name the whole path of the key */
     expect_invalid("range: section named", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
