@@ -64,6 +64,7 @@ struct aigw_query {
 
     /* quota */
     bool quota_reserved;
+    bool redis_lost;           /* a script that may reserve or lock had no reply: aigw_quota_abandon */
     struct aigw_resv_file *resv; /* the journal file the reservation is in (NULL: none) */
     long queries_remaining;    /* -1 unlimited */
 

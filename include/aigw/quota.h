@@ -22,6 +22,35 @@
     "  return 1, redis.call('INCR', key)\n"                                                         \
     "end\n"
 
+/* The request's mark: a hash "aigw:{<tenant>}:rv:<usage id>" that the
+ * scripts which reserve a query of the quota or take a single-flight lock
+ * for a request fill in the same step ('q' = the counter reserved from,
+ * 'l' = the lock taken), for AIGW_MARK_TTL_MS. When aigw gives up on such a
+ * script's reply (redis.timeout_ms) it cannot tell whether the script ran:
+ * a late one is stopped by its deadline, but one that ran in time and
+ * whose reply was held up did its work. aigw_quota_abandon then takes back
+ * what the mark says was done and the request did not go on to use. */
+#define AIGW_MARK_TTL_MS "120000"
+#define AIGW_MARK_LUA                                                                               \
+    "local function mark(marker, field, value)\n"                                                   \
+    "  if marker and marker ~= '' then\n"                                                           \
+    "    redis.call('HSET', marker, field, value)\n"                                                \
+    "    redis.call('PEXPIRE', marker, " AIGW_MARK_TTL_MS ")\n"                                     \
+    "  end\n"                                                                                       \
+    "end\n"
+
+/* The request's mark key into out (see AIGW_MARK_LUA). */
+void aigw_quota_mark_key(const char *tenant_id, const char *usage_id, char *out, size_t cap);
+
+struct aigw_req;
+
+/* A script of req that may have reserved or locked had no reply in time
+ * (req->q->redis_lost): undo, from its mark, the reservation unless the
+ * request holds it knowingly (q->quota_reserved) and the single-flight
+ * lock unless it leads. Asynchronous (the admission pipe), never blocks;
+ * lost when Redis is still unreachable then (the mark expires). */
+void aigw_quota_abandon(struct aigw_req *req);
+
 /* Prepare the Lua scripts; call once before threads start. */
 void aigw_quota_init(void);
 
@@ -40,14 +69,13 @@ int aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, long *
  * (the rebuild source). Returns 0 or -1. */
 int aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *count);
 
-struct aigw_req;
-
 /* Reserve one query of the monthly quota of the UTC month containing at_s
  * (the request's start) atomically (rebuilding a missing counter from
- * PostgreSQL first). Returns 0 with *used = the count including this query,
+ * PostgreSQL first), noted in the mark key mark (NULL: none). Returns 0 with *used = the count including this query,
  * 1 when the quota is exhausted (*used = the count), -1 when
  * Redis/PostgreSQL could not answer. Unlimited plans (limit < 0) count too. */
-int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s, long *used);
+int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s, const char *mark,
+                       long *used);
 /* Give back one query of tenant_id reserved for the month containing at_s
  * (the upstream call failed): the counter it was taken from, even when the
  * month has turned since. Returns 0, or -1 when Redis could not do it

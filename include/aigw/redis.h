@@ -50,6 +50,9 @@ bool aigw_redis_ping(struct aigw_redis_pool *pool);
 struct aigw_redis_script {
     const char *source;
     char sha1[41];         /* filled by aigw_redis_script_init */
+    bool by_source;        /* always EVAL with the source, never EVALSHA: for a script that
+                            * must run on its first try even when Redis does not know it
+                            * yet and its replies are late (no NOSCRIPT round first) */
 };
 void aigw_redis_script_init(struct aigw_redis_script *s);
 

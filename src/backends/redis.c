@@ -436,8 +436,8 @@ eval_argv(const struct aigw_redis_script *s, int nkeys, const char **keys, int n
     if (3 + nkeys + nargs > EVAL_MAX_ARGS)
         return -1;
     aigw_fmt_int(nk, nkeys);
-    argv[argc++] = "EVALSHA";
-    argv[argc++] = s->sha1;
+    argv[argc++] = s->by_source ? "EVAL" : "EVALSHA";
+    argv[argc++] = s->by_source ? s->source : s->sha1;
     argv[argc++] = nk;
     for (int i = 0; i < nkeys; i++)
         argv[argc++] = keys[i];

@@ -49,6 +49,8 @@
  * failed leader, so its waiters get the same answer. ARGV[8] single-flight key prefix,
  * ARGV[9] lock ttl ms, ARGV[10] '1' to take a published result, ARGV[11]
  * cache hash (also under no-cache), ARGV[12] monthly limit (-1 none).
+ * ARGV[14] the request's mark (see AIGW_MARK_LUA), noting the lock taken
+ * and the query reserved.
  * ARGV[13] deadline ('' = none): Redis-clock ms after which the script
  * does nothing and returns 'expired'. aigw gives up on its reply at
  * redis.timeout_ms (503), but Redis may still run it later (it was stuck
@@ -78,7 +80,7 @@
  * window's `lo` only when it moved (bench S5 counts Redis's instructions). */
 static struct aigw_redis_script admit_script = {
     .source =
-        AIGW_SF_ACQUIRE_LUA AIGW_QUOTA_RESERVE_LUA
+        AIGW_SF_ACQUIRE_LUA AIGW_QUOTA_RESERVE_LUA AIGW_MARK_LUA
         "local t = redis.call('TIME')\n"
         "local secs = t[1]\n"
         "local sec = secs + 0\n"
@@ -152,11 +154,14 @@ static struct aigw_redis_script admit_script = {
         "local sf, sfres, qst, qused = -1, false, -1, used\n"
         "local mode = ARGV[7] or ''\n"
         "if allowed == 1 and not cached and mode ~= '' then\n"
+        "  local lock\n"
         "  if mode == 's' then\n"
-        "    local lock = ARGV[8] .. gen .. ':' .. ARGV[11]\n"
+        "    lock = ARGV[8] .. gen .. ':' .. ARGV[11]\n"
         "    sf, sfres = sf_acquire(lock, lock .. ':r', ARGV[3], ARGV[9], ARGV[10] == '1')\n"
         "  end\n"
         "  if mode == 'q' or sf == 1 then qst, qused = quota_reserve(KEYS[3], tonumber(ARGV[12])) end\n"
+        "  if sf == 1 then mark(ARGV[14], 'l', lock) end\n"
+        "  if qst == 1 then mark(ARGV[14], 'q', KEYS[3]) end\n"
         "end\n"
         "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
         "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
@@ -187,9 +192,9 @@ add_ratelimit_headers(struct aigw_req *req)
 /* The script's keys and arguments of one request (buffers live here). */
 struct admit_args {
     char rl_key[96], gen_key[96], q_key[96], prefix[96], limit[24], key_rl[160], key_revoked[160], key_limit[24];
-    char sf_prefix[96], sf_ttl[24], q_limit[24], deadline[24];
+    char sf_prefix[96], sf_ttl[24], q_limit[24], deadline[24], mark[160];
     const char *keys[5];
-    const char *args[13];
+    const char *args[14];
     int nkeys, nargs;
 };
 
@@ -245,7 +250,8 @@ build_args(struct aigw_req *req, struct admit_args *a)
         a->args[i] = ""; /* ARGV[7] '' = not leading a miss */
     aigw_redis_deadline_arg(req->srv->pipe, a->deadline);
     a->args[12] = a->deadline;
-    a->nargs = 13;
+    a->args[13] = "";
+    a->nargs = 14;
     switch (lead_mode(req)) {
     case 's':
         a->args[6] = "s";
@@ -264,6 +270,8 @@ build_args(struct aigw_req *req, struct admit_args *a)
     a->args[9] = q->no_cache ? "0" : "1";
     a->args[10] = q->cache_hex;
     a->args[11] = a->q_limit;
+    aigw_quota_mark_key(t->id, req->usage_id, a->mark, sizeof(a->mark));
+    a->args[13] = a->mark;
 }
 
 static bool
@@ -364,6 +372,7 @@ admit_answer(struct aigw_req *req, redisReply *r)
         return refuse(req, by_key);
     return AIGW_OK;
 unavailable:
+    q->redis_lost = true; /* the script may have run all the same: its mark says */
     aigw_req_add_header(req, "Retry-After", "1");
     return aigw_req_fail(req, 503, "service_unavailable", "admission control is unavailable, retry shortly");
 }

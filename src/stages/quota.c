@@ -31,9 +31,30 @@ static const char COUNT_SQL[] =
  * AIGW_REDIS_PAST_LUA). -> {-2, 0} counter missing (rebuild first), {0, used}
  * exhausted, {1, used} reserved, 'expired' (did nothing) */
 static struct aigw_redis_script reserve_script = {
-    .source = AIGW_REDIS_PAST_LUA AIGW_QUOTA_RESERVE_LUA "if past(ARGV[2]) then return 'expired' end\n"
-                                                         "local st, v = quota_reserve(KEYS[1], tonumber(ARGV[1]))\n"
-                                                         "return {st, v}\n",
+    .source = AIGW_REDIS_PAST_LUA AIGW_QUOTA_RESERVE_LUA AIGW_MARK_LUA
+    "if past(ARGV[2]) then return 'expired' end\n"
+    "local st, v = quota_reserve(KEYS[1], tonumber(ARGV[1]))\n"
+    "if st == 1 then mark(ARGV[3], 'q', KEYS[1]) end\n"
+    "return {st, v}\n",
+};
+
+/* KEYS[1] the request's mark; ARGV[1] its usage id (the lock's owner),
+ * ARGV[2] '1' to give back the reservation, ARGV[3] '1' to release the lock
+ * -> what was undone: 1 the reservation, 2 the lock, 3 both */
+static struct aigw_redis_script abandon_script = {
+    .source = "local v = redis.call('HMGET', KEYS[1], 'q', 'l')\n"
+              "redis.call('DEL', KEYS[1])\n"
+              "local n = 0\n"
+              "if ARGV[2] == '1' and v[1] then\n"
+              "  if tonumber(redis.call('GET', v[1]) or '0') > 0 then redis.call('DECR', v[1]) end\n"
+              "  n = n + 1\n"
+              "end\n"
+              "if ARGV[3] == '1' and v[2] and redis.call('GET', v[2]) == ARGV[1] then\n"
+              "  redis.call('DEL', v[2])\n"
+              "  n = n + 2\n"
+              "end\n"
+              "return n\n",
+    .by_source = true, /* it runs while replies are late: no NOSCRIPT round */
 };
 
 /* KEYS[1] counter: decrement, never below zero */
@@ -49,6 +70,40 @@ aigw_quota_init(void)
     aigw_redis_script_init(&seed_script);
     aigw_redis_script_init(&reserve_script);
     aigw_redis_script_init(&refund_script);
+    aigw_redis_script_init(&abandon_script);
+}
+
+void
+aigw_quota_mark_key(const char *tenant_id, const char *usage_id, char *out, size_t cap)
+{
+    aigw_concat(out, cap, "aigw:{", tenant_id, "}:rv:", usage_id, NULL);
+}
+
+/* The pipe's thread: the abandon script's reply. */
+static void
+abandoned(redisReply *r, void *ud)
+{
+    struct aigw_redis_pool *pool = ud;
+
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER)
+        aigw_redis_log_error(pool, "abandon", "could not take back what a request gave up on (its mark expires)");
+    else if (r->integer > 0)
+        aigw_log(LOG_INFO, "quota: took back what a request gave up on (%lld)", r->integer);
+    freeReplyObject(r);
+}
+
+void
+aigw_quota_abandon(struct aigw_req *req)
+{
+    struct aigw_query *q = req->q;
+    char key[160];
+    const char *keys[1] = {key}, *args[3];
+
+    aigw_quota_mark_key(req->tenant->id, req->usage_id, key, sizeof(key));
+    args[0] = req->usage_id;
+    args[1] = q->quota_reserved ? "0" : "1";
+    args[2] = q->sf_role == AIGW_SF_LEADER ? "0" : "1";
+    aigw_redis_pipe_eval(req->srv->pipe, &abandon_script, 1, keys, 3, args, abandoned, req->srv->redis);
 }
 
 void
@@ -159,10 +214,10 @@ rebuild(struct aigw_server *srv, redisContext *rc, const struct aigw_tenant *t, 
 }
 
 int
-aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *used)
+aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, const char *mark, long *used)
 {
     char key[128], limit[24], deadline[24];
-    const char *keys[1] = {key}, *args[2] = {limit, deadline};
+    const char *keys[1] = {key}, *args[3] = {limit, deadline, mark != NULL ? mark : ""};
     redisContext *rc = aigw_redis_acquire(srv->redis);
     int ret = -1;
 
@@ -174,7 +229,7 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t
         redisReply *r;
 
         aigw_redis_deadline_arg(srv->pipe, deadline);
-        r = aigw_redis_eval(rc, &reserve_script, 1, keys, 2, args); /* 'expired': not an array, -1 */
+        r = aigw_redis_eval(rc, &reserve_script, 1, keys, 3, args); /* 'expired': not an array, -1 */
         long long st;
 
         if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
@@ -231,13 +286,18 @@ aigw_stage_quota(struct aigw_req *req)
 
     /* the admission script's answer (1 reserved, 0 exhausted, once); anything
      * else (not tried, counter missing: rebuilt from the rows) is asked here */
-    if (q->quota_pre == 1 || q->quota_pre == 0)
+    if (q->quota_pre == 1 || q->quota_pre == 0) {
         rc = q->quota_pre == 1 ? 0 : 1;
-    else
-        rc = aigw_quota_reserve(req->srv, t, req->start_wall_us / 1000000, &used);
+    } else {
+        char mark[160];
+
+        aigw_quota_mark_key(t->id, req->usage_id, mark, sizeof(mark));
+        rc = aigw_quota_reserve(req->srv, t, req->start_wall_us / 1000000, mark, &used);
+    }
     q->quota_pre = -1;
 
     if (rc < 0) {
+        q->redis_lost = true; /* the script may have run: its mark says */
         aigw_req_add_header(req, "Retry-After", "1");
         return aigw_req_fail(req, 503, "service_unavailable", "quota store is unavailable, retry shortly");
     }

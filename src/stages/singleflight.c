@@ -13,6 +13,7 @@
 #include "aigw/log.h"
 #include "aigw/metrics.h"
 #include "aigw/query.h"
+#include "aigw/quota.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
@@ -33,13 +34,15 @@ struct aigw_sf {
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] lock ttl ms, ARGV[3]
  * '1' to take a just-published result ('0' for Cache-Control: no-cache),
  * ARGV[4] deadline (see AIGW_REDIS_PAST_LUA: a late run would take a lock
- * nobody leads) -> {2, result} a result is already there, {1} lock taken,
+ * nobody leads), ARGV[5] the request's mark (see AIGW_MARK_LUA)
+ * -> {2, result} a result is already there, {1} lock taken,
  * {0} someone else leads, 'expired' (did nothing) */
 static struct aigw_redis_script acquire_script = {
-    .source = AIGW_REDIS_PAST_LUA AIGW_SF_ACQUIRE_LUA
+    .source = AIGW_REDIS_PAST_LUA AIGW_SF_ACQUIRE_LUA AIGW_MARK_LUA
     "if past(ARGV[4]) then return 'expired' end\n"
     "local st, r = sf_acquire(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3] == '1')\n"
     "if st == 2 then return {2, r} end\n"
+    "if st == 1 then mark(ARGV[5], 'l', KEYS[1]) end\n"
     "return {st}\n",
 };
 
@@ -303,8 +306,8 @@ static long long
 acquire(struct aigw_req *req, char **result)
 {
     struct aigw_query *q = req->q;
-    const char *keys[2] = {q->sf_lock_key, q->sf_result_key}, *args[4];
-    char deadline[24];
+    const char *keys[2] = {q->sf_lock_key, q->sf_result_key}, *args[5];
+    char deadline[24], mark[160];
     redisContext *rc;
     redisReply *r;
     long long st;
@@ -313,11 +316,13 @@ acquire(struct aigw_req *req, char **result)
     args[1] = aigw_pool_printf(req->pool, "%d", aigw_singleflight_lock_ms(req));
     args[2] = q->no_cache ? "0" : "1";
     args[3] = deadline;
+    args[4] = mark;
+    aigw_quota_mark_key(req->tenant->id, req->usage_id, mark, sizeof(mark));
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
         return -1;
     aigw_redis_deadline_arg(req->srv->pipe, deadline);
-    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 4, args); /* 'expired': not an array, -1 */
+    r = aigw_redis_eval(rc, &acquire_script, 2, keys, 5, args); /* 'expired': not an array, -1 */
     aigw_redis_release(req->srv->redis, rc);
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         freeReplyObject(r);
@@ -363,8 +368,10 @@ aigw_stage_singleflight(struct aigw_req *req)
     } else {
         st = acquire(req, &result);
     }
-    if (st < 0)
-        return AIGW_OK; /* no coalescing without Redis; the quota stage decides */
+    if (st < 0) {
+        q->redis_lost = true; /* a lock may have been taken after all: its mark says */
+        return AIGW_OK;       /* no coalescing without Redis; the quota stage decides */
+    }
     if (st == 2)
         return from_result(req, result);
     if (st == 1) {

@@ -1,0 +1,282 @@
+/* test_redis_lost.c - a script that ran in time but whose reply was held
+ * up: aigw gives up on it (503), and what it did (a query of the month
+ * reserved, a single-flight lock taken) is taken back from the request's
+ * mark. A TCP relay between aigw and Redis holds Redis's replies back for
+ * 2.5 s from the moment aigw sends a chosen command (redis.timeout_ms is
+ * 1 s here), so the command runs at once and its reply comes too late. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "aigw/util.h"
+#include "testlib.h"
+
+#define PAIRS 64
+
+static PGconn *owner;
+
+struct relay {
+    int lfd, port, redis_port;
+    pthread_t thread;
+    atomic_bool stop;
+    pthread_mutex_t lock;      /* guards trigger, skip */
+    char trigger[96];          /* hold replies once aigw sends a command holding this ("" = off) */
+    int skip;                  /* matches to let pass before the one that holds */
+    atomic_llong hold_until_ms;
+    atomic_int held;           /* times a hold began */
+    int client[PAIRS], server[PAIRS];
+};
+
+static bool
+write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+
+        if (w <= 0)
+            return false;
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static void
+pair_close(struct relay *rl, int i)
+{
+    close(rl->client[i]);
+    close(rl->server[i]);
+    rl->client[i] = rl->server[i] = -1;
+}
+
+static void
+relay_accept(struct relay *rl)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)rl->redis_port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int c = accept(rl->lfd, NULL, NULL), s, i;
+
+    if (c < 0)
+        return;
+    for (i = 0; i < PAIRS && rl->client[i] >= 0; i++)
+        ;
+    s = socket(AF_INET, SOCK_STREAM, 0);
+    if (i == PAIRS || s < 0 || connect(s, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        close(c);
+        if (s >= 0)
+            close(s);
+        return;
+    }
+    rl->client[i] = c;
+    rl->server[i] = s;
+}
+
+/* aigw -> Redis: always at once; the trigger starts a hold of the way back. */
+static void
+from_client(struct relay *rl, int i)
+{
+    char buf[65536];
+    ssize_t n = read(rl->client[i], buf, sizeof(buf));
+
+    if (n <= 0) {
+        pair_close(rl, i);
+        return;
+    }
+    pthread_mutex_lock(&rl->lock);
+    if (rl->trigger[0] != '\0' && memmem(buf, (size_t)n, rl->trigger, strlen(rl->trigger)) != NULL) {
+        if (rl->skip > 0) {
+            rl->skip--;
+        } else {
+            rl->trigger[0] = '\0';
+            atomic_store(&rl->hold_until_ms, aigw_now_ms() + 2500);
+            atomic_fetch_add(&rl->held, 1);
+        }
+    }
+    pthread_mutex_unlock(&rl->lock);
+    if (!write_all(rl->server[i], buf, (size_t)n))
+        pair_close(rl, i);
+}
+
+static void
+from_server(struct relay *rl, int i)
+{
+    char buf[65536];
+    ssize_t n = read(rl->server[i], buf, sizeof(buf));
+
+    if (n <= 0 || !write_all(rl->client[i], buf, (size_t)n))
+        pair_close(rl, i);
+}
+
+static void *
+relay_run(void *arg)
+{
+    struct relay *rl = arg;
+
+    while (!atomic_load(&rl->stop)) {
+        struct pollfd p[1 + 2 * PAIRS];
+        int idx[1 + 2 * PAIRS], n = 0;
+        bool holding = aigw_now_ms() < atomic_load(&rl->hold_until_ms);
+
+        p[n] = (struct pollfd){.fd = rl->lfd, .events = POLLIN};
+        idx[n++] = -1;
+        for (int i = 0; i < PAIRS; i++) {
+            if (rl->client[i] < 0)
+                continue;
+            p[n] = (struct pollfd){.fd = rl->client[i], .events = POLLIN};
+            idx[n++] = i;
+            if (!holding) { /* while holding, Redis's bytes wait in the socket */
+                p[n] = (struct pollfd){.fd = rl->server[i], .events = POLLIN};
+                idx[n++] = PAIRS + i;
+            }
+        }
+        if (poll(p, (nfds_t)n, 20) <= 0)
+            continue;
+        for (int k = 0; k < n; k++) {
+            if (!(p[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            if (idx[k] < 0)
+                relay_accept(rl);
+            else if (idx[k] < PAIRS && rl->client[idx[k]] >= 0)
+                from_client(rl, idx[k]);
+            else if (idx[k] >= PAIRS && rl->server[idx[k] - PAIRS] >= 0)
+                from_server(rl, idx[k] - PAIRS);
+        }
+    }
+    for (int i = 0; i < PAIRS; i++)
+        if (rl->client[i] >= 0)
+            pair_close(rl, i);
+    return NULL;
+}
+
+static void
+relay_start(struct relay *rl)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(a);
+    const char *url = tl_env("AIGW_REDIS_URL"), *colon = strrchr(url, ':');
+
+    memset(rl, 0, sizeof(*rl));
+    pthread_mutex_init(&rl->lock, NULL);
+    for (int i = 0; i < PAIRS; i++)
+        rl->client[i] = rl->server[i] = -1;
+    rl->redis_port = colon != NULL ? (int)strtol(colon + 1, NULL, 10) : 6379;
+    rl->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    if (rl->lfd < 0 || bind(rl->lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(rl->lfd, 64) != 0 ||
+        getsockname(rl->lfd, (struct sockaddr *)&a, &len) != 0)
+        abort();
+    rl->port = ntohs(a.sin_port);
+    if (pthread_create(&rl->thread, NULL, relay_run, rl) != 0)
+        abort();
+}
+
+static void
+relay_stop(struct relay *rl)
+{
+    atomic_store(&rl->stop, true);
+    pthread_join(rl->thread, NULL);
+    close(rl->lfd);
+    pthread_mutex_destroy(&rl->lock);
+}
+
+static void
+relay_arm(struct relay *rl, const char *trigger, int skip)
+{
+    pthread_mutex_lock(&rl->lock);
+    snprintf(rl->trigger, sizeof(rl->trigger), "%s", trigger);
+    rl->skip = skip;
+    pthread_mutex_unlock(&rl->lock);
+}
+
+/* Single-flight locks of the tenant (not their published results). */
+static long long
+locks(const char *id)
+{
+    return tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                        " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
+                        id);
+}
+
+/* One request whose reply of choice is held: 503 (or 200 when a loaded
+ * machine let it through first); then the quota counter moves by exactly
+ * the answered requests and no lock is left. */
+static void
+lost_reply(struct relay *rl, int port, const char *what, const char *trigger, int skip, const char *const *headers)
+{
+    char id[37], code[65], *tok, *body, *q;
+    const char *bodies[1];
+    struct tl_resp r;
+    long long used0, used = -1, lk = -1;
+    int answered;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"before the reply is held\"}", &r);
+    CHECK(r.status == 200, "%s: answered before (%ld)", what, r.status);
+    tl_resp_free(&r);
+    used0 = tl_quota_used(id);
+    CHECK(used0 == 1, "%s: one query used (%lld)", what, used0);
+    q = tl_sprintf("aigw:{%s}%s", id, trigger);
+    relay_arm(rl, q, skip);
+    body = tl_sprintf("{\"question\":\"%s, its reply held\"}", what);
+    bodies[0] = body;
+    tl_post_parallel(port, "/api/ai/query", tok, headers, bodies, 1, &r);
+    answered = r.status == 200;
+    CHECK(r.status == 503 || r.status == 200, "%s: 503 (or answered) (%ld %s)", what, r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(atomic_load(&rl->held) > 0, "%s: a reply was held", what);
+    for (int i = 0; i < 300; i++) { /* the hold ends after 2.5 s; the abandon runs before */
+        used = tl_quota_used(id);
+        lk = locks(id);
+        if (used == used0 + answered && lk == 0 && aigw_now_ms() >= atomic_load(&rl->hold_until_ms))
+            break;
+        usleep(20 * 1000);
+    }
+    CHECK(used == used0 + answered, "%s: quota moved by the answered requests only (%lld, want %lld)", what, used,
+          used0 + answered);
+    CHECK(lk == 0, "%s: no single-flight lock left (%lld)", what, lk);
+    relay_arm(rl, "", 0);
+    atomic_store(&rl->held, 0);
+    free(body);
+    free(q);
+    free(tok);
+}
+
+int
+main(void)
+{
+    struct relay rl;
+    struct tl_aigw gw;
+    char *url, *cfg;
+    const char *env[2];
+    const char *idem[] = {"Idempotency-Key: held-1", NULL};
+
+    owner = tl_pg_owner();
+    relay_start(&rl);
+    url = tl_sprintf("AIGW_REDIS_URL=redis://127.0.0.1:%d", rl.port);
+    env[0] = url;
+    env[1] = NULL;
+    cfg = tl_config_patch("{\"redis\":{\"timeout_ms\":1000},\"upstream\":{\"health_interval_ms\":60000}}");
+    if (tl_aigw_start_env(&gw, cfg, env) != 0)
+        return 1;
+    /* the admission script leads the miss: it takes the lock and reserves
+     * in one step (the first command naming the tenant's quota key) */
+    lost_reply(&rl, gw.port, "admission", ":q:", 0, NULL);
+    /* with an Idempotency-Key the reservation is a script of its own on a
+     * pool connection, after the admission (the second command naming the
+     * quota key) */
+    lost_reply(&rl, gw.port, "quota reservation", ":q:", 1, idem);
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+    relay_stop(&rl);
+    PQfinish(owner);
+    free(cfg);
+    free(url);
+    return tl_done();
+}
