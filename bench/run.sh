@@ -126,7 +126,8 @@ log "starting stack '$STACK'"
 stack_up=1
 bash scripts/devstack.sh --name "$STACK" down >/dev/null 2>&1 || true
 bash scripts/devstack.sh --name "$STACK" up >/dev/null
-set -a; eval "$(bash scripts/devstack.sh --name "$STACK" env)"; set +a
+stack_env="$(bash scripts/devstack.sh --name "$STACK" env)"  # set -e sees a failure here, not inside eval
+set -a; eval "$stack_env"; set +a
 sd="$AIGW_STACK_DIR"
 runs="$results/runs"; rm -rf "$runs"; mkdir -p "$results" "$runs"
 
@@ -151,7 +152,7 @@ jq --argjson maxc $(( S3_CONNS + 200 )) --argjson up "$up_conns" --argjson qs $(
 psql -qX -v ON_ERROR_STOP=1 "$AIGW_DATABASE_OWNER_URL" -c "INSERT INTO tenants (code, name, tier, overrides)
     VALUES ('bench_ent', 'Bench Enterprise', 'enterprise', '{\"requests_per_minute\": 100000000}')
     ON CONFLICT (code) DO UPDATE SET tier = 'enterprise', overrides = EXCLUDED.overrides" >/dev/null
-AIGW_BENCH_TOKEN="$("$build/aigw-token" -c "$cfg" -t bench_ent -r optician -e 3600)"
+AIGW_BENCH_TOKEN="$("$build/aigw-token" -c "$cfg" -t bench_ent -r optician -e 21600)"  # longer than any run
 export AIGW_BENCH_TOKEN
 
 start_gw() { # name spooldir -> sets gw_pid and gw_port
@@ -189,7 +190,7 @@ run_wrk() {
     local name="$1" url="$2" conns="$3" dur="$4"; shift 4
     local out="$runs/$name.txt" threads=2
     (( conns < 2 )) && threads=1
-    timeout -k 10 $(( $(secs "$dur") + 60 )) \
+    timeout --foreground -k 10 $(( $(secs "$dur") + 60 )) \
         wrk -t"$threads" -c"$conns" -d"$dur" --latency -s "$repo/bench/post.lua" "$@" "$url" >"$out" 2>&1 \
         || log "warning: wrk $name exited non-zero (see $out)"
     awk '
@@ -198,6 +199,11 @@ run_wrk() {
         /requests in/ { reqs=$1 } /Non-2xx/ { bad=$NF }
         /Socket errors/ { gsub(/,/, ""); sock=$4+$6+$8+$10 }
         END { printf "%.0f %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, bad, sock }' "$out"
+}
+# wrk counts non-2xx answers (a 401 or 429 comes fast) in its req/s and
+# latencies: a round with any is no measurement, and the run stops.
+valid_round() { # what non2xx sockerr
+    (( $2 + $3 == 0 )) || die "$1: $2 non-2xx answers and $3 socket errors; its numbers would count failures (see $runs)"
 }
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }   # utime+stime
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR]=$1 } END { if (NR == 0) print 0; else if (NR % 2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
@@ -306,6 +312,7 @@ s1_side() { # side round
         read -r rps p50 p99 _ bad sock <<<"$r"; s1n_rps+=("$rps"); s1n_p50+=("$p50"); s1n_p99+=("$p99"); s1n_bad+=($((bad + sock)))
     fi
     log "S1 round $2 $1: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $((bad + sock))"
+    valid_round "S1 round $2 $1" "$bad" "$sock"
 }
 log "S1: cache hit, $CONNS connections, $DUR x $ROUNDS rounds per side"
 for ((i = 1; i <= ROUNDS; i++)); do
@@ -338,6 +345,7 @@ s2_side() { # side round
         read -r rps p50 p99 _ bad sock <<<"$r"; s2d_rps+=("$rps"); s2d_p50+=("$p50"); s2d_p99+=("$p99"); s2d_bad+=($((bad + sock)))
     fi
     log "S2 round $2 $1: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $((bad + sock))"
+    valid_round "S2 round $2 $1" "$bad" "$sock"
 }
 run_nonce="$(date +%s)-$RANDOM"
 log "S2: miss path, $S2_CONNS connections, mock 20 ms + 8 tokens, $DUR x $ROUNDS rounds per side"
@@ -434,7 +442,10 @@ EOF
             direct) port="${AIGW_MOCK_URL##*:}" ;;
         esac
         "$build/sseload" -p "$port" -P /v1/chat/completions -c "$S4_STREAMS" "${hdr[@]}" -b "$s4_body" -t 120 >"$out" \
-            || log "warning: sseload $1 round $2 failed"
+            || die "S4 round $2 $1: sseload failed (see $out)"
+        # gaps of streams that failed are no measurement
+        [[ "$(jq '(.errors == 0) and (.completed == .streams)' "$out")" == true ]] \
+            || die "S4 round $2 $1: not every stream completed without errors: $(cat "$out")"
         case "$1" in # CPU of the relaying process over its rounds, per relayed event
             aigw) s4_ticks[aigw]=$(( s4_ticks[aigw] + $(cpu_ticks "$gw_pid") - c0 )) ;;
             nginx) s4_ticks[nginx]=$(( s4_ticks[nginx] + $(ngx_ticks) - c0 )) ;;
@@ -515,7 +526,7 @@ cg_requests() { # port n -> prints how many of n sequential keep-alive cache-hit
               "$1" "$AIGW_BENCH_TOKEN" "$q1"
           if (( j < $2 - 1 )); then printf 'next\n'; fi
       done; } >"$kf"
-    timeout 600 curl -s -K "$kf" | grep -c '^200$' || true
+    timeout --foreground 600 curl -s -K "$kf" | grep -c '^200$' || true
 }
 # target tag requests sleep_s -> sets CG_IR CG_EL CG_OK (no subshell: the trap must see vg_pid and gw_pid).
 # target aigw: aigw itself under callgrind. target redis: a Redis of its own
@@ -593,8 +604,12 @@ if [[ "${SKIP_S5:-0}" != 1 ]]; then
         total_ir_loaded: $l, total_ir_baseline: $b, request_phase_s: $el,
         redis: {instructions_per_request: $ripr, answered_200: $rok, total_ir_loaded: $rl, total_ir_baseline: $rb, request_phase_s: $rel},
         method: "callgrind Ir of a run with 1 warm-up + N sequential keep-alive cache-hit requests minus a run with 1 warm-up and the same idle time, divided by N; redis: the same with Redis under callgrind and aigw (Release) outside it, 2 warm-ups"}')"
-    jq -cn --arg date "$run_date" --arg rev "$git_rev" --argjson ipr "$S5_IPR" --argjson n "$S5_REQUESTS" --argjson ripr "$S5_RIPR" \
-        '{date: $date, git_rev: $rev, instructions_per_request: $ipr, redis_instructions_per_request: $ripr, requests: $n}' >>"$results/history.jsonl"
+    if (( ok_load == S5_REQUESTS && rok_load == S5_REQUESTS )); then # the history keeps measurements only
+        jq -cn --arg date "$run_date" --arg rev "$git_rev" --argjson ipr "$S5_IPR" --argjson n "$S5_REQUESTS" --argjson ripr "$S5_RIPR" \
+            '{date: $date, git_rev: $rev, instructions_per_request: $ipr, redis_instructions_per_request: $ripr, requests: $n}' >>"$results/history.jsonl"
+    else
+        log "warning: S5 not added to history.jsonl: not every request was a 200 cache hit"
+    fi
 fi
 
 # ---------------------------------------------------------------- report

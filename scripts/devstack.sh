@@ -4,6 +4,8 @@
 # servers, all living under one stack directory.
 set -euo pipefail
 set +m   # no job control: background children stay out of their own pgrp (see mock_start)
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 readonly PROG="${0##*/}"
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -356,6 +358,8 @@ pg_init() {
     local out="$PG_DIR/initdb.out"
     if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 \
             --locale=C.UTF-8 --no-sync >"$out" 2>&1 </dev/null; then
+        # only a missing locale is worth a retry (initdb also exits 1 on Ctrl-C)
+        grep -qi 'locale' "$out" || { tail_log "$out" 40; rm -rf -- "$PG_DATA"; die "initdb failed"; }
         note "initdb with --locale=C.UTF-8 failed; retrying with --locale=C"
         rm -rf -- "$PG_DATA"
         as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 \
@@ -367,6 +371,9 @@ pg_init() {
 # ---- aigw devstack ($NAME) ----
 listen_addresses = ''
 unix_socket_directories = '$PG_DIR'
+# trust authentication: only the stack's own OS user (and root) may connect,
+# not every local user (a superuser session can run programs as the server)
+unix_socket_permissions = 0700
 port = $PG_PORT
 max_connections = 200
 fsync = on

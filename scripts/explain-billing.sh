@@ -17,7 +17,8 @@ stop_stack() { bash "$repo/scripts/devstack.sh" --name explain down >/dev/null 2
 trap stop_stack EXIT
 bash scripts/devstack.sh --name explain up >/dev/null
 set -a
-eval "$(bash scripts/devstack.sh --name explain env)"
+stack_env="$(bash scripts/devstack.sh --name explain env)"  # set -e sees a failure here, not inside eval
+eval "$stack_env"
 set +a
 psql_owner() { "$AIGW_PG_BIN/psql" -qX -v ON_ERROR_STOP=1 "$AIGW_DATABASE_OWNER_URL" "$@"; }
 

@@ -202,6 +202,15 @@ SELECT count(*) > 0 AS aigw_mig_any_changed,
 \warn 'migrate: migrations are immutable; revert the edit and add a new migration instead'
 DO \$aigw\$ BEGIN RAISE EXCEPTION 'checksum mismatch for already-applied migration(s); nothing applied'; END \$aigw\$;
 \endif
+SELECT count(*) > 0 AS aigw_mig_any_missing,
+       coalesce(string_agg(m.version, ' ' ORDER BY m.version), '') AS aigw_mig_missing_list
+  FROM public.schema_migrations m
+ WHERE m.version NOT IN (SELECT f.version FROM (VALUES $values) AS f(version, checksum)) \gset
+\if :aigw_mig_any_missing
+\warn 'migrate: migration(s) recorded as applied have no file here (renamed or removed):' :aigw_mig_missing_list
+\warn 'migrate: a renamed file would run a second time; restore the name (or check that this is the right sql directory)'
+DO \$aigw\$ BEGIN RAISE EXCEPTION 'applied migration(s) without their file; nothing applied'; END \$aigw\$;
+\endif
 EOF
     fi
     for i in "${!files[@]}"; do

@@ -20,7 +20,8 @@ if [[ "${KEEP_STACK:-0}" != 1 ]]; then
     trap 'bash "$repo/scripts/devstack.sh" --name dev down >/dev/null 2>&1 || true' EXIT
 fi
 set -a
-eval "$(bash scripts/devstack.sh --name dev env)"
+stack_env="$(bash scripts/devstack.sh --name dev env)"  # set -e sees a failure here, not inside eval
+eval "$stack_env"
 set +a
 # the platform operator's signing secret (config key "platform"), per stack as well
 platform_file="$AIGW_STACK_DIR/platform-jwt-secret"

@@ -29,7 +29,8 @@ stop_stack() { bash "$repo/scripts/devstack.sh" --name "$stack" down >/dev/null 
 trap stop_stack EXIT
 bash scripts/devstack.sh --name "$stack" up >/dev/null
 set -a
-eval "$(bash scripts/devstack.sh --name "$stack" env)"
+stack_env="$(bash scripts/devstack.sh --name "$stack" env)"  # set -e sees a failure here, not inside eval
+eval "$stack_env"
 AIGW_STACK_NAME="$stack"
 set +a
 AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
@@ -48,4 +49,23 @@ cp "$repo/tests/sdk/openai_sdk.mjs" "$sdk/"
 export AIGW_SDK_DIR="$sdk"
 
 cd "$build"
-ctest --output-on-failure --timeout 600 -j2 "$@"
+rc=0
+ctest --output-on-failure --timeout 600 -j2 "$@" || rc=$?
+
+# The mock model servers are built like everything else (with the
+# sanitizers under --sanitize), and their reports go to their logs, which
+# removing the stack deletes: stop them first (LeakSanitizer reports at
+# exit), then look.
+for pidfile in "$AIGW_STACK_DIR"/mock*.pid; do
+    [[ -f "$pidfile" ]] || continue
+    pid="$(head -n 1 -- "$pidfile")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    kill -TERM "$pid" 2>/dev/null || continue
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+done
+if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$AIGW_STACK_DIR"/mock*.log 2>/dev/null; then
+    echo "test.sh: a sanitizer reported in a mock server's log:" >&2
+    grep -hE -A25 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$AIGW_STACK_DIR"/mock*.log >&2 || true
+    rc=1
+fi
+exit "$rc"

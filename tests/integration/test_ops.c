@@ -203,7 +203,7 @@ out:
         if (other[i] >= 0)
             close(other[i]);
     }
-    tl_aigw_stop(&gw);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
     free(cfg);
 }
 
@@ -304,7 +304,7 @@ test_redis_auth(void)
     log = tl_aigw_log(&gw);
     CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the wrong password is in no log line either");
     free(log);
-    tl_aigw_stop(&gw);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
 out:
     kill(redis, SIGTERM);
     waitpid(redis, NULL, 0);
@@ -816,7 +816,7 @@ test_drain(void)
     tl_conn_close(ops);
     tl_conn_close(mon);
     tl_conn_close(oai);
-    tl_aigw_stop(&gw);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
 out:
     tl_mock_reset(mock1);
     free(tok);
@@ -854,7 +854,7 @@ test_drain_deadline(void)
               "5xx access entries are warnings (<4>): %s", line ? line : "(none)");
         free(line);
     }
-    tl_aigw_stop(&gw);
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
     /* the mock still generates the abandoned answers: let them end before other tests use it */
     for (int64_t end = aigw_now_ms() + 30000; tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end;)
         usleep(100 * 1000);
