@@ -391,6 +391,8 @@ main(int argc, char **argv)
         rc = 2;
         goto out;
     }
+    if (srv.cfg.redis_password != NULL)
+        aigw_redis_pool_set_password(srv.redis, srv.cfg.redis_password);
     if (check_only) {
         printf("configuration ok: %s (%zu jwt keys, %zu backends)\n", config_path, srv.cfg.n_jwt_keys,
                srv.cfg.n_backends);

@@ -56,6 +56,7 @@ struct aigw_config {
     char *database_listen_url; /* the listener's session; NULL = database_url */
     int db_pool_size;
     char *redis_url;
+    char *redis_password;      /* read from redis.password_file (a secret): replaces the URL's password */
     int redis_pool_size;
     int redis_timeout_ms;
 

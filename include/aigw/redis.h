@@ -16,6 +16,9 @@ struct aigw_redis_pool;
  * every command. Owner: caller. */
 struct aigw_redis_pool *aigw_redis_pool_create(const char *url, int size, int timeout_ms, char *err,
                                                size_t errlen);
+/* Use password (copied) for AUTH instead of the URL's (the URL's user, if
+ * any, stays). Before the pool or a pipe on it connects. */
+void aigw_redis_pool_set_password(struct aigw_redis_pool *pool, const char *password);
 /* Whether aigw_redis_pool_create would take url; else false with err. */
 bool aigw_redis_url_check(const char *url, char *err, size_t errlen);
 void aigw_redis_pool_destroy(struct aigw_redis_pool *pool);

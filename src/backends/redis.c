@@ -64,16 +64,21 @@ percent_decoded(const char *s, size_t n)
     return out;
 }
 
-/* redis://[user]:password@host...: the part before the last '@' of the
+/* redis://[user]:password@host... or redis://user@host... (the password
+ * from redis.password_file): the part before the last '@' of the
  * authority. The error never quotes the URL (it holds the password). */
 static int
 parse_userinfo(struct aigw_redis_pool *p, const char *info, size_t n, char *err, size_t errlen)
 {
     const char *colon = memchr(info, ':', n);
 
-    if (colon == NULL) {
-        snprintf(err, errlen, "redis url: write the credentials as user:password@ or :password@");
-        return -1;
+    if (colon == NULL) { /* user@: the password comes from redis.password_file */
+        p->user = n > 0 ? percent_decoded(info, n) : NULL;
+        if (p->user == NULL) {
+            snprintf(err, errlen, "redis url: bad user (empty, or a %% escape that is not %%XX)");
+            return -1;
+        }
+        return 0;
     }
     p->user = colon > info ? percent_decoded(info, (size_t)(colon - info)) : NULL;
     p->pass = percent_decoded(colon + 1, n - (size_t)(colon + 1 - info));
@@ -179,6 +184,13 @@ parse_url(struct aigw_redis_pool *p, const char *url, char *err, size_t errlen)
         p->db = (int)v;
     }
     return 0;
+}
+
+void
+aigw_redis_pool_set_password(struct aigw_redis_pool *p, const char *password)
+{
+    aigw_free_secret(p->pass);
+    p->pass = password != NULL ? aigw_xstrdup(password) : NULL;
 }
 
 bool

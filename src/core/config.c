@@ -282,6 +282,38 @@ out:
     free(pem);
 }
 
+/* redis.password_file: the password for Redis's AUTH, kept out of the
+ * configuration and the environment (a systemd credential, say); one
+ * trailing newline is dropped. */
+static void
+read_redis_password(struct ctx *c, json_t *sec, struct aigw_config *cfg)
+{
+    char *file = NULL;
+    unsigned char *buf = NULL;
+    size_t len = 0;
+
+    get_str(c, sec, "password_file", &file);
+    if (file == NULL)
+        return;
+    if (read_file(file, &buf, &len) != 0) {
+        fail(c, "redis.password_file: cannot read %s", file);
+        goto out;
+    }
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+        len--;
+    if (len == 0 || memchr(buf, '\0', len) != NULL) {
+        fail(c, "redis.password_file: %s holds no password (empty, or a NUL byte in it)", file);
+        goto out;
+    }
+    cfg->redis_password = aigw_xstrndup((const char *)buf, len);
+out:
+    if (buf != NULL) {
+        explicit_bzero(buf, len);
+        free(buf);
+    }
+    free(file);
+}
+
 /* A platform key must not share its key material with a clinic key: whoever
  * holds a clinic secret could otherwise sign platform tokens (kid is just a
  * header the signer chooses). */
@@ -523,7 +555,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                                          "max_connections", "max_connections_per_ip",
                                          "connection_timeout_s", "max_json_depth", NULL};
     static const char *const db_k[] = {"url", "listen_url", "pool_size", NULL};
-    static const char *const redis_k[] = {"url", "pool_size", "timeout_ms", NULL};
+    static const char *const redis_k[] = {"url", "password_file", "pool_size", "timeout_ms", NULL};
     static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
     static const char *const tenants_k[] = {"cache_ttl_s", NULL};
     static const char *const api_keys_k[] = {"cache_ttl_s", "last_used_flush_ms", NULL};
@@ -578,6 +610,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     }
     if ((sec = SECTION("redis", redis_k)) != NULL) {
         get_str(&c, sec, "url", &cfg->redis_url);
+        read_redis_password(&c, sec, cfg);
         get_int(&c, sec, "pool_size", 1, 1000, &cfg->redis_pool_size);
         get_int(&c, sec, "timeout_ms", 1, 60000, &cfg->redis_timeout_ms);
     }
@@ -696,6 +729,7 @@ aigw_config_free(struct aigw_config *cfg)
     free(cfg->database_url);
     free(cfg->database_listen_url);
     free(cfg->redis_url);
+    aigw_free_secret(cfg->redis_password);
     free(cfg->jwt_issuer);
     free(cfg->jwt_audience);
     free(cfg->model);
@@ -762,7 +796,8 @@ aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *
     note_diff(!same_str(a->database_url, b->database_url) ||
                   !same_str(a->database_listen_url, b->database_listen_url) || a->db_pool_size != b->db_pool_size,
               "database", out, cap, &n);
-    note_diff(!same_str(a->redis_url, b->redis_url) || a->redis_pool_size != b->redis_pool_size ||
+    note_diff(!same_str(a->redis_url, b->redis_url) || !same_str(a->redis_password, b->redis_password) ||
+                  a->redis_pool_size != b->redis_pool_size ||
                   a->redis_timeout_ms != b->redis_timeout_ms,
               "redis", out, cap, &n);
     note_diff(a->tenant_cache_ttl_s != b->tenant_cache_ttl_s, "tenants", out, cap, &n);

@@ -305,6 +305,34 @@ test_redis_auth(void)
     CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the wrong password is in no log line either");
     free(log);
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
+
+    /* the password from redis.password_file (a systemd credential), the URL without one */
+    {
+        char *file = tl_sprintf("/tmp/aigw-test-redis-pw-%d", (int)getpid());
+        char *patch = tl_sprintf("{\"redis\":{\"password_file\":\"%s\"}}", file);
+        char *cfg_file = tl_config_patch(patch);
+        char *plain = tl_sprintf("AIGW_REDIS_URL=redis://127.0.0.1:%d/3", rport); /* the db of the first run */
+        char *pw_line = tl_sprintf("%s\n", PASS);
+
+        tl_write_file(file, pw_line);
+        env[0] = plain;
+        if (tl_aigw_start_env(&gw, cfg_file, env) == 0) {
+            CHECK(readyz_wait(gw.port, 200) == 200, "auth: ready with the password from password_file");
+            tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"Asked of a Redis with a password\"}", &r);
+            CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", hit, sizeof(hit)) && strcmp(hit, "HIT") == 0,
+                  "auth: password_file: the cached answer is read (%ld)", r.status);
+            tl_resp_free(&r);
+            CHECK(tl_aigw_stop(&gw) == 0, "auth: password_file: clean stop");
+        } else {
+            CHECK(false, "aigw did not start with redis.password_file");
+        }
+        unlink(file);
+        free(pw_line);
+        free(plain);
+        free(cfg_file);
+        free(patch);
+        free(file);
+    }
 out:
     kill(redis, SIGTERM);
     waitpid(redis, NULL, 0);

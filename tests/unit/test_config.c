@@ -68,9 +68,9 @@ main(void)
             {"redis://::1", false},           {"redis://fe80::1:6379", false}, {"redis://[::1", false},
             {"redis://[::1]x", false},        {"redis://u:Zq9@h:1", true},     {"rediss://h:1", false},
             {"redis://h:0", false},           {"redis://h:1/x", false},        {"redis://:Zq9@h:1/2", true},
-            {"redis://:Zq9@x@h", true},       {"redis://:Zq9%40x@[::1]:1", true}, {"redis://Zq9@h:1", false},
+            {"redis://:Zq9@x@h", true},       {"redis://:Zq9%40x@[::1]:1", true}, {"redis://Zq9@h:1", true},
             {"redis://:@h:1", false},         {"redis://:Zq9%zz@h:1", false},  {"redis://:Zq9%00@h:1", false},
-            {"redis://:Zq9%4@h:1", false},    {"redis://:Zq9@::1:6379", false},
+            {"redis://:Zq9%4@h:1", false},    {"redis://@h:1", false},    {"redis://:Zq9@::1:6379", false},
         };
 
         for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
@@ -79,6 +79,30 @@ main(void)
                   urls[i].url, urls[i].ok ? "taken" : "refused", err);
             CHECK(strstr(err, "Zq9") == NULL, "the message quotes no password: %s", err);
         }
+    }
+    /* redis.password_file: read at load, one trailing newline dropped */
+    {
+        char pwpath[64], *json;
+        struct aigw_config pc;
+        int rc;
+
+        snprintf(pwpath, sizeof(pwpath), "/tmp/aigw-config-pw-%d", (int)getpid());
+        json = tl_sprintf("{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\","
+                          "\"password_file\":\"%s\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                          pwpath);
+        unlink(pwpath);
+        expect_invalid("redis password_file missing", json, "redis.password_file: cannot read");
+        tl_write_file(pwpath, "\n");
+        expect_invalid("redis password_file empty", json, "holds no password");
+        tl_write_file(pwpath, "s3cr3t\n");
+        tl_write_file(path, json);
+        rc = aigw_config_load(path, &pc, err, sizeof(err));
+        CHECK(rc == 0 && pc.redis_password != NULL && strcmp(pc.redis_password, "s3cr3t") == 0,
+              "redis password_file read without its newline: %s", err);
+        if (rc == 0)
+            aigw_config_free(&pc);
+        unlink(pwpath);
+        free(json);
     }
     /* messages name the whole path of the key */
     expect_invalid("range: section named", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
