@@ -359,7 +359,8 @@ pg_init() {
     if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 \
             --locale=C.UTF-8 --no-sync >"$out" 2>&1 </dev/null; then
         # only a missing locale is worth a retry (initdb also exits 1 on Ctrl-C)
-        grep -qi 'locale' "$out" || { tail_log "$out" 40; rm -rf -- "$PG_DATA"; die "initdb failed"; }
+        grep -qiE 'invalid locale|locale .* (is not|not) (supported|available)' "$out" \
+            || { tail_log "$out" 40; rm -rf -- "$PG_DATA"; die "initdb failed"; }
         note "initdb with --locale=C.UTF-8 failed; retrying with --locale=C"
         rm -rf -- "$PG_DATA"
         as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 \

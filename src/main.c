@@ -324,9 +324,13 @@ serve(struct aigw_server *srv, const char *config_path)
                    (unsigned long)getpid());
         aigw_log(LOG_NOTICE, "ready: serving on %s:%u", srv->cfg.listen_addr, srv->bound_port);
         while (sig != SIGTERM && sig != SIGINT) {
-            sig = wait_signal(&set, wd, -1);
+            sig = wait_signal(&set, wd, 1000);
             if (sig == SIGHUP)
                 reload(srv, config_path, true);
+            if (aigw_pg_role_refused(srv->pg)) { /* PostgreSQL came (back) as a role that bypasses RLS */
+                sig = -2;
+                break;
+            }
         }
     }
     rc = sig < 0 ? 1 : 0;

@@ -2,6 +2,7 @@
 #ifndef AIGW_QUOTA_H
 #define AIGW_QUOTA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,10 +47,11 @@ struct aigw_req;
 
 /* A script of req that may have reserved or locked had no reply in time
  * (req->q->redis_lost): undo, from its mark, the reservation unless the
- * request holds it knowingly (q->quota_reserved) and the single-flight
- * lock unless it leads. Asynchronous (the admission pipe), never blocks;
- * lost when Redis is still unreachable then (the mark expires). */
-void aigw_quota_abandon(struct aigw_req *req);
+ * request holds it knowingly (q->quota_reserved) or lock_only, and the
+ * single-flight lock unless it leads. Asynchronous (the admission pipe),
+ * never blocks; lost when Redis is still unreachable then (the mark
+ * expires). */
+void aigw_quota_abandon(struct aigw_req *req, bool lock_only);
 
 /* Prepare the Lua scripts; call once before threads start. */
 void aigw_quota_init(void);

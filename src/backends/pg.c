@@ -114,8 +114,10 @@ aigw_pg_connect_checked(const char *url, bool *role_refused)
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK) {
         if (bypass == 1 && role_refused != NULL)
             *role_refused = true;
-        if (bypass != 1)
-            aigw_log(LOG_ERR, "postgresql: connect failed: the session's role could not be checked");
+        if (bypass != 1) {
+            first_line(PQerrorMessage(conn), why, sizeof(why));
+            aigw_log(LOG_ERR, "postgresql: connect failed: the session's role could not be checked: %s", why);
+        }
         aigw_metrics_count_pg_error();
         PQfinish(conn);
         return NULL;

@@ -850,6 +850,19 @@ pipe_read(struct aigw_redis_pipe *p)
         }
         if (op == p->live)
             p->live = op->next;
+        if (op->done == NULL && !op->is_time && ((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+            /* the pipe's own AUTH or SELECT refused (a wrong password): an
+             * unauthenticated connection, or one on the wrong database,
+             * must not carry the callers' scripts */
+            char why[160];
+
+            snprintf(why, sizeof(why), "%s", ((redisReply *)reply)->str);
+            freeReplyObject(reply);
+            free(op->cmd);
+            free(op);
+            pipe_drop(p, "the connection's setup was refused", why);
+            return;
+        }
         if (op->is_time)
             clock_sample(p, op, reply);
         if (!pipe_retry_noscript(p, op, reply))

@@ -93,7 +93,7 @@ abandoned(redisReply *r, void *ud)
 }
 
 void
-aigw_quota_abandon(struct aigw_req *req)
+aigw_quota_abandon(struct aigw_req *req, bool lock_only)
 {
     struct aigw_query *q = req->q;
     char key[160];
@@ -101,7 +101,7 @@ aigw_quota_abandon(struct aigw_req *req)
 
     aigw_quota_mark_key(req->tenant->id, req->usage_id, key, sizeof(key));
     args[0] = req->usage_id;
-    args[1] = q->quota_reserved ? "0" : "1";
+    args[1] = q->quota_reserved || lock_only ? "0" : "1";
     args[2] = q->sf_role == AIGW_SF_LEADER ? "0" : "1";
     aigw_redis_pipe_eval(req->srv->pipe, &abandon_script, 1, keys, 3, args, abandoned, req->srv->redis);
 }

@@ -369,8 +369,12 @@ aigw_stage_singleflight(struct aigw_req *req)
         st = acquire(req, &result);
     }
     if (st < 0) {
-        q->redis_lost = true; /* a lock may have been taken after all: its mark says */
-        return AIGW_OK;       /* no coalescing without Redis; the quota stage decides */
+        /* a lock may have been taken after all (its mark says): this
+         * request will not lead, so let it go now, not at the request's
+         * end, which may be a long stream later than the mark lives */
+        q->redis_lost = true;
+        aigw_quota_abandon(req, true);
+        return AIGW_OK; /* no coalescing without Redis; the quota stage decides */
     }
     if (st == 2)
         return from_result(req, result);
