@@ -60,6 +60,8 @@ for pidfile in "$AIGW_STACK_DIR"/mock*.pid; do
     [[ -f "$pidfile" ]] || continue
     pid="$(head -n 1 -- "$pidfile")"
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    # only our mock: the number may belong to another process by now
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "mock-upstream.*$AIGW_STACK_DIR" || continue
     kill -TERM "$pid" 2>/dev/null || continue
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 done
