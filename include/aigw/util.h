@@ -5,6 +5,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+
+/* A numeric IPv4 or IPv6 address (one with a colon is IPv6) and a port as
+ * a socket address in *ss (*len its size). 0, or -1 when addr is not one
+ * (a host name, say). */
+int aigw_sockaddr_parse(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *len);
 
 /* Allocate or abort: small allocations never fail in a way worth handling
  * (h2o and Redis do the same). Sizes driven by input are checked by callers. */

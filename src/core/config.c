@@ -1,8 +1,6 @@
 /* config.c - parse and validate the JSON configuration; strict about unknown keys */
 #include "aigw/config.h"
 
-#include <arpa/inet.h>
-
 #include <errno.h>
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -34,15 +32,6 @@ struct ctx {
     int failed;
     const char *where;     /* the object being read ("upstream", "jwt.keys[0]"), for messages */
 };
-
-/* A numeric address, as the listener binds it (an IPv6 one has a colon). */
-static bool
-listen_addr_ok(const char *a)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-
-    return a != NULL && inet_pton(strchr(a, ':') != NULL ? AF_INET6 : AF_INET, a, buf) == 1;
-}
 
 /* "where.key" of the member key of the object being read, into buf. */
 static const char *
@@ -572,6 +561,8 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     json_error_t jerr;
     json_t *root, *sec, *arr;
     char *level = NULL;
+    struct sockaddr_storage listen_ss; /* as the listener will bind it */
+    socklen_t listen_len;
 
     set_defaults(cfg);
     root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
@@ -708,7 +699,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                  "the password)");
     if (!c.failed && cfg->n_jwt_keys == 0)
         fail(&c, "jwt.keys: at least one key is required");
-    if (!c.failed && !listen_addr_ok(cfg->listen_addr))
+    if (!c.failed && aigw_sockaddr_parse(cfg->listen_addr, cfg->port, &listen_ss, &listen_len) != 0)
         fail(&c, "listen.address (or AIGW_LISTEN_ADDR): must be a numeric IPv4 or IPv6 address, not a host name");
 out:
     free(level);

@@ -1,6 +1,7 @@
 /* util.c - allocation, clocks, hashing, parsing helpers shared by every module */
 #include "aigw/util.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <openssl/evp.h>
@@ -66,6 +67,28 @@ aigw_xstrndup(const char *s, size_t n)
     memcpy(p, s, len);
     p[len] = '\0';
     return p;
+}
+
+int
+aigw_sockaddr_parse(const char *addr, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    memset(ss, 0, sizeof(*ss));
+    if (addr == NULL)
+        return -1;
+    if (strchr(addr, ':') != NULL) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        *len = sizeof(*s6);
+        return inet_pton(AF_INET6, addr, &s6->sin6_addr) == 1 ? 0 : -1;
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons((uint16_t)port);
+    *len = sizeof(*s4);
+    return inet_pton(AF_INET, addr, &s4->sin_addr) == 1 ? 0 : -1;
 }
 
 void

@@ -697,24 +697,8 @@ aigw_http_start(struct aigw_server *srv)
      * acceptor's own limit is (see struct aigw_acceptor) */
     unsigned mhd_limit = (unsigned)cfg->max_connections * threads + threads;
 
-    memset(&ss, 0, sizeof(ss));
-    if (strchr(cfg->listen_addr, ':') != NULL) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)cfg->port);
-        if (inet_pton(AF_INET6, cfg->listen_addr, &s6->sin6_addr) != 1)
-            goto bad_addr;
-        sslen = sizeof(*s6);
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)cfg->port);
-        if (inet_pton(AF_INET, cfg->listen_addr, &s4->sin_addr) != 1)
-            goto bad_addr;
-        sslen = sizeof(*s4);
-    }
+    if (aigw_sockaddr_parse(cfg->listen_addr, cfg->port, &ss, &sslen) != 0)
+        goto bad_addr;
     a = aigw_xcalloc(1, sizeof(*a));
     pthread_mutex_init(&a->lock, NULL);
     pthread_cond_init(&a->wake, NULL);

@@ -71,21 +71,28 @@ check_max_tokens(struct aigw_req *req, json_t *body, long *out)
     return AIGW_OK;
 }
 
+/* body[name] absent, null or 1. */
+static bool
+one_or_absent(json_t *body, const char *name)
+{
+    json_t *v = json_object_get(body, name);
+
+    return v == NULL || json_is_null(v) || (json_is_integer(v) && json_integer_value(v) == 1);
+}
+
 /* The other sampling fields aigw reads: n, temperature, stream, stream_options. */
 static enum aigw_rc
 check_options(struct aigw_req *req, json_t *body, bool *cacheable)
 {
-    json_t *n = json_object_get(body, "n"), *temp = json_object_get(body, "temperature");
+    json_t *temp = json_object_get(body, "temperature");
     json_t *stream = json_object_get(body, "stream"), *so = json_object_get(body, "stream_options");
     struct aigw_query *q = req->q;
 
-    json_t *n_cmpl = json_object_get(body, "n_cmpl");
-
-    if (n != NULL && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
+    if (!one_or_absent(body, "n"))
         return aigw_req_fail(req, 400, "invalid_request", "n: only 1 is supported");
     /* llama-server's own name for n: each extra completion takes a slot of
      * its own, and its usage reports one completion's tokens */
-    if (n_cmpl != NULL && !json_is_null(n_cmpl) && !(json_is_integer(n_cmpl) && json_integer_value(n_cmpl) == 1))
+    if (!one_or_absent(body, "n_cmpl"))
         return aigw_req_fail(req, 400, "invalid_request", "n_cmpl: only 1 is supported");
     if (temp != NULL && !json_is_null(temp) &&
         (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 2))

@@ -550,8 +550,6 @@ test_backend_reload(struct tl_aigw *gw, int fd, struct keys *k)
 static void
 test_lock_follows_reload(struct tl_aigw *gw, int fd, struct keys *k)
 {
-    static const char MAX_PTTL[] = "local m = -1 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do "
-                                   "local t = redis.call('PTTL', key) if t > m then m = t end end return m";
     const char *slow_body[1] = {"{\"question\":\"How long may the leader of this question take?\"}"};
     struct tl_resp slow;
     struct tl_parallel *bg;
@@ -566,7 +564,7 @@ test_lock_follows_reload(struct tl_aigw *gw, int fd, struct keys *k)
     tl_mock_config(mock2, "{\"first_token_ms\":1500}");
     bg = tl_post_parallel_bg(gw->port, "/api/ai/query", tok, slow_body, 1, &slow);
     CHECK(tl_metric_wait(gw->port, "aigw_upstream_in_flight", 1, 15000) == 1, "a leader is at the model");
-    pttl = tl_redis_int("EVAL %s 0 %s", MAX_PTTL, pattern);
+    pttl = tl_max_pttl(pattern);
     CHECK(pttl > 30000 && pttl <= 35000, "its lock lives 20 + 10 + 5 s, as reloaded (%lld ms left)", pttl);
     tl_parallel_join(bg);
     CHECK(slow.status == 200, "answered: %ld", slow.status);

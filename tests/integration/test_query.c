@@ -59,25 +59,16 @@ rows(const char *tid, long want)
 }
 
 /* Whether the tenant has a single-flight lock (not a published result). */
-static long long
-sf_locks(const char *id)
-{
-    return tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
-                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
-                        " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
-                        id);
-}
-
-/* sf_locks once they are gone, or after 2 s: a leader releases its lock in
+/* tl_sf_locks once they are gone, or after 2 s: a leader releases its lock in
  * the after hook, once its response has gone out. */
 static long long
 sf_locks_settled(const char *id)
 {
-    long long n = sf_locks(id);
+    long long n = tl_sf_locks(id);
 
     for (int i = 0; i < 200 && n != 0; i++) {
         usleep(10000);
-        n = sf_locks(id);
+        n = tl_sf_locks(id);
     }
     return n;
 }
@@ -884,7 +875,7 @@ test_redis_stall(void)
           tl_quota_used(id), used0 + ok);
     CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == n0 + ok, "window: only the answered ones counted (%lld, want %lld)",
           tl_redis_int("HGET aigw:{%s}:rlb n", id), n0 + ok);
-    for (int64_t end = aigw_now_ms() + 3000; aigw_now_ms() < end && (locks = sf_locks(id)) != 0;)
+    for (int64_t end = aigw_now_ms() + 3000; aigw_now_ms() < end && (locks = tl_sf_locks(id)) != 0;)
         usleep(50 * 1000); /* an answered leader releases its lock just after its answer */
     CHECK(locks == 0, "no single-flight lock left behind (%lld)", locks);
     CHECK(rows(id, 4) == 4, "a usage row for each of the four requests");

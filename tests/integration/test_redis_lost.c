@@ -194,16 +194,6 @@ relay_arm(struct relay *rl, const char *trigger, int skip)
     pthread_mutex_unlock(&rl->lock);
 }
 
-/* Single-flight locks of the tenant (not their published results). */
-static long long
-locks(const char *id)
-{
-    return tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
-                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
-                        " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
-                        id);
-}
-
 /* One request whose reply of choice is held: 503 (or 200 when a loaded
  * machine let it through first); then the quota counter moves by exactly
  * the answered requests and no lock is left. */
@@ -234,7 +224,7 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     CHECK(atomic_load(&rl->held) > 0, "%s: a reply was held", what);
     for (int i = 0; i < 300; i++) { /* the hold ends after 2.5 s; the abandon runs before */
         used = tl_quota_used(id);
-        lk = locks(id);
+        lk = tl_sf_locks(id);
         if (used == used0 + answered && lk == 0 && aigw_now_ms() >= atomic_load(&rl->hold_until_ms))
             break;
         usleep(20 * 1000);

@@ -308,8 +308,6 @@ test_single_flight(void)
 static void
 test_stream_lock(void)
 {
-    static const char MAX_PTTL[] = "local m = -1 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do "
-                                   "local t = redis.call('PTTL', key) if t > m then m = t end end return m";
     const char *body[1] = {"{\"question\":\"A slow stream holds its lock\",\"stream\":true}"};
     char id[37], code[65], *tok, *pattern;
     struct tl_resp r;
@@ -323,7 +321,7 @@ test_stream_lock(void)
     bg = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, &r);
     for (int i = 0; i < 100 && pttl < 0; i++) {
         usleep(10 * 1000);
-        pttl = tl_redis_int("EVAL %s 0 %s", MAX_PTTL, pattern);
+        pttl = tl_max_pttl(pattern);
     }
     CHECK(pttl > 60000, "a streaming leader's lock lives as long as a stream may (%lld ms left; 12 s before)", pttl);
     tl_parallel_join(bg);

@@ -1188,3 +1188,21 @@ tl_quota_used(const char *tid)
     strftime(month, sizeof(month), "%Y%m", &tm);
     return tl_redis_int("GET aigw:{%s}:q:%s", tid, month);
 }
+
+long long
+tl_sf_locks(const char *tid)
+{
+    return tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                        " if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n",
+                        tid);
+}
+
+long long
+tl_max_pttl(const char *pattern)
+{
+    return tl_redis_int("EVAL %s 0 %s",
+                        "local m = -1 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do "
+                        "local t = redis.call('PTTL', key) if t > m then m = t end end return m",
+                        pattern);
+}

@@ -208,6 +208,11 @@ long tl_usage_rows(PGconn *owner, const char *tid, const char *where, long want)
 bool tl_usage_flushed(int port);
 /* This UTC month's quota counter of tenant tid in Redis (-1 if missing). */
 long long tl_quota_used(const char *tid);
+/* The tenant's single-flight locks (aigw:{tid}:sf:*, not the published
+ * results), or -1 when Redis could not be asked. */
+long long tl_sf_locks(const char *tid);
+/* The largest PTTL (ms) of the keys matching pattern; -1 when none. */
+long long tl_max_pttl(const char *pattern);
 /* tl_post_parallel on a background thread; out must stay valid until
  * tl_parallel_join, which waits for every answer. */
 struct tl_parallel;
