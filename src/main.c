@@ -258,9 +258,9 @@ drain_timeout_ms(struct aigw_server *srv)
 }
 
 static int
-refund_leftover(void *ud, const char *tenant_id, int64_t at_s)
+refund_leftover(void *ud, const char *id, const char *tenant_id, int64_t at_s)
 {
-    return aigw_quota_refund(ud, tenant_id, at_s);
+    return aigw_quota_refund(ud, id, tenant_id, at_s);
 }
 
 /* Reservations the previous run left unsettled (in flight when it died, or

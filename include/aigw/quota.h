@@ -78,10 +78,12 @@ int aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t
  * Redis/PostgreSQL could not answer. Unlimited plans (limit < 0) count too. */
 int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t at_s, const char *mark,
                        long *used);
-/* Give back one query of tenant_id reserved for the month containing at_s
- * (the upstream call failed): the counter it was taken from, even when the
- * month has turned since. Returns 0, or -1 when Redis could not do it
- * (logged). */
-int aigw_quota_refund(struct aigw_server *srv, const char *tenant_id, int64_t at_s);
+/* Give back the query of tenant_id reserved for the month containing at_s
+ * by request usage_id (the upstream call failed): to the counter it was
+ * taken from, even when the month has turned since, and once only (a
+ * second refund of the same reservation, e.g. at the next start after a
+ * lost reply, does nothing). Returns 0 (done now or before), or -1 when
+ * Redis could not be asked or gave no answer (logged). */
+int aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s);
 
 #endif

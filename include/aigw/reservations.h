@@ -25,9 +25,11 @@ struct aigw_resv_file;
 struct aigw_resv *aigw_resv_open(const char *dir, char *err, size_t cap);
 /* Reservations left unsettled by the previous run and not refunded yet. */
 size_t aigw_resv_leftover(const struct aigw_resv *j);
-/* refund(ud, tenant id, at_s): give back one query of the month containing
- * at_s; 0 done, else it stays for the next attempt. */
-typedef int (*aigw_resv_refund_fn)(void *ud, const char *tenant_id, int64_t at_s);
+/* refund(ud, reservation id, tenant id, at_s): give back the query reserved
+ * from the month containing at_s, once per id however often it is asked
+ * (the journal may ask again for a refund whose answer was lost); 0 done,
+ * else it stays for the next attempt. */
+typedef int (*aigw_resv_refund_fn)(void *ud, const char *id, const char *tenant_id, int64_t at_s);
 /* Refund the previous run's unsettled reservations, once each; when all are
  * done the previous run's files are removed (else they stay for the next
  * start). Returns how many were refunded now. */

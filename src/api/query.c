@@ -144,7 +144,7 @@ aigw_query_finish(struct aigw_req *req)
     if (q->redis_lost) /* before the refund below clears quota_reserved */
         aigw_quota_abandon(req, false);
     if (q->quota_reserved && !q->billed) {
-        settled = aigw_quota_refund(req->srv, req->tenant->id, req->start_wall_us / 1000000) == 0;
+        settled = aigw_quota_refund(req->srv, req->usage_id, req->tenant->id, req->start_wall_us / 1000000) == 0;
         q->quota_reserved = false;
     }
     /* kept, or refunded: settled. A refund Redis could not take stays open

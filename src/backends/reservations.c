@@ -259,7 +259,7 @@ aigw_resv_recover(struct aigw_resv *j, aigw_resv_refund_fn refund, void *ud)
         char line[48];
         int fd;
 
-        if (l->refunded || refund(ud, l->tenant, l->at_s) != 0)
+        if (l->refunded || refund(ud, l->id, l->tenant, l->at_s) != 0)
             continue;
         l->refunded = true;
         done++;

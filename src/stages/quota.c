@@ -57,9 +57,14 @@ static struct aigw_redis_script abandon_script = {
     .by_source = true, /* it runs while replies are late: no NOSCRIPT round */
 };
 
-/* KEYS[1] counter: decrement, never below zero */
+/* KEYS[1] counter, KEYS[2] the reservation's refund record; ARGV[1] the
+ * record's ttl ms: decrement, never below zero, once per reservation -> the
+ * count after it, or -1 when this reservation was refunded already (a
+ * refund whose reply was lost stays open in the journal and is asked for
+ * again at the next start) */
 static struct aigw_redis_script refund_script = {
-    .source = "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    .source = "if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return -1 end\n"
+              "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
               "if v > 0 then return redis.call('DECR', KEYS[1]) end\n"
               "return 0\n",
 };
@@ -252,12 +257,13 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t
 }
 
 int
-aigw_quota_refund(struct aigw_server *srv, const char *tenant_id, int64_t at_s)
+aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s)
 {
-    char key[128];
-    const char *keys[1] = {key};
+    char key[128], done[160], ttl[24];
+    const char *keys[2] = {key, done}, *args[1] = {ttl};
     redisContext *rc = aigw_redis_acquire(srv->redis);
     redisReply *r;
+    int64_t left;
     int ret = 0;
 
     if (rc == NULL) {
@@ -265,10 +271,16 @@ aigw_quota_refund(struct aigw_server *srv, const char *tenant_id, int64_t at_s)
         return -1;
     }
     aigw_quota_key(tenant_id, at_s, key, sizeof(key));
-    r = aigw_redis_eval(rc, &refund_script, 1, keys, 0, NULL);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+    aigw_concat(done, sizeof(done), "aigw:{", tenant_id, "}:rf:", usage_id, NULL);
+    /* as long as the counter can live (aigw_quota_used), at least a week */
+    left = aigw_next_month_start(at_s) - aigw_wall_s();
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)((left > 0 ? left : 0) + 7 * 86400) * 1000);
+    r = aigw_redis_eval(rc, &refund_script, 2, keys, 1, args);
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", tenant_id);
         ret = -1;
+    } else if (r->integer < 0) {
+        aigw_log(LOG_INFO, "quota: reservation %s was refunded already", usage_id);
     }
     freeReplyObject(r);
     aigw_redis_release(srv->redis, rc);

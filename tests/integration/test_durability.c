@@ -1,5 +1,6 @@
 /* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of
  * aigw; a Redis outage refuses admission cleanly and is recovered from */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,23 @@ rows_for(const char *tid, long want, int timeout_ms)
     const char *p[1] = {tid};
 
     return tl_wait_sql(owner, want, timeout_ms, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+}
+
+/* The one quota journal file in dir (malloc'd path), or NULL. */
+static char *
+journal_file(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    char *path = NULL;
+
+    if (d == NULL)
+        return NULL;
+    while ((de = readdir(d)) != NULL)
+        if (path == NULL && strncmp(de->d_name, "quota-reservations-", 19) == 0)
+            path = tl_sprintf("%s/%s", dir, de->d_name);
+    closedir(d);
+    return path;
 }
 
 int
@@ -223,6 +241,7 @@ main(void)
     {
         const char *mock = tl_env("AIGW_MOCK_URL");
         const char *body[1] = {"{\"question\":\"a refund while Redis is down\"}"};
+        char *jpath, *jtext;
         struct tl_resp rs[1];
         struct tl_parallel *bg;
         long long used, before = tl_mock_stat(mock, "in_flight"), in_flight = 0;
@@ -245,12 +264,30 @@ main(void)
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
         CHECK(tl_count_files(spool, "quota-reservations-") == 1, "the journal file with it is kept (%d)",
               tl_count_files(spool, "quota-reservations-"));
+        jpath = journal_file(spool);
+        jtext = jpath ? tl_read_file(jpath) : NULL;
+        CHECK(jtext != NULL && strncmp(jtext, "R ", 2) == 0, "it holds the open reservation");
         CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
         CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
               "the refund is made at the start");
         CHECK(tl_quota_used(id) == used, "the counter is back (%lld, was %lld)", tl_quota_used(id), used);
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
         CHECK(tl_count_files(spool, "quota-reservations-") == 0, "and no journal file is left");
+        /* 5) that refund was made but its reply was lost (the journal still
+         * has it open): the next start asks again, and Redis refunds each
+         * reservation once */
+        if (jpath != NULL && jtext != NULL)
+            tl_write_file(jpath, jtext);
+        CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the journal as the lost reply left it");
+        CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
+              "the refund is asked for again");
+        CHECK(tl_aigw_log_wait(&gw, "was refunded already", 2000), "and found made");
+        CHECK(tl_quota_used(id) == used, "the counter is not refunded twice (%lld, was %lld)", tl_quota_used(id),
+              used);
+        CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+        CHECK(tl_count_files(spool, "quota-reservations-") == 0, "and no journal file is left");
+        free(jpath);
+        free(jtext);
     }
     CHECK(tl_rm_rf(spool), "spool removed");
     free(cfg);

@@ -27,12 +27,12 @@ files(void)
 /* The refunds a recover asked for; fail_from: the ones from this index on fail. */
 struct refunds {
     int asked, done, fail_from;
-    char tenants[8][37];
+    char ids[8][37], tenants[8][37];
     long long at[8];
 };
 
 static int
-refund(void *ud, const char *tenant_id, int64_t at_s)
+refund(void *ud, const char *id, const char *tenant_id, int64_t at_s)
 {
     struct refunds *r = ud;
     int i = r->asked++;
@@ -40,6 +40,7 @@ refund(void *ud, const char *tenant_id, int64_t at_s)
     if (i >= r->fail_from)
         return -1;
     if (r->done < 8) {
+        snprintf(r->ids[r->done], sizeof(r->ids[0]), "%s", id);
         snprintf(r->tenants[r->done], sizeof(r->tenants[0]), "%s", tenant_id);
         r->at[r->done] = at_s;
     }
@@ -79,7 +80,8 @@ test_recovery(void)
     CHECK(aigw_resv_leftover(j) == 2, "B and D were left in flight (%zu)", aigw_resv_leftover(j));
     /* Redis fails after the first refund: the second stays, the files stay */
     CHECK(aigw_resv_recover(j, refund, &r) == 1 && aigw_resv_leftover(j) == 1, "one refunded, one left");
-    CHECK(strcmp(r.tenants[0], TENANT) == 0 && r.at[0] == 1796000001, "B refunded to its own month (%lld)", r.at[0]);
+    CHECK(strcmp(r.ids[0], ID_B) == 0 && strcmp(r.tenants[0], TENANT) == 0 && r.at[0] == 1796000001,
+          "B refunded, by its id, to its own month (%s %lld)", r.ids[0], r.at[0]);
     aigw_resv_close(j);
     CHECK(files() == 1, "the crashed run's file stays for the next start (%d)", files());
 
@@ -88,7 +90,8 @@ test_recovery(void)
     r.fail_from = 99;
     j = aigw_resv_open(dir, err, sizeof(err));
     CHECK(j != NULL && aigw_resv_leftover(j) == 1, "the next start finds only D (%zu)", aigw_resv_leftover(j));
-    CHECK(aigw_resv_recover(j, refund, &r) == 1 && r.at[0] == 1790000000, "D refunded once");
+    CHECK(aigw_resv_recover(j, refund, &r) == 1 && r.at[0] == 1790000000 && strcmp(r.ids[0], ID_D) == 0,
+          "D refunded once, by its id");
     CHECK(aigw_resv_leftover(j) == 0 && files() == 1, "the old file is gone, the new one open (%d)", files());
     aigw_resv_close(j);
     CHECK(files() == 0, "a clean close with nothing open leaves no file (%d)", files());
