@@ -3,7 +3,10 @@
  * reserved, a single-flight lock taken) is taken back from the request's
  * mark. A TCP relay between aigw and Redis holds Redis's replies back for
  * 2.5 s from the moment aigw sends a chosen command (redis.timeout_ms is
- * 1 s here), so the command runs at once and its reply comes too late. */
+ * 1 s here), so the command runs at once and its reply comes too late; or
+ * it passes the command on and then cuts every connection and refuses new
+ * ones for a while, so the reply is lost and so are aigw's first attempts
+ * to take back what the command did. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -29,7 +32,9 @@ struct relay {
     pthread_mutex_t lock;      /* guards trigger, skip */
     char trigger[96];          /* hold replies once aigw sends a command holding this ("" = off) */
     int skip;                  /* matches to let pass before the one that holds */
+    int cut_ms;                /* > 0: the match cuts the connections for this long instead of holding */
     atomic_llong hold_until_ms;
+    atomic_llong cut_until_ms;
     atomic_int held;           /* times a hold began */
     int client[PAIRS], server[PAIRS];
 };
@@ -65,6 +70,10 @@ relay_accept(struct relay *rl)
 
     if (c < 0)
         return;
+    if (aigw_now_ms() < atomic_load(&rl->cut_until_ms)) { /* Redis unreachable */
+        close(c);
+        return;
+    }
     for (i = 0; i < PAIRS && rl->client[i] >= 0; i++)
         ;
     s = socket(AF_INET, SOCK_STREAM, 0);
@@ -84,6 +93,7 @@ from_client(struct relay *rl, int i)
 {
     char buf[65536];
     ssize_t n = read(rl->client[i], buf, sizeof(buf));
+    int cut = 0;
 
     if (n <= 0) {
         pair_close(rl, i);
@@ -95,13 +105,22 @@ from_client(struct relay *rl, int i)
             rl->skip--;
         } else {
             rl->trigger[0] = '\0';
-            atomic_store(&rl->hold_until_ms, aigw_now_ms() + 2500);
+            cut = rl->cut_ms;
+            if (cut == 0)
+                atomic_store(&rl->hold_until_ms, aigw_now_ms() + 2500);
             atomic_fetch_add(&rl->held, 1);
         }
     }
     pthread_mutex_unlock(&rl->lock);
     if (!write_all(rl->server[i], buf, (size_t)n))
         pair_close(rl, i);
+    if (cut > 0) { /* the command reached Redis; its reply and the connections are lost */
+        atomic_store(&rl->cut_until_ms, aigw_now_ms() + cut);
+        usleep(50 * 1000); /* Redis reads it before it sees the connection go */
+        for (int k = 0; k < PAIRS; k++)
+            if (rl->client[k] >= 0)
+                shutdown(rl->client[k], SHUT_RDWR);
+    }
 }
 
 static void
@@ -186,19 +205,22 @@ relay_stop(struct relay *rl)
 }
 
 static void
-relay_arm(struct relay *rl, const char *trigger, int skip)
+relay_arm(struct relay *rl, const char *trigger, int skip, int cut_ms)
 {
     pthread_mutex_lock(&rl->lock);
     snprintf(rl->trigger, sizeof(rl->trigger), "%s", trigger);
     rl->skip = skip;
+    rl->cut_ms = cut_ms;
     pthread_mutex_unlock(&rl->lock);
 }
 
-/* One request whose reply of choice is held: 503 (or 200 when a loaded
- * machine let it through first); then the quota counter moves by exactly
- * the answered requests and no lock is left. */
+/* One request whose reply of choice is held (or lost with Redis cut off for
+ * cut_ms): 503 (or 200 when a loaded machine let a held one through
+ * first); then the quota counter moves by exactly the answered requests
+ * and no lock is left. */
 static void
-lost_reply(struct relay *rl, int port, const char *what, const char *trigger, int skip, const char *const *headers)
+lost_reply(struct relay *rl, int port, const char *what, const char *trigger, int skip, int cut_ms,
+           const char *const *headers)
 {
     char id[37], code[65], *tok, *body, *q;
     const char *bodies[1];
@@ -214,7 +236,7 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     used0 = tl_quota_used(id);
     CHECK(used0 == 1, "%s: one query used (%lld)", what, used0);
     q = tl_sprintf("aigw:{%s}%s", id, trigger);
-    relay_arm(rl, q, skip);
+    relay_arm(rl, q, skip, cut_ms);
     body = tl_sprintf("{\"question\":\"%s, its reply held\"}", what);
     bodies[0] = body;
     tl_post_parallel(port, "/api/ai/query", tok, headers, bodies, 1, &r);
@@ -222,17 +244,29 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     CHECK(r.status == 503 || r.status == 200, "%s: 503 (or answered) (%ld %s)", what, r.status, r.body);
     tl_resp_free(&r);
     CHECK(atomic_load(&rl->held) > 0, "%s: a reply was held", what);
-    for (int i = 0; i < 300; i++) { /* the hold ends after 2.5 s; the abandon runs before */
+    if (cut_ms > 0) {
+        int64_t until = atomic_load(&rl->cut_until_ms);
+
+        CHECK(r.status == 503 || answered == 0, "%s: a lost reply is never answered", what);
         used = tl_quota_used(id);
         lk = tl_sf_locks(id);
-        if (used == used0 + answered && lk == 0 && aigw_now_ms() >= atomic_load(&rl->hold_until_ms))
+        CHECK(aigw_now_ms() < until && used == used0 + 1 && lk == 1,
+              "%s: while Redis is cut off, the reservation and the lock stand (%lld, %lld)", what, used, lk);
+    }
+    /* the hold ends after 2.5 s (the abandon runs before); a cut after
+     * cut_ms, and aigw tries the abandon again every second */
+    for (int i = 0; i < 300 + cut_ms / 20; i++) {
+        used = tl_quota_used(id);
+        lk = tl_sf_locks(id);
+        if (used == used0 + answered && lk == 0 && aigw_now_ms() >= atomic_load(&rl->hold_until_ms) &&
+            aigw_now_ms() >= atomic_load(&rl->cut_until_ms))
             break;
         usleep(20 * 1000);
     }
     CHECK(used == used0 + answered, "%s: quota moved by the answered requests only (%lld, want %lld)", what, used,
           used0 + answered);
     CHECK(lk == 0, "%s: no single-flight lock left (%lld)", what, lk);
-    relay_arm(rl, "", 0);
+    relay_arm(rl, "", 0, 0);
     atomic_store(&rl->held, 0);
     free(body);
     free(q);
@@ -258,11 +292,14 @@ main(void)
         return 1;
     /* the admission script leads the miss: it takes the lock and reserves
      * in one step (the first command naming the tenant's quota key) */
-    lost_reply(&rl, gw.port, "admission", ":q:", 0, NULL);
+    lost_reply(&rl, gw.port, "admission", ":q:", 0, 0, NULL);
     /* with an Idempotency-Key the reservation is a script of its own on a
      * pool connection, after the admission (the second command naming the
      * quota key) */
-    lost_reply(&rl, gw.port, "quota reservation", ":q:", 1, idem);
+    lost_reply(&rl, gw.port, "quota reservation", ":q:", 1, 0, idem);
+    /* the admission's reply lost and Redis unreachable for 3 s after it:
+     * the abandon fails at first and is sent again until Redis takes it */
+    lost_reply(&rl, gw.port, "admission, Redis cut off", ":q:", 0, 3000, NULL);
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     relay_stop(&rl);
     PQfinish(owner);
