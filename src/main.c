@@ -242,7 +242,7 @@ drain(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, in
         if (!wait_idle(srv, wd, set, aigw_now_ms() + DRAIN_GRACE_MS))
             aigw_log(LOG_WARNING, "drain: closing %zu connections that did not finish", aigw_http_in_flight(srv));
     }
-    aigw_abandons_retry(srv); /* a last try: the cancel sends what is queued and waits for the replies */
+    aigw_redis_outbox_retry(srv->outbox); /* a last try: the cancel sends what is queued and waits for the replies */
     aigw_redis_pipe_cancel(srv->pipe); /* resumes any request still waiting on it: before MHD stops */
     aigw_http_stop(srv);
     aigw_log(LOG_NOTICE, "drain: HTTP stopped");
@@ -310,8 +310,8 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->health = aigw_health_start(&srv->cfg);
     srv->upstream = aigw_upstream_start(&srv->cfg, srv->health);
     srv->sf = aigw_sf_start(srv->redis, 20);
-    srv->abandons = aigw_abandons_create();
     srv->pipe = aigw_redis_pipe_start(srv->redis);
+    srv->outbox = aigw_redis_outbox_create(srv->pipe);
     srv->listener = aigw_listener_start(srv->cfg.database_listen_url ? srv->cfg.database_listen_url
                                                                      : srv->cfg.database_url,
                                         srv->tenants, srv->api_keys);
@@ -329,7 +329,7 @@ serve(struct aigw_server *srv, const char *config_path)
             sig = wait_signal(&set, wd, 1000);
             if (sig == SIGHUP)
                 reload(srv, config_path, true);
-            aigw_abandons_retry(srv);
+            aigw_redis_outbox_retry(srv->outbox);
             if (aigw_pg_role_refused(srv->pg)) { /* PostgreSQL came (back) as a role that bypasses RLS */
                 sig = -2;
                 break;
@@ -429,8 +429,8 @@ out:
     aigw_jwt_cache_destroy(srv.tokens);
     aigw_apikey_cache_destroy(srv.api_keys);
     aigw_pg_pool_destroy(srv.pg);
+    aigw_redis_outbox_destroy(srv.outbox); /* after the cancel: its last failures wait there */
     aigw_redis_pipe_destroy(srv.pipe);
-    aigw_abandons_destroy(srv.abandons); /* after the pipe: its last failures may park here */
     aigw_redis_pool_destroy(srv.redis);
     aigw_metrics_destroy(srv.metrics);
     aigw_snapshot_slot_destroy(srv.live); /* the last snapshot may borrow from srv.cfg */

@@ -53,6 +53,8 @@ struct aigw_query {
     char *idem_key;            /* Redis key, NULL when no Idempotency-Key */
     char idem_fp[65];          /* fingerprint of the request body */
     bool idem_owner;           /* this request wrote the pending record */
+    char *idem_pending;        /* its value: "P" fingerprint usage id */
+    int64_t idem_until_ms;     /* the pending record has expired by then */
 
     /* single-flight */
     enum aigw_sf_role sf_role;

@@ -48,20 +48,10 @@ struct aigw_req;
 /* A script of req that may have reserved or locked had no reply in time
  * (req->q->redis_lost): undo, from its mark, the reservation unless the
  * request holds it knowingly (q->quota_reserved) or lock_only, and the
- * single-flight lock unless it leads. Asynchronous (the admission pipe),
- * never blocks; when Redis does not confirm it, it waits in srv->abandons
- * for aigw_abandons_retry, for as long as the mark can live. */
+ * single-flight lock unless it leads. Asynchronous, never blocks: through
+ * srv->outbox, which sends it again while Redis does not confirm it, for as
+ * long as the mark can live. */
 void aigw_quota_abandon(struct aigw_req *req, bool lock_only);
-
-/* The abandons waiting for Redis (bounded; thread-safe). */
-struct aigw_abandons;
-struct aigw_abandons *aigw_abandons_create(void);
-/* Send the waiting abandons again (the main loop, once a second); those
- * Redis still does not confirm wait for the next call. Returns how many
- * were sent. */
-size_t aigw_abandons_retry(struct aigw_server *srv);
-/* After the pipe is gone: what still waits is logged and dropped. NULL-safe. */
-void aigw_abandons_destroy(struct aigw_abandons *list);
 
 /* Prepare the Lua scripts; call once before threads start. */
 void aigw_quota_init(void);

@@ -134,4 +134,31 @@ void aigw_redis_pipe_cancel(struct aigw_redis_pipe *p);
 /* Cancel, then free. NULL-safe. */
 void aigw_redis_pipe_destroy(struct aigw_redis_pipe *p);
 
+/* The outbox: scripts that must reach Redis eventually, though nobody waits
+ * for them (taking back what a request gave up on, an idempotency record's
+ * outcome). Each goes on the pipe; one that Redis does not confirm (no
+ * reply, or an error reply) waits for the next aigw_redis_outbox_retry and
+ * is sent again, until its own deadline. A script given to it must be safe
+ * to run twice: the first run's reply may be the one that was lost. Bounded
+ * in entries and bytes (what does not fit is dropped, logged). Thread-safe. */
+struct aigw_redis_outbox;
+
+/* done(reply, ud): the confirming reply (the callee frees it), or NULL when
+ * the script is given up (deadline passed, no room, exit). Once. */
+typedef void (*aigw_redis_outbox_fn)(redisReply *reply, void *ud);
+/* Sends through pipe, which must outlive the outbox's last send. */
+struct aigw_redis_outbox *aigw_redis_outbox_create(struct aigw_redis_pipe *pipe);
+/* Run s with keys then args (copied) until Redis confirms it or until_ms
+ * (aigw_now_ms clock) passes; what names it in the log. done may be NULL. */
+void aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis_script *s, int nkeys,
+                            const char **keys, int nargs, const char **args, int64_t until_ms, const char *what,
+                            aigw_redis_outbox_fn done, void *ud);
+/* Send the waiting scripts again (the main loop, once a second). Returns
+ * how many were sent. NULL-safe. */
+size_t aigw_redis_outbox_retry(struct aigw_redis_outbox *o);
+/* Scripts waiting for a retry. */
+size_t aigw_redis_outbox_waiting(struct aigw_redis_outbox *o);
+/* After the pipe is cancelled: what still waits is given up (logged). NULL-safe. */
+void aigw_redis_outbox_destroy(struct aigw_redis_outbox *o);
+
 #endif

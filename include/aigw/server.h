@@ -31,7 +31,7 @@ struct aigw_snapshot_slot;
 struct aigw_resv;
 struct aigw_busy;
 struct aigw_acceptor;
-struct aigw_abandons;
+struct aigw_redis_outbox;
 
 struct aigw_server {
     struct aigw_config cfg;                 /* start-up configuration; read-only while serving */
@@ -49,7 +49,7 @@ struct aigw_server {
     struct aigw_upstream *upstream;         /* curl multi engine thread */
     struct aigw_usage *usage;               /* usage spool + writer thread */
     struct aigw_resv *resv;                 /* journal of quota reservations in flight; thread-safe */
-    struct aigw_abandons *abandons;         /* give-ups Redis has not confirmed, retried (quota.h); thread-safe */
+    struct aigw_redis_outbox *outbox;       /* scripts sent until Redis confirms them (redis.h); thread-safe */
     struct aigw_sf *sf;                     /* single-flight waiter poller */
     struct aigw_metrics *metrics;           /* lock-free counters for GET /metrics */
     struct aigw_busy *busy;                 /* per-worker callback stamps for the watchdog (http.h) */

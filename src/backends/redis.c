@@ -1119,3 +1119,202 @@ aigw_redis_pipe_destroy(struct aigw_redis_pipe *p)
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
+
+/* ---- the outbox ---- */
+
+/* At most this many scripts, and this many bytes of their arguments, wait. */
+#define OUTBOX_MAX 10000
+#define OUTBOX_MAX_BYTES (32u << 20)
+
+struct outbox_entry {
+    struct outbox_entry *next;
+    struct aigw_redis_outbox *box;
+    const struct aigw_redis_script *script;
+    int64_t until_ms;
+    const char *what;
+    aigw_redis_outbox_fn done;
+    void *ud;
+    int nkeys, nargs;
+    size_t bytes;
+    const char *argv[EVAL_MAX_ARGS]; /* keys then args, into text */
+    char text[];
+};
+
+struct aigw_redis_outbox {
+    struct aigw_redis_pipe *pipe;
+    pthread_mutex_t lock;        /* guards head, n, bytes */
+    struct outbox_entry *head;   /* waiting for the next retry */
+    size_t n, bytes;             /* waiting + in flight */
+};
+
+static void
+outbox_give_up(struct outbox_entry *e, const char *why)
+{
+    struct aigw_redis_outbox *o = e->box;
+
+    if (why != NULL)
+        aigw_log(LOG_ERR, "redis: %s given up (%s)", e->what, why);
+    pthread_mutex_lock(&o->lock);
+    o->n--;
+    o->bytes -= e->bytes;
+    pthread_mutex_unlock(&o->lock);
+    if (e->done != NULL)
+        e->done(NULL, e->ud);
+    free(e);
+}
+
+static void outbox_send(struct outbox_entry *e);
+
+/* The pipe's thread (or the canceller's): the script's reply. */
+static void
+outbox_answered(redisReply *r, void *ud)
+{
+    struct outbox_entry *e = ud;
+    struct aigw_redis_outbox *o = e->box;
+
+    if (r != NULL && r->type != REDIS_REPLY_ERROR) {
+        pthread_mutex_lock(&o->lock);
+        o->n--;
+        o->bytes -= e->bytes;
+        pthread_mutex_unlock(&o->lock);
+        if (e->done != NULL)
+            e->done(r, e->ud);
+        else
+            freeReplyObject(r);
+        free(e);
+        return;
+    }
+    freeReplyObject(r);
+    if (aigw_now_ms() >= e->until_ms) {
+        outbox_give_up(e, "Redis did not confirm it in time");
+        return;
+    }
+    pthread_mutex_lock(&o->lock); /* again at the next retry */
+    e->next = o->head;
+    o->head = e;
+    pthread_mutex_unlock(&o->lock);
+}
+
+static void
+outbox_send(struct outbox_entry *e)
+{
+    aigw_redis_pipe_eval(e->box->pipe, e->script, e->nkeys, e->argv, e->nargs, e->argv + e->nkeys,
+                         outbox_answered, e);
+}
+
+struct aigw_redis_outbox *
+aigw_redis_outbox_create(struct aigw_redis_pipe *pipe)
+{
+    struct aigw_redis_outbox *o = aigw_xcalloc(1, sizeof(*o));
+
+    o->pipe = pipe;
+    pthread_mutex_init(&o->lock, NULL);
+    return o;
+}
+
+void
+aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis_script *s, int nkeys,
+                       const char **keys, int nargs, const char **args, int64_t until_ms, const char *what,
+                       aigw_redis_outbox_fn done, void *ud)
+{
+    struct outbox_entry *e;
+    size_t bytes = 0, off = 0;
+    bool room;
+
+    if (o == NULL || nkeys < 0 || nargs < 0 || nkeys + nargs > EVAL_MAX_ARGS) {
+        if (done != NULL)
+            done(NULL, ud);
+        return;
+    }
+    for (int i = 0; i < nkeys + nargs; i++)
+        bytes += strlen(i < nkeys ? keys[i] : args[i - nkeys]) + 1;
+    pthread_mutex_lock(&o->lock);
+    room = o->n < OUTBOX_MAX && o->bytes + bytes <= OUTBOX_MAX_BYTES;
+    if (room) {
+        o->n++;
+        o->bytes += bytes;
+    }
+    pthread_mutex_unlock(&o->lock);
+    if (!room) {
+        aigw_log(LOG_ERR, "redis: %s dropped: the outbox is full", what);
+        if (done != NULL)
+            done(NULL, ud);
+        return;
+    }
+    e = aigw_xcalloc(1, sizeof(*e) + bytes);
+    e->box = o;
+    e->script = s;
+    e->until_ms = until_ms;
+    e->what = what;
+    e->done = done;
+    e->ud = ud;
+    e->nkeys = nkeys;
+    e->nargs = nargs;
+    e->bytes = bytes;
+    for (int i = 0; i < nkeys + nargs; i++) {
+        const char *v = i < nkeys ? keys[i] : args[i - nkeys];
+        size_t len = strlen(v) + 1;
+
+        memcpy(e->text + off, v, len);
+        e->argv[i] = e->text + off;
+        off += len;
+    }
+    outbox_send(e);
+}
+
+size_t
+aigw_redis_outbox_retry(struct aigw_redis_outbox *o)
+{
+    struct outbox_entry *e, *next;
+    size_t n = 0;
+
+    if (o == NULL)
+        return 0;
+    pthread_mutex_lock(&o->lock);
+    e = o->head;
+    o->head = NULL;
+    pthread_mutex_unlock(&o->lock);
+    for (; e != NULL; e = next, n++) {
+        next = e->next;
+        if (aigw_now_ms() >= e->until_ms)
+            outbox_give_up(e, "Redis was not reachable in time");
+        else
+            outbox_send(e); /* a failure puts it back */
+    }
+    return n;
+}
+
+size_t
+aigw_redis_outbox_waiting(struct aigw_redis_outbox *o)
+{
+    size_t n = 0;
+
+    if (o == NULL)
+        return 0;
+    pthread_mutex_lock(&o->lock);
+    for (struct outbox_entry *e = o->head; e != NULL; e = e->next)
+        n++;
+    pthread_mutex_unlock(&o->lock);
+    return n;
+}
+
+void
+aigw_redis_outbox_destroy(struct aigw_redis_outbox *o)
+{
+    struct outbox_entry *e, *next;
+
+    if (o == NULL)
+        return;
+    pthread_mutex_lock(&o->lock);
+    e = o->head;
+    o->head = NULL;
+    if (o->n > 0)
+        aigw_log(LOG_ERR, "redis: %zu scripts Redis did not confirm given up at exit", o->n);
+    pthread_mutex_unlock(&o->lock);
+    for (; e != NULL; e = next) {
+        next = e->next;
+        outbox_give_up(e, NULL);
+    }
+    pthread_mutex_destroy(&o->lock);
+    free(o);
+}

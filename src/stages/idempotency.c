@@ -26,10 +26,22 @@ static struct aigw_redis_script begin_script = {
                                   "return {1, v}\n",
 };
 
+/* KEYS[1] record; ARGV[1] the request's own pending value, ARGV[2] the
+ * outcome to store ('' = remove the record), ARGV[3] its ttl ms -> 1 done,
+ * 0 the record is no longer this request's (its pending record expired;
+ * another request may own the key now). Safe to run twice. */
+static struct aigw_redis_script finish_script = {
+    .source = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+              "if ARGV[2] == '' then redis.call('DEL', KEYS[1])\n"
+              "else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end\n"
+              "return 1\n",
+};
+
 void
 aigw_idempotency_init(void)
 {
     aigw_redis_script_init(&begin_script);
+    aigw_redis_script_init(&finish_script);
 }
 
 /* Accept a structured-field string ("...") or the bare form: 1..255 visible ASCII. */
@@ -92,9 +104,10 @@ aigw_stage_idempotency(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     const char *hdr = aigw_req_header(req, "Idempotency-Key"), *key;
-    char fp_arg[70], scoped[65], deadline[24];
+    char scoped[65], deadline[24];
     unsigned char md[32];
-    const char *keys[1], *args[3] = {fp_arg, "0", deadline};
+    const char *keys[1], *args[3] = {NULL, "0", deadline};
+    int pending_ms;
     redisContext *rc;
     redisReply *r;
     enum aigw_rc ret = AIGW_OK;
@@ -113,8 +126,12 @@ aigw_stage_idempotency(struct aigw_req *req)
     }
     q->idem_key = aigw_pool_printf(req->pool, "aigw:{%s}:idem:%s", req->tenant->id, scoped);
     fingerprint(req, q->idem_fp);
-    snprintf(fp_arg, sizeof(fp_arg), "P%s", q->idem_fp);
-    args[1] = aigw_pool_printf(req->pool, "%d", req->snap->cfg.timeout_ms + req->snap->cfg.queue_timeout_ms + 30000);
+    /* the request's own pending value: its outcome replaces only that */
+    q->idem_pending = aigw_pool_printf(req->pool, "P%s%s", q->idem_fp, req->usage_id);
+    args[0] = q->idem_pending;
+    pending_ms = req->snap->cfg.timeout_ms + req->snap->cfg.queue_timeout_ms + 30000;
+    args[1] = aigw_pool_printf(req->pool, "%d", pending_ms);
+    q->idem_until_ms = aigw_now_ms() + pending_ms;
     keys[0] = q->idem_key;
     rc = aigw_redis_acquire(req->srv->redis);
     if (rc == NULL)
@@ -153,27 +170,35 @@ void
 aigw_idempotency_finish(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
+    const char *keys[1], *args[3];
     redisContext *rc;
-    redisReply *r;
+    redisReply *r = NULL;
 
     if (q == NULL || !q->idem_owner)
         return;
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc == NULL)
-        return; /* the pending record expires on its own */
+    keys[0] = q->idem_key;
+    args[0] = q->idem_pending;
+    args[2] = IDEM_TTL_MS;
     if ((req->status == 503 && strcmp(req->error_code ? req->error_code : "", "service_unavailable") == 0) ||
         req->status == 499) {
         /* our dependency failed before the work ran, or the client left
          * mid-stream: let a retry run it */
-        r = redisCommand(rc, "DEL %s", q->idem_key);
+        args[1] = "";
     } else {
-        char *val = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,
-                                     req->resp_body ? req->resp_body : "");
-
-        r = redisCommand(rc, "SET %s %s PX " IDEM_TTL_MS, q->idem_key, val);
+        args[1] = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,
+                                   req->resp_body ? req->resp_body : "");
     }
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        aigw_log(LOG_WARNING, "redis: idempotency record not stored for request %s", req->request_id);
+    rc = aigw_redis_acquire(req->srv->redis);
+    if (rc != NULL) {
+        r = aigw_redis_eval(rc, &finish_script, 1, keys, 3, args);
+        aigw_redis_release(req->srv->redis, rc);
+    }
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        /* until Redis takes it (a retry meanwhile gets 409) or the pending
+         * record has expired anyway */
+        aigw_log(LOG_WARNING, "redis: idempotency record of request %s not stored yet; retrying", req->request_id);
+        aigw_redis_outbox_eval(req->srv->outbox, &finish_script, 1, keys, 3, args, q->idem_until_ms,
+                               "storing an idempotency record", NULL, NULL);
+    }
     freeReplyObject(r);
-    aigw_redis_release(req->srv->redis, rc);
 }

@@ -1,7 +1,6 @@
 /* quota.c - monthly quota counters: Redis is a cache of the billed usage rows */
 #include "aigw/quota.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,138 +84,32 @@ aigw_quota_mark_key(const char *tenant_id, const char *usage_id, char *out, size
     aigw_concat(out, cap, "aigw:{", tenant_id, "}:rv:", usage_id, NULL);
 }
 
-/* An abandon that Redis has not confirmed yet. Sending it again is safe:
- * the script deletes the mark, so a second run finds nothing to undo. */
-struct abandon {
-    struct abandon *next;
-    struct aigw_server *srv;
-    int64_t until_ms;            /* the mark has expired by then: nothing left to take back */
-    char key[160], id[37];
-    const char *args[3];
-};
-
-struct aigw_abandons {
-    pthread_mutex_t lock;        /* guards head, n */
-    struct abandon *head;        /* waiting for the next retry */
-    size_t n;
-};
-
-/* At most this many abandons wait for Redis; more are dropped (logged). */
-#define ABANDONS_MAX 10000
-
-static void send_abandon(struct abandon *a);
-
-/* Keep a for the next retry. false: no room (a is the caller's still). */
-static bool
-park(struct aigw_abandons *list, struct abandon *a)
-{
-    bool ok;
-
-    if (list == NULL)
-        return false;
-    pthread_mutex_lock(&list->lock);
-    ok = list->n < ABANDONS_MAX;
-    if (ok) {
-        a->next = list->head;
-        list->head = a;
-        list->n++;
-    }
-    pthread_mutex_unlock(&list->lock);
-    return ok;
-}
-
-/* The pipe's thread: the abandon script's reply. */
+/* The abandon script's confirming reply (the outbox's callback). */
 static void
 abandoned(redisReply *r, void *ud)
 {
-    struct abandon *a = ud;
-
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
-        if (r->integer > 0)
-            aigw_log(LOG_INFO, "quota: took back what request %s gave up on (%lld)", a->id, r->integer);
-        freeReplyObject(r);
-        free(a);
-        return;
-    }
+    (void)ud;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        aigw_log(LOG_INFO, "quota: took back what a request gave up on (%lld)", r->integer);
     freeReplyObject(r);
-    /* it may not have run: again at the next retry, while the mark lives */
-    if (aigw_now_ms() < a->until_ms && park(a->srv->abandons, a)) {
-        aigw_redis_log_error(a->srv->redis, "abandon", "could not take back what a request gave up on yet; retrying");
-        return;
-    }
-    aigw_log(LOG_ERR, "quota: could not take back what request %s gave up on (its mark expires)", a->id);
-    free(a);
-}
-
-static void
-send_abandon(struct abandon *a)
-{
-    const char *keys[1] = {a->key};
-
-    aigw_redis_pipe_eval(a->srv->pipe, &abandon_script, 1, keys, 3, a->args, abandoned, a);
 }
 
 void
 aigw_quota_abandon(struct aigw_req *req, bool lock_only)
 {
     struct aigw_query *q = req->q;
-    struct abandon *a = aigw_xcalloc(1, sizeof(*a));
+    char key[160];
+    const char *keys[1] = {key}, *args[3];
 
-    a->srv = req->srv;
-    a->until_ms = aigw_now_ms() + strtol(AIGW_MARK_TTL_MS, NULL, 10);
-    aigw_quota_mark_key(req->tenant->id, req->usage_id, a->key, sizeof(a->key));
-    snprintf(a->id, sizeof(a->id), "%s", req->usage_id);
-    a->args[0] = a->id;
-    a->args[1] = q->quota_reserved || lock_only ? "0" : "1";
-    a->args[2] = q->sf_role == AIGW_SF_LEADER ? "0" : "1";
-    send_abandon(a);
-}
-
-struct aigw_abandons *
-aigw_abandons_create(void)
-{
-    struct aigw_abandons *list = aigw_xcalloc(1, sizeof(*list));
-
-    pthread_mutex_init(&list->lock, NULL);
-    return list;
-}
-
-size_t
-aigw_abandons_retry(struct aigw_server *srv)
-{
-    struct aigw_abandons *list = srv->abandons;
-    struct abandon *a, *next;
-    size_t n = 0;
-
-    if (list == NULL)
-        return 0;
-    pthread_mutex_lock(&list->lock);
-    a = list->head;
-    list->head = NULL;
-    list->n = 0;
-    pthread_mutex_unlock(&list->lock);
-    for (; a != NULL; a = next, n++) {
-        next = a->next;
-        send_abandon(a); /* a failure parks it again */
-    }
-    return n;
-}
-
-void
-aigw_abandons_destroy(struct aigw_abandons *list)
-{
-    struct abandon *a, *next;
-
-    if (list == NULL)
-        return;
-    if (list->n > 0)
-        aigw_log(LOG_ERR, "quota: %zu requests' give-ups not taken back at exit (their marks expire)", list->n);
-    for (a = list->head; a != NULL; a = next) {
-        next = a->next;
-        free(a);
-    }
-    pthread_mutex_destroy(&list->lock);
-    free(list);
+    aigw_quota_mark_key(req->tenant->id, req->usage_id, key, sizeof(key));
+    args[0] = req->usage_id;
+    args[1] = q->quota_reserved || lock_only ? "0" : "1";
+    args[2] = q->sf_role == AIGW_SF_LEADER ? "0" : "1";
+    /* sent again while Redis does not confirm it, as long as the mark can
+     * live: a second run finds no mark and undoes nothing twice */
+    aigw_redis_outbox_eval(req->srv->outbox, &abandon_script, 1, keys, 3, args,
+                           aigw_now_ms() + strtol(AIGW_MARK_TTL_MS, NULL, 10), "taking back what a request gave up on",
+                           abandoned, NULL);
 }
 
 void

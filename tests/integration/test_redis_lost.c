@@ -33,6 +33,7 @@ struct relay {
     char trigger[96];          /* hold replies once aigw sends a command holding this ("" = off) */
     int skip;                  /* matches to let pass before the one that holds */
     int cut_ms;                /* > 0: the match cuts the connections for this long instead of holding */
+    bool drop;                 /* with cut_ms: the matching command never reaches Redis either */
     atomic_llong hold_until_ms;
     atomic_llong cut_until_ms;
     atomic_int held;           /* times a hold began */
@@ -94,6 +95,7 @@ from_client(struct relay *rl, int i)
     char buf[65536];
     ssize_t n = read(rl->client[i], buf, sizeof(buf));
     int cut = 0;
+    bool drop = false;
 
     if (n <= 0) {
         pair_close(rl, i);
@@ -106,13 +108,14 @@ from_client(struct relay *rl, int i)
         } else {
             rl->trigger[0] = '\0';
             cut = rl->cut_ms;
+            drop = cut > 0 && rl->drop;
             if (cut == 0)
                 atomic_store(&rl->hold_until_ms, aigw_now_ms() + 2500);
             atomic_fetch_add(&rl->held, 1);
         }
     }
     pthread_mutex_unlock(&rl->lock);
-    if (!write_all(rl->server[i], buf, (size_t)n))
+    if (!drop && !write_all(rl->server[i], buf, (size_t)n))
         pair_close(rl, i);
     if (cut > 0) { /* the command reached Redis; its reply and the connections are lost */
         atomic_store(&rl->cut_until_ms, aigw_now_ms() + cut);
@@ -211,6 +214,7 @@ relay_arm(struct relay *rl, const char *trigger, int skip, int cut_ms)
     snprintf(rl->trigger, sizeof(rl->trigger), "%s", trigger);
     rl->skip = skip;
     rl->cut_ms = cut_ms;
+    rl->drop = false;
     pthread_mutex_unlock(&rl->lock);
 }
 
@@ -273,6 +277,56 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     free(tok);
 }
 
+/* An idempotent request is answered, and then its outcome never reaches
+ * Redis (the command is dropped and Redis is out of reach for 2 s): the
+ * record stays pending, so a retry is refused (409, or 503 while Redis is
+ * out of reach), until the outbox's next send stores the outcome; then the
+ * retry is a replay, and the query counted once. */
+static void
+lost_outcome(struct relay *rl, int port)
+{
+    char id[37], code[65], *tok, *q, buf[16];
+    const char *h[] = {"Idempotency-Key: outcome-1", NULL};
+    const char *body[1] = {"{\"question\":\"its outcome is lost on the way to Redis\"}"};
+    struct tl_resp r;
+    long long used0;
+    int refused = 0;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"before the outcome is lost\"}", &r);
+    tl_resp_free(&r);
+    used0 = tl_quota_used(id);
+    q = tl_sprintf("aigw:{%s}:idem:", id);
+    relay_arm(rl, q, 1, 2000); /* the first command naming the record begins it, the second stores the outcome */
+    pthread_mutex_lock(&rl->lock);
+    rl->drop = true;
+    pthread_mutex_unlock(&rl->lock);
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    CHECK(r.status == 200, "outcome lost: the request is answered (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
+        usleep(20 * 1000);
+    CHECK(atomic_load(&rl->held) == 1, "outcome lost: its store was dropped");
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    CHECK(r.status == 409 || r.status == 503, "outcome lost: a retry at once is refused (%ld)", r.status);
+    for (int i = 0; i < 40 && (r.status == 409 || r.status == 503); i++) { /* under the plan's 60 a minute */
+        refused++;
+        tl_resp_free(&r);
+        usleep(200 * 1000);
+        tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    }
+    CHECK(r.status == 200 && tl_resp_header(&r, "Idempotent-Replayed", buf, sizeof(buf)) != NULL,
+          "outcome lost: once Redis is back the retry is a replay (%ld, after %d refusals)", r.status, refused);
+    tl_resp_free(&r);
+    CHECK(tl_quota_used(id) == used0 + 1, "outcome lost: one query counted (%lld, want %lld)", tl_quota_used(id),
+          used0 + 1);
+    relay_arm(rl, "", 0, 0);
+    atomic_store(&rl->held, 0);
+    free(q);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -300,6 +354,7 @@ main(void)
     /* the admission's reply lost and Redis unreachable for 3 s after it:
      * the abandon fails at first and is sent again until Redis takes it */
     lost_reply(&rl, gw.port, "admission, Redis cut off", ":q:", 0, 3000, NULL);
+    lost_outcome(&rl, gw.port);
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     relay_stop(&rl);
     PQfinish(owner);
