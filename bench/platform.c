@@ -113,7 +113,8 @@ cmp(const void *a, const void *b)
 int
 main(int argc, char **argv)
 {
-    int n = 20000, sv[2], opt;
+    int n, sv[2], opt;
+    long rounds = 20000;
     struct pair p;
     pthread_t t;
     double t0, syscall_us, pipe_us, rtt[5];
@@ -122,11 +123,12 @@ main(int argc, char **argv)
     char c = 0;
 
     while ((opt = getopt(argc, argv, "n:")) != -1) {
-        if (opt != 'n' || (n = atoi(optarg)) <= 0) {
+        if (opt != 'n' || !aigw_parse_long(optarg, 1, 1000000000, &rounds)) {
             fprintf(stderr, "usage: platform [-n ROUNDS]\n");
             return 2;
         }
     }
+    n = (int)rounds;
     t0 = now_us();
     for (int i = 0; i < n; i++)
         (void)getppid();

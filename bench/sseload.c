@@ -163,6 +163,18 @@ fill_body(char *out, size_t cap, const char *body, int i)
     return snprintf(out, cap, "%.*s%d%s", (int)(d - body), body, i, d + 2);
 }
 
+/* A numeric option in [min,max] into *out; false on junk or out of range. */
+static bool
+opt_int(const char *arg, long min, long max, int *out)
+{
+    long v;
+
+    if (!aigw_parse_long(arg, min, max, &v))
+        return false;
+    *out = (int)v;
+    return true;
+}
+
 static int
 open_conn(int port)
 {
@@ -196,19 +208,23 @@ main(int argc, char **argv)
     double deadline;
 
     while ((opt = getopt(argc, argv, "p:P:c:H:b:t:")) != -1) {
+        bool ok = true;
+
         switch (opt) {
-        case 'p': port = atoi(optarg); break;
+        case 'p': ok = opt_int(optarg, 1, 65535, &port); break;
         case 'P': path = optarg; break;
-        case 'c': n = atoi(optarg); break;
+        case 'c': ok = opt_int(optarg, 1, 10000000, &n); break;
         case 'H': if (nh < 16) headers[nh++] = optarg; break;
         case 'b': body = optarg; break;
-        case 't': timeout_s = atoi(optarg); break;
-        default:
+        case 't': ok = opt_int(optarg, 1, 86400, &timeout_s); break;
+        default: ok = false; break;
+        }
+        if (!ok) {
             fprintf(stderr, "usage: sseload -p PORT -P PATH -c STREAMS [-H header]... -b BODY [-t TIMEOUT_S]\n");
             return 2;
         }
     }
-    if (port <= 0 || n <= 0)
+    if (port <= 0)
         return 2;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
