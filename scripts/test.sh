@@ -28,11 +28,9 @@ export AIGW_MOCK_BIN="$repo/$build/tests/mock_upstream/mock-upstream"
 stop_stack() { bash "$repo/scripts/devstack.sh" --name "$stack" down >/dev/null 2>&1 || true; }
 trap stop_stack EXIT
 bash scripts/devstack.sh --name "$stack" up >/dev/null
-set -a
 stack_env="$(bash scripts/devstack.sh --name "$stack" env)"  # set -e sees a failure here, not inside eval
-eval "$stack_env"
-AIGW_STACK_NAME="$stack"
-set +a
+set -a; eval "$stack_env"; set +a  # exports the stack's AIGW_* lines only, not stack_env itself
+export AIGW_STACK_NAME="$stack"
 AIGW_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 AIGW_PLATFORM_JWT_SECRET="$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 export AIGW_JWT_SECRET AIGW_PLATFORM_JWT_SECRET
