@@ -16,10 +16,8 @@ bash scripts/install-deps.sh >/dev/null
 stop_stack() { bash "$repo/scripts/devstack.sh" --name explain down >/dev/null 2>&1 || true; }
 trap stop_stack EXIT
 bash scripts/devstack.sh --name explain up >/dev/null
-set -a
 stack_env="$(bash scripts/devstack.sh --name explain env)"  # set -e sees a failure here, not inside eval
-eval "$stack_env"
-set +a
+set -a; eval "$stack_env"; set +a  # exports the stack's AIGW_* lines only, not stack_env itself
 psql_owner() { "$AIGW_PG_BIN/psql" -qX -v ON_ERROR_STOP=1 "$AIGW_DATABASE_OWNER_URL" "$@"; }
 
 echo "generating $rows usage rows for 200 tenants over 12 months ..." >&2

@@ -19,10 +19,8 @@ bash scripts/devstack.sh --name dev up >/dev/null
 if [[ "${KEEP_STACK:-0}" != 1 ]]; then
     trap 'bash "$repo/scripts/devstack.sh" --name dev down >/dev/null 2>&1 || true' EXIT
 fi
-set -a
 stack_env="$(bash scripts/devstack.sh --name dev env)"  # set -e sees a failure here, not inside eval
-eval "$stack_env"
-set +a
+set -a; eval "$stack_env"; set +a  # exports the stack's AIGW_* lines only, not stack_env itself
 # the platform operator's signing secret (config key "platform"), per stack as well
 platform_file="$AIGW_STACK_DIR/platform-jwt-secret"
 [[ -s "$platform_file" ]] || (umask 077 && head -c 32 /dev/urandom | base64 | tr -d '\n' >"$platform_file")
