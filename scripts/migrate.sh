@@ -28,7 +28,10 @@ migrations are immutable; add a new file instead.
   [sql-dir]    directory of migration files (default: the repo's sql/)
   --status     list each migration as 'applied' or 'pending' (plus
                'CHANGED' / 'missing-file' anomalies) and change nothing;
-               exit 1 if an applied file's checksum changed
+               exit 1 if an applied file's checksum changed or an applied
+               file is missing from sql-dir
+
+A sql-dir without any NNN_*.sql file is an error (a wrong path, most likely).
 
 Prints 'applied NNN_name.sql' for each file applied, or 'schema up to date'.
 Environment: PSQL (psql binary to use, default: psql from PATH).
@@ -103,6 +106,10 @@ done < <(
         | LC_ALL=C sort
 )
 
+# No migrations at all is a wrong directory, not an up-to-date schema.
+((${#files[@]} > 0)) \
+    || die "no migration files ([0-9][0-9][0-9]_*.sql) in $SQL_DIR; is this the right sql directory?"
+
 # Duplicate version numbers (001_a.sql + 001_b.sql) are almost always a merge
 # mistake; refuse rather than guess an order.
 declare -A seen_num=()
@@ -135,12 +142,12 @@ if ((status_mode)); then
             -c "SELECT version, checksum, to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ') FROM public.schema_migrations ORDER BY version COLLATE \"C\"") \
             || die "cannot read public.schema_migrations"
     fi
-    rc=0 npending=0 napplied=0
+    rc=0 npending=0 napplied=0 changed=() missing=()
     for f in "${files[@]}"; do
         if [[ -n "${applied_sum[$f]+x}" ]]; then
             if [[ "${applied_sum[$f]}" != "${sum_of[$f]}" ]]; then
                 printf 'CHANGED       %s  (applied %s; file sha256 differs from recorded)\n' "$f" "${applied_at[$f]}"
-                rc=1
+                changed+=("$f")
             else
                 printf 'applied       %s  (%s)\n' "$f" "${applied_at[$f]}"
             fi
@@ -150,14 +157,24 @@ if ((status_mode)); then
             npending=$((npending + 1))
         fi
     done
-    for v in "${!applied_sum[@]}"; do
-        if [[ -z "${sum_of[$v]+x}" ]]; then
+    while IFS= read -r v; do
+        if [[ -n "$v" && -z "${sum_of[$v]+x}" ]]; then
             printf 'missing-file  %s  (recorded as applied %s, no such file in %s)\n' "$v" "${applied_at[$v]}" "$SQL_DIR"
+            missing+=("$v")
             napplied=$((napplied + 1))
         fi
-    done
+    done < <(printf '%s\n' "${!applied_sum[@]}" | LC_ALL=C sort)
     printf '%d applied, %d pending\n' "$napplied" "$npending"
-    ((rc == 0)) || printf '%s: error: applied migrations were modified; migrations are immutable\n' "$PROG" >&2
+    if ((${#changed[@]})); then
+        printf '%s: error: applied migration(s) modified since they were applied: %s; migrations are immutable\n' \
+            "$PROG" "${changed[*]}" >&2
+        rc=1
+    fi
+    if ((${#missing[@]})); then
+        printf '%s: error: migration(s) recorded as applied have no file in %s (renamed or removed): %s\n' \
+            "$PROG" "$SQL_DIR" "${missing[*]}" >&2
+        rc=1
+    fi
     exit "$rc"
 fi
 

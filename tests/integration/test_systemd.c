@@ -2,7 +2,8 @@
  * verify` of the unit (as in the repo and as installed), its `security`
  * exposure, the sysusers/tmpfiles snippets applied to a scratch root, and
  * `cmake --install` (DESTDIR and --prefix) putting every file where a Debian
- * admin expects it, with a migrate script that finds its migrations. */
+ * admin expects it, with a migrate script that finds its migrations (and
+ * refuses a sql directory that lacks an applied one, or has none). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +175,44 @@ test_install_prefix(void)
     free(prefix);
 }
 
+/* migrate.sh against the stack's migrated database refuses what would be
+ * a wrong sql directory, in --status as in apply mode: an applied file
+ * missing from it (named), and one without any migration file. */
+static void
+test_migrate_refusals(void)
+{
+    char *dir = tl_sprintf("%s/sql-missing", tmp), *empty = tl_sprintf("%s/sql-empty", tmp), *cmd, *out = NULL;
+    const char *url = tl_env("AIGW_DATABASE_OWNER_URL");
+    int st;
+
+    sh("a sql dir without 001_roles.sql", false,
+       "mkdir -p '%s' '%s' && cp '%s'/sql/[0-9][0-9][0-9]_*.sql '%s/' && rm '%s/001_roles.sql'", dir, empty,
+       AIGW_SOURCE_DIR, dir, dir);
+    cmd = tl_sprintf("'%s/scripts/migrate.sh' --status '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
+    st = run(cmd, &out);
+    CHECK(st == 1 && strstr(out, "missing-file  001_roles.sql") != NULL &&
+              strstr(out, "(renamed or removed): 001_roles.sql") != NULL,
+          "--status exits 1 and names the applied file missing from the sql dir: %d %s", st, out);
+    free(cmd);
+    free(out);
+    cmd = tl_sprintf("'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
+    st = run(cmd, &out);
+    CHECK(st == 1 && strstr(out, "001_roles.sql") != NULL && strstr(out, "nothing applied") != NULL,
+          "applying refuses the same sql dir: %d %s", st, out);
+    free(cmd);
+    free(out);
+    for (int status = 0; status <= 1; status++) {
+        cmd = tl_sprintf("'%s/scripts/migrate.sh' %s '%s' '%s'", AIGW_SOURCE_DIR, status ? "--status" : "", url, empty);
+        st = run(cmd, &out);
+        CHECK(st == 1 && strstr(out, "no migration files") != NULL && strstr(out, "up to date") == NULL,
+              "%s refuses a sql dir without migrations: %d %s", status ? "--status" : "applying", st, out);
+        free(cmd);
+        free(out);
+    }
+    free(dir);
+    free(empty);
+}
+
 /* The shipped example configuration is valid as it stands, given the
  * credentials the unit hands over and a public key where it names one. */
 static void
@@ -219,6 +258,7 @@ main(void)
     test_sysusers_tmpfiles();
     test_install_destdir();
     test_install_prefix();
+    test_migrate_refusals();
     test_example_config();
     CHECK(tl_rm_rf(tmp), "scratch removed");
     return tl_done();
