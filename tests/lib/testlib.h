@@ -242,9 +242,10 @@ double tl_metric(int port, const char *series);
 double tl_metric_wait(int port, const char *series, double want, int timeout_ms);
 /* PgBouncer (/usr/sbin/pgbouncer) in transaction pooling mode, round robin
  * over at most pool_size server sessions, in front of the stack's
- * PostgreSQL, on a free port of 127.0.0.1; its files in dir (which it makes
- * writable for the postgres OS user: as root PgBouncer runs as that user,
- * it refuses root). The database is "aigw", user aigw_app without a
+ * PostgreSQL, on a free port of 127.0.0.1; its files in dir. As root it
+ * runs as the OS user of the stack's PostgreSQL (it refuses root, and that
+ * user's socket admits no other), without supplementary groups, and dir is
+ * handed to that user. The database is "aigw", user aigw_app without a
  * password; the connection's options are ignored. Returns its port, or 0
  * (checked) when it is not installed or does not answer. */
 int tl_pgbouncer_start(const char *dir, int pool_size);

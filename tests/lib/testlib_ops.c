@@ -201,15 +201,31 @@ int
 tl_pgbouncer_start(const char *dir, int pool_size)
 {
     PGconn *owner, *c = NULL;
-    char *ini, *users, *cmd, *url, *text;
+    char *ini, *users, *cmd, *url, *text, *sock, *as_user = NULL;
     int port = tl_free_port();
+    struct stat sb;
 
     if (access(PGBOUNCER, X_OK) != 0) {
         CHECK(false, "%s is installed (scripts/install-deps.sh)", PGBOUNCER);
         return 0;
     }
-    chmod(dir, 0777);
     owner = tl_pg_owner();
+    /* PgBouncer refuses to run as root, and the stack's PostgreSQL admits
+     * no one but its own OS user and root (devstack: unix socket only, mode
+     * 0700), so as root PgBouncer runs as the socket's owner, without that
+     * user's supplementary groups, and dir becomes that user's */
+    sock = tl_sprintf("%s/.s.PGSQL.%s", PQhost(owner), PQport(owner));
+    if (getuid() == 0) {
+        if (stat(sock, &sb) != 0 || sb.st_uid == 0 || chown(dir, sb.st_uid, sb.st_gid) != 0) {
+            CHECK(false, "a non-root owner of %s to run pgbouncer as", sock);
+            PQfinish(owner);
+            free(sock);
+            return 0;
+        }
+        as_user = tl_sprintf("setpriv --reuid=%u --regid=%u --clear-groups --", (unsigned)sb.st_uid,
+                             (unsigned)sb.st_gid);
+    }
+    free(sock);
     users = tl_sprintf("%s/users.txt", dir);
     tl_write_file(users, "\"aigw_app\" \"\"\n");
     ini = tl_sprintf("%s/pgbouncer.ini", dir);
@@ -222,7 +238,7 @@ tl_pgbouncer_start(const char *dir, int pool_size)
                       PQhost(owner), PQport(owner), port, users, pool_size, dir, dir);
     PQfinish(owner);
     tl_write_file(ini, text);
-    cmd = tl_sprintf("%s %s -d %s", getuid() == 0 ? "runuser -u postgres --" : "", PGBOUNCER, ini);
+    cmd = tl_sprintf("%s %s -d %s", as_user != NULL ? as_user : "", PGBOUNCER, ini);
     CHECK(system(cmd) == 0, "pgbouncer starts: %s", cmd);
     url = tl_sprintf("postgresql://aigw_app@127.0.0.1:%d/aigw", port);
     for (int i = 0; i < 50; i++) {
@@ -239,6 +255,7 @@ tl_pgbouncer_start(const char *dir, int pool_size)
     CHECK(port != 0, "pgbouncer answers on 127.0.0.1");
     free(url);
     free(cmd);
+    free(as_user);
     free(text);
     free(ini);
     free(users);
