@@ -322,15 +322,70 @@ header_bytes(struct aigw_req *req)
     return n;
 }
 
-/* Checks that need only the headers: route, header size, content type,
- * declared length. */
+struct framing {
+    unsigned cl, te;           /* Content-Length / Transfer-Encoding header lines */
+    const char *te_value;
+};
+
+static enum MHD_Result
+count_framing(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value,
+              size_t value_len)
+{
+    struct framing *f = cls;
+
+    (void)kind;
+    (void)key_len;
+    (void)value_len;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        f->cl++;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->te++;
+        f->te_value = value;
+    }
+    return MHD_YES;
+}
+
+/* A body whose length a proxy in front could read differently from
+ * libmicrohttpd 0.9.75, which takes the first Content-Length of several,
+ * lets Transfer-Encoding win over Content-Length, and reads a body with any
+ * coding but exactly "chunked" (say "gzip, chunked" or "identity") until
+ * the connection closes: each is a way to smuggle a request past a proxy
+ * or to swallow the requests that follow on its connection. NULL when the
+ * framing is unambiguous, else the reason. */
+static const char *
+framing_error(struct aigw_req *req)
+{
+    struct framing f = {0};
+
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.cl > 1)
+        return "Content-Length: sent more than once";
+    if (f.te > 1)
+        return "Transfer-Encoding: sent more than once";
+    if (f.te == 1 && strcasecmp(f.te_value, "chunked") != 0)
+        return "Transfer-Encoding: only chunked is supported";
+    if (f.te == 1 && f.cl == 1)
+        return "Content-Length: not allowed with Transfer-Encoding";
+    return NULL;
+}
+
+/* Checks that need only the headers: body framing, route, header size,
+ * content type, declared length. */
 static enum MHD_Result
 on_headers(struct aigw_req *req)
 {
     int status = 0;
     char allow[64];
     const char *path = req->url;
+    const char *framing = framing_error(req);
 
+    if (framing != NULL) {
+        /* where this request ends is unknown: nothing after it on this
+         * connection can be trusted to be a request of its own */
+        aigw_req_add_header(req, "Connection", "close");
+        aigw_req_fail(req, 400, "invalid_request", "%s", framing);
+        return queue(req);
+    }
     req->route = aigw_router_match(req->pool, req->method, path, req->params, &status, allow, sizeof(allow));
     if (req->route == NULL) {
         if (status == 405) {

@@ -211,6 +211,67 @@ test_endless_chunked_body(void)
         close(fd);
 }
 
+/* Bodies whose end a proxy in front could place elsewhere than
+ * libmicrohttpd 0.9.75 does (it takes the first of several Content-Length
+ * headers, lets Transfer-Encoding win over Content-Length, and reads a body
+ * of any coding but exactly "chunked" until the connection closes) are
+ * refused with 400 and the connection is closed: the request pipelined
+ * after them is never served, and none hangs the connection. */
+static void
+test_ambiguous_framing(void)
+{
+    static const char next[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const struct {
+        const char *name, *head, *body;
+    } cases[] = {
+        {"two Content-Length, 0 first", "Content-Length: 0\r\nContent-Length: 2\r\n", "{}"},
+        {"two Content-Length, equal", "Content-Length: 2\r\nContent-Length: 2\r\n", "{}"},
+        {"Content-Length and chunked", "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n", "2\r\n{}\r\n0\r\n\r\n"},
+        {"Transfer-Encoding identity", "Content-Length: 2\r\nTransfer-Encoding: identity\r\n", "{}"},
+        {"Transfer-Encoding gzip, chunked", "Transfer-Encoding: gzip, chunked\r\n", "2\r\n{}\r\n0\r\n\r\n"},
+        {"two Transfer-Encoding", "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+         "2\r\n{}\r\n0\r\n\r\n"},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char req[8192], resp[8192];
+        int fd = raw_connect(port), n;
+        size_t got = 0;
+        bool closed = false;
+        const char *p;
+        int answers = 0;
+
+        n = snprintf(req, sizeof(req),
+                     "POST /api/ai/cache/invalidate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                     "Content-Type: application/json\r\n%s\r\n%s%s",
+                     admin_tok, cases[i].head, cases[i].body, next);
+        CHECK(fd >= 0 && send(fd, req, (size_t)n, MSG_NOSIGNAL) == n, "%s: sent", cases[i].name);
+        while (fd >= 0 && got < sizeof(resp) - 1) {
+            struct pollfd pfd = {.fd = fd, .events = POLLIN};
+            ssize_t r;
+
+            if (poll(&pfd, 1, 3000) <= 0)
+                break;
+            r = recv(fd, resp + got, sizeof(resp) - 1 - got, 0);
+            if (r <= 0) {
+                closed = true;
+                break;
+            }
+            got += (size_t)r;
+        }
+        resp[got] = '\0';
+        for (p = resp; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+            answers++;
+        CHECK(strncmp(resp, "HTTP/1.1 400", 12) == 0 && strstr(resp, "\"invalid_request\"") != NULL,
+              "%s: 400 invalid_request (got %.40s)", cases[i].name, resp);
+        CHECK(answers == 1 && strstr(resp, "\"status\":\"ok\"") == NULL, "%s: the pipelined request is not served",
+              cases[i].name);
+        CHECK(closed, "%s: the connection is closed", cases[i].name);
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
 static long
 rss_kb(pid_t pid)
 {
@@ -421,6 +482,7 @@ main(void)
 
     test_header_limit();
     test_endless_chunked_body();
+    test_ambiguous_framing();
     {
         /* a tab in the method (libmicrohttpd splits the request line on
          * spaces only) must not forge fields in the access log's NAME=value
