@@ -4,6 +4,9 @@
 #include <errno.h>
 #include <jansson.h>
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,6 +306,63 @@ out:
     free(file);
 }
 
+/* The key an HMAC key is to HMAC-SHA256: one over the 64-byte block is
+ * replaced by its SHA-256, and a shorter one is padded with zero bytes, so
+ * trailing zero bytes change nothing. */
+static size_t
+hmac_effective_key(const struct aigw_jwt_key *k, unsigned char out[64])
+{
+    size_t n = k->key_len;
+
+    if (n > 64) {
+        aigw_sha256(k->key, n, out);
+        n = 32;
+    } else {
+        memcpy(out, k->key, n);
+    }
+    while (n > 0 && out[n - 1] == 0)
+        n--;
+    return n;
+}
+
+static EVP_PKEY *
+public_key(const struct aigw_jwt_key *k)
+{
+    BIO *b = BIO_new_mem_buf(k->key, (int)k->key_len);
+    EVP_PKEY *pk = b != NULL ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+
+    BIO_free(b);
+    return pk;
+}
+
+/* Whether two keys verify the same signatures: HMAC secrets as HMAC sees
+ * them, public keys as keys (the same key in another PEM layout - a file's
+ * trailing newline, CRLF lines - is the same key). */
+static bool
+same_key(const struct aigw_jwt_key *a, const struct aigw_jwt_key *b)
+{
+    bool same = false;
+
+    if (a->key == NULL || b->key == NULL)
+        return false;
+    if (a->alg == JWT_ALG_HS256 && b->alg == JWT_ALG_HS256) {
+        unsigned char ka[64], kb[64];
+        size_t na = hmac_effective_key(a, ka), nb = hmac_effective_key(b, kb);
+
+        same = na == nb && CRYPTO_memcmp(ka, kb, na) == 0;
+        explicit_bzero(ka, sizeof(ka));
+        explicit_bzero(kb, sizeof(kb));
+    } else if (a->alg != JWT_ALG_HS256 && b->alg != JWT_ALG_HS256) {
+        EVP_PKEY *pa = public_key(a), *pb = public_key(b);
+
+        same = pa != NULL && pb != NULL && EVP_PKEY_eq(pa, pb) == 1;
+        EVP_PKEY_free(pa);
+        EVP_PKEY_free(pb);
+    }
+    /* byte for byte as before, whatever the algorithms */
+    return same || (a->key_len == b->key_len && memcmp(a->key, b->key, a->key_len) == 0);
+}
+
 /* A platform key must not share its key material with a clinic key: whoever
  * holds a clinic secret could otherwise sign platform tokens (kid is just a
  * header the signer chooses). */
@@ -315,8 +375,7 @@ check_platform_keys(struct ctx *c, const struct aigw_config *cfg)
         for (size_t j = 0; p->platform && j < cfg->n_jwt_keys; j++) {
             const struct aigw_jwt_key *o = &cfg->jwt_keys[j];
 
-            if (!o->platform && o->key_len == p->key_len && o->key != NULL && p->key != NULL &&
-                memcmp(o->key, p->key, p->key_len) == 0)
+            if (!o->platform && same_key(o, p))
                 fail(c, "jwt.keys[%zu]: a platform key must not share its key with a clinic key", i);
         }
     }

@@ -20,7 +20,7 @@ static char path[64];
 static int
 load(const char *keys, struct aigw_config *cfg, char *err, size_t errlen)
 {
-    char json[1024];
+    char json[4096];
 
     snprintf(json, sizeof(json), "{" BASE_DB ",\"jwt\":{\"keys\":[%s]}}", keys);
     tl_write_file(path, json);
@@ -49,6 +49,52 @@ verify(const struct aigw_config *cfg, const char *kid, const char *secret, const
     return rc;
 }
 
+/* Key material is compared as the keys it makes, not as bytes: the same
+ * public key in another PEM layout (a file's trailing newline, CRLF), or an
+ * HMAC secret that HMAC cannot tell apart (trailing zero bytes pad a key up
+ * to the block size anyway; a key over 64 bytes is its SHA-256). */
+static void
+test_equivalent_keys(void)
+{
+    char *pub, *priv, esc[1024], keys[2048], file[96], secret_file[96];
+    size_t o = 0;
+    FILE *f;
+
+    tl_keypair("ES256", &pub, &priv);
+    snprintf(file, sizeof(file), "/tmp/aigw-platform-test-%d.pem", (int)getpid());
+    tl_write_file(file, pub); /* as PEM_write_bio_PUBKEY wrote it: ends with a newline */
+    /* the same key inline, JSON-escaped, CRLF lines, no final newline */
+    for (const char *p = pub; *p && o + 8 < sizeof(esc); p++) {
+        if (*p == '\n' && p[1] != '\0') {
+            memcpy(esc + o, "\\r\\n", 4);
+            o += 4;
+        } else if (*p != '\n') {
+            esc[o++] = *p;
+        }
+    }
+    esc[o] = '\0';
+    snprintf(keys, sizeof(keys),
+             "{\"kid\":\"c\",\"alg\":\"ES256\",\"public_key_file\":\"%s\"},"
+             "{\"kid\":\"p\",\"alg\":\"ES256\",\"public_key\":\"%s\",\"platform\":true}",
+             file, esc);
+    expect_invalid("platform key: the clinic's public key in another PEM layout", keys, "must not share its key");
+
+    snprintf(secret_file, sizeof(secret_file), "/tmp/aigw-platform-test-%d.secret", (int)getpid());
+    f = fopen(secret_file, "w");
+    if (f == NULL || fwrite(CLINIC_SECRET "\0\0", 1, sizeof(CLINIC_SECRET) + 1, f) != sizeof(CLINIC_SECRET) + 1)
+        abort();
+    fclose(f);
+    snprintf(keys, sizeof(keys),
+             "{\"kid\":\"c\",\"alg\":\"HS256\",\"secret\":\"" CLINIC_SECRET "\"},"
+             "{\"kid\":\"p\",\"alg\":\"HS256\",\"secret_file\":\"%s\",\"platform\":true}",
+             secret_file);
+    expect_invalid("platform key: the clinic secret with trailing zero bytes", keys, "must not share its key");
+    unlink(file);
+    unlink(secret_file);
+    free(pub);
+    free(priv);
+}
+
 int
 main(void)
 {
@@ -68,6 +114,8 @@ main(void)
                    "{\"kid\":\"c\",\"alg\":\"HS256\",\"secret\":\"" CLINIC_SECRET "\"},"
                    "{\"kid\":\"p\",\"alg\":\"HS256\",\"secret\":\"" CLINIC_SECRET "\",\"platform\":true}",
                    "must not share its key");
+
+    test_equivalent_keys();
 
     CHECK(load("{\"kid\":\"c\",\"alg\":\"HS256\",\"secret\":\"" CLINIC_SECRET "\",\"platform\":false},"
                "{\"kid\":\"p\",\"alg\":\"HS256\",\"secret\":\"" PLATFORM_SECRET "\",\"platform\":true}",
