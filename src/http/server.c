@@ -292,57 +292,44 @@ is_json_type(const char *ct)
  * argument besides its text: a 56-byte record, 16-byte aligned. */
 #define HEADER_RECORD_BYTES 64
 
-static enum MHD_Result
-add_header_bytes(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value,
-                 size_t value_len)
-{
-    size_t *n = cls;
-
-    (void)kind;
-    (void)key;
-    (void)value;
-    *n += key_len + value_len + 4 + HEADER_RECORD_BYTES; /* "name: value\r\n" and its record */
-    return MHD_YES;
-}
-
-/* What the request's head takes of libmicrohttpd's per-connection pool:
- * the request line and header lines as sent (give or take the query
- * string's escapes) plus a record per header, cookie and query argument.
- * The pool is http.max_header_bytes + HEADER_POOL_RESERVE, the reserve
- * being room for the reply's header block, so the limit is checked here:
- * a head that used up the reserve was processed, billed, and then could
- * not be answered. */
-static size_t
-header_bytes(struct aigw_req *req)
-{
-    size_t n = strlen(req->method) + strlen(req->url) + 11; /* " HTTP/1.1\r\n" */
-
-    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND,
-                                add_header_bytes, &n);
-    return n;
-}
-
-struct framing {
+/* What one pass over the request's head finds. */
+struct head_scan {
+    size_t bytes;              /* see head_scan() */
     unsigned cl, te;           /* Content-Length / Transfer-Encoding header lines */
     const char *te_value;
 };
 
 static enum MHD_Result
-count_framing(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value,
-              size_t value_len)
+scan_value(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, const char *value, size_t value_len)
 {
-    struct framing *f = cls;
+    struct head_scan *h = cls;
 
-    (void)kind;
-    (void)key_len;
-    (void)value_len;
-    if (strcasecmp(key, "Content-Length") == 0) {
-        f->cl++;
-    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
-        f->te++;
-        f->te_value = value;
+    h->bytes += key_len + value_len + 4 + HEADER_RECORD_BYTES; /* "name: value\r\n" and its record */
+    if (kind != MHD_HEADER_KIND)
+        return MHD_YES;
+    if (key_len == 14 && strcasecmp(key, "Content-Length") == 0) {
+        h->cl++;
+    } else if (key_len == 17 && strcasecmp(key, "Transfer-Encoding") == 0) {
+        h->te++;
+        h->te_value = value;
     }
     return MHD_YES;
+}
+
+/* h->bytes: what the request's head takes of libmicrohttpd's
+ * per-connection pool: the request line and header lines as sent (give or
+ * take the query string's escapes) plus a record per header, cookie and
+ * query argument. The pool is http.max_header_bytes + HEADER_POOL_RESERVE,
+ * the reserve being room for the reply's header block, so the limit is
+ * checked here: a head that used up the reserve was processed, billed, and
+ * then could not be answered. Also counts the framing headers. */
+static void
+head_scan(struct aigw_req *req, struct head_scan *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->bytes = strlen(req->method) + strlen(req->url) + 11; /* " HTTP/1.1\r\n" */
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND, scan_value,
+                                h);
 }
 
 /* A body whose length a proxy in front could read differently from
@@ -353,18 +340,15 @@ count_framing(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_le
  * or to swallow the requests that follow on its connection. NULL when the
  * framing is unambiguous, else the reason. */
 static const char *
-framing_error(struct aigw_req *req)
+framing_error(const struct head_scan *h)
 {
-    struct framing f = {0};
-
-    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, count_framing, &f);
-    if (f.cl > 1)
+    if (h->cl > 1)
         return "Content-Length: sent more than once";
-    if (f.te > 1)
+    if (h->te > 1)
         return "Transfer-Encoding: sent more than once";
-    if (f.te == 1 && strcasecmp(f.te_value, "chunked") != 0)
+    if (h->te == 1 && strcasecmp(h->te_value, "chunked") != 0)
         return "Transfer-Encoding: only chunked is supported";
-    if (f.te == 1 && f.cl == 1)
+    if (h->te == 1 && h->cl == 1)
         return "Content-Length: not allowed with Transfer-Encoding";
     return NULL;
 }
@@ -376,8 +360,11 @@ on_headers(struct aigw_req *req)
 {
     int status = 0;
     char allow[64];
-    const char *path = req->url;
-    const char *framing = framing_error(req);
+    const char *path = req->url, *framing;
+    struct head_scan head;
+
+    head_scan(req, &head);
+    framing = framing_error(&head);
 
     if (framing != NULL) {
         /* where this request ends is unknown: nothing after it on this
@@ -396,7 +383,7 @@ on_headers(struct aigw_req *req)
         }
         return queue(req);
     }
-    if (header_bytes(req) > req->srv->cfg.max_header_bytes) {
+    if (head.bytes > req->srv->cfg.max_header_bytes) {
         aigw_req_fail(req, 431, "headers_too_large", "request line and headers are over %zu bytes",
                       req->srv->cfg.max_header_bytes);
         return queue(req);
@@ -733,7 +720,7 @@ fail:
 
 /* Room in libmicrohttpd's per-connection pool beyond http.max_header_bytes:
  * the parsed header records (~56 bytes each) and the reply's status line
- * and headers. Requests over the limit get aigw's 431 (header_bytes); only
+ * and headers. Requests over the limit get aigw's 431 (head_scan); only
  * headers too large or too many even for this room get libmicrohttpd's. */
 #define HEADER_POOL_RESERVE 2048
 
