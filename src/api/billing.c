@@ -15,7 +15,7 @@
 
 static const char TENANT_SQL[] =
     "SELECT t.id, t.code, t.tier, CASE WHEN t.ai_queries_month = $1::date THEN t.ai_queries_used ELSE 0 END"
-    " FROM tenants t";
+    " FROM tenants t WHERE t.id = aigw_current_tenant()";
 
 /* The counters, in the column order of USAGE_SQL from its third column. */
 static const char *const COUNTERS[] = {
