@@ -3,6 +3,7 @@
 #include "aigw/jwt.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <jansson.h>
 #include <jwt.h>
 #include <pthread.h>
@@ -24,8 +25,9 @@ copy_claim(jwt_t *j, const char *name, char *dst, size_t cap)
     return 1;
 }
 
-/* Returns 1 if present and valid, 0 if absent, -1 if present but not an
- * integer (libjwt returns 0 without errno for strings). */
+/* Returns 1 if present and valid, 0 if absent, -1 if present but not a
+ * non-negative integer. libjwt returns 0 without errno for a string, so a 0
+ * is looked at as JSON (0 itself is a valid date: the epoch). */
 static int
 int_claim(jwt_t *j, const char *name, int64_t *out)
 {
@@ -35,8 +37,16 @@ int_claim(jwt_t *j, const char *name, int64_t *out)
     v = jwt_get_grant_int(j, name);
     if (errno == ENOENT)
         return 0;
-    if (v <= 0)
+    if (v == 0) {
+        char *raw = jwt_get_grants_json(j, name);
+        bool zero = raw != NULL && strcmp(raw, "0") == 0;
+
+        free(raw);
+        if (!zero)
+            return -1;
+    } else if (v < 0) {
         return -1;
+    }
     *out = v;
     return 1;
 }

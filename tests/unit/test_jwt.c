@@ -96,6 +96,9 @@ main(void)
     tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"user_id\":\"x\",\"nbf\":1"));
     expect_accept("nbf in the past", tok);
     free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":0,\"iat\":0"));
+    expect_accept("nbf and iat at the epoch (0)", tok);
+    free(tok);
 
     /* rejected */
     tok = tl_sign("none", "hs", NULL, 0, claims(now + 600, NULL));
@@ -131,6 +134,15 @@ main(void)
     free(tok);
     tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), "{\"sub\":\"u\",\"tenant_id\":\"t\",\"exp\":\"soon\"}");
     expect_reject("string exp", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":\"0\""));
+    expect_reject("string nbf \"0\"", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"iat\":-5"));
+    expect_reject("negative iat", tok);
+    free(tok);
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":0.0"));
+    expect_reject("fractional nbf 0.0", tok);
     free(tok);
     {
         char c[256];
