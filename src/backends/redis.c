@@ -1147,20 +1147,29 @@ struct aigw_redis_outbox {
     size_t n, bytes;             /* waiting + in flight */
 };
 
+/* e leaves the outbox: done(reply or NULL), then it is freed. */
 static void
-outbox_give_up(struct outbox_entry *e, const char *why)
+outbox_end(struct outbox_entry *e, redisReply *r)
 {
     struct aigw_redis_outbox *o = e->box;
 
-    if (why != NULL)
-        aigw_log(LOG_ERR, "redis: %s given up (%s)", e->what, why);
     pthread_mutex_lock(&o->lock);
     o->n--;
     o->bytes -= e->bytes;
     pthread_mutex_unlock(&o->lock);
     if (e->done != NULL)
-        e->done(NULL, e->ud);
+        e->done(r, e->ud);
+    else
+        freeReplyObject(r);
     free(e);
+}
+
+static void
+outbox_give_up(struct outbox_entry *e, const char *why)
+{
+    if (why != NULL)
+        aigw_log(LOG_ERR, "redis: %s given up (%s)", e->what, why);
+    outbox_end(e, NULL);
 }
 
 static void outbox_send(struct outbox_entry *e);
@@ -1173,15 +1182,7 @@ outbox_answered(redisReply *r, void *ud)
     struct aigw_redis_outbox *o = e->box;
 
     if (r != NULL && r->type != REDIS_REPLY_ERROR) {
-        pthread_mutex_lock(&o->lock);
-        o->n--;
-        o->bytes -= e->bytes;
-        pthread_mutex_unlock(&o->lock);
-        if (e->done != NULL)
-            e->done(r, e->ud);
-        else
-            freeReplyObject(r);
-        free(e);
+        outbox_end(e, r);
         return;
     }
     freeReplyObject(r);
