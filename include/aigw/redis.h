@@ -156,8 +156,8 @@ void aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis
 /* Send the waiting scripts again (the main loop, once a second). Returns
  * how many were sent. NULL-safe. */
 size_t aigw_redis_outbox_retry(struct aigw_redis_outbox *o);
-/* Scripts waiting for a retry. */
-size_t aigw_redis_outbox_waiting(struct aigw_redis_outbox *o);
+/* Scripts not confirmed yet (sent or waiting for a retry). NULL-safe (0). */
+size_t aigw_redis_outbox_pending(struct aigw_redis_outbox *o);
 /* After the pipe is cancelled: what still waits is given up (logged). NULL-safe. */
 void aigw_redis_outbox_destroy(struct aigw_redis_outbox *o);
 

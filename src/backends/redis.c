@@ -1286,15 +1286,14 @@ aigw_redis_outbox_retry(struct aigw_redis_outbox *o)
 }
 
 size_t
-aigw_redis_outbox_waiting(struct aigw_redis_outbox *o)
+aigw_redis_outbox_pending(struct aigw_redis_outbox *o)
 {
     size_t n = 0;
 
     if (o == NULL)
         return 0;
     pthread_mutex_lock(&o->lock);
-    for (struct outbox_entry *e = o->head; e != NULL; e = e->next)
-        n++;
+    n = o->n;
     pthread_mutex_unlock(&o->lock);
     return n;
 }

@@ -9,6 +9,7 @@
 #include "aigw/health.h"
 #include "aigw/http.h"
 #include "aigw/query.h"
+#include "aigw/redis.h"
 #include "aigw/server.h"
 #include "aigw/upstream.h"
 #include "aigw/usage.h"
@@ -325,6 +326,8 @@ render_gauges(FILE *out, const struct aigw_server *srv)
     gauge(out, "aigw_usage_backlog_rows", "Usage rows recorded but not yet committed to PostgreSQL.",
           aigw_usage_backlog(srv->usage));
     gauge(out, "aigw_usage_spool_bytes", "Bytes of usage spool on disk.", aigw_usage_spool_bytes(srv->usage));
+    gauge(out, "aigw_redis_outbox_pending", "Redis writes sent again until Redis confirms them, not confirmed yet.",
+          aigw_redis_outbox_pending(srv->outbox));
 }
 
 int

@@ -16,7 +16,8 @@ static const char *const METRICS[] = {
     "aigw_cache_hits_total",      "aigw_cache_misses_total",       "aigw_coalesced_total",
     "aigw_rate_limited_total",    "aigw_quota_exhausted_total",    "aigw_upstream_in_flight",
     "aigw_upstream_queued",       "aigw_upstream_backend_up",      "aigw_usage_backlog_rows",
-    "aigw_usage_spool_bytes",     "aigw_postgres_errors_total",    "aigw_redis_errors_total",
+    "aigw_usage_spool_bytes",     "aigw_redis_outbox_pending",     "aigw_postgres_errors_total",
+    "aigw_redis_errors_total",
     "aigw_build_info",            "aigw_start_time_seconds",       "aigw_requests_in_flight",
     "aigw_draining",              "aigw_config_reloads_total",     "aigw_config_last_reload_successful",
 };

@@ -256,6 +256,8 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
         lk = tl_sf_locks(id);
         CHECK(aigw_now_ms() < until && used == used0 + 1 && lk == 1,
               "%s: while Redis is cut off, the reservation and the lock stand (%lld, %lld)", what, used, lk);
+        CHECK(tl_metric(port, "aigw_redis_outbox_pending") == 1, "%s: the take-back waits in the outbox (%g)", what,
+              tl_metric(port, "aigw_redis_outbox_pending"));
     }
     /* the hold ends after 2.5 s (the abandon runs before); a cut after
      * cut_ms, and aigw tries the abandon again every second */
@@ -321,6 +323,7 @@ lost_outcome(struct relay *rl, int port)
     tl_resp_free(&r);
     CHECK(tl_quota_used(id) == used0 + 1, "outcome lost: one query counted (%lld, want %lld)", tl_quota_used(id),
           used0 + 1);
+    CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 0, 2000) == 0, "outcome lost: the outbox is empty again");
     relay_arm(rl, "", 0, 0);
     atomic_store(&rl->held, 0);
     free(q);
