@@ -10,16 +10,6 @@
 
 static PGconn *owner;
 
-static void
-stack(const char *cmd)
-{
-    char *c = tl_sprintf("bash %s/scripts/devstack.sh --name %s %s >/dev/null 2>&1", AIGW_SOURCE_DIR,
-                         tl_env("AIGW_STACK_NAME"), cmd);
-
-    CHECK(system(c) == 0, "devstack %s", cmd);
-    free(c);
-}
-
 static long
 rows_for(const char *tid, long want, int timeout_ms)
 {
@@ -80,7 +70,7 @@ main(void)
         tl_resp_free(&r);
         free(b);
     }
-    stack("pg-stop");
+    tl_stack("pg-stop");
     for (int i = 0; i < 10; i++) {
         char *b = tl_sprintf("{\"question\":\"during the outage %d\"}", i);
 
@@ -89,7 +79,7 @@ main(void)
         tl_resp_free(&r);
         free(b);
     }
-    stack("pg-start");
+    tl_stack("pg-start");
     tl_pg_reconnect(&owner);
     CHECK(answered == 15, "all 15 answered, 10 of them while PostgreSQL was down (%d)", answered);
     CHECK(rows_for(id, 15, 15000) == 15, "15 usage rows after PostgreSQL came back");
@@ -188,7 +178,7 @@ main(void)
         billed = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
         used = tl_quota_used(id);
         calls = tl_mock_stat(mock, "chat_requests");
-        stack("redis-stop");
+        tl_stack("redis-stop");
         tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"while Redis is down\"}", &r);
         CHECK(r.status == 503 && tl_json_str(&r, "error.code", buf, sizeof(buf)) &&
                   strcmp(buf, "service_unavailable") == 0,
@@ -206,7 +196,7 @@ main(void)
         }
         CHECK(refused == 20, "Redis down, a burst of 20: all 503 service_unavailable (%d)", refused);
         CHECK(tl_mock_stat(mock, "chat_requests") == calls, "no call reached the model");
-        stack("redis-start");
+        tl_stack("redis-start");
         CHECK(rows_for(id, rows + 21, 15000) == rows + 21, "the 21 refusals are logged as usage rows");
         CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == billed,
               "none of them billed");
@@ -254,12 +244,12 @@ main(void)
         for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
             usleep(50 * 1000);
         CHECK(in_flight == 1 && tl_quota_used(id) == used + 1, "a call at the model, its query reserved");
-        stack("redis-stop");
+        tl_stack("redis-stop");
         tl_parallel_join(bg);
         CHECK(rs[0].status == 504, "the call times out: 504 (%ld)", rs[0].status);
         tl_resp_free(&rs[0]);
         tl_mock_reset(mock);
-        stack("redis-start");
+        tl_stack("redis-start");
         CHECK(tl_quota_used(id) == used + 1, "its refund could not be made (%lld)", tl_quota_used(id));
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
         CHECK(tl_count_files(spool, "quota-reservations-") == 1, "the journal file with it is kept (%d)",

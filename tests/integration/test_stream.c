@@ -3,9 +3,7 @@
  * the first byte, client disconnect (upstream cancelled, partial usage row),
  * a slow reader (upstream paused, memory flat) and text the upstream had to
  * escape, decoded exactly */
-#include <arpa/inet.h>
 #include <jansson.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -402,58 +400,6 @@ test_failures(void)
     free(tok);
 }
 
-/* A raw client: send the request, return the socket (rcvbuf > 0 shrinks
- * the receive buffer so backpressure shows quickly). */
-static int
-open_stream(const char *token, const char *question, int rcvbuf)
-{
-    struct sockaddr_in a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
-    char *req = tl_sprintf("POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                           token, strlen(body), body);
-
-    if (rcvbuf > 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
-        close(fd);
-        fd = -1;
-    }
-    free(body);
-    free(req);
-    return fd;
-}
-
-/* Read until needle appears in what was read (or timeout). */
-static bool
-read_until(int fd, const char *needle, int timeout_ms)
-{
-    static char acc[65536];
-    size_t n = 0;
-    int64_t end = aigw_now_ms() + timeout_ms;
-    struct timeval tv = {0, 100000};
-
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    while (aigw_now_ms() < end && n < sizeof(acc) - 1) {
-        ssize_t k = read(fd, acc + n, sizeof(acc) - 1 - n);
-
-        if (k > 0) {
-            n += (size_t)k;
-            acc[n] = '\0';
-            if (strstr(acc, needle) != NULL)
-                return true;
-        } else if (k == 0) {
-            break;
-        }
-    }
-    return false;
-}
-
 static long
 rss_kib(pid_t pid)
 {
@@ -486,8 +432,8 @@ test_disconnect(void)
     tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":400,\"token_latency_ms\":25}");
     gone = tl_mock_stat(mock, "client_disconnects");
     ok = tl_mock_stat(mock, "chat_ok");
-    fd = open_stream(tok, "Tell me everything about progressive lenses", 0);
-    CHECK(fd >= 0 && read_until(fd, "tok5", 5000), "the stream started");
+    fd = tl_stream_open(port, tok, "Tell me everything about progressive lenses", 0);
+    CHECK(fd >= 0 && tl_read_until(fd, "tok5", 5000), "the stream started");
     close(fd);
     t0 = aigw_now_ms();
     while (aigw_now_ms() - t0 < 5000) {
@@ -538,11 +484,11 @@ test_slow_reader(void)
     }
     tok = tl_token(code, "optician", 600);
     tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
-    fd = open_stream(tok, "Explain lens coatings slowly", 2048);
-    CHECK(fd >= 0 && read_until(fd, "delta", 5000), "slow stream started");
+    fd = tl_stream_open(port, tok, "Explain lens coatings slowly", 2048);
+    CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "slow stream started");
     rss0 = rss_kib(gw.pid);
     /* 1 byte per 100 ms for 4 s, while the upstream could send 10k tokens at
-     * once; each read may wait up to 5 s (read_until left 100 ms) */
+     * once; each read may wait up to 5 s (tl_read_until left 100 ms) */
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     for (int i = 0; i < 40; i++) {
         long now;

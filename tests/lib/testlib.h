@@ -251,3 +251,16 @@ double tl_metric_wait(int port, const char *series, double want, int timeout_ms)
 int tl_pgbouncer_start(const char *dir, int pool_size);
 /* Stop the PgBouncer started in dir (its pid file); no-op if none. */
 void tl_pgbouncer_stop(const char *dir);
+
+/* scripts/devstack.sh <cmd> on the test stack (AIGW_STACK_NAME), e.g.
+ * "pg-stop", "pg-start", "redis-stop", "redis-start"; CHECKed. true when it
+ * succeeded. */
+bool tl_stack(const char *cmd);
+
+/* A raw streaming query: POST /api/ai/query with "stream": true and the
+ * question (no escaping) on a new connection to port, its receive buffer
+ * set to rcvbuf when > 0; nothing is read. The socket, or -1. */
+int tl_stream_open(int port, const char *token, const char *question, int rcvbuf);
+/* Read fd until needle has appeared in what was read since the call (it may
+ * span reads; up to 64 KiB are kept); false after timeout_ms or at EOF. */
+bool tl_read_until(int fd, const char *needle, int timeout_ms);

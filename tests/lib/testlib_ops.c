@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -277,4 +278,70 @@ tl_pgbouncer_stop(const char *dir)
     if (f != NULL)
         fclose(f);
     free(pidfile);
+}
+
+/* ---- the test stack ---- */
+
+bool
+tl_stack(const char *cmd)
+{
+    char *c = tl_sprintf("bash %s/scripts/devstack.sh --name %s %s >/dev/null 2>&1", AIGW_SOURCE_DIR,
+                         tl_env("AIGW_STACK_NAME"), cmd);
+    bool ok = system(c) == 0;
+
+    CHECK(ok, "devstack %s", cmd);
+    free(c);
+    return ok;
+}
+
+/* ---- raw streams ---- */
+
+int
+tl_stream_open(int port, const char *token, const char *question, int rcvbuf)
+{
+    struct sockaddr_in a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
+    char *req = tl_sprintf("POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                           token, strlen(body), body);
+
+    if (fd >= 0 && rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+                    write(fd, req, strlen(req)) != (ssize_t)strlen(req))) {
+        close(fd);
+        fd = -1;
+    }
+    free(body);
+    free(req);
+    return fd;
+}
+
+bool
+tl_read_until(int fd, const char *needle, int timeout_ms)
+{
+    static char acc[65536];
+    size_t n = 0;
+    int64_t end = aigw_now_ms() + timeout_ms;
+    struct timeval tv = {0, 100000};
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    while (aigw_now_ms() < end && n < sizeof(acc) - 1) {
+        ssize_t k = read(fd, acc + n, sizeof(acc) - 1 - n);
+
+        if (k > 0) {
+            n += (size_t)k;
+            acc[n] = '\0';
+            if (strstr(acc, needle) != NULL)
+                return true;
+        } else if (k == 0) {
+            break;
+        }
+    }
+    return false;
 }
