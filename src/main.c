@@ -167,16 +167,18 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
     int64_t start = aigw_now_ms(), next_note = start;
     int limit = srv->cfg.dependency_timeout_ms;
 
-    if (limit == 0) /* not waiting; a connection refused for its role (logged) at start ends it all the same */
-        return !aigw_pg_ping(srv->pg, 1000) && aigw_pg_role_refused(srv->pg) ? -2 : 0;
+    if (limit == 0) { /* not waiting; a connection refused for its role (logged) at start ends it all the same */
+        aigw_pg_ping(srv->pg, 1000);
+        return aigw_pg_role_refused() ? -2 : 0;
+    }
     for (;;) {
         bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
         const char *missing = !pg && !redis ? "PostgreSQL and Redis" : !pg ? "PostgreSQL" : "Redis";
         int64_t now = aigw_now_ms();
         int sig;
 
-        if (!pg && aigw_pg_role_refused(srv->pg))
-            return -2; /* it answered, as a role aigw must not use (logged) */
+        if (aigw_pg_role_refused())
+            return -2; /* it answered, as a role aigw must not use (logged; the pool's or the listener's) */
         if (pg && redis) {
             aigw_pg_check_timeouts(srv->pg);
             return 0;
@@ -330,7 +332,7 @@ serve(struct aigw_server *srv, const char *config_path)
             if (sig == SIGHUP)
                 reload(srv, config_path, true);
             aigw_redis_outbox_retry(srv->outbox);
-            if (aigw_pg_role_refused(srv->pg)) { /* PostgreSQL came (back) as a role that bypasses RLS */
+            if (aigw_pg_role_refused()) { /* PostgreSQL came (back) as a role that bypasses RLS */
                 sig = -2;
                 break;
             }

@@ -84,9 +84,11 @@ bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
  * pooler such as PgBouncer drops, and then nothing bounds a stuck statement.
  * For start-up, once PostgreSQL answered; silent when it cannot ask. */
 void aigw_pg_check_timeouts(struct aigw_pg_pool *pool);
-/* Whether the pool was refused a connection because its role bypasses
- * row-level security (see aigw_pg_connect_checked). */
-bool aigw_pg_role_refused(struct aigw_pg_pool *pool);
+/* Whether a connection was refused because its role bypasses row-level
+ * security (see aigw_pg_connect_checked): any connection of the process,
+ * not only the pool's (the listener and the usage writer connect on their
+ * own, and after a restart of PostgreSQL they may be the first to). */
+bool aigw_pg_role_refused(void);
 
 /* Plain parameterized statement; same result contract as above. */
 PGresult *aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params);

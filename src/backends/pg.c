@@ -21,8 +21,13 @@ struct aigw_pg_pool {
     PGconn **idle;
     int n_idle;
     int n_out;             /* checked out (or being connected) */
-    atomic_bool role_refused; /* a connection was refused: its role bypasses RLS */
 };
+
+/* A connection of this process was refused because its role bypasses RLS:
+ * the pool's or one of its own (the listener's, the usage writer's, which
+ * reconnect by themselves after a restart of PostgreSQL while nothing may
+ * ask the pool for one). */
+static atomic_bool role_refused_any;
 
 static const char SET_TENANT_SQL[] =
     "SELECT set_config('app.current_tenant', COALESCE(aigw_tenant_id($1)::text, ''), true)";
@@ -105,13 +110,15 @@ aigw_pg_connect_checked(const char *url, bool *role_refused)
                           "-c statement_timeout=" STATEMENT_TIMEOUT " -c lock_timeout=" LOCK_TIMEOUT, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     char why[256];
-    int bypass;
+    int bypass = -1;
 
     if (role_refused != NULL)
         *role_refused = false;
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK && (bypass = bypasses_rls(conn)) == 0)
         return conn;
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK) {
+        if (bypass == 1)
+            atomic_store(&role_refused_any, true);
         if (bypass == 1 && role_refused != NULL)
             *role_refused = true;
         if (bypass != 1) {
@@ -158,13 +165,8 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
         PQfinish(conn);
         conn = NULL;
     }
-    if (conn == NULL) {
-        bool refused;
-
-        conn = aigw_pg_connect_checked(pool->url, &refused);
-        if (refused)
-            atomic_store(&pool->role_refused, true);
-    }
+    if (conn == NULL)
+        conn = aigw_pg_connect(pool->url);
     if (conn == NULL) {
         pthread_mutex_lock(&pool->lock);
         pool->n_out--;
@@ -391,9 +393,9 @@ aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, co
 }
 
 bool
-aigw_pg_role_refused(struct aigw_pg_pool *pool)
+aigw_pg_role_refused(void)
 {
-    return atomic_load(&pool->role_refused);
+    return atomic_load(&role_refused_any);
 }
 
 void

@@ -1,8 +1,12 @@
-/* test_rls.c - row-level security as the daemon's role: isolation, no bypass */
+/* test_rls.c - row-level security as the daemon's role: isolation, no bypass;
+ * aigw refuses a role that bypasses RLS at start, when PostgreSQL comes up
+ * after it, and when the role changes under it */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "aigw/util.h"
 #include "testlib.h"
 
 static const char *const TABLES[] = {"tenants", "users", "api_keys", "ai_usage_logs", "audit_logs"};
@@ -156,6 +160,171 @@ test_refuses_owner_role(void)
     free(url);
 }
 
+
+/* aigw's environment with database.url = the application URL as role
+ * (malloc'd "AIGW_DATABASE_URL=..."). */
+static char *
+url_env_as(const char *role)
+{
+    static const char APP[] = "user=aigw_app";
+    const char *url = tl_env("AIGW_DATABASE_URL"), *u = strstr(url, APP);
+
+    CHECK(u != NULL, "the application URL names user=aigw_app: %s", url);
+    if (u == NULL)
+        return tl_sprintf("AIGW_DATABASE_URL=%s", url);
+    return tl_sprintf("AIGW_DATABASE_URL=%.*suser=%s%s", (int)(u - url), url, role, u + strlen(APP));
+}
+
+/* The log says why aigw went (role named), and whether it had been ready. */
+static void
+check_refusal_logged(struct tl_aigw *gw, const char *what, const char *role, bool was_ready)
+{
+    char *log = tl_aigw_log(gw), *why = tl_sprintf("role %s bypasses row-level security", role);
+
+    CHECK(log != NULL && strstr(log, why) != NULL, "%s: the reason is logged (%s)", what, why);
+    CHECK(log != NULL && strstr(log, "shutting down (refused the database role)") != NULL,
+          "%s: the exit names the refused role", what);
+    CHECK(log != NULL && (strstr(log, "ready: serving") != NULL) == was_ready, "%s: %s", what,
+          was_ready ? "it had been ready" : "never reported ready");
+    free(why);
+    free(log);
+}
+
+/* PostgreSQL is down when aigw starts, and comes up with database.url
+ * naming a role that bypasses RLS (here the owner): the start-up wait
+ * finds it at its next look and aigw exits 1 instead of reporting ready;
+ * with startup.dependency_timeout_ms 0 aigw is ready at once, and exits 1
+ * as soon as a connection (a /readyz) meets the role. */
+static void
+test_refuses_role_after_outage(void)
+{
+    char *url = tl_sprintf("AIGW_DATABASE_URL=%s", tl_env("AIGW_DATABASE_OWNER_URL"));
+    const char *env[2] = {url, NULL};
+    char *cfg_wait = tl_config_patch("{\"startup\":{\"dependency_timeout_ms\":60000}}");
+    char *cfg_now = tl_config_patch("{\"startup\":{\"dependency_timeout_ms\":0}}");
+    struct tl_aigw waiting, ready;
+    bool w_up = false, r_up = false;
+    struct tl_resp r;
+    int64_t t0;
+    int st;
+
+    if (!tl_stack("pg-stop"))
+        goto out;
+    w_up = tl_aigw_start_env(&waiting, cfg_wait, env) == 0;
+    r_up = tl_aigw_start_env(&ready, cfg_now, env) == 0;
+    CHECK(w_up && r_up, "outage: both started with PostgreSQL down (%d %d)", w_up, r_up);
+    if (w_up)
+        CHECK(tl_aigw_log_wait(&waiting, "startup: waiting for PostgreSQL", 10000), "outage: waits for PostgreSQL");
+    if (r_up)
+        CHECK(tl_aigw_log_wait(&ready, "ready: serving", 10000), "outage: with no wait, ready at once");
+    usleep(1500 * 1000); /* a look or two at the absent PostgreSQL */
+    CHECK(!w_up || tl_aigw_wait(&waiting, 0) == -1, "outage: still waiting while PostgreSQL is down");
+    CHECK(!r_up || tl_aigw_wait(&ready, 0) == -1, "outage: still serving while PostgreSQL is down");
+    if (!tl_stack("pg-start"))
+        goto out;
+    t0 = aigw_now_ms();
+    if (w_up) {
+        st = tl_aigw_wait(&waiting, 3000);
+        CHECK(st == 1, "outage: the waiting aigw exits 1 within 3 s of PostgreSQL's start (%d after %lld ms)", st,
+              (long long)(aigw_now_ms() - t0));
+        check_refusal_logged(&waiting, "outage", "postgres", false);
+    }
+    if (r_up) {
+        t0 = aigw_now_ms();
+        tl_get(ready.port, "/readyz", NULL, &r);
+        CHECK(r.status != 200, "outage: not ready on a connection as the owner (%ld)", r.status);
+        tl_resp_free(&r);
+        st = tl_aigw_wait(&ready, 3000);
+        CHECK(st == 1, "outage: the ready aigw exits 1 within 3 s of meeting the role (%d after %lld ms)", st,
+              (long long)(aigw_now_ms() - t0));
+        check_refusal_logged(&ready, "outage, no wait", "postgres", true);
+    }
+out:
+    if (w_up)
+        tl_aigw_stop(&waiting);
+    if (r_up)
+        tl_aigw_stop(&ready);
+    tl_stack("pg-start"); /* whatever happened (a no-op when it runs) */
+    free(cfg_now);
+    free(cfg_wait);
+    free(url);
+}
+
+static void
+late_role_sql(PGconn *owner, const char *sql)
+{
+    PQclear(tl_sql(owner, true, sql, 0, NULL));
+}
+
+/* The sessions of aigw_rls_late closed (as a restart of PostgreSQL would):
+ * how many there were. */
+static long
+late_role_kick(PGconn *owner)
+{
+    return tl_sql_long(owner,
+                       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'aigw_rls_late'",
+                       0, NULL);
+}
+
+/* A role that may do what aigw_app may (a member, inheriting), whose
+ * attributes change under a running aigw: while aigw waits for it (it may
+ * not log in yet) it becomes LOGIN and BYPASSRLS; while aigw serves as it,
+ * it becomes BYPASSRLS and its connections come back. Either way aigw
+ * exits 1 within a few seconds, no request needed, with the reason logged. */
+static void
+test_refuses_role_changed_later(PGconn *owner, const char *tenant_code)
+{
+    char *env_url = url_env_as("aigw_rls_late"), *cfg = tl_config_patch("{}"), *tok = tl_token(tenant_code, "admin", 600);
+    const char *env[2] = {env_url, NULL};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int64_t t0;
+    int st;
+
+    late_role_kick(owner);
+    late_role_sql(owner, "DROP ROLE IF EXISTS aigw_rls_late");
+    late_role_sql(owner, "CREATE ROLE aigw_rls_late NOLOGIN NOSUPERUSER NOBYPASSRLS INHERIT IN ROLE aigw_app");
+
+    /* 1) waiting for a role that may not log in yet */
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "late role: aigw did not start");
+        goto out;
+    }
+    CHECK(tl_aigw_log_wait(&gw, "startup: waiting for PostgreSQL", 10000), "late role: waits (NOLOGIN)");
+    late_role_sql(owner, "ALTER ROLE aigw_rls_late LOGIN BYPASSRLS");
+    t0 = aigw_now_ms();
+    st = tl_aigw_wait(&gw, 3000);
+    CHECK(st == 1, "late role: exits 1 within 3 s once the role it waits for logs in bypassing RLS (%d after %lld ms)",
+          st, (long long)(aigw_now_ms() - t0));
+    check_refusal_logged(&gw, "late role", "aigw_rls_late", false);
+    tl_aigw_stop(&gw);
+
+    /* 2) serving, then the role is given BYPASSRLS and the sessions return */
+    late_role_sql(owner, "ALTER ROLE aigw_rls_late NOBYPASSRLS");
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "late role: aigw did not start as a plain role");
+        goto out;
+    }
+    CHECK(tl_aigw_log_wait(&gw, "ready: serving", 10000), "changed role: ready as a role under RLS");
+    tl_get(gw.port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 200, "changed role: serving (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    late_role_sql(owner, "ALTER ROLE aigw_rls_late BYPASSRLS");
+    CHECK(late_role_kick(owner) >= 1, "changed role: its sessions closed");
+    t0 = aigw_now_ms();
+    st = tl_aigw_wait(&gw, 3000);
+    CHECK(st == 1, "changed role: exits 1 within 3 s of its connections coming back bypassing RLS (%d after %lld ms)",
+          st, (long long)(aigw_now_ms() - t0));
+    check_refusal_logged(&gw, "changed role", "aigw_rls_late", true);
+    tl_aigw_stop(&gw);
+out:
+    late_role_kick(owner);
+    late_role_sql(owner, "DROP ROLE IF EXISTS aigw_rls_late");
+    free(tok);
+    free(cfg);
+    free(env_url);
+}
+
 int
 main(void)
 {
@@ -296,6 +465,10 @@ main(void)
 
     test_definer_shadowing(owner, a, acode);
     test_refuses_owner_role();
+    test_refuses_role_changed_later(owner, acode);
+    test_refuses_role_after_outage();
+    tl_pg_reconnect(&owner);
+    tl_pg_reconnect(&app);
 
     r = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1 OR id = $2", 2, pab);
     PQclear(r);
