@@ -552,6 +552,8 @@ struct aigw_redis_pipe {
     struct op_list sent;        /* in the order their replies come back */
     struct op_list held;        /* taken, waiting while the connection is stalled */
     struct pipe_op *live;       /* first op in sent that has not failed (NULL: none) */
+    struct pipe_op *setup;      /* the connection's last AUTH or SELECT, until it is answered: the
+                                 * callers' calls wait in held till then (NULL: none pending) */
     bool want_out;              /* registered for EPOLLOUT: output left to write */
     int64_t next_sync_ms;       /* when to sample Redis's clock again */
 };
@@ -652,18 +654,25 @@ ops_fail(struct aigw_redis_pipe *p, struct op_list *l)
 }
 
 /* The connection is unusable (I/O error, protocol error, every call on it
- * past its deadline): drop it and fail what was sent on it. The next call
- * connects again. */
+ * past its deadline, its AUTH or SELECT refused): drop it and fail what was
+ * sent on it, and the calls held for its AUTH or SELECT to be answered (as
+ * on a Redis that cannot be reached: connecting again for them at once
+ * would only spin). The next call connects again. */
 static void
 pipe_drop(struct aigw_redis_pipe *p, const char *what, const char *detail)
 {
+    bool setting_up = p->setup != NULL;
+
     aigw_redis_log_error(p->pool, what, detail);
     epoll_ctl(p->epfd, EPOLL_CTL_DEL, p->ctx->fd, NULL);
     redisFree(p->ctx);
     p->ctx = NULL;
     p->want_out = false;
     p->live = NULL;
+    p->setup = NULL;
     ops_fail(p, &p->sent);
+    if (setting_up)
+        ops_fail(p, &p->held);
 }
 
 static void
@@ -752,6 +761,10 @@ pipe_connect(struct aigw_redis_pipe *p)
         lens[1] = (size_t)snprintf(db, sizeof(db), "%d", pool->db);
         pipe_append_own(p, 2, argv, lens, false);
     }
+    /* Redis runs what follows a refused AUTH or SELECT all the same (as
+     * whoever the connection is without it, on database 0): no caller's
+     * call goes out before they are accepted */
+    p->setup = p->sent.tail;
     pipe_sync_clock(p);
     return true;
 }
@@ -769,7 +782,7 @@ pipe_stalled(const struct aigw_redis_pipe *p)
 }
 
 /* Send the held calls, in one write where it fits, unless the connection
- * is stalled. */
+ * is stalled or its AUTH or SELECT is not answered yet. */
 static void
 pipe_send(struct aigw_redis_pipe *p)
 {
@@ -779,6 +792,10 @@ pipe_send(struct aigw_redis_pipe *p)
         return;
     if (p->ctx == NULL && !pipe_connect(p)) {
         ops_fail(p, &p->held);
+        return;
+    }
+    if (p->setup != NULL) { /* they go once it is answered (pipe_read) */
+        pipe_flush(p);
         return;
     }
     while ((op = ops_pop(&p->held)) != NULL)
@@ -850,6 +867,8 @@ pipe_read(struct aigw_redis_pipe *p)
         }
         if (op == p->live)
             p->live = op->next;
+        if (op == p->setup && ((redisReply *)reply)->type != REDIS_REPLY_ERROR)
+            p->setup = NULL; /* set up: the held calls go out (pipe_send) */
         if (op->done == NULL && !op->is_time && ((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
             /* the pipe's own AUTH or SELECT refused (a wrong password): an
              * unauthenticated connection, or one on the wrong database,

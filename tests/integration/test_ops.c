@@ -209,34 +209,100 @@ out:
 
 /* ---- readiness waits for the dependencies ---- */
 
-/* A private Redis on port; with a password when pass is not NULL. */
+/* A private Redis on port without persistence, with the extra arguments
+ * (NULL-terminated, may be NULL). */
 static pid_t
-start_redis_pass(int port, const char *pass)
+start_redis_args(int port, const char *const *extra)
 {
     char portbuf[16];
-    pid_t pid = fork();
+    const char *argv[24] = {"redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"};
+    int n = 9;
+    pid_t pid;
 
+    snprintf(portbuf, sizeof(portbuf), "%d", port);
+    for (; extra != NULL && *extra != NULL && n < 23; extra++)
+        argv[n++] = *extra;
+    argv[n] = NULL;
+    pid = fork();
     if (pid == 0) {
         int null = open("/dev/null", O_WRONLY);
 
         dup2(null, 1);
         dup2(null, 2);
-        snprintf(portbuf, sizeof(portbuf), "%d", port);
-        if (pass != NULL)
-            execlp("redis-server", "redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--requirepass", pass, (char *)NULL);
-        else
-            execlp("redis-server", "redis-server", "--port", portbuf, "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", (char *)NULL);
+        execvp("redis-server", (char *const *)argv);
         _exit(127);
     }
     return pid;
+}
+
+/* A private Redis on port; with a password when pass is not NULL. */
+static pid_t
+start_redis_pass(int port, const char *pass)
+{
+    const char *extra[3] = {"--requirepass", pass, NULL};
+
+    return start_redis_args(port, pass != NULL ? extra : NULL);
 }
 
 static pid_t
 start_redis(int port)
 {
     return start_redis_pass(port, NULL);
+}
+
+/* Wait up to 2 s for a Redis started on port to listen. */
+static void
+redis_wait_up(int port)
+{
+    for (int i = 0; i < 100 && tl_port_refuses(port); i++)
+        usleep(20 * 1000);
+}
+
+/* Keys in databases 0..n-1 of the private Redis on port (-1: it did not answer). */
+static long long
+redis_keys(int port, const char *pass, int n)
+{
+    long long sum = 0;
+
+    for (int db = 0; db < n; db++) {
+        long long k = tl_redis_int_at(port, pass, db, "DBSIZE");
+
+        if (k < 0)
+            return -1;
+        sum += k;
+    }
+    return sum;
+}
+
+/* n distinct questions at once (most of them take the admission pipe: the
+ * direct path serves one caller at a time, and never while a call is on
+ * the pipe); how many were answered status with error.code code (NULL:
+ * any). */
+static int
+query_burst(int port, const char *tok, const char *tag, int n, long status, const char *code)
+{
+    char *bodies[40], buf[64];
+    struct tl_resp rs[40];
+    int got = 0;
+
+    if (n > 40)
+        n = 40;
+    for (int i = 0; i < n; i++)
+        bodies[i] = tl_sprintf("{\"question\":\"%s, burst question %d of pid %d\"}", tag, i, (int)getpid());
+    tl_post_parallel(port, "/api/ai/query", tok, NULL, (const char *const *)bodies, n, rs);
+    for (int i = 0; i < n; i++) {
+        got += rs[i].status == status &&
+               (code == NULL || (tl_json_str(&rs[i], "error.code", buf, sizeof(buf)) && strcmp(buf, code) == 0));
+        tl_resp_free(&rs[i]);
+        free(bodies[i]);
+    }
+    return got;
+}
+
+static long long
+model_calls(void)
+{
+    return tl_mock_stat(mock1, "chat_requests") + tl_mock_stat(mock2, "chat_requests");
 }
 
 /* GET /readyz until it answers want (or 15 s); the last status. */
@@ -268,15 +334,17 @@ test_redis_auth(void)
     char *good = tl_sprintf("AIGW_REDIS_URL=redis://:%s@127.0.0.1:%d/3", PASS, rport);
     char *bad = tl_sprintf("AIGW_REDIS_URL=redis://default:Zq9-wrong@127.0.0.1:%d", rport);
     const char *env[2] = {good, NULL};
-    char *cfg = tl_config_patch("{}"), *log, id[37], code[65], *tok, hit[16];
+    char *cfg = tl_config_patch("{}"), *log, id[37], code[65], *tok, hit[16], busy_id[37], *busy;
     struct tl_aigw gw;
     struct tl_resp r;
     pid_t redis = start_redis_pass(rport, PASS);
+    long long calls, keys;
+    int n;
 
-    for (int i = 0; i < 100 && tl_port_refuses(rport); i++)
-        usleep(20 * 1000);
+    redis_wait_up(rport);
     tl_create_tenant(owner, "pro", "active", id, code);
     tok = tl_token(code, "optician", 600);
+    busy = busy_tenant(busy_id, "dev", tl_env("AIGW_JWT_SECRET"));
     if (tl_aigw_start_env(&gw, cfg, env) != 0) {
         CHECK(false, "aigw did not start against a Redis with a password");
         goto out;
@@ -289,6 +357,8 @@ test_redis_auth(void)
               "auth: query %d answered (%ld %s)", i, r.status, hit);
         tl_resp_free(&r);
     }
+    n = query_burst(gw.port, busy, "right password", 20, 200, NULL);
+    CHECK(n == 20, "auth: a burst on the pipe is served (%d of 20)", n);
     log = tl_aigw_log(&gw);
     CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the password is in no log line");
     free(log);
@@ -301,6 +371,13 @@ test_redis_auth(void)
     }
     CHECK(readyz_wait(gw.port, 503) == 503, "auth: a wrong password keeps it unready");
     CHECK(tl_aigw_log_wait(&gw, "WRONGPASS", 5000), "auth: the refusal is logged");
+    keys = redis_keys(rport, PASS, 4);
+    calls = model_calls();
+    n = query_burst(gw.port, busy, "wrong password", 20, 503, "service_unavailable");
+    CHECK(n == 20, "auth: a wrong password: a burst gets 503 service_unavailable (%d of 20)", n);
+    CHECK(keys >= 0 && redis_keys(rport, PASS, 4) == keys, "auth: a wrong password: nothing counted in Redis (%lld keys, were %lld)",
+          redis_keys(rport, PASS, 4), keys);
+    CHECK(model_calls() == calls, "auth: a wrong password: nothing reached the model");
     log = tl_aigw_log(&gw);
     CHECK(log != NULL && strstr(log, "Zq9") == NULL, "auth: the wrong password is in no log line either");
     free(log);
@@ -336,10 +413,82 @@ test_redis_auth(void)
 out:
     kill(redis, SIGTERM);
     waitpid(redis, NULL, 0);
+    free(busy);
     free(tok);
     free(cfg);
     free(good);
     free(bad);
+}
+
+/* The admission pipe sends AUTH and SELECT ahead of the callers' scripts on
+ * a new connection. When Redis refuses either, no caller's script may run
+ * on that connection. Here Redis's default user needs no password (aigw
+ * logs in as its own ACL user), so a script sent after a refused AUTH would
+ * run, unauthenticated, as the default user; and one sent after a refused
+ * SELECT would run on database 0. A burst (most of it on the pipe) gets 503
+ * service_unavailable, nothing is counted in any database and nothing
+ * reaches the model; with the right password and database the same burst
+ * is served, on that database alone. */
+static void
+test_redis_setup_refused(void)
+{
+    static const char PASS[] = "Pipe-s3cret";
+    static const char *const EXTRA[] = {"--databases", "4", NULL};
+    static const struct {
+        const char *what, *userinfo, *reason;
+        int db;
+        bool served;
+    } CASES[] = {
+        {"the right password and database", "aigw:Pipe-s3cret", NULL, 2, true},
+        {"a wrong password", "aigw:Pipe-wrong", "WRONGPASS", 2, false},
+        {"a database Redis does not have", "aigw:Pipe-s3cret", "out of range", 9, false},
+    };
+    int rport = tl_free_port();
+    pid_t redis = start_redis_args(rport, EXTRA);
+    char id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET")), *cfg = tl_config_patch("{}");
+
+    redis_wait_up(rport);
+    CHECK(tl_redis_int_at(rport, NULL, 0, "ACL SETUSER aigw on >%s ~* &* +@all", PASS) == 0, "setup: aigw's ACL user");
+    for (size_t c = 0; c < sizeof(CASES) / sizeof(CASES[0]); c++) {
+        char *env_url = tl_sprintf("AIGW_REDIS_URL=redis://%s@127.0.0.1:%d/%d", CASES[c].userinfo, rport, CASES[c].db);
+        const char *env[2] = {env_url, NULL};
+        struct tl_aigw gw;
+        long long calls = model_calls();
+        int n;
+
+        if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+            CHECK(false, "setup refused: aigw did not start with %s", CASES[c].what);
+            free(env_url);
+            continue;
+        }
+        if (CASES[c].served) {
+            CHECK(readyz_wait(gw.port, 200) == 200, "setup: ready with %s", CASES[c].what);
+            n = query_burst(gw.port, tok, CASES[c].what, 20, 200, NULL);
+            CHECK(n == 20, "setup: %s: the burst is served (%d of 20)", CASES[c].what, n);
+            CHECK(tl_redis_int_at(rport, NULL, 2, "DBSIZE") > 0 && redis_keys(rport, NULL, 2) == 0 &&
+                      tl_redis_int_at(rport, NULL, 3, "DBSIZE") == 0,
+                  "setup: %s: counted in database 2 alone", CASES[c].what);
+            /* the keys go, the scripts stay loaded (as in a Redis other
+             * instances use): a script sent on a refused connection would
+             * run at once, not come back NOSCRIPT */
+            CHECK(tl_redis_int_at(rport, NULL, 0, "FLUSHALL") == 0 && redis_keys(rport, NULL, 4) == 0,
+                  "setup: the keys flushed");
+        } else {
+            CHECK(tl_aigw_log_wait(&gw, CASES[c].reason, 5000), "setup: %s: the refusal is logged (%s)", CASES[c].what,
+                  CASES[c].reason);
+            n = query_burst(gw.port, tok, CASES[c].what, 20, 503, "service_unavailable");
+            CHECK(n == 20, "setup refused: %s: a burst gets 503 service_unavailable (%d of 20)", CASES[c].what, n);
+            CHECK(redis_keys(rport, NULL, 4) == 0, "setup refused: %s: no script ran, in any database (%lld keys)",
+                  CASES[c].what, redis_keys(rport, NULL, 4));
+            CHECK(model_calls() == calls, "setup refused: %s: nothing reached the model", CASES[c].what);
+        }
+        CHECK(tl_aigw_stop(&gw) == 0, "setup: %s: clean stop", CASES[c].what);
+        free(env_url);
+    }
+    kill(redis, SIGTERM);
+    waitpid(redis, NULL, 0);
+    free(cfg);
+    free(tok);
 }
 
 static void
@@ -901,6 +1050,7 @@ main(void)
     test_connection_limits();
     test_ready_waits_for_redis();
     test_redis_auth();
+    test_redis_setup_refused();
     test_reloads();
     test_drain();
     test_drain_deadline();

@@ -3,7 +3,8 @@
  * reply, exactly once; NOSCRIPT recovery; a stalled Redis fails calls at the
  * timeout and the pipe recovers; each call fails at its own deadline and a
  * deadline-taking script does nothing once it is past; a silent server is
- * given up on; an unreachable Redis fails at once; cancel
+ * given up on; an unreachable Redis fails at once, and so does a connection
+ * whose AUTH or SELECT Redis refused, with no call run on it; cancel
  * finishes what was handed over (answered, or failed at the
  * timeout) and refuses the rest; the direct-path slot. */
 #include <arpa/inet.h>
@@ -473,6 +474,57 @@ test_unreachable(void)
     waiter_fini(&w);
 }
 
+/* A pipe whose own AUTH or SELECT Redis refuses: the test Redis has no
+ * password (AUTH is refused, and a connection without it may run anything,
+ * as the default user) and 16 databases (SELECT 999 is refused, and the
+ * connection stays on database 0, the one checked here). The script is
+ * loaded, so a call that went out behind the refused command would run at
+ * once. Every call fails (NULL), before its timeout, and none ran. */
+static void
+test_setup_refused(struct aigw_redis_pool *pool)
+{
+    static const char *const WHAT[2] = {"a refused AUTH", "a refused SELECT"};
+    const char *load[3] = {"SCRIPT", "LOAD", echo_script.source}, *del[2] = {"DEL", "test:pipe:setup"},
+               *exists[2] = {"EXISTS", "test:pipe:setup"};
+
+    freeReplyObject(sync_cmd(pool, 3, load));
+    freeReplyObject(sync_cmd(pool, 2, del));
+    for (int i = 0; i < 2; i++) {
+        char err[128], *url = tl_sprintf("%s%s", tl_env("AIGW_REDIS_URL"), i == 0 ? "" : "/999");
+        struct aigw_redis_pool *bad = aigw_redis_pool_create(url, 2, 2000, err, sizeof(err));
+        struct aigw_redis_pipe *pipe;
+        struct waiter w;
+        redisReply *r;
+        int64_t t0;
+
+        CHECK(bad != NULL, "%s: pool: %s", WHAT[i], bad == NULL ? err : "ok");
+        free(url);
+        if (bad == NULL)
+            continue;
+        if (i == 0)
+            aigw_redis_pool_set_password(bad, "not-the-password");
+        pipe = aigw_redis_pipe_start(bad);
+        waiter_init(&w, "setup-refused");
+        t0 = aigw_now_ms();
+        for (int k = 0; k < 5; k++) {
+            const char *keys[1] = {"test:pipe:setup"}, *args[1] = {w.tag};
+
+            aigw_redis_pipe_eval(pipe, &echo_script, 1, keys, 1, args, on_reply, &w);
+        }
+        CHECK(wait_answers(&w, 5, 5000) == 5 && w.nulls == 5, "%s: every call failed (%d answered, %d null)", WHAT[i],
+              w.answered, w.nulls);
+        CHECK(aigw_now_ms() - t0 < 1500, "%s: at once, not at the timeout (%lld ms)", WHAT[i],
+              (long long)(aigw_now_ms() - t0));
+        r = sync_cmd(pool, 2, exists);
+        CHECK(r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0, "%s: no call ran", WHAT[i]);
+        freeReplyObject(r);
+        freeReplyObject(sync_cmd(pool, 2, del));
+        aigw_redis_pipe_destroy(pipe);
+        aigw_redis_pool_destroy(bad);
+        waiter_fini(&w);
+    }
+}
+
 static void
 test_cancel(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
 {
@@ -595,6 +647,7 @@ main(void)
     test_stall(pool, pipe);
     test_deadlines(pool, pipe);
     test_unreachable();
+    test_setup_refused(pool);
     test_blackhole();
     test_cancel_finishes(pool);
     test_cancel(pool, pipe);

@@ -780,6 +780,41 @@ tl_redis_int(const char *fmt, ...)
     return v;
 }
 
+long long
+tl_redis_int_at(int port, const char *pass, int db, const char *fmt, ...)
+{
+    redisContext *c = redisConnect("127.0.0.1", port);
+    redisReply *r = NULL;
+    va_list ap;
+    long long v = -1;
+
+    if (c == NULL || c->err) {
+        redisFree(c);
+        return -1;
+    }
+    if (pass != NULL)
+        r = redisCommand(c, "AUTH %s", pass);
+    if (pass == NULL || (r != NULL && r->type == REDIS_REPLY_STATUS)) {
+        freeReplyObject(r);
+        r = redisCommand(c, "SELECT %d", db);
+    }
+    if (r != NULL && r->type == REDIS_REPLY_STATUS) {
+        freeReplyObject(r);
+        va_start(ap, fmt);
+        r = redisvCommand(c, fmt, ap);
+        va_end(ap);
+        if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+            v = r->integer;
+        else if (r != NULL && r->type == REDIS_REPLY_STRING)
+            v = strtoll(r->str, NULL, 10);
+        else if (r != NULL && r->type == REDIS_REPLY_STATUS)
+            v = 0;
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
 static int
 cmp_str(const void *a, const void *b)
 {

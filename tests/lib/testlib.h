@@ -120,6 +120,9 @@ void tl_create_tenant(PGconn *owner, const char *tier, const char *status, char 
 
 /* Redis command on AIGW_REDIS_URL: returns integer reply or -1 (GET parses). */
 long long tl_redis_int(const char *fmt, ...);
+/* The same on another Redis, 127.0.0.1:port, after AUTH pass (when not
+ * NULL) and SELECT db; a status reply (OK) gives 0. */
+long long tl_redis_int_at(int port, const char *pass, int db, const char *fmt, ...);
 /* Everything aigw keeps in Redis for tenant tid (the keys aigw:{tid}:*: rate
  * limit windows, quota counter, cache generation and entries, single-flight
  * locks and results, idempotency records) with their values, as text;
