@@ -1,7 +1,8 @@
 /* test_ops.c - the daemon under systemd's eyes: sd_notify (READY, WATCHDOG,
  * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, readiness that waits
- * for Redis, SIGHUP reloads (JWT key rotation, backends and routes, log
- * level, refused bad files) on one kept-alive connection, the access log,
+ * for Redis, Redis with a password (and a refused AUTH or SELECT), SIGHUP
+ * reloads (JWT key rotation, backends and routes, log level, the stream
+ * buffer, refused bad files) on one kept-alive connection, the access log,
  * and the SIGTERM drain (all slow requests answered, new connections
  * refused, usage rows written; cancellation at the deadline). */
 #include <fcntl.h>
@@ -767,6 +768,69 @@ test_log_level_reload(struct tl_aigw *gw, int fd, struct keys *k, const char *ba
     free(log);
 }
 
+/* A stream of 10,000 tokens (mock2) to a client that reads nothing after
+ * its first event and keeps a small receive buffer: whether aigw took all
+ * of it from the model (the call ended) within wait_ms; then the client
+ * leaves, and *tokens is what its usage row bills. */
+static bool
+unread_stream(struct tl_aigw *gw, const char *tok, const char *tid, const char *question, int wait_ms, long *tokens)
+{
+    const char *p[1] = {tid};
+    int fd = tl_stream_open(gw->port, tok, question, 2048);
+    bool ended;
+
+    CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "stream buffer: the stream started (%s)", question);
+    ended = tl_metric_wait(gw->port, "aigw_upstream_in_flight", 0, wait_ms) == 0;
+    if (fd >= 0)
+        close(fd);
+    CHECK(tl_wait_sql(owner, 1, 10000, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p) == 1,
+          "stream buffer: its usage row (%s)", question);
+    *tokens = tl_sql_long(owner, "SELECT completion_tokens FROM ai_usage_logs WHERE tenant_id = $1", 1, p);
+    return ended;
+}
+
+/* upstream.stream_buffer_bytes is reloaded (new streams take the new size):
+ * with 4 MiB a client that reads nothing still lets aigw take a whole
+ * 10,000-token stream from the model (~0.6 MB: the call ends, all of it
+ * billed); after a reload to 4096 bytes the same stream is paused when the
+ * buffer fills: the call stays in flight and the client, gone, is billed
+ * for far less. */
+static void
+test_stream_buffer_reload(struct tl_aigw *gw, int fd, struct keys *k)
+{
+    static const int SIZES[2] = {4 << 20, 4096};
+    long tokens[2] = {-1, -1};
+    bool ended[2];
+
+    tl_mock_reset(mock2);
+    tl_mock_config(mock2, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
+    for (int i = 0; i < 2; i++) {
+        char id[37], *tok = busy_tenant(id, "k2", k->secret2), question[96];
+        char *patch = tl_sprintf("{\"jwt\":{\"keys\":%s},\"upstream\":{\"health_interval_ms\":200,"
+                                 "\"fail_threshold\":100,\"routes\":null,\"backends\":%s,\"stream_buffer_bytes\":%d}}",
+                                 k->k2_keys, ONLY2, SIZES[i]);
+        char *cfg = tl_config_patch(patch);
+        const char *p[1] = {id};
+
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = overrides || '{\"max_tokens\": 10000}' WHERE id = $1",
+                       1, p));
+        reload(gw, fd, cfg);
+        snprintf(question, sizeof(question), "Everything about lens coatings, buffer %d, pid %d", SIZES[i], (int)getpid());
+        ended[i] = unread_stream(gw, tok, id, question, i == 0 ? 20000 : 2000, &tokens[i]);
+        free(cfg);
+        free(patch);
+        free(tok);
+    }
+    CHECK(ended[0] && tokens[0] == 10000,
+          "stream buffer 4 MiB: the whole stream taken from the model for a client reading nothing (ended %d, %ld tokens)",
+          ended[0], tokens[0]);
+    CHECK(!ended[1] && tokens[1] > 0 && tokens[1] < 3000,
+          "stream buffer reloaded to 4096: the stream paused, the call still in flight (ended %d), %ld tokens billed",
+          ended[1], tokens[1]);
+    CHECK(tl_metric_wait(gw->port, "aigw_upstream_in_flight", 0, 10000) == 0, "stream buffer: the paused call ended");
+    tl_mock_reset(mock2);
+}
+
 /* The line of the log holding needle (malloc'd), or NULL. */
 static char *
 log_line(const struct tl_aigw *gw, const char *needle)
@@ -868,6 +932,7 @@ test_reloads(void)
     test_backend_reload(&gw, fd, &k);
     test_lock_follows_reload(&gw, fd, &k);
     test_log_level_reload(&gw, fd, &k, ONLY2);
+    test_stream_buffer_reload(&gw, fd, &k);
     test_access_log(&gw, &k);
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit after the reloads");
     close(fd);
