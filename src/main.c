@@ -239,6 +239,9 @@ drain(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, in
     if (!wait_idle(srv, wd, set, aigw_now_ms() + timeout_ms)) {
         aigw_log(LOG_WARNING, "drain: %zu requests still in flight at the deadline; cancelling them",
                  aigw_http_in_flight(srv));
+        /* both return once every request they held is resumed: a third
+         * signal ends the wait below at once, and libmicrohttpd aborts if
+         * it is stopped with a connection still suspended */
         aigw_upstream_cancel_all(srv->upstream);
         aigw_sf_cancel(srv->sf);
         if (!wait_idle(srv, wd, set, aigw_now_ms() + DRAIN_GRACE_MS))

@@ -40,8 +40,9 @@ struct aigw_sf *aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms);
 /* Resume every waiter as timed out, stop and join the thread. NULL-safe. */
 void aigw_sf_stop(struct aigw_sf *sf);
 /* The drain deadline: resume every waiter as timed out and every later
- * aigw_sf_wait at once, but keep sf valid until aigw_sf_stop. Asynchronous
- * (the poller thread resumes them as it exits). NULL-safe. */
+ * aigw_sf_wait at once, but keep sf valid until aigw_sf_stop. Returns once
+ * the poller thread has resumed them and exited (at most the Redis round
+ * trip it may be in). Main thread; NULL-safe. */
 void aigw_sf_cancel(struct aigw_sf *sf);
 /* Register a suspended waiter (req->q->sf_* set). */
 void aigw_sf_wait(struct aigw_sf *sf, struct aigw_req *req);

@@ -137,7 +137,10 @@ void aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *s
 /* Fail every queued and in-flight call now (503 upstream_unavailable
  * "shutting down", done() runs on the engine thread) and every later submit
  * at once, as after aigw_upstream_stop, but keep the engine object valid
- * until aigw_upstream_stop: the drain deadline. Thread-safe, asynchronous. */
+ * until aigw_upstream_stop: the drain deadline. Returns once the engine has
+ * done so, i.e. every done() of a call submitted before has run (it waits
+ * at most 10 s for a wedged engine). Thread-safe; must not be called from
+ * a done() or an event callback. */
 void aigw_upstream_cancel_all(struct aigw_upstream *up);
 
 /* How long (ms) since the engine loop last went round (it goes round at

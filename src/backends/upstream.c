@@ -64,6 +64,9 @@
  * The answer is read once, when the model is done; at this size a few extra
  * recv() calls per answer cost microseconds. curl's minimum is 1024. */
 #define ANSWER_RECV_BUFFER 1024L
+/* How long aigw_upstream_cancel_all waits for the engine to fail its calls
+ * (it takes a round of the loop: a wedged engine is the watchdog's bound). */
+#define CANCEL_WAIT_MS 10000
 
 /* pick() results besides a backend index */
 #define PICK_FULL (-1) /* some backend of the group is eligible, none has a free slot */
@@ -156,9 +159,11 @@ struct aigw_upstream {
     int64_t next_sweep_ms;             /* sweep_streams: when next */
     size_t n_streams;                  /* active streaming calls */
     struct epoll_event ev[MAX_EVENTS];
-    /* reload and drain (see "reload" below); pending and cancel are guarded by lock */
+    /* reload and drain (see "reload" below); pending, cancel and cancels_done are guarded by lock */
     struct aigw_snapshot *pending;     /* newest configuration not applied yet */
     bool cancel;                       /* fail every call now and take no more */
+    uint64_t cancels_done;             /* cancels carried out (every call failed, done() ran) */
+    pthread_cond_t cancelled;          /* signalled with cancels_done */
     _Atomic int64_t beat_ms;           /* monotonic ms the loop last went round; 0 = not yet */
     struct aigw_config ecfg;           /* engine thread: the applied configuration (cfg points here once applied) */
     struct aigw_snapshot *snap;        /* engine thread: keeps the strings ecfg borrows alive */
@@ -1636,8 +1641,13 @@ checkpoint(struct aigw_upstream *up)
     cancel = up->cancel;
     up->cancel = false;
     pthread_mutex_unlock(&up->lock);
-    if (cancel)
+    if (cancel) {
         shutdown_calls(up);
+        pthread_mutex_lock(&up->lock);
+        up->cancels_done++;
+        pthread_cond_broadcast(&up->cancelled);
+        pthread_mutex_unlock(&up->lock);
+    }
     if (snap != NULL)
         apply(up, snap);
     aigw_snapshot_unref(snap);
@@ -1656,13 +1666,28 @@ aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *snap)
     aigw_eventfd_signal(up->wake_fd);
 }
 
+/* Waits for the engine: the drain stops the HTTP daemon right after this
+ * when told to hurry (a third signal), and libmicrohttpd 0.9.75 aborts the
+ * process if a connection is still suspended then ("MHD_stop_daemon()
+ * called while we have suspended connections"); a done() running later
+ * would resume a connection already freed. */
 void
 aigw_upstream_cancel_all(struct aigw_upstream *up)
 {
+    struct timespec until;
+    uint64_t want;
+    bool done = true;
+
+    aigw_deadline_ms(&until, CANCEL_WAIT_MS);
     pthread_mutex_lock(&up->lock);
     up->cancel = true;
-    pthread_mutex_unlock(&up->lock);
+    want = up->cancels_done + 1; /* a cancel already posted and not begun yet counts as this one */
     aigw_eventfd_signal(up->wake_fd);
+    while (up->cancels_done < want && done)
+        done = pthread_cond_timedwait(&up->cancelled, &up->lock, &until) == 0;
+    pthread_mutex_unlock(&up->lock);
+    if (!done)
+        aigw_log(LOG_ERR, "upstream: the engine did not cancel its calls within %d ms", CANCEL_WAIT_MS);
 }
 
 int64_t
@@ -1688,6 +1713,7 @@ aigw_upstream_start(const struct aigw_config *cfg, struct aigw_health *health)
     setup_backends(up);
     setup_events(up);
     pthread_mutex_init(&up->lock, NULL);
+    pthread_cond_init(&up->cancelled, NULL);
     atomic_init(&up->stopping, false);
     atomic_init(&up->n_in_flight, 0);
     atomic_init(&up->n_queued, 0);
@@ -1712,6 +1738,7 @@ aigw_upstream_stop(struct aigw_upstream *up)
     curl_slist_free_all(up->sse_hdrs);
     for (size_t b = 0; b < up->cfg->n_backends; b++)
         free(up->be[b].url);
+    pthread_cond_destroy(&up->cancelled);
     pthread_mutex_destroy(&up->lock);
     aigw_snapshot_unref(up->pending);
     aigw_snapshot_unref(up->snap);

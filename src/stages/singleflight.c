@@ -29,6 +29,7 @@ struct aigw_sf {
     struct aigw_req **waiters;
     size_t n, cap;
     bool stop;
+    bool joined;               /* the poller thread has exited (aigw_sf_cancel; main thread only) */
 };
 
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] lock ttl ms, ARGV[3]
@@ -169,7 +170,6 @@ aigw_sf_stop(struct aigw_sf *sf)
     if (sf == NULL)
         return;
     aigw_sf_cancel(sf);
-    pthread_join(sf->thread, NULL);
     pthread_cond_destroy(&sf->wake);
     pthread_mutex_destroy(&sf->lock);
     free(sf->waiters);
@@ -185,6 +185,13 @@ aigw_sf_cancel(struct aigw_sf *sf)
     sf->stop = true;
     pthread_cond_signal(&sf->wake);
     pthread_mutex_unlock(&sf->lock);
+    /* the poller resumes every waiter as it exits: wait for it, so that the
+     * drain never stops the HTTP daemon with a waiter still suspended
+     * (libmicrohttpd 0.9.75 aborts the process then) */
+    if (!sf->joined) {
+        pthread_join(sf->thread, NULL);
+        sf->joined = true;
+    }
 }
 
 void

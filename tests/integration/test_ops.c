@@ -1104,6 +1104,85 @@ out:
     free(cfg);
 }
 
+/* A second signal cancels what is still in flight; a third one, right
+ * behind it, ends the wait for their answers at once. The HTTP daemon must
+ * not be stopped while a request is still suspended on the engine or on a
+ * single-flight leader: libmicrohttpd 0.9.75 aborts the process then
+ * ("MHD_stop_daemon() called while we have suspended connections"), and a
+ * late resume would touch a freed connection. Both cancellations used to
+ * be asynchronous, so the third signal raced them. calls distinct
+ * questions wait on the model (hung), waiters more on one leader; with
+ * redis_stalled Redis is paused before the last two signals, so the
+ * single-flight poller is inside a round trip when it is cancelled. */
+static void
+drain_signals(int calls, int waiters, bool redis_stalled)
+{
+    int n = calls + 1 + waiters;
+    char *patch = tl_sprintf("{\"upstream\":{\"health_interval_ms\":200,\"fail_threshold\":100,\"timeout_ms\":60000,"
+                             "\"queue_size\":1000,\"routes\":null,\"backends\":[{\"name\":\"mock1\","
+                             "\"url\":\"${AIGW_MOCK_URL}\",\"slots\":%d,\"max_connections\":%d}]},"
+                             "\"shutdown\":{\"drain_timeout_ms\":60000}}",
+                             calls + 1, calls + 1);
+    char *cfg = tl_config_patch(patch), id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET"));
+    char **bodies = calloc((size_t)n, sizeof(*bodies));
+    struct tl_resp *out = calloc((size_t)n, sizeof(*out));
+    struct tl_parallel *bg;
+    struct tl_aigw gw;
+    int status;
+
+    tl_mock_reset(mock1);
+    tl_mock_config(mock1, "{\"mode\":\"hang\",\"slots\":1000}");
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        bodies[i] = i < calls ? tl_sprintf("{\"question\":\"Which lens for signal case %d of %d?\"}", i, (int)getpid())
+                              : tl_sprintf("{\"question\":\"Which lens for the shared signal case of %d?\"}",
+                                           (int)getpid());
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, (const char *const *)bodies, n, out);
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_in_flight", calls + 1, 20000) == calls + 1,
+          "%d calls in flight upstream", calls + 1);
+    CHECK(tl_metric_wait(gw.port, "aigw_requests_in_flight", n + 1, 20000) == n + 1,
+          "%d requests in flight (the scrape included)", n + 1);
+    tl_aigw_signal(&gw, SIGTERM);
+    CHECK(tl_aigw_log_wait(&gw, "drain: listener closed", 10000), "the drain began");
+    if (redis_stalled) {
+        tl_redis_int("CLIENT PAUSE 1500 ALL");
+        usleep(50 * 1000); /* the poller's next round (every 20 ms) is stuck in Redis now */
+    }
+    /* two different signals stay pending together: the drain takes one as
+     * "cancel now" and the other as "stop waiting" at once */
+    tl_aigw_signal(&gw, SIGINT);
+    tl_aigw_signal(&gw, SIGTERM);
+    status = tl_aigw_wait(&gw, 60000);
+    CHECK(status == 0, "exit 0 after three signals (%d calls, %d waiters%s): %d", calls, waiters,
+          redis_stalled ? ", Redis stalled" : "", status);
+    tl_parallel_join(bg);
+    for (int i = 0; i < n; i++) {
+        tl_resp_free(&out[i]);
+        free(bodies[i]);
+    }
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
+    if (redis_stalled)
+        usleep(1500 * 1000); /* the pause ends before the next test */
+out:
+    tl_mock_reset(mock1);
+    free(bodies);
+    free(out);
+    free(tok);
+    free(cfg);
+    free(patch);
+}
+
+static void
+test_drain_signals(void)
+{
+    for (int i = 0; i < 3; i++) /* a race: each round used to abort about two times in three */
+        drain_signals(200, 40, false);
+    drain_signals(0, 40, true);
+}
+
 int
 main(void)
 {
@@ -1119,6 +1198,7 @@ main(void)
     test_reloads();
     test_drain();
     test_drain_deadline();
+    test_drain_signals();
     PQfinish(owner);
     return tl_done();
 }
