@@ -32,6 +32,12 @@ void aigw_health_reconfigure(struct aigw_health *h, const struct aigw_config *cf
 
 /* Whether backend idx answered its last probe with 200. Thread-safe. */
 bool aigw_health_up(const struct aigw_health *h, size_t idx);
+/* Whether aigw_health_up has a verdict on slot idx's backend: false from
+ * the moment the slot gets a backend (at the start, or a reload) until its
+ * first probe is over. A caller that reads this first and then
+ * aigw_health_up sees, when this said true, a verdict at least that new.
+ * A slot without a URL reads as probed (and down). Thread-safe. */
+bool aigw_health_probed(const struct aigw_health *h, size_t idx);
 /* Number of probed backends currently up. Thread-safe. */
 size_t aigw_health_up_count(struct aigw_health *h);
 /* Number of probed backends (configured with a URL). Thread-safe. */

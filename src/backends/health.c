@@ -42,6 +42,7 @@ struct aigw_health {
     size_t n;
     int interval_ms;
     atomic_bool up[AIGW_MAX_BACKENDS];
+    atomic_bool probed[AIGW_MAX_BACKENDS]; /* up[] holds a verdict on the slot's backend (set after up[]) */
 };
 
 static size_t
@@ -108,6 +109,7 @@ probe_slot(struct aigw_health *h, CURL *curl, size_t i)
         if (res == PROBE_NO_ANSWER && t->misses < MISSES_DOWN && atomic_load(&h->up[i]))
             ok = true; /* one miss: stays up */
         was = atomic_exchange(&h->up[i], ok);
+        atomic_store(&h->probed[i], true); /* after up[]: see aigw_health_probed */
     }
     pthread_mutex_unlock(&h->lock);
     if (ok != was)
@@ -199,6 +201,7 @@ aigw_health_reconfigure(struct aigw_health *h, const struct aigw_config *cfg)
         snprintf(t->name, sizeof(t->name), "%s", b != NULL ? b->name : "");
         t->gen++;
         t->misses = 0;
+        atomic_store(&h->probed[i], t->url == NULL); /* a slot without a URL is down, no probe needed */
         atomic_store(&h->up[i], false);
     }
     h->n = cfg->n_backends;
@@ -212,6 +215,12 @@ bool
 aigw_health_up(const struct aigw_health *h, size_t idx)
 {
     return idx < AIGW_MAX_BACKENDS && atomic_load(&h->up[idx]);
+}
+
+bool
+aigw_health_probed(const struct aigw_health *h, size_t idx)
+{
+    return idx >= AIGW_MAX_BACKENDS || atomic_load(&h->probed[idx]);
 }
 
 size_t

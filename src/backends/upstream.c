@@ -38,6 +38,8 @@
 /* Longest poll: active health (another thread) can bring a backend back up
  * without waking us, so queued calls re-check at least this often. */
 #define IDLE_POLL_MS 500
+/* The same while a backend new to the table waits for its first probe. */
+#define PROBE_POLL_MS 20
 #define CHAT_PATH "/v1/chat/completions"
 /* epoll events taken per wake-up; more stay ready for the next epoll_wait */
 #define MAX_EVENTS 256
@@ -305,6 +307,11 @@ eligible(const struct aigw_upstream *up, int b)
  * slot, skipping the backends in mask; the scan starts at the group's
  * round-robin position so equally loaded backends take turns. No side
  * effects: returns a backend index, PICK_FULL or PICK_DOWN. */
+/* A backend new to the table (at the start, or after a reload) whose first
+ * /health probe is not over yet gets no calls, but the calls of its group
+ * wait for that verdict (PICK_FULL: queued) rather than fail at once with
+ * "no backend up": a reload that replaced a group's backends failed every
+ * call queued for it, and every new one, until the probe answered. */
 static int
 pick(const struct aigw_upstream *up, int t, unsigned mask)
 {
@@ -314,9 +321,17 @@ pick(const struct aigw_upstream *up, int t, unsigned mask)
     for (size_t k = 0; k < n; k++) {
         int b = up->cfg->route_backends[t][(up->rr[t] + k) % n];
         const struct backend *be;
+        bool probed;
 
-        if (b < 0 || (size_t)b >= up->cfg->n_backends || (mask & (1u << b)) || !eligible(up, b))
+        if (b < 0 || (size_t)b >= up->cfg->n_backends || (mask & (1u << b)))
             continue;
+        /* read before eligible(): a verdict published meanwhile is seen there */
+        probed = up->health == NULL || aigw_health_probed(up->health, (size_t)b);
+        if (!eligible(up, b)) {
+            if (!probed && up->be[b].down_until == 0 && best == PICK_DOWN)
+                best = PICK_FULL;
+            continue;
+        }
         be = &up->be[b];
         if (be->in_flight >= be->cap) {
             if (best == PICK_DOWN)
@@ -1263,9 +1278,12 @@ poll_timeout(const struct aigw_upstream *up, int64_t now)
     for (int g = 0; g < AIGW_QUERY_TYPES; g++)
         if (up->queue[g].head != NULL && up->queue[g].head->submit_ms + up->cfg->queue_timeout_ms - now < t)
             t = up->queue[g].head->submit_ms + up->cfg->queue_timeout_ms - now;
-    for (size_t b = 0; b < up->cfg->n_backends; b++)
+    for (size_t b = 0; b < up->cfg->n_backends; b++) {
         if (up->be[b].down_until != 0 && up->be[b].down_until - now < t)
             t = up->be[b].down_until - now;
+        if (up->health != NULL && PROBE_POLL_MS < t && !aigw_health_probed(up->health, b))
+            t = PROBE_POLL_MS; /* calls may wait for its first probe (see pick), which does not wake us */
+    }
     if (up->n_streams > 0 && up->next_sweep_ms - now < t)
         t = up->next_sweep_ms - now; /* sweep_streams */
     return t > 0 ? (int)t : 0;

@@ -1460,6 +1460,60 @@ test_reconfigure_replace(void)
     tl_mock_reset(mock1);
 }
 
+/* The same with active health: a backend new to the table gets no call
+ * before its first probe (sent at once) answers, but the calls that would
+ * go to it wait for that answer instead of failing at once with "no
+ * backend up" (the queued one, and one submitted right after the reload);
+ * a new backend whose probe says it is down still fails them. */
+static void
+test_reconfigure_probed(void)
+{
+    struct aigw_config cfg, next;
+    struct aigw_health *h;
+    struct aigw_upstream *up;
+    struct pending p[4];
+    char *dead = dead_url();
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"first_token_ms\":1500}");
+    cfg_init(&cfg);
+    cfg.health_interval_ms = 60000; /* only the probes a (re)configuration sends at once */
+    add_backend(&cfg, "old", mock1, 1);
+    h = aigw_health_start(&cfg);
+    up = aigw_upstream_start(&cfg, h);
+    for (int64_t end = aigw_now_ms() + 3000; !aigw_health_up(h, 0) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    submit(up, &p[0]);
+    submit(up, &p[1]);
+    wait_gauges(up, 1, 1);
+    CHECK(aigw_upstream_in_flight(up) == 1 && aigw_upstream_queued(up) == 1, "probed: one in flight, one queued");
+    cfg_init(&next);
+    next.health_interval_ms = 60000;
+    add_backend(&next, "new", mock2, 1);
+    reconfigure(up, &next, 2);
+    submit(up, &p[2]);
+    CHECK(wait_all(p, 3, 10000), "probed: all done");
+    CHECK(answered_by(&p[1], "new"), "probed: the queued call waited for the new backend's probe and went there (%d %s)",
+          res(&p[1])->status, res(&p[1])->error_detail ? res(&p[1])->error_detail : "-");
+    CHECK(answered_by(&p[2], "new"), "probed: so did a call submitted right after the reload (%d %s)",
+          res(&p[2])->status, res(&p[2])->error_detail ? res(&p[2])->error_detail : "-");
+    CHECK(answered_by(&p[0], "old"), "probed: the call in flight finished on the removed backend");
+    cfg_init(&next);
+    next.health_interval_ms = 60000;
+    add_backend(&next, "gone", dead, 1);
+    reconfigure(up, &next, 3);
+    submit(up, &p[3]);
+    CHECK(wait_all(&p[3], 1, 5000), "probed: a call for a backend that is not there ends");
+    check_error("probed down", &p[3], 503, "upstream_unavailable");
+    CHECK(tl_mock_stat(mock2, "chat_requests") == 2, "probed: mock2 got 2");
+    free_all(p, 4);
+    aigw_upstream_stop(up);
+    aigw_health_stop(h);
+    aigw_config_free(&cfg);
+    free(dead);
+    tl_mock_reset(mock1);
+}
+
 /* A backend kept by name and URL keeps its in-flight count even when its
  * place in the list changes: it stays full, so new calls use the other. */
 static void
@@ -1609,6 +1663,7 @@ main(void)
     test_no_route();
     test_free_in_done();
     test_reconfigure_replace();
+    test_reconfigure_probed();
     test_reconfigure_keeps_counts();
     test_reconfigure_deferred();
     test_cancel();
