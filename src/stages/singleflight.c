@@ -218,15 +218,23 @@ aigw_sf_publish(struct aigw_req *req, const char *result_json, const struct aigw
     const char *args[5] = {req->usage_id, result_json != NULL ? result_json : "", "10000",
                            entry != NULL ? entry->value.buf : NULL, entry != NULL ? entry->ttl_s : NULL};
     redisContext *rc = aigw_redis_acquire(req->srv->redis);
-    redisReply *r;
+    redisReply *r = NULL;
 
-    if (rc == NULL)
-        return; /* waiters fall back to retrying once the lock expires */
-    r = aigw_redis_eval(rc, &publish_script, entry != NULL ? 3 : 2, keys, entry != NULL ? 5 : 3, args);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR)
-        aigw_log(LOG_WARNING, "single-flight: publish failed for request %s", req->request_id);
+    if (rc != NULL) {
+        r = aigw_redis_eval(rc, &publish_script, entry != NULL ? 3 : 2, keys, entry != NULL ? 5 : 3, args);
+        aigw_redis_release(req->srv->redis, rc);
+    }
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        /* the waiters (on every instance) would wait out the lock, minutes
+         * for a stream: sent again until Redis takes it. Running it twice
+         * is harmless (the lock goes only while it is still this
+         * request's); once the lock has expired the waiters moved on */
+        aigw_log(LOG_WARNING, "single-flight: publish failed for request %s; retrying", req->request_id);
+        aigw_redis_outbox_eval(req->srv->outbox, &publish_script, entry != NULL ? 3 : 2, keys,
+                               entry != NULL ? 5 : 3, args, aigw_now_ms() + aigw_singleflight_lock_ms(req),
+                               "publishing a single-flight result", NULL, NULL);
+    }
     freeReplyObject(r);
-    aigw_redis_release(req->srv->redis, rc);
 }
 
 static void

@@ -330,6 +330,52 @@ lost_outcome(struct relay *rl, int port)
     free(tok);
 }
 
+/* A leader's publish (its result for the waiters, its cache entry, the
+ * lock's release) is dropped on its way to Redis, which then stays out of
+ * reach for 2 s: the outbox sends it again, so the lock goes and the entry
+ * is stored once Redis answers (before: the lock stayed for its lifetime,
+ * minutes for a stream, and every waiter on every instance waited it out). */
+static void
+lost_publish(struct relay *rl, int port)
+{
+    char id[37], code[65], *tok, *q, *pat, buf[16];
+    struct tl_resp r;
+    long long lk = -1, entries = -1;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    q = tl_sprintf("aigw:{%s}:sf:", id); /* the admission names it (as a prefix), then the publish */
+    pat = tl_sprintf("aigw:{%s}:c:*", id);
+    relay_arm(rl, q, 1, 2000);
+    pthread_mutex_lock(&rl->lock);
+    rl->drop = true;
+    pthread_mutex_unlock(&rl->lock);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"its publish is lost on the way to Redis\"}", &r);
+    CHECK(r.status == 200, "publish lost: the leader is answered (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
+        usleep(20 * 1000);
+    CHECK(atomic_load(&rl->held) == 1, "publish lost: it was dropped");
+    for (int i = 0; i < 250; i++) { /* 2 s out of reach, then the next retry within a second */
+        lk = tl_sf_locks(id);
+        entries = tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pat);
+        if (lk == 0 && entries == 1)
+            break;
+        usleep(20 * 1000);
+    }
+    CHECK(lk == 0, "publish lost: the lock goes once Redis answers (%lld)", lk);
+    CHECK(entries == 1, "publish lost: and the answer is cached (%lld)", entries);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"its publish is lost on the way to Redis\"}", &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) != NULL && strcmp(buf, "HIT") == 0,
+          "publish lost: the question again is a cache hit (%ld)", r.status);
+    tl_resp_free(&r);
+    relay_arm(rl, "", 0, 0);
+    atomic_store(&rl->held, 0);
+    free(pat);
+    free(q);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -358,6 +404,7 @@ main(void)
      * the abandon fails at first and is sent again until Redis takes it */
     lost_reply(&rl, gw.port, "admission, Redis cut off", ":q:", 0, 3000, NULL);
     lost_outcome(&rl, gw.port);
+    lost_publish(&rl, gw.port);
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     relay_stop(&rl);
     PQfinish(owner);
