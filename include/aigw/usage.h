@@ -48,8 +48,11 @@ struct aigw_usage *aigw_usage_start(const struct aigw_config *cfg);
 void aigw_usage_stop(struct aigw_usage *u, int deadline_ms);
 
 /* Append row to the spool (one write(2) of one JSON line) and wake the
- * writer. Thread-safe; cheap (no PostgreSQL on the caller's thread). Returns
- * 0, or -1 if the spool write failed (logged; the caller still answers). */
+ * writer. Thread-safe; cheap (no PostgreSQL on the caller's thread). A row
+ * the spool refuses (disk full, I/O error) waits in memory (up to 64 MiB of
+ * rows) and is appended, before any later row, as soon as the spool takes
+ * rows again. Returns 0, or -1 if the row is lost (logged; the caller still
+ * answers). */
 int aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row);
 
 /* Rows recorded but not yet committed to PostgreSQL; spool bytes on disk. */

@@ -69,6 +69,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define READ_MIN ((size_t)64 << 10)
+#define HELD_MAX_BYTES ((size_t)64 << 20) /* rows kept in memory while the spool refuses writes */
 
 /* A plain INSERT first: a duplicate id only comes from a replay (the ids are
  * aigw's own UUIDv7s), and ON CONFLICT costs PostgreSQL ~12k instructions
@@ -122,7 +123,15 @@ struct seg {
     atomic_size_t size;    /* bytes of complete rows; grows under u->lock after the write */
     size_t done;           /* bytes whose rows are committed, rejected or skipped (writer only) */
     bool closed;           /* no more appends (writer only) */
+    bool torn;             /* ends in part of a row that could not be cut off (under u->lock) */
     int64_t opened_ms;
+};
+
+/* A row the spool refused (disk full, I/O error): kept until it takes it. */
+struct held {
+    struct held *next;
+    char *line;
+    size_t len;
 };
 
 struct brow {
@@ -152,12 +161,16 @@ struct aigw_usage {
     int batch_rows;
     int flush_ms;
     pthread_t thread;
-    pthread_mutex_t lock;  /* guards cur, appends to it, pending, stop, deadline_ms */
+    pthread_mutex_t lock;  /* guards cur, appends to it, held, pending, stop, deadline_ms */
     pthread_cond_t wake;   /* CLOCK_MONOTONIC */
     struct seg *segs;      /* oldest first, cur last; the list belongs to the writer */
     struct seg *cur;
     uint64_t last_seq;
     size_t pending;        /* rows appended since the writer last looked */
+    struct held *held;     /* rows the spool refused, oldest first; held_tail: the end */
+    struct held **held_tail;
+    size_t held_bytes;
+    bool failing;          /* a spool write failed: logged once, until one succeeds */
     bool stop;
     int64_t deadline_ms;
     size_t synced;         /* cur's size at its last fdatasync (writer only) */
@@ -432,33 +445,103 @@ load_old_segments(struct aigw_usage *u)
 
 /* ---- recording (request threads) ---- */
 
+/* With u->lock held: a spool write failed (logged once until one succeeds). */
+static int
+spool_failed(struct aigw_usage *u, const struct seg *s, int err)
+{
+    char eb[128];
+
+    if (!u->failing)
+        aigw_log(LOG_ERR, "usage: spool write to %s failed: %s; rows wait in memory until the spool takes them",
+                 s->path, errstr(err, eb, sizeof(eb)));
+    u->failing = true;
+    return -1;
+}
+
 /* With u->lock held: one write (looping only on short writes, which nobody
  * else can interleave with under the lock). A failed write is cut back off
- * so that the next row does not get glued onto half a row. */
+ * so that the next row does not get glued onto half a row; if even that
+ * fails, the piece is ended with a '\n' before the next row, a line of its
+ * own that the writer rejects. fresh: a row not counted in the backlog yet
+ * (not one that waited in memory). */
 static int
-append_line(struct aigw_usage *u, const char *line, size_t len)
+append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
 {
     struct seg *s = u->cur;
     size_t old = atomic_load(&s->size), off;
-    char eb[128];
     int err = 0;
 
+    if (s->torn) {
+        if (aigw_write_all(s->fd, "\n", 1, &err) != 1)
+            return spool_failed(u, s, err);
+        s->torn = false;
+        atomic_store(&s->size, ++old);
+        atomic_fetch_add(&u->spool_bytes, 1);
+        atomic_fetch_add(&u->backlog, 1); /* one more line for the writer */
+    }
     if ((off = aigw_write_all(s->fd, line, len, &err)) < len) {
-        aigw_log(LOG_ERR, "usage: spool write to %s failed: %s", s->path, errstr(err, eb, sizeof(eb)));
         if (off > 0 && ftruncate(s->fd, (off_t)old) != 0) {
-            /* half a row stays: publish it, the writer skips or rejects it */
+            /* half a row stays: publish it, ended by the next append */
             aigw_log(LOG_CRIT, "usage: cannot cut a partial row off %s", s->path);
             atomic_store(&s->size, old + off);
             atomic_fetch_add(&u->spool_bytes, off);
+            s->torn = true;
         }
-        return -1;
+        return spool_failed(u, s, err);
     }
     atomic_store(&s->size, old + len);
     atomic_fetch_add(&u->spool_bytes, len);
-    atomic_fetch_add(&u->backlog, 1);
+    if (fresh)
+        atomic_fetch_add(&u->backlog, 1);
+    if (u->failing)
+        aigw_log(LOG_NOTICE, "usage: the spool takes rows again");
+    u->failing = false;
     /* wake an idle writer at the first row, a waiting one at a full batch */
     if (++u->pending == 1 || u->pending == (size_t)u->batch_rows)
         pthread_cond_signal(&u->wake);
+    return 0;
+}
+
+/* With u->lock held: keep a row the spool refused (line is malloc'd, taken
+ * over); -1 when too much waits already and the row is lost. */
+static int
+hold(struct aigw_usage *u, char *line, size_t len)
+{
+    struct held *h;
+
+    if (u->held_bytes + len > HELD_MAX_BYTES) {
+        aigw_log(LOG_CRIT, "usage: the spool refuses writes and %zu bytes of rows wait in memory: a usage row is lost",
+                 u->held_bytes);
+        return -1;
+    }
+    h = aigw_xmalloc(sizeof(*h));
+    h->next = NULL;
+    h->line = line;
+    h->len = len;
+    *u->held_tail = h;
+    u->held_tail = &h->next;
+    u->held_bytes += len;
+    atomic_fetch_add(&u->backlog, 1);
+    return 0;
+}
+
+/* With u->lock held: append the rows that wait in memory, oldest first;
+ * 0 when none is left. */
+static int
+flush_held(struct aigw_usage *u)
+{
+    while (u->held != NULL) {
+        struct held *h = u->held;
+
+        if (append_line(u, h->line, h->len, false) != 0)
+            return -1;
+        u->held = h->next;
+        if (u->held == NULL)
+            u->held_tail = &u->held;
+        u->held_bytes -= h->len;
+        free(h->line);
+        free(h);
+    }
     return 0;
 }
 
@@ -467,7 +550,7 @@ aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
 {
     size_t len = 0;
     char *line;
-    int ret;
+    int ret = 0;
 
     if (u == NULL || row == NULL)
         return -1;
@@ -481,9 +564,12 @@ aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
         return -1;
     }
     pthread_mutex_lock(&u->lock);
-    ret = append_line(u, line, len);
+    if ((u->held == NULL || flush_held(u) == 0) && append_line(u, line, len, true) == 0) {
+        free(line);
+    } else if ((ret = hold(u, line, len)) != 0) {
+        free(line);
+    }
     pthread_mutex_unlock(&u->lock);
-    free(line);
     return ret;
 }
 
@@ -969,15 +1055,17 @@ out_of_time(struct aigw_usage *u)
 }
 
 /* Rotate the current segment when it is big, or old with every row
- * committed (then collect() unlinks it at once). Only the writer changes
- * u->cur; appenders see the switch under the lock. */
+ * committed (then collect() unlinks it at once), or (refused) when it
+ * refused a write: a new file may take what this one does not (a file size
+ * limit, an I/O error of its own). Only the writer changes u->cur;
+ * appenders see the switch under the lock. */
 static void
-maybe_rotate(struct aigw_usage *u)
+maybe_rotate(struct aigw_usage *u, bool refused)
 {
     struct seg *old = u->cur, *next;
     size_t size = atomic_load(&old->size);
 
-    if (size < SEG_MAX_BYTES &&
+    if (size < SEG_MAX_BYTES && !(refused && size > 0) &&
         !(size > 0 && old->done == size && aigw_now_ms() - old->opened_ms >= SEG_MAX_AGE_MS))
         return;
     if ((next = seg_create(u)) == NULL)
@@ -993,22 +1081,45 @@ maybe_rotate(struct aigw_usage *u)
     u->synced_ms = aigw_now_ms();
 }
 
-/* fdatasync new rows at most every flush interval (or now, when forced),
- * rotate, unlink what is done. */
-static void
+/* Append the rows that wait in memory (the writer's retry); true while
+ * some still wait. */
+static bool
+retry_held(struct aigw_usage *u)
+{
+    bool stuck;
+
+    pthread_mutex_lock(&u->lock);
+    stuck = u->held != NULL && flush_held(u) != 0;
+    pthread_mutex_unlock(&u->lock);
+    return stuck;
+}
+
+/* Append rows that wait in memory, fdatasync new rows at most every flush
+ * interval (or now, when forced), rotate, unlink what is done. Returns
+ * whether rows waited in memory (appended now, or still waiting). */
+static bool
 tend(struct aigw_usage *u, bool force)
 {
-    size_t size = atomic_load(&u->cur->size);
+    size_t size;
     int64_t now = aigw_now_ms();
+    bool had, stuck;
 
+    pthread_mutex_lock(&u->lock);
+    had = u->held != NULL;
+    pthread_mutex_unlock(&u->lock);
+    stuck = had && retry_held(u);
+    size = atomic_load(&u->cur->size);
     if (size != u->synced && (force || now - u->synced_ms >= u->flush_ms)) {
         if (fdatasync(u->cur->fd) != 0)
             aigw_log(LOG_WARNING, "usage: fdatasync %s failed", u->cur->path);
         u->synced = size;
         u->synced_ms = now;
     }
-    maybe_rotate(u);
+    maybe_rotate(u, stuck);
+    if (stuck)
+        retry_held(u); /* into the new segment, if there is one */
     collect(u);
+    return had;
 }
 
 static bool
@@ -1125,11 +1236,11 @@ run(void *arg)
 
     for (;;) {
         int r = drain(u); /* first round: what earlier runs left */
+        bool held = tend(u, true); /* rows that waited in memory: appended now, or still waiting */
 
-        tend(u, true);
-        if (stopping(u) && (r == 0 || aigw_now_ms() >= u->deadline_ms))
+        if (stopping(u) && ((r == 0 && !held) || aigw_now_ms() >= u->deadline_ms))
             break;
-        if (r == 0) {
+        if (r == 0 && !held) {
             backoff = BACKOFF_MIN_MS;
             wait_for_rows(u);
             continue;
@@ -1147,6 +1258,13 @@ run(void *arg)
 static void
 destroy(struct aigw_usage *u)
 {
+    while (u->held != NULL) {
+        struct held *h = u->held;
+
+        u->held = h->next;
+        free(h->line);
+        free(h);
+    }
     while (u->segs != NULL) {
         struct seg *s = u->segs;
 
@@ -1193,6 +1311,7 @@ aigw_usage_start(const struct aigw_config *cfg)
     u->flush_ms = cfg->usage_flush_ms > 0 ? cfg->usage_flush_ms : 1;
     atomic_init(&u->backlog, 0);
     atomic_init(&u->spool_bytes, 0);
+    u->held_tail = &u->held;
     if (open_spool(u) != 0 || load_old_segments(u) != 0 || (u->cur = seg_create(u)) == NULL) {
         aigw_log(LOG_ERR, "usage: spool %s unusable; not starting", u->dir);
         destroy(u);
@@ -1223,6 +1342,15 @@ aigw_usage_stop(struct aigw_usage *u, int deadline_ms)
     pthread_mutex_unlock(&u->lock);
     pthread_join(u->thread, NULL);
 
+    pthread_mutex_lock(&u->lock);
+    if (u->held != NULL && flush_held(u) != 0) { /* a last try: then they wait in the spool for the next start */
+        size_t lost = 0;
+
+        for (const struct held *h = u->held; h != NULL; h = h->next)
+            lost++;
+        aigw_log(LOG_CRIT, "usage: the spool refuses writes: %zu usage rows that waited in memory are lost", lost);
+    }
+    pthread_mutex_unlock(&u->lock);
     if (fdatasync(u->cur->fd) != 0)
         aigw_log(LOG_WARNING, "usage: fdatasync %s failed", u->cur->path);
     while (u->segs != NULL) {

@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -201,6 +204,15 @@ queries_used(const char *tenant)
     const char *p[1] = {tenant};
 
     return tl_sql_long(owner, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p);
+}
+
+/* Whether a row with id is in ai_usage_logs. */
+static bool
+row_in(const char *id)
+{
+    const char *p[1] = {id};
+
+    return tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE id = $1", 1, p) == 1;
 }
 
 /* What every test row of tenant shares: a successful knowledge query. */
@@ -1049,6 +1061,107 @@ test_rejected(const char *url)
     remove_spool(dir);
 }
 
+/* ---- 5b: a spool that refuses writes ---- */
+
+/* The spool cannot take a row (a full disk; here a file size limit, so
+ * that write fails with EFBIG part-way through rows): the row is kept in
+ * memory and appended as soon as the spool takes rows again (the writer
+ * moves on to a new segment meanwhile), so every row still reaches
+ * PostgreSQL, once. */
+static void
+test_spool_refuses(const char *url)
+{
+    enum { N = 60 };
+    char tenant[37], dir[64], path[512];
+    struct rlimit old, lim;
+    struct aigw_usage *u;
+    int fails;
+
+    u = fresh_writer("pro", tenant, dir, url, 20, 100);
+    if (u == NULL)
+        return;
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 4000; /* ~8 rows per segment */
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0, "file size limit set");
+    fails = record_n(u, tenant, 0, N);
+    CHECK(wait_backlog(u, 0, 15000), "every row committed while the limit holds (backlog %zu)",
+          aigw_usage_backlog(u));
+    setrlimit(RLIMIT_FSIZE, &old);
+    CHECK(fails == 0, "no row given up (%d)", fails);
+    CHECK(count_rows(tenant) == N, "every row written: %ld of %d", count_rows(tenant), N);
+    CHECK(queries_used(tenant) == billed(0, N), "billed once each: %ld, want %d", queries_used(tenant),
+          billed(0, N));
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    CHECK(access(path, F_OK) != 0, "nothing rejected");
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segments removed");
+    remove_spool(dir);
+}
+
+/* Set or clear the append-only flag of path (EPERM for ftruncate). */
+static bool
+append_only(const char *path, bool on)
+{
+    int fd = open(path, O_RDONLY), fl = 0;
+    bool ok = fd >= 0 && ioctl(fd, FS_IOC_GETFLAGS, &fl) == 0;
+
+    if (ok) {
+        fl = on ? fl | FS_APPEND_FL : fl & ~FS_APPEND_FL;
+        ok = ioctl(fd, FS_IOC_SETFLAGS, &fl) == 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* A write that fails part-way and whose piece cannot be cut off again
+ * (ftruncate refused: the file is append-only here) leaves part of a row
+ * without its '\n' in the segment. The next row must not be glued onto it:
+ * the piece is ended as a line of its own (and rejected), the row that
+ * failed is written once the spool takes it, and the next row is written. */
+static void
+test_torn_row(const char *url)
+{
+    char tenant[37], dir[64], seg[512], req[3][64];
+    struct aigw_usage_row r[3];
+    struct rlimit old, lim;
+    struct aigw_usage *u;
+    struct stat st;
+
+    u = fresh_writer("pro", tenant, dir, url, 20, 100);
+    if (u == NULL)
+        return;
+    fill_row(&r[0], req[0], sizeof(req[0]), tenant, 1);
+    CHECK(aigw_usage_record(u, &r[0]) == 0, "first row");
+    CHECK(wait_backlog(u, 0, 5000), "first row committed");
+    segments(dir, seg, sizeof(seg));
+    if (stat(seg, &st) != 0 || !append_only(seg, true)) {
+        fprintf(stderr, "test_torn_row: skipped, no append-only flag here\n");
+        aigw_usage_stop(u, 5000);
+        remove_spool(dir);
+        return;
+    }
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = (rlim_t)st.st_size + 60; /* 60 bytes of the next row fit */
+    setrlimit(RLIMIT_FSIZE, &lim);
+    fill_row(&r[1], req[1], sizeof(req[1]), tenant, 2);
+    aigw_usage_record(u, &r[1]);
+    setrlimit(RLIMIT_FSIZE, &old);
+    append_only(seg, false);
+    fill_row(&r[2], req[2], sizeof(req[2]), tenant, 4);
+    CHECK(aigw_usage_record(u, &r[2]) == 0, "the row after the torn one");
+    CHECK(wait_backlog(u, 0, 10000), "all handled (backlog %zu)", aigw_usage_backlog(u));
+    CHECK(row_in(r[0].id) && row_in(r[1].id) && row_in(r[2].id), "all three rows written (%d %d %d)",
+          row_in(r[0].id), row_in(r[1].id), row_in(r[2].id));
+    CHECK(count_rows(tenant) == 3, "once each: %ld", count_rows(tenant));
+    aigw_usage_stop(u, 5000);
+    remove_spool(dir);
+}
+
 /* ---- 6: a tenant's deletion and its usage rows ---- */
 
 /* Poll (up to 5 s) until the backend of the query sql selects (one row: its
@@ -1294,6 +1407,8 @@ main(void)
     test_batches(url);
     test_batch_with_written_row(url);
     test_rejected(url);
+    test_spool_refuses(url);
+    test_torn_row(url);
     test_tenant_deleted_during_batch(url);
     test_tenant_delete_waits();
     test_pgbouncer();
