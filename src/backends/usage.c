@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -140,6 +141,7 @@ struct brow {
     char id[37];
     char tenant[37];
     bool bad;              /* not a usage row: goes to rejected.jsonl */
+    const char *why;       /* why it is bad */
     bool done;
 };
 
@@ -604,6 +606,7 @@ parse_row_fast(struct brow *row)
     memcpy(row->tenant, p + 36 + sizeof(b) - 1, 36);
     row->tenant[36] = '\0';
     row->bad = false;
+    row->why = NULL;
     return true;
 }
 
@@ -620,6 +623,7 @@ parse_row(struct brow *row)
 
     row->bad = id == NULL || tenant == NULL || !aigw_is_uuid(id, strlen(id)) ||
                !aigw_is_uuid(tenant, strlen(tenant));
+    row->why = row->bad ? "not a usage row" : NULL;
     snprintf(row->id, sizeof(row->id), "%s", row->bad ? "-" : id);
     snprintf(row->tenant, sizeof(row->tenant), "%s", row->bad ? "-" : tenant);
     json_decref(o);
@@ -741,12 +745,19 @@ ensure_conn(struct aigw_usage *u)
     return 0;
 }
 
+/* An unfinished, sound row of tenant. */
+static bool
+of_tenant(const struct brow *r, const char *tenant)
+{
+    return !r->done && !r->bad && strcmp(r->tenant, tenant) == 0;
+}
+
 static bool
 row_wanted(const struct brow *r, const char *tenant, const struct brow *only)
 {
     if (only != NULL)
         return r == only;
-    return !r->done && tenant != NULL && strcmp(r->tenant, tenant) == 0;
+    return tenant != NULL && of_tenant(r, tenant);
 }
 
 /* "[line,line,...]" of the batch's unfinished rows of tenant (or just one). */
@@ -880,7 +891,7 @@ isolate(struct aigw_usage *u, const char *tenant)
         struct brow *row = &b->rows[i];
         int v;
 
-        if (row->done || strcmp(row->tenant, tenant) != 0)
+        if (!of_tenant(row, tenant))
             continue;
         v = try_alone(u->conn, b, row, why, sizeof(why));
         if (v == 0) {
@@ -897,21 +908,49 @@ isolate(struct aigw_usage *u, const char *tenant)
     return 0;
 }
 
+/* Whether the JSON statement reads line as the row the writer took it for:
+ * one object (after a comma, a second object would be a second row in the
+ * JSON array), no key twice (jsonb keeps the last one; parse_row_fast went
+ * by the first, and a second tenant_id failed every statement on RLS, for
+ * ever), and its id and tenant_id. jansson reads JSON as jsonb does
+ * otherwise (a \u0000 is for PostgreSQL to refuse). Only for lines the
+ * binary reader refuses. */
+static bool
+json_line_sound(const struct brow *row)
+{
+    json_t *o = json_loadb(row->line, row->len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
+                           NULL);
+    json_t *id = json_object_get(o, "id"), *tenant = json_object_get(o, "tenant_id");
+    bool ok = json_string_length(id) == 36 && json_string_length(tenant) == 36 &&
+              strcasecmp(json_string_value(id), row->id) == 0 && strcasecmp(json_string_value(tenant), row->tenant) == 0;
+
+    json_decref(o);
+    return ok;
+}
+
 /* The tenant's unfinished rows as binary arrays in u->arrays; false when a
- * line is not in aigw_usage_line's exact shape. */
+ * line is not in aigw_usage_line's exact shape: the rows then go as JSON,
+ * and a line from there on that the JSON statement would misread is marked
+ * bad (commit_batch rejects it). */
 static bool
 arrays_of(struct aigw_usage *u, const char *tenant)
 {
-    const struct batch *b = &u->b;
+    struct batch *b = &u->b;
+    bool bin = true;
 
     aigw_usage_arrays_reset(&u->arrays);
     for (size_t i = 0; i < b->n; i++) {
-        const struct brow *r = &b->rows[i];
+        struct brow *r = &b->rows[i];
 
-        if (row_wanted(r, tenant, NULL) && !aigw_usage_arrays_add(&u->arrays, r->line, r->len))
-            return false;
+        if (!row_wanted(r, tenant, NULL) || (bin && aigw_usage_arrays_add(&u->arrays, r->line, r->len)))
+            continue;
+        bin = false;
+        if (!json_line_sound(r)) {
+            r->bad = true;
+            r->why = "a line the JSON statement would misread (a key twice, or more than one object)";
+        }
     }
-    return true;
+    return bin;
 }
 
 /* PostgreSQL answered state (26000: no such statement, after it was
@@ -1005,7 +1044,7 @@ commit_tenant(struct aigw_usage *u, const char *tenant)
     if (r != NULL) {
         PQclear(r);
         for (size_t i = 0; i < b->n; i++)
-            if (!b->rows[i].done && strcmp(b->rows[i].tenant, tenant) == 0)
+            if (of_tenant(&b->rows[i], tenant))
                 row_finished(u, &b->rows[i]);
         return 0;
     }
@@ -1021,14 +1060,16 @@ commit_batch(struct aigw_usage *u)
 {
     struct batch *b = &u->b;
 
-    for (size_t i = 0; i < b->n; i++) {
+    for (size_t i = 0; i < b->n;) {
         struct brow *row = &b->rows[i];
         char tenant[37];
 
-        if (row->done)
+        if (row->done) {
+            i++;
             continue;
+        }
         if (row->bad) {
-            if (reject(u, row, "not a usage row") != 0)
+            if (reject(u, row, row->why) != 0)
                 return -1;
             continue;
         }
@@ -1037,6 +1078,7 @@ commit_batch(struct aigw_usage *u)
         memcpy(tenant, row->tenant, sizeof(tenant)); /* row is marked done below */
         if (commit_tenant(u, tenant) != 0)
             return -1;
+        /* row is done now, or was found bad on the way (arrays_of): again */
     }
     return 0;
 }

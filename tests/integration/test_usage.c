@@ -1061,7 +1061,60 @@ test_rejected(const char *url)
     remove_spool(dir);
 }
 
-/* ---- 5b: a spool that refuses writes ---- */
+/* ---- 5b: malformed lines the JSON statement would misread ---- */
+
+/* Edited or corrupted lines that the binary reader refuses, and that the
+ * JSON statement would read otherwise than the writer groups them: a
+ * tenant_id given twice (PostgreSQL keeps the last one, another tenant than
+ * the first the writer goes by, so the statement and its row-by-row retry
+ * fail on RLS for ever and every row behind it waits), and a second object
+ * after the first on one line (in the JSON array it is a second row, billed
+ * from half a line). Both are moved to rejected.jsonl, and the rows around
+ * them are written. */
+static void
+test_malformed_lines(const char *url)
+{
+    char ta[37], tb[37], code[65], dir[64], path[512], *tail, *second, *text;
+    struct aigw_usage_row w[5], extra;
+    struct aigw_usage *u;
+
+    tl_create_tenant(owner, "pro", "active", ta, code);
+    tl_create_tenant(owner, "pro", "active", tb, code);
+    make_spool(dir);
+    snprintf(path, sizeof(path), "%s/usage-00000000000000000001.jsonl", dir);
+    append_row(path, &w[0], ta, "req-malformed-0", NULL, NULL);
+    tail = tl_sprintf("Z\",\"tenant_id\":\"%s\"}", tb);
+    append_row(path, &w[1], ta, "req-malformed-1", "Z\"}", tail);
+    free(tail);
+    append_row(path, &w[2], ta, "req-malformed-2", NULL, NULL);
+    base_row(&extra, ta, "req-malformed-extra");
+    second = line_of(&extra, NULL, NULL);
+    tail = tl_sprintf("Z\"},%s", second);
+    append_row(path, &w[3], ta, "req-malformed-3", "Z\"}", tail);
+    free(tail);
+    free(second);
+    append_row(path, &w[4], ta, "req-malformed-4", NULL, NULL);
+    u = start(dir, url, 20, 100);
+    CHECK(u != NULL, "writer starts on the segment");
+    if (u == NULL)
+        return;
+    CHECK(wait_backlog(u, 0, 10000), "nothing blocked behind the malformed lines (backlog %zu)",
+          aigw_usage_backlog(u));
+    CHECK(row_in(w[0].id) && row_in(w[2].id) && row_in(w[4].id), "the good rows are written");
+    CHECK(!row_in(w[1].id) && !row_in(w[3].id), "the malformed lines are not");
+    CHECK(!row_in(extra.id), "no row is made from the second half of a line");
+    CHECK(count_rows(ta) == 3 && count_rows(tb) == 0, "rows: %ld of tenant a, %ld of tenant b", count_rows(ta),
+          count_rows(tb));
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    text = read_all(path);
+    CHECK(strstr(text, w[1].id) != NULL && strstr(text, w[3].id) != NULL, "both lines are in rejected.jsonl");
+    free(text);
+    aigw_usage_stop(u, 5000);
+    CHECK(segments(dir, NULL, 0) == 0, "segment removed");
+    remove_spool(dir);
+}
+
+/* ---- 5c: a spool that refuses writes ---- */
 
 /* The spool cannot take a row (a full disk; here a file size limit, so
  * that write fails with EFBIG part-way through rows): the row is kept in
@@ -1407,6 +1460,7 @@ main(void)
     test_batches(url);
     test_batch_with_written_row(url);
     test_rejected(url);
+    test_malformed_lines(url);
     test_spool_refuses(url);
     test_torn_row(url);
     test_tenant_deleted_during_batch(url);
