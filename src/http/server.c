@@ -162,12 +162,21 @@ record_usage(struct aigw_req *req)
     aigw_usage_record(req->srv->usage, &row);
 }
 
+/* The usage row first, then the route's finish hook: the hook settles the
+ * quota reservation (an S line in the journal, or a refund in Redis) and
+ * stores the idempotency record, Redis round trips that can take up to
+ * redis.timeout_ms. A kill -9 in between must find the row on the spool:
+ * after the row, the restart either sees the reservation settled or refunds
+ * it (the row is billed only when the quota was kept, and such a refund is
+ * the one-query window the journal documents); before it, a kept
+ * reservation had no row, the counter stayed one above the billed rows and
+ * an idempotency record stored meanwhile replayed an answer never billed. */
 void
 aigw_req_settle(struct aigw_req *req)
 {
+    record_usage(req);
     if (req->route != NULL && req->route->finish != NULL)
         req->route->finish(req);
-    record_usage(req);
 }
 
 /* MHD content reader of a live stream: hand over what the producer wrote,

@@ -1,6 +1,7 @@
 /* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of
  * aigw; a Redis outage refuses admission cleanly and is recovered from */
 #include <dirent.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,25 @@ journal_file(const char *dir)
             path = tl_sprintf("%s/%s", dir, de->d_name);
     closedir(d);
     return path;
+}
+
+/* One idempotent query, for a thread. */
+struct idem_ask {
+    pthread_t th;
+    int port;
+    const char *tok;
+    struct tl_resp r;
+};
+
+static void *
+idem_ask_run(void *arg)
+{
+    struct idem_ask *a = arg;
+    const char *h[] = {"Idempotency-Key: settled-then-killed", NULL};
+    const char *body[1] = {"{\"question\":\"answered while Redis stalls at the settlement\"}"};
+
+    tl_post_parallel(a->port, "/api/ai/query", a->tok, h, body, 1, &a->r);
+    return NULL;
 }
 
 int
@@ -278,6 +298,64 @@ main(void)
         CHECK(tl_count_files(spool, "quota-reservations-") == 0, "and no journal file is left");
         free(jpath);
         free(jtext);
+    }
+    /* 6) kill -9 while an answered request settles: its reservation is
+     * settled (kept) in the journal and its idempotency record is on its
+     * way to Redis, which stalls. Its usage row must be on the spool by
+     * then: else the restart neither refunds the query (the journal says it
+     * was kept) nor finds a row for it, and the counter stays one above the
+     * billed rows for the rest of the month. */
+    free(cfg);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"tenants\":{\"cache_ttl_s\":3600},"
+                          "\"redis\":{\"timeout_ms\":4000},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        return 1;
+    {
+        const char *mock = tl_env("AIGW_MOCK_URL");
+        long long before = tl_mock_stat(mock, "in_flight"), in_flight = 0;
+        long rows, billed;
+        struct idem_ask a = {.port = gw.port, .tok = tok};
+        char *jpath = NULL, *jtext = NULL;
+        bool settled = false;
+
+        tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+        tl_resp_free(&r);
+        rows = rows_for(id, 0, 0);
+        billed = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
+        CHECK(tl_quota_used(id) == billed, "before: the counter is the billed rows (%lld, %ld)", tl_quota_used(id),
+              billed);
+        tl_mock_config(mock, "{\"first_token_ms\":1500}");
+        pthread_create(&a.th, NULL, idem_ask_run, &a);
+        for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+            usleep(20 * 1000);
+        CHECK(in_flight == 1, "the call is at the model");
+        tl_redis_int("CLIENT PAUSE 6000 ALL");
+        for (int i = 0; i < 300 && !settled; i++) {
+            free(jtext);
+            free(jpath);
+            jpath = journal_file(spool);
+            jtext = jpath ? tl_read_file(jpath) : NULL;
+            settled = jtext != NULL && strstr(jtext, "\nS ") != NULL;
+            if (!settled)
+                usleep(10 * 1000);
+        }
+        CHECK(settled, "the reservation is settled in the journal");
+        tl_aigw_kill9(&gw); /* the idempotency record still waits for Redis */
+        tl_redis_int("CLIENT UNPAUSE");
+        pthread_join(a.th, NULL);
+        tl_resp_free(&a.r);
+        free(jtext);
+        free(jpath);
+        tl_mock_reset(mock);
+        CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
+        CHECK(rows_for(id, rows + 1, 10000) == rows + 1, "the answered request has its usage row (%ld, want %ld)",
+              rows_for(id, rows + 1, 0), rows + 1);
+        CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) ==
+                  billed + 1,
+              "billed");
+        CHECK(tl_quota_used(id) == billed + 1, "the counter is the billed rows again (%lld, want %ld)",
+              tl_quota_used(id), billed + 1);
+        CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     }
     CHECK(tl_rm_rf(spool), "spool removed");
     free(cfg);
