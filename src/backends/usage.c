@@ -172,7 +172,9 @@ struct aigw_usage {
     struct held *held;     /* rows the spool refused, oldest first; held_tail: the end */
     struct held **held_tail;
     size_t held_bytes;
+    size_t lost;           /* rows lost since the spool last took one (too many held) */
     bool failing;          /* a spool write failed: logged once, until one succeeds */
+    int64_t rotate_retry_ms; /* a new segment could not be created: not again before (writer only) */
     bool stop;
     int64_t deadline_ms;
     size_t synced;         /* cur's size at its last fdatasync (writer only) */
@@ -495,9 +497,12 @@ append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
     atomic_fetch_add(&u->spool_bytes, len);
     if (fresh)
         atomic_fetch_add(&u->backlog, 1);
-    if (u->failing)
+    if (u->failing && u->lost > 0)
+        aigw_log(LOG_CRIT, "usage: the spool takes rows again; %zu rows were lost meanwhile", u->lost);
+    else if (u->failing)
         aigw_log(LOG_NOTICE, "usage: the spool takes rows again");
     u->failing = false;
+    u->lost = 0;
     /* wake an idle writer at the first row, a waiting one at a full batch */
     if (++u->pending == 1 || u->pending == (size_t)u->batch_rows)
         pthread_cond_signal(&u->wake);
@@ -512,8 +517,9 @@ hold(struct aigw_usage *u, char *line, size_t len)
     struct held *h;
 
     if (u->held_bytes + len > HELD_MAX_BYTES) {
-        aigw_log(LOG_CRIT, "usage: the spool refuses writes and %zu bytes of rows wait in memory: a usage row is lost",
-                 u->held_bytes);
+        if (u->lost++ == 0)
+            aigw_log(LOG_CRIT, "usage: the spool refuses writes and %zu bytes of rows wait in memory: usage rows are "
+                     "lost from now on", u->held_bytes);
         return -1;
     }
     h = aigw_xmalloc(sizeof(*h));
@@ -1110,8 +1116,12 @@ maybe_rotate(struct aigw_usage *u, bool refused)
     if (size < SEG_MAX_BYTES && !(refused && size > 0) &&
         !(size > 0 && old->done == size && aigw_now_ms() - old->opened_ms >= SEG_MAX_AGE_MS))
         return;
-    if ((next = seg_create(u)) == NULL)
-        return; /* logged; keep appending to the old one */
+    if (aigw_now_ms() < u->rotate_retry_ms)
+        return;
+    if ((next = seg_create(u)) == NULL) {
+        u->rotate_retry_ms = aigw_now_ms() + IDLE_WAIT_MS; /* logged; keep appending to the old one */
+        return;
+    }
     pthread_mutex_lock(&u->lock);
     old->next = next;
     u->cur = next;
