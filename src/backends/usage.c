@@ -1400,6 +1400,7 @@ aigw_usage_stop(struct aigw_usage *u, int deadline_ms)
 
         for (const struct held *h = u->held; h != NULL; h = h->next)
             lost++;
+        atomic_fetch_sub(&u->backlog, lost);
         aigw_log(LOG_CRIT, "usage: the spool refuses writes: %zu usage rows that waited in memory are lost", lost);
     }
     pthread_mutex_unlock(&u->lock);
