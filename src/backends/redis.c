@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -298,6 +299,16 @@ connect_one(struct aigw_redis_pool *p)
     return c;
 }
 
+/* An idle connection has nothing to read: readable means the peer closed it
+ * (or sent what nobody asked for). */
+static bool
+idle_alive(const redisContext *c)
+{
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+
+    return poll(&pfd, 1, 0) == 0;
+}
+
 redisContext *
 aigw_redis_acquire(struct aigw_redis_pool *p)
 {
@@ -321,6 +332,12 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
     if (c == NULL && !reserved) {
         aigw_redis_log_error(p, "pool exhausted", "all connections busy");
         return NULL;
+    }
+    if (c != NULL && !idle_alive(c)) {
+        /* Redis closed it while it sat idle (a restart, a timeout): a
+         * command sent on it would fail with the request's 503 */
+        redisFree(c);
+        c = NULL;
     }
     if (c == NULL) {
         c = connect_one(p);

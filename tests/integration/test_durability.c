@@ -239,6 +239,19 @@ main(void)
             free(bodies[i]);
         }
         CHECK(refused == 0, "a burst after Redis is back: all answered (%d not)", refused);
+        /* Redis restarted while nobody asked: the pool's idle connections
+         * are dead, and a lone request (the blocking path, on one of them)
+         * is admitted all the same */
+        tl_stack("redis-stop");
+        tl_stack("redis-start");
+        for (int i = 0; i < 3; i++) {
+            char *qn = tl_sprintf("{\"question\":\"after a quiet Redis restart %d\"}", i);
+
+            tl_post(gw.port, "/api/ai/query", tok, qn, &r);
+            CHECK(r.status == 200, "after a quiet Redis restart, lone request %d: 200 (%ld %s)", i, r.status, r.body);
+            tl_resp_free(&r);
+            free(qn);
+        }
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
     }
     /* 4) a refund Redis cannot take (it went away while the call was at the
