@@ -2,6 +2,7 @@
 #include "aigw/pg.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -136,6 +137,23 @@ aigw_pg_connect_checked(const char *url, bool *role_refused)
     return NULL;
 }
 
+/* An idle connection PostgreSQL has closed (a restart, an administrator's
+ * pg_terminate_backend) still reads CONNECTION_OK until libpq reads from it,
+ * and the statement sent on it would fail its request. Such a server says
+ * so before it closes: the socket is readable. Whatever is there is read
+ * (an asynchronous message from a live server is harmless). */
+static bool
+idle_alive(PGconn *conn)
+{
+    struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+
+    if (PQstatus(conn) != CONNECTION_OK || pfd.fd < 0)
+        return false;
+    if (poll(&pfd, 1, 0) == 0)
+        return true;
+    return PQconsumeInput(conn) == 1 && PQstatus(conn) == CONNECTION_OK && !(pfd.revents & (POLLHUP | POLLERR));
+}
+
 PGconn *
 aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
 {
@@ -161,7 +179,7 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
     }
     pthread_mutex_unlock(&pool->lock);
 
-    if (conn != NULL && PQstatus(conn) != CONNECTION_OK) {
+    if (conn != NULL && !idle_alive(conn)) {
         PQfinish(conn);
         conn = NULL;
     }

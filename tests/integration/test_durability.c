@@ -252,6 +252,19 @@ main(void)
             tl_resp_free(&r);
             free(qn);
         }
+        /* the same for PostgreSQL: restarted while nobody asked, its idle
+         * pool connections are dead, and a route that reads it answers */
+        tl_get(gw.port, "/api/ai/usage", tok, &r);
+        CHECK(r.status == 200, "usage read before a quiet PostgreSQL restart (%ld %s)", r.status, r.body);
+        tl_resp_free(&r);
+        tl_stack("pg-stop");
+        tl_stack("pg-start");
+        tl_pg_reconnect(&owner);
+        for (int i = 0; i < 3; i++) {
+            tl_get(gw.port, "/api/ai/usage", tok, &r);
+            CHECK(r.status == 200, "after a quiet PostgreSQL restart, usage read %d: 200 (%ld %s)", i, r.status, r.body);
+            tl_resp_free(&r);
+        }
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
     }
     /* 4) a refund Redis cannot take (it went away while the call was at the
