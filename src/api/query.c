@@ -1,6 +1,8 @@
 /* query.c - the answer of /api/ai/query and /api/ai/recommendation, and the
  * bookkeeping that must happen before it leaves */
 #include <jansson.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,8 +172,14 @@ aigw_query_after(struct aigw_req *req)
         return;
     store = aigw_cache_entry(req, &entry);
     if (q->sf_role == AIGW_SF_LEADER) {
-        /* no result for the waiters of a tool call: they ask for themselves */
-        char *text = req->status == 499 || !req->responded || aigw_query_tool_calls(q) ? NULL : outcome_json(req);
+        /* no result for the waiters of a tool call: they ask for themselves;
+         * nor a failure while this instance drains (the drain may have cut
+         * the call short): the waiters on other instances take the flight
+         * over instead of failing with it */
+        bool draining = req->status >= 500 && atomic_load(&req->srv->stopping);
+        char *text = req->status == 499 || !req->responded || draining || aigw_query_tool_calls(q)
+                         ? NULL
+                         : outcome_json(req);
 
         aigw_sf_publish(req, text, store ? &entry : NULL);
         free(text);

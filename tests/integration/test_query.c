@@ -505,6 +505,58 @@ test_single_flight_after_error(void)
     free(tok);
 }
 
+/* A leader cut short by its instance's drain publishes no failure: a waiter
+ * on another instance takes the flight over and is answered (it used to
+ * get the draining instance's 503). */
+static void
+test_leader_drained(void)
+{
+    char id[37], code[65], *tok, *cfg;
+    const char *body[1] = {"{\"question\":\"asked while its leader's instance drains\"}"};
+    struct tl_resp lr[1], wr[1];
+    struct tl_parallel *leader, *waiter;
+    struct tl_aigw gw3;
+    long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0, locks = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
+                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
+    if (tl_aigw_start(&gw3, cfg) != 0) {
+        CHECK(0, "third aigw starts");
+        free(cfg);
+        free(tok);
+        return;
+    }
+    tl_mock_config(mock, "{\"first_token_ms\":4000}");
+    leader = tl_post_parallel_bg(gw3.port, "/api/ai/query", tok, body, 1, lr);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1, "the leader's call is at the model (%lld)", in_flight);
+    tl_mock_config(mock, "{\"first_token_ms\":0}"); /* for the flight taken over */
+    waiter = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, wr);
+    usleep(300 * 1000);
+    locks = tl_sf_locks(id);
+    CHECK(locks == 1 && tl_mock_stat(mock, "in_flight") - base == 1, "the other instance's request waits (%lld)",
+          locks);
+    CHECK(tl_aigw_stop(&gw3) == 0, "the leader's instance drains and exits 0");
+    tl_parallel_join(leader);
+    tl_parallel_join(waiter);
+    CHECK(lr[0].status == 503, "the leader, cut short by the drain: 503 (%ld)", lr[0].status);
+    CHECK(wr[0].status == 200, "the waiter on the other instance takes over: 200 (%ld %s)", wr[0].status, wr[0].body);
+    tl_resp_free(&lr[0]);
+    tl_resp_free(&wr[0]);
+    tl_mock_reset(mock);
+    {
+        char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
+
+        CHECK(system(rm) == 0, "spool removed");
+        free(rm);
+    }
+    free(cfg);
+    free(tok);
+}
+
 static void
 test_rate_limit(void)
 {
@@ -1075,6 +1127,7 @@ main(void)
     test_row_time();
     test_idempotency();
     test_leader_death();
+    test_leader_drained();
     test_redis_stall();
     test_redis_busy();
     test_all_backends_down();
