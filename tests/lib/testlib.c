@@ -758,6 +758,20 @@ redis_connect(void)
     return c;
 }
 
+/* An integer reply, or a string of one; -1 for anything else (status: 0
+ * when status_zero). */
+static long long
+reply_int(const redisReply *r, bool status_zero)
+{
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+        return r->integer;
+    if (r != NULL && r->type == REDIS_REPLY_STRING)
+        return strtoll(r->str, NULL, 10);
+    if (r != NULL && r->type == REDIS_REPLY_STATUS && status_zero)
+        return 0;
+    return -1;
+}
+
 long long
 tl_redis_int(const char *fmt, ...)
 {
@@ -771,10 +785,7 @@ tl_redis_int(const char *fmt, ...)
     va_start(ap, fmt);
     r = redisvCommand(c, fmt, ap);
     va_end(ap);
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER)
-        v = r->integer;
-    else if (r != NULL && r->type == REDIS_REPLY_STRING)
-        v = strtoll(r->str, NULL, 10);
+    v = reply_int(r, false);
     freeReplyObject(r);
     redisFree(c);
     return v;
@@ -803,12 +814,7 @@ tl_redis_int_at(int port, const char *pass, int db, const char *fmt, ...)
         va_start(ap, fmt);
         r = redisvCommand(c, fmt, ap);
         va_end(ap);
-        if (r != NULL && r->type == REDIS_REPLY_INTEGER)
-            v = r->integer;
-        else if (r != NULL && r->type == REDIS_REPLY_STRING)
-            v = strtoll(r->str, NULL, 10);
-        else if (r != NULL && r->type == REDIS_REPLY_STATUS)
-            v = 0;
+        v = reply_int(r, true);
     }
     freeReplyObject(r);
     redisFree(c);
