@@ -58,6 +58,20 @@ static struct aigw_redis_script publish_script = {
               "return 1\n",
 };
 
+/* The same, sent again by the outbox after Redis did not confirm it: only
+ * while the lock is still this request's. Gone, it was either released by
+ * the first run (whose reply was lost) or expired, and another flight may
+ * lead now: the result and the entry of this one would land on that
+ * flight's (its waiters would take them, an error too, for its own
+ * outcome) -> 1 published, 0 the lock is not this request's. */
+static struct aigw_redis_script republish_script = {
+    .source = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+              "if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end\n"
+              "if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end\n"
+              "redis.call('DEL', KEYS[1])\n"
+              "return 1\n",
+};
+
 static void
 resolve(struct aigw_req *req, int state, char *result)
 {
@@ -155,6 +169,7 @@ aigw_sf_start(struct aigw_redis_pool *redis, int poll_ms)
 
     aigw_redis_script_init(&acquire_script);
     aigw_redis_script_init(&publish_script);
+    aigw_redis_script_init(&republish_script);
     sf->redis = redis;
     sf->poll_ms = poll_ms;
     pthread_mutex_init(&sf->lock, NULL);
@@ -226,11 +241,12 @@ aigw_sf_publish(struct aigw_req *req, const char *result_json, const struct aigw
     }
     if (r == NULL || r->type == REDIS_REPLY_ERROR) {
         /* the waiters (on every instance) would wait out the lock, minutes
-         * for a stream: sent again until Redis takes it. Running it twice
-         * is harmless (the lock goes only while it is still this
-         * request's); once the lock has expired the waiters moved on */
+         * for a stream: sent again until Redis takes it, but only while the
+         * lock is still this request's (republish_script): once it is gone
+         * the first run did it or the waiters moved on, and a newer flight
+         * may lead that the old result must not overwrite */
         aigw_log(LOG_WARNING, "single-flight: publish failed for request %s; retrying", req->request_id);
-        aigw_redis_outbox_eval(req->srv->outbox, &publish_script, entry != NULL ? 3 : 2, keys,
+        aigw_redis_outbox_eval(req->srv->outbox, &republish_script, entry != NULL ? 3 : 2, keys,
                                entry != NULL ? 5 : 3, args, aigw_now_ms() + aigw_singleflight_lock_ms(req),
                                "publishing a single-flight result", NULL, NULL);
     }

@@ -381,6 +381,69 @@ lost_publish(struct relay *rl, int port)
     free(tok);
 }
 
+/* As lost_publish, but while Redis is out of reach the leader's lock goes
+ * (its first run was the one whose reply was lost, or it expired) and
+ * another flight leads, with a result already there: the outbox's send of
+ * the old publish must leave that flight alone (before: it overwrote the
+ * newer result, which that flight's waiters took as their own answer, an
+ * error just as well, and stored the old answer in the cache). */
+static void
+lost_publish_newer_flight(struct relay *rl, int port)
+{
+    char id[37], code[65], *tok, *q, *pat;
+    struct tl_resp r;
+    long long taken, kept = -1, entries = -1;
+
+    CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 0, 5000) == 0, "newer flight: the outbox is empty before");
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    q = tl_sprintf("aigw:{%s}:sf:", id);
+    pat = tl_sprintf("aigw:{%s}:sf:*", id);
+    relay_arm(rl, q, 1, 2000);
+    pthread_mutex_lock(&rl->lock);
+    rl->drop = true;
+    pthread_mutex_unlock(&rl->lock);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"its publish is lost, then another flight leads\"}", &r);
+    CHECK(r.status == 200, "newer flight: the leader is answered (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
+        usleep(20 * 1000);
+    CHECK(atomic_load(&rl->held) == 1, "newer flight: the publish was dropped");
+    /* (the relay cuts the connections 50 ms after the drop: only then does
+     * the publish fail and go to the outbox) */
+    CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 1, 1500) == 1,
+          "newer flight: the publish waits in the outbox");
+    /* Redis is out of reach for aigw for 2 s: another instance's flight
+     * takes the lock over and has published an error already */
+    taken = tl_redis_int("EVAL %s 0 %s",
+                         "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                         " if string.sub(k, -2) ~= ':r' then redis.call('SET', k, 'another-leader', 'PX', 60000)"
+                         " redis.call('SET', k .. ':r', '{\"error\":{\"status\":502}}', 'PX', 60000)"
+                         " n = n + 1 end end return n",
+                         pat);
+    CHECK(taken == 1, "newer flight: one lock taken over (%lld)", taken);
+    CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 0, 6000) == 0,
+          "newer flight: the outbox is done with the old publish");
+    kept = tl_redis_int("EVAL %s 0 %s",
+                        "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do"
+                        " if string.sub(k, -2) ~= ':r' and redis.call('GET', k) == 'another-leader'"
+                        " and redis.call('GET', k .. ':r') == '{\"error\":{\"status\":502}}' then n = n + 1 end"
+                        " end return n",
+                        pat);
+    CHECK(kept == 1, "newer flight: its lock and its result are left alone (%lld)", kept);
+    free(pat);
+    pat = tl_sprintf("aigw:{%s}:c:*", id);
+    entries = tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pat);
+    CHECK(entries == 0, "newer flight: the old answer is not stored over it (%lld)", entries);
+    tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
+                 "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 0", id);
+    relay_arm(rl, "", 0, 0);
+    atomic_store(&rl->held, 0);
+    free(pat);
+    free(q);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -410,6 +473,7 @@ main(void)
     lost_reply(&rl, gw.port, "admission, Redis cut off", ":q:", 0, 3000, NULL);
     lost_outcome(&rl, gw.port);
     lost_publish(&rl, gw.port);
+    lost_publish_newer_flight(&rl, gw.port);
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     relay_stop(&rl);
     PQfinish(owner);
