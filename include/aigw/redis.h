@@ -140,7 +140,8 @@ void aigw_redis_pipe_destroy(struct aigw_redis_pipe *p);
  * reply, or an error reply) waits for the next aigw_redis_outbox_retry and
  * is sent again, until its own deadline. A script given to it must be safe
  * to run twice: the first run's reply may be the one that was lost. Bounded
- * in entries and bytes (what does not fit is dropped, logged). Thread-safe. */
+ * in entries and bytes (what does not fit is dropped). What is lost (given
+ * up, dropped) is logged at most once a second, with a count. Thread-safe. */
 struct aigw_redis_outbox;
 
 /* done(reply, ud): the confirming reply (the callee frees it), or NULL when

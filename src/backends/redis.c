@@ -1176,12 +1176,56 @@ struct outbox_entry {
     char text[];
 };
 
+/* Losses (given up, dropped) are logged at most once per this: during a
+ * long outage every request that ended while Redis was out of reach leaves
+ * a take-back here, and a line per request flooded the log. */
+#define OUTBOX_LOG_MS 1000
+
 struct aigw_redis_outbox {
     struct aigw_redis_pipe *pipe;
-    pthread_mutex_t lock;        /* guards head, n, bytes */
+    pthread_mutex_t lock;        /* guards head, n, bytes and the loss report */
     struct outbox_entry *head;   /* waiting for the next retry */
     size_t n, bytes;             /* waiting + in flight */
+    size_t lost;                 /* losses not logged yet */
+    const char *lost_what, *lost_why; /* the last of them (static strings) */
+    int64_t next_log_ms;         /* when the next loss may be logged */
 };
+
+/* Log the losses counted since the last report: with force, or when the
+ * time has come. The caller holds nothing. */
+static void
+outbox_report(struct aigw_redis_outbox *o, bool force)
+{
+    int64_t now = aigw_now_ms();
+    const char *what = "", *why = "";
+    size_t n = 0;
+
+    pthread_mutex_lock(&o->lock);
+    if (o->lost > 0 && (force || now >= o->next_log_ms)) {
+        n = o->lost;
+        what = o->lost_what;
+        why = o->lost_why;
+        o->lost = 0;
+        o->next_log_ms = now + OUTBOX_LOG_MS;
+    }
+    pthread_mutex_unlock(&o->lock);
+    if (n == 1)
+        aigw_log(LOG_ERR, "redis: %s %s", what, why);
+    else if (n > 1)
+        aigw_log(LOG_ERR, "redis: %zu writes Redis did not take were lost (the last: %s %s)", n, what, why);
+}
+
+/* A write leaves the outbox unconfirmed: counted, logged (see OUTBOX_LOG_MS). */
+static void
+outbox_lost(struct aigw_redis_outbox *o, const char *what, const char *why)
+{
+    pthread_mutex_lock(&o->lock);
+    o->lost++;
+    o->lost_what = what;
+    o->lost_why = why;
+    pthread_mutex_unlock(&o->lock);
+    outbox_report(o, false);
+}
 
 /* e leaves the outbox: done(reply or NULL), then it is freed. */
 static void
@@ -1204,7 +1248,7 @@ static void
 outbox_give_up(struct outbox_entry *e, const char *why)
 {
     if (why != NULL)
-        aigw_log(LOG_ERR, "redis: %s given up (%s)", e->what, why);
+        outbox_lost(e->box, e->what, why);
     outbox_end(e, NULL);
 }
 
@@ -1223,7 +1267,7 @@ outbox_answered(redisReply *r, void *ud)
     }
     freeReplyObject(r);
     if (aigw_now_ms() >= e->until_ms) {
-        outbox_give_up(e, "Redis did not confirm it in time");
+        outbox_give_up(e, "given up (Redis did not confirm it in time)");
         return;
     }
     pthread_mutex_lock(&o->lock); /* again at the next retry */
@@ -1273,7 +1317,7 @@ aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis_scri
     }
     pthread_mutex_unlock(&o->lock);
     if (!room) {
-        aigw_log(LOG_ERR, "redis: %s dropped: the outbox is full", what);
+        outbox_lost(o, what, "dropped (the outbox is full)");
         if (done != NULL)
             done(NULL, ud);
         return;
@@ -1314,10 +1358,11 @@ aigw_redis_outbox_retry(struct aigw_redis_outbox *o)
     for (; e != NULL; e = next, n++) {
         next = e->next;
         if (aigw_now_ms() >= e->until_ms)
-            outbox_give_up(e, "Redis was not reachable in time");
+            outbox_give_up(e, "given up (Redis was not reachable in time)");
         else
             outbox_send(e); /* a failure puts it back */
     }
+    outbox_report(o, false); /* what the last second lost */
     return n;
 }
 
@@ -1351,6 +1396,7 @@ aigw_redis_outbox_destroy(struct aigw_redis_outbox *o)
         next = e->next;
         outbox_give_up(e, NULL);
     }
+    outbox_report(o, true);
     pthread_mutex_destroy(&o->lock);
     free(o);
 }

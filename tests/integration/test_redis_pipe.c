@@ -6,7 +6,8 @@
  * given up on; an unreachable Redis fails at once, and so does a connection
  * whose AUTH or SELECT Redis refused, with no call run on it; cancel
  * finishes what was handed over (answered, or failed at the
- * timeout) and refuses the rest; the direct-path slot. */
+ * timeout) and refuses the rest; the direct-path slot; the outbox's losses
+ * against an unreachable Redis logged with a count, not a line each. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -627,6 +628,85 @@ test_direct_slot(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     waiter_fini(&w);
 }
 
+static atomic_int outbox_done, outbox_nulls;
+
+static void
+on_outbox_done(redisReply *r, void *ud)
+{
+    (void)ud;
+    atomic_fetch_add(&outbox_done, 1);
+    if (r == NULL)
+        atomic_fetch_add(&outbox_nulls, 1);
+    freeReplyObject(r);
+}
+
+/* The outbox against an unreachable Redis, given more than it holds: each
+ * write ends once (given up at its deadline, or dropped for want of room),
+ * and the losses are logged with their count, a few lines in all: during a
+ * long outage every request that ended leaves a take-back there, and a line
+ * each flooded the log. */
+static void
+test_outbox_losses(void)
+{
+    enum { N = 10050 }; /* the outbox holds 10,000 */
+    char err[128], url[64], path[] = "/tmp/aigw-outbox-log-XXXXXX", line[512];
+    const char *keys[1] = {"test:outbox"}, *args[1] = {"x"};
+    struct aigw_redis_pool *pool;
+    struct aigw_redis_pipe *pipe;
+    struct aigw_redis_outbox *o;
+    int fd = mkstemp(path), saved = dup(STDERR_FILENO), lines = 0;
+    long long counted = 0;
+    size_t left;
+    int64_t until;
+    FILE *f;
+
+    CHECK(fd >= 0 && saved >= 0, "outbox: a file for the log");
+    if (fd < 0 || saved < 0)
+        return;
+    fflush(stderr);
+    dup2(fd, STDERR_FILENO);
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", tl_free_port());
+    pool = aigw_redis_pool_create(url, 2, 300, err, sizeof(err));
+    pipe = aigw_redis_pipe_start(pool);
+    o = aigw_redis_outbox_create(pipe);
+    until = aigw_now_ms() + 500;
+    for (int i = 0; i < N; i++)
+        aigw_redis_outbox_eval(o, &echo_script, 1, keys, 1, args, until, "a test write", on_outbox_done, NULL);
+    for (int i = 0; i < 100 && aigw_redis_outbox_pending(o) > 0; i++) {
+        aigw_redis_outbox_retry(o);
+        usleep(50 * 1000);
+    }
+    left = aigw_redis_outbox_pending(o);
+    aigw_redis_pipe_cancel(pipe);
+    aigw_redis_outbox_destroy(o);
+    aigw_redis_pipe_destroy(pipe);
+    aigw_redis_pool_destroy(pool);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    CHECK(left == 0, "outbox: every write given up after its deadline (%zu left)", left);
+    CHECK(atomic_load(&outbox_done) == N && atomic_load(&outbox_nulls) == N,
+          "outbox: each write ended once, unconfirmed (%d, %d NULL; want %d)", atomic_load(&outbox_done),
+          atomic_load(&outbox_nulls), N);
+    f = fdopen(fd, "r");
+    rewind(f);
+    while (fgets(line, sizeof(line), f) != NULL) {
+        const char *p = strstr(line, "redis: ");
+        long long n = 1;
+
+        if (strstr(line, "a test write") == NULL || p == NULL)
+            continue;
+        lines++;
+        if (sscanf(p, "redis: %lld writes", &n) != 1)
+            n = 1;
+        counted += n;
+    }
+    fclose(f);
+    unlink(path);
+    CHECK(lines >= 1 && lines <= 8, "outbox: the losses take a few log lines, not one each (%d lines)", lines);
+    CHECK(counted == N, "outbox: and the log counts every one (%lld, want %d)", counted, N);
+}
+
 int
 main(void)
 {
@@ -647,6 +727,7 @@ main(void)
     test_stall(pool, pipe);
     test_deadlines(pool, pipe);
     test_unreachable();
+    test_outbox_losses();
     test_setup_refused(pool);
     test_blackhole();
     test_cancel_finishes(pool);
