@@ -27,9 +27,10 @@ struct aigw_redis_pool {
     char *path;            /* unix socket path */
     char *user, *pass;     /* AUTH [user] pass on every connection; NULL: none */
     int port, db, size, timeout_ms;
-    pthread_mutex_t lock;  /* guards idle, n_idle, n_out */
+    pthread_mutex_t lock;  /* guards idle, idle_ms, n_idle, n_out */
     pthread_cond_t freed;
     redisContext **idle;
+    int64_t *idle_ms;      /* when each idle connection was released (aigw_now_ms) */
     int n_idle, n_out;
     _Atomic int64_t last_error_log_ms;
 };
@@ -225,6 +226,7 @@ aigw_redis_pool_create(const char *url, int size, int timeout_ms, char *err, siz
     p->size = size;
     p->timeout_ms = timeout_ms;
     p->idle = aigw_xcalloc((size_t)size, sizeof(redisContext *));
+    p->idle_ms = aigw_xcalloc((size_t)size, sizeof(int64_t));
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->freed, NULL);
     return p;
@@ -240,6 +242,7 @@ aigw_redis_pool_destroy(struct aigw_redis_pool *p)
     pthread_cond_destroy(&p->freed);
     pthread_mutex_destroy(&p->lock);
     free(p->idle);
+    free(p->idle_ms);
     free(p->host);
     free(p->path);
     free(p->user);
@@ -299,6 +302,14 @@ connect_one(struct aigw_redis_pool *p)
     return c;
 }
 
+/* A connection idle for this long is looked at (idle_alive) before use.
+ * One in steady use is not: the look is a poll(2) per acquire, a syscall
+ * on the cache-hit path (the admission's direct call), and a restart of
+ * Redis takes longer than this anyway, so a connection it closed has sat
+ * idle at least as long; one that breaks while in use fails its command
+ * and is dropped at release. */
+#define IDLE_CHECK_MS 100
+
 /* An idle connection has nothing to read: readable means the peer closed it
  * (or sent what nobody asked for). */
 static bool
@@ -314,6 +325,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
 {
     struct timespec deadline;
     redisContext *c = NULL;
+    int64_t idle_since = 0;
     int reserved = 0;
 
     aigw_deadline_ms(&deadline, p->timeout_ms);
@@ -323,6 +335,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
             break;
     if (p->n_idle > 0) {
         c = p->idle[--p->n_idle];
+        idle_since = p->idle_ms[p->n_idle];
         p->n_out++;
     } else if (p->n_out < p->size) {
         p->n_out++;
@@ -333,7 +346,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
         aigw_redis_log_error(p, "pool exhausted", "all connections busy");
         return NULL;
     }
-    if (c != NULL && !idle_alive(c)) {
+    if (c != NULL && aigw_now_ms() - idle_since >= IDLE_CHECK_MS && !idle_alive(c)) {
         /* Redis closed it while it sat idle (a restart, a timeout): a
          * command sent on it would fail with the request's 503 */
         redisFree(c);
@@ -354,6 +367,8 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
 void
 aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
 {
+    int64_t now;
+
     if (c == NULL)
         return;
     if (c->err) {
@@ -362,10 +377,13 @@ aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
         redisFree(c);
         c = NULL;
     }
+    now = aigw_now_ms();
     pthread_mutex_lock(&p->lock);
     p->n_out--;
-    if (c != NULL)
+    if (c != NULL) {
+        p->idle_ms[p->n_idle] = now;
         p->idle[p->n_idle++] = c;
+    }
     pthread_cond_signal(&p->freed);
     pthread_mutex_unlock(&p->lock);
 }

@@ -7,7 +7,8 @@
  * whose AUTH or SELECT Redis refused, with no call run on it; cancel
  * finishes what was handed over (answered, or failed at the
  * timeout) and refuses the rest; the direct-path slot; the outbox's losses
- * against an unreachable Redis logged with a count, not a line each. */
+ * against an unreachable Redis logged with a count, not a line each; the
+ * pool looks at a connection before use only when it sat idle. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -628,6 +629,59 @@ test_direct_slot(struct aigw_redis_pool *pool, struct aigw_redis_pipe *pipe)
     waiter_fini(&w);
 }
 
+/* Whether a connection waits on the listening socket fd within ms. */
+static bool
+connection_waits(int fd, int ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+    return poll(&pfd, 1, ms) == 1;
+}
+
+/* The pool's look at an idle connection (a poll(2), replaced when the peer
+ * closed it or sent something) is for connections that sat idle: one drawn
+ * again right after its release is used as it is, so a pool in steady use
+ * (the admission's direct call of every cache hit) costs no syscall more.
+ * A fake server that speaks first on the connection stands for Redis
+ * closing it. */
+static void
+test_idle_check(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0), s1 = -1, s2 = -1;
+    char err[128], url[64];
+    struct aigw_redis_pool *pool;
+    redisContext *c;
+
+    CHECK(lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 8) == 0 &&
+              getsockname(lfd, (struct sockaddr *)&sa, &len) == 0,
+          "idle check: a fake server listens");
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", ntohs(sa.sin_port));
+    pool = aigw_redis_pool_create(url, 2, 500, err, sizeof(err));
+    c = aigw_redis_acquire(pool);
+    CHECK(c != NULL && connection_waits(lfd, 1000), "idle check: the pool connects");
+    s1 = accept(lfd, NULL, NULL);
+    aigw_redis_release(pool, c);
+    CHECK(write(s1, "+unasked\r\n", 10) == 10, "idle check: the server speaks");
+    usleep(10 * 1000);
+    c = aigw_redis_acquire(pool); /* 10 ms after its release */
+    CHECK(c != NULL, "idle check: drawn again");
+    CHECK(!connection_waits(lfd, 50), "idle check: a connection drawn right after its release is not looked at");
+    aigw_redis_release(pool, c);
+    while (connection_waits(lfd, 0) && s2 < 0)
+        s2 = accept(lfd, NULL, NULL);
+    usleep(200 * 1000);
+    c = aigw_redis_acquire(pool); /* idle 200 ms: looked at, readable, replaced */
+    CHECK(c != NULL && connection_waits(lfd, 1000), "idle check: one that sat idle is looked at and replaced");
+    aigw_redis_release(pool, c);
+    aigw_redis_pool_destroy(pool);
+    if (s2 >= 0)
+        close(s2);
+    close(s1);
+    close(lfd);
+}
+
 static atomic_int outbox_done, outbox_nulls;
 
 static void
@@ -728,6 +782,7 @@ main(void)
     test_deadlines(pool, pipe);
     test_unreachable();
     test_outbox_losses();
+    test_idle_check();
     test_setup_refused(pool);
     test_blackhole();
     test_cancel_finishes(pool);
