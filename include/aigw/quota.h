@@ -85,5 +85,13 @@ int aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int
  * lost reply, does nothing). Returns 0 (done now or before), or -1 when
  * Redis could not be asked or gave no answer (logged). */
 int aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s);
+struct aigw_resv_file;
+/* The refund of request req's reservation (its call failed), journaled in
+ * file: like aigw_quota_refund but recorded for minutes only (a failing
+ * model makes one per failed call). True when Redis confirmed it now; else
+ * it is sent again through srv->outbox while its record would still stop a
+ * second run, and file's reservation is settled when Redis confirms it (or
+ * stays open for the next start). */
+bool aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file);
 
 #endif

@@ -146,11 +146,12 @@ aigw_query_finish(struct aigw_req *req)
     if (q->redis_lost) /* before the refund below clears quota_reserved */
         aigw_quota_abandon(req, false);
     if (q->quota_reserved && !q->billed) {
-        settled = aigw_quota_refund(req->srv, req->usage_id, req->tenant->id, req->start_wall_us / 1000000) == 0;
+        settled = aigw_quota_refund_request(req, q->resv);
         q->quota_reserved = false;
     }
-    /* kept, or refunded: settled. A refund Redis could not take stays open
-     * in the journal, and the next start makes it. */
+    /* kept, or refunded: settled. A refund Redis has not confirmed yet is
+     * settled when it does (the outbox), or stays open in the journal for
+     * the next start. */
     if (settled)
         aigw_resv_settle(req->srv->resv, q->resv, req->usage_id);
     q->resv = NULL;

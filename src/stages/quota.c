@@ -257,26 +257,48 @@ aigw_quota_reserve(struct aigw_server *srv, const struct aigw_tenant *t, int64_t
     return ret;
 }
 
-int
-aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s)
-{
+/* A request's refund is recorded (see refund_script) for this long, and sent
+ * again through the outbox for at most REFUND_RETRY_MS: while the record
+ * lives, a second run does nothing. Short, as a failing model makes one
+ * record per failed call. */
+#define REFUND_RECORD_MS 600000
+#define REFUND_RETRY_MS 300000
+
+struct refund_args {
     char key[128], done[160], ttl[24];
-    const char *keys[2] = {key, done}, *args[1] = {ttl};
+    const char *keys[2], *args[1];
+};
+
+/* The refund script's keys and arguments; record_ms 0: as long as the
+ * month's counter can live (aigw_quota_used), at least a week. */
+static void
+refund_args(struct refund_args *ra, const char *usage_id, const char *tenant_id, int64_t at_s, int64_t record_ms)
+{
+    int64_t left = aigw_next_month_start(at_s) - aigw_wall_s();
+
+    aigw_quota_key(tenant_id, at_s, ra->key, sizeof(ra->key));
+    aigw_concat(ra->done, sizeof(ra->done), "aigw:{", tenant_id, "}:rf:", usage_id, NULL);
+    if (record_ms == 0)
+        record_ms = ((left > 0 ? left : 0) + 7 * 86400) * 1000;
+    aigw_fmt_int(ra->ttl, record_ms);
+    ra->keys[0] = ra->key;
+    ra->keys[1] = ra->done;
+    ra->args[0] = ra->ttl;
+}
+
+/* One blocking run of the refund script: 0 done (now or before), -1 no answer. */
+static int
+refund_once(struct aigw_server *srv, struct refund_args *ra, const char *usage_id, const char *tenant_id)
+{
     redisContext *rc = aigw_redis_acquire(srv->redis);
     redisReply *r;
-    int64_t left;
     int ret = 0;
 
     if (rc == NULL) {
-        aigw_log(LOG_WARNING, "quota: refund for tenant %s lost: Redis unavailable", tenant_id);
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s not made: Redis unavailable", tenant_id);
         return -1;
     }
-    aigw_quota_key(tenant_id, at_s, key, sizeof(key));
-    aigw_concat(done, sizeof(done), "aigw:{", tenant_id, "}:rf:", usage_id, NULL);
-    /* as long as the counter can live (aigw_quota_used), at least a week */
-    left = aigw_next_month_start(at_s) - aigw_wall_s();
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)((left > 0 ? left : 0) + 7 * 86400) * 1000);
-    r = aigw_redis_eval(rc, &refund_script, 2, keys, 1, args);
+    r = aigw_redis_eval(rc, &refund_script, 2, ra->keys, 1, ra->args);
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", tenant_id);
         ret = -1;
@@ -286,6 +308,53 @@ aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *ten
     freeReplyObject(r);
     aigw_redis_release(srv->redis, rc);
     return ret;
+}
+
+int
+aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s)
+{
+    struct refund_args ra;
+
+    refund_args(&ra, usage_id, tenant_id, at_s, 0);
+    return refund_once(srv, &ra, usage_id, tenant_id);
+}
+
+/* A request's refund that Redis confirmed late (the outbox's callback):
+ * its reservation is settled in the journal; given up, it stays open there
+ * and the next start makes it. */
+struct late_refund {
+    struct aigw_server *srv;
+    struct aigw_resv_file *file;
+    char id[37];
+};
+
+static void
+refunded_late(redisReply *r, void *ud)
+{
+    struct late_refund *lr = ud;
+
+    if (r != NULL)
+        aigw_resv_settle(lr->srv->resv, lr->file, lr->id);
+    freeReplyObject(r);
+    free(lr);
+}
+
+bool
+aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
+{
+    struct refund_args ra;
+    struct late_refund *lr;
+
+    refund_args(&ra, req->usage_id, req->tenant->id, req->start_wall_us / 1000000, REFUND_RECORD_MS);
+    if (refund_once(req->srv, &ra, req->usage_id, req->tenant->id) == 0)
+        return true;
+    lr = aigw_xcalloc(1, sizeof(*lr));
+    lr->srv = req->srv;
+    lr->file = file;
+    snprintf(lr->id, sizeof(lr->id), "%s", req->usage_id);
+    aigw_redis_outbox_eval(req->srv->outbox, &refund_script, 2, ra.keys, 1, ra.args, aigw_now_ms() + REFUND_RETRY_MS,
+                           "a refund", refunded_late, lr);
+    return false;
 }
 
 enum aigw_rc

@@ -268,7 +268,9 @@ main(void)
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop after the Redis outage");
     }
     /* 4) a refund Redis cannot take (it went away while the call was at the
-     * model) stays journaled, and the next start makes it */
+     * model): a) sent again by the outbox once Redis is back, and settled;
+     * b) aigw killed while it waits there: it stays journaled, and the next
+     * start makes it */
     free(cfg);
     cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000,\"timeout_ms\":1500},"
                           "\"tenants\":{\"cache_ttl_s\":3600},\"usage\":{\"flush_ms\":50}}");
@@ -277,7 +279,7 @@ main(void)
     {
         const char *mock = tl_env("AIGW_MOCK_URL");
         const char *body[1] = {"{\"question\":\"a refund while Redis is down\"}"};
-        char *jpath, *jtext;
+        char *jpath = NULL, *jtext = NULL;
         struct tl_resp rs[1];
         struct tl_parallel *bg;
         long long used, before = tl_mock_stat(mock, "in_flight"), in_flight = 0;
@@ -285,28 +287,50 @@ main(void)
         tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
         tl_resp_free(&r);
         used = tl_quota_used(id);
-        tl_mock_config(mock, "{\"mode\":\"hang\"}");
-        bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
-        for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
-            usleep(50 * 1000);
-        CHECK(in_flight == 1 && tl_quota_used(id) == used + 1, "a call at the model, its query reserved");
-        tl_stack("redis-stop");
-        tl_parallel_join(bg);
-        CHECK(rs[0].status == 504, "the call times out: 504 (%ld)", rs[0].status);
-        tl_resp_free(&rs[0]);
-        tl_mock_reset(mock);
-        tl_stack("redis-start");
-        CHECK(tl_quota_used(id) == used + 1, "its refund could not be made (%lld)", tl_quota_used(id));
-        CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
-        CHECK(tl_count_files(spool, "quota-reservations-") == 1, "the journal file with it is kept (%d)",
+        for (int round = 0; round < 2; round++) {
+            before = tl_mock_stat(mock, "in_flight");
+            tl_mock_config(mock, "{\"mode\":\"hang\"}");
+            bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
+            for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+                usleep(50 * 1000);
+            CHECK(in_flight == 1 && tl_quota_used(id) == used + 1,
+                  "round %d: a call at the model, its query reserved (%lld, %lld)", round, in_flight,
+                  tl_quota_used(id));
+            tl_stack("redis-stop");
+            tl_parallel_join(bg);
+            CHECK(rs[0].status == 504, "round %d: the call times out: 504 (%ld)", round, rs[0].status);
+            tl_resp_free(&rs[0]);
+            tl_mock_reset(mock);
+            /* with the leader's publish */
+            CHECK(tl_metric(gw.port, "aigw_redis_outbox_pending") >= 1, "round %d: its refund waits in the outbox",
+                  round);
+            if (round == 1)
+                tl_aigw_kill9(&gw);
+            tl_stack("redis-start");
+            if (round == 1)
+                break;
+            for (int i = 0; i < 150 && tl_quota_used(id) != used; i++)
+                usleep(20 * 1000);
+            CHECK(tl_quota_used(id) == used, "a) once Redis is back the outbox makes the refund (%lld, was %lld)",
+                  tl_quota_used(id), used);
+            CHECK(tl_metric_wait(gw.port, "aigw_redis_outbox_pending", 0, 2000) == 0, "a) and the outbox is empty");
+            CHECK(tl_aigw_stop(&gw) == 0, "a) clean stop");
+            CHECK(tl_count_files(spool, "quota-reservations-") == 0, "a) the refund settled it: no journal file (%d)",
+                  tl_count_files(spool, "quota-reservations-"));
+            CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
+            tl_get(gw.port, "/api/ai/limits", tok, &r);
+            tl_resp_free(&r);
+        }
+        CHECK(tl_quota_used(id) == used + 1, "b) killed before Redis came back: not refunded (%lld)", tl_quota_used(id));
+        CHECK(tl_count_files(spool, "quota-reservations-") == 1, "b) the journal file with it is kept (%d)",
               tl_count_files(spool, "quota-reservations-"));
         jpath = journal_file(spool);
         jtext = jpath ? tl_read_file(jpath) : NULL;
-        CHECK(jtext != NULL && strncmp(jtext, "R ", 2) == 0, "it holds the open reservation");
+        CHECK(jtext != NULL && strncmp(jtext, "R ", 2) == 0, "b) it holds the open reservation");
         CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
         CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
-              "the refund is made at the start");
-        CHECK(tl_quota_used(id) == used, "the counter is back (%lld, was %lld)", tl_quota_used(id), used);
+              "b) the refund is made at the start");
+        CHECK(tl_quota_used(id) == used, "b) the counter is back (%lld, was %lld)", tl_quota_used(id), used);
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
         CHECK(tl_count_files(spool, "quota-reservations-") == 0, "and no journal file is left");
         /* 5) that refund was made but its reply was lost (the journal still
