@@ -159,7 +159,7 @@ refused:
  * answered (or after one look at PostgreSQL when startup.dependency_timeout_ms
  * is 0), the signal that asked to stop, -1 when the timeout passed, or -2
  * when PostgreSQL answered as a role that bypasses row-level security (both
- * logged; aigw_pg_connect_checked refuses such a connection whenever it is
+ * logged; aigw_pg_connect refuses such a connection whenever it is
  * made, so a later start of PostgreSQL does not let it in either). */
 static int
 wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, const char *config_path)

@@ -18,9 +18,9 @@ void aigw_pg_pool_destroy(struct aigw_pg_pool *pool);
  * the role bypasses row-level security (a superuser or BYPASSRLS role, such
  * as the migration owner given as database.url by mistake): every tenant
  * policy would be void, so aigw does not use such a connection, whenever it
- * connects. *role_refused (if not NULL) tells that case apart. Owner:
- * caller, PQfinish. Used for LISTEN, by the usage writer and the tests. */
-PGconn *aigw_pg_connect_checked(const char *url, bool *role_refused);
+ * connects (aigw_pg_role_refused tells that case apart). Owner: caller,
+ * PQfinish. Used by the pool, for LISTEN, by the usage writer and the
+ * tests. */
 PGconn *aigw_pg_connect(const char *url);
 
 /* Check out a healthy connection, waiting at most timeout_ms for a free one.
@@ -85,7 +85,7 @@ bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
  * For start-up, once PostgreSQL answered; silent when it cannot ask. */
 void aigw_pg_check_timeouts(struct aigw_pg_pool *pool);
 /* Whether a connection was refused because its role bypasses row-level
- * security (see aigw_pg_connect_checked): any connection of the process,
+ * security (see aigw_pg_connect): any connection of the process,
  * not only the pool's (the listener and the usage writer connect on their
  * own, and after a restart of PostgreSQL they may be the first to). */
 bool aigw_pg_role_refused(void);

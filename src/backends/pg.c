@@ -100,12 +100,6 @@ bypasses_rls(PGconn *conn)
 PGconn *
 aigw_pg_connect(const char *url)
 {
-    return aigw_pg_connect_checked(url, NULL);
-}
-
-PGconn *
-aigw_pg_connect_checked(const char *url, bool *role_refused)
-{
     const char *keys[] = {"dbname", "application_name", "connect_timeout", "options", NULL};
     const char *vals[] = {url, "aigw", "3",
                           "-c statement_timeout=" STATEMENT_TIMEOUT " -c lock_timeout=" LOCK_TIMEOUT, NULL};
@@ -113,16 +107,12 @@ aigw_pg_connect_checked(const char *url, bool *role_refused)
     char why[256];
     int bypass = -1;
 
-    if (role_refused != NULL)
-        *role_refused = false;
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK && (bypass = bypasses_rls(conn)) == 0)
         return conn;
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK) {
-        if (bypass == 1)
+        if (bypass == 1) {
             atomic_store(&role_refused_any, true);
-        if (bypass == 1 && role_refused != NULL)
-            *role_refused = true;
-        if (bypass != 1) {
+        } else {
             first_line(PQerrorMessage(conn), why, sizeof(why));
             aigw_log(LOG_ERR, "postgresql: connect failed: the session's role could not be checked: %s", why);
         }
