@@ -31,12 +31,14 @@
  * a late one is stopped by its deadline, but one that ran in time and
  * whose reply was held up did its work. aigw_quota_abandon then takes back
  * what the mark says was done and the request did not go on to use. */
-#define AIGW_MARK_TTL_MS "120000"
+#define AIGW_MARK_TTL_MS 120000
+#define AIGW_MARK_STR_(x) #x
+#define AIGW_MARK_STR(x) AIGW_MARK_STR_(x)
 #define AIGW_MARK_LUA                                                                               \
     "local function mark(marker, field, value)\n"                                                   \
     "  if marker and marker ~= '' then\n"                                                           \
     "    redis.call('HSET', marker, field, value)\n"                                                \
-    "    redis.call('PEXPIRE', marker, " AIGW_MARK_TTL_MS ")\n"                                     \
+    "    redis.call('PEXPIRE', marker, " AIGW_MARK_STR(AIGW_MARK_TTL_MS) ")\n"                      \
     "  end\n"                                                                                       \
     "end\n"
 

@@ -108,7 +108,7 @@ aigw_quota_abandon(struct aigw_req *req, bool lock_only)
     /* sent again while Redis does not confirm it, as long as the mark can
      * live: a second run finds no mark and undoes nothing twice */
     aigw_redis_outbox_eval(req->srv->outbox, &abandon_script, 1, keys, 3, args,
-                           aigw_now_ms() + strtol(AIGW_MARK_TTL_MS, NULL, 10), "taking back what a request gave up on",
+                           aigw_now_ms() + AIGW_MARK_TTL_MS, "taking back what a request gave up on",
                            abandoned, NULL);
 }
 
