@@ -154,6 +154,14 @@ struct aigw_redis_outbox *aigw_redis_outbox_create(struct aigw_redis_pipe *pipe)
 void aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis_script *s, int nkeys,
                             const char **keys, int nargs, const char **args, int64_t until_ms, const char *what,
                             aigw_redis_outbox_fn done, void *ud);
+/* The same, but run s once now on a pool connection first (blocking, on
+ * the caller's thread): its confirming reply is returned (the caller frees
+ * it; done is not called). Without one, again (s when NULL: a script safe
+ * to run twice) goes to the outbox as above, and NULL is returned. */
+redisReply *aigw_redis_outbox_eval_now(struct aigw_redis_outbox *o, const struct aigw_redis_script *s,
+                                       const struct aigw_redis_script *again, int nkeys, const char **keys,
+                                       int nargs, const char **args, int64_t until_ms, const char *what,
+                                       aigw_redis_outbox_fn done, void *ud);
 /* Send the waiting scripts again (the main loop, once a second). Returns
  * how many were sent. NULL-safe. */
 size_t aigw_redis_outbox_retry(struct aigw_redis_outbox *o);

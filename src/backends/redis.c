@@ -561,8 +561,9 @@ struct pipe_op {
     bool retried;
     bool failed;                /* its deadline passed: done(NULL) ran, a late reply is dropped */
     bool is_time;               /* the pipe's clock sample */
+    bool is_setup;              /* the connection's AUTH or SELECT */
     int64_t deadline_ms, sent_ms;
-    aigw_redis_done_fn done;    /* NULL: the pipe's own command (SELECT, SCRIPT LOAD, TIME) */
+    aigw_redis_done_fn done;    /* NULL: the pipe's own command (AUTH, SELECT, SCRIPT LOAD, TIME) */
     void *ud;
 };
 
@@ -654,10 +655,10 @@ op_answer(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r)
         op->done(r, op->ud);
         return;
     }
-    /* the pipe's own AUTH, SELECT, SCRIPT LOAD or TIME refused (a wrong
-     * password, say; Redis's error names no secret) */
+    /* the pipe's own SCRIPT LOAD or TIME refused (a refused AUTH or SELECT
+     * dropped the connection before: pipe_read) */
     if (op->done == NULL && r != NULL && r->type == REDIS_REPLY_ERROR)
-        aigw_redis_log_error(p->pool, "the pipe's setup failed", r->str);
+        aigw_redis_log_error(p->pool, "the pipe's own command failed", r->str);
     freeReplyObject(r);
 }
 
@@ -720,10 +721,14 @@ pipe_append(struct aigw_redis_pipe *p, struct pipe_op *op)
         p->live = op;
 }
 
+/* The pipe's own commands: a clock sample, a new connection's AUTH or
+ * SELECT, a SCRIPT LOAD. */
+enum own_kind { OWN_TIME, OWN_SETUP, OWN_LOAD };
+
 /* A command of the pipe's own: its reply is dropped (a TIME reply is read
- * as a clock sample first). */
+ * as a clock sample first; a refused setup drops the connection). */
 static void
-pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens, bool is_time)
+pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const size_t *lens, enum own_kind kind)
 {
     char *cmd = NULL;
     int len = resp_format_alloc(argc, argv, lens, &cmd);
@@ -731,7 +736,8 @@ pipe_append_own(struct aigw_redis_pipe *p, int argc, const char **argv, const si
     if (len > 0) {
         struct pipe_op *op = op_new(cmd, len, NULL, NULL, p->pool->timeout_ms);
 
-        op->is_time = is_time;
+        op->is_time = kind == OWN_TIME;
+        op->is_setup = kind == OWN_SETUP;
         pipe_append(p, op);
     }
 }
@@ -764,7 +770,7 @@ pipe_sync_clock(struct aigw_redis_pipe *p)
     size_t lens[1] = {4};
 
     p->next_sync_ms = aigw_now_ms() + CLOCK_SYNC_MS;
-    pipe_append_own(p, 1, argv, lens, true);
+    pipe_append_own(p, 1, argv, lens, OWN_TIME);
 }
 
 static bool
@@ -786,7 +792,7 @@ pipe_connect(struct aigw_redis_pipe *p)
         const char *argv[3] = {"AUTH", pool->user != NULL ? pool->user : pool->pass, pool->pass};
         size_t lens[3] = {4, strlen(argv[1]), strlen(pool->pass)};
 
-        pipe_append_own(p, pool->user != NULL ? 3 : 2, argv, lens, false);
+        pipe_append_own(p, pool->user != NULL ? 3 : 2, argv, lens, OWN_SETUP);
     }
     if (pool->db != 0) {
         char db[16];
@@ -794,7 +800,7 @@ pipe_connect(struct aigw_redis_pipe *p)
         size_t lens[2] = {6, 0};
 
         lens[1] = (size_t)snprintf(db, sizeof(db), "%d", pool->db);
-        pipe_append_own(p, 2, argv, lens, false);
+        pipe_append_own(p, 2, argv, lens, OWN_SETUP);
     }
     /* Redis runs what follows a refused AUTH or SELECT all the same (as
      * whoever the connection is without it, on database 0): no caller's
@@ -852,7 +858,7 @@ pipe_retry_noscript(struct aigw_redis_pipe *p, struct pipe_op *op, redisReply *r
     op->retried = true;
     argv[2] = op->script->source;
     lens[2] = strlen(op->script->source);
-    pipe_append_own(p, 3, argv, lens, false);
+    pipe_append_own(p, 3, argv, lens, OWN_LOAD);
     pipe_append(p, op);
     pipe_flush(p);
     return true;
@@ -904,7 +910,7 @@ pipe_read(struct aigw_redis_pipe *p)
             p->live = op->next;
         if (op == p->setup && ((redisReply *)reply)->type != REDIS_REPLY_ERROR)
             p->setup = NULL; /* set up: the held calls go out (pipe_send) */
-        if (op->done == NULL && !op->is_time && ((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
+        if (op->is_setup && ((redisReply *)reply)->type == REDIS_REPLY_ERROR) {
             /* the pipe's own AUTH or SELECT refused (a wrong password): an
              * unauthenticated connection, or one on the wrong database,
              * must not carry the callers' scripts */
@@ -1359,6 +1365,27 @@ aigw_redis_outbox_eval(struct aigw_redis_outbox *o, const struct aigw_redis_scri
         off += len;
     }
     outbox_send(e);
+}
+
+redisReply *
+aigw_redis_outbox_eval_now(struct aigw_redis_outbox *o, const struct aigw_redis_script *s,
+                           const struct aigw_redis_script *again, int nkeys, const char **keys, int nargs,
+                           const char **args, int64_t until_ms, const char *what, aigw_redis_outbox_fn done,
+                           void *ud)
+{
+    struct aigw_redis_pool *pool = o != NULL && o->pipe != NULL ? o->pipe->pool : NULL;
+    redisContext *rc = pool != NULL ? aigw_redis_acquire(pool) : NULL;
+    redisReply *r = NULL;
+
+    if (rc != NULL) {
+        r = aigw_redis_eval(rc, s, nkeys, keys, nargs, args);
+        aigw_redis_release(pool, rc);
+    }
+    if (r != NULL && r->type != REDIS_REPLY_ERROR)
+        return r;
+    freeReplyObject(r);
+    aigw_redis_outbox_eval(o, again != NULL ? again : s, nkeys, keys, nargs, args, until_ms, what, done, ud);
+    return NULL;
 }
 
 size_t

@@ -171,8 +171,7 @@ aigw_idempotency_finish(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
     const char *keys[1], *args[3];
-    redisContext *rc;
-    redisReply *r = NULL;
+    redisReply *r;
 
     if (q == NULL || !q->idem_owner)
         return;
@@ -188,17 +187,11 @@ aigw_idempotency_finish(struct aigw_req *req)
         args[1] = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,
                                    req->resp_body ? req->resp_body : "");
     }
-    rc = aigw_redis_acquire(req->srv->redis);
-    if (rc != NULL) {
-        r = aigw_redis_eval(rc, &finish_script, 1, keys, 3, args);
-        aigw_redis_release(req->srv->redis, rc);
-    }
-    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
-        /* until Redis takes it (a retry meanwhile gets 409) or the pending
-         * record has expired anyway */
+    /* without Redis's answer, again until it takes it (a retry meanwhile
+     * gets 409) or the pending record has expired anyway */
+    r = aigw_redis_outbox_eval_now(req->srv->outbox, &finish_script, NULL, 1, keys, 3, args, q->idem_until_ms,
+                                   "storing an idempotency record", NULL, NULL);
+    if (r == NULL)
         aigw_log(LOG_WARNING, "redis: idempotency record of request %s not stored yet; retrying", req->request_id);
-        aigw_redis_outbox_eval(req->srv->outbox, &finish_script, 1, keys, 3, args, q->idem_until_ms,
-                               "storing an idempotency record", NULL, NULL);
-    }
     freeReplyObject(r);
 }

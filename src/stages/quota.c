@@ -60,8 +60,8 @@ static struct aigw_redis_script abandon_script = {
 /* KEYS[1] counter, KEYS[2] the reservation's refund record; ARGV[1] the
  * record's ttl ms: decrement, never below zero, once per reservation -> the
  * count after it, or -1 when this reservation was refunded already (a
- * refund whose reply was lost stays open in the journal and is asked for
- * again at the next start) */
+ * refund whose reply was lost is sent again by the outbox, or asked for
+ * again from the journal at the next start) */
 static struct aigw_redis_script refund_script = {
     .source = "if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return -1 end\n"
               "local v = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
@@ -286,10 +286,10 @@ refund_args(struct refund_args *ra, const char *usage_id, const char *tenant_id,
     ra->args[0] = ra->ttl;
 }
 
-/* One blocking run of the refund script: 0 done (now or before), -1 no answer. */
-static int
-refund_once(struct aigw_server *srv, struct refund_args *ra, const char *usage_id, const char *tenant_id)
+int
+aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s)
 {
+    struct refund_args ra;
     redisContext *rc = aigw_redis_acquire(srv->redis);
     redisReply *r;
     int ret = 0;
@@ -298,7 +298,8 @@ refund_once(struct aigw_server *srv, struct refund_args *ra, const char *usage_i
         aigw_log(LOG_WARNING, "quota: refund for tenant %s not made: Redis unavailable", tenant_id);
         return -1;
     }
-    r = aigw_redis_eval(rc, &refund_script, 2, ra->keys, 1, ra->args);
+    refund_args(&ra, usage_id, tenant_id, at_s, 0);
+    r = aigw_redis_eval(rc, &refund_script, 2, ra.keys, 1, ra.args);
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         aigw_log(LOG_WARNING, "quota: refund for tenant %s failed", tenant_id);
         ret = -1;
@@ -308,15 +309,6 @@ refund_once(struct aigw_server *srv, struct refund_args *ra, const char *usage_i
     freeReplyObject(r);
     aigw_redis_release(srv->redis, rc);
     return ret;
-}
-
-int
-aigw_quota_refund(struct aigw_server *srv, const char *usage_id, const char *tenant_id, int64_t at_s)
-{
-    struct refund_args ra;
-
-    refund_args(&ra, usage_id, tenant_id, at_s, 0);
-    return refund_once(srv, &ra, usage_id, tenant_id);
 }
 
 /* A request's refund that Redis confirmed late (the outbox's callback):
@@ -343,18 +335,24 @@ bool
 aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
 {
     struct refund_args ra;
-    struct late_refund *lr;
+    struct late_refund *lr = aigw_xcalloc(1, sizeof(*lr));
+    redisReply *r;
 
-    refund_args(&ra, req->usage_id, req->tenant->id, req->start_wall_us / 1000000, REFUND_RECORD_MS);
-    if (refund_once(req->srv, &ra, req->usage_id, req->tenant->id) == 0)
-        return true;
-    lr = aigw_xcalloc(1, sizeof(*lr));
     lr->srv = req->srv;
     lr->file = file;
     snprintf(lr->id, sizeof(lr->id), "%s", req->usage_id);
-    aigw_redis_outbox_eval(req->srv->outbox, &refund_script, 2, ra.keys, 1, ra.args, aigw_now_ms() + REFUND_RETRY_MS,
-                           "a refund", refunded_late, lr);
-    return false;
+    refund_args(&ra, req->usage_id, req->tenant->id, req->start_wall_us / 1000000, REFUND_RECORD_MS);
+    r = aigw_redis_outbox_eval_now(req->srv->outbox, &refund_script, NULL, 2, ra.keys, 1, ra.args,
+                                   aigw_now_ms() + REFUND_RETRY_MS, "a refund", refunded_late, lr);
+    if (r == NULL) {
+        aigw_log(LOG_WARNING, "quota: refund for tenant %s not confirmed yet; retrying", req->tenant->id);
+        return false;
+    }
+    if (r->type == REDIS_REPLY_INTEGER && r->integer < 0)
+        aigw_log(LOG_INFO, "quota: reservation %s was refunded already", req->usage_id);
+    freeReplyObject(r);
+    free(lr);
+    return true;
 }
 
 enum aigw_rc

@@ -232,24 +232,18 @@ aigw_sf_publish(struct aigw_req *req, const char *result_json, const struct aigw
     const char *keys[3] = {q->sf_lock_key, q->sf_result_key, entry != NULL ? entry->key : NULL};
     const char *args[5] = {req->usage_id, result_json != NULL ? result_json : "", "10000",
                            entry != NULL ? entry->value.buf : NULL, entry != NULL ? entry->ttl_s : NULL};
-    redisContext *rc = aigw_redis_acquire(req->srv->redis);
-    redisReply *r = NULL;
+    /* without Redis's answer the waiters (on every instance) would wait out
+     * the lock, minutes for a stream: sent again until Redis takes it, but
+     * only while the lock is still this request's (republish_script): once
+     * it is gone the first run did it or the waiters moved on, and a newer
+     * flight may lead that the old result must not overwrite */
+    redisReply *r = aigw_redis_outbox_eval_now(req->srv->outbox, &publish_script, &republish_script,
+                                               entry != NULL ? 3 : 2, keys, entry != NULL ? 5 : 3, args,
+                                               aigw_now_ms() + aigw_singleflight_lock_ms(req),
+                                               "publishing a single-flight result", NULL, NULL);
 
-    if (rc != NULL) {
-        r = aigw_redis_eval(rc, &publish_script, entry != NULL ? 3 : 2, keys, entry != NULL ? 5 : 3, args);
-        aigw_redis_release(req->srv->redis, rc);
-    }
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        /* the waiters (on every instance) would wait out the lock, minutes
-         * for a stream: sent again until Redis takes it, but only while the
-         * lock is still this request's (republish_script): once it is gone
-         * the first run did it or the waiters moved on, and a newer flight
-         * may lead that the old result must not overwrite */
+    if (r == NULL)
         aigw_log(LOG_WARNING, "single-flight: publish failed for request %s; retrying", req->request_id);
-        aigw_redis_outbox_eval(req->srv->outbox, &republish_script, entry != NULL ? 3 : 2, keys,
-                               entry != NULL ? 5 : 3, args, aigw_now_ms() + aigw_singleflight_lock_ms(req),
-                               "publishing a single-flight result", NULL, NULL);
-    }
     freeReplyObject(r);
 }
 
