@@ -212,14 +212,38 @@ relay_stop(struct relay *rl)
 }
 
 static void
-relay_arm(struct relay *rl, const char *trigger, int skip, int cut_ms)
+relay_arm(struct relay *rl, const char *trigger, int skip, int cut_ms, bool drop)
 {
     pthread_mutex_lock(&rl->lock);
     snprintf(rl->trigger, sizeof(rl->trigger), "%s", trigger);
     rl->skip = skip;
     rl->cut_ms = cut_ms;
-    rl->drop = false;
+    rl->drop = drop;
     pthread_mutex_unlock(&rl->lock);
+}
+
+/* Back to passing everything on, for the next case. */
+static void
+relay_disarm(struct relay *rl)
+{
+    relay_arm(rl, "", 0, 0, false);
+    atomic_store(&rl->held, 0);
+}
+
+/* How often the trigger has fired, once it has (or after a second). */
+static int
+relay_fired(struct relay *rl)
+{
+    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
+        usleep(20 * 1000);
+    return atomic_load(&rl->held);
+}
+
+/* Keys matching pattern in Redis. */
+static long long
+count_keys(const char *pattern)
+{
+    return tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pattern);
 }
 
 /* One request whose reply of choice is held (or lost with Redis cut off for
@@ -244,7 +268,7 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     used0 = tl_quota_used(id);
     CHECK(used0 == 1, "%s: one query used (%lld)", what, used0);
     q = tl_sprintf("aigw:{%s}%s", id, trigger);
-    relay_arm(rl, q, skip, cut_ms);
+    relay_arm(rl, q, skip, cut_ms, false);
     body = tl_sprintf("{\"question\":\"%s, its reply held\"}", what);
     bodies[0] = body;
     tl_post_parallel(port, "/api/ai/query", tok, headers, bodies, 1, &r);
@@ -276,8 +300,7 @@ lost_reply(struct relay *rl, int port, const char *what, const char *trigger, in
     CHECK(used == used0 + answered, "%s: quota moved by the answered requests only (%lld, want %lld)", what, used,
           used0 + answered);
     CHECK(lk == 0, "%s: no single-flight lock left (%lld)", what, lk);
-    relay_arm(rl, "", 0, 0);
-    atomic_store(&rl->held, 0);
+    relay_disarm(rl);
     free(body);
     free(q);
     free(tok);
@@ -305,16 +328,11 @@ lost_outcome(struct relay *rl, int port)
     tl_resp_free(&r);
     used0 = tl_quota_used(id);
     q = tl_sprintf("aigw:{%s}:idem:", id);
-    relay_arm(rl, q, 1, 2000); /* the first command naming the record begins it, the second stores the outcome */
-    pthread_mutex_lock(&rl->lock);
-    rl->drop = true;
-    pthread_mutex_unlock(&rl->lock);
+    relay_arm(rl, q, 1, 2000, true); /* the first command naming the record begins it, the second stores the outcome */
     tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
     CHECK(r.status == 200, "outcome lost: the request is answered (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
-    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
-        usleep(20 * 1000);
-    CHECK(atomic_load(&rl->held) == 1, "outcome lost: its store was dropped");
+    CHECK(relay_fired(rl) == 1, "outcome lost: its store was dropped");
     tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
     CHECK(r.status == 409 || r.status == 503, "outcome lost: a retry at once is refused (%ld)", r.status);
     for (int i = 0; i < 40 && (r.status == 409 || r.status == 503); i++) { /* under the plan's 60 a minute */
@@ -329,8 +347,7 @@ lost_outcome(struct relay *rl, int port)
     CHECK(tl_quota_used(id) == used0 + 1, "outcome lost: one query counted (%lld, want %lld)", tl_quota_used(id),
           used0 + 1);
     CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 0, 2000) == 0, "outcome lost: the outbox is empty again");
-    relay_arm(rl, "", 0, 0);
-    atomic_store(&rl->held, 0);
+    relay_disarm(rl);
     free(q);
     free(tok);
 }
@@ -351,19 +368,14 @@ lost_publish(struct relay *rl, int port)
     tok = tl_token(code, "optician", 600);
     q = tl_sprintf("aigw:{%s}:sf:", id); /* the admission names it (as a prefix), then the publish */
     pat = tl_sprintf("aigw:{%s}:c:*", id);
-    relay_arm(rl, q, 1, 2000);
-    pthread_mutex_lock(&rl->lock);
-    rl->drop = true;
-    pthread_mutex_unlock(&rl->lock);
+    relay_arm(rl, q, 1, 2000, true);
     tl_post(port, "/api/ai/query", tok, "{\"question\":\"its publish is lost on the way to Redis\"}", &r);
     CHECK(r.status == 200, "publish lost: the leader is answered (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
-    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
-        usleep(20 * 1000);
-    CHECK(atomic_load(&rl->held) == 1, "publish lost: it was dropped");
+    CHECK(relay_fired(rl) == 1, "publish lost: it was dropped");
     for (int i = 0; i < 250; i++) { /* 2 s out of reach, then the next retry within a second */
         lk = tl_sf_locks(id);
-        entries = tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pat);
+        entries = count_keys(pat);
         if (lk == 0 && entries == 1)
             break;
         usleep(20 * 1000);
@@ -374,8 +386,7 @@ lost_publish(struct relay *rl, int port)
     CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) != NULL && strcmp(buf, "HIT") == 0,
           "publish lost: the question again is a cache hit (%ld)", r.status);
     tl_resp_free(&r);
-    relay_arm(rl, "", 0, 0);
-    atomic_store(&rl->held, 0);
+    relay_disarm(rl);
     free(pat);
     free(q);
     free(tok);
@@ -399,16 +410,11 @@ lost_publish_newer_flight(struct relay *rl, int port)
     tok = tl_token(code, "optician", 600);
     q = tl_sprintf("aigw:{%s}:sf:", id);
     pat = tl_sprintf("aigw:{%s}:sf:*", id);
-    relay_arm(rl, q, 1, 2000);
-    pthread_mutex_lock(&rl->lock);
-    rl->drop = true;
-    pthread_mutex_unlock(&rl->lock);
+    relay_arm(rl, q, 1, 2000, true);
     tl_post(port, "/api/ai/query", tok, "{\"question\":\"its publish is lost, then another flight leads\"}", &r);
     CHECK(r.status == 200, "newer flight: the leader is answered (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
-    for (int i = 0; i < 50 && atomic_load(&rl->held) == 0; i++)
-        usleep(20 * 1000);
-    CHECK(atomic_load(&rl->held) == 1, "newer flight: the publish was dropped");
+    CHECK(relay_fired(rl) == 1, "newer flight: the publish was dropped");
     /* (the relay cuts the connections 50 ms after the drop: only then does
      * the publish fail and go to the outbox) */
     CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 1, 1500) == 1,
@@ -433,12 +439,11 @@ lost_publish_newer_flight(struct relay *rl, int port)
     CHECK(kept == 1, "newer flight: its lock and its result are left alone (%lld)", kept);
     free(pat);
     pat = tl_sprintf("aigw:{%s}:c:*", id);
-    entries = tl_redis_int("EVAL %s 0 %s", "return #redis.call('KEYS', ARGV[1])", pat);
+    entries = count_keys(pat);
     CHECK(entries == 0, "newer flight: the old answer is not stored over it (%lld)", entries);
     tl_redis_int("EVAL %s 0 aigw:{%s}:sf:*",
                  "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 0", id);
-    relay_arm(rl, "", 0, 0);
-    atomic_store(&rl->held, 0);
+    relay_disarm(rl);
     free(pat);
     free(q);
     free(tok);

@@ -758,35 +758,36 @@ redis_connect(void)
     return c;
 }
 
-/* An integer reply, or a string of one; -1 for anything else (status: 0
- * when status_zero). */
+/* Run fmt on c: an integer reply, or a string of one; -1 for anything else
+ * (a status: 0 when status_zero). */
 static long long
-reply_int(const redisReply *r, bool status_zero)
+command_int(redisContext *c, bool status_zero, const char *fmt, va_list ap)
 {
+    redisReply *r = redisvCommand(c, fmt, ap);
+    long long v = -1;
+
     if (r != NULL && r->type == REDIS_REPLY_INTEGER)
-        return r->integer;
-    if (r != NULL && r->type == REDIS_REPLY_STRING)
-        return strtoll(r->str, NULL, 10);
-    if (r != NULL && r->type == REDIS_REPLY_STATUS && status_zero)
-        return 0;
-    return -1;
+        v = r->integer;
+    else if (r != NULL && r->type == REDIS_REPLY_STRING)
+        v = strtoll(r->str, NULL, 10);
+    else if (r != NULL && r->type == REDIS_REPLY_STATUS && status_zero)
+        v = 0;
+    freeReplyObject(r);
+    return v;
 }
 
 long long
 tl_redis_int(const char *fmt, ...)
 {
     redisContext *c = redis_connect();
-    redisReply *r;
     va_list ap;
-    long long v = -1;
+    long long v;
 
     if (c == NULL)
         return -1;
     va_start(ap, fmt);
-    r = redisvCommand(c, fmt, ap);
+    v = command_int(c, false, fmt, ap);
     va_end(ap);
-    v = reply_int(r, false);
-    freeReplyObject(r);
     redisFree(c);
     return v;
 }
@@ -810,11 +811,9 @@ tl_redis_int_at(int port, const char *pass, int db, const char *fmt, ...)
         r = redisCommand(c, "SELECT %d", db);
     }
     if (r != NULL && r->type == REDIS_REPLY_STATUS) {
-        freeReplyObject(r);
         va_start(ap, fmt);
-        r = redisvCommand(c, fmt, ap);
+        v = command_int(c, true, fmt, ap);
         va_end(ap);
-        v = reply_int(r, true);
     }
     freeReplyObject(r);
     redisFree(c);
