@@ -33,6 +33,8 @@ PACKAGES=(
     postgresql postgresql-client redis-server
     # sanitizers / memory checking
     clang libclang-rt-14-dev valgrind
+    # static analysis in scripts/check-style.sh
+    cppcheck
     # process / network tooling used by scripts and tests
     procps iproute2 psmisc util-linux jq openssl
     # promtool (lints the /metrics exposition in tests/integration/test_metrics.c)

@@ -80,7 +80,7 @@ void aigw_uuid7(char out[37]);
 size_t aigw_fmt_int(char *out, long long v);
 /* dst = the NUL-terminated concatenation of the strings up to the NULL;
  * false (dst = "") if it would not fit in cap bytes. */
-bool aigw_concat(char *dst, size_t cap, ...);
+bool aigw_concat(char *dst, size_t cap, ...) __attribute__((sentinel));
 /* write(2) all n bytes of p to fd, going on after short writes and EINTR.
  * Returns the bytes written: n, or fewer with *err set (errno, or ENOSPC
  * for a write that wrote nothing) when a write failed. */

@@ -1240,6 +1240,7 @@ take_control(struct aigw_upstream *up)
     pthread_mutex_unlock(&up->lock);
     for (; c != NULL; c = next) {
         unsigned ops;
+        CURLcode rc;
 
         pthread_mutex_lock(&up->lock);
         next = c->ctl_next;
@@ -1261,7 +1262,13 @@ take_control(struct aigw_upstream *up)
             if (c->paused) {
                 c->paused = false;
                 c->last_byte_ms = aigw_now_ms(); /* the idle clock stood still while the client was full */
-                curl_easy_pause(c->easy, CURLPAUSE_CONT);
+                /* curl hands over what it held here; a refusal of it (an
+                 * event grown too large) is reported only by this return,
+                 * and libcurl 7.88 then leaves the transfer waiting for
+                 * the socket: end it now, as the transfer's own error */
+                rc = curl_easy_pause(c->easy, CURLPAUSE_CONT);
+                if (rc != CURLE_OK)
+                    complete(up, c, rc);
             }
         }
         call_unref(c);

@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "aigw/util.h"
 #include "testlib.h"
 
 static char tmp[64];
@@ -28,7 +29,7 @@ run(const char *cmd, char **out)
     int st;
 
     while (p != NULL && (n = fread(buf, 1, sizeof(buf), p)) > 0) {
-        text = realloc(text, len + n + 1);
+        text = aigw_xrealloc(text, len + n + 1);
         memcpy(text + len, buf, n);
         len += n;
         text[len] = '\0';

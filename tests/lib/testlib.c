@@ -695,8 +695,9 @@ walk_page(const struct tl_resp *r, int limit, const char *list_key, const char *
     bool ok = json_is_array(list) && json_array_size(list) <= (size_t)limit;
 
     CHECK(ok, "page of at most %d %s: %s", limit, list_key, r->body);
-    json_array_foreach(list, i, item)
+    json_array_foreach(list, i, item) {
         each(item, ctx);
+    }
     next = json_object_get(root, cursor_key);
     snprintf(cursor, cap, "%s", json_is_string(next) ? json_string_value(next) : "");
     json_decref(root);

@@ -482,6 +482,7 @@ mutate(char *txt, size_t n, size_t cap)
     int edits = 1 + (int)(next() % 3);
 
     for (int e = 0; e < edits && n > 0; e++) {
+        /* cppcheck-suppress zerodivcond ; n > 0 is the loop's condition */
         size_t at = next() % n;
         char c = next() % 4 == 0 ? (char)odd[next() % sizeof(odd)] : pool[next() % (sizeof(pool) - 1)];
 
