@@ -405,6 +405,12 @@ tl_aigw_start(struct tl_aigw *gw, const char *config_json)
 int
 tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env)
 {
+    return tl_aigw_start_wrapped(gw, config_json, env, NULL);
+}
+
+int
+tl_aigw_start_wrapped(struct tl_aigw *gw, const char *config_json, const char *const *env, const char *const *wrap)
+{
     char portbuf[16];
     char *cfg = NULL;
     pid_t parent = getpid();
@@ -441,10 +447,25 @@ tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const
         dup2(fd, 1);
         dup2(fd, 2);
         child_env(gw, portbuf, env);
+        if (wrap != NULL) {
+            const char *argv[32];
+            size_t n = 0;
+
+            while (n < 28 && wrap[n] != NULL) {
+                argv[n] = wrap[n];
+                n++;
+            }
+            argv[n++] = AIGW_BIN_PATH;
+            argv[n++] = "-c";
+            argv[n++] = gw->config;
+            argv[n] = NULL;
+            execvp(argv[0], (char *const *)argv);
+            _exit(127);
+        }
         execl(AIGW_BIN_PATH, "aigw", "-c", gw->config, (char *)NULL);
         _exit(127);
     }
-    for (int i = 0; i < 200; i++) {
+    for (int i = 0; i < (wrap != NULL ? 1200 : 200); i++) {
         struct tl_resp r;
         int status;
 

@@ -76,6 +76,11 @@ int tl_aigw_start(struct tl_aigw *gw, const char *config_json);
  * (NULL-terminated); WATCHDOG_USEC also sets WATCHDOG_PID to aigw's pid, as
  * systemd does (NOTIFY_SOCKET and WATCHDOG_* are otherwise unset). */
 int tl_aigw_start_env(struct tl_aigw *gw, const char *config_json, const char *const *env);
+/* Like tl_aigw_start_env, run by a wrapper: wrap is its argv (NULL-terminated,
+ * e.g. valgrind and its options), aigw's own argv follows it. Waits up to 60 s
+ * for /healthz. */
+int tl_aigw_start_wrapped(struct tl_aigw *gw, const char *config_json, const char *const *env,
+                          const char *const *wrap);
 /* SIGTERM and wait; returns the exit status (or -1). Prints the log when the
  * status is not 0 or checks failed since the start. Removes the temp dir. */
 int tl_aigw_stop(struct tl_aigw *gw);
