@@ -298,10 +298,11 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
     srv->tokens = aigw_jwt_cache_create(8192, 300);
     srv->api_keys = aigw_apikey_cache_create(4096, srv->cfg.api_key_cache_ttl_s);
-    srv->key_usage = aigw_apikey_usage_start(srv->pg, srv->cfg.api_key_flush_ms);
     srv->usage = aigw_usage_start(&srv->cfg);
     if (srv->usage == NULL)
         return 1;
+    /* keeps what a stop could not write in the spool directory, so after it */
+    srv->key_usage = aigw_apikey_usage_start(srv->pg, srv->cfg.api_key_flush_ms, srv->cfg.spool_dir);
     {
         char err[256];
 

@@ -16,10 +16,11 @@ struct aigw_pg_pool;
 
 struct aigw_apikey_usage;
 
-/* Start the flush thread writing through pool every flush_ms. Never fails
- * (aborts if the thread cannot start). Owner: the caller
- * (aigw_apikey_usage_stop). */
-struct aigw_apikey_usage *aigw_apikey_usage_start(struct aigw_pg_pool *pool, int flush_ms);
+/* Start the flush thread writing through pool every flush_ms. spool_dir
+ * (NULL: none) must exist: the uses a stop could not write are kept there
+ * and noted again here. Never fails (aborts if the thread cannot start).
+ * Owner: the caller (aigw_apikey_usage_stop). */
+struct aigw_apikey_usage *aigw_apikey_usage_start(struct aigw_pg_pool *pool, int flush_ms, const char *spool_dir);
 
 /* Note that key k was used at wall-clock second now. Thread-safe, no I/O:
  * one mutex and a hash probe. NULL-safe on u. */
@@ -29,7 +30,9 @@ void aigw_apikey_usage_touch(struct aigw_apikey_usage *u, const struct aigw_api_
  * keys whose use could not be written (they stay pending). */
 size_t aigw_apikey_usage_flush(struct aigw_apikey_usage *u);
 
-/* Stop the thread after a final flush, then free. NULL-safe. */
+/* Stop the thread after a final flush, keep what it could not write in the
+ * spool directory for the next start (or remove the file when nothing is
+ * left), then free. NULL-safe. */
 void aigw_apikey_usage_stop(struct aigw_apikey_usage *u);
 
 #endif

@@ -1,6 +1,9 @@
 /* apikey_usage.c - last_used_at of API keys, noted in memory per request and
  * written in batches by one thread. RLS stays on: one UPDATE per tenant, the
- * tenant set in the same pipeline sync as the statement. */
+ * tenant set in the same pipeline sync as the statement. What a shutdown
+ * cannot write (PostgreSQL down) is kept in <spool_dir>/PENDING_NAME, lines
+ * "<key id> <tenant id> <unix second>", and noted again by the next start;
+ * writing a use twice is harmless (the time never moves backwards). */
 #include "aigw/apikey_usage.h"
 
 #include <errno.h>
@@ -9,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "aigw/apikey.h"
 #include "aigw/log.h"
@@ -16,6 +20,7 @@
 #include "aigw/util.h"
 
 #define TABLE_SLOTS (2 * AIGW_APIKEY_USAGE_MAX) /* open addressing, at most half full */
+#define PENDING_NAME "api-key-last-used.pending"
 
 struct use {
     char key_id[37];           /* "" = empty slot */
@@ -26,6 +31,7 @@ struct use {
 struct aigw_apikey_usage {
     struct aigw_pg_pool *pool;
     int flush_ms;
+    char *pending_path;        /* uses kept across a restart; NULL: none */
     pthread_t thread;
     pthread_mutex_t lock;      /* guards table, n, stop */
     pthread_cond_t wake;       /* signalled by stop */
@@ -195,8 +201,77 @@ run(void *arg)
     return NULL;
 }
 
+/* Note the uses the previous run kept (before the thread starts). The file
+ * stays until the next stop rewrites or removes it: after a crash its uses
+ * are written again, which changes nothing. */
+static void
+load_pending(struct aigw_apikey_usage *u)
+{
+    FILE *f = fopen(u->pending_path, "r");
+    char line[128];
+    size_t n = 0;
+
+    if (f == NULL)
+        return;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        char *at_end;
+        long long at;
+
+        /* "<36> <36> <digits>\n"; anything else (a line cut short) is skipped */
+        if (strlen(line) < 75 || line[36] != ' ' || line[73] != ' ' || !aigw_is_uuid(line, 36) ||
+            !aigw_is_uuid(line + 37, 36))
+            continue;
+        at = strtoll(line + 74, &at_end, 10);
+        if (at_end == line + 74 || *at_end != '\n' || at <= 0)
+            continue;
+        line[36] = line[73] = '\0';
+        note(u, line, line + 37, at);
+        n++;
+    }
+    fclose(f);
+    if (n > 0)
+        aigw_log(LOG_NOTICE, "api keys: last_used_at of %zu keys the previous run could not write is pending", n);
+}
+
+/* After the final flush: keep what it could not write for the next start,
+ * or remove the file when nothing is left. */
+static void
+save_pending(struct aigw_apikey_usage *u)
+{
+    struct use *uses;
+    size_t n = take(u, &uses);
+    size_t cap = strlen(u->pending_path) + sizeof(".tmp");
+    char *tmp;
+    FILE *f;
+    bool ok;
+
+    if (n == 0) {
+        unlink(u->pending_path);
+        return;
+    }
+    tmp = aigw_xmalloc(cap);
+    snprintf(tmp, cap, "%s.tmp", u->pending_path);
+    f = fopen(tmp, "w");
+    ok = f != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = fprintf(f, "%s %s %lld\n", uses[i].key_id, uses[i].tenant_id, (long long)uses[i].at) > 0;
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (f != NULL && fclose(f) != 0)
+        ok = false;
+    ok = ok && rename(tmp, u->pending_path) == 0;
+    if (ok) {
+        aigw_log(LOG_WARNING, "api keys: last_used_at of %zu keys kept in %s for the next start", n,
+                 u->pending_path);
+    } else {
+        unlink(tmp);
+        aigw_log(LOG_ERR, "api keys: last_used_at of %zu keys lost: cannot write %s", n, u->pending_path);
+    }
+    free(tmp);
+    free(uses);
+}
+
 struct aigw_apikey_usage *
-aigw_apikey_usage_start(struct aigw_pg_pool *pool, int flush_ms)
+aigw_apikey_usage_start(struct aigw_pg_pool *pool, int flush_ms, const char *spool_dir)
 {
     struct aigw_apikey_usage *u = aigw_xcalloc(1, sizeof(*u));
 
@@ -205,6 +280,10 @@ aigw_apikey_usage_start(struct aigw_pg_pool *pool, int flush_ms)
     u->table = aigw_xcalloc(TABLE_SLOTS, sizeof(*u->table));
     pthread_mutex_init(&u->lock, NULL);
     pthread_cond_init(&u->wake, NULL);
+    if (spool_dir != NULL && *spool_dir != '\0') {
+        u->pending_path = aigw_path_join(spool_dir, PENDING_NAME);
+        load_pending(u);
+    }
     if (pthread_create(&u->thread, NULL, run, u) != 0)
         abort();
     return u;
@@ -220,8 +299,11 @@ aigw_apikey_usage_stop(struct aigw_apikey_usage *u)
     pthread_cond_signal(&u->wake);
     pthread_mutex_unlock(&u->lock);
     pthread_join(u->thread, NULL); /* it flushes what is pending before it ends */
+    if (u->pending_path != NULL)
+        save_pending(u);
     pthread_cond_destroy(&u->wake);
     pthread_mutex_destroy(&u->lock);
+    free(u->pending_path);
     free(u->table);
     free(u);
 }

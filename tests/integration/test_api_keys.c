@@ -655,6 +655,47 @@ test_last_used_batched(const char *cfg_slow)
     free(admin);
 }
 
+/* A shutdown while PostgreSQL is down cannot write the pending uses: they
+ * are kept in the spool directory and written by the next start (they were
+ * lost: the final flush failed, logged "retrying later", and the process
+ * exited). */
+static void
+test_last_used_outage(const char *cfg_slow, const char *cfg)
+{
+    char tid[37], code[65], key[128], id[37], env_spool[200];
+    char *admin = new_tenant("enterprise", tid, code);
+    const char *env[2] = {env_spool, NULL};
+    const char *p[1] = {id};
+    struct tl_aigw gw3, gw4;
+
+    snprintf(env_spool, sizeof(env_spool), "AIGW_SPOOL_DIR=/tmp/aigw-last-used-%d", (int)getpid());
+    CHECK(create_key(port1, admin, "{\"name\":\"outage\"}", key, id) == 201, "create");
+    if (tl_aigw_start_env(&gw3, cfg_slow, env) != 0) {
+        CHECK(false, "third instance starts");
+        free(admin);
+        return;
+    }
+    expect_use("use before the outage", gw3.port, key, "/api/ai/limits", 200, NULL);
+    tl_stack("pg-stop");
+    CHECK(tl_aigw_stop(&gw3) == 0, "instance 3 exits 0 while PostgreSQL is down");
+    tl_stack("pg-start");
+    tl_pg_reconnect(&owner);
+    CHECK(sql1("SELECT count(*) FROM api_keys WHERE id = $1::uuid AND last_used_at IS NULL", id, NULL) == 1,
+          "not written: PostgreSQL was down at the shutdown");
+    if (tl_aigw_start_env(&gw4, cfg, env) != 0) {
+        CHECK(false, "fourth instance starts on the same spool directory");
+        free(admin);
+        return;
+    }
+    CHECK(tl_wait_sql(owner, 1, 10000,
+                      "SELECT count(*) FROM api_keys WHERE id = $1::uuid AND last_used_at > now() - interval '5 minutes'",
+                      1, p) == 1,
+          "the use noted before the shutdown is written by the next start");
+    CHECK(tl_aigw_stop(&gw4) == 0, "instance 4 exits 0");
+    tl_rm_rf(env_spool + strlen("AIGW_SPOOL_DIR="));
+    free(admin);
+}
+
 static void
 check_log(const struct tl_aigw *gw, const char *name)
 {
@@ -693,6 +734,7 @@ main(void)
     test_plan();
     test_bad_input();
     test_last_used_batched(cfg_slow);
+    test_last_used_outage(cfg_slow, cfg);
 
     check_log(&gw1, "instance 1");
     check_log(&gw2, "instance 2");
