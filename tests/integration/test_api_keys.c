@@ -696,6 +696,26 @@ test_last_used_outage(const char *cfg_slow, const char *cfg)
     free(admin);
 }
 
+/* TRUNCATE fires no row trigger: the keys it removed must still leave every
+ * instance's cache at once (a statement trigger notifies '*'), not after
+ * api_keys.cache_ttl_s. It runs last: it removes every key. */
+static void
+test_truncate(void)
+{
+    char tid[37], code[65], key[128], id[37];
+    char *admin = new_tenant("enterprise", tid, code);
+    PGresult *q;
+
+    CHECK(create_key(port1, admin, "{\"name\":\"truncated\"}", key, id) == 201, "create");
+    expect_use("cached on instance 2", port2, key, "/api/ai/limits", 200, NULL);
+    expect_use("cached on instance 1", port1, key, "/api/ai/limits", 200, NULL);
+    q = tl_sql(owner, true, "TRUNCATE api_keys", 0, NULL);
+    PQclear(q);
+    CHECK(wait_use(port2, key, 401, 5000) == 401, "instance 2 refuses a truncated key soon");
+    CHECK(wait_use(port1, key, 401, 5000) == 401, "instance 1 refuses a truncated key soon");
+    free(admin);
+}
+
 static void
 check_log(const struct tl_aigw *gw, const char *name)
 {
@@ -735,6 +755,7 @@ main(void)
     test_bad_input();
     test_last_used_batched(cfg_slow);
     test_last_used_outage(cfg_slow, cfg);
+    test_truncate();
 
     check_log(&gw1, "instance 1");
     check_log(&gw2, "instance 2");
