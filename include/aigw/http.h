@@ -162,5 +162,8 @@ void aigw_http_stop(struct aigw_server *srv);
 const struct aigw_route *aigw_router_match(struct aigw_pool *pool, const char *method, const char *path,
                                            const char **params, int *status, char *allow,
                                            size_t allow_cap);
+/* Whether path lies under the OpenAI SDKs' base path (/v1), where every
+ * error, of a route or of none (404, 405), takes the OpenAI shape. Cannot fail. */
+bool aigw_router_openai_path(const char *path);
 
 #endif

@@ -103,7 +103,7 @@ aigw_req_fail_extra(struct aigw_req *req, int status, const char *code, json_t *
         json_object_update(err, extra);
         json_decref(extra);
     }
-    if (req->route != NULL && req->route->openai)
+    if (req->route != NULL ? req->route->openai : aigw_router_openai_path(req->url))
         openai_shape(err, status, msg);
     root = json_pack("{s:o}", "error", err);
     req->error_code = code;

@@ -118,3 +118,11 @@ aigw_router_match(struct aigw_pool *pool, const char *method, const char *path, 
     *status = path_known ? 405 : 404;
     return NULL;
 }
+
+bool
+aigw_router_openai_path(const char *path)
+{
+    /* the SDKs send every call to <baseURL>/<resource>: a method or a
+     * resource aigw lacks there must still raise their typed errors */
+    return strncmp(path, "/v1/", 4) == 0 || strcmp(path, "/v1") == 0;
+}

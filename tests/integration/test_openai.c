@@ -324,6 +324,31 @@ test_bad_input(void)
     free(tok);
 }
 
+/* The OpenAI SDKs send everything under /v1: a wrong method on one of its
+ * paths, or a path aigw does not serve there, answers in the OpenAI error
+ * shape too (the SDK's typed errors read error.type); elsewhere aigw's own. */
+static void
+test_unrouted(const char *tok)
+{
+    struct tl_resp r;
+    char allow[64] = "";
+
+    tl_get(port, "/v1/chat/completions", tok, &r);
+    expect_error("GET /v1/chat/completions", &r, 405, "invalid_request_error", NULL);
+    CHECK(tl_resp_header(&r, "Allow", allow, sizeof(allow)) && strcmp(allow, "POST") == 0, "405 has Allow: POST (%s)",
+          allow);
+    tl_resp_free(&r);
+    tl_post(port, "/v1/models", tok, "{}", &r);
+    expect_error("POST /v1/models", &r, 405, "invalid_request_error", NULL);
+    tl_resp_free(&r);
+    tl_post(port, "/v1/embeddings", tok, "{\"input\":\"x\"}", &r);
+    expect_error("POST /v1/embeddings", &r, 404, "not_found_error", NULL);
+    tl_resp_free(&r);
+    tl_get(port, "/api/ai/nothing-here", tok, &r);
+    CHECK(r.status == 404 && strstr(r.body, "\"type\"") == NULL, "off /v1: aigw's own error shape (%s)", r.body);
+    tl_resp_free(&r);
+}
+
 static void
 test_gating(const char *tok_ent)
 {
@@ -404,6 +429,7 @@ main(void)
     test_stream(tok, id);
     test_bad_input();
     test_gating(tok);
+    test_unrouted(tok);
     test_rate_limit();
 
     free(tok);
