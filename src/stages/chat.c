@@ -80,6 +80,16 @@ one_or_absent(json_t *body, const char *name)
     return v == NULL || json_is_null(v) || (json_is_integer(v) && json_integer_value(v) == 1);
 }
 
+/* Does the request ask for the tokens' probabilities in its answer? */
+static bool
+wants_probs(json_t *body)
+{
+    json_t *n_probs = json_object_get(body, "n_probs");
+
+    return json_is_true(json_object_get(body, "logprobs")) ||
+           (json_is_number(n_probs) && json_number_value(n_probs) > 0);
+}
+
 /* The other sampling fields aigw reads: n, temperature, stream, stream_options. */
 static enum aigw_rc
 check_options(struct aigw_req *req, json_t *body, bool *cacheable)
@@ -105,9 +115,12 @@ check_options(struct aigw_req *req, json_t *body, bool *cacheable)
         return aigw_req_fail(req, 400, "invalid_request", "stream_options: must be {\"include_usage\": boolean}");
     q->stream = json_is_true(stream);
     q->chat_usage = json_is_true(json_object_get(so, "include_usage"));
-    /* the same request gives the same answer only without sampling */
-    *cacheable = !q->stream && (req->srv->cfg.cache_sampled || (temp != NULL && json_is_number(temp) &&
-                                                                 json_number_value(temp) == 0));
+    /* the same request gives the same answer only without sampling; and
+     * an answer with token probabilities (logprobs, or llama-server's own
+     * n_probs) cannot be rebuilt from a cache entry, which has no
+     * choices[0].logprobs */
+    *cacheable = !q->stream && !wants_probs(body) &&
+                 (req->srv->cfg.cache_sampled || (temp != NULL && json_is_number(temp) && json_number_value(temp) == 0));
     return AIGW_OK;
 }
 

@@ -93,7 +93,27 @@ test_plain_and_cache(const char *tok, const char *tid)
           "sampled request: MISS every time");
     tl_resp_free(&r);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 3, "sampled requests both went upstream");
-    CHECK(tl_usage_rows(owner, tid, "billed", 3) == 3 && tl_usage_rows(owner, tid, "NOT billed", 1) == 1, "3 billed rows, 1 hit row");
+
+    /* temperature 0 with token probabilities (logprobs, or llama-server's
+     * own n_probs): the rebuilt chat.completion a hit answers with has no
+     * choices[0].logprobs, so these are never answered from the cache */
+    {
+        static const char *const probs[] = {
+            "{\"temperature\":0,\"logprobs\":true,\"top_logprobs\":2,\"messages\":[{\"role\":\"user\",\"content\":\"How sure are you?\"}]}",
+            "{\"temperature\":0,\"n_probs\":2,\"messages\":[{\"role\":\"user\",\"content\":\"How sure are you?\"}]}",
+        };
+
+        for (int i = 0; i < 2; i++) {
+            chat(tok, probs[i], &r);
+            tl_resp_free(&r);
+            chat(tok, probs[i], &r);
+            CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+                  "%s: MISS again, not a hit without logprobs (%ld %s)", i == 0 ? "logprobs" : "n_probs", r.status, buf);
+            tl_resp_free(&r);
+        }
+        CHECK(tl_mock_stat(mock, "chat_requests") == calls + 7, "requests for token probabilities all went upstream");
+    }
+    CHECK(tl_usage_rows(owner, tid, "billed", 7) == 7 && tl_usage_rows(owner, tid, "NOT billed", 1) == 1, "7 billed rows, 1 hit row");
 }
 
 /* Length limits the plan sets cannot be lifted: llama-server's own
