@@ -84,6 +84,7 @@ struct aigw_query {
     /* outcome */
     const char *raw;           /* the upstream's answer body as received (OpenAI route, fresh) */
     const char *finish_reason;
+    bool thinking;             /* the fresh answer has a thinking model's reasoning_content (OpenAI route) */
     const char *answer;
     const char *answer_json;   /* the answer already as a JSON string (cache hits), or NULL */
     const char *model;
@@ -100,10 +101,11 @@ char *aigw_query_normalize(const char *q);
 size_t aigw_utf8_chars(const char *s);
 /* Query type index for a question with no explicit type (API rules). */
 int aigw_query_classify(const char *normalized);
-/* Whether the answer is tool calls (finish_reason "tool_calls"): the shape
- * a cached or coalesced answer is rebuilt in has no tool_calls, so such an
- * answer is neither cached nor handed to single-flight waiters. */
-bool aigw_query_tool_calls(const struct aigw_query *q);
+/* Whether the answer has parts the shape a cached or coalesced answer is
+ * rebuilt in lacks: tool calls (finish_reason "tool_calls") or a thinking
+ * model's reasoning_content. Such an answer is neither cached nor handed
+ * to single-flight waiters. */
+bool aigw_query_fresh_only(const struct aigw_query *q);
 /* True when a patient-analytics question asks for personal identifiers. */
 bool aigw_query_asks_pii(const char *normalized);
 /* Hex SHA-256 of the cache identity: tenant, query type, normalized question,

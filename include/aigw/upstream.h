@@ -31,6 +31,7 @@ struct aigw_upstream_result {
     size_t raw_len;
     char *model;               /* "model" of the answer (owned by the call) */
     char *finish_reason;       /* owned by the call; may be NULL */
+    bool thinking;             /* choices[0].message.reasoning_content is a non-empty string (non-stream) */
     long prompt_tokens;        /* usage.prompt_tokens (0 if absent) */
     long completion_tokens;    /* usage.completion_tokens (0 if absent) */
     int64_t upstream_ms;       /* time from submit to done, queueing included */

@@ -173,12 +173,13 @@ aigw_query_after(struct aigw_req *req)
         return;
     store = aigw_cache_entry(req, &entry);
     if (q->sf_role == AIGW_SF_LEADER) {
-        /* no result for the waiters of a tool call: they ask for themselves;
+        /* no result for the waiters of a tool call or a thinking model's
+         * answer (aigw_query_fresh_only): they ask for themselves;
          * nor a failure while this instance drains (the drain may have cut
          * the call short): the waiters on other instances take the flight
          * over instead of failing with it */
         bool draining = req->status >= 500 && atomic_load(&req->srv->stopping);
-        char *text = req->status == 499 || !req->responded || draining || aigw_query_tool_calls(q)
+        char *text = req->status == 499 || !req->responded || draining || aigw_query_fresh_only(q)
                          ? NULL
                          : outcome_json(req);
 

@@ -471,6 +471,7 @@ parse_answer(struct aigw_upstream_call *c)
     c->res.content = json_is_string(content) ? dup_string(content) : aigw_xstrdup("");
     c->res.model = dup_string(json_object_get(root, "model"));
     c->res.finish_reason = dup_string(json_object_get(choice, "finish_reason"));
+    c->res.thinking = json_string_length(json_object_get(json_object_get(choice, "message"), "reasoning_content")) > 0;
     usage = json_object_get(root, "usage");
     c->res.prompt_tokens = token_count(json_object_get(usage, "prompt_tokens"));
     c->res.completion_tokens = token_count(json_object_get(usage, "completion_tokens"));

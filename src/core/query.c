@@ -124,7 +124,7 @@ aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, c
 }
 
 bool
-aigw_query_tool_calls(const struct aigw_query *q)
+aigw_query_fresh_only(const struct aigw_query *q)
 {
-    return q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0;
+    return q->thinking || (q->finish_reason != NULL && strcmp(q->finish_reason, "tool_calls") == 0);
 }

@@ -78,7 +78,7 @@ aigw_cache_entry(struct aigw_req *req, struct aigw_cache_entry *e)
     if (req->status != 200 || !q->billed || req->tenant->cache_ttl_s <= 0 || q->answer == NULL ||
         q->answer[0] == '\0' || q->no_store)
         return false;
-    if (aigw_query_tool_calls(q))
+    if (aigw_query_fresh_only(q))
         return false;
     if (q->model != NULL && strchr(q->model, '\n') != NULL)
         return false;

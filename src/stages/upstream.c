@@ -322,6 +322,8 @@ aigw_stage_upstream(struct aigw_req *req)
     q->prompt_tokens = res->prompt_tokens;
     q->completion_tokens = res->completion_tokens;
     q->finish_reason = res->finish_reason ? aigw_pool_strdup(req->pool, res->finish_reason) : NULL;
+    /* the query route's answer is the content alone, cached or not */
+    q->thinking = q->chat_body != NULL && res->thinking;
     q->raw = res->raw ? aigw_pool_strndup(req->pool, res->raw, res->raw_len) : NULL;
     q->billed = true;
     return AIGW_OK;

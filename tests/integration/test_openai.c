@@ -181,6 +181,24 @@ test_finish_and_tools(const char *tok, const char *tid)
          &r);
     CHECK(r.status == 200, "a turn after tool calls: 200 (%ld %s)", r.status, r.body);
     tl_resp_free(&r);
+    /* a thinking model's answer (message.reasoning_content beside the
+     * content): the rebuilt chat.completion of a hit or of a coalesced
+     * answer has no reasoning_content, so it is given fresh every time */
+    {
+        static const char think[] = "{\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"think first\"}]}";
+        char thought[128] = "";
+
+        tl_mock_config(mock, "{\"tokens\":5,\"reasoning_tokens\":2}");
+        for (int i = 0; i < 2; i++) {
+            chat(tok, think, &r);
+            CHECK(r.status == 200 && tl_json_str(&r, "choices.0.message.reasoning_content", thought, sizeof(thought)) &&
+                      strstr(thought, "tok2") != NULL && tl_resp_header(&r, "X-Cache", hit, sizeof(hit)) &&
+                      strcmp(hit, "MISS") == 0,
+                  "thinking answer %d: fresh, with its reasoning_content (%ld %s %s)", i + 1, r.status, hit, r.body);
+            tl_resp_free(&r);
+        }
+        tl_mock_config(mock, "{\"tokens\":6,\"reasoning_tokens\":0}");
+    }
     chat(tok, "{\"messages\":[{\"role\":\"assistant\",\"content\":null},{\"role\":\"user\",\"content\":\"x\"}]}", &r);
     expect_error("null content without tool calls", &r, 400, "invalid_request_error", "messages[0].content");
     tl_resp_free(&r);

@@ -253,20 +253,27 @@ char *mu_render_completion(const struct mu_gen *g, const struct mu_timings *t)
     if (!content) {
         return NULL;
     }
-    size_t len = 0;
+    size_t len = 0, thought = 0;
     content[0] = '\0';
     for (long i = 1; i <= g->n_tokens; i++) {
         mu_token_text(g, i, content + len, cap - len);
         len += strlen(content + len);
+        if (i == g->reasoning) {
+            thought = len; /* tokens 1..reasoning are the thinking, as in a stream */
+        }
     }
     if (g->nul && len + 2 < cap) {
         content[len++] = '\0';
         content[len++] = 'x';
     }
+    json_t *message = json_pack("{s:s, s:s%}", "role", "assistant", "content", content + thought, len - thought);
+    if (message && thought > 0) {
+        json_object_set_new(message, "reasoning_content", json_stringn(content, thought));
+    }
     json_t *j = json_pack(
-        "{s:[{s:s, s:i, s:{s:s, s:s%}}], s:I, s:s, s:s, s:s, s:o?, s:s, s:o?}",
+        "{s:[{s:s, s:i, s:o?}], s:I, s:s, s:s, s:s, s:o?, s:s, s:o?}",
         "choices", "finish_reason", g->finish_reason, "index", 0,
-        "message", "role", "assistant", "content", content, len,
+        "message", message,
         "created", (json_int_t)g->created,
         "model", g->model,
         "system_fingerprint", MU_SYSTEM_FINGERPRINT,
