@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aigw/admin.h"
 #include "aigw/api.h"
 #include "aigw/apikey.h"
 #include "aigw/audit.h"
@@ -62,6 +63,8 @@ require_admin(struct aigw_req *req)
     return AIGW_OK;
 }
 
+/* Redis could not take the revocation marker. (Database failures are
+ * aigw_admin_db_fail's: 503 only when PostgreSQL is out of reach.) */
 static enum aigw_rc
 unavailable(struct aigw_req *req)
 {
@@ -279,11 +282,14 @@ aigw_api_keys_create(struct aigw_req *req)
     aigw_hex(sha, 32, sha_hex);
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     rc = conn != NULL ? store(req, conn, &in, shown, sha_hex, id, &created) : -1;
-    aigw_pg_release(req->srv->pg, conn);
     if (rc != 0) {
+        enum aigw_rc failed = aigw_admin_db_fail(req, conn);
+
+        aigw_pg_release(req->srv->pg, conn);
         explicit_bzero(key, sizeof(key));
-        return unavailable(req);
+        return failed;
     }
+    aigw_pg_release(req->srv->pg, conn);
     body = key_json(id, in.name, shown, in.scopes, in.rpm, in.expires_at, 0, 0, created);
     json_object_set_new(body, "key", json_string(key));
     explicit_bzero(key, sizeof(key));
@@ -315,9 +321,13 @@ aigw_api_keys_list(struct aigw_req *req)
     snprintf(fetch, sizeof(fetch), "%ld", limit + 1); /* one more tells whether a next page exists */
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     r = conn != NULL ? aigw_pg_exec_tenant(conn, req->tenant->id, LIST_SQL, 2, params) : NULL;
+    if (r == NULL) {
+        enum aigw_rc failed = aigw_admin_db_fail(req, conn);
+
+        aigw_pg_release(req->srv->pg, conn);
+        return failed;
+    }
     aigw_pg_release(req->srv->pg, conn);
-    if (r == NULL)
-        return unavailable(req);
     n = PQntuples(r);
     keys = json_array();
     for (int i = 0; i < n && i < limit; i++)
@@ -372,7 +382,8 @@ audit_revoke(struct aigw_req *req, PGconn *conn, const char *id, PGresult *r)
 /* The revocation: UPDATE + audit row, then the Redis marker, then COMMIT, so
  * once the database says revoked every instance's next admission sees the
  * marker (a failed COMMIT takes the marker back). 0 done (also when it was
- * revoked before), 1 no such key for this tenant, -1 error. */
+ * revoked before), 1 no such key for this tenant, -1 database error, -2
+ * Redis did not take the marker (rolled back). */
 static int
 revoke(struct aigw_req *req, PGconn *conn, const char *id)
 {
@@ -398,8 +409,10 @@ revoke(struct aigw_req *req, PGconn *conn, const char *id)
             goto out;
         }
     }
-    if (marker(req, id, true) != 0)
+    if (marker(req, id, true) != 0) {
+        rc = -2;
         goto out;
+    }
     if (aigw_pg_commit(conn) != 0) {
         if (changed)
             marker(req, id, false);
@@ -426,9 +439,13 @@ aigw_api_keys_revoke(struct aigw_req *req)
         return aigw_req_fail(req, 404, "not_found", "no such API key");
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     rc = conn != NULL ? revoke(req, conn, id) : -1;
+    if (rc < 0) {
+        enum aigw_rc failed = rc == -2 ? unavailable(req) : aigw_admin_db_fail(req, conn);
+
+        aigw_pg_release(req->srv->pg, conn);
+        return failed;
+    }
     aigw_pg_release(req->srv->pg, conn);
-    if (rc < 0)
-        return unavailable(req);
     if (rc > 0)
         return aigw_req_fail(req, 404, "not_found", "no such API key");
     aigw_apikey_cache_invalidate(req->srv->api_keys, id); /* at once here; NOTIFY tells the others */

@@ -367,6 +367,62 @@ test_atomicity(const char *a, const char *acode)
     free(admin);
 }
 
+/* API keys: the key row (or its revocation) and the audit row commit
+ * together. A failed audit insert is a statement error on a reachable
+ * database: 500 internal like every other admin write, not 503 "retry
+ * shortly" (a retry fails the same way), and nothing of the change stays:
+ * no key row, no revocation, no revocation marker in Redis. */
+static void
+test_api_key_atomicity(void)
+{
+    char tid[37], tcode[65], key[128], kid[37], path[128], rid[64], hdr[16];
+    const char *p[1] = {tid}, *pk[1] = {kid};
+    char *admin;
+    struct tl_resp r;
+    PGresult *q;
+
+    tl_create_tenant(owner, "enterprise", "active", tid, tcode);
+    admin = tl_token(tcode, "admin", 600);
+    CHECK(tl_api_key_create(port, admin, "{\"name\":\"audited key\"}", key, sizeof(key), kid) == 201, "key created");
+    q = tl_sql(owner, true,
+               "CREATE FUNCTION aigw_test_fail_key() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+               " IF NEW.request_id LIKE 'fail-key-%' THEN RAISE EXCEPTION 'forced audit failure'; END IF;"
+               " RETURN NEW; END $$", 0, NULL);
+    PQclear(q);
+    q = tl_sql(owner, true, "CREATE TRIGGER aigw_test_fail_key BEFORE INSERT ON audit_logs FOR EACH ROW"
+                            " EXECUTE FUNCTION aigw_test_fail_key()", 0, NULL);
+    PQclear(q);
+
+    send_as("POST", "/api/v1/api-keys", admin, "{\"name\":\"never stored\"}", "fail-key-create", &r);
+    tl_expect_field("api key create, audit insert fails", &r, 500, "internal", NULL);
+    CHECK(tl_resp_header(&r, "Retry-After", hdr, sizeof(hdr)) == NULL, "no Retry-After on a 500");
+    tl_resp_free(&r);
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM api_keys WHERE tenant_id = $1", 1, p) == 1,
+          "the key row was rolled back with its audit row");
+
+    snprintf(path, sizeof(path), "/api/v1/api-keys/%s", kid);
+    send_as("DELETE", path, admin, NULL, "fail-key-revoke", &r);
+    tl_expect_field("api key revoke, audit insert fails", &r, 500, "internal", NULL);
+    tl_resp_free(&r);
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM api_keys WHERE id = $1 AND revoked_at IS NULL", 1, pk) == 1,
+          "the revocation was rolled back with its audit row");
+    CHECK(tl_redis_int("EXISTS aigw:{%s}:kr:%s", tid, kid) == 0, "no revocation marker");
+    tl_key_request(port, "GET", "/api/ai/limits", key, false, NULL, &r);
+    tl_expect_field("the key still works", &r, 200, NULL, NULL);
+    tl_resp_free(&r);
+
+    q = tl_sql(owner, true, "DROP FUNCTION aigw_test_fail_key() CASCADE", 0, NULL);
+    PQclear(q);
+    snprintf(rid, sizeof(rid), "ok-key-%08x", (unsigned)rand());
+    send_as("DELETE", path, admin, NULL, rid, &r);
+    tl_expect_field("api key revoke succeeds", &r, 204, NULL, NULL);
+    tl_resp_free(&r);
+    CHECK(rows_of(tid, rid) == 1, "the revocation has its audit row");
+    q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
+    PQclear(q);
+    free(admin);
+}
+
 int
 main(void)
 {
@@ -389,6 +445,7 @@ main(void)
     test_listing(a, acode, b, bcode);
     test_platform_change_visible(a, acode);
     test_atomicity(a, acode);
+    test_api_key_atomicity();
 
     q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1 OR id = $2", 2, pab);
     PQclear(q);
