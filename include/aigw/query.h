@@ -99,6 +99,9 @@ struct aigw_query {
 char *aigw_query_normalize(const char *q);
 /* Number of UTF-8 code points in s (s is valid UTF-8). */
 size_t aigw_utf8_chars(const char *s);
+/* Whether s (valid UTF-8) holds a control character: C0 (U+0000..U+001F),
+ * DEL or C1 (U+0080..U+009F, such as NEL and the 8-bit CSI). */
+bool aigw_utf8_has_control(const char *s);
 /* Query type index for a question with no explicit type (API rules). */
 int aigw_query_classify(const char *normalized);
 /* Whether the answer has parts the shape a cached or coalesced answer is

@@ -95,9 +95,8 @@ parse_name(struct aigw_req *req, struct key_input *in)
     s = json_string_value(v);
     if (strlen(s) != json_string_length(v))
         return aigw_req_fail(req, 400, "invalid_request", "name: must not contain NUL");
-    for (const char *p = s; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            return aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");
+    if (aigw_utf8_has_control(s))
+        return aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");
     if (strspn(s, " ") == strlen(s))
         return aigw_req_fail(req, 400, "invalid_request", "name: must not be empty");
     if (aigw_utf8_chars(s) > NAME_MAX_CHARS)

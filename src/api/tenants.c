@@ -96,11 +96,9 @@ check_name(struct aigw_req *req, const char *name)
     size_t n = aigw_utf8_chars(name);
     bool blank = strspn(name, " \t") == strlen(name);
 
-    for (const char *p = name; *p; p++) {
-        if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-            aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");
-            return false;
-        }
+    if (aigw_utf8_has_control(name)) {
+        aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");
+        return false;
     }
     if (n < 1 || n > 200 || blank) {
         aigw_req_fail(req, 400, "invalid_request", "name: must be 1..200 characters, not blank");

@@ -42,6 +42,18 @@ aigw_utf8_chars(const char *s)
     return n;
 }
 
+bool
+aigw_utf8_has_control(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    /* C1 is 0xC2 0x80..0x9F in UTF-8; p[1] is at worst the terminating NUL */
+    for (; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+            return true;
+    return false;
+}
+
 /* Whole-word (ASCII) match of word in text. */
 static bool
 has_word(const char *text, const char *word)

@@ -398,6 +398,9 @@ test_validation(void)
             {"{\"code\":\"val_ok_1\",\"name\":\"   \",\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":5,\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":\"a\\u0001b\",\"tier\":\"standard\"}", "name"},
+            /* C1 controls too: U+0085 (NEL), U+009B (the 8-bit CSI of terminals) */
+            {"{\"code\":\"val_ok_1\",\"name\":\"a\\u0085b\",\"tier\":\"standard\"}", "name"},
+            {"{\"code\":\"val_ok_1\",\"name\":\"x\xc2\x9b" "31mred\",\"tier\":\"standard\"}", "name"},
             {b_name, "name"},
             {"{\"code\":\"val_ok_1\",\"name\":\"N\"}", "tier"},
             {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"platinum\"}", "tier"},
@@ -453,6 +456,7 @@ test_validation(void)
         const struct bad update[] = {
             {"{}", "body"},
             {"{\"name\":\"\"}", "name"},
+            {"{\"name\":\"a\\u009fb\"}", "name"},
             {"{\"status\":\"deleted\"}", "status"},
             {"{\"ai_enabled\":1}", "ai_enabled"},
             {"{\"overrides\":{\"x\":1}}", "overrides"},

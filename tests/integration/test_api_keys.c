@@ -570,6 +570,8 @@ test_bad_input(void)
     bad(admin, "{\"name\":\"   \"}", "name");
     bad(admin, "{\"name\":42}", "name");
     bad(admin, "{\"name\":\"tab\\there\"}", "name");
+    bad(admin, "{\"name\":\"nel\\u0085here\"}", "name");
+    bad(admin, "{\"name\":\"csi\xc2\x9b" "31mred\"}", "name"); /* raw UTF-8 of U+009B */
     memset(long_name, 'n', 201);
     long_name[201] = '\0';
     body = tl_sprintf("{\"name\":\"%s\"}", long_name);
