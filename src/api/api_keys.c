@@ -299,6 +299,18 @@ aigw_api_keys_create(struct aigw_req *req)
 
 /* ---- list ---- */
 
+/* Whether the key id names a key of the caller's tenant (RLS): 1 yes, 0 no,
+ * -1 error. */
+static int
+cursor_known(struct aigw_req *req, PGconn *conn, const char *id)
+{
+    PGresult *r = aigw_pg_exec_tenant(conn, req->tenant->id, EXISTS_SQL, 1, &id);
+    int rc = r == NULL ? -1 : PQntuples(r) > 0;
+
+    PQclear(r);
+    return rc;
+}
+
 enum aigw_rc
 aigw_api_keys_list(struct aigw_req *req)
 {
@@ -309,7 +321,7 @@ aigw_api_keys_list(struct aigw_req *req)
     PGconn *conn;
     PGresult *r;
     json_t *keys, *body;
-    int n;
+    int n, known;
 
     if (require_admin(req) != AIGW_OK)
         return AIGW_DONE;
@@ -320,13 +332,22 @@ aigw_api_keys_list(struct aigw_req *req)
     snprintf(fetch, sizeof(fetch), "%ld", limit + 1); /* one more tells whether a next page exists */
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     r = conn != NULL ? aigw_pg_exec_tenant(conn, req->tenant->id, LIST_SQL, 2, params) : NULL;
-    if (r == NULL) {
+    /* an empty page after a cursor: the cursor may name no key of this
+     * tenant (unknown, or another tenant's: the same answer), which is no
+     * position in the list, not its end */
+    known = r != NULL && PQntuples(r) == 0 && before != NULL ? cursor_known(req, conn, before) : 1;
+    if (r == NULL || known < 0) {
         enum aigw_rc failed = aigw_admin_db_fail(req, conn);
 
+        PQclear(r);
         aigw_pg_release(req->srv->pg, conn);
         return failed;
     }
     aigw_pg_release(req->srv->pg, conn);
+    if (known == 0) {
+        PQclear(r);
+        return aigw_req_fail(req, 400, "invalid_request", "before: no such key (use next_before of a page)");
+    }
     n = PQntuples(r);
     keys = json_array();
     for (int i = 0; i < n && i < limit; i++)

@@ -246,6 +246,21 @@ test_listing(void)
     tl_get(port1, "/api/v1/api-keys?before=xyz", admin, &r);
     tl_expect("bad cursor", &r, 400, "invalid_request");
     tl_resp_free(&r);
+    /* a cursor that names no key of this tenant is no position in the list:
+     * an empty last page would tell the client it had seen every key */
+    tl_get(port1, "/api/v1/api-keys?before=0b9f8f52-5d44-4c1a-9d0e-3c6f2b7a9e11", admin, &r);
+    tl_expect_field("unknown cursor", &r, 400, "invalid_request", "before");
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/api-keys?before=%s", id[1]);
+    tl_get(port1, path, other, &r);
+    tl_expect_field("another tenant's key as cursor (same answer as unknown)", &r, 400, "invalid_request", "before");
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/api-keys?before=%s", id[0]);
+    tl_get(port1, path, admin, &r);
+    tl_expect("the oldest key as cursor: an empty last page", &r, 200, NULL);
+    CHECK(strstr(r.body, "\"api_keys\":[]") != NULL && strstr(r.body, "\"next_before\":null") != NULL,
+          "nothing before the oldest key: %s", r.body);
+    tl_resp_free(&r);
     tl_get(port1, "/api/v1/api-keys", other, &r);
     tl_expect("other tenant's list", &r, 200, NULL);
     CHECK(strstr(r.body, id[0]) == NULL, "another tenant never sees these keys");
