@@ -102,6 +102,10 @@ size_t aigw_utf8_chars(const char *s);
 /* Whether s (valid UTF-8) holds a control character: C0 (U+0000..U+001F),
  * DEL or C1 (U+0080..U+009F, such as NEL and the 8-bit CSI). */
 bool aigw_utf8_has_control(const char *s);
+/* Whether s (valid UTF-8) is empty or only white space: ASCII space and
+ * tab, and the Unicode spaces (U+00A0, U+1680, U+2000..U+200A, U+2028,
+ * U+2029, U+202F, U+205F, U+3000). */
+bool aigw_utf8_is_blank(const char *s);
 /* Query type index for a question with no explicit type (API rules). */
 int aigw_query_classify(const char *normalized);
 /* Whether the answer has parts the shape a cached or coalesced answer is

@@ -97,8 +97,8 @@ parse_name(struct aigw_req *req, struct key_input *in)
         return aigw_req_fail(req, 400, "invalid_request", "name: must not contain NUL");
     if (aigw_utf8_has_control(s))
         return aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");
-    if (strspn(s, " ") == strlen(s))
-        return aigw_req_fail(req, 400, "invalid_request", "name: must not be empty");
+    if (aigw_utf8_is_blank(s))
+        return aigw_req_fail(req, 400, "invalid_request", "name: must not be empty or blank");
     if (aigw_utf8_chars(s) > NAME_MAX_CHARS)
         return aigw_req_fail(req, 400, "invalid_request", "name: at most %d characters", NAME_MAX_CHARS);
     in->name = s;

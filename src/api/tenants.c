@@ -94,7 +94,7 @@ static bool
 check_name(struct aigw_req *req, const char *name)
 {
     size_t n = aigw_utf8_chars(name);
-    bool blank = strspn(name, " \t") == strlen(name);
+    bool blank = aigw_utf8_is_blank(name);
 
     if (aigw_utf8_has_control(name)) {
         aigw_req_fail(req, 400, "invalid_request", "name: must not contain control characters");

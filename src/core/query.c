@@ -54,6 +54,40 @@ aigw_utf8_has_control(const char *s)
     return false;
 }
 
+/* The Unicode space at p (valid UTF-8), as its length in bytes; 0 if none. */
+static size_t
+space_len(const unsigned char *p)
+{
+    unsigned cp;
+
+    if (*p == ' ' || *p == '\t')
+        return 1;
+    if (p[0] == 0xc2 && p[1] == 0xa0)
+        return 2;
+    if ((p[0] & 0xf0) != 0xe0 || p[1] == 0 || p[2] == 0)
+        return 0;
+    cp = ((p[0] & 0x0fu) << 12) | ((p[1] & 0x3fu) << 6) | (p[2] & 0x3fu);
+    if (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
+        cp == 0x205f || cp == 0x3000)
+        return 3;
+    return 0;
+}
+
+bool
+aigw_utf8_is_blank(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (*p) {
+        size_t n = space_len(p);
+
+        if (n == 0)
+            return false;
+        p += n;
+    }
+    return true;
+}
+
 /* Whole-word (ASCII) match of word in text. */
 static bool
 has_word(const char *text, const char *word)

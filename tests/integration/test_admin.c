@@ -396,6 +396,8 @@ test_validation(void)
             {"{\"code\":\"val_ok_1\",\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":\"\",\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":\"   \",\"tier\":\"standard\"}", "name"},
+            /* blank in any script: no-break, em and ideographic spaces */
+            {"{\"code\":\"val_ok_1\",\"name\":\"\\u00a0\\u2003\\u3000\",\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":5,\"tier\":\"standard\"}", "name"},
             {"{\"code\":\"val_ok_1\",\"name\":\"a\\u0001b\",\"tier\":\"standard\"}", "name"},
             /* C1 controls too: U+0085 (NEL), U+009B (the 8-bit CSI of terminals) */

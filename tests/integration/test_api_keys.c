@@ -583,6 +583,7 @@ test_bad_input(void)
     bad(admin, "{\"name\":null}", "name");
     bad(admin, "{\"name\":\"\"}", "name");
     bad(admin, "{\"name\":\"   \"}", "name");
+    bad(admin, "{\"name\":\"\\u00a0\\u3000 \"}", "name");
     bad(admin, "{\"name\":42}", "name");
     bad(admin, "{\"name\":\"tab\\there\"}", "name");
     bad(admin, "{\"name\":\"nel\\u0085here\"}", "name");

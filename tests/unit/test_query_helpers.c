@@ -119,6 +119,15 @@ main(void)
     aigw_query_cache_hex("t1", 0, "hellom", "", 300, b);
     CHECK(strcmp(a, b) != 0, "no ambiguity between question and model");
     CHECK(aigw_utf8_chars("caf\xc3\xa9") == 4, "utf8 chars");
+    CHECK(aigw_utf8_has_control("a\x1b[31m") && aigw_utf8_has_control("a\x7f") &&
+              aigw_utf8_has_control("a\xc2\x85") && aigw_utf8_has_control("\xc2\x9f"),
+          "C0, DEL and C1 are control characters");
+    CHECK(!aigw_utf8_has_control("caf\xc3\xa9 \xc2\xa0\xc2\xa9") && !aigw_utf8_has_control("\xc2"),
+          "letters, NBSP, (c) and a lone lead byte at the end are not");
+    CHECK(aigw_utf8_is_blank("") && aigw_utf8_is_blank(" \t") && aigw_utf8_is_blank("\xc2\xa0\xe2\x80\x83\xe3\x80\x80"),
+          "spaces, Unicode ones too, are blank");
+    CHECK(!aigw_utf8_is_blank(" x ") && !aigw_utf8_is_blank("\xe2\x80\x90") && !aigw_utf8_is_blank("\xe2\x80"),
+          "a letter, U+2010 and a cut sequence are not blank");
 
     {
         /* calendar arithmetic against glibc's gmtime_r/timegm: 200k random
