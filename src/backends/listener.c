@@ -15,6 +15,15 @@
 
 #define KEY_CHANNEL "aigw_api_key_changed"
 
+/* A connection that goes quiet is asked for an empty query after
+ * HEARTBEAT_IDLE_MS and given HEARTBEAT_WAIT_MS to answer. A LISTEN session
+ * only reads: a peer that vanished without a reset (a network partition, a
+ * failover, a server frozen) leaves it waiting for ever, with no error, while
+ * every change is missed and the caches serve what they hold until their
+ * TTL. No answer: it is taken as lost, and the reconnect empties the caches. */
+#define HEARTBEAT_IDLE_MS 5000
+#define HEARTBEAT_WAIT_MS 5000
+
 struct aigw_listener {
     char *url;
     struct aigw_tenant_cache *cache;
@@ -45,6 +54,55 @@ drain(struct aigw_listener *l, PGconn *conn)
         else
             aigw_tenant_cache_invalidate(l->cache, n->extra);
         PQfreemem(n);
+    }
+}
+
+/* Whether the heartbeat's answer is all in: its results read (notifications
+ * that came with it stay queued for drain). */
+static bool
+heartbeat_answered(PGconn *conn)
+{
+    PGresult *r;
+
+    while (!PQisBusy(conn)) {
+        r = PQgetResult(conn);
+        if (r == NULL)
+            return true;
+        PQclear(r);
+    }
+    return false;
+}
+
+/* Relay notifications until the connection is lost or stop is asked. */
+static void
+listen_on(struct aigw_listener *l, PGconn *conn)
+{
+    int64_t heard_ms = aigw_now_ms(), asked_ms = 0;
+
+    while (!wait_or_stop(l, PQsocket(conn), 1000)) {
+        int64_t now;
+
+        if (PQconsumeInput(conn) != 1 || PQstatus(conn) != CONNECTION_OK) {
+            aigw_log(LOG_WARNING, "listener: connection lost, reconnecting");
+            return;
+        }
+        now = aigw_now_ms();
+        if (asked_ms != 0 && heartbeat_answered(conn)) {
+            asked_ms = 0;
+            heard_ms = now;
+        }
+        drain(l, conn);
+        if (asked_ms != 0 && now - asked_ms >= HEARTBEAT_WAIT_MS) {
+            aigw_log(LOG_WARNING, "listener: PostgreSQL did not answer for %d ms, reconnecting", HEARTBEAT_WAIT_MS);
+            return;
+        }
+        if (asked_ms == 0 && now - heard_ms >= HEARTBEAT_IDLE_MS) {
+            if (PQsendQuery(conn, "") != 1) {
+                aigw_log(LOG_WARNING, "listener: connection lost, reconnecting");
+                return;
+            }
+            asked_ms = now;
+        }
     }
 }
 
@@ -80,13 +138,7 @@ run(void *arg)
         atomic_store(&l->connected, true);
         backoff_ms = 100;
         aigw_log(LOG_INFO, "listener: listening for tenant and API key changes");
-        while (!wait_or_stop(l, PQsocket(conn), 1000)) {
-            if (PQconsumeInput(conn) != 1 || PQstatus(conn) != CONNECTION_OK) {
-                aigw_log(LOG_WARNING, "listener: connection lost, reconnecting");
-                break;
-            }
-            drain(l, conn);
-        }
+        listen_on(l, conn);
         atomic_store(&l->connected, false);
         PQfinish(conn);
     }

@@ -1,7 +1,9 @@
 /* test_durability.c - usage rows survive a PostgreSQL outage and a kill -9 of
- * aigw; a Redis outage refuses admission cleanly and is recovered from */
+ * aigw; a Redis outage refuses admission cleanly and is recovered from; a
+ * listener session that stops answering is replaced */
 #include <dirent.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +55,67 @@ idem_ask_run(void *arg)
 
     tl_post_parallel(a->port, "/api/ai/query", a->tok, h, body, 1, &a->r);
     return NULL;
+}
+
+/* The listener's PostgreSQL session stops answering without a reset (its
+ * backend frozen: as a partition or a failover leaves it): a change made
+ * meanwhile, whose NOTIFY it never sees, still reaches the tenant cache, by
+ * the heartbeat's reconnect, long before the cache's hour. */
+static void
+test_listener_frozen(void)
+{
+    char tid[37], code[65], *tok, *cfg, pids[256] = "";
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    PGresult *q;
+    long status = 0;
+    int waited;
+
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    tok = tl_token(code, "admin", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"tenants\":{\"cache_ttl_s\":3600}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    CHECK(tl_aigw_log_wait(&gw, "listener: listening", 10000), "the listener is up");
+    tl_get(gw.port, "/api/ai/limits", tok, &r); /* the tenant is cached now */
+    tl_expect("before", &r, 200, NULL);
+    tl_resp_free(&r);
+    q = tl_sql(owner, true, "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE query LIKE 'LISTEN %'", 0,
+               NULL);
+    if (PQntuples(q) == 1 && !PQgetisnull(q, 0, 0))
+        snprintf(pids, sizeof(pids), "%s", PQgetvalue(q, 0, 0));
+    PQclear(q);
+    CHECK(pids[0] != '\0', "the listener's backend found");
+    for (char *s = pids, *e; *s != '\0'; s = e) {
+        long pid = strtol(s, &e, 10);
+
+        CHECK(pid > 0 && kill((pid_t)pid, SIGSTOP) == 0, "backend %ld frozen", pid);
+    }
+    q = tl_sql(owner, true, "UPDATE tenants SET status = 'suspended' WHERE id = $1", 1, p);
+    PQclear(q);
+    for (waited = 0; waited < 30000; waited += 250) {
+        tl_get(gw.port, "/api/ai/limits", tok, &r);
+        status = r.status;
+        tl_resp_free(&r);
+        if (status == 403)
+            break;
+        usleep(250 * 1000);
+    }
+    CHECK(status == 403, "the suspension is seen within 30 s, not the cache's hour (%ld after %d ms)", status, waited);
+    CHECK(tl_aigw_log_wait(&gw, "listener: PostgreSQL did not answer", 0), "the lost session is logged");
+    for (char *s = pids, *e; *s != '\0'; s = e) {
+        long pid = strtol(s, &e, 10);
+
+        if (pid > 0)
+            kill((pid_t)pid, SIGCONT);
+    }
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+out:
+    q = tl_sql(owner, true, "UPDATE tenants SET status = 'active' WHERE id = $1", 1, p);
+    PQclear(q);
+    free(cfg);
+    free(tok);
 }
 
 int
@@ -408,6 +471,7 @@ main(void)
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     }
     CHECK(tl_rm_rf(spool), "spool removed");
+    test_listener_frozen();
     free(cfg);
     free(tok);
     PQfinish(owner);
