@@ -52,22 +52,25 @@ check_messages(struct aigw_req *req, json_t *msgs)
     return AIGW_OK;
 }
 
-/* max_tokens (or max_completion_tokens): positive, clamped to the plan. */
+/* max_tokens and max_completion_tokens: each positive when given (null is
+ * not given); max_completion_tokens (OpenAI's newer name) wins when both
+ * are; clamped to the plan. */
 static enum aigw_rc
 check_max_tokens(struct aigw_req *req, json_t *body, long *out)
 {
-    json_t *mct = json_object_get(body, "max_completion_tokens");
-    const char *name = mct != NULL && !json_is_null(mct) ? "max_completion_tokens" : "max_tokens";
-    json_t *v = json_object_get(body, name);
+    static const char *const names[2] = {"max_tokens", "max_completion_tokens"};
     long plan = req->tenant->max_tokens;
 
     *out = plan;
-    if (v == NULL || json_is_null(v))
-        return AIGW_OK;
-    if (!json_is_integer(v) || json_integer_value(v) < 1)
-        return aigw_req_fail(req, 400, "invalid_request", "%s: must be a positive integer", name);
-    if (json_integer_value(v) < plan)
-        *out = (long)json_integer_value(v);
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(body, names[i]);
+
+        if (v == NULL || json_is_null(v))
+            continue;
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return aigw_req_fail(req, 400, "invalid_request", "%s: must be a positive integer", names[i]);
+        *out = json_integer_value(v) < plan ? (long)json_integer_value(v) : plan;
+    }
     return AIGW_OK;
 }
 
