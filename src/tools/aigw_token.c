@@ -15,7 +15,8 @@ usage(FILE *f)
     fprintf(f,
             "usage: aigw-token -c CONFIG -t TENANT [options]\n"
             "       aigw-token -c CONFIG -k PLATFORM_KID [options]   (a platform operator's token)\n"
-            "  -c, --config PATH       aigw configuration with the signing key (HS256 secret)\n"
+            "  -c, --config PATH       aigw configuration with the signing key (HS256 secret);\n"
+            "                          its jwt.issuer and jwt.audience become iss and aud\n"
             "  -t, --tenant REF        tenant_id claim: tenant uuid or code (clinic_001);\n"
             "                          not needed with a key marked \"platform\"\n"
             "  -u, --user ID           sub claim (default: user-1)\n"
@@ -112,6 +113,11 @@ main(int argc, char **argv)
                        (json_int_t)(now + ttl));
     if (tenant != NULL)
         json_object_set_new(claims, "tenant_id", json_string(tenant));
+    /* aigw checks these when the configuration sets them (-j can drop them) */
+    if (cfg.jwt_issuer != NULL)
+        json_object_set_new(claims, "iss", json_string(cfg.jwt_issuer));
+    if (cfg.jwt_audience != NULL)
+        json_object_set_new(claims, "aud", json_string(cfg.jwt_audience));
     if (extra != NULL) {
         const char *k;
         json_t *v;

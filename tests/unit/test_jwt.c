@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "aigw/config.h"
 #include "aigw/jwt.h"
@@ -192,6 +193,43 @@ main(void)
     expect_reject("wrong aud", tok);
     free(tok);
     (void)why;
+
+    /* aigw-token signs with the configuration it loads, so its token carries
+     * that configuration's issuer and audience (README: Authentication) */
+    {
+        struct aigw_config tcfg;
+        struct aigw_claims tc;
+        char path[64], cmd[256], err[512], json[512], out[4096] = "";
+        FILE *p;
+
+        snprintf(path, sizeof(path), "/tmp/aigw-jwt-test-%d.json", (int)getpid());
+        snprintf(json, sizeof(json),
+                 "{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\"},"
+                 "\"jwt\":{\"issuer\":\"https://issuer.example/\",\"audience\":\"aigw\",\"keys\":"
+                 "[{\"kid\":\"hs\",\"alg\":\"HS256\",\"secret\":\"%s\"}]}}",
+                 SECRET);
+        tl_write_file(path, json);
+        CHECK(aigw_config_load(path, &tcfg, err, sizeof(err)) == 0, "token config loads: %s", err);
+        snprintf(cmd, sizeof(cmd), "%s -c %s -t clinic_001", AIGW_TOKEN_BIN_PATH, path);
+        p = popen(cmd, "r");
+        CHECK(p != NULL && fgets(out, sizeof(out), p) != NULL, "aigw-token prints a token");
+        if (p != NULL)
+            pclose(p);
+        out[strcspn(out, "\n")] = '\0';
+        why = NULL;
+        CHECK(aigw_jwt_verify(&tcfg, out, strlen(out), now, &tc, &why) == 0,
+              "aigw-token's token passes the configured iss/aud: %s", why ? why : "");
+        snprintf(cmd, sizeof(cmd), "%s -c %s -t clinic_001 -j '{\"aud\": null}'", AIGW_TOKEN_BIN_PATH, path);
+        p = popen(cmd, "r");
+        out[0] = '\0';
+        CHECK(p != NULL && fgets(out, sizeof(out), p) != NULL, "aigw-token -j prints a token");
+        if (p != NULL)
+            pclose(p);
+        out[strcspn(out, "\n")] = '\0';
+        CHECK(aigw_jwt_verify(&tcfg, out, strlen(out), now, &tc, &why) == -1, "-j can still remove aud");
+        aigw_config_free(&tcfg);
+        unlink(path);
+    }
 
     aigw_config_free(&cfg);
     free(rs_pub);
