@@ -21,15 +21,18 @@ recorded in public.schema_migrations.  Each file runs in one transaction
 together with the INSERT that records it (version = file name, checksum =
 sha256 of the file).  A session-level pg_advisory_lock serialises concurrent
 runners.  An already-applied file whose sha256 changed is a fatal error:
-migrations are immutable; add a new file instead.
+migrations are immutable; add a new file instead.  So is a pending file
+numbered below the latest applied one (it would run after migrations meant
+to follow it): give it the next free number.
 
   <libpq-url>  connection string / URI, e.g.
                postgresql:///aigw?host=/tmp/aigw-xxxx-dev/pg&port=5432&user=postgres
   [sql-dir]    directory of migration files (default: the repo's sql/)
   --status     list each migration as 'applied' or 'pending' (plus
-               'CHANGED' / 'missing-file' anomalies) and change nothing;
-               exit 1 if an applied file's checksum changed or an applied
-               file is missing from sql-dir
+               'CHANGED' / 'missing-file' / 'OUT-OF-ORDER' anomalies) and
+               change nothing; exit 1 if an applied file's checksum changed,
+               an applied file is missing from sql-dir, or a pending file is
+               numbered below the latest applied one
 
 A sql-dir without any NNN_*.sql file is an error (a wrong path, most likely).
 
@@ -142,7 +145,11 @@ if ((status_mode)); then
             -c "SELECT version, checksum, to_char(applied_at, 'YYYY-MM-DD HH24:MI:SS TZ') FROM public.schema_migrations ORDER BY version COLLATE \"C\"") \
             || die "cannot read public.schema_migrations"
     fi
-    rc=0 npending=0 napplied=0 changed=() missing=()
+    rc=0 npending=0 napplied=0 changed=() missing=() early=()
+    latest=""   # highest applied number: a pending file below it is out of order
+    for v in "${!applied_sum[@]}"; do
+        [[ "${v:0:3}" > "$latest" ]] && latest="${v:0:3}"
+    done
     for f in "${files[@]}"; do
         if [[ -n "${applied_sum[$f]+x}" ]]; then
             if [[ "${applied_sum[$f]}" != "${sum_of[$f]}" ]]; then
@@ -152,6 +159,10 @@ if ((status_mode)); then
                 printf 'applied       %s  (%s)\n' "$f" "${applied_at[$f]}"
             fi
             napplied=$((napplied + 1))
+        elif [[ -n "$latest" && "${f:0:3}" < "$latest" ]]; then
+            printf 'OUT-OF-ORDER  %s  (pending, numbered below the latest applied migration, %s)\n' "$f" "$latest"
+            early+=("$f")
+            npending=$((npending + 1))
         else
             printf 'pending       %s\n' "$f"
             npending=$((npending + 1))
@@ -173,6 +184,11 @@ if ((status_mode)); then
     if ((${#missing[@]})); then
         printf '%s: error: migration(s) recorded as applied have no file in %s (renamed or removed): %s\n' \
             "$PROG" "$SQL_DIR" "${missing[*]}" >&2
+        rc=1
+    fi
+    if ((${#early[@]})); then
+        printf '%s: error: pending migration(s) numbered below the latest applied one (%s): %s; applying would run them out of order, renumber them\n' \
+            "$PROG" "$latest" "${early[*]}" >&2
         rc=1
     fi
     exit "$rc"
@@ -227,6 +243,16 @@ SELECT count(*) > 0 AS aigw_mig_any_missing,
 \warn 'migrate: migration(s) recorded as applied have no file here (renamed or removed):' :aigw_mig_missing_list
 \warn 'migrate: a renamed file would run a second time; restore the name (or check that this is the right sql directory)'
 DO \$aigw\$ BEGIN RAISE EXCEPTION 'applied migration(s) without their file; nothing applied'; END \$aigw\$;
+\endif
+SELECT count(*) > 0 AS aigw_mig_any_early,
+       coalesce(string_agg(f.version, ' ' ORDER BY f.version), '') AS aigw_mig_early_list
+  FROM (VALUES $values) AS f(version, checksum)
+ WHERE f.version NOT IN (SELECT m.version FROM public.schema_migrations m)
+   AND substr(f.version, 1, 3) COLLATE "C" < (SELECT max(substr(m.version, 1, 3) COLLATE "C") FROM public.schema_migrations m) \gset
+\if :aigw_mig_any_early
+\warn 'migrate: pending migration(s) numbered below the latest applied one:' :aigw_mig_early_list
+\warn 'migrate: applying them now would run them after the later ones; renumber them after the latest applied migration'
+DO \$aigw\$ BEGIN RAISE EXCEPTION 'pending migration(s) out of order; nothing applied'; END \$aigw\$;
 \endif
 EOF
     fi

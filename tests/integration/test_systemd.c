@@ -3,7 +3,8 @@
  * exposure, the sysusers/tmpfiles snippets applied to a scratch root, and
  * `cmake --install` (DESTDIR and --prefix) putting every file where a Debian
  * admin expects it, with a migrate script that finds its migrations (and
- * refuses a sql directory that lacks an applied one, or has none). */
+ * refuses a sql directory that lacks an applied one, or has none, or a
+ * pending one numbered below an applied one). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +215,55 @@ test_migrate_refusals(void)
     free(empty);
 }
 
+/* A pending migration numbered below the latest applied one would run
+ * after the migrations meant to follow it (a branch merged after a later
+ * file was deployed): migrate.sh refuses it, in --status and apply mode,
+ * and applies nothing. On a scratch database of the stack's cluster, with
+ * migrations of its own. */
+static void
+test_migrate_out_of_order(void)
+{
+    const char *owner_url = tl_env("AIGW_DATABASE_OWNER_URL");
+    char *dir = tl_sprintf("%s/sql-order", tmp), *cmd, *out = NULL;
+    char *url = tl_sprintf("%s%cdbname=aigw_migorder", owner_url, strchr(owner_url, '?') != NULL ? '&' : '?');
+    PGconn *owner = tl_pg_owner();
+    PGresult *r;
+    int st;
+
+    PQclear(tl_sql(owner, true, "DROP DATABASE IF EXISTS aigw_migorder", 0, NULL));
+    PQclear(tl_sql(owner, true, "CREATE DATABASE aigw_migorder", 0, NULL));
+    sh("a sql dir with 001 and 003", false,
+       "mkdir -p '%s' && echo 'CREATE TABLE a (x int);' > '%s/001_a.sql' && echo 'CREATE TABLE c (x int);' > "
+       "'%s/003_c.sql'",
+       dir, dir, dir);
+    sh("001 and 003 applied", false, "'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
+    sh("002 added", false, "echo 'CREATE TABLE b (x int);' > '%s/002_b.sql'", dir);
+    cmd = tl_sprintf("'%s/scripts/migrate.sh' --status '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
+    st = run(cmd, &out);
+    CHECK(st == 1 && strstr(out, "OUT-OF-ORDER  002_b.sql") != NULL,
+          "--status exits 1 and names the pending file numbered below an applied one: %d %s", st, out);
+    free(cmd);
+    free(out);
+    cmd = tl_sprintf("'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
+    st = run(cmd, &out);
+    CHECK(st == 1 && strstr(out, "002_b.sql") != NULL && strstr(out, "nothing applied") != NULL,
+          "applying refuses it: %d %s", st, out);
+    free(cmd);
+    free(out);
+    cmd = tl_sprintf("psql -X -At -d '%s' -c \"SELECT count(*) FROM schema_migrations WHERE version = '002_b.sql'\" "
+                     "-c \"SELECT to_regclass('public.b') IS NULL\"",
+                     url);
+    st = run(cmd, &out);
+    CHECK(st == 0 && strcmp(out, "0\nt\n") == 0, "002_b.sql neither recorded nor run: %d %s", st, out);
+    free(cmd);
+    free(out);
+    r = tl_sql(owner, false, "DROP DATABASE aigw_migorder", 0, NULL);
+    PQclear(r);
+    PQfinish(owner);
+    free(url);
+    free(dir);
+}
+
 /* The shipped example configuration is valid as it stands, given the
  * credentials the unit hands over and a public key where it names one. */
 static void
@@ -260,6 +310,7 @@ main(void)
     test_install_destdir();
     test_install_prefix();
     test_migrate_refusals();
+    test_migrate_out_of_order();
     test_example_config();
     CHECK(tl_rm_rf(tmp), "scratch removed");
     return tl_done();
