@@ -517,6 +517,14 @@ test_expiry(void)
     PQclear(tl_sql(owner, true, "UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid",
                    1, (const char *const[]){id}));
     CHECK(wait_use(port2, key, 401, 5000) == 401, "expiry set in the database is seen (NOTIFY)");
+
+    /* the instances cache the record under the key's old id: an UPDATE that
+     * gives the key a new id (and revokes it) must name the old one too */
+    CHECK(create_key(port1, admin, "{\"name\":\"new id by the DBA\"}", key, id) == 201, "create");
+    expect_use("before the new id", port2, key, NULL, 200, NULL);
+    PQclear(tl_sql(owner, true, "UPDATE api_keys SET id = gen_random_uuid(), revoked_at = now() WHERE id = $1::uuid", 1,
+                   (const char *const[]){id}));
+    CHECK(wait_use(port2, key, 401, 5000) == 401, "a key revoked together with a new id is refused soon (NOTIFY)");
     free(admin);
 }
 
