@@ -34,7 +34,9 @@ to follow it): give it the next free number.
                an applied file is missing from sql-dir, or a pending file is
                numbered below the latest applied one
 
-A sql-dir without any NNN_*.sql file is an error (a wrong path, most likely).
+A sql-dir without any NNN_*.sql file is an error (a wrong path, most likely),
+and so is any other *.sql file there whose name starts with a digit (a
+misnamed migration, e.g. 0014_x.sql, which would otherwise never run).
 
 Prints 'applied NNN_name.sql' for each file applied, or 'schema up to date'.
 Environment: PSQL (psql binary to use, default: psql from PATH).
@@ -105,7 +107,9 @@ while IFS= read -r f; do
     sum_of[$f]="$sum"
 done < <(
     shopt -s nullglob
-    for p in "$SQL_DIR"/[0-9][0-9][0-9]_*.sql; do printf '%s\n' "${p##*/}"; done \
+    # every *.sql starting with a digit: one misnamed (0013_x.sql, 13_x.sql,
+    # 013-x.sql) is refused below instead of being skipped without a word
+    for p in "$SQL_DIR"/[0-9]*.sql; do printf '%s\n' "${p##*/}"; done \
         | LC_ALL=C sort
 )
 

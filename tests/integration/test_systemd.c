@@ -179,7 +179,8 @@ test_install_prefix(void)
 
 /* migrate.sh against the stack's migrated database refuses what would be
  * a wrong sql directory, in --status as in apply mode: an applied file
- * missing from it (named), and one without any migration file. */
+ * missing from it (named), one without any migration file, and one with a
+ * misnamed migration (which was skipped without a word). */
 static void
 test_migrate_refusals(void)
 {
@@ -208,6 +209,19 @@ test_migrate_refusals(void)
         st = run(cmd, &out);
         CHECK(st == 1 && strstr(out, "no migration files") != NULL && strstr(out, "up to date") == NULL,
               "%s refuses a sql dir without migrations: %d %s", status ? "--status" : "applying", st, out);
+        free(cmd);
+        free(out);
+    }
+    /* a migration misnamed (four digits, say) is refused, not skipped */
+    sh("a sql dir with 0014_z.sql", false,
+       "rm -f '%s'/*.sql && cp '%s'/sql/[0-9][0-9][0-9]_*.sql '%s/' && echo 'CREATE TABLE z (x int);' > '%s/0014_z.sql'",
+       dir, AIGW_SOURCE_DIR, dir, dir);
+    for (int status = 0; status <= 1; status++) {
+        cmd = tl_sprintf("'%s/scripts/migrate.sh' %s '%s' '%s'", AIGW_SOURCE_DIR, status ? "--status" : "", url, dir);
+        st = run(cmd, &out);
+        CHECK(st == 1 && strstr(out, "bad migration file name '0014_z.sql'") != NULL,
+              "%s refuses a misnamed migration instead of skipping it: %d %s", status ? "--status" : "applying", st,
+              out);
         free(cmd);
         free(out);
     }
