@@ -139,6 +139,41 @@ test_definer_shadowing(PGconn *owner, const char *tid, const char *code)
     PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE request_id = 'shadow'", 0, NULL));
 }
 
+/* The migrations take CREATE on schema public from PUBLIC (sql/014): a
+ * database made before PostgreSQL 15 (or pg_upgrade'd from one) keeps that
+ * grant, and aigw_app could create tables it owns and functions that a
+ * superuser's session would pick over the built-ins. Played on a scratch
+ * database with the old grant, migrated like the stack's. */
+static void
+test_public_schema_create(PGconn *owner)
+{
+    const char *owner_url = tl_env("AIGW_DATABASE_OWNER_URL"), *app_url = tl_env("AIGW_DATABASE_URL");
+    char *ourl = tl_sprintf("%s%cdbname=aigw_rls_pub", owner_url, strchr(owner_url, '?') != NULL ? '&' : '?');
+    char *aurl = tl_sprintf("%s%cdbname=aigw_rls_pub", app_url, strchr(app_url, '?') != NULL ? '&' : '?');
+    char *cmd = tl_sprintf("'%s/scripts/migrate.sh' '%s' >/dev/null", AIGW_SOURCE_DIR, ourl);
+    PGconn *c;
+
+    PQclear(tl_sql(owner, true, "DROP DATABASE IF EXISTS aigw_rls_pub", 0, NULL));
+    PQclear(tl_sql(owner, true, "CREATE DATABASE aigw_rls_pub", 0, NULL));
+    c = PQconnectdb(ourl);
+    CHECK(PQstatus(c) == CONNECTION_OK, "owner connects to the scratch database: %s", PQerrorMessage(c));
+    PQclear(tl_sql(c, true, "GRANT CREATE ON SCHEMA public TO PUBLIC", 0, NULL));
+    PQfinish(c);
+    CHECK(system(cmd) == 0, "the migrations apply to a database whose public schema PUBLIC may create in");
+    c = PQconnectdb(aurl);
+    CHECK(PQstatus(c) == CONNECTION_OK, "aigw_app connects to the scratch database: %s", PQerrorMessage(c));
+    expect_error(c, "aigw_app creates a table in public", "CREATE TABLE public.mine (x int)", 0, NULL,
+                 "permission denied");
+    expect_error(c, "aigw_app creates a function in public",
+                 "CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS 'SELECT ''x'''", 0, NULL,
+                 "permission denied");
+    PQfinish(c);
+    PQclear(tl_sql(owner, false, "DROP DATABASE aigw_rls_pub", 0, NULL));
+    free(cmd);
+    free(aurl);
+    free(ourl);
+}
+
 /* aigw refuses a database role that bypasses RLS (the owner, given as
  * database.url by mistake): nothing would isolate the tenants. */
 static void
@@ -464,6 +499,7 @@ main(void)
     }
 
     test_definer_shadowing(owner, a, acode);
+    test_public_schema_create(owner);
     test_refuses_owner_role();
     test_refuses_role_changed_later(owner, acode);
     test_refuses_role_after_outage();
