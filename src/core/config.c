@@ -5,7 +5,9 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -204,6 +206,40 @@ read_file(const char *path, unsigned char **out, size_t *len)
     return 0;
 }
 
+static EVP_PKEY *
+public_key(const struct aigw_jwt_key *k)
+{
+    BIO *b = BIO_new_mem_buf(k->key, (int)k->key_len);
+    EVP_PKEY *pk = b != NULL ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+
+    BIO_free(b);
+    ERR_clear_error(); /* a PEM that did not parse leaves its reasons queued */
+    return pk;
+}
+
+/* Whether an RS256/ES256 key's PEM is a public key libjwt can verify its
+ * algorithm with: RSA for RS256, EC on P-256 for ES256. Checked at load,
+ * since libjwt only parses the key when a token arrives, and a key it
+ * cannot use turns every token into a 401. */
+static bool
+public_key_fits(const struct aigw_jwt_key *k)
+{
+    EVP_PKEY *pk = public_key(k);
+    char group[64];
+    bool ok = false;
+
+    if (pk == NULL)
+        return false;
+    if (k->alg == JWT_ALG_RS256)
+        ok = EVP_PKEY_get_base_id(pk) == EVP_PKEY_RSA;
+    else if (k->alg == JWT_ALG_ES256)
+        ok = EVP_PKEY_get_base_id(pk) == EVP_PKEY_EC &&
+             EVP_PKEY_get_group_name(pk, group, sizeof(group), NULL) == 1 &&
+             OBJ_txt2nid(group) == NID_X9_62_prime256v1;
+    EVP_PKEY_free(pk);
+    return ok;
+}
+
 static void
 parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
 {
@@ -262,8 +298,9 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             goto out;
         }
         if (key->key == NULL || memmem(key->key, key->key_len, "PRIVATE KEY", 11) != NULL ||
-            memmem(key->key, key->key_len, "-----BEGIN PUBLIC KEY-----", 26) == NULL)
-            fail(c, "%s: RS256/ES256 need a PEM public key (SPKI)", where);
+            !public_key_fits(key))
+            fail(c, "%s: %s needs %s public key (SPKI PEM) that OpenSSL can read", where,
+                 key->alg == JWT_ALG_RS256 ? "RS256" : "ES256", key->alg == JWT_ALG_RS256 ? "an RSA" : "a P-256 EC");
     }
 out:
     c->where = outer;
@@ -323,16 +360,6 @@ hmac_effective_key(const struct aigw_jwt_key *k, unsigned char out[64])
     while (n > 0 && out[n - 1] == 0)
         n--;
     return n;
-}
-
-static EVP_PKEY *
-public_key(const struct aigw_jwt_key *k)
-{
-    BIO *b = BIO_new_mem_buf(k->key, (int)k->key_len);
-    EVP_PKEY *pk = b != NULL ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
-
-    BIO_free(b);
-    return pk;
 }
 
 /* Whether two keys verify the same signatures: HMAC secrets as HMAC sees

@@ -6,6 +6,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/buffer.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
 #include "aigw/config.h"
 #include "aigw/redis.h"
 #include "aigw/stages.h"
@@ -39,6 +43,67 @@ expect_invalid(const char *name, const char *json, const char *needle)
     CHECK(rc == -1 && strstr(err, needle) != NULL, "%s: rc=%d err=%s", name, rc, err);
 }
 
+/* An RS256/ES256 key file holding PEM text "with the right header" is not
+ * enough: the key is parsed at load and must be RSA for RS256, EC P-256 for
+ * ES256 (a garbled PEM or a key of the other kind was taken, and then every
+ * token got 401). */
+static void
+test_public_keys(void)
+{
+    char *rpub, *rpriv, *epub, *epriv, *p384, *trunc, file[64];
+    EVP_PKEY *k = EVP_EC_gen("P-384");
+    BIO *b = BIO_new(BIO_s_mem());
+    BUF_MEM *mem;
+
+    tl_keypair("RS256", &rpub, &rpriv);
+    tl_keypair("ES256", &epub, &epriv);
+    if (k == NULL || b == NULL || PEM_write_bio_PUBKEY(b, k) != 1)
+        abort();
+    BIO_get_mem_ptr(b, &mem);
+    p384 = aigw_xstrndup(mem->data, mem->length);
+    trunc = aigw_xstrndup(rpub, strlen(rpub) / 2);
+    snprintf(file, sizeof(file), "/tmp/aigw-config-pub-%d.pem", (int)getpid());
+
+    const struct {
+        const char *alg, *what, *pem, *needle; /* needle NULL: loads */
+    } cases[] = {
+        {"RS256", "RSA", rpub, NULL},
+        {"ES256", "P-256", epub, NULL},
+        {"ES256", "RSA", rpub, "ES256 needs a P-256 EC public key"},
+        {"RS256", "P-256", epub, "RS256 needs an RSA public key"},
+        {"ES256", "P-384", p384, "ES256 needs a P-256 EC public key"},
+        {"RS256", "truncated", trunc, "RS256 needs an RSA public key"},
+        {"RS256", "garbled", "-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n",
+         "RS256 needs an RSA public key"},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[512] = "", *json;
+        int rc;
+
+        tl_write_file(file, cases[i].pem);
+        json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"%s\","
+                          "\"public_key_file\":\"%s\"}]}}",
+                          cases[i].alg, file);
+        rc = load(json, err, sizeof(err));
+        free(json);
+        if (cases[i].needle == NULL)
+            CHECK(rc == 0, "%s with a %s key loads: %s", cases[i].alg, cases[i].what, err);
+        else
+            CHECK(rc == -1 && strstr(err, cases[i].needle) != NULL, "%s with a %s key refused: rc=%d %s",
+                  cases[i].alg, cases[i].what, rc, err);
+    }
+    unlink(file);
+    free(trunc);
+    free(p384);
+    BIO_free(b);
+    EVP_PKEY_free(k);
+    free(rpub);
+    free(rpriv);
+    free(epub);
+    free(epriv);
+}
+
 int
 main(void)
 {
@@ -53,6 +118,7 @@ main(void)
     unsetenv("AIGW_LISTEN_ADDR");
 
     CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}", err, sizeof(err)) == 0, "minimal config: %s", err);
+    test_public_keys();
     /* streaming and OpenAI-route settings */
     expect_invalid("stream_idle_ms too small", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"stream_idle_ms\":5}}",
                    "stream_idle_ms");
