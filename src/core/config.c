@@ -549,6 +549,16 @@ conninfo_ok(const char *url)
     return true;
 }
 
+/* An optional string set to "" counts as unset: *s becomes NULL. */
+static void
+unset_empty(char **s)
+{
+    if (*s != NULL && **s == '\0') {
+        free(*s);
+        *s = NULL;
+    }
+}
+
 static void
 set_defaults(struct aigw_config *cfg)
 {
@@ -773,10 +783,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         fail(&c, "database.url (or AIGW_DATABASE_URL) is required");
     if (!c.failed && (cfg->redis_url == NULL || *cfg->redis_url == '\0'))
         fail(&c, "redis.url (or AIGW_REDIS_URL) is required");
-    if (cfg->database_listen_url != NULL && *cfg->database_listen_url == '\0') { /* e.g. "${VAR:-}" */
-        free(cfg->database_listen_url);
-        cfg->database_listen_url = NULL;
-    }
+    /* optional strings: "" (e.g. "${VAR:-}") means unset, not "match the empty string" */
+    unset_empty(&cfg->database_listen_url);
+    unset_empty(&cfg->jwt_issuer);
+    unset_empty(&cfg->jwt_audience);
     if (!c.failed && !conninfo_ok(cfg->database_url))
         fail(&c, "database.url: not a connection string libpq can parse (why is not shown: it may quote the "
                  "password; percent-encode special characters in it)");

@@ -307,6 +307,17 @@ main(void)
     CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "empty listen_url config loads: %s", err);
     CHECK(cfg.database_listen_url == NULL, "an empty database.listen_url counts as unset");
     aigw_config_free(&cfg);
+    /* jwt.issuer / jwt.audience: "" counts as unset too (it rejected every token) */
+    tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"issuer\":\"${AIGW_NOPE:-}\",\"audience\":\"\",\"keys\":[" HS_KEY "]}}");
+    CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "empty issuer/audience config loads: %s", err);
+    CHECK(cfg.jwt_issuer == NULL && cfg.jwt_audience == NULL, "an empty jwt.issuer and jwt.audience count as unset");
+    aigw_config_free(&cfg);
+    tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"issuer\":\"${AIGW_NOPE:-iss}\",\"audience\":\"aud\",\"keys\":[" HS_KEY "]}}");
+    CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "issuer/audience config loads: %s", err);
+    CHECK(cfg.jwt_issuer != NULL && strcmp(cfg.jwt_issuer, "iss") == 0 && cfg.jwt_audience != NULL &&
+              strcmp(cfg.jwt_audience, "aud") == 0,
+          "jwt.issuer and jwt.audience read");
+    aigw_config_free(&cfg);
     expect_invalid("listen_url not a string", "{\"database\":{\"url\":\"postgresql:///x\",\"listen_url\":5},"
                    "\"redis\":{\"url\":\"redis://h:1\"},\"jwt\":{\"keys\":[" HS_KEY "]}}", "listen_url");
 
