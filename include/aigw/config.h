@@ -12,6 +12,7 @@
 #define AIGW_QUERY_TYPES 4
 #define AIGW_MAX_MODELS 16
 #define AIGW_MAX_MODEL_TIERS 8
+#define AIGW_MAX_BACKEND_URL 1000 /* characters of upstream.backends[].url; paths are appended to it */
 
 /* One verification key; the algorithm is pinned to it. */
 struct aigw_jwt_key {

@@ -56,7 +56,7 @@ discard(char *ptr, size_t size, size_t nmemb, void *ud)
 static enum probe_result
 probe(CURL *curl, const char *base)
 {
-    char url[1024];
+    char url[AIGW_MAX_BACKEND_URL + sizeof("/health")]; /* config.c refuses longer base URLs */
     long code = 0;
     size_t n = strlen(base);
 

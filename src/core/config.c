@@ -1,6 +1,7 @@
 /* config.c - parse and validate the JSON configuration; strict about unknown keys */
 #include "aigw/config.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
 #include <libpq-fe.h>
@@ -408,6 +409,50 @@ check_platform_keys(struct ctx *c, const struct aigw_config *cfg)
     }
 }
 
+/* A backend's base URL, read as libcurl reads it: http or https, a host, a
+ * port 1..65535 if one is given. The API paths (/v1/chat/completions,
+ * /health) are appended to it, so a query or a fragment would swallow them;
+ * user:password is refused too (llama-server takes an API key, not Basic
+ * auth, and a URL is no place for a secret). */
+static void
+check_backend_url(struct ctx *c, const char *where, const char *url)
+{
+    CURLU *u = NULL;
+    CURLUcode rc;
+    char *part = NULL;
+    long port;
+
+    if (url == NULL || !(aigw_has_prefix_ci(url, "http://") || aigw_has_prefix_ci(url, "https://"))) {
+        fail(c, "%s: url must start with http:// or https://", where);
+        return;
+    }
+    if (strlen(url) > AIGW_MAX_BACKEND_URL) {
+        fail(c, "%s: url is longer than %d characters", where, AIGW_MAX_BACKEND_URL);
+        return;
+    }
+    if (strstr(url, "://")[3] == '/') { /* libcurl would take the path's first segment for the host */
+        fail(c, "%s: url has no host", where);
+        return;
+    }
+    u = curl_url();
+    if (u == NULL) {
+        fail(c, "%s: out of memory", where);
+        return;
+    }
+    rc = curl_url_set(u, CURLUPART_URL, url, 0);
+    if (rc != CURLUE_OK)
+        fail(c, "%s: url is not a valid URL (%s)", where, curl_url_strerror(rc));
+    else if (curl_url_get(u, CURLUPART_USER, &part, 0) != CURLUE_NO_USER)
+        fail(c, "%s: url must not hold a user name or password", where);
+    else if (curl_url_get(u, CURLUPART_QUERY, &part, 0) != CURLUE_NO_QUERY ||
+             curl_url_get(u, CURLUPART_FRAGMENT, &part, 0) != CURLUE_NO_FRAGMENT)
+        fail(c, "%s: url must not have a query or a fragment (the API path is appended to it)", where);
+    else if (curl_url_get(u, CURLUPART_PORT, &part, 0) == CURLUE_OK && !aigw_parse_long(part, 1, 65535, &port))
+        fail(c, "%s: url has a bad port (1..65535)", where);
+    curl_free(part);
+    curl_url_cleanup(u);
+}
+
 static void
 parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
 {
@@ -428,8 +473,7 @@ parse_backend(struct ctx *c, json_t *b, size_t idx, struct aigw_backend_cfg *be)
         fail(c, "%s: name is required (1..63 chars)", where);
     else
         snprintf(be->name, sizeof(be->name), "%s", name);
-    if (be->url == NULL || !(aigw_has_prefix_ci(be->url, "http://") || aigw_has_prefix_ci(be->url, "https://")))
-        fail(c, "%s: url must start with http:// or https://", where);
+    check_backend_url(c, where, be->url);
     c->where = outer;
     free(name);
 }

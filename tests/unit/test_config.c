@@ -274,6 +274,57 @@ main(void)
                    "port");
     expect_invalid("duplicate JSON key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"log\":{},\"log\":{}}",
                    "duplicate");
+    /* backend URLs are parsed as libcurl parses them: a query or a fragment
+     * (the API path is appended after it), user:password, no host, a bad
+     * port or a URL over 1000 characters are refused at load */
+    {
+        static const struct {
+            const char *url, *needle; /* NULL: loads */
+        } urls[] = {
+            {"http://127.0.0.1:8081", NULL},
+            {"https://llm.example:443/prefix/", NULL},
+            {"http://[::1]:8081", NULL},
+            {"HTTP://Host", NULL},
+            {"http://", "not a valid URL"},
+            {"http:///x", "no host"},
+            {"http://exa mple:80", "not a valid URL"},
+            {"http://127.0.0.1:abc", "not a valid URL"},
+            {"http://127.0.0.1:65536", "not a valid URL"},
+            {"http://127.0.0.1:0", "bad port"},
+            {"https://h/x?y=1", "query or a fragment"},
+            {"https://h/x?", "query or a fragment"},
+            {"https://h/x#frag", "query or a fragment"},
+            {"http://user:pw@h:1", "user name or password"},
+            {"http://user@h:1", "user name or password"},
+            {"ftp://x", "url must start"},
+        };
+        char *longurl = aigw_xmalloc(1100), *json;
+
+        for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+            json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":"
+                              "\"a\",\"url\":\"%s\"}]}}",
+                              urls[i].url);
+            err[0] = '\0';
+            if (urls[i].needle == NULL)
+                CHECK(load(json, err, sizeof(err)) == 0, "backend url %s loads: %s", urls[i].url, err);
+            else
+                expect_invalid(urls[i].url, json, urls[i].needle);
+            free(json);
+        }
+        snprintf(longurl, 1100, "http://h/%0990d", 0); /* 999 characters: taken */
+        json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":"
+                          "\"a\",\"url\":\"%s\"}]}}",
+                          longurl);
+        CHECK(load(json, err, sizeof(err)) == 0, "a backend url of 999 characters loads: %s", err);
+        free(json);
+        snprintf(longurl, 1100, "http://h/%01000d", 0); /* 1009 characters: the probe cut it at 1024 with /health */
+        json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":"
+                          "\"a\",\"url\":\"%s\"}]}}",
+                          longurl);
+        expect_invalid("a backend url over 1000 characters", json, "longer than 1000");
+        free(json);
+        free(longurl);
+    }
     expect_invalid("bad backend url",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":\"a\",\"url\":\"ftp://x\"}]}}",
                    "url must start");
