@@ -283,11 +283,14 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             fail(c, "%s: cannot read secret_file %s", where, file);
             goto out;
         }
-        /* strip one trailing newline from files */
+        /* trailing CR/LF dropped: a file's final newline is not part of the secret */
         while (key->key_len > 0 && (key->key[key->key_len - 1] == '\n' || key->key[key->key_len - 1] == '\r'))
             key->key_len--;
         if (key->key == NULL || key->key_len < 32)
             fail(c, "%s: HS256 needs a secret of at least 32 bytes", where);
+        else if (memmem(key->key, key->key_len, "-----BEGIN", 10) != NULL) /* a public key anyone may hold */
+            fail(c, "%s: an HS256 secret must not be a PEM key (RS256/ES256 keys go in public_key or "
+                    "public_key_file)", where);
     } else {
         get_str(c, k, "public_key_file", &file);
         if (pem != NULL) {

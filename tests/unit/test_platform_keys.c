@@ -89,6 +89,20 @@ test_equivalent_keys(void)
              "{\"kid\":\"p\",\"alg\":\"HS256\",\"secret_file\":\"%s\",\"platform\":true}",
              secret_file);
     expect_invalid("platform key: the clinic secret with trailing zero bytes", keys, "must not share its key");
+    /* the clinic's RS256 public key file as the platform's HS256 secret_file:
+     * the secret lost its trailing newline, the PEM kept it, and the two
+     * compared unequal byte for byte; a PEM as an HMAC secret is refused */
+    free(pub);
+    free(priv);
+    tl_keypair("RS256", &pub, &priv);
+    tl_write_file(file, pub);
+    snprintf(keys, sizeof(keys),
+             "{\"kid\":\"c\",\"alg\":\"RS256\",\"public_key_file\":\"%s\"},"
+             "{\"kid\":\"p\",\"alg\":\"HS256\",\"secret_file\":\"%s\",\"platform\":true}",
+             file, file);
+    expect_invalid("platform HS256 key: the clinic's RS256 public key file", keys, "must not be a PEM key");
+    snprintf(keys, sizeof(keys), "{\"kid\":\"c\",\"alg\":\"HS256\",\"secret_file\":\"%s\"}", file);
+    expect_invalid("clinic HS256 key: a PEM file", keys, "must not be a PEM key");
     unlink(file);
     unlink(secret_file);
     free(pub);
