@@ -806,6 +806,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_int(&c, sec, "batch_rows", 1, 10000, &cfg->usage_batch_rows);
         get_int(&c, sec, "flush_ms", 1, 60000, &cfg->usage_flush_ms);
     }
+    /* the spool is opened at start-up, after the checks; "" or a relative
+     * path (resolved against whatever the cwd is) passed them and then failed */
+    if (!c.failed && (cfg->spool_dir == NULL || cfg->spool_dir[0] != '/'))
+        fail(&c, "usage.spool_dir: must be an absolute path");
     if ((sec = SECTION("openai", openai_k)) != NULL)
         parse_openai(&c, sec, cfg);
     if (!c.failed && cfg->n_models == 0) { /* the default: the upstream model, every plan with api_access */

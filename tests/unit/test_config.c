@@ -325,6 +325,12 @@ main(void)
         free(json);
         free(longurl);
     }
+    expect_invalid("empty spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"${AIGW_NOPE:-}\"}}",
+                   "usage.spool_dir: must be an absolute path");
+    expect_invalid("relative spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"spool\"}}",
+                   "usage.spool_dir: must be an absolute path");
+    CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"/tmp/x\"}}", err, sizeof(err)) == 0,
+          "an absolute spool_dir loads: %s", err);
     expect_invalid("bad backend url",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":\"a\",\"url\":\"ftp://x\"}]}}",
                    "url must start");
