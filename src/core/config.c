@@ -530,6 +530,9 @@ parse_openai(struct ctx *c, json_t *sec, struct aigw_config *cfg)
         for (size_t i = 0; i < json_array_size(arr) && !c->failed; i++) {
             parse_model(c, json_array_get(arr, i), i, &cfg->models[i]);
             cfg->n_models = i + 1;
+            for (size_t j = 0; j < i && !c->failed; j++) /* the first would win; /v1/models listed both */
+                if (strcmp(cfg->models[j].id, cfg->models[i].id) == 0)
+                    fail(c, "openai.models: duplicate id \"%s\"", cfg->models[i].id);
         }
     if (v != NULL && !json_is_boolean(v))
         fail(c, "openai.cache_sampled: must be true or false");

@@ -191,6 +191,10 @@ main(void)
                    "stream_buffer_bytes");
     expect_invalid("openai.models empty", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[]}}",
                    "openai.models");
+    expect_invalid("openai model ids duplicated",
+                   "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"id\":\"m\"},"
+                   "{\"id\":\"m2\"},{\"id\":\"m\",\"route\":\"sales\"}]}}",
+                   "openai.models: duplicate id \"m\"");
     expect_invalid("openai model without id",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"route\":\"sales\"}]}}",
                    "openai.models[0]: id");
