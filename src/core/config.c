@@ -800,6 +800,9 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_int(&c, sec, "fail_threshold", 1, 1000, &cfg->fail_threshold);
         get_int(&c, sec, "down_ms", 1, 3600000, &cfg->down_ms);
         get_str(&c, sec, "model", &cfg->model);
+        /* it is also the default model's id (openai.models[0].id): cut to fit, it was silently another name */
+        if (cfg->model == NULL || cfg->model[0] == '\0' || strlen(cfg->model) >= sizeof(cfg->models[0].id))
+            fail(&c, "upstream.model: must be 1..%zu characters", sizeof(cfg->models[0].id) - 1);
         parse_routes(&c, json_object_get(sec, "routes"), cfg);
     } else {
         parse_routes(&c, NULL, cfg);

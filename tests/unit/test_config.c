@@ -195,6 +195,23 @@ main(void)
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"id\":\"m\"},"
                    "{\"id\":\"m2\"},{\"id\":\"m\",\"route\":\"sales\"}]}}",
                    "openai.models: duplicate id \"m\"");
+    {
+        /* upstream.model names the default model too: over 127 characters it
+         * was cut to fit openai.models[0].id, a name no client could send */
+        char model[160], *json;
+
+        memset(model, 'm', 128);
+        model[128] = '\0';
+        json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"model\":\"%s\"}}", model);
+        expect_invalid("upstream.model of 128 characters", json, "upstream.model: must be 1..127 characters");
+        free(json);
+        model[127] = '\0';
+        json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"model\":\"%s\"}}", model);
+        CHECK(load(json, err, sizeof(err)) == 0, "upstream.model of 127 characters loads: %s", err);
+        free(json);
+        expect_invalid("empty upstream.model", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"model\":\"\"}}",
+                       "upstream.model: must be 1..127 characters");
+    }
     expect_invalid("openai model without id",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"openai\":{\"models\":[{\"route\":\"sales\"}]}}",
                    "openai.models[0]: id");
