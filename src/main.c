@@ -385,6 +385,11 @@ main(int argc, char **argv)
             return 2;
         }
     }
+    if (optind < argc) { /* "aigw --check-config new.json" checked the default file, not new.json */
+        fprintf(stderr, "aigw: unexpected argument \"%s\" (the configuration file goes after -c)\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
     aigw_log_init(LOG_INFO, 0);
     json_object_seed(0);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {

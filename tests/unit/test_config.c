@@ -413,6 +413,17 @@ main(void)
         snprintf(cmd, sizeof(cmd), "%s --check-config -c %s 2>&1 | grep -q tooshort", AIGW_BIN_PATH, path);
         status = system(cmd);
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "the secret is not echoed in the error");
+        /* a path without -c is refused, not ignored (the default file was checked instead) */
+        tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]}}");
+        snprintf(cmd, sizeof(cmd), "%s --check-config %s 2>&1 | grep -q '^usage: aigw'", AIGW_BIN_PATH, path);
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "--check-config PATH without -c prints the usage");
+        snprintf(cmd, sizeof(cmd), "%s --check-config %s >/dev/null 2>&1", AIGW_BIN_PATH, path);
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 2, "--check-config PATH without -c -> 2");
+        snprintf(cmd, sizeof(cmd), "%s --check-config -c %s extra >/dev/null 2>&1", AIGW_BIN_PATH, path);
+        status = system(cmd);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 2, "an extra argument after -c PATH -> 2");
     }
 
     /* lifecycle keys and what a reload cannot change */
