@@ -70,7 +70,7 @@ expand(struct ctx *c, const char *where, const char *s)
 
     while (*s) {
         const char *val = NULL, *end;
-        char name[128];
+        char *name, *dflt;
         size_t n;
 
         if (s[0] != '$' || s[1] != '{') {
@@ -86,14 +86,13 @@ expand(struct ctx *c, const char *where, const char *s)
             return NULL;
         }
         n = (size_t)(end - (s + 2));
-        if (n == 0 || n >= sizeof(name)) {
+        if (n == 0) {
             fail(c, "%s: bad variable reference", where);
             free(out);
             return NULL;
         }
-        memcpy(name, s + 2, n);
-        name[n] = '\0';
-        char *dflt = strstr(name, ":-");
+        name = aigw_xstrndup(s + 2, n); /* no length limit: a default may be a long URL */
+        dflt = strstr(name, ":-");
         if (dflt != NULL) {
             *dflt = '\0';
             dflt += 2;
@@ -103,6 +102,7 @@ expand(struct ctx *c, const char *where, const char *s)
             val = dflt;
         if (val == NULL) {
             fail(c, "%s: environment variable %s is not set", where, name);
+            free(name);
             free(out);
             return NULL;
         }
@@ -111,6 +111,7 @@ expand(struct ctx *c, const char *where, const char *s)
             out = aigw_xrealloc(out, cap *= 2);
         memcpy(out + len, val, n);
         len += n;
+        free(name);
         s = end + 1;
     }
     out[len] = '\0';

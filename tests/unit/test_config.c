@@ -372,6 +372,22 @@ main(void)
     aigw_config_free(&cfg);
     unsetenv("AIGW_PORT");
 
+    {
+        /* ${VAR:-default}: name and default had to fit in 127 bytes (a long
+         * default URL was a "bad variable reference") */
+        char dflt[300], *json;
+
+        snprintf(dflt, sizeof(dflt), "postgresql:///aigw?host=/run/postgresql&application_name=%0200d", 0);
+        json = tl_sprintf("{\"database\":{\"url\":\"${AIGW_NOPE:-%s}\"},\"redis\":{\"url\":\"redis://h:1\"},"
+                          "\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                          dflt);
+        tl_write_file(path, json);
+        free(json);
+        CHECK(aigw_config_load(path, &cfg, err, sizeof(err)) == 0, "a long ${VAR:-default} loads: %s", err);
+        CHECK(cfg.database_url != NULL && strcmp(cfg.database_url, dflt) == 0, "a long default applied");
+        aigw_config_free(&cfg);
+    }
+
     /* database.listen_url: its own session for LISTEN; "" (an empty default) means unset */
     tl_write_file(path, "{\"database\":{\"url\":\"postgresql://u@127.0.0.1:6432/aigw\","
                         "\"listen_url\":\"postgresql:///aigw?host=/run/postgresql\"},"
