@@ -131,7 +131,8 @@ void aigw_upstream_call_free(struct aigw_upstream_call *call);
  * backend kept by name and URL keeps its slot counts and health state, and
  * the health prober follows the new table. Takes its own reference to snap.
  * If more backends are replaced than there are free slots, it waits for
- * calls on removed backends to end (at most upstream.timeout_ms). A newer
+ * calls on removed backends to end (at most upstream.timeout_ms for buffered
+ * calls, upstream.stream_timeout_ms when a stream holds one). A newer
  * reconfigure replaces one not yet applied. Thread-safe, never blocks. */
 void aigw_upstream_reconfigure(struct aigw_upstream *up, struct aigw_snapshot *snap);
 

@@ -317,8 +317,8 @@ out:
 }
 
 /* redis.password_file: the password for Redis's AUTH, kept out of the
- * configuration and the environment (a systemd credential, say); one
- * trailing newline is dropped. */
+ * configuration and the environment (a systemd credential, say); every
+ * trailing CR and LF is dropped. */
 static void
 read_redis_password(struct ctx *c, json_t *sec, struct aigw_config *cfg)
 {

@@ -297,7 +297,7 @@ from_result(struct aigw_req *req, const char *text)
 }
 
 /* The longest the call of a leader may take: a stream runs up to
- * stream_timeout_ms (the default 600 s against timeout_ms's 30 s), and a
+ * stream_timeout_ms (the default 600 s against timeout_ms's 60 s), and a
  * lock sized by timeout_ms expired under a live streaming leader, so a
  * later request led a second generation and the waiters gave up with 504. */
 static int

@@ -146,7 +146,7 @@ main(void)
             CHECK(strstr(err, "Zq9") == NULL, "the message quotes no password: %s", err);
         }
     }
-    /* redis.password_file: read at load, one trailing newline dropped */
+    /* redis.password_file: read at load, trailing CR/LF dropped */
     {
         char pwpath[64], *json;
         struct aigw_config pc;
