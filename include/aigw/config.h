@@ -128,6 +128,12 @@ int aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_
 /* Free everything cfg owns and zero it. NULL-safe. */
 void aigw_config_free(struct aigw_config *cfg);
 
+/* The longest one upstream call may take (ms): a stream runs up to
+ * upstream.stream_timeout_ms, an answer in one piece timeout_ms. What a
+ * record that must outlive the call (a single-flight lock, an idempotency
+ * key's pending record) is sized by. */
+int aigw_config_call_ms(const struct aigw_config *cfg, bool stream);
+
 /* The model called id that tier may use, or NULL. */
 const struct aigw_model_cfg *aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tier);
 

@@ -889,6 +889,12 @@ aigw_config_free(struct aigw_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
+int
+aigw_config_call_ms(const struct aigw_config *cfg, bool stream)
+{
+    return stream && cfg->stream_timeout_ms > cfg->timeout_ms ? cfg->stream_timeout_ms : cfg->timeout_ms;
+}
+
 const struct aigw_model_cfg *
 aigw_config_model(const struct aigw_config *cfg, const char *id, const char *tier)
 {

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "aigw/config.h"
 #include "aigw/log.h"
 #include "aigw/query.h"
 #include "aigw/redis.h"
@@ -129,7 +130,10 @@ aigw_stage_idempotency(struct aigw_req *req)
     /* the request's own pending value: its outcome replaces only that */
     q->idem_pending = aigw_pool_printf(req->pool, "P%s%s", q->idem_fp, req->usage_id);
     args[0] = q->idem_pending;
-    pending_ms = req->snap->cfg.timeout_ms + req->snap->cfg.queue_timeout_ms + 30000;
+    /* as long as the request may run: a stream up to stream_timeout_ms (a
+     * record sized by timeout_ms expired under a live stream, a retry ran
+     * the query again and the stream's outcome was never stored) */
+    pending_ms = aigw_config_call_ms(&req->snap->cfg, q->stream) + req->snap->cfg.queue_timeout_ms + 30000;
     args[1] = aigw_pool_printf(req->pool, "%d", pending_ms);
     q->idem_until_ms = aigw_now_ms() + pending_ms;
     keys[0] = q->idem_key;

@@ -296,22 +296,16 @@ from_result(struct aigw_req *req, const char *text)
     return rc;
 }
 
-/* The longest the call of a leader may take: a stream runs up to
- * stream_timeout_ms (the default 600 s against timeout_ms's 60 s), and a
- * lock sized by timeout_ms expired under a live streaming leader, so a
- * later request led a second generation and the waiters gave up with 504. */
-static int
-call_ms(const struct aigw_config *cfg, bool stream)
-{
-    return stream && cfg->stream_timeout_ms > cfg->timeout_ms ? cfg->stream_timeout_ms : cfg->timeout_ms;
-}
-
+/* A stream's call runs up to stream_timeout_ms (the default 600 s against
+ * timeout_ms's 60 s), and a lock sized by timeout_ms expired under a live
+ * streaming leader, so a later request led a second generation and the
+ * waiters gave up with 504. */
 int
 aigw_singleflight_lock_ms(const struct aigw_req *req)
 {
     const struct aigw_config *cfg = &req->snap->cfg; /* upstream.* reloads: the lock outlasts the call */
 
-    return call_ms(cfg, req->q->stream) + cfg->queue_timeout_ms + 5000;
+    return aigw_config_call_ms(cfg, req->q->stream) + cfg->queue_timeout_ms + 5000;
 }
 
 /* How long a waiter waits: its leader may stream whether or not the waiter
@@ -322,7 +316,7 @@ wait_ms(const struct aigw_req *req)
 {
     const struct aigw_config *cfg = &req->snap->cfg;
 
-    return call_ms(cfg, true) + cfg->queue_timeout_ms + 5000;
+    return aigw_config_call_ms(cfg, true) + cfg->queue_timeout_ms + 5000;
 }
 
 /* The lock or the published result, asked of Redis: {2, result}, {1} or {0}

@@ -4,6 +4,7 @@
  * a slow reader (upstream paused, memory flat) and text the upstream had to
  * escape, decoded exactly */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -330,6 +331,74 @@ test_stream_lock(void)
     free(tok);
 }
 
+/* One idempotent streaming query, for a thread. */
+struct idem_call {
+    char *token;
+    struct tl_resp r;
+};
+
+static void *
+idem_main(void *arg)
+{
+    struct idem_call *c = arg;
+    const char *h[] = {"Idempotency-Key: stream-1", NULL};
+    const char *body[1] = {"{\"question\":\"A slow idempotent stream\",\"stream\":true}"};
+
+    tl_post_parallel(port, "/api/ai/query", c->token, h, body, 1, &c->r);
+    return NULL;
+}
+
+/* An idempotent stream's pending record lives as long as the stream may
+ * run (stream_timeout_ms, 600 s by default), not timeout_ms (5 s here):
+ * a record that expired under a live stream let a retry with the same key
+ * run the query a second time, and the stream's outcome was never stored. */
+static void
+test_stream_idempotency(void)
+{
+    const char *h[] = {"Idempotency-Key: stream-1", NULL};
+    const char *body[1] = {"{\"question\":\"A slow idempotent stream\",\"stream\":true}"};
+    char id[37], code[65], buf[64], text[1024], text2[1024], *pattern;
+    struct idem_call first = {0};
+    struct tl_resp r;
+    struct events e, e2;
+    pthread_t th;
+    long long pttl = -1, calls;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    first.token = tl_token(code, "optician", 600);
+    pattern = tl_sprintf("aigw:{%s}:idem:*", id);
+    calls = tl_mock_stat(mock, "chat_requests");
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":8,\"token_latency_ms\":250}");
+    if (pthread_create(&th, NULL, idem_main, &first) != 0)
+        abort();
+    for (int i = 0; i < 100 && pttl < 0; i++) {
+        usleep(10 * 1000);
+        pttl = tl_max_pttl(pattern);
+    }
+    CHECK(pttl > 60000, "an idempotent stream's pending record lives as long as a stream may (%lld ms left)", pttl);
+    tl_post_parallel(port, "/api/ai/query", first.token, h, body, 1, &r);
+    tl_expect("the same key while the stream runs", &r, 409, "idempotency_in_progress");
+    tl_resp_free(&r);
+    pthread_join(th, NULL);
+    CHECK(first.r.status == 200, "the stream is answered (%ld)", first.r.status);
+    tl_mock_config(mock, "{\"token_latency_ms\":5}");
+    tl_post_parallel(port, "/api/ai/query", first.token, h, body, 1, &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "Idempotent-Replayed", buf, sizeof(buf)) != NULL,
+          "the same key after the stream: replayed (%ld %s)", r.status, r.body);
+    parse_events(first.r.body, &e);
+    parse_events(r.body, &e2);
+    joined(&e, text, sizeof(text));
+    joined(&e2, text2, sizeof(text2));
+    CHECK(e2.framing_ok && text[0] != '\0' && strcmp(text, text2) == 0, "replayed as a stream, the same text");
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
+    free_events(&e);
+    free_events(&e2);
+    tl_resp_free(&r);
+    tl_resp_free(&first.r);
+    free(pattern);
+    free(first.token);
+}
+
 static void
 test_failures(void)
 {
@@ -532,6 +601,7 @@ main(void)
     test_recommendation();
     test_single_flight();
     test_stream_lock();
+    test_stream_idempotency();
     test_failures();
     test_disconnect();
     test_slow_reader();
