@@ -174,7 +174,7 @@ void
 aigw_idempotency_finish(struct aigw_req *req)
 {
     struct aigw_query *q = req->q;
-    const char *keys[1], *args[3];
+    const char *keys[1], *args[3], *code;
     redisReply *r;
 
     if (q == NULL || !q->idem_owner)
@@ -182,10 +182,14 @@ aigw_idempotency_finish(struct aigw_req *req)
     keys[0] = q->idem_key;
     args[0] = q->idem_pending;
     args[2] = IDEM_TTL_MS;
-    if ((req->status == 503 && strcmp(req->error_code ? req->error_code : "", "service_unavailable") == 0) ||
+    code = req->error_code ? req->error_code : "";
+    if ((req->status == 503 && !q->billed &&
+         (strcmp(code, "service_unavailable") == 0 || strcmp(code, "upstream_unavailable") == 0)) ||
         req->status == 499) {
-        /* our dependency failed before the work ran, or the client left
-         * mid-stream: let a retry run it */
+        /* our dependency failed before the work ran, no model was free to
+         * run it (a 503 that asks for a retry after Retry-After: stored, it
+         * was replayed for 24 h), or the client left mid-stream: let a
+         * retry run it */
         args[1] = "";
     } else {
         args[1] = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,

@@ -1085,6 +1085,21 @@ test_all_backends_down(void)
     tl_expect("all backends down", &r, 503, "upstream_unavailable");
     CHECK(tl_resp_header(&r, "Retry-After", (char[16]){0}, 16) != NULL, "Retry-After on 503");
     tl_resp_free(&r);
+    /* nothing reached a model: the retry the 503 asks for runs (before:
+     * the 503 was stored and replayed for 24 h, without its Retry-After) */
+    {
+        const char *h[] = {"Idempotency-Key: down-1", NULL};
+        const char *body[1] = {"{\"question\":\"is anybody there?\"}"};
+
+        for (int i = 0; i < 2; i++) {
+            tl_post_parallel(gw.port, "/api/ai/query", tok, h, body, 1, &r);
+            tl_expect("all backends down, with an Idempotency-Key", &r, 503, "upstream_unavailable");
+            CHECK(tl_resp_header(&r, "Idempotent-Replayed", (char[16]){0}, 16) == NULL &&
+                      tl_resp_header(&r, "Retry-After", (char[16]){0}, 16) != NULL,
+                  "try %d: run, not replayed, Retry-After", i + 1);
+            tl_resp_free(&r);
+        }
+    }
     CHECK(tl_aigw_stop(&gw) == 0, "second aigw exits cleanly");
     free(tok);
     free(cfg);
