@@ -143,7 +143,17 @@ aigw_stage_idempotency(struct aigw_req *req)
     aigw_redis_deadline_arg(req->srv->pipe, deadline);
     r = aigw_redis_eval(rc, &begin_script, 1, keys, 3, args); /* 'expired': not an array, 503 */
     aigw_redis_release(req->srv->redis, rc);
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+    if (r == NULL) {
+        /* no reply: the script may have written the pending record all
+         * the same, and every retry of this 503 would get 409 for as long
+         * as it lives: take it back (only if it is still this request's) */
+        const char *back[3] = {q->idem_pending, "", IDEM_TTL_MS};
+
+        aigw_redis_outbox_eval(req->srv->outbox, &finish_script, 1, keys, 3, back, q->idem_until_ms,
+                               "taking back an idempotency record", NULL, NULL);
+        goto unavailable;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
         freeReplyObject(r);
         goto unavailable;
     }

@@ -352,6 +352,43 @@ lost_outcome(struct relay *rl, int port)
     free(tok);
 }
 
+/* The reply of the script that writes an idempotent request's pending
+ * record is held up: the request answers 503 (Retry-After: 1), and the
+ * record it wrote is taken back once Redis answers, so the retry the 503
+ * asks for runs (before: the record stood for its whole pending window, a
+ * minute and more, and every retry got 409). */
+static void
+lost_begin(struct relay *rl, int port)
+{
+    char id[37], code[65], *tok, *q, buf[16];
+    const char *h[] = {"Idempotency-Key: begin-1", NULL};
+    const char *body[1] = {"{\"question\":\"its pending record's reply is held\"}"};
+    struct tl_resp r;
+    int refused = 0;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    q = tl_sprintf("aigw:{%s}:idem:", id);
+    relay_arm(rl, q, 0, 0, false);
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    tl_expect("lost begin: the record's reply held", &r, 503, "service_unavailable");
+    CHECK(relay_fired(rl) == 1, "lost begin: the reply was held");
+    relay_disarm(rl);
+    for (int i = 0; i < 20 && (r.status == 409 || r.status == 503); i++) { /* under the plan's 30 a minute */
+        if (r.status == 409)
+            refused++;
+        tl_resp_free(&r);
+        usleep(300 * 1000);
+        tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    }
+    CHECK(r.status == 200 && tl_resp_header(&r, "Idempotent-Replayed", buf, sizeof(buf)) == NULL,
+          "lost begin: once Redis answers, the retry runs (%ld %s, after %d 409s)", r.status, r.body, refused);
+    tl_resp_free(&r);
+    CHECK(tl_metric_wait(port, "aigw_redis_outbox_pending", 0, 2000) == 0, "lost begin: the outbox is empty again");
+    free(q);
+    free(tok);
+}
+
 /* A leader's publish (its result for the waiters, its cache entry, the
  * lock's release) is dropped on its way to Redis, which then stays out of
  * reach for 2 s: the outbox sends it again, so the lock goes and the entry
@@ -477,6 +514,7 @@ main(void)
      * the abandon fails at first and is sent again until Redis takes it */
     lost_reply(&rl, gw.port, "admission, Redis cut off", ":q:", 0, 3000, NULL);
     lost_outcome(&rl, gw.port);
+    lost_begin(&rl, gw.port);
     lost_publish(&rl, gw.port);
     lost_publish_newer_flight(&rl, gw.port);
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
