@@ -557,6 +557,80 @@ test_leader_drained(void)
     free(tok);
 }
 
+/* An idempotent request, on a thread of its own. */
+struct idem_ask {
+    const char *token;
+    int port;
+    struct tl_resp r;
+    pthread_t th;
+};
+
+static void *
+idem_ask_run(void *arg)
+{
+    struct idem_ask *a = arg;
+    const char *h[] = {"Idempotency-Key: drained-1", NULL};
+    const char *body[1] = {"{\"question\":\"asked while its waiter's instance drains\"}"};
+
+    tl_post_parallel(a->port, "/api/ai/query", a->token, h, body, 1, &a->r);
+    return NULL;
+}
+
+/* An idempotent waiter cut short by its instance's drain (504: it stopped
+ * waiting) leaves no outcome behind: its client's retry on another
+ * instance gets the flight's answer (before: the 504 was replayed for 24 h). */
+static void
+test_waiter_drained_idempotent(void)
+{
+    char id[37], code[65], *tok, *cfg, buf[16];
+    const char *body[1] = {"{\"question\":\"asked while its waiter's instance drains\"}"};
+    struct tl_resp lr[1];
+    struct tl_parallel *leader;
+    struct idem_ask w = {0};
+    struct tl_aigw gw3;
+    long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
+                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
+    if (tl_aigw_start(&gw3, cfg) != 0) {
+        CHECK(0, "third aigw starts");
+        free(cfg);
+        free(tok);
+        return;
+    }
+    tl_mock_config(mock, "{\"first_token_ms\":1200}");
+    leader = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, lr);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1, "the leader's call is at the model (%lld)", in_flight);
+    w = (struct idem_ask){.token = tok, .port = gw3.port};
+    pthread_create(&w.th, NULL, idem_ask_run, &w);
+    usleep(300 * 1000);
+    CHECK(tl_aigw_stop(&gw3) == 0, "the waiter's instance drains and exits 0");
+    pthread_join(w.th, NULL);
+    CHECK(w.r.status >= 500, "the waiter, cut short by the drain (%ld %s)", w.r.status, w.r.body);
+    tl_resp_free(&w.r);
+    w.port = port;
+    idem_ask_run(&w); /* the retry, on the other instance */
+    tl_parallel_join(leader);
+    CHECK(w.r.status == 200 && tl_resp_header(&w.r, "Idempotent-Replayed", buf, sizeof(buf)) == NULL,
+          "its retry on another instance is answered, not replayed (%ld %s)", w.r.status, w.r.body);
+    CHECK(lr[0].status == 200, "the leader: 200 (%ld)", lr[0].status);
+    tl_resp_free(&w.r);
+    tl_resp_free(&lr[0]);
+    tl_mock_reset(mock);
+    {
+        char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
+
+        CHECK(system(rm) == 0, "spool removed");
+        free(rm);
+    }
+    free(cfg);
+    free(tok);
+}
+
 static void
 test_rate_limit(void)
 {
@@ -1143,6 +1217,7 @@ main(void)
     test_idempotency();
     test_leader_death();
     test_leader_drained();
+    test_waiter_drained_idempotent();
     test_redis_stall();
     test_redis_busy();
     test_all_backends_down();
