@@ -525,19 +525,26 @@ aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, c
     return r;
 }
 
+/* A write, not a PING: a Redis that answers but refuses writes (a replica
+ * after a failover, READONLY; OOM; MISCONF) fails every admission script,
+ * yet answered PING with PONG, so /readyz said ready while every AI
+ * request got 503. The key expires on its own; SET is a command aigw
+ * needs anyway (the answer cache). */
 bool
 aigw_redis_ping(struct aigw_redis_pool *pool)
 {
     redisContext *c = aigw_redis_acquire(pool);
-    const char *argv[1] = {"PING"};
-    size_t lens[1] = {4};
+    const char *argv[5] = {"SET", "aigw:ready", "1", "PX", "10000"};
+    size_t lens[5] = {3, 10, 1, 2, 5};
     redisReply *r;
     bool ok;
 
     if (c == NULL)
         return false;
-    r = aigw_redis_cmd(c, 1, argv, lens);
-    ok = r != NULL && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+    r = aigw_redis_cmd(c, 5, argv, lens);
+    ok = r != NULL && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR)
+        aigw_redis_log_error(pool, "write refused", r->str);
     freeReplyObject(r);
     aigw_redis_release(pool, c);
     return ok;

@@ -521,6 +521,19 @@ test_ready_waits_for_redis(void)
     CHECK(tl_aigw_log_wait(&gw, "startup: waiting for Redis", 5000), "the wait is logged");
     redis = start_redis(rport);
     CHECK(tl_notify_wait(fd, "READY=1", 30000), "READY=1 once Redis answers");
+    /* a Redis that answers PING but takes no write (a replica after a
+     * failover; OOM and MISCONF alike) fails every admission with 503:
+     * not ready, so the load balancer sends the traffic elsewhere */
+    CHECK(readyz_wait(gw.port, 200) == 200, "ready with a writable Redis");
+    CHECK(tl_redis_int_at(rport, NULL, 0, "REPLICAOF 127.0.0.1 %d", tl_free_port()) == 0, "Redis made a replica");
+    CHECK(readyz_wait(gw.port, 503) == 503, "/readyz 503 while Redis is a read-only replica");
+    tl_get(gw.port, "/readyz", NULL, &r);
+    CHECK(tl_json_str(&r, "checks.redis", buf, sizeof(buf)) && strcmp(buf, "down") == 0,
+          "/readyz names the read-only Redis: %s", r.body);
+    tl_resp_free(&r);
+    CHECK(tl_aigw_log_wait(&gw, "READONLY", 5000), "Redis's refusal is logged");
+    CHECK(tl_redis_int_at(rport, NULL, 0, "REPLICAOF NO ONE") == 0, "Redis a primary again");
+    CHECK(readyz_wait(gw.port, 200) == 200, "ready again once Redis takes writes");
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     kill(redis, SIGTERM);
     waitpid(redis, NULL, 0);
