@@ -73,6 +73,7 @@ struct aigw_query {
     /* upstream */
     struct aigw_upstream_call *call;
     atomic_int call_done;
+    int64_t stream_submit_ms;  /* monotonic ms a stream's call was submitted (its time if the client leaves) */
 
     /* the OpenAI route: the body sent upstream (policy applied), else NULL */
     char *chat_body;

@@ -130,6 +130,7 @@ aigw_stream_start(struct aigw_req *req, const char *body, size_t len, aigw_upstr
     req->sse_finalize = finalize;
     req->sse_on_drain = stream_unpause;
     o.ud = req->sse;
+    q->stream_submit_ms = aigw_now_ms();
     q->call = aigw_upstream_submit_opts(req->srv->upstream, &o);
     aigw_pool_cleanup(req->pool, free_call, q->call);
 }
@@ -146,7 +147,10 @@ aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
         aigw_upstream_cancel(req->srv->upstream, q->call);
         res = NULL;
     }
-    q->upstream_ms = res != NULL ? (long)res->upstream_ms : -1;
+    /* a cancelled call has no time of its own yet, but the model ran until
+     * now: without one the access log, the usage row and the upstream
+     * histogram left out a call that did reach a model */
+    q->upstream_ms = res != NULL ? (long)res->upstream_ms : (long)(aigw_now_ms() - q->stream_submit_ms);
     answer_model(req, res);
     q->prompt_tokens = res != NULL ? res->prompt_tokens : 0;
     /* what the client got: the upstream's count when it finished, else

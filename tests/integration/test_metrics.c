@@ -160,6 +160,34 @@ test_query(void)
     PQfinish(owner);
 }
 
+/* A stream its client leaves: the model was called (and stopped), so the
+ * call is in aigw_upstream_duration_seconds and its usage row has its
+ * upstream milliseconds, like any other call that reached a model. */
+static void
+test_stream_gone(void)
+{
+    PGconn *owner = tl_pg_owner();
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    double up = now_sample("aigw_upstream_duration_seconds_count");
+    char id[37], code[65], *tok;
+    int fd;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":400,\"token_latency_ms\":25}");
+    fd = tl_stream_open(port, tok, "Tell me everything about progressive lenses", 0);
+    CHECK(fd >= 0 && tl_read_until(fd, "tok5", 5000), "the stream started");
+    if (fd >= 0)
+        close(fd);
+    CHECK(tl_usage_rows(owner, id, "status_code = 499 AND upstream_ms >= 100", 1) == 1,
+          "the row of the stream its client left has its upstream time");
+    CHECK(wait_sample("aigw_upstream_duration_seconds_count", up + 1) == up + 1,
+          "the abandoned stream's call is in the upstream histogram");
+    tl_mock_reset(mock);
+    free(tok);
+    PQfinish(owner);
+}
+
 static void
 test_promtool(void)
 {
@@ -203,6 +231,7 @@ main(void)
     test_format();
     test_requests();
     test_query();
+    test_stream_gone();
     test_promtool();
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
     free(cfg);
