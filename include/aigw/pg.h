@@ -77,7 +77,9 @@ int aigw_pg_commit(PGconn *conn);
 void aigw_pg_rollback(PGconn *conn);
 
 /* Whether a pooled connection can be had within timeout_ms and answers
- * SELECT 1. For /readyz and the start-up wait. Never fails (false = down). */
+ * SELECT 1 within timeout_ms more (a connection that does not is closed,
+ * logged and counted). For /readyz and the start-up wait. Never fails
+ * (false = down). */
 bool aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms);
 /* Log a warning when a pooled connection runs without statement_timeout or
  * lock_timeout (0): aigw asks for them in the connection's options, which a

@@ -427,18 +427,79 @@ aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
     aigw_pg_release(pool, conn);
 }
 
+/* Wait until conn has a result to hand out without blocking (the query
+ * sent, its answer read); false at deadline_ms or on a broken connection. */
+static bool
+wait_result(PGconn *conn, int64_t deadline_ms)
+{
+    for (;;) {
+        int flush = PQflush(conn), left, rc;
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+
+        if (flush < 0)
+            return false;
+        if (flush == 0 && !PQisBusy(conn))
+            return true;
+        if (flush > 0)
+            pfd.events |= POLLOUT;
+        left = (int)(deadline_ms - aigw_now_ms());
+        if (left <= 0)
+            return false;
+        rc = poll(&pfd, 1, left);
+        if (rc < 0 && errno != EINTR)
+            return false;
+        if (rc > 0 && PQconsumeInput(conn) != 1)
+            return false;
+    }
+}
+
+/* SELECT 1 that gives up after timeout_ms: a server that stopped answering
+ * without a reset (a partition, a frozen server left by a failover) held
+ * the blocking call until TCP gave up, minutes, and /readyz with it (the
+ * statement_timeout is the server's own, so it cannot help). -1 timed out
+ * (the connection must go), 0 an error result, 1 answered. */
+static int
+select1_within(PGconn *conn, int timeout_ms)
+{
+    int64_t deadline = aigw_now_ms() + timeout_ms;
+    PGresult *r;
+    int rc = 0;
+
+    if (PQsendQuery(conn, "SELECT 1") != 1)
+        return -1;
+    for (;;) {
+        if (!wait_result(conn, deadline))
+            return -1;
+        r = PQgetResult(conn);
+        if (r == NULL)
+            return rc;
+        if (PQresultStatus(r) == PGRES_TUPLES_OK)
+            rc = 1;
+        else
+            log_result_error("query", conn, r);
+        PQclear(r);
+    }
+}
+
 bool
 aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms)
 {
     PGconn *conn = aigw_pg_acquire(pool, timeout_ms);
-    PGresult *r;
-    bool ok;
+    int rc;
 
     if (conn == NULL)
         return false;
-    r = aigw_pg_exec(conn, "SELECT 1", 0, NULL);
-    ok = r != NULL;
-    PQclear(r);
-    aigw_pg_release(pool, conn);
-    return ok;
+    rc = select1_within(conn, timeout_ms);
+    if (rc >= 0) {
+        aigw_pg_release(pool, conn);
+        return rc == 1;
+    }
+    aigw_metrics_count_pg_error();
+    aigw_log(LOG_ERR, "postgresql: no answer to SELECT 1 within %d ms; connection dropped", timeout_ms);
+    PQfinish(conn); /* never back to the pool: its answer may still come */
+    pthread_mutex_lock(&pool->lock);
+    pool->n_out--;
+    pthread_cond_signal(&pool->freed);
+    pthread_mutex_unlock(&pool->lock);
+    return false;
 }

@@ -551,6 +551,76 @@ out:
     free(cfg);
 }
 
+/* SIGSTOP (freeze) or SIGCONT every PostgreSQL session of role; how many. */
+static int
+signal_sessions(const char *role, int sig)
+{
+    const char *p[1] = {role};
+    PGresult *q = tl_sql(owner, true, "SELECT pid FROM pg_stat_activity WHERE usename = $1", 1, p);
+    int n = 0;
+
+    for (int i = 0; i < PQntuples(q); i++)
+        n += kill((pid_t)strtol(PQgetvalue(q, i, 0), NULL, 10), sig) == 0;
+    PQclear(q);
+    return n;
+}
+
+/* PostgreSQL stops answering without a reset (a partition, a failover that
+ * leaves the old server frozen): /readyz must still answer, 503 naming
+ * postgresql, within its own deadline. Its SELECT 1 on a pooled connection
+ * used to wait for TCP to give up (minutes): the load balancer's check
+ * timed out instead of reading 503, every worker it reached stayed inside
+ * the callback, and the watchdog then restarted aigw for it. */
+static void
+test_ready_pg_frozen(void)
+{
+    static const char ROLE[] = "aigw_ops_frozen";
+    static const char APP[] = "user=aigw_app";
+    const char *url = tl_env("AIGW_DATABASE_URL"), *u = strstr(url, APP);
+    char *url_env = NULL, *cfg = tl_config_patch("{}"), *sql, buf[64];
+    const char *env[2] = {NULL, NULL};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int64_t t0, took;
+    bool started = false;
+
+    CHECK(u != NULL, "the application URL names user=aigw_app: %s", url);
+    if (u == NULL)
+        goto out;
+    url_env = tl_sprintf("AIGW_DATABASE_URL=%.*suser=%s%s", (int)(u - url), url, ROLE, u + strlen(APP));
+    env[0] = url_env;
+    PQclear(tl_sql(owner, true, "DROP ROLE IF EXISTS aigw_ops_frozen", 0, NULL));
+    sql = tl_sprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS INHERIT IN ROLE aigw_app", ROLE);
+    PQclear(tl_sql(owner, true, sql, 0, NULL));
+    free(sql);
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "frozen: aigw did not start");
+        goto out;
+    }
+    started = true;
+    CHECK(readyz_wait(gw.port, 200) == 200, "frozen: ready before");
+    CHECK(signal_sessions(ROLE, SIGSTOP) > 0, "frozen: aigw's PostgreSQL sessions stopped");
+    t0 = aigw_now_ms();
+    tl_get(gw.port, "/readyz", NULL, &r);
+    took = aigw_now_ms() - t0;
+    CHECK(r.status == 503 && took < 5000, "frozen: /readyz answers 503 in time (%ld after %lld ms)", r.status,
+          (long long)took);
+    CHECK(tl_json_str(&r, "checks.postgresql", buf, sizeof(buf)) && strcmp(buf, "down") == 0,
+          "frozen: /readyz names PostgreSQL: %s", r.body);
+    tl_resp_free(&r);
+    signal_sessions(ROLE, SIGCONT);
+    CHECK(readyz_wait(gw.port, 200) == 200, "frozen: ready again once PostgreSQL answers");
+out:
+    signal_sessions(ROLE, SIGCONT); /* whatever happened */
+    if (started)
+        CHECK(tl_aigw_stop(&gw) == 0, "frozen: clean stop");
+    PQclear(tl_sql(owner, true, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'aigw_ops_frozen'",
+                   0, NULL));
+    PQclear(tl_sql(owner, false, "DROP ROLE IF EXISTS aigw_ops_frozen", 0, NULL));
+    free(url_env);
+    free(cfg);
+}
+
 /* ---- reloads ---- */
 
 /* A configuration with the given jwt.keys, upstream.backends and log level. */
@@ -1206,6 +1276,7 @@ main(void)
     test_notify_and_watchdog();
     test_connection_limits();
     test_ready_waits_for_redis();
+    test_ready_pg_frozen();
     test_redis_auth();
     test_redis_setup_refused();
     test_reloads();
