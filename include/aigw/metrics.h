@@ -18,8 +18,9 @@ void aigw_metrics_destroy(struct aigw_metrics *m);
 
 /* One finished request (call once, from the completion callback): counts
  * aigw_requests_total{route,code} and aigw_request_duration_seconds{route}
- * from req->route, req->status and req->start_us; for a query that called
- * the upstream, also aigw_upstream_duration_seconds and a cache miss.
+ * from req->route, req->status and req->start_us; for a cacheable query
+ * handed to the upstream engine a cache miss, and when its call reached a
+ * model (upstream_ms >= 0) aigw_upstream_duration_seconds.
  * Requests that never got a response (aborted) are not counted. */
 void aigw_metrics_request_done(struct aigw_metrics *m, const struct aigw_req *req);
 

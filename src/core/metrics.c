@@ -147,11 +147,10 @@ aigw_metrics_request_done(struct aigw_metrics *m, const struct aigw_req *req)
     cls = req->status >= 500 ? 3 : (size_t)(req->status / 100 - 2);
     inc(&m->requests[route][cls]);
     observe(&m->request_dur[route], aigw_now_us() - req->start_us);
-    if (req->q != NULL && req->q->upstream_ms >= 0) {
+    if (req->q != NULL && req->q->upstream_ms >= 0)
         observe(&m->upstream_dur, (int64_t)req->q->upstream_ms * 1000);
-        if (!req->q->no_cache)
-            inc(&m->cache_misses);
-    }
+    if (req->q != NULL && req->q->call != NULL && !req->q->no_cache)
+        inc(&m->cache_misses); /* handed to the upstream engine, model reached or not */
 }
 
 void

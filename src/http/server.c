@@ -559,7 +559,7 @@ cache_state(const struct aigw_query *q)
         return NULL;
     if (q->from_cache)
         return q->sf_role == AIGW_SF_WAITER ? "coalesced" : "hit";
-    if (q->upstream_ms >= 0)
+    if (q->call != NULL) /* handed to the upstream engine (UPSTREAM_MS says whether a model answered) */
         return q->no_cache ? "bypass" : "miss";
     return NULL;
 }

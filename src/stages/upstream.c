@@ -312,7 +312,10 @@ aigw_stage_upstream(struct aigw_req *req)
     if (!atomic_load(&q->call_done))
         return aigw_req_fail(req, 500, "internal", "resumed before the upstream call finished");
     res = aigw_upstream_result(q->call);
-    q->upstream_ms = (long)res->upstream_ms;
+    /* only a call that reached a model has an upstream time: a 503 with no
+     * backend up (queue full, queue timeout, every connect refused) called
+     * none, and its ~0 ms pulled the upstream histogram down in outages */
+    q->upstream_ms = res->backend != NULL ? (long)res->upstream_ms : -1;
     if (res->status != 200) {
         if (res->retry_after_s > 0)
             aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%d", res->retry_after_s));

@@ -188,6 +188,46 @@ test_stream_gone(void)
     PQfinish(owner);
 }
 
+/* No backend up: the 503 called no model, so it is no upstream call in
+ * the histogram (an outage used to add ~0 s observations, pulling the
+ * latency quantiles down while every call failed) and its usage row has
+ * no upstream time; it is still a cache miss (the cache was asked). */
+static void
+test_no_backend(void)
+{
+    static const char BE[] = "aigw_upstream_backend_up{backend=\"mock1\"}";
+    static const char Q5[] = "aigw_requests_total{route=\"/api/ai/query\",code=\"5xx\"}";
+    PGconn *owner = tl_pg_owner();
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    char id[37], code[65], body[160], *tok;
+    double up, misses, q5;
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"loading\"}");
+    for (int i = 0; i < 100 && now_sample(BE) != 0; i++)
+        usleep(50 * 1000);
+    CHECK(now_sample(BE) == 0, "mock1 is down by its probes");
+    up = now_sample("aigw_upstream_duration_seconds_count");
+    misses = now_sample("aigw_cache_misses_total");
+    q5 = now_sample(Q5);
+    snprintf(body, sizeof(body), "{\"question\":\"Is anyone there, metrics run %d?\"}", (int)getpid());
+    tl_post(port, "/api/ai/query", tok, body, &r);
+    CHECK(r.status == 503, "no backend: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(wait_sample(Q5, q5 + 1) == q5 + 1, "the 503 counted");
+    CHECK(now_sample("aigw_upstream_duration_seconds_count") == up, "no upstream call observed");
+    CHECK(now_sample("aigw_cache_misses_total") == misses + 1, "a cache miss all the same");
+    CHECK(tl_usage_rows(owner, id, "status_code = 503 AND upstream_ms IS NULL", 1) == 1,
+          "the usage row has no upstream time");
+    tl_mock_reset(mock);
+    for (int i = 0; i < 100 && now_sample(BE) != 1; i++)
+        usleep(50 * 1000);
+    free(tok);
+    PQfinish(owner);
+}
+
 static void
 test_promtool(void)
 {
@@ -232,6 +272,7 @@ main(void)
     test_requests();
     test_query();
     test_stream_gone();
+    test_no_backend();
     test_promtool();
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
     free(cfg);
