@@ -401,9 +401,9 @@ audit_revoke(struct aigw_req *req, PGconn *conn, const char *id, PGresult *r)
 
 /* The revocation: UPDATE + audit row, then the Redis marker, then COMMIT, so
  * once the database says revoked every instance's next admission sees the
- * marker (a failed COMMIT takes the marker back). 0 done (also when it was
- * revoked before), 1 no such key for this tenant, -1 database error, -2
- * Redis did not take the marker (rolled back). */
+ * marker (a failed COMMIT takes the marker back). 0 revoked now, 2 it was
+ * revoked before (nothing written), 1 no such key for this tenant, -1
+ * database error, -2 Redis did not take the marker (rolled back). */
 static int
 revoke(struct aigw_req *req, PGconn *conn, const char *id)
 {
@@ -438,9 +438,9 @@ revoke(struct aigw_req *req, PGconn *conn, const char *id)
             marker(req, id, false);
         goto out;
     }
-    rc = 0;
+    rc = changed ? 0 : 2;
 out:
-    if (rc != 0)
+    if (rc == -1 || rc == -2 || rc == 1)
         rollback(conn);
     PQclear(r);
     return rc;
@@ -466,11 +466,12 @@ aigw_api_keys_revoke(struct aigw_req *req)
         return failed;
     }
     aigw_pg_release(req->srv->pg, conn);
-    if (rc > 0)
+    if (rc == 1)
         return aigw_req_fail(req, 404, "not_found", "no such API key");
     aigw_apikey_cache_invalidate(req->srv->api_keys, id); /* at once here; NOTIFY tells the others */
-    aigw_log_fields(LOG_NOTICE, "api key revoked", "REQUEST_ID", req->request_id, "TENANT_ID", req->tenant->id,
-                    "API_KEY_ID", id, NULL);
+    if (rc == 0) /* not for a key revoked before: nothing happened */
+        aigw_log_fields(LOG_NOTICE, "api key revoked", "REQUEST_ID", req->request_id, "TENANT_ID", req->tenant->id,
+                        "API_KEY_ID", id, NULL);
     req->status = 204;
     req->resp_len = 0;
     return AIGW_DONE;

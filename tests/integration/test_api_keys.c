@@ -15,6 +15,7 @@
 #define MAX_KEYS 32
 
 static int port1, port2;
+static struct tl_aigw gw1, gw2;
 static PGconn *owner;
 static char keys_seen[MAX_KEYS][128]; /* every key created: none may show up in a log */
 static int n_keys_seen;
@@ -395,6 +396,23 @@ test_key_rate_limit(void)
     free(admin);
 }
 
+/* How many lines of gw's log hold both a and b. */
+static int
+log_lines(const struct tl_aigw *gw, const char *a, const char *b)
+{
+    char *log = tl_aigw_log(gw), *line = log, *nl;
+    int n = 0;
+
+    for (; line != NULL && *line != '\0'; line = nl != NULL ? nl + 1 : NULL) {
+        nl = strchr(line, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        n += strstr(line, a) != NULL && strstr(line, b) != NULL;
+    }
+    free(log);
+    return n;
+}
+
 static void
 test_revocation(void)
 {
@@ -443,6 +461,9 @@ test_revocation(void)
     tl_expect("revoke again", &r, 204, NULL);
     tl_resp_free(&r);
     CHECK(audit_count(tid, "api_key.revoke") == 1, "a repeated revoke writes no second audit row");
+    CHECK(log_lines(&gw1, "api key revoked", id) == 1 && log_lines(&gw2, "api key revoked", id) == 0,
+          "only the revoke that revoked logs 'api key revoked' (instance 1: %d, instance 2: %d)",
+          log_lines(&gw1, "api key revoked", id), log_lines(&gw2, "api key revoked", id));
     tl_get(port1, "/api/v1/api-keys", admin, &r);
     CHECK(strstr(r.body, "\"status\":\"revoked\"") != NULL, "listing shows the key revoked: %s", r.body);
     tl_resp_free(&r);
@@ -759,7 +780,6 @@ main(void)
 {
     char *cfg = tl_config_patch("{\"api_keys\":{\"last_used_flush_ms\":200},\"log\":{\"level\":\"debug\"}}");
     char *cfg_slow = tl_config_patch("{\"api_keys\":{\"last_used_flush_ms\":600000},\"log\":{\"level\":\"debug\"}}");
-    struct tl_aigw gw1, gw2;
 
     owner = tl_pg_owner();
     if (tl_aigw_start(&gw1, cfg) != 0 || tl_aigw_start(&gw2, cfg) != 0)
