@@ -505,29 +505,54 @@ test_single_flight_after_error(void)
     free(tok);
 }
 
+/* A tenant of its own (its token returned, NULL when the instance did not
+ * start) and a third instance whose drain gives up after 300 ms. */
+static char *
+drained_setup(char id[37], char code[65], struct tl_aigw *gw3)
+{
+    char *tok, *cfg;
+    int rc;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
+                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
+    rc = tl_aigw_start(gw3, cfg);
+    free(cfg);
+    CHECK(rc == 0, "third aigw starts");
+    if (rc == 0)
+        return tok;
+    free(tok);
+    return NULL;
+}
+
+/* After drained_setup's instance stopped: its spool goes, and the token. */
+static void
+drained_teardown(char *tok)
+{
+    char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
+
+    CHECK(system(rm) == 0, "spool removed");
+    free(rm);
+    free(tok);
+}
+
 /* A leader cut short by its instance's drain publishes no failure: a waiter
  * on another instance takes the flight over and is answered (it used to
  * get the draining instance's 503). */
 static void
 test_leader_drained(void)
 {
-    char id[37], code[65], *tok, *cfg;
+    char id[37], code[65], *tok;
     const char *body[1] = {"{\"question\":\"asked while its leader's instance drains\"}"};
     struct tl_resp lr[1], wr[1];
     struct tl_parallel *leader, *waiter;
     struct tl_aigw gw3;
     long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0, locks = 0;
 
-    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
-                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
-    if (tl_aigw_start(&gw3, cfg) != 0) {
-        CHECK(0, "third aigw starts");
-        free(cfg);
-        free(tok);
+    tok = drained_setup(id, code, &gw3);
+    if (tok == NULL)
         return;
-    }
     tl_mock_config(mock, "{\"first_token_ms\":4000}");
     leader = tl_post_parallel_bg(gw3.port, "/api/ai/query", tok, body, 1, lr);
     for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
@@ -547,14 +572,7 @@ test_leader_drained(void)
     tl_resp_free(&lr[0]);
     tl_resp_free(&wr[0]);
     tl_mock_reset(mock);
-    {
-        char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
-
-        CHECK(system(rm) == 0, "spool removed");
-        free(rm);
-    }
-    free(cfg);
-    free(tok);
+    drained_teardown(tok);
 }
 
 /* An idempotent request, on a thread of its own. */
@@ -582,7 +600,7 @@ idem_ask_run(void *arg)
 static void
 test_waiter_drained_idempotent(void)
 {
-    char id[37], code[65], *tok, *cfg, buf[16];
+    char id[37], code[65], *tok, buf[16];
     const char *body[1] = {"{\"question\":\"asked while its waiter's instance drains\"}"};
     struct tl_resp lr[1];
     struct tl_parallel *leader;
@@ -590,16 +608,9 @@ test_waiter_drained_idempotent(void)
     struct tl_aigw gw3;
     long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0;
 
-    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
-                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
-    if (tl_aigw_start(&gw3, cfg) != 0) {
-        CHECK(0, "third aigw starts");
-        free(cfg);
-        free(tok);
+    tok = drained_setup(id, code, &gw3);
+    if (tok == NULL)
         return;
-    }
     tl_mock_config(mock, "{\"first_token_ms\":1200}");
     leader = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, lr);
     for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
@@ -621,14 +632,7 @@ test_waiter_drained_idempotent(void)
     tl_resp_free(&w.r);
     tl_resp_free(&lr[0]);
     tl_mock_reset(mock);
-    {
-        char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
-
-        CHECK(system(rm) == 0, "spool removed");
-        free(rm);
-    }
-    free(cfg);
-    free(tok);
+    drained_teardown(tok);
 }
 
 static void

@@ -177,6 +177,18 @@ test_install_prefix(void)
     free(prefix);
 }
 
+/* scripts/migrate.sh (with --status when status) on url and a sql dir; its
+ * exit status, and its output into *out (malloc'd). */
+static int
+migrate(bool status, const char *url, const char *dir, char **out)
+{
+    char *cmd = tl_sprintf("'%s/scripts/migrate.sh' %s '%s' '%s'", AIGW_SOURCE_DIR, status ? "--status" : "", url, dir);
+    int st = run(cmd, out);
+
+    free(cmd);
+    return st;
+}
+
 /* migrate.sh against the stack's migrated database refuses what would be
  * a wrong sql directory, in --status as in apply mode: an applied file
  * missing from it (named), one without any migration file, and one with a
@@ -184,32 +196,26 @@ test_install_prefix(void)
 static void
 test_migrate_refusals(void)
 {
-    char *dir = tl_sprintf("%s/sql-missing", tmp), *empty = tl_sprintf("%s/sql-empty", tmp), *cmd, *out = NULL;
+    char *dir = tl_sprintf("%s/sql-missing", tmp), *empty = tl_sprintf("%s/sql-empty", tmp), *out = NULL;
     const char *url = tl_env("AIGW_DATABASE_OWNER_URL");
     int st;
 
     sh("a sql dir without 001_roles.sql", false,
        "mkdir -p '%s' '%s' && cp '%s'/sql/[0-9][0-9][0-9]_*.sql '%s/' && rm '%s/001_roles.sql'", dir, empty,
        AIGW_SOURCE_DIR, dir, dir);
-    cmd = tl_sprintf("'%s/scripts/migrate.sh' --status '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
-    st = run(cmd, &out);
+    st = migrate(true, url, dir, &out);
     CHECK(st == 1 && strstr(out, "missing-file  001_roles.sql") != NULL &&
               strstr(out, "(renamed or removed): 001_roles.sql") != NULL,
           "--status exits 1 and names the applied file missing from the sql dir: %d %s", st, out);
-    free(cmd);
     free(out);
-    cmd = tl_sprintf("'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
-    st = run(cmd, &out);
+    st = migrate(false, url, dir, &out);
     CHECK(st == 1 && strstr(out, "001_roles.sql") != NULL && strstr(out, "nothing applied") != NULL,
           "applying refuses the same sql dir: %d %s", st, out);
-    free(cmd);
     free(out);
     for (int status = 0; status <= 1; status++) {
-        cmd = tl_sprintf("'%s/scripts/migrate.sh' %s '%s' '%s'", AIGW_SOURCE_DIR, status ? "--status" : "", url, empty);
-        st = run(cmd, &out);
+        st = migrate(status, url, empty, &out);
         CHECK(st == 1 && strstr(out, "no migration files") != NULL && strstr(out, "up to date") == NULL,
               "%s refuses a sql dir without migrations: %d %s", status ? "--status" : "applying", st, out);
-        free(cmd);
         free(out);
     }
     /* a migration misnamed (four digits, say) is refused, not skipped */
@@ -217,12 +223,10 @@ test_migrate_refusals(void)
        "rm -f '%s'/*.sql && cp '%s'/sql/[0-9][0-9][0-9]_*.sql '%s/' && echo 'CREATE TABLE z (x int);' > '%s/0014_z.sql'",
        dir, AIGW_SOURCE_DIR, dir, dir);
     for (int status = 0; status <= 1; status++) {
-        cmd = tl_sprintf("'%s/scripts/migrate.sh' %s '%s' '%s'", AIGW_SOURCE_DIR, status ? "--status" : "", url, dir);
-        st = run(cmd, &out);
+        st = migrate(status, url, dir, &out);
         CHECK(st == 1 && strstr(out, "bad migration file name '0014_z.sql'") != NULL,
               "%s refuses a misnamed migration instead of skipping it: %d %s", status ? "--status" : "applying", st,
               out);
-        free(cmd);
         free(out);
     }
     free(dir);
@@ -252,17 +256,13 @@ test_migrate_out_of_order(void)
        dir, dir, dir);
     sh("001 and 003 applied", false, "'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
     sh("002 added", false, "echo 'CREATE TABLE b (x int);' > '%s/002_b.sql'", dir);
-    cmd = tl_sprintf("'%s/scripts/migrate.sh' --status '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
-    st = run(cmd, &out);
+    st = migrate(true, url, dir, &out);
     CHECK(st == 1 && strstr(out, "OUT-OF-ORDER  002_b.sql") != NULL,
           "--status exits 1 and names the pending file numbered below an applied one: %d %s", st, out);
-    free(cmd);
     free(out);
-    cmd = tl_sprintf("'%s/scripts/migrate.sh' '%s' '%s'", AIGW_SOURCE_DIR, url, dir);
-    st = run(cmd, &out);
+    st = migrate(false, url, dir, &out);
     CHECK(st == 1 && strstr(out, "002_b.sql") != NULL && strstr(out, "nothing applied") != NULL,
           "applying refuses it: %d %s", st, out);
-    free(cmd);
     free(out);
     cmd = tl_sprintf("psql -X -At -d '%s' -c \"SELECT count(*) FROM schema_migrations WHERE version = '002_b.sql'\" "
                      "-c \"SELECT to_regclass('public.b') IS NULL\"",
