@@ -205,6 +205,67 @@ test_month_boundaries(void)
     PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
 }
 
+/* GET /api/ai/usage (the clinic's view): rows one second either side of the
+ * UTC day, ISO week (Monday) and month starts fall on the right side; the
+ * average is printed as rounded. */
+static void
+test_clinic_usage(void)
+{
+    static const char *const PERIODS[] = {"day", "week", "month"};
+    char id[37], code[65], path[160], since[32], want[32], tstr[24];
+    const char *p[2] = {id, tstr};
+    struct tl_resp r;
+    char *tok;
+    int64_t now = aigw_wall_s(), day = now - now % 86400;
+    int64_t starts[3] = {day, day - ((day / 86400 + 3) % 7) * 86400,
+                         aigw_next_month_start(aigw_next_month_start(now) - 40 * 86400)};
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    for (int k = 0; k < 3; k++)
+        for (int64_t t = starts[k] - 1; t <= starts[k]; t++) {
+            snprintf(tstr, sizeof(tstr), "%lld", (long long)t);
+            PQclear(tl_sql(owner, true,
+                           "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, query_type, status_code,"
+                           " success, billed, created_at)"
+                           " VALUES (gen_random_uuid(), $1, 'edge', '/api/ai/query', 'sales', 200, true, true,"
+                           " to_timestamp($2::bigint))",
+                           2, p));
+        }
+    for (int k = 0; k < 3; k++) {
+        long expect = 0;
+
+        for (int j = 0; j < 3; j++)
+            expect += (starts[j] - 1 >= starts[k]) + (starts[j] >= starts[k]);
+        snprintf(path, sizeof(path), "/api/ai/usage?period=%s", PERIODS[k]);
+        tl_get(port, path, tok, &r);
+        aigw_rfc3339(starts[k], want);
+        CHECK(r.status == 200 && tl_json_int(&r, "total", -1) == expect, "usage %s: %ld rows: %s", PERIODS[k], expect,
+              r.body);
+        CHECK(tl_json_str(&r, "since", since, sizeof(since)) && strcmp(since, want) == 0, "usage %s: since %s", PERIODS[k],
+              want);
+        tl_resp_free(&r);
+    }
+    PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE tenant_id = $1", 1, p));
+
+    /* two billed misses and a cache hit */
+    PQclear(tl_sql(owner, true,
+                   "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, query_type, status_code, success,"
+                   " billed, from_cache, prompt_tokens, completion_tokens, response_ms)"
+                   " VALUES (gen_random_uuid(), $1, 'm1', '/api/ai/query', 'knowledge', 200, true, true, false, 10, 20, 200),"
+                   " (gen_random_uuid(), $1, 'm2', '/api/ai/query', 'knowledge', 200, true, true, false, 10, 20, 240),"
+                   " (gen_random_uuid(), $1, 'h1', '/api/ai/query', 'knowledge', 200, true, false, true, 10, 20, 200)",
+                   1, p));
+    tl_get(port, "/api/ai/usage?period=day", tok, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "total", -1) == 3 && tl_json_int(&r, "cached", -1) == 1 &&
+              tl_json_int(&r, "billed", -1) == 2 && tl_json_int(&r, "p95_response_ms", -1) == 236,
+          "usage of the run: %s", r.body);
+    CHECK(strstr(r.body, "\"avg_response_ms\":213.3,") != NULL, "the average as rounded, 213.3: %s", r.body);
+    tl_resp_free(&r);
+    free(tok);
+    PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+}
+
 /* With many tenants and months in the table, one tenant's month is read from
  * the covering index alone (the daemon's role, under RLS). */
 static void
@@ -272,6 +333,7 @@ main(void)
 
     test_mixed_run();
     test_month_boundaries();
+    test_clinic_usage();
     test_plan();
 
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
