@@ -8,14 +8,17 @@
 #include "aigw/pg.h"
 #include "aigw/tenant.h"
 
-/* ROLLUP adds the all-types row (query_type NULL) after the per-type rows. */
+/* Tokens are those of billed queries, as on the billing route: a cache
+ * hit's row carries the tokens of the stored answer it repeats, which
+ * generated nothing. ROLLUP adds the all-types row (query_type NULL) after
+ * the per-type rows. */
 static const char USAGE_SQL[] =
     "SELECT COALESCE(query_type, 'other') AS qt, grouping(COALESCE(query_type, 'other')) AS is_total,"
     " count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE from_cache),"
     " count(*) FILTER (WHERE billed),"
     " COALESCE(round(avg(response_ms)::numeric, 1), 0),"
     " COALESCE(percentile_cont(0.95) WITHIN GROUP (ORDER BY response_ms), 0)::int,"
-    " COALESCE(sum(prompt_tokens), 0), COALESCE(sum(completion_tokens), 0),"
+    " COALESCE(sum(prompt_tokens) FILTER (WHERE billed), 0), COALESCE(sum(completion_tokens) FILTER (WHERE billed), 0),"
     " to_char(date_trunc($1, now() AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
     " FROM ai_usage_logs"
     " WHERE tenant_id = aigw_current_tenant()"

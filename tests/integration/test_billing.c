@@ -207,14 +207,15 @@ test_month_boundaries(void)
 
 /* GET /api/ai/usage (the clinic's view): rows one second either side of the
  * UTC day, ISO week (Monday) and month starts fall on the right side; the
- * average is printed as rounded. */
+ * average is printed as rounded; tokens are those of billed queries, as on
+ * the billing route. */
 static void
 test_clinic_usage(void)
 {
     static const char *const PERIODS[] = {"day", "week", "month"};
     char id[37], code[65], path[160], since[32], want[32], tstr[24];
     const char *p[2] = {id, tstr};
-    struct tl_resp r;
+    struct tl_resp r, b;
     char *tok;
     int64_t now = aigw_wall_s(), day = now - now % 86400;
     int64_t starts[3] = {day, day - ((day / 86400 + 3) % 7) * 86400,
@@ -248,7 +249,7 @@ test_clinic_usage(void)
     }
     PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE tenant_id = $1", 1, p));
 
-    /* two billed misses and a cache hit */
+    /* two billed misses and a cache hit, which carries the stored answer's tokens */
     PQclear(tl_sql(owner, true,
                    "INSERT INTO ai_usage_logs (id, tenant_id, request_id, route, query_type, status_code, success,"
                    " billed, from_cache, prompt_tokens, completion_tokens, response_ms)"
@@ -261,6 +262,13 @@ test_clinic_usage(void)
               tl_json_int(&r, "billed", -1) == 2 && tl_json_int(&r, "p95_response_ms", -1) == 236,
           "usage of the run: %s", r.body);
     CHECK(strstr(r.body, "\"avg_response_ms\":213.3,") != NULL, "the average as rounded, 213.3: %s", r.body);
+    snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage", code);
+    tl_get(port, path, ops, &b);
+    CHECK(tl_json_int(&r, "prompt_tokens", -1) == 20 && tl_json_int(&r, "completion_tokens", -1) == 40 &&
+              tl_json_int(&r, "prompt_tokens", -1) == tl_json_int(&b, "prompt_tokens", -2) &&
+              tl_json_int(&r, "completion_tokens", -1) == tl_json_int(&b, "completion_tokens", -2),
+          "tokens of billed queries, as billed: %s / %s", r.body, b.body);
+    tl_resp_free(&b);
     tl_resp_free(&r);
     free(tok);
     PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
