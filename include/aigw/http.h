@@ -106,6 +106,10 @@ struct aigw_req {
 const char *aigw_req_header(struct aigw_req *req, const char *name);
 /* Value of query-string argument name or NULL. */
 const char *aigw_req_arg(struct aigw_req *req, const char *name);
+/* Query-string argument name given at most once: true with *value = its
+ * value or NULL (absent); false when it is given more than once (aigw_req_arg
+ * would take the first, a proxy or a log may read another). */
+bool aigw_req_arg_once(struct aigw_req *req, const char *name, const char **value);
 
 /* The peer's address as text ("127.0.0.1", "::1") into buf; "" if unknown.
  * Proxies in front are not trusted: X-Forwarded-For is ignored. */

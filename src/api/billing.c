@@ -131,7 +131,7 @@ add_quota(struct aigw_req *req, json_t *body, PGresult *t)
 enum aigw_rc
 aigw_api_tenant_usage(struct aigw_req *req)
 {
-    const char *ref = req->params[0];
+    const char *ref = req->params[0], *period;
     struct month m;
     const char *p_tenant[1] = {m.first_day}, *p_usage[2] = {m.from, m.to};
     PGconn *conn;
@@ -141,7 +141,9 @@ aigw_api_tenant_usage(struct aigw_req *req)
 
     if (!aigw_admin_is_tenant_ref(ref))
         return aigw_req_fail(req, 404, "not_found", "no such tenant");
-    if (!parse_month(aigw_req_arg(req, "period"), &m))
+    if (!aigw_req_arg_once(req, "period", &period))
+        return aigw_req_fail(req, 400, "invalid_request", "period: given more than once");
+    if (!parse_month(period, &m))
         return aigw_req_fail(req, 400, "invalid_request", "period: must be a month, YYYY-MM");
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     if (conn != NULL)

@@ -43,13 +43,15 @@ row_json(PGresult *r, int i)
 enum aigw_rc
 aigw_api_usage(struct aigw_req *req)
 {
-    const char *period = aigw_req_arg(req, "period");
+    const char *period;
     const char *params[1];
     PGconn *conn;
     PGresult *r;
     json_t *body, *types;
     int n;
 
+    if (!aigw_req_arg_once(req, "period", &period))
+        return aigw_req_fail(req, 400, "invalid_request", "period: given more than once");
     if (period == NULL)
         period = "month";
     if (strcmp(period, "day") != 0 && strcmp(period, "week") != 0 && strcmp(period, "month") != 0)

@@ -20,6 +20,33 @@ aigw_req_arg(struct aigw_req *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct arg_count {
+    const char *name;
+    int n;
+};
+
+static enum MHD_Result
+count_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct arg_count *c = cls;
+
+    (void)kind;
+    (void)value;
+    if (strcmp(key, c->name) == 0)
+        c->n++;
+    return MHD_YES;
+}
+
+bool
+aigw_req_arg_once(struct aigw_req *req, const char *name, const char **value)
+{
+    struct arg_count c = {.name = name, .n = 0};
+
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, count_arg, &c);
+    *value = aigw_req_arg(req, name);
+    return c.n <= 1;
+}
+
 void
 aigw_req_add_header(struct aigw_req *req, const char *name, const char *value)
 {

@@ -525,6 +525,8 @@ test_validation(void)
             {"/api/v1/tenants/clinic_001/usage?period=2026-+1", "period"}, /* strtol took these as January */
             {"/api/v1/tenants/clinic_001/usage?period=2026-%201", "period"},
             {"/api/v1/tenants/clinic_001/usage?period=+026-01", "period"},
+            {"/api/v1/tenants/clinic_001/usage?period=", "period"},
+            {"/api/v1/tenants/clinic_001/usage?period=2026-01&period=2026-02", "period"}, /* the first was taken */
         };
 
         for (size_t i = 0; i < sizeof(BAD_ARGS) / sizeof(BAD_ARGS[0]); i++) {

@@ -248,6 +248,16 @@ test_clinic_usage(void)
         tl_resp_free(&r);
     }
     PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE tenant_id = $1", 1, p));
+    {
+        static const char *const BAD[] = {"/api/ai/usage?period=year", "/api/ai/usage?period=",
+                                          "/api/ai/usage?period=day&period=month"}; /* the first was taken */
+
+        for (size_t i = 0; i < sizeof(BAD) / sizeof(BAD[0]); i++) {
+            tl_get(port, BAD[i], tok, &r);
+            tl_expect_field(BAD[i], &r, 400, "invalid_request", "period");
+            tl_resp_free(&r);
+        }
+    }
 
     /* two billed misses and a cache hit, which carries the stored answer's tokens */
     PQclear(tl_sql(owner, true,
