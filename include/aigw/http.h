@@ -107,7 +107,7 @@ const char *aigw_req_header(struct aigw_req *req, const char *name);
 /* Value of query-string argument name or NULL. */
 const char *aigw_req_arg(struct aigw_req *req, const char *name);
 /* Query-string argument name given at most once: true with *value = its
- * value or NULL (absent); false when it is given more than once (aigw_req_arg
+ * value ("" for a bare "?name") or NULL (absent); false when it is given more than once (aigw_req_arg
  * would take the first, a proxy or a log may read another). */
 bool aigw_req_arg_once(struct aigw_req *req, const char *name, const char **value);
 

@@ -43,7 +43,9 @@ aigw_req_arg_once(struct aigw_req *req, const char *name, const char **value)
     struct arg_count c = {.name = name, .n = 0};
 
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, count_arg, &c);
-    *value = aigw_req_arg(req, name);
+    /* a bare "?name" is given, with the empty value: libmicrohttpd has NULL
+     * for it, which read as absent took the default */
+    *value = c.n == 1 && aigw_req_arg(req, name) == NULL ? "" : aigw_req_arg(req, name);
     return c.n <= 1;
 }
 

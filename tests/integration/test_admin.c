@@ -526,6 +526,7 @@ test_validation(void)
             {"/api/v1/tenants/clinic_001/usage?period=2026-%201", "period"},
             {"/api/v1/tenants/clinic_001/usage?period=+026-01", "period"},
             {"/api/v1/tenants/clinic_001/usage?period=", "period"},
+            {"/api/v1/tenants/clinic_001/usage?period", "period"}, /* was the current month */
             {"/api/v1/tenants/clinic_001/usage?period=2026-01&period=2026-02", "period"}, /* the first was taken */
         };
 

@@ -250,7 +250,8 @@ test_clinic_usage(void)
     PQclear(tl_sql(owner, true, "DELETE FROM ai_usage_logs WHERE tenant_id = $1", 1, p));
     {
         static const char *const BAD[] = {"/api/ai/usage?period=year", "/api/ai/usage?period=",
-                                          "/api/ai/usage?period=day&period=month"}; /* the first was taken */
+                                          "/api/ai/usage?period=day&period=month", /* the first was taken */
+                                          "/api/ai/usage?period"};                 /* was the default, month */
 
         for (size_t i = 0; i < sizeof(BAD) / sizeof(BAD[0]); i++) {
             tl_get(port, BAD[i], tok, &r);
