@@ -117,7 +117,7 @@ struct aigw_upstream_call {
     void *ud;
     CURL *easy;            /* while in flight */
     int backend;           /* backend index while in flight, else -1 */
-    unsigned tried;        /* backends that refused a connection (bit per index); non-zero = retried */
+    unsigned tried;        /* backends that refused a connection or answered 503 (bit per index); non-zero = retried */
     char *buf;             /* answer bytes so far */
     size_t buf_len, buf_cap;
     bool too_big;          /* the answer passed MAX_ANSWER_BYTES */
@@ -1003,6 +1003,30 @@ retry(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
         fail(c, 503, "upstream_unavailable", "backend refused the connection", 2);
 }
 
+/* Backend b answered 503 before the call reached a slot: llama-server does
+ * so while its model loads (its HTTP side starts first, after a restart or
+ * a model swap, and the prober learns of it only at its next probe). As
+ * after a refused connection nothing ran, so the call goes once to another
+ * backend of the group; false when it has been retried already or no
+ * other backend is eligible (the caller fails it as before). */
+static bool
+retry_unserved(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
+{
+    int nb;
+
+    if (c->tried != 0)
+        return false;
+    nb = pick(up, c->qtype, 1u << b);
+    if (nb == PICK_DOWN)
+        return false;
+    c->tried |= 1u << b;
+    if (nb >= 0)
+        start(up, c, nb);
+    else
+        enqueue(up, c); /* keeps its place: the queue is ordered by submit */
+    return true;
+}
+
 /* The oldest queued call, over every group, that a free slot can take now;
  * *out_b is its backend. Within a group only retried calls (which skip a
  * backend) can be passed over, so the scan stops at the first plain call. */
@@ -1145,6 +1169,8 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
          * count as well (above and below) */
         if (status_blames_backend(code))
             backend_failed(up, b);
+        if (code == 503 && retry_unserved(up, c, b))
+            return;
         fail(c, 502, "upstream_error", "backend answered with an error status", 0);
     } else if (parse_answer(c) != 0) {
         aigw_log(LOG_INFO, "upstream: backend %s sent an invalid answer", up->cfg->backends[b].name);

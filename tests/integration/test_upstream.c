@@ -1120,6 +1120,59 @@ test_retry(void)
     free(dead);
 }
 
+/* llama-server answers 503 "Loading model" before the request reaches a
+ * slot (its HTTP side is up while a restarted or swapped model loads, and
+ * the prober sees it only at its next probe): nothing ran, so the call goes
+ * once to another backend of the group, as after a refused connection.
+ * With no other backend it stays a 502, after one attempt. */
+static void
+test_retry_loading(void)
+{
+    struct aigw_config cfg;
+    struct aigw_upstream *up;
+    struct pending p[4];
+    int ok = 0;
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"mode\":\"loading\"}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "loading", mock1, 2);
+    add_backend(&cfg, "good", mock2, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    for (int i = 0; i < 4; i++) {
+        if (i % 2 == 0)
+            submit(up, &p[i]);
+        else
+            submit_stream(up, &p[i]);
+        CHECK(wait_all(&p[i], 1, 5000), "loading retry: call %d done", i);
+    }
+    for (int i = 0; i < 4; i++)
+        ok += res(&p[i])->status == 200 && strcmp(res(&p[i])->backend, "good") == 0;
+    CHECK(ok == 4, "loading retry: %d of 4 calls (plain and streamed) succeeded through the good backend", ok);
+    CHECK(tl_mock_stat(mock1, "chat_requests") >= 1, "loading retry: the loading backend was tried (%lld)",
+          tl_mock_stat(mock1, "chat_requests"));
+    CHECK(tl_mock_stat(mock2, "chat_requests") == 4, "loading retry: the good backend saw each call once (%lld)",
+          tl_mock_stat(mock2, "chat_requests"));
+    free_all(p, 4);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+
+    reset_mocks();
+    tl_mock_config(mock1, "{\"mode\":\"loading\"}");
+    cfg_init(&cfg);
+    add_backend(&cfg, "loading", mock1, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    submit(up, &p[0]);
+    CHECK(wait_all(p, 1, 5000), "loading only: done");
+    check_error("loading only", &p[0], 502, "upstream_error");
+    CHECK(tl_mock_stat(mock1, "chat_requests") == 1, "loading only: one attempt (%lld)",
+          tl_mock_stat(mock1, "chat_requests"));
+    free_all(p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+    tl_mock_reset(mock1);
+}
+
 /* Run n calls one after another; returns how many got status. */
 static int
 run_seq(struct aigw_upstream *up, int n, int status)
@@ -1202,7 +1255,9 @@ test_passive_ignores_500(void)
     aigw_config_free(&cfg);
 }
 
-/* Two backends, one failing: once it is down every call goes to the other. */
+/* Two backends, one failing: once it is down every call goes to the other.
+ * Its 503s ("Loading model") are retried on the other meanwhile, so no call
+ * fails. */
 static void
 test_passive_pair(void)
 {
@@ -1221,7 +1276,7 @@ test_passive_pair(void)
     ok = run_seq(up, 10, 200);
     CHECK(tl_mock_stat(mock1, "chat_requests") == 2, "pair: the failing backend got %lld calls, want 2",
           tl_mock_stat(mock1, "chat_requests"));
-    CHECK(ok == 8, "pair: %d of 10 succeeded, want 8", ok);
+    CHECK(ok == 10, "pair: %d of 10 succeeded, want 10", ok);
     aigw_upstream_stop(up);
     aigw_config_free(&cfg);
 }
@@ -1656,6 +1711,7 @@ main(void)
     expect_mode("garbage", 502, "upstream_error");
     expect_mode("disconnect", 502, "upstream_error");
     test_retry();
+    test_retry_loading();
     test_passive_single();
     test_passive_ignores_500();
     test_passive_pair();
