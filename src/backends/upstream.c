@@ -117,7 +117,7 @@ struct aigw_upstream_call {
     void *ud;
     CURL *easy;            /* while in flight */
     int backend;           /* backend index while in flight, else -1 */
-    unsigned tried;        /* backends that refused a connection or answered 503 (bit per index); non-zero = retried */
+    unsigned tried;        /* backends that refused a connection or answered 503/404 (bit per index); non-zero = retried */
     char *buf;             /* answer bytes so far */
     size_t buf_len, buf_cap;
     bool too_big;          /* the answer passed MAX_ANSWER_BYTES */
@@ -1003,12 +1003,13 @@ retry(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
         fail(c, 503, "upstream_unavailable", "backend refused the connection", 2);
 }
 
-/* Backend b answered 503 before the call reached a slot: llama-server does
- * so while its model loads (its HTTP side starts first, after a restart or
- * a model swap, and the prober learns of it only at its next probe). As
- * after a refused connection nothing ran, so the call goes once to another
- * backend of the group; false when it has been retried already or no
- * other backend is eligible (the caller fails it as before). */
+/* Backend b answered before the call reached a slot: 503 while its model
+ * loads (llama-server's HTTP side starts first, after a restart or a model
+ * swap, and the prober learns of it only at its next probe), or 404 (no
+ * chat route at that URL: see status_blames_backend). As after a refused
+ * connection nothing ran, so the call goes once to another backend of the
+ * group; false when it has been retried already or no other backend is
+ * eligible (the caller fails it as before). */
 static bool
 retry_unserved(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
 {
@@ -1092,11 +1093,13 @@ service_queues(struct aigw_upstream *up, int64_t now)
  * answers 500 for a request it cannot serve (a `tools` field when it runs
  * without --jinja, say); one client's requests must not take a backend out
  * for everyone. 502-504 (loading, overloaded, a proxy in front that lost
- * it) count. */
+ * it) count, and so does 404: no request gets one from llama-server's chat
+ * route, only a URL it does not serve (a base URL given with /v1, which
+ * its /v1/health alias keeps up for the prober). */
 static bool
 status_blames_backend(long code)
 {
-    return code >= 502 || code < 400;
+    return code >= 502 || code < 400 || code == 404;
 }
 
 /* A stream that got its 200: success with [DONE] and no error event
@@ -1169,7 +1172,7 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
          * count as well (above and below) */
         if (status_blames_backend(code))
             backend_failed(up, b);
-        if (code == 503 && retry_unserved(up, c, b))
+        if ((code == 503 || code == 404) && retry_unserved(up, c, b))
             return;
         fail(c, 502, "upstream_error", "backend answered with an error status", 0);
     } else if (parse_answer(c) != 0) {

@@ -1281,6 +1281,60 @@ test_passive_pair(void)
     aigw_config_free(&cfg);
 }
 
+/* A base URL given with /v1, as OpenAI clients take one: the prober asks
+ * <url>/health, which llama-server serves as /v1/health too, so the backend
+ * looks up, while every call goes to /v1/v1/chat/completions and gets a
+ * 404. Nothing ran: the call goes to another backend of the group, and the
+ * 404s count against the backend, which goes down. */
+static void
+test_v1_base_url(void)
+{
+    struct aigw_config cfg;
+    struct aigw_health *h;
+    struct aigw_upstream *up;
+    struct pending p;
+    char url[300];
+    size_t n = strlen(mock1);
+    int64_t end;
+    int ok;
+
+    while (n > 0 && mock1[n - 1] == '/')
+        n--;
+    snprintf(url, sizeof(url), "%.*s/v1", (int)n, mock1);
+    reset_mocks();
+    cfg_init(&cfg);
+    cfg.fail_threshold = 2;
+    cfg.down_ms = 5000;
+    add_backend(&cfg, "v1", url, 2);
+    add_backend(&cfg, "good", mock2, 2);
+    h = aigw_health_start(&cfg);
+    up = aigw_upstream_start(&cfg, h);
+    for (end = aigw_now_ms() + 3000; !(aigw_health_up(h, 0) && aigw_health_up(h, 1)) && aigw_now_ms() < end;)
+        sleep_ms(20);
+    CHECK(aigw_health_up(h, 0), "/v1 base URL: the prober sees the backend up (/v1/health)");
+    ok = run_seq(up, 10, 200);
+    CHECK(ok == 10, "/v1 base URL: %d of 10 calls succeeded, want 10", ok);
+    CHECK(tl_mock_stat(mock2, "chat_requests") == 10, "/v1 base URL: the good backend took all 10 (%lld)",
+          tl_mock_stat(mock2, "chat_requests"));
+    aigw_upstream_stop(up);
+    aigw_health_stop(h);
+    aigw_config_free(&cfg);
+
+    /* alone in its group: two 404s (502 each) take it down */
+    cfg_init(&cfg);
+    cfg.fail_threshold = 2;
+    cfg.down_ms = 5000;
+    add_backend(&cfg, "v1", url, 2);
+    up = aigw_upstream_start(&cfg, NULL);
+    CHECK(run_seq(up, 2, 502) == 2, "/v1 base URL alone: two 502s");
+    submit(up, &p);
+    CHECK(wait_all(&p, 1, 3000), "/v1 base URL alone: done");
+    check_error("/v1 base URL alone, after two 404s", &p, 503, "upstream_unavailable");
+    free_all(&p, 1);
+    aigw_upstream_stop(up);
+    aigw_config_free(&cfg);
+}
+
 /* With the active prober: a backend it reports down gets no calls. */
 static void
 test_active_health(void)
@@ -1716,6 +1770,7 @@ main(void)
     test_passive_ignores_500();
     test_passive_pair();
     test_active_health();
+    test_v1_base_url();
     test_no_route();
     test_free_in_done();
     test_reconfigure_replace();
