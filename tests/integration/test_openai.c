@@ -61,6 +61,8 @@ test_plain_and_cache(const char *tok, const char *tid)
     CHECK(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0, "MISS");
     CHECK(strstr(r.body, "\"timings\"") == NULL && strstr(r.body, "cache_n") == NULL,
           "no prompt-cache timings from the shared slot");
+    CHECK(strstr(r.body, "prompt_tokens_details") == NULL && strstr(r.body, "cached_tokens") == NULL,
+          "no usage.prompt_tokens_details (cached_tokens) from the shared slot");
     tl_resp_free(&r);
     /* what was forwarded: model kept, max_tokens clamped to the plan (enterprise: 1000) */
     {
@@ -284,6 +286,8 @@ test_stream(const char *tok, const char *tid)
      * prompt the shared slot held) on the last chunk: not for the tenant */
     CHECK(strstr(r.body, "\"timings\"") == NULL && strstr(r.body, "cache_n") == NULL,
           "include_usage: no prompt-cache timings in the stream");
+    CHECK(strstr(r.body, "prompt_tokens_details") == NULL && strstr(r.body, "cached_tokens") == NULL,
+          "include_usage: no usage.prompt_tokens_details (cached_tokens) in the stream");
     CHECK(payloads(r.body, ev, 64, &n) && n >= 2 && strcmp(ev[n - 1], "[DONE]") == 0,
           "include_usage: the rewritten chunk keeps the framing");
     tl_resp_free(&r);

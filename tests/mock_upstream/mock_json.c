@@ -238,12 +238,15 @@ static json_t *timings_obj(long prompt_n, long predicted_n, const struct mu_timi
                      "predicted_per_second", g_sec);
 }
 
+/* usage_json_oaicompat: cached_tokens is how much of the prompt the slot
+ * held already (the mock keeps no prompt cache) */
 static json_t *usage_obj(const struct mu_gen *g)
 {
-    return json_pack("{s:I, s:I, s:I}",
+    return json_pack("{s:I, s:I, s:I, s:{s:i}}",
                      "completion_tokens", (json_int_t)g->n_tokens,
                      "prompt_tokens", (json_int_t)g->prompt_tokens,
-                     "total_tokens", (json_int_t)(g->n_tokens + g->prompt_tokens));
+                     "total_tokens", (json_int_t)(g->n_tokens + g->prompt_tokens),
+                     "prompt_tokens_details", "cached_tokens", 0);
 }
 
 char *mu_render_completion(const struct mu_gen *g, const struct mu_timings *t)

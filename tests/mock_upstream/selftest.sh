@@ -191,7 +191,8 @@ jqt "chat shape" "$TMP/body" \
      and .choices[0].message.role == "assistant" and (.created | type) == "number"
      and (.system_fingerprint | type) == "string"'
 jqt "chat usage" "$TMP/body" \
-    '.usage.completion_tokens == 8 and .usage.prompt_tokens == 5 and .usage.total_tokens == 13'
+    '.usage.completion_tokens == 8 and .usage.prompt_tokens == 5 and .usage.total_tokens == 13
+      and .usage.prompt_tokens_details == {"cached_tokens":0}'
 jqt "chat timings" "$TMP/body" \
     '.timings.prompt_n == 5 and .timings.predicted_n == 8 and ([.timings.prompt_ms,
       .timings.prompt_per_token_ms, .timings.prompt_per_second, .timings.predicted_ms,
@@ -241,7 +242,7 @@ check "stream: SSE framing data: ...\\n\\n" awk 'NR % 2 == 1 && !/^data: / {exit
 curl -sN --max-time 10 "$BASE/v1/chat/completions" \
     -d '{"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello there"}]}' >"$TMP/s2"
 sse_data "$TMP/s2" | grep -v '^\[DONE\]' >"$TMP/s2.json"
-if jq -e -s '.[-1].choices == [] and .[-1].usage == {"completion_tokens":8,"prompt_tokens":2,"total_tokens":10} and .[-1].timings.prompt_n == 2' "$TMP/s2.json" >/dev/null; then
+if jq -e -s '.[-1].choices == [] and .[-1].usage == {"completion_tokens":8,"prompt_tokens":2,"total_tokens":10,"prompt_tokens_details":{"cached_tokens":0}} and .[-1].timings.prompt_n == 2' "$TMP/s2.json" >/dev/null; then
     ok "stream include_usage: separate usage chunk with empty choices + timings"; else bad "stream include_usage"; fi
 if jq -e -s '.[-2].choices[0].finish_reason == "stop" and (.[-2] | has("usage") | not) and (.[-2] | has("timings") | not)' "$TMP/s2.json" >/dev/null; then
     ok "stream include_usage: finish chunk before it"; else bad "stream include_usage finish chunk"; fi
