@@ -121,6 +121,7 @@ struct aigw_upstream_call {
     char *buf;             /* answer bytes so far */
     size_t buf_len, buf_cap;
     bool too_big;          /* the answer passed MAX_ANSWER_BYTES */
+    bool context_exceeded; /* an error event before any delivery said the prompt is over the context */
     struct aigw_upstream_result res;
 };
 
@@ -571,6 +572,21 @@ chunk_strdup(const struct aigw_chunk_str *s)
     return out;
 }
 
+/* Whether an error body (an answer's, or an error event's payload, which
+ * llama-server writes as {"error": {...}} or as the error object itself)
+ * says the prompt does not fit the model's context: llama-server's type
+ * exceed_context_size_error. Only on the error path: parsed with jansson. */
+static bool
+says_context_exceeded(const char *json, size_t len)
+{
+    json_t *root = json_loadb(json != NULL ? json : "", len, 0, NULL), *e = json_object_get(root, "error");
+    const char *type = json_string_value(json_object_get(json_is_object(e) ? e : root, "type"));
+    bool yes = type != NULL && strcmp(type, "exceed_context_size_error") == 0;
+
+    json_decref(root);
+    return yes;
+}
+
 /* Tap one event for what aigw needs (text, counts, model, errors); the
  * bytes themselves go to the consumer unchanged. The event's JSON is
  * scanned in place (aigw_chunk_scan), not parsed into a tree; a delta is
@@ -595,6 +611,8 @@ tap_event(struct aigw_upstream_call *c, const char *payload, size_t plen, struct
         ev->error = true;
         if (c->stream_error_code == 0)
             c->stream_error_code = k.error_code;
+        if (!c->res.started && !c->stream_error)
+            c->context_exceeded = says_context_exceeded(payload, plen);
         return;
     }
     if (c->res.model == NULL && k.model.p != NULL)
@@ -654,6 +672,8 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
         ev.error = true;
         if (payload != NULL && c->stream_error_code == 0 && aigw_chunk_scan(payload, plen, &k) == 0)
             c->stream_error_code = k.code;
+        if (payload != NULL && !c->res.started && !c->stream_error)
+            c->context_exceeded = says_context_exceeded(payload, plen);
     } else {
         tap_event(c, payload, plen, &ev);
     }
@@ -1121,6 +1141,8 @@ complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode
         fail(c, 504, "upstream_timeout", "stream stalled or ran too long", 0);
     } else if (rc == CURLE_WRITE_ERROR && c->too_big) {
         fail(c, 502, "upstream_error", "stream event too large", 0);
+    } else if (c->context_exceeded && !c->res.started) {
+        fail(c, 400, "context_length_exceeded", "the prompt is longer than the model's context", 0);
     } else {
         aigw_log(LOG_INFO, "upstream: backend %s: stream ended %s (code %ld)", up->cfg->backends[b].name,
                  c->stream_error ? "with an error event" : rc != CURLE_OK ? curl_easy_strerror(rc) : "without [DONE]",
@@ -1166,6 +1188,10 @@ complete(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode rc)
         aigw_log(LOG_INFO, "upstream: backend %s: %s", up->cfg->backends[b].name, curl_easy_strerror(rc));
         backend_failed(up, b);
         fail(c, 502, "upstream_error", "transport error", 0);
+    } else if (code == 400 && says_context_exceeded(c->buf, c->buf_len)) {
+        /* the request's fault, not the backend's, and the client can mend
+         * it (a shorter history): a 400 of its own, not a 502 its SDK retries */
+        fail(c, 400, "context_length_exceeded", "the prompt is longer than the model's context", 0);
     } else if (code != 200) {
         aigw_log(LOG_INFO, "upstream: backend %s answered HTTP %ld", up->cfg->backends[b].name, code);
         /* transport errors, timeouts and answers that are not the protocol

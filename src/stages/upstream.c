@@ -322,6 +322,7 @@ aigw_stage_upstream(struct aigw_req *req)
         return aigw_req_fail(req, res->status, res->error_code ? res->error_code : "upstream_error", "%s",
                              res->status == 504   ? "the model server did not answer in time"
                              : res->status == 503 ? "no model server is available, retry shortly"
+                             : res->status == 400 ? "the prompt is longer than the model's context; shorten it"
                                                   : "the model server failed to answer");
     }
     q->answer = aigw_pool_strdup(req->pool, res->content ? res->content : "");

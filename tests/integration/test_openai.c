@@ -451,6 +451,49 @@ test_rate_limit(void)
     free(tok);
 }
 
+/* A prompt over the model's context (llama-server: exceed_context_size_error,
+ * as a 400 answer or, from 2024-09..2025-10 builds, a 200 whose first event
+ * is that error): a 400 context_length_exceeded the client can act on (an
+ * OpenAI SDK retries a 5xx twice: three calls, three rate-limit units), on
+ * /v1 plain and streamed and on /api/ai/query; nothing billed or counted. */
+static void
+test_context_exceeded(void)
+{
+    static const struct {
+        const char *name, *path, *body;
+    } cases[] = {
+        {"plain", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"a very long history\"}]}"},
+        {"streamed", "/v1/chat/completions",
+         "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"a very long history, streamed\"}]}"},
+        {"query route", "/api/ai/query", "{\"question\":\"a very long question\"}"},
+        {"query route, streamed", "/api/ai/query", "{\"question\":\"a very long question, streamed\",\"stream\":true}"},
+    };
+    char tid[37], code[65], buf[64], *tok;
+    long long q0;
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "enterprise", "active", tid, code);
+    tok = tl_token(code, "admin", 600);
+    q0 = tl_quota_used(tid);
+    tl_mock_config(mock, "{\"mode\":\"exceed_context\"}");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        tl_post(port, cases[i].path, tok, cases[i].body, &r);
+        CHECK(r.status == 400, "%s: 400 (%ld %s)", cases[i].name, r.status, r.body);
+        CHECK(tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "context_length_exceeded") == 0,
+              "%s: code context_length_exceeded (%s)", cases[i].name, r.body);
+        if (strncmp(cases[i].path, "/v1/", 4) == 0)
+            CHECK(tl_json_str(&r, "error.type", buf, sizeof(buf)) && strcmp(buf, "invalid_request_error") == 0,
+                  "%s: type invalid_request_error", cases[i].name);
+        tl_resp_free(&r);
+    }
+    tl_mock_config(mock, "{\"mode\":\"ok\"}");
+    CHECK(tl_usage_rows(owner, tid, "status_code = 400 AND NOT success", 4) == 4, "a row for each 400");
+    CHECK(tl_usage_rows(owner, tid, "billed", 0) == 0, "nothing billed");
+    CHECK(tl_quota_used(tid) == (q0 < 0 ? 0 : q0), "every reservation refunded (%lld, was %lld: -1 no counter yet)",
+          tl_quota_used(tid), q0);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -478,6 +521,7 @@ main(void)
     test_gating(tok);
     test_unrouted(tok);
     test_rate_limit();
+    test_context_exceeded();
 
     free(tok);
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
