@@ -30,7 +30,7 @@ struct aigw_query {
     bool no_cache;             /* Cache-Control: no-cache */
     const char *route_label;   /* "query" or "recommendation" */
     char question_sha256[65];  /* of the normalized question: the usage row keeps only this */
-    char cache_hex[65];        /* SHA-256 over tenant, query type, question, model, max_tokens */
+    char cache_hex[65];        /* SHA-256 over route, tenant, query type, question, model, max_tokens */
 
     /* admission (one Redis round trip on the pipe, the request suspended
      * meanwhile: rate limit + generation + cache GET) */
@@ -116,9 +116,11 @@ int aigw_query_classify(const char *normalized);
 bool aigw_query_fresh_only(const struct aigw_query *q);
 /* True when a patient-analytics question asks for personal identifiers. */
 bool aigw_query_asks_pii(const char *normalized);
-/* Hex SHA-256 of the cache identity: tenant, query type, normalized question,
- * model and max_tokens (the generation is part of the Redis key). */
-void aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, const char *model,
+/* Hex SHA-256 of the cache identity: route (chat: the OpenAI route, whose
+ * "question" is the canonical JSON it forwards; else the query routes),
+ * tenant, query type, normalized question, model and max_tokens (the
+ * generation is part of the Redis key). */
+void aigw_query_cache_hex(bool chat, const char *tenant_id, int qtype, const char *normalized, const char *model,
                           int max_tokens, char out[65]);
 
 #endif

@@ -143,20 +143,23 @@ aigw_query_asks_pii(const char *normalized)
 }
 
 void
-aigw_query_cache_hex(const char *tenant_id, int qtype, const char *normalized, const char *model, int max_tokens,
-                     char out[65])
+aigw_query_cache_hex(bool chat, const char *tenant_id, int qtype, const char *normalized, const char *model,
+                     int max_tokens, char out[65])
 {
-    static const char tag[] = "aigw-cache-v1"; /* sizeof counts the NUL separator */
+    /* the OpenAI route's identity is the JSON it forwards, which a question
+     * can spell too: its own tag keeps the two routes' answers apart (the
+     * query route's tag is the one older builds used, so its entries stay) */
+    const char *tag = chat ? "aigw-chat-v1" : "aigw-cache-v1";
     unsigned char md[32];
     char stack[512], *buf;
-    size_t tl = strlen(tenant_id), ql = strlen(normalized), ml = strlen(model);
-    size_t need = sizeof(tag) + tl + 1 + 22 + 22 + ql + 1 + ml, hl = 0;
+    size_t gl = strlen(tag) + 1, tl = strlen(tenant_id), ql = strlen(normalized), ml = strlen(model);
+    size_t need = gl + tl + 1 + 22 + 22 + ql + 1 + ml, hl = 0;
 
-    /* "aigw-cache-v1" NUL tenant NUL qtype NUL max_tokens NUL question NUL
-     * model: the NUL separators make the encoding unambiguous */
+    /* tag NUL tenant NUL qtype NUL max_tokens NUL question NUL model: the
+     * NUL separators make the encoding unambiguous */
     buf = need <= sizeof(stack) ? stack : aigw_xmalloc(need);
-    memcpy(buf, tag, sizeof(tag));
-    hl = sizeof(tag);
+    memcpy(buf, tag, gl);
+    hl = gl;
     memcpy(buf + hl, tenant_id, tl + 1);
     hl += tl + 1;
     hl += aigw_fmt_int(buf + hl, qtype) + 1;

@@ -167,7 +167,7 @@ identity(struct aigw_req *req, json_t *fwd, const struct aigw_model_cfg *m, long
     q->question = aigw_pool_strdup(req->pool, canon != NULL ? canon : "");
     aigw_sha256(q->question, strlen(q->question), md);
     aigw_hex(md, 32, q->question_sha256);
-    aigw_query_cache_hex(req->tenant->id, q->qtype, q->question, m->id, (int)max_tokens, q->cache_hex);
+    aigw_query_cache_hex(true, req->tenant->id, q->qtype, q->question, m->id, (int)max_tokens, q->cache_hex);
     free(canon);
 }
 

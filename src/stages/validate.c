@@ -61,7 +61,7 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
         aigw_sha256(q->normalized, strlen(q->normalized), md);
         aigw_hex(md, 32, q->question_sha256);
     }
-    aigw_query_cache_hex(t->id, q->qtype, q->normalized, req->srv->cfg.model, t->max_tokens, q->cache_hex);
+    aigw_query_cache_hex(false, t->id, q->qtype, q->normalized, req->srv->cfg.model, t->max_tokens, q->cache_hex);
     return AIGW_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 
 #include "aigw/query.h"
 #include "aigw/util.h"
@@ -214,6 +215,56 @@ test_basic_and_cache(void)
     free(tok);
     free(tok2);
     free(admin);
+}
+
+/* The query route and the OpenAI route share the tenant's cache and its
+ * single-flight keys, but not their answers: the OpenAI route's identity is
+ * the canonical JSON of what it forwards, and a question can spell exactly
+ * that JSON (all lower case, no white space). Its answer is another
+ * request's (a system prompt naming the tenant, the question as the user
+ * turn), so neither route may hit the other's entry. */
+static void
+test_routes_apart(void)
+{
+    char id[37], code[65], buf[256];
+    char *tok;
+    struct tl_resp r;
+    long long calls;
+
+    tenant("enterprise", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    calls = tl_mock_stat(mock, "chat_requests");
+    for (int first_chat = 1; first_chat >= 0; first_chat--) {
+        const char *word = first_chat ? "chat-first" : "query-first";
+        char *chat_body = tl_sprintf("{\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}", word);
+        /* what the OpenAI route forwards (plan max_tokens 1000, the default model), keys sorted */
+        char *canon = tl_sprintf("{\"max_tokens\":1000,\"messages\":[{\"content\":\"%s\",\"role\":\"user\"}],"
+                                 "\"model\":\"default\",\"temperature\":0}",
+                                 word);
+        json_t *qb = json_pack("{s:s, s:s}", "question", canon, "query_type", "knowledge");
+        char *query_body = json_dumps(qb, JSON_COMPACT);
+
+        for (int i = 0; i < 2; i++) {
+            bool chat = (i == 0) == (first_chat == 1);
+
+            if (chat)
+                tl_post(port, "/v1/chat/completions", tok, chat_body, &r);
+            else
+                ask(tok, query_body, &r);
+            CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+                  "%s, then %s: %s misses (%ld %s, %s)", first_chat ? "chat" : "query", first_chat ? "query" : "chat",
+                  chat ? "chat" : "query", r.status, buf, r.body);
+            tl_resp_free(&r);
+            if (i == 0)
+                CHECK(cache_entries(id, "true", 3 - 2 * first_chat) == 3 - 2 * first_chat, "the first answer cached");
+        }
+        json_decref(qb);
+        free(query_body);
+        free(canon);
+        free(chat_body);
+    }
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls + 4, "four upstream calls for four different requests");
+    free(tok);
 }
 
 static void
@@ -919,7 +970,7 @@ test_leader_death(void)
 
     tenant("pro", "{\"requests_per_minute\":1000}", id, code);
     tok = tl_token(code, "optician", 600);
-    aigw_query_cache_hex(id, 0, question, "default", 500, hex);
+    aigw_query_cache_hex(false, id, 0, question, "default", 500, hex);
     key = tl_sprintf("aigw:{%s}:sf:0:%s", id, hex);
     tl_redis_int("SET %s ghost-leader PX 700", key);
     CHECK(tl_redis_int("EXISTS %s", key) == 1, "ghost lock planted");
@@ -1209,6 +1260,7 @@ main(void)
     setenv("AIGW_TEST_SPOOL", spool, 1);
 
     test_basic_and_cache();
+    test_routes_apart();
     test_bad_input();
     test_gating();
     test_quota_race();

@@ -94,8 +94,8 @@ main(void)
     pii("how many patients were seen per month", false);
     pii("average age of myopic patients", false);
 
-    aigw_query_cache_hex("t1", 0, "hello", "m", 300, a);
-    aigw_query_cache_hex("t1", 0, "hello", "m", 300, b);
+    aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, a);
+    aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, b);
     CHECK(strcmp(a, b) == 0 && strlen(a) == 64, "cache key is deterministic hex");
     /* the encoding is pinned: entries cached by an older build stay valid */
     CHECK(strcmp(a, "0ca417b0580a27dbad2aeced3dedc1ee5aa4fa76b37223fc75fbd96b423b86cd") == 0,
@@ -105,19 +105,22 @@ main(void)
 
         memset(q, 'x', 600);
         q[600] = '\0';
-        aigw_query_cache_hex("11111111-1111-4111-8111-111111111111", 2, q, "default", -1, b);
+        aigw_query_cache_hex(false, "11111111-1111-4111-8111-111111111111", 2, q, "default", -1, b);
         CHECK(strcmp(b, "d3669edfd7642077c27ce7f667fc9cccf92b65f70234823b0ffd7a6704d9711f") == 0, "cache key of a question longer than the stack buffer");
     }
-    aigw_query_cache_hex("t2", 0, "hello", "m", 300, b);
+    aigw_query_cache_hex(false, "t2", 0, "hello", "m", 300, b);
     CHECK(strcmp(a, b) != 0, "tenant changes the key");
-    aigw_query_cache_hex("t1", 1, "hello", "m", 300, b);
+    aigw_query_cache_hex(false, "t1", 1, "hello", "m", 300, b);
     CHECK(strcmp(a, b) != 0, "query type changes the key");
-    aigw_query_cache_hex("t1", 0, "hello", "m", 500, b);
+    aigw_query_cache_hex(false, "t1", 0, "hello", "m", 500, b);
     CHECK(strcmp(a, b) != 0, "max_tokens changes the key");
-    aigw_query_cache_hex("t1", 0, "hello", "m2", 300, b);
+    aigw_query_cache_hex(false, "t1", 0, "hello", "m2", 300, b);
     CHECK(strcmp(a, b) != 0, "model changes the key");
-    aigw_query_cache_hex("t1", 0, "hellom", "", 300, b);
+    aigw_query_cache_hex(false, "t1", 0, "hellom", "", 300, b);
     CHECK(strcmp(a, b) != 0, "no ambiguity between question and model");
+    /* a question may spell the JSON the OpenAI route forwards */
+    aigw_query_cache_hex(true, "t1", 0, "hello", "m", 300, b);
+    CHECK(strcmp(a, b) != 0, "the OpenAI route's identity differs from the query route's");
     CHECK(aigw_utf8_chars("caf\xc3\xa9") == 4, "utf8 chars");
     CHECK(aigw_utf8_has_control("a\x1b[31m") && aigw_utf8_has_control("a\x7f") &&
               aigw_utf8_has_control("a\xc2\x85") && aigw_utf8_has_control("\xc2\x9f"),
