@@ -114,7 +114,9 @@ int aigw_query_classify(const char *normalized);
  * model's reasoning_content. Such an answer is neither cached nor handed
  * to single-flight waiters. */
 bool aigw_query_fresh_only(const struct aigw_query *q);
-/* True when a patient-analytics question asks for personal identifiers. */
+/* True when a patient-analytics question asks for personal identifiers:
+ * the words matched whole, plurals too, whatever separates them (spaces,
+ * hyphens, punctuation, Unicode spaces), invisible characters ignored. */
 bool aigw_query_asks_pii(const char *normalized);
 /* Hex SHA-256 of the cache identity: route (chat: the OpenAI route, whose
  * "question" is the canonical JSON it forwards; else the query routes),

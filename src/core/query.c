@@ -129,17 +129,86 @@ aigw_query_classify(const char *normalized)
     return aigw_query_type_index("knowledge");
 }
 
+/* The length in bytes of an invisible character at p (soft hyphen,
+ * zero-width space, non-joiner and joiner, word joiner, BOM), else 0. */
+static size_t
+invisible_len(const unsigned char *p)
+{
+    if (p[0] == 0xc2 && p[1] == 0xad)
+        return 2;
+    if (p[0] == 0xe2 && p[1] == 0x80 && p[2] >= 0x8b && p[2] <= 0x8d)
+        return 3;
+    if ((p[0] == 0xe2 && p[1] == 0x81 && p[2] == 0xa0) || (p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf))
+        return 3;
+    return 0;
+}
+
+/* text as words of ASCII letters and digits, one space between them: every
+ * other character (punctuation, hyphens and spaces of any kind) separates
+ * words, invisible ones are dropped. malloc'd. */
+static char *
+words_only(const char *text)
+{
+    const unsigned char *p = (const unsigned char *)text;
+    char *out = aigw_xmalloc(strlen(text) + 1);
+    size_t o = 0, n;
+
+    while (*p) {
+        if ((n = invisible_len(p)) > 0) {
+            p += n;
+        } else if (*p < 128 && isalnum(*p)) {
+            out[o++] = (char)*p++;
+        } else {
+            if (o > 0 && out[o - 1] != ' ')
+                out[o++] = ' ';
+            p++;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+static bool
+word_end(const char *e)
+{
+    return *e == '\0' || *e == ' ';
+}
+
+/* Whole-word match of term in text (words_only), also with a plural "s"
+ * or "es" after it. */
+static bool
+has_term(const char *text, const char *term)
+{
+    size_t tl = strlen(term);
+
+    for (const char *p = strstr(text, term); p != NULL; p = strstr(p + 1, term)) {
+        const char *e = p + tl;
+
+        if (p != text && p[-1] != ' ')
+            continue;
+        if (word_end(e) || (e[0] == 's' && word_end(e + 1)) || (e[0] == 'e' && e[1] == 's' && word_end(e + 2)))
+            return true;
+    }
+    return false;
+}
+
 bool
 aigw_query_asks_pii(const char *normalized)
 {
+    /* as words_only spells them (e-mail is "e mail"); plurals match too */
     static const char *const pii[] = {
-        "name", "names", "full name", "first name", "last name", "surname", "address", "addresses",
-        "home address", "phone", "phones", "phone number", "telephone", "mobile number", "email", "emails",
-        "e-mail", "ssn", "social security", "date of birth", "dob", "birth date", "birthdate", "birthday",
-        "contact details", "insurance number", "passport", NULL,
+        "name", "full name", "first name", "last name", "fullname", "firstname", "lastname", "surname",
+        "address", "phone", "phone number", "phonenumber", "telephone", "mobile number", "cellphone",
+        "email", "e mail", "ssn", "social security", "date of birth", "dates of birth", "dateofbirth", "dob",
+        "birth date", "birthdate", "birthday", "contact details", "insurance number", "passport", NULL,
     };
+    char *text = words_only(normalized);
+    bool found = false;
 
-    return any_word(normalized, pii);
+    for (const char *const *w = pii; *w != NULL && !found; w++)
+        found = has_term(text, *w);
+    free(text);
+    return found;
 }
 
 void

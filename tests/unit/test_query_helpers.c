@@ -93,6 +93,26 @@ main(void)
     pii("what is the full name of the patient", true);
     pii("how many patients were seen per month", false);
     pii("average age of myopic patients", false);
+    /* plurals, other separators, and invisible characters inside a word */
+    pii("list the dates of birth of patients with myopia", true);
+    pii("patient date-of-birth by clinic", true);
+    pii("patient date_of_birth by clinic", true);
+    pii("patient date\xc2\xa0" "of\xc2\xa0" "birth by clinic", true);           /* NBSP */
+    pii("patient date\xe2\x80\x91" "of\xe2\x80\x91" "birth by clinic", true); /* non-breaking hyphens */
+    pii("the surnames of patients seen in March", true);
+    pii("the mobile numbers of our patients", true);
+    pii("their social-security numbers", true);
+    pii("patients' insurance numbers", true);
+    pii("patients' birth dates", true);
+    pii("patients' birthdays this month", true);
+    pii("scan their passports", true);
+    pii("patients' e-mails", true);
+    pii("patient firstname and lastname", true);
+    pii("patient na\xe2\x80\x8bmes", true);                               /* zero-width space */
+    pii("patient ad\xc2\xad" "dresses", true);                                /* soft hyphen */
+    pii("complaints addressed per month", false);
+    pii("patients by age band", false);
+    pii("renamed frames sold", false);
 
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, a);
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, b);
