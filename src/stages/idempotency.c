@@ -120,9 +120,26 @@ aigw_stage_idempotency(struct aigw_req *req)
     if (key == NULL)
         return aigw_req_fail(req, 400, "invalid_request", "Idempotency-Key: 1..255 visible ASCII characters");
     {
-        char *scope = aigw_pool_printf(req->pool, "%s%c%s", req->claims.sub, 0, key);
-        size_t len = strlen(req->claims.sub) + 1 + strlen(key);
+        /* the caller: its sub (an API key's is "api_key:<id>"); a token
+         * that names no user (no sub or user_id, or one that is not a
+         * string) is a caller of its own, told by its SHA-256 (with the
+         * empty sub, every such caller of the tenant shared one record per
+         * key); the NUL in front keeps it apart from any sub */
+        const char *auth = aigw_req_header(req, "Authorization");
+        char *scope;
+        size_t len;
 
+        if (req->claims.sub[0] != '\0' || auth == NULL) {
+            scope = aigw_pool_printf(req->pool, "%s%c%s", req->claims.sub, 0, key);
+            len = strlen(req->claims.sub) + 1 + strlen(key);
+        } else {
+            char tok[65];
+
+            aigw_sha256(auth, strlen(auth), md);
+            aigw_hex(md, 32, tok);
+            scope = aigw_pool_printf(req->pool, "%c%s%c%s", 0, tok, 0, key);
+            len = 1 + 64 + 1 + strlen(key);
+        }
         aigw_sha256(scope, len, md);
         aigw_hex(md, 32, scoped);
     }

@@ -955,6 +955,32 @@ test_idempotency(void)
         tl_resp_free(&r);
         free(tok2);
     }
+    /* another caller of the same tenant with the same key is not replayed
+     * either: another sub, and callers the token names no user for (no sub
+     * or user_id, or a number there, which is no string claim) */
+    {
+        const char *secret = tl_env("AIGW_JWT_SECRET");
+        static const char *const who[] = {"\"sub\":\"user-2\",", "\"user_id\":41,", "\"user_id\":42,", ""};
+        long now = (long)time(NULL);
+
+        for (size_t i = 0; i < sizeof(who) / sizeof(who[0]); i++) {
+            char *claims = tl_sprintf("{%s\"tenant_id\":\"%s\",\"role\":\"optician\",\"iat\":%ld,\"exp\":%ld}", who[i],
+                                      code, now, now + 600);
+            char *tok2 = tl_sign("HS256", "dev", secret, strlen(secret), claims);
+
+            tl_post_parallel(port, "/api/ai/query", tok2, h1, bodies, 1, &r);
+            CHECK(r.status == 200 && !tl_resp_header(&r, "Idempotent-Replayed", a1, sizeof(a1)),
+                  "caller {%s}: own record, not another caller's replayed (%ld %s)", who[i], r.status, r.body);
+            tl_resp_free(&r);
+            /* and its own retry is replayed */
+            tl_post_parallel(port, "/api/ai/query", tok2, h1, bodies, 1, &r);
+            CHECK(r.status == 200 && tl_resp_header(&r, "Idempotent-Replayed", a1, sizeof(a1)),
+                  "caller {%s}: its retry replayed (%ld)", who[i], r.status);
+            tl_resp_free(&r);
+            free(tok2);
+            free(claims);
+        }
+    }
     free(tok);
 }
 
