@@ -25,6 +25,28 @@ copy_claim(jwt_t *j, const char *name, char *dst, size_t cap)
     return 1;
 }
 
+/* A user id claim: a string (copy_claim), or an integer, which an issuer
+ * may well send for a numeric user id and libjwt's jwt_get_grant does not
+ * return: its digits. Anything else counts as absent. */
+static int
+id_claim(jwt_t *j, const char *name, char *dst, size_t cap)
+{
+    int r = copy_claim(j, name, dst, cap);
+    char *raw;
+    size_t n;
+
+    if (r != 0)
+        return r;
+    raw = jwt_get_grants_json(j, name);
+    n = raw != NULL ? strlen(raw) : 0;
+    if (n > 0 && n < cap && strspn(raw + (raw[0] == '-'), "0123456789") == n - (raw[0] == '-') && n > (raw[0] == '-')) {
+        memcpy(dst, raw, n + 1);
+        r = 1;
+    }
+    free(raw);
+    return r;
+}
+
 /* Returns 1 if present and valid, 0 if absent, -1 if present but not a
  * non-negative integer. libjwt returns 0 without errno for a string, so a 0
  * is looked at as JSON (0 itself is a valid date: the epoch). */
@@ -195,8 +217,8 @@ aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, in
         *why = "tenant_id claim missing or invalid";
         goto out;
     }
-    if (copy_claim(j, "sub", out->sub, sizeof(out->sub)) < 0 ||
-        (out->sub[0] == '\0' && copy_claim(j, "user_id", out->sub, sizeof(out->sub)) < 0) ||
+    if (id_claim(j, "sub", out->sub, sizeof(out->sub)) < 0 ||
+        (out->sub[0] == '\0' && id_claim(j, "user_id", out->sub, sizeof(out->sub)) < 0) ||
         copy_claim(j, "role", out->role, sizeof(out->role)) < 0) {
         *why = "claim too long";
         goto out;

@@ -100,6 +100,31 @@ main(void)
     tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":0,\"iat\":0"));
     expect_accept("nbf and iat at the epoch (0)", tok);
     free(tok);
+    /* the user: sub, else user_id; a number is taken as its digits (it was
+     * dropped: usage rows had no user, idempotency shared one scope) */
+    {
+        static const struct {
+            const char *claims, *want;
+        } ids[] = {
+            {"\"user_id\":42", "42"},
+            {"\"sub\":7", "7"},
+            {"\"user_id\":\"u-9\"", "u-9"},
+            {"\"user_id\":4.5", ""},
+            {"\"user_id\":true", ""},
+        };
+
+        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+            char *cl = tl_sprintf("{\"tenant_id\":\"clinic_001\",\"role\":\"admin\",%s,\"exp\":%ld}", ids[i].claims, now + 600);
+            struct aigw_claims c;
+
+            why = NULL;
+            tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), cl);
+            CHECK(aigw_jwt_verify(&cfg, tok, strlen(tok), now, &c, &why) == 0 && strcmp(c.sub, ids[i].want) == 0,
+                  "user of %s: '%s' want '%s' (%s)", cl, c.sub, ids[i].want, why ? why : "");
+            free(tok);
+            free(cl);
+        }
+    }
 
     /* rejected */
     tok = tl_sign("none", "hs", NULL, 0, claims(now + 600, NULL));
