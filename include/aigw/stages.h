@@ -69,6 +69,11 @@ enum aigw_rc aigw_stage_cache(struct aigw_req *req);
  * fills req->q with the body to forward and its cache identity (cacheable
  * only without stream, and with temperature 0 unless openai.cache_sampled). */
 enum aigw_rc aigw_stage_validate_chat(struct aigw_req *req);
+/* The model id as this request's tenant may use it: configured, its plan
+ * among the model's tiers, and the plan having the feature of the query
+ * type the model is routed to (a model routed to patient_analytics is not
+ * for a plan without that feature, whatever its tiers); NULL otherwise. */
+const struct aigw_model_cfg *aigw_chat_model(const struct aigw_req *req, const char *id);
 /* A chat answer or chunk (JSON text) without what tells one tenant about
  * another's prompts: llama-server's "timings" (cache_n: how much of the
  * prompt its slot already held, from whichever tenant filled it) and

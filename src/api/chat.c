@@ -55,7 +55,6 @@ aigw_api_models(struct aigw_req *req)
     const struct aigw_config *cfg = &req->srv->cfg;
     struct aigw_jsonw w;
     enum aigw_rc rc;
-    bool first = true;
 
     aigw_jsonw_init(&w, 256 * (cfg->n_models + 1));
     aigw_jsonw_obj_open(&w);
@@ -63,12 +62,9 @@ aigw_api_models(struct aigw_req *req)
     aigw_jsonw_key(&w, "data");
     aigw_jsonw_append(&w, "[", 1);
     for (size_t i = 0; i < cfg->n_models; i++) {
-        if (aigw_config_model(cfg, cfg->models[i].id, req->tenant->tier) == NULL)
+        if (aigw_chat_model(req, cfg->models[i].id) == NULL)
             continue;
-        if (!first)
-            aigw_jsonw_append(&w, ",", 1);
-        first = false;
-        aigw_jsonw_obj_open(&w);
+        aigw_jsonw_obj_open(&w); /* the writer puts the comma between elements itself */
         aigw_jsonw_kstr(&w, "id", cfg->models[i].id);
         aigw_jsonw_kstr(&w, "object", "model");
         aigw_jsonw_kint(&w, "created", req->srv->started_wall_s);

@@ -171,6 +171,14 @@ identity(struct aigw_req *req, json_t *fwd, const struct aigw_model_cfg *m, long
     free(canon);
 }
 
+const struct aigw_model_cfg *
+aigw_chat_model(const struct aigw_req *req, const char *id)
+{
+    const struct aigw_model_cfg *m = aigw_config_model(&req->srv->cfg, id, req->tenant->tier);
+
+    return m != NULL && (req->tenant->features & (1u << m->qtype)) ? m : NULL; /* feature bits follow the query types */
+}
+
 enum aigw_rc
 aigw_stage_validate_chat(struct aigw_req *req)
 {
@@ -193,7 +201,7 @@ aigw_stage_validate_chat(struct aigw_req *req)
     if (model != NULL && !json_is_null(model) && !json_is_string(model))
         return aigw_req_fail(req, 400, "invalid_request", "model: must be a string");
     model_id = json_is_string(model) ? json_string_value(model) : req->srv->cfg.models[0].id;
-    m = aigw_config_model(&req->srv->cfg, model_id, req->tenant->tier);
+    m = aigw_chat_model(req, model_id);
     if (m == NULL)
         return aigw_req_fail(req, 404, "model_not_found",
                              "model: the requested model does not exist or is not available to this plan");

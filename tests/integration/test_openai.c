@@ -18,7 +18,8 @@ static const char CONFIG[] =
     "{\"upstream\":{\"timeout_ms\":5000,\"health_interval_ms\":60000,\"fail_threshold\":1000,"
     "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":16,\"max_connections\":16}]},"
     "\"openai\":{\"models\":[{\"id\":\"clinic-small\"},{\"id\":\"clinic-large\",\"tiers\":[\"enterprise\"]},"
-    "{\"id\":\"sales-rag\",\"route\":\"sales\",\"tiers\":[\"platinum\"]}]},"
+    "{\"id\":\"sales-rag\",\"route\":\"sales\",\"tiers\":[\"platinum\"]},"
+    "{\"id\":\"clinic-analytics\",\"route\":\"patient_analytics\"}]},"
     "\"usage\":{\"flush_ms\":20}}";
 
 static int
@@ -423,6 +424,40 @@ test_gating(const char *tok_ent)
     CHECK(strstr(r.body, "\"clinic-small\"") != NULL && strstr(r.body, "\"clinic-large\"") != NULL,
           "enterprise sees its models");
     CHECK(strstr(r.body, "sales-rag") == NULL, "a model of another plan is not listed");
+    tl_resp_free(&r);
+
+    /* a model routed to a query type is for plans with that feature, even
+     * with no tiers of its own: a plan with api_access but without
+     * patient_analytics neither sees nor uses clinic-analytics */
+    PQclear(tl_sql(owner, true,
+                   "INSERT INTO plans (tier, display_name, monthly_query_limit, requests_per_minute, max_tokens, "
+                   "features, rank) VALUES ('api_basic', 'API basic', 100, 30, 300, '{knowledge,api_access}', 15) "
+                   "ON CONFLICT (tier) DO NOTHING",
+                   0, NULL));
+    tl_create_tenant(owner, "api_basic", "active", id, code);
+    tok = tl_token(code, "admin", 600);
+    tl_get(port, "/v1/models", tok, &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"clinic-small\"") != NULL && strstr(r.body, "clinic-analytics") == NULL,
+          "api_basic lists clinic-small, not clinic-analytics (%s)", r.body);
+    tl_resp_free(&r);
+    chat(tok, "{\"model\":\"clinic-analytics\",\"messages\":[{\"role\":\"user\",\"content\":\"how many exams?\"}]}",
+         &r);
+    expect_error("a model routed to a feature the plan lacks", &r, 404, "not_found_error", NULL);
+    tl_resp_free(&r);
+    chat(tok, "{\"model\":\"clinic-small\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", &r);
+    CHECK(r.status == 200, "api_basic uses clinic-small (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    free(tok);
+    tl_get(port, "/v1/models", tok_ent, &r);
+    CHECK(r.status == 200 && strstr(r.body, "\"clinic-analytics\"") != NULL, "enterprise lists clinic-analytics");
+    {
+        json_t *list = json_loads(r.body, 0, NULL);
+
+        /* three models listed is JSON too (the list had ",," between them) */
+        CHECK(json_array_size(json_object_get(list, "data")) == 3, "enterprise: /v1/models is JSON with 3 models: %s",
+              r.body);
+        json_decref(list);
+    }
     tl_resp_free(&r);
 }
 
