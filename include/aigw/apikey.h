@@ -50,7 +50,9 @@ bool aigw_apikey_well_formed(const char *s, size_t len);
 
 /* Parse an RFC 3339 timestamp ("2026-12-01T00:00:00Z", "…T10:00:00.5+02:00")
  * into seconds since the epoch (fractions are dropped). Strict: every field
- * in range (leap days included), an offset or Z required. false on junk. */
+ * in range (leap days included), an offset or Z required. false on junk,
+ * and for an instant after 9999-12-31T23:59:59Z (a negative offset on the
+ * last day of 9999), which has no RFC 3339 form to be shown back in. */
 bool aigw_parse_rfc3339(const char *s, int64_t *out);
 
 /* Redis keys of a key, in the tenant's hash slot: the revocation marker and

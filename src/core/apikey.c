@@ -117,6 +117,10 @@ days_from_civil(int y, int m, int d)
     return era * 146097 + doe - 719468;
 }
 
+/* 9999-12-31T23:59:59Z: the last instant RFC 3339's four-digit year can
+ * write (aigw_rfc3339 shows times back to the client) */
+#define RFC3339_MAX 253402300799
+
 /* "Z" or "+HH:MM" / "-HH:MM" at s, ending the string; offset in seconds east. */
 static bool
 parse_offset(const char *s, int *offset)
@@ -158,7 +162,7 @@ aigw_parse_rfc3339(const char *s, int64_t *out)
     if (!parse_offset(s, &offset))
         return false;
     *out = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset;
-    return true;
+    return *out <= RFC3339_MAX;
 }
 
 void

@@ -637,6 +637,8 @@ test_bad_input(void)
     bad(admin, "{\"name\":\"k\",\"expires_at\":\"2031-13-01T00:00:00Z\"}", "expires_at");
     bad(admin, "{\"name\":\"k\",\"expires_at\":\"2031-01-01\"}", "expires_at");
     bad(admin, "{\"name\":\"k\",\"expires_at\":\"2020-01-01T00:00:00Z\"}", "expires_at");
+    /* year 10000 in UTC (was stored and then shown as 0000-01-01T00:59:59Z) */
+    bad(admin, "{\"name\":\"k\",\"expires_at\":\"9999-12-31T23:59:59-01:00\"}", "expires_at");
     tl_post(port1, "/api/v1/api-keys", admin, "{\"name\":", &r);
     tl_expect("invalid JSON", &r, 400, "invalid_json");
     tl_resp_free(&r);

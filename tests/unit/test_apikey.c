@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "aigw/apikey.h"
+#include "aigw/util.h"
 #include "testlib.h"
 
 static void
@@ -114,6 +115,15 @@ test_rfc3339(void)
     ts_bad("2026-12-01T00:00:00+24:00");
     ts_bad("2026-12-01");
     ts_bad("1969-12-31T23:59:59Z");
+    /* the last instant aigw_rfc3339 can write back, and none after it: a
+     * negative offset on 9999-12-31 is a time in year 10000 (was accepted,
+     * then shown as "0000-01-01T...Z", a time long past) */
+    ts_ok("9999-12-31T23:59:59Z", 253402300799);
+    ts_ok("9999-12-31T23:59:59.999+00:00", 253402300799);
+    ts_ok("9999-12-31T23:59:59+14:00", 253402250399);
+    ts_bad("9999-12-31T23:59:59-00:01");
+    ts_bad("9999-12-31T23:59:59-23:59");
+    ts_bad("9999-12-31T20:00:00-05:00");
     ts_bad("tomorrow");
     ts_bad("");
     /* every day of a leap and a common year against timegm */
@@ -132,6 +142,18 @@ test_rfc3339(void)
             strftime(s, sizeof(s), "%Y-%m-%dT%H:%M:%SZ", &back);
             CHECK(aigw_parse_rfc3339(s, &got) && got == (int64_t)t, "%s vs timegm", s);
         }
+    /* whatever is accepted on the last day is written back as the same
+     * instant, whatever its offset */
+    for (int off = -23 * 60 - 59; off <= 23 * 60 + 59; off += 7) {
+        char s[40], back[32];
+        int64_t got = 0, again = -1;
+
+        snprintf(s, sizeof(s), "9999-12-31T12:34:56%c%02d:%02d", off < 0 ? '-' : '+', abs(off) / 60, abs(off) % 60);
+        if (!aigw_parse_rfc3339(s, &got))
+            continue;
+        aigw_rfc3339(got, back);
+        CHECK(aigw_parse_rfc3339(back, &again) && again == got, "%s -> %s written back", s, back);
+    }
 }
 
 static void
