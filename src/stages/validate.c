@@ -37,7 +37,7 @@ static enum aigw_rc
 set_question(struct aigw_req *req, struct aigw_query *q, const char *question, int qtype)
 {
     const struct aigw_tenant *t = req->tenant;
-    char *trimmed;
+    char *trimmed, *normalized;
     size_t len;
 
     while (*question == ' ' || *question == '\t' || *question == '\n' || *question == '\r')
@@ -46,14 +46,17 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
     while (len > 0 && strchr(" \t\r\n", question[len - 1]) != NULL)
         len--;
     trimmed = aigw_pool_strndup(req->pool, question, len);
-    if (len == 0)
+    normalized = aigw_query_normalize(trimmed);
+    aigw_pool_cleanup(req->pool, free_ptr, normalized);
+    /* only white space the trim above leaves: form feed, vertical tab (the
+     * normalized form drops them) or Unicode spaces (U+00A0, U+3000, ...) */
+    if (aigw_utf8_is_blank(normalized))
         return aigw_req_fail(req, 400, "invalid_request", "question: must not be empty");
     if (aigw_utf8_chars(trimmed) > AIGW_QUESTION_MAX_CHARS)
         return aigw_req_fail(req, 400, "invalid_request", "question: at most %d characters",
                              AIGW_QUESTION_MAX_CHARS);
     q->question = trimmed;
-    q->normalized = aigw_query_normalize(trimmed);
-    aigw_pool_cleanup(req->pool, free_ptr, q->normalized);
+    q->normalized = normalized;
     q->qtype = qtype >= 0 ? qtype : aigw_query_classify(q->normalized);
     {
         unsigned char md[32];

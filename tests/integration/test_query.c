@@ -277,6 +277,9 @@ test_bad_input(void)
         {"question null", "{\"question\":null}", "question"},
         {"question empty", "{\"question\":\"\"}", "question"},
         {"question blank", "{\"question\":\"   \\n\\t \"}", "question"},
+        /* white space other than space, tab, CR and LF: was sent to the model and billed */
+        {"question form feed and vertical tab", "{\"question\":\" \\f\\u000b \"}", "question"},
+        {"question Unicode spaces", "{\"question\":\"\\u00a0 \\u3000\\u2003\"}", "question"},
         {"question not a string", "{\"question\":42}", "question"},
         {"question an array", "{\"question\":[\"a\"]}", "question"},
         {"unknown query_type", "{\"question\":\"hi\",\"query_type\":\"astrology\"}", "query_type"},
