@@ -95,7 +95,8 @@ struct aigw_query {
     bool billed;
 };
 
-/* Trimmed, white space runs collapsed to one space, ASCII letters lower-cased.
+/* Trimmed, white space runs (ASCII white space and the Unicode spaces of
+ * aigw_utf8_is_blank) collapsed to one space, ASCII letters lower-cased.
  * Returns a malloc'd string. */
 char *aigw_query_normalize(const char *q);
 /* Number of UTF-8 code points in s (s is valid UTF-8). */

@@ -9,6 +9,25 @@
 #include "aigw/config.h"
 #include "aigw/util.h"
 
+/* The Unicode space at p (valid UTF-8), as its length in bytes; 0 if none. */
+static size_t
+space_len(const unsigned char *p)
+{
+    unsigned cp;
+
+    if (*p == ' ' || *p == '\t')
+        return 1;
+    if (p[0] == 0xc2 && p[1] == 0xa0)
+        return 2;
+    if ((p[0] & 0xf0) != 0xe0 || p[1] == 0 || p[2] == 0)
+        return 0;
+    cp = ((p[0] & 0x0fu) << 12) | ((p[1] & 0x3fu) << 6) | (p[2] & 0x3fu);
+    if (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
+        cp == 0x205f || cp == 0x3000)
+        return 3;
+    return 0;
+}
+
 char *
 aigw_query_normalize(const char *q)
 {
@@ -18,8 +37,12 @@ aigw_query_normalize(const char *q)
 
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)q[i];
+        /* Unicode spaces too: "date\u00a0of\u00a0birth" must meet the PII
+         * guard's "date of birth", and ask the cache what "date of birth" does */
+        size_t sl = isspace(ch) ? 1 : space_len((const unsigned char *)q + i);
 
-        if (isspace(ch)) {
+        if (sl > 0) {
+            i += sl - 1;
             space = o > 0;
             continue;
         }
@@ -52,25 +75,6 @@ aigw_utf8_has_control(const char *s)
         if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
             return true;
     return false;
-}
-
-/* The Unicode space at p (valid UTF-8), as its length in bytes; 0 if none. */
-static size_t
-space_len(const unsigned char *p)
-{
-    unsigned cp;
-
-    if (*p == ' ' || *p == '\t')
-        return 1;
-    if (p[0] == 0xc2 && p[1] == 0xa0)
-        return 2;
-    if ((p[0] & 0xf0) != 0xe0 || p[1] == 0 || p[2] == 0)
-        return 0;
-    cp = ((p[0] & 0x0fu) << 12) | ((p[1] & 0x3fu) << 6) | (p[2] & 0x3fu);
-    if (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
-        cp == 0x205f || cp == 0x3000)
-        return 3;
-    return 0;
 }
 
 bool

@@ -373,6 +373,10 @@ test_gating(void)
     ask(tok, "{\"question\":\"List the phone numbers of patients with myopia\",\"query_type\":\"patient_analytics\"}", &r);
     tl_expect("PII request", &r, 403, "pii_not_allowed");
     tl_resp_free(&r);
+    /* no-break spaces between the words (went to the model before) */
+    ask(tok, "{\"question\":\"each patient's date\\u00a0of\\u00a0birth\",\"query_type\":\"patient_analytics\"}", &r);
+    tl_expect("PII request with no-break spaces", &r, 403, "pii_not_allowed");
+    tl_resp_free(&r);
     free(tok);
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "gated: no upstream call");
     CHECK(id3[0] && tl_tenant_redis_kept(id3, redis3, what, sizeof(what)),

@@ -75,6 +75,9 @@ main(void)
     norm("", "");
     norm("   ", "");
     norm("Café  AU lait", "café au lait");
+    /* Unicode spaces are white space too (U+00A0, U+2009, U+3000, U+2028) */
+    norm("\xc2\xa0 A\xc2\xa0\xe2\x80\x89" "B\xe3\x80\x80\xe2\x80\xa8", "a b");
+    norm("\xe2\x80\x90x\xe2\x80", "\xe2\x80\x90x\xe2\x80"); /* U+2010 and a cut sequence are kept */
 
     cls("What were our SALES last month?", "sales");
     cls("total revenue by store", "sales");
@@ -92,6 +95,10 @@ main(void)
     pii("show SSN of patient 4", true);
     pii("what is the full name of the patient", true);
     pii("how many patients were seen per month", false);
+    /* no-break and other Unicode spaces between the words (passed before) */
+    pii("patients' date\xc2\xa0of\xc2\xa0" "birth", true);
+    pii("each patient's social\xe2\x80\x89" "security number", true);
+    pii("contact\xe3\x80\x80" "details of our patients", true);
     pii("average age of myopic patients", false);
     /* plurals, other separators, and invisible characters inside a word */
     pii("list the dates of birth of patients with myopia", true);
