@@ -1,4 +1,6 @@
 /* test_apikey.c - API key format, scopes, RFC 3339 parsing, the key record cache */
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -156,6 +158,48 @@ test_rfc3339(void)
     }
 }
 
+/* aigw_utc_datetime, aigw_rfc3339, aigw_month_key and aigw_next_month_start
+ * against glibc's calendar over years 0000..9999 (before 1970 too), and
+ * every time aigw_rfc3339 writes parses back to itself. Deterministic. */
+static void
+test_calendar(void)
+{
+    const int64_t first = -62167219200LL, last = 253402300799LL; /* 0000-01-01, 9999-12-31T23:59:59 */
+    uint64_t st = 1796083200;
+    int bad = 0;
+
+    for (int i = 0; i < 200000; i++) {
+        static const int64_t edges[] = {0, -1, 1, 86399, 86400, -86400, -86401, 951782400, 951868800, 4107542400LL};
+        int64_t t, back = -1, next;
+        time_t tt;
+        struct tm tm, nm;
+        char want[96], got[32], key[8];
+
+        st ^= st << 13;
+        st ^= st >> 7;
+        st ^= st << 17;
+        t = i < (int)(sizeof(edges) / sizeof(edges[0])) ? edges[i]
+            : i % 100 == 0                               ? last - (int64_t)(st % 1000)
+                                                         : first + (int64_t)(st % (uint64_t)(last - first + 1));
+        tt = (time_t)t;
+        gmtime_r(&tt, &tm);
+        snprintf(want, sizeof(want), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                 tm.tm_hour, tm.tm_min, tm.tm_sec);
+        aigw_utc_datetime(t, got);
+        bad += strcmp(got, want) != 0;
+        aigw_month_key(t, key);
+        bad += strncmp(key, want, 4) != 0 || strncmp(key + 4, want + 5, 2) != 0 || key[6] != '\0';
+        nm = (struct tm){.tm_year = tm.tm_year, .tm_mon = tm.tm_mon + 1, .tm_mday = 1};
+        next = (int64_t)timegm(&nm);
+        bad += aigw_next_month_start(t) != next;
+        if (t >= 0) {
+            aigw_rfc3339(t, got);
+            bad += !aigw_parse_rfc3339(got, &back) || back != t;
+        }
+    }
+    CHECK(bad == 0, "calendar helpers agree with gmtime_r/timegm, rfc3339 round-trips (%d failures)", bad);
+}
+
 static void
 test_cache(void)
 {
@@ -216,6 +260,7 @@ main(void)
     test_well_formed();
     test_scopes();
     test_rfc3339();
+    test_calendar();
     test_cache();
     test_redis_keys();
     return tl_done();
