@@ -114,15 +114,19 @@ aigw_stage_validate_recommendation(struct aigw_req *req)
     struct aigw_query *q = aigw_query_new(req);
     json_t *product = json_object_get(req->json, "product_type");
     json_t *rx = json_object_get(req->json, "prescription");
+    const char *pt = json_string_value(product);
     char *rx_text = NULL, *question;
     enum aigw_rc rc;
 
     q->route_label = "recommendation";
     if ((rc = read_stream(req, q)) != AIGW_OK)
         return rc;
-    if (!json_is_string(product) || json_string_length(product) == 0 || json_string_length(product) > 200 ||
-        strlen(json_string_value(product)) != json_string_length(product))
-        return aigw_req_fail(req, 400, "invalid_request", "product_type: a string of 1..200 characters is required");
+    /* characters, not bytes; blank is no product (the template around it
+     * would still make a question, sent and billed) */
+    if (pt == NULL || strlen(pt) != json_string_length(product) || aigw_utf8_is_blank(pt) ||
+        aigw_utf8_chars(pt) > 200)
+        return aigw_req_fail(req, 400, "invalid_request",
+                             "product_type: a string of 1..200 characters, not blank, is required");
     if (rx != NULL && !json_is_null(rx) && !json_is_object(rx))
         return aigw_req_fail(req, 400, "invalid_request", "prescription: must be an object");
     if (rx != NULL && json_is_object(rx)) {

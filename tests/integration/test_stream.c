@@ -182,6 +182,8 @@ test_recommendation(void)
         "{\"product_type\":\"progressive lens\",\"stream\":\"yes\"}",
         "{\"stream\":true}",
         "{\"product_type\":\"progressive lens\",\"prescription\":[1],\"stream\":true}",
+        "{\"product_type\":\"   \"}",                 /* blank: was a billed question about nothing */
+        "{\"product_type\":\"\\u00a0\\u3000\"}",
     };
     char id[37], code[65], buf[256], text[4096];
     struct tl_resp r;
@@ -224,6 +226,23 @@ test_recommendation(void)
               tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
           "recommendation: the same request as JSON is the streamed text, from the cache (%ld)", r.status);
     tl_resp_free(&r);
+    {
+        /* 200 characters, 400 bytes: characters are counted, not bytes (was a 400) */
+        char body[512] = "{\"product_type\":\"";
+        size_t o = strlen(body);
+
+        for (int i = 0; i < 200; i++, o += 2)
+            memcpy(body + o, "\xc3\xa9", 2);
+        memcpy(body + o, "\"}", 3);
+        tl_post(port, "/api/ai/recommendation", tok, body, &r);
+        CHECK(r.status == 200, "recommendation: a product_type of 200 two-byte characters is taken (%ld): %s", r.status,
+              r.body);
+        tl_resp_free(&r);
+        memcpy(body + o, "\xc3\xa9\"}", 5);
+        tl_post(port, "/api/ai/recommendation", tok, body, &r);
+        CHECK(r.status == 400, "recommendation: 201 characters are refused (%ld)", r.status);
+        tl_resp_free(&r);
+    }
     free(tok);
 }
 
