@@ -100,6 +100,13 @@ main(void)
     pii("each patient's social\xe2\x80\x89" "security number", true);
     pii("contact\xe3\x80\x80" "details of our patients", true);
     pii("average age of myopic patients", false);
+    /* the words of a phrase joined by punctuation */
+    pii("patients' date-of-birth", true);
+    pii("list social_security numbers of patients", true);
+    pii("patients' contact / details", true);
+    pii("the insurance-number of each patient", true);
+    pii("how many patient records were renamed or dated", false);
+    pii("patients by birth year, dated-of-birth-rate", false);
     /* plurals, other separators, and invisible characters inside a word */
     pii("list the dates of birth of patients with myopia", true);
     pii("patient date-of-birth by clinic", true);
