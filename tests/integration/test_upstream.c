@@ -796,10 +796,12 @@ test_llama_variants(void)
     free_all(&p, 1);
 
     tl_mock_config(mock1, "{\"no_done\":false,\"mode\":\"exceed_context\",\"fail_next\":2}");
-    CHECK(run_seq(up, 1, 502) == 1, "refused mid-stream (400): non-stream 502");
+    /* a prompt over the context: the client's to mend, 400 context_length_exceeded (and not the backend's fault) */
+    CHECK(run_seq(up, 1, 400) == 1, "refused (400 exceed_context_size_error): non-stream 400");
     submit_stream(up, &p);
-    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 502, "refused mid-stream (400): the stream fails with 502 (%d)",
-          res(&p)->status);
+    CHECK(wait_all(&p, 1, 5000) && res(&p)->status == 400 && res(&p)->error_code != NULL &&
+              strcmp(res(&p)->error_code, "context_length_exceeded") == 0,
+          "refused mid-stream (400): the stream fails with 400 context_length_exceeded (%d)", res(&p)->status);
     free_all(&p, 1);
     tl_mock_config(mock1, "{\"mode\":\"error_midstream_data\",\"fail_next\":1}");
     submit_stream(up, &p);
