@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "aigw/api.h"
 #include "aigw/config.h"
@@ -109,6 +110,11 @@ outcome_error(struct aigw_req *req)
     o = json_pack("{s:{s:i, s:s, s:s, s:o}}", "error", "status", req->status, "code",
                   req->error_code ? req->error_code : "upstream_error", "message",
                   msg ? msg : "the upstream call failed", "extra", extra ? extra : json_object());
+    /* a 503's Retry-After goes with it: a waiter answered with this outcome
+     * (or a request arriving while the result is kept) is asked to retry too */
+    for (size_t i = 0; o != NULL && i < req->n_resp_headers; i++)
+        if (strcasecmp(req->resp_headers[i].name, "Retry-After") == 0)
+            json_object_set_new(json_object_get(o, "error"), "retry_after", json_string(req->resp_headers[i].value));
     json_decref(sent);
     text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);

@@ -280,6 +280,10 @@ from_result(struct aigw_req *req, const char *text)
     if (json_is_object(err)) {
         json_t *extra = json_object_get(err, "extra");
         int status = (int)json_integer_value(json_object_get(err, "status"));
+        const char *retry = json_string_value(json_object_get(err, "retry_after"));
+
+        if (retry != NULL) /* the leader's 503 asked its client to retry: so are we */
+            aigw_req_add_header(req, "Retry-After", aigw_pool_strdup(req->pool, retry));
 
         return aigw_req_fail_extra(req, status >= 400 ? status : 502,
                                    aigw_pool_strdup(req->pool, json_string_value(json_object_get(err, "code"))

@@ -1222,6 +1222,59 @@ test_redis_busy(void)
     free(tok);
 }
 
+/* A waiter answered with its leader's 503 gets the leader's Retry-After
+ * too (it was left out: a client told "unavailable" with no hint to retry).
+ * The only slot is held by a slow call, so the leader waits in the queue
+ * until queue_timeout_ms and fails with 503 while the waiter waits on it. */
+static void
+test_waiter_retry_after(void)
+{
+    char id[37], code[65], *tok, *cfg;
+    const char *slow[1] = {"{\"question\":\"holding the only slot\"}"};
+    const char *same[2] = {"{\"question\":\"asked twice while the slot is taken\"}",
+                           "{\"question\":\"asked twice while the slot is taken\"}"};
+    struct tl_resp hold[1], rs[2];
+    struct tl_parallel *bg;
+    struct tl_aigw g;
+    long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0;
+
+    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"queue_timeout_ms\":800,\"health_interval_ms\":60000,\"routes\":null,"
+                          "\"backends\":[{\"name\":\"one\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":1,\"max_connections\":1}]},"
+                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-oneslot\"}}");
+    if (tl_aigw_start(&g, cfg) != 0) {
+        CHECK(0, "one-slot aigw starts");
+        free(cfg);
+        free(tok);
+        return;
+    }
+    tl_mock_config(mock, "{\"first_token_ms\":3000}");
+    bg = tl_post_parallel_bg(g.port, "/api/ai/query", tok, slow, 1, hold);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1, "the slot is taken (%lld)", in_flight);
+    tl_post_parallel(g.port, "/api/ai/query", tok, NULL, same, 2, rs);
+    for (int i = 0; i < 2; i++) {
+        tl_expect("leader or waiter while the slot is taken", &rs[i], 503, "upstream_unavailable");
+        CHECK(tl_resp_header(&rs[i], "Retry-After", (char[16]){0}, 16) != NULL, "request %d: Retry-After on its 503",
+              i + 1);
+        tl_resp_free(&rs[i]);
+    }
+    tl_parallel_join(bg);
+    tl_resp_free(&hold[0]);
+    tl_mock_reset(mock);
+    CHECK(tl_aigw_stop(&g) == 0, "one-slot aigw exits cleanly");
+    {
+        char *rm = tl_sprintf("rm -rf '%s-oneslot'", tl_env("AIGW_TEST_SPOOL"));
+
+        CHECK(system(rm) == 0, "spool removed");
+        free(rm);
+    }
+    free(cfg);
+    free(tok);
+}
+
 static void
 test_all_backends_down(void)
 {
@@ -1310,6 +1363,7 @@ main(void)
     test_redis_stall();
     test_redis_busy();
     test_all_backends_down();
+    test_waiter_retry_after();
     test_rate_limit();
 
     CHECK(tl_aigw_stop(&gw2) == 0, "aigw 2 exits 0");
