@@ -33,14 +33,14 @@ id_claim(jwt_t *j, const char *name, char *dst, size_t cap)
 {
     int r = copy_claim(j, name, dst, cap);
     char *raw;
-    size_t n;
+    const char *digits;
 
     if (r != 0)
         return r;
     raw = jwt_get_grants_json(j, name);
-    n = raw != NULL ? strlen(raw) : 0;
-    if (n > 0 && n < cap && strspn(raw + (raw[0] == '-'), "0123456789") == n - (raw[0] == '-') && n > (raw[0] == '-')) {
-        memcpy(dst, raw, n + 1);
+    digits = raw != NULL && raw[0] == '-' ? raw + 1 : raw;
+    if (digits != NULL && digits[0] != '\0' && digits[strspn(digits, "0123456789")] == '\0' && strlen(raw) < cap) {
+        memcpy(dst, raw, strlen(raw) + 1);
         r = 1;
     }
     free(raw);

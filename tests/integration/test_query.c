@@ -564,35 +564,50 @@ test_single_flight_after_error(void)
 }
 
 /* A tenant of its own (its token returned, NULL when the instance did not
- * start) and a third instance whose drain gives up after 300 ms. */
+ * start) and another aigw on the config patch, which spools to
+ * ${AIGW_TEST_SPOOL}-<spool>. */
 static char *
-drained_setup(char id[37], char code[65], struct tl_aigw *gw3)
+extra_setup(char id[37], char code[65], struct tl_aigw *g, const char *patch)
 {
     char *tok, *cfg;
     int rc;
 
     tenant("pro", "{\"requests_per_minute\":1000}", id, code);
     tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"shutdown\":{\"drain_timeout_ms\":300},"
-                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}");
-    rc = tl_aigw_start(gw3, cfg);
+    cfg = tl_config_patch(patch);
+    rc = tl_aigw_start(g, cfg);
     free(cfg);
-    CHECK(rc == 0, "third aigw starts");
+    CHECK(rc == 0, "another aigw starts");
     if (rc == 0)
         return tok;
     free(tok);
     return NULL;
 }
 
-/* After drained_setup's instance stopped: its spool goes, and the token. */
+/* After extra_setup's instance stopped: its spool goes, and the token. */
 static void
-drained_teardown(char *tok)
+extra_teardown(char *tok, const char *spool)
 {
-    char *rm = tl_sprintf("rm -rf '%s-drained'", tl_env("AIGW_TEST_SPOOL"));
+    char *rm = tl_sprintf("rm -rf '%s-%s'", tl_env("AIGW_TEST_SPOOL"), spool);
 
     CHECK(system(rm) == 0, "spool removed");
     free(rm);
     free(tok);
+}
+
+/* An instance whose drain gives up after 300 ms. */
+#define DRAINED_PATCH \
+    "{\"shutdown\":{\"drain_timeout_ms\":300},\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-drained\"}}"
+
+/* Wait (up to 2 s) until one more call than base is at the mock; how many more are. */
+static long long
+wait_at_mock(long long base)
+{
+    long long n = 0;
+
+    for (int i = 0; i < 100 && (n = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
+        usleep(20 * 1000);
+    return n;
 }
 
 /* A leader cut short by its instance's drain publishes no failure: a waiter
@@ -608,13 +623,12 @@ test_leader_drained(void)
     struct tl_aigw gw3;
     long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0, locks = 0;
 
-    tok = drained_setup(id, code, &gw3);
+    tok = extra_setup(id, code, &gw3, DRAINED_PATCH);
     if (tok == NULL)
         return;
     tl_mock_config(mock, "{\"first_token_ms\":4000}");
     leader = tl_post_parallel_bg(gw3.port, "/api/ai/query", tok, body, 1, lr);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
-        usleep(20 * 1000);
+    in_flight = wait_at_mock(base);
     CHECK(in_flight == 1, "the leader's call is at the model (%lld)", in_flight);
     tl_mock_config(mock, "{\"first_token_ms\":0}"); /* for the flight taken over */
     waiter = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, wr);
@@ -630,7 +644,7 @@ test_leader_drained(void)
     tl_resp_free(&lr[0]);
     tl_resp_free(&wr[0]);
     tl_mock_reset(mock);
-    drained_teardown(tok);
+    extra_teardown(tok, "drained");
 }
 
 /* An idempotent request, on a thread of its own. */
@@ -666,13 +680,12 @@ test_waiter_drained_idempotent(void)
     struct tl_aigw gw3;
     long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0;
 
-    tok = drained_setup(id, code, &gw3);
+    tok = extra_setup(id, code, &gw3, DRAINED_PATCH);
     if (tok == NULL)
         return;
     tl_mock_config(mock, "{\"first_token_ms\":1200}");
     leader = tl_post_parallel_bg(port, "/api/ai/query", tok, body, 1, lr);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
-        usleep(20 * 1000);
+    in_flight = wait_at_mock(base);
     CHECK(in_flight == 1, "the leader's call is at the model (%lld)", in_flight);
     w = (struct idem_ask){.token = tok, .port = gw3.port};
     pthread_create(&w.th, NULL, idem_ask_run, &w);
@@ -690,7 +703,7 @@ test_waiter_drained_idempotent(void)
     tl_resp_free(&w.r);
     tl_resp_free(&lr[0]);
     tl_mock_reset(mock);
-    drained_teardown(tok);
+    extra_teardown(tok, "drained");
 }
 
 static void
@@ -1229,7 +1242,7 @@ test_redis_busy(void)
 static void
 test_waiter_retry_after(void)
 {
-    char id[37], code[65], *tok, *cfg;
+    char id[37], code[65], *tok;
     const char *slow[1] = {"{\"question\":\"holding the only slot\"}"};
     const char *same[2] = {"{\"question\":\"asked twice while the slot is taken\"}",
                            "{\"question\":\"asked twice while the slot is taken\"}"};
@@ -1238,21 +1251,15 @@ test_waiter_retry_after(void)
     struct tl_aigw g;
     long long base = tl_mock_stat(mock, "in_flight"), in_flight = 0;
 
-    tenant("pro", "{\"requests_per_minute\":1000}", id, code);
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"upstream\":{\"queue_timeout_ms\":800,\"health_interval_ms\":60000,\"routes\":null,"
-                          "\"backends\":[{\"name\":\"one\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":1,\"max_connections\":1}]},"
-                          "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-oneslot\"}}");
-    if (tl_aigw_start(&g, cfg) != 0) {
-        CHECK(0, "one-slot aigw starts");
-        free(cfg);
-        free(tok);
+    tok = extra_setup(id, code, &g,
+                      "{\"upstream\":{\"queue_timeout_ms\":800,\"health_interval_ms\":60000,\"routes\":null,"
+                      "\"backends\":[{\"name\":\"one\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":1,\"max_connections\":1}]},"
+                      "\"usage\":{\"spool_dir\":\"${AIGW_TEST_SPOOL}-oneslot\"}}");
+    if (tok == NULL)
         return;
-    }
     tl_mock_config(mock, "{\"first_token_ms\":3000}");
     bg = tl_post_parallel_bg(g.port, "/api/ai/query", tok, slow, 1, hold);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - base) < 1; i++)
-        usleep(20 * 1000);
+    in_flight = wait_at_mock(base);
     CHECK(in_flight == 1, "the slot is taken (%lld)", in_flight);
     tl_post_parallel(g.port, "/api/ai/query", tok, NULL, same, 2, rs);
     for (int i = 0; i < 2; i++) {
@@ -1265,14 +1272,7 @@ test_waiter_retry_after(void)
     tl_resp_free(&hold[0]);
     tl_mock_reset(mock);
     CHECK(tl_aigw_stop(&g) == 0, "one-slot aigw exits cleanly");
-    {
-        char *rm = tl_sprintf("rm -rf '%s-oneslot'", tl_env("AIGW_TEST_SPOOL"));
-
-        CHECK(system(rm) == 0, "spool removed");
-        free(rm);
-    }
-    free(cfg);
-    free(tok);
+    extra_teardown(tok, "oneslot");
 }
 
 static void
