@@ -9,14 +9,16 @@
 #include "aigw/server.h"
 #include "aigw/tenant.h"
 
-/* Lua: quota_reserve(counter key, limit number) -> status, count: -2, 0 the
- * counter is missing (rebuild it first); 0, used: exhausted; 1, used after
- * the increment: reserved. Limit < 0 = unlimited (still counted). Shared by
- * the reserve script here and the admission script, which reserves for the
+/* Lua: quota_reserve(counter key, limit number[, value]) -> status, count:
+ * -2, 0 the counter is missing (rebuild it first); 0, used: exhausted; 1,
+ * used after the increment: reserved. Limit < 0 = unlimited (still
+ * counted). value: the counter as the script read it already (GET's or
+ * MGET's reply, false when missing), saving a second read. Shared by the
+ * reserve script here and the admission script, which reserves for the
  * leader of a miss in its own round trip. */
 #define AIGW_QUOTA_RESERVE_LUA                                                                       \
-    "local function quota_reserve(key, limit)\n"                                                    \
-    "  local v = redis.call('GET', key)\n"                                                          \
+    "local function quota_reserve(key, limit, v)\n"                                                 \
+    "  if v == nil then v = redis.call('GET', key) end\n"                                           \
     "  if not v then return -2, 0 end\n"                                                            \
     "  v = tonumber(v)\n"                                                                           \
     "  if limit >= 0 and v >= limit then return 0, v end\n"                                         \
@@ -26,7 +28,8 @@
 /* The request's mark: a hash "aigw:{<tenant>}:rv:<usage id>" that the
  * scripts which reserve a query of the quota or take a single-flight lock
  * for a request fill in the same step ('q' = the counter reserved from,
- * 'l' = the lock taken), for AIGW_MARK_TTL_MS. When aigw gives up on such a
+ * 'l' = the lock taken; mark(marker, field, value[, field, value]): both in
+ * one HSET), for AIGW_MARK_TTL_MS. When aigw gives up on such a
  * script's reply (redis.timeout_ms) it cannot tell whether the script ran:
  * a late one is stopped by its deadline, but one that ran in time and
  * whose reply was held up did its work. aigw_quota_abandon then takes back
@@ -35,9 +38,9 @@
 #define AIGW_MARK_STR_(x) #x
 #define AIGW_MARK_STR(x) AIGW_MARK_STR_(x)
 #define AIGW_MARK_LUA                                                                               \
-    "local function mark(marker, field, value)\n"                                                   \
+    "local function mark(marker, ...)\n"                                                            \
     "  if marker and marker ~= '' then\n"                                                           \
-    "    redis.call('HSET', marker, field, value)\n"                                                \
+    "    redis.call('HSET', marker, ...)\n"                                                         \
     "    redis.call('PEXPIRE', marker, " AIGW_MARK_STR(AIGW_MARK_TTL_MS) ")\n"                      \
     "  end\n"                                                                                       \
     "end\n"

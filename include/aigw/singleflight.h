@@ -19,17 +19,19 @@ struct aigw_cache_entry;
  * leader's published outcome (taken only when take is true, and never a
  * published error: that was for the waiters of its flight); 1: this caller
  * holds the lock now (SET NX PX), and an earlier flight's result is gone, so
- * its error cannot answer this flight's waiters; 0: someone else leads. Shared by the
+ * its error cannot answer this flight's waiters (deleted unless the GET
+ * just saw there is none); 0: someone else leads. Shared by the
  * acquire script here and the admission script, which leads a miss in its
  * own round trip. */
 #define AIGW_SF_ACQUIRE_LUA                                                                          \
     "local function sf_acquire(lock, result, owner, ttl, take)\n"                                   \
+    "  local r = false\n"                                                                           \
     "  if take then\n"                                                                              \
-    "    local r = redis.call('GET', result)\n"                                                     \
+    "    r = redis.call('GET', result)\n"                                                           \
     "    if r and string.sub(r, 1, 9) ~= '{\"error\":' then return 2, r end\n"                      \
     "  end\n"                                                                                       \
     "  if redis.call('SET', lock, owner, 'NX', 'PX', ttl) then\n"                                  \
-    "    redis.call('DEL', result)\n"                                                               \
+    "    if r or not take then redis.call('DEL', result) end\n"                                     \
     "    return 1, false\n"                                                                         \
     "  end\n"                                                                                       \
     "  return 0, false\n"                                                                           \

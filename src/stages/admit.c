@@ -159,9 +159,10 @@ static struct aigw_redis_script admit_script = {
         "    lock = ARGV[8] .. gen .. ':' .. ARGV[11]\n"
         "    sf, sfres = sf_acquire(lock, lock .. ':r', ARGV[3], ARGV[9], ARGV[10] == '1')\n"
         "  end\n"
-        "  if mode == 'q' or sf == 1 then qst, qused = quota_reserve(KEYS[3], tonumber(ARGV[12])) end\n"
-        "  if sf == 1 then mark(ARGV[14], 'l', lock) end\n"
-        "  if qst == 1 then mark(ARGV[14], 'q', KEYS[3]) end\n"
+        "  if mode == 'q' or sf == 1 then qst, qused = quota_reserve(KEYS[3], tonumber(ARGV[12]), gq[2]) end\n"
+        "  if sf == 1 and qst == 1 then mark(ARGV[14], 'l', lock, 'q', KEYS[3])\n"
+        "  elseif sf == 1 then mark(ARGV[14], 'l', lock)\n"
+        "  elseif qst == 1 then mark(ARGV[14], 'q', KEYS[3]) end\n"
         "end\n"
         "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
         "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
