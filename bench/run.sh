@@ -254,6 +254,26 @@ ngx_start() { # dir url-to-wait-for -> sets nginx_pid
     nginx_pid=$!
     wait_http "$2" 10 "$nginx_pid" || die "nginx did not start: $1/error.log"
 }
+# nginx as a plain reverse proxy in front of mock1 (keep-alive upstream
+# connections, no buffering, no cache): what relaying alone costs a C proxy
+# that does nothing else, on the same cores (the S2 and S4 references).
+ngx_proxy() { # dir -> sets ngx_proxy_port and nginx_pid
+    ngx_proxy_port="$(free_port)"
+    ngx_conf "$1" <<EOF
+    upstream mock { server ${AIGW_MOCK_URL#http://}; keepalive 1024; }
+    server {
+        listen 127.0.0.1:$ngx_proxy_port;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }
+    }
+EOF
+    ngx_start "$1" "http://127.0.0.1:$ngx_proxy_port/health"
+}
 ngx="$sd/nginx"; mkdir -p "$ngx/cache"
 ngx_port="$(free_port)"; origin_port="$(free_port)"
 while [[ "$origin_port" == "$ngx_port" ]]; do origin_port="$(free_port)"; done
@@ -328,7 +348,7 @@ log "S1 CPU per cache hit: aigw $S1_CPU_GW us, Redis $S1_CPU_REDIS us, PostgreSQ
 
 # ---------------------------------------------------------------- S2 miss path overhead
 mock_cfg '{"first_token_ms":20,"token_latency_ms":0,"tokens":8}'
-declare -a s2g_p50 s2g_p99 s2g_rps s2d_p50 s2d_p99 s2d_rps s2g_bad=() s2d_bad=()
+declare -a s2g_p50 s2g_p99 s2g_rps s2d_p50 s2d_p99 s2d_rps s2n_p50 s2n_p99 s2n_rps s2g_bad=() s2d_bad=() s2n_bad=()
 s2_cpu=(0 0) s2_reqs=0 # aigw's and Redis's CPU ticks over the aigw rounds: what a miss costs them
 s2_side() { # side round
     local r t0 t1
@@ -340,6 +360,9 @@ s2_side() { # side round
         s2_cpu[0]=$(( s2_cpu[0] + t1[0] - t0[0] )) s2_cpu[1]=$(( s2_cpu[1] + t1[1] - t0[1] ))
         read -r rps p50 p99 reqs bad sock <<<"$r"; s2_reqs=$(( s2_reqs + reqs ))
         s2g_rps+=("$rps"); s2g_p50+=("$p50"); s2g_p99+=("$p99"); s2g_bad+=($((bad + sock)))
+    elif [[ "$1" == nginx ]]; then # the same body as direct, through the plain proxy
+        r="$(AIGW_BENCH_UNIQUE=1 AIGW_BENCH_DIRECT=1 run_wrk "s2-nginx-$2" "http://127.0.0.1:$ngx2_port/v1/chat/completions" "$S2_CONNS" "$DUR")"
+        read -r rps p50 p99 _ bad sock <<<"$r"; s2n_rps+=("$rps"); s2n_p50+=("$p50"); s2n_p99+=("$p99"); s2n_bad+=($((bad + sock)))
     else
         r="$(AIGW_BENCH_UNIQUE=1 AIGW_BENCH_DIRECT=1 run_wrk "s2-direct-$2" "$AIGW_MOCK_URL/v1/chat/completions" "$S2_CONNS" "$DUR")"
         read -r rps p50 p99 _ bad sock <<<"$r"; s2d_rps+=("$rps"); s2d_p50+=("$p50"); s2d_p99+=("$p99"); s2d_bad+=($((bad + sock)))
@@ -348,12 +371,16 @@ s2_side() { # side round
     valid_round "S2 round $2 $1" "$bad" "$sock"
 }
 run_nonce="$(date +%s)-$RANDOM"
-log "S2: miss path, $S2_CONNS connections, mock 20 ms + 8 tokens, $DUR x $ROUNDS rounds per side"
-for ((i = 1; i <= ROUNDS; i++)); do
-    if (( i % 2 )); then s2_side aigw "$i"; s2_side direct "$i"; else s2_side direct "$i"; s2_side aigw "$i"; fi
+ngx_proxy "$sd/nginx-s2"; ngx2_port="$ngx_proxy_port"
+log "S2: miss path, $S2_CONNS connections, mock 20 ms + 8 tokens, $DUR x $ROUNDS rounds per side (aigw, direct, nginx in front of the mock)"
+sides=(aigw direct nginx)
+for ((i = 1; i <= ROUNDS; i++)); do # each round starts with another side
+    for j in 0 1 2; do s2_side "${sides[(i + j - 1) % 3]}" "$i"; done
 done
+stop_pid "$nginx_pid" 5; nginx_pid=""
 S2_G_P50="$(median "${s2g_p50[@]}")" S2_G_P99="$(median "${s2g_p99[@]}")" S2_G_RPS="$(median "${s2g_rps[@]}")"
 S2_D_P50="$(median "${s2d_p50[@]}")" S2_D_P99="$(median "${s2d_p99[@]}")" S2_D_RPS="$(median "${s2d_rps[@]}")"
+S2_N_P50="$(median "${s2n_p50[@]}")" S2_N_P99="$(median "${s2n_p99[@]}")" S2_N_RPS="$(median "${s2n_rps[@]}")"
 S2_CPU_GW="$(us_per_req "${s2_cpu[0]}" "$s2_reqs")" S2_CPU_REDIS="$(us_per_req "${s2_cpu[1]}" "$s2_reqs")"
 log "S2 CPU per miss: aigw $S2_CPU_GW us, Redis $S2_CPU_REDIS us ($s2_reqs requests)"
 stop_pid "$gw_pid" 15; gw_pid=""
@@ -417,21 +444,7 @@ if [[ "${SKIP_S4:-0}" != 1 ]]; then
     # front of the mock that aigw's route for these requests (knowledge:
     # mock1) and the direct side use: what relaying the same events costs a
     # C proxy that does nothing else, on the same cores.
-    ngx4="$sd/nginx-s4"; ngx4_port="$(free_port)"
-    ngx_conf "$ngx4" <<EOF
-    upstream mock { server ${AIGW_MOCK_URL#http://}; keepalive 1024; }
-    server {
-        listen 127.0.0.1:$ngx4_port;
-        location / {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_read_timeout 120s;
-        }
-    }
-EOF
-    ngx_start "$ngx4" "http://127.0.0.1:$ngx4_port/health"
+    ngx_proxy "$sd/nginx-s4"; ngx4_port="$ngx_proxy_port"
     ngx_ticks() { local p t=0; for p in $(pgrep -P "$nginx_pid"); do t=$(( t + $(cpu_ticks "$p") )); done; echo "$t"; }
     declare -A s4_p99 s4_p50 s4_st99 s4_done s4_lat50 s4_lat99 s4_stlat99 s4_ticks=([aigw]=0 [nginx]=0) s4_events=([aigw]=0 [nginx]=0)
     s4_side() { # side round
@@ -618,6 +631,8 @@ S1_P50_RATIO="$(ratio "$S1_G_P50" "$S1_N_P50")"
 S1_P99_RATIO="$(ratio "$S1_G_P99" "$S1_N_P99")"
 S2_ADD_P50="$(diffv "$S2_G_P50" "$S2_D_P50")"
 S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
+S2_NADD_P50="$(diffv "$S2_N_P50" "$S2_D_P50")"
+S2_NADD_P99="$(diffv "$S2_N_P99" "$S2_D_P99")"
 
 {
     printf '\naigw bench  %s  rev %s  (%s cores, medians of %s rounds, %s per run, sides alternated)\n' "$run_date" "$git_rev" "$(nproc)" "$ROUNDS" "$DUR"
@@ -631,8 +646,9 @@ S2_ADD_P99="$(diffv "$S2_G_P99" "$S2_D_P99")"
     printf '%-34s %14s %14s %12s\n' "S2 miss p50 ms (c=$S2_CONNS)" "$S2_G_P50" "$S2_D_P50" "+$S2_ADD_P50"
     printf '%-34s %14s %14s %12s\n' "S2 miss p99 ms" "$S2_G_P99" "$S2_D_P99" "+$S2_ADD_P99"
     printf '%-34s %14s %14s %12s\n' "S2 miss req/s" "$S2_G_RPS" "$S2_D_RPS" "$(ratio "$S2_G_RPS" "$S2_D_RPS")"
-    printf '  (S2 reference = the mock called directly; last column = ms added by aigw; CPU per miss: aigw %s us, Redis %s us)\n' \
-        "$S2_CPU_GW" "$S2_CPU_REDIS"
+    printf '%-34s %14s %14s %12s\n' "S2 via nginx p50 / p99 ms" "$S2_N_P50" "$S2_N_P99" "+$S2_NADD_P50 / +$S2_NADD_P99"
+    printf '  (S2 reference = the mock called directly; last column = ms added by aigw, or by nginx as a plain proxy in\n'
+    printf '   front of the mock on the nginx line; CPU per miss: aigw %s us, Redis %s us)\n' "$S2_CPU_GW" "$S2_CPU_REDIS"
     printf '%s\n' "$S3_LINE"
     printf '%s\n' "$S4_LINE"
     printf '%s\n' "$S5_LINE"
@@ -654,6 +670,8 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     --argjson a50 "$S2_G_P50" --argjson a99 "$S2_G_P99" --argjson arps "$S2_G_RPS" \
     --argjson d50 "$S2_D_P50" --argjson d99 "$S2_D_P99" --argjson drps "$S2_D_RPS" \
     --argjson add50 "$S2_ADD_P50" --argjson add99 "$S2_ADD_P99" \
+    --argjson n2_50 "$S2_N_P50" --argjson n2_99 "$S2_N_P99" --argjson n2rps "$S2_N_RPS" \
+    --argjson nadd50 "$S2_NADD_P50" --argjson nadd99 "$S2_NADD_P99" --argjson s2n_err "$(arr "${s2n_bad[@]}")" \
     --argjson s2cpu_gw "$S2_CPU_GW" --argjson s2cpu_redis "$S2_CPU_REDIS" \
     --argjson s2g_err "$(arr "${s2g_bad[@]}")" --argjson s2d_err "$(arr "${s2d_bad[@]}")" \
     --argjson s3 "$s3_json" --argjson s4 "$s4_json" --argjson s5 "$s5_json" --argjson bodylen "${#body}" \
@@ -669,10 +687,13 @@ jq -n --arg date "$run_date" --arg rev "$git_rev" --argjson cores "$(nproc)" --a
     cpu_us_per_request: {aigw: $cpu_gw, redis: $cpu_redis, postgresql: $cpu_pg}
   },
   S2_miss_overhead: {
-    settings: {connections: $s2c, wrk: "-t2 -c\($s2c) -d\($dur) --latency, unique questions", mock: "first_token_ms 20, tokens 8"},
+    settings: {connections: $s2c, wrk: "-t2 -c\($s2c) -d\($dur) --latency, unique questions", mock: "first_token_ms 20, tokens 8",
+               reference: "nginx (worker_processes 2, keep-alive upstream, proxy_buffering off) in front of the same mock"},
     aigw: {p50_ms: $a50, p99_ms: $a99, req_per_s: $arps, rounds_errors: $s2g_err},
     direct: {p50_ms: $d50, p99_ms: $d99, req_per_s: $drps, rounds_errors: $s2d_err},
+    nginx: {p50_ms: $n2_50, p99_ms: $n2_99, req_per_s: $n2rps, rounds_errors: $s2n_err},
     added_ms: {p50: $add50, p99: $add99},
+    nginx_added_ms: {p50: $nadd50, p99: $nadd99},
     cpu_us_per_request: {aigw: $s2cpu_gw, redis: $s2cpu_redis}
   },
   S3_many_slow: $s3,
