@@ -69,7 +69,11 @@
  * asking Redis again: a miss costs one round trip before the upstream call
  * instead of three.
  * The numbers describe the tighter policy: the one that refused, else the
- * one with less left. The cache key is built here because it embeds the
+ * one with less left. Remaining is never below 0, and reset is when the
+ * window has room again: when its oldest bucket leaves, or, after a limit
+ * was lowered below what the window holds, when enough buckets have left
+ * (walked only then: before, a client told to retry when the oldest bucket
+ * left was refused again, and read a negative count). The cache key is built here because it embeds the
  * generation; it shares the tenant's hash tag, so it lives on the same
  * cluster slot.
  * Numbers: Redis's Lua 5.1 turns a string into a number with strtod
@@ -127,9 +131,17 @@ static struct aigw_redis_script admit_script = {
         "  else redis.call('HSET', key, secs, bucket, 'n', total, 'lo', string.format('%d', lo[key])) end\n"
         "  if c == 0 then redis.call('PEXPIRE', key, window + 1000) end\n"
         "end\n"
-        "local function reset(key, n)\n"
+        "local function reset(key, n, lim)\n"
         "  if n <= 0 then return 0 end\n"
-        "  return math.ceil(((lo[key] + span + 1) * 1000 - now) / 1000)\n"
+        "  local l, drop, gone = lo[key], n - lim + 1, 0\n"
+        "  if drop > 1 then\n"
+        "    while l < sec do\n"
+        "      gone = gone + (redis.call('HGET', key, l) or 0)\n"
+        "      if gone >= drop then break end\n"
+        "      l = l + 1\n"
+        "    end\n"
+        "  end\n"
+        "  return math.ceil(((l + span + 1) * 1000 - now) / 1000)\n"
         "end\n"
         "local n = count(KEYS[1])\n"
         "local kn = 0\n"
@@ -144,7 +156,7 @@ static struct aigw_redis_script admit_script = {
         "local bykey = false\n"
         "if klimit > 0 then\n"
         "  if allowed == 1 then bykey = klimit - kn <= limit - n\n"
-        "  elseif kn >= klimit and n >= limit then bykey = reset(KEYS[4], kn) >= reset(KEYS[1], n)\n"
+        "  elseif kn >= klimit and n >= limit then bykey = reset(KEYS[4], kn, klimit) >= reset(KEYS[1], n, limit)\n"
         "  else bykey = kn >= klimit end\n"
         "end\n"
         "local cached = false\n"
@@ -164,8 +176,8 @@ static struct aigw_redis_script admit_script = {
         "  elseif sf == 1 then mark(ARGV[14], 'l', lock)\n"
         "  elseif qst == 1 then mark(ARGV[14], 'q', KEYS[3]) end\n"
         "end\n"
-        "if bykey then return {allowed, klimit - kn, reset(KEYS[4], kn), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
-        "return {allowed, limit - n, reset(KEYS[1], n), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
+        "if bykey then return {allowed, math.max(klimit - kn, 0), reset(KEYS[4], kn, klimit), gen, cached, used, klimit, 1, 0, sf, sfres, qst, qused} end\n"
+        "return {allowed, math.max(limit - n, 0), reset(KEYS[1], n, limit), gen, cached, used, limit, 0, 0, sf, sfres, qst, qused}\n",
 };
 
 void

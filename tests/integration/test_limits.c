@@ -134,6 +134,43 @@ out:
     CHECK(tl_rm_rf(dir), "%s removed", dir);
 }
 
+/* A limit lowered below what the window already holds (an override at
+ * runtime): the window still has 8 admissions, 5 from 50 s ago and 3 from
+ * 10 s ago, against a new limit of 3. The next request is refused with
+ * nothing left (r=0, never negative), and told to come back when the
+ * window really holds fewer than 3, i.e. once the 10 s old bucket leaves
+ * (~51 s), not when the oldest one does (~11 s: refused again then). */
+static void
+test_limit_lowered(PGconn *owner)
+{
+    char tid[37], tcode[65], buf[128], *tok;
+    const char *p[1] = {tid};
+    long long now, t;
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "standard", "active", tid, tcode);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 3}' WHERE id = $1", 1, p));
+    CHECK(wait_for(tcode, "requests_per_minute", NULL, 3), "lowered limit: override applied");
+    now = (long long)time(NULL);
+    tl_redis_int("HSET aigw:{%s}:rlb n 8 lo %lld %lld 5 %lld 3", tid, now - 50, now - 50, now - 10);
+    tl_redis_int("PEXPIRE aigw:{%s}:rlb 70000", tid);
+    tok = tl_token(tcode, "optician", 600);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"How do I clean my lenses?\"}", &r);
+    tl_expect("lowered limit: refused", &r, 429, "rate_limited");
+    CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=0;t=", 15) == 0,
+          "lowered limit: nothing left, not a negative count: %s", buf);
+    t = strtoll(buf + 15, NULL, 10);
+    CHECK(t >= 48 && t <= 53, "lowered limit: t until the window holds fewer than 3 (~51 s): %lld", t);
+    CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtoll(buf, NULL, 10) == t,
+          "lowered limit: Retry-After = t: %s", buf);
+    CHECK(tl_json_int(&r, "error.retry_after", -1) == t && tl_json_int(&r, "error.limit", -1) == 3,
+          "lowered limit: retry_after and limit in the body: %s", r.body);
+    tl_resp_free(&r);
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", tid) == 8, "lowered limit: the refusal is not counted");
+    free(tok);
+    PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+}
+
 int
 main(void)
 {
@@ -212,6 +249,7 @@ main(void)
 
     q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
     PQclear(q);
+    test_limit_lowered(owner);
     {
         char *log = tl_aigw_log(&gw);
 
