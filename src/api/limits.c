@@ -2,6 +2,7 @@
 #include <jansson.h>
 
 #include "aigw/api.h"
+#include "aigw/apikey.h"
 #include "aigw/quota.h"
 #include "aigw/tenant.h"
 #include "aigw/util.h"
@@ -13,6 +14,7 @@ aigw_api_limits(struct aigw_req *req)
     json_t *features = json_object(), *body;
     char resets[32];
     long used = 0, remaining;
+    int rpm = t->requests_per_minute;
 
     if (aigw_quota_used(req->srv, t, &used) != 0) {
         json_decref(features);
@@ -24,10 +26,15 @@ aigw_api_limits(struct aigw_req *req)
     remaining = t->monthly_limit < 0 ? -1 : t->monthly_limit - used;
     if (remaining < -1 || (t->monthly_limit >= 0 && remaining < 0))
         remaining = 0;
+    /* an API key with a tighter limit of its own meets that one (the
+     * RateLimit-Policy of its requests says so): the tenant's told a
+     * 3 rpm key it had 100 */
+    if (req->api_key != NULL && req->api_key->requests_per_minute > 0 && req->api_key->requests_per_minute < rpm)
+        rpm = req->api_key->requests_per_minute;
     aigw_rfc3339(aigw_next_month_start(aigw_wall_s()), resets);
     body = json_pack("{s:s, s:s, s:s, s:I, s:I, s:I, s:i, s:i, s:o, s:s}", "tenant", t->code, "tenant_id", t->id,
                      "tier", t->tier, "monthly_limit", (json_int_t)t->monthly_limit, "used", (json_int_t)used,
-                     "remaining", (json_int_t)remaining, "requests_per_minute", t->requests_per_minute,
+                     "remaining", (json_int_t)remaining, "requests_per_minute", rpm,
                      "max_tokens", t->max_tokens, "features", features, "period_resets_at", resets);
     return aigw_req_json(req, 200, body);
 }

@@ -370,6 +370,20 @@ test_key_rate_limit(void)
 
     CHECK(create_key(port1, admin, "{\"name\":\"slow\",\"requests_per_minute\":3}", key, id) == 201, "rpm key");
     CHECK(create_key(port1, admin, "{\"name\":\"free\"}", free_key, id) == 201, "unlimited key");
+    /* /api/ai/limits tells each caller the per-minute limit its next
+     * request meets (RateLimit-Policy below): the key's own when tighter */
+    use_key(port1, key, "/api/ai/limits", &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "requests_per_minute", 0) == 3,
+          "limits for a 3 rpm key: requests_per_minute 3: %s", r.body);
+    tl_resp_free(&r);
+    use_key(port1, free_key, "/api/ai/limits", &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "requests_per_minute", 0) == 100,
+          "limits for a key without its own limit: the tenant's 100: %s", r.body);
+    tl_resp_free(&r);
+    tl_get(port1, "/api/ai/limits", admin, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "requests_per_minute", 0) == 100, "limits for a JWT: the tenant's 100: %s",
+          r.body);
+    tl_resp_free(&r);
     for (int i = 0; i < 3; i++) {
         use_key(i % 2 ? port2 : port1, key, NULL, &r);
         tl_expect("within the key's limit", &r, 200, NULL);
