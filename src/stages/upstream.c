@@ -181,6 +181,15 @@ query_finalize(struct aigw_req *req, bool client_gone)
     bool ok = aigw_stream_outcome(req, client_gone, &chunks);
     char *ev;
 
+    /* past 4 MiB the engine streams on without assembling the text: an
+     * answer it could not keep is no answer to cache, hand to waiters or
+     * replay (kept as "", a retry with the same Idempotency-Key was
+     * replayed an empty answer). It ends as the 502 a plain answer that
+     * size gets, the text delivered billed. */
+    if (ok && req->q->answer == NULL) {
+        aigw_req_fail(req, 502, "upstream_error", "the answer is over 4 MiB");
+        ok = false;
+    }
     if (ok)
         aigw_api_query(req); /* the JSON answer: for the idempotency record and the closing event */
     aigw_req_settle(req);

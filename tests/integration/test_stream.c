@@ -488,6 +488,56 @@ test_failures(void)
     free(tok);
 }
 
+/* A streamed answer over the 4 MiB the engine assembles (70 tokens of
+ * 64 KiB here) can be neither cached, nor handed to waiters, nor replayed:
+ * the stream ends with an upstream_error event (the text delivered is
+ * billed), and a retry with the same Idempotency-Key is answered that
+ * error. It used to close as a success whose answer was kept as "": the
+ * retry was replayed an empty answer, and the waiters got a 502 made up
+ * from the leader's success. */
+static void
+test_answer_over_limit(void)
+{
+    const char *h[] = {"Idempotency-Key: big-1", NULL};
+    const char *body[1] = {"{\"question\":\"Tell me a very long story\",\"stream\":true}"};
+    char id[37], code[65], buf[64];
+    struct tl_resp r;
+    struct events e;
+    int deltas = 0;
+    json_t *err;
+    char *tok;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":70,\"token_pad\":65536,\"token_latency_ms\":1}");
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    CHECK(r.status == 200, "over 4 MiB: the stream starts (%ld)", r.status);
+    parse_events(r.body, &e);
+    for (int i = 0; i < e.n; i++)
+        deltas += json_object_get(e.ev[i], "delta") != NULL;
+    err = json_object_get(last(&e), "error");
+    CHECK(e.framing_ok && deltas == 70, "over 4 MiB: every token was streamed (%d)", deltas);
+    CHECK(json_is_object(err) && json_is_string(json_object_get(err, "code")) &&
+              strcmp(json_string_value(json_object_get(err, "code")), "upstream_error") == 0,
+          "over 4 MiB: the stream ends with an upstream_error event, not a done one");
+    free_events(&e);
+    tl_resp_free(&r);
+    CHECK(tl_usage_rows(owner, id, "billed AND NOT success AND status_code = 502 AND completion_tokens = 70", 1) == 1,
+          "over 4 MiB: the delivered text is billed, as a failure");
+    CHECK(tl_quota_used(id) == 1, "over 4 MiB: one query of quota");
+
+    tl_post_parallel(port, "/api/ai/query", tok, h, body, 1, &r);
+    CHECK(tl_resp_header(&r, "Idempotent-Replayed", buf, sizeof(buf)) != NULL, "over 4 MiB: the same key is replayed");
+    tl_expect("over 4 MiB: the replay is the error, not an empty answer", &r, 502, "upstream_error");
+    tl_resp_free(&r);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"Tell me a very long story\"}", &r);
+    CHECK(!(tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0),
+          "over 4 MiB: nothing was cached (%ld)", r.status);
+    tl_resp_free(&r);
+    tl_mock_config(mock, "{\"token_pad\":0,\"token_latency_ms\":5}");
+    free(tok);
+}
+
 static long
 rss_kib(pid_t pid)
 {
@@ -622,6 +672,7 @@ main(void)
     test_stream_lock();
     test_stream_idempotency();
     test_failures();
+    test_answer_over_limit();
     test_disconnect();
     test_slow_reader();
 

@@ -206,6 +206,12 @@ void mu_token_text(const struct mu_gen *g, long i, char *buf, size_t cap)
     } else {
         snprintf(buf, cap, " tok%ld", i);
     }
+    if (g->pad > 0) {
+        size_t len = strlen(buf);
+        size_t n = len + (size_t)g->pad < cap ? (size_t)g->pad : cap - 1 - len;
+        memset(buf + len, '.', n);
+        buf[len + n] = '\0';
+    }
 }
 
 static char *dump_steal(json_t *j)
@@ -251,7 +257,7 @@ static json_t *usage_obj(const struct mu_gen *g)
 
 char *mu_render_completion(const struct mu_gen *g, const struct mu_timings *t)
 {
-    size_t cap = 128 + MU_SNIPPET_BYTES + (size_t)g->n_tokens * 24;
+    size_t cap = 128 + MU_SNIPPET_BYTES + (size_t)g->n_tokens * (24 + (size_t)g->pad);
     char *content = malloc(cap);
     if (!content) {
         return NULL;
@@ -315,14 +321,19 @@ char *mu_render_chunk_role(const struct mu_gen *g)
 
 char *mu_render_chunk_token(const struct mu_gen *g, long i)
 {
-    char text[MU_SNIPPET_BYTES + 64];
-    mu_token_text(g, i, text, sizeof text);
+    size_t cap = MU_TOKEN_BYTES(g);
+    char *text = malloc(cap);
+    if (!text) {
+        return NULL;
+    }
+    mu_token_text(g, i, text, cap);
     size_t len = strlen(text);
-    if (g->nul && i == g->n_tokens && len + 2 < sizeof text) {
+    if (g->nul && i == g->n_tokens && len + 2 < cap) {
         text[len++] = '\0';
         text[len++] = 'x';
     }
     json_t *delta = json_pack("{s:s%}", i <= g->reasoning ? "reasoning_content" : "content", text, len);
+    free(text);
     return dump_steal(chunk_base(g, one_choice(NULL, delta)));
 }
 

@@ -40,6 +40,7 @@
 #define HANG_CAP_MS (3600L * 1000L)
 #define MAX_MS_SETTING (3600L * 1000L)
 #define MAX_TOKENS_SETTING 1000000L
+#define MAX_TOKEN_PAD 131072L /* one token event stays well under aigw's 256 KiB event limit */
 
 /* ------------------------------------------------------------------------ */
 /* configuration and state                                                  */
@@ -76,6 +77,7 @@ struct config {
     bool no_done;               /* streams end without data: [DONE] (llama-server before 2024-09) */
     bool nul_text;              /* the answer's last token ends in \u0000x */
     long reasoning_tokens;      /* the first N stream tokens are reasoning_content deltas */
+    long token_pad;             /* '.' bytes appended to each token's text */
     char model[256];
 };
 
@@ -112,7 +114,7 @@ struct req {
     /* generation parameters (fixed when admitted) */
     enum mode kind;
     bool stream, include_usage, usage_in_finish, stamp, no_done, nul;
-    long n_tokens, prompt_tokens, first_ms, lat_ms, reasoning;
+    long n_tokens, prompt_tokens, first_ms, lat_ms, reasoning, pad;
     const char *finish_reason;
     char id[48];
     char model[256];
@@ -420,7 +422,7 @@ static bool is_loading_locked(void)
 
 static json_t *config_json_locked(void)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:b, s:I, s:s}",
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:b, s:I, s:I, s:s}",
                      "mode", mode_names[g_cfg.mode],
                      "fail_next", (json_int_t)g_cfg.fail_next,
                      "token_latency_ms", (json_int_t)g_cfg.token_latency_ms,
@@ -433,6 +435,7 @@ static json_t *config_json_locked(void)
                      "no_done", (int)g_cfg.no_done,
                      "nul_text", (int)g_cfg.nul_text,
                      "reasoning_tokens", (json_int_t)g_cfg.reasoning_tokens,
+                     "token_pad", (json_int_t)g_cfg.token_pad,
                      "model", g_cfg.model);
 }
 
@@ -535,6 +538,8 @@ static enum MHD_Result handle_config_post(struct req *r)
             c.nul_text = json_is_true(v);
         } else if (strcmp(key, "reasoning_tokens") == 0) {
             ok = cfg_int(v, 0, MAX_TOKENS_SETTING, &c.reasoning_tokens);
+        } else if (strcmp(key, "token_pad") == 0) {
+            ok = cfg_int(v, 0, MAX_TOKEN_PAD, &c.token_pad);
         } else if (strcmp(key, "model") == 0) {
             ok = json_is_string(v) && json_string_length(v) > 0 &&
                  json_string_length(v) < sizeof c.model;
@@ -618,6 +623,7 @@ static void gen_of(const struct req *r, struct mu_gen *g)
     g->prompt_tokens = r->prompt_tokens;
     g->reasoning = r->reasoning;
     g->nul = r->nul;
+    g->pad = r->pad;
 }
 
 static void timings_of(const struct req *r, struct mu_timings *t)
@@ -938,6 +944,7 @@ static enum MHD_Result handle_chat(struct req *r)
     r->no_done = c.no_done;
     r->nul = c.nul_text;
     r->reasoning = c.reasoning_tokens;
+    r->pad = c.token_pad;
     r->n_tokens = c.tokens;
     r->finish_reason = "stop";
     if (pr.max_tokens > 0 && pr.max_tokens < c.tokens) {
@@ -1213,7 +1220,7 @@ static void usage(FILE *f)
         "  --help                this text\n"
         "\n"
         "Control API: POST /__mock/config {mode,fail_next,token_latency_ms,first_token_ms,\n"
-        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,no_done,nul_text,reasoning_tokens,model}; GET /__mock/config;\n"
+        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,no_done,nul_text,reasoning_tokens,token_pad,model}; GET /__mock/config;\n"
         "GET /__mock/stats; POST /__mock/reset.\n",
         f);
 }

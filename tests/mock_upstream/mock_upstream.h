@@ -40,6 +40,7 @@ struct mu_gen {
     long prompt_tokens;
     long reasoning;  /* tokens 1..reasoning stream as delta.reasoning_content */
     bool nul;        /* the last token ends in a NUL character and "x" (\u0000x on the wire) */
+    long pad;        /* each token's text ends in this many '.' (an answer of megabytes in a few events) */
 };
 
 struct mu_timings {
@@ -49,7 +50,9 @@ struct mu_timings {
 
 void mu_parse_chat(const char *body, size_t len, struct mu_chat_req *out);
 
-/* Text of token i (1-based); the concatenation of tokens 1..n is the content. */
+/* Text of token i (1-based); the concatenation of tokens 1..n is the content.
+ * buf needs MU_TOKEN_BYTES(g) bytes. */
+#define MU_TOKEN_BYTES(g) ((size_t)(g)->pad + MU_SNIPPET_BYTES + 64)
 void mu_token_text(const struct mu_gen *g, long i, char *buf, size_t cap);
 
 /* All mu_render_* return malloc'd NUL-terminated strings (NULL on OOM). */
