@@ -103,6 +103,8 @@ struct aigw_upstream_call {
     char *delta;           /* the current event's decoded delta text */
     size_t delta_cap;
     bool want_pause, paused;
+    bool held;             /* its client held it paused at least once (a slow reader) */
+    bool stalled;          /* ended by the idle limit: no byte for stream_idle_ms */
     bool text_dropped;     /* the assembled text passed MAX_ANSWER_BYTES: not kept */
     bool stream_error;     /* an error event arrived */
     long stream_error_code; /* its code (llama-server's HTTP-like status), 0 if none */
@@ -724,7 +726,7 @@ on_stream_write(char *ptr, size_t size, size_t nmemb, void *ud)
     if (c->res.saw_done)
         return 0; /* bytes after [DONE] (keep-alive comments, say): the answer is complete, end here */
     if (c->want_pause) {
-        c->paused = true;
+        c->paused = c->held = true;
         return CURL_WRITEFUNC_PAUSE;
     }
     if (c->sse_len + n + 1 > c->sse_cap) {
@@ -1137,7 +1139,11 @@ complete_stream(struct aigw_upstream *up, struct aigw_upstream_call *c, CURLcode
         c->res.status = 200;
         finish(c);
     } else if (rc == CURLE_OPERATION_TIMEDOUT) {
-        backend_failed(up, b);
+        /* a stall is the backend's; stream_timeout_ms reached by a stream
+         * its client held paused is (at least in part) the client's time:
+         * one slow reader took a backend out for everyone */
+        if (c->stalled || !c->held)
+            backend_failed(up, b);
         fail(c, 504, "upstream_timeout", "stream stalled or ran too long", 0);
     } else if (rc == CURLE_WRITE_ERROR && c->too_big) {
         fail(c, 502, "upstream_error", "stream event too large", 0);
@@ -1424,8 +1430,10 @@ sweep_streams(struct aigw_upstream *up, int64_t now)
         if (c->done_ms != 0 && c->done_ms + DONE_GRACE_MS <= now)
             complete(up, c, CURLE_OK);
         else if (c->done_ms == 0 && !c->paused && up->cfg->stream_idle_ms > 0 &&
-                 now - c->last_byte_ms >= up->cfg->stream_idle_ms)
+                 now - c->last_byte_ms >= up->cfg->stream_idle_ms) {
+            c->stalled = true;
             complete(up, c, CURLE_OPERATION_TIMEDOUT);
+        }
     }
 }
 

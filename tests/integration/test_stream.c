@@ -653,6 +653,55 @@ test_slow_reader(void)
     free(tok);
 }
 
+/* A stream that runs past upstream.stream_timeout_ms while its client held
+ * it paused (a reader that does not keep up) ends in 504 as documented, but
+ * the time was the client's, not the model server's: the backend is not
+ * blamed. It was, like a stalled backend, so with fail_threshold 1 one slow
+ * reader took the only backend out for everyone (503 for down_ms). */
+static void
+test_paused_past_total(void)
+{
+    static const char patch[] =
+        "{\"upstream\":{\"timeout_ms\":5000,\"stream_idle_ms\":1000,\"stream_timeout_ms\":2000,"
+        "\"stream_buffer_bytes\":4096,\"queue_timeout_ms\":2000,\"health_interval_ms\":60000,"
+        "\"fail_threshold\":1,\"down_ms\":60000,\"routes\":null,"
+        "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]},"
+        "\"usage\":{\"flush_ms\":20}}";
+    char id[37], code[65], buf[64];
+    struct tl_aigw g;
+    struct tl_resp r;
+    char *cfg, *tok;
+    int fd;
+
+    cfg = tl_config_patch(patch);
+    if (tl_aigw_start(&g, cfg) != 0) {
+        CHECK(false, "paused: aigw started");
+        free(cfg);
+        return;
+    }
+    free(cfg);
+    tl_create_tenant(owner, "pro", "active", id, code);
+    {
+        const char *p[1] = {id};
+
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
+    }
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
+    fd = tl_stream_open(g.port, tok, "Explain lens coatings to a reader who never reads", 2048);
+    CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "paused: the stream started");
+    usleep(3000 * 1000); /* not reading: paused past the 2 s stream_timeout_ms */
+    close(fd);
+    CHECK(tl_usage_rows(owner, id, "status_code IN (499, 504) AND billed", 1) == 1, "paused: the stream ended, billed");
+    tl_mock_config(mock, "{\"tokens\":3,\"token_latency_ms\":5}");
+    tl_post(g.port, "/api/ai/query", tok, "{\"question\":\"Is the backend still up?\"}", &r);
+    CHECK(r.status == 200, "paused: the backend was not blamed for the client's pause: the next query is answered (%ld %s)",
+          r.status, tl_json_str(&r, "error.code", buf, sizeof(buf)) ? buf : "");
+    tl_resp_free(&r);
+    CHECK(tl_aigw_stop(&g) == 0, "paused: aigw exits 0");
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -675,6 +724,7 @@ main(void)
     test_answer_over_limit();
     test_disconnect();
     test_slow_reader();
+    test_paused_past_total();
 
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
     tl_mock_reset(mock);
