@@ -50,11 +50,16 @@ static struct aigw_redis_script acquire_script = {
 /* KEYS[1] lock, KEYS[2] result; ARGV[1] owner, ARGV[2] result ('' = none:
  * only release the lock), ARGV[3] result ttl ms. With the answer to cache
  * too, KEYS[3] its cache key, ARGV[4] the entry, ARGV[5] its TTL in s: the
- * cache store rides on the same round trip (it used to be a second one). */
+ * cache store rides on the same round trip (it used to be a second one).
+ * The result goes only to this request's own flight: a leader that answers
+ * after its lock expired (a stream whose client read its end late, say)
+ * has no waiters left (they saw the lock go and moved on), and a newer
+ * flight may lead, whose waiters took this one's outcome for their own. */
 static struct aigw_redis_script publish_script = {
-    .source = "if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end\n"
+    .source = "local mine = redis.call('GET', KEYS[1]) == ARGV[1]\n"
+              "if mine and ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) end\n"
               "if KEYS[3] then redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5]) end\n"
-              "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+              "if mine then redis.call('DEL', KEYS[1]) end\n"
               "return 1\n",
 };
 

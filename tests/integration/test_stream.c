@@ -702,6 +702,71 @@ test_paused_past_total(void)
     free(tok);
 }
 
+/* A leader that answers after its lock expired (its client read the end of
+ * its stream late: the after hook runs once the response is out) must not
+ * publish onto the newer flight that took the lock meanwhile: that flight's
+ * waiters got the old flight's outcome (here its 504) instead of their own
+ * leader's answer. */
+static void
+test_late_publish(void)
+{
+    static const char patch[] =
+        "{\"upstream\":{\"timeout_ms\":4000,\"stream_idle_ms\":1000,\"stream_timeout_ms\":2000,"
+        "\"stream_buffer_bytes\":4096,\"queue_timeout_ms\":100,\"health_interval_ms\":60000,"
+        "\"fail_threshold\":1000,\"routes\":null,"
+        "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]},"
+        "\"usage\":{\"flush_ms\":20}}";
+    const char *plain[1] = {"{\"question\":\"Which flight answers me?\"}"};
+    char id[37], code[65], buf[256];
+    struct tl_resp rb, rc;
+    struct tl_parallel *b, *c;
+    struct tl_aigw g;
+    char *cfg, *tok;
+    int fd, i;
+
+    cfg = tl_config_patch(patch);
+    if (tl_aigw_start(&g, cfg) != 0) {
+        CHECK(false, "late: aigw started");
+        free(cfg);
+        return;
+    }
+    free(cfg);
+    tl_create_tenant(owner, "pro", "active", id, code);
+    {
+        const char *p[1] = {id};
+
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
+    }
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
+    fd = tl_stream_open(g.port, tok, "Which flight answers me?", 2048);
+    CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "late: the first flight streams");
+    /* not reading: the stream ends at stream_timeout_ms (2 s), its lock at
+     * 9.1 s (timeout_ms, the longer, + queue_timeout_ms + 5 s) */
+    for (i = 0; i < 200 && tl_sf_locks(id) > 0; i++)
+        usleep(100 * 1000);
+    CHECK(tl_sf_locks(id) == 0, "late: the first flight's lock expired");
+    tl_mock_config(mock, "{\"tokens\":3,\"first_token_ms\":1000,\"token_latency_ms\":5}");
+    b = tl_post_parallel_bg(g.port, "/api/ai/query", tok, plain, 1, &rb);
+    for (i = 0; i < 100 && tl_sf_locks(id) == 0; i++)
+        usleep(10 * 1000);
+    CHECK(tl_sf_locks(id) == 1, "late: a second flight leads");
+    c = tl_post_parallel_bg(g.port, "/api/ai/query", tok, plain, 1, &rc);
+    usleep(300 * 1000); /* c waits on the second flight */
+    CHECK(tl_read_until(fd, "\"error\"", 5000), "late: the first flight's client reads its end (504)");
+    close(fd);
+    tl_parallel_join(b);
+    tl_parallel_join(c);
+    CHECK(rb.status == 200, "late: the second leader is answered (%ld)", rb.status);
+    CHECK(rc.status == 200 && tl_json_str(&rc, "answer", buf, sizeof(buf)) && strstr(buf, " tok3") != NULL,
+          "late: its waiter gets its answer, not the first flight's late outcome (%ld %s)", rc.status, rc.body);
+    tl_resp_free(&rb);
+    tl_resp_free(&rc);
+    tl_mock_config(mock, "{\"first_token_ms\":0}");
+    CHECK(tl_aigw_stop(&g) == 0, "late: aigw exits 0");
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -725,6 +790,7 @@ main(void)
     test_disconnect();
     test_slow_reader();
     test_paused_past_total();
+    test_late_publish();
 
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0");
     tl_mock_reset(mock);
