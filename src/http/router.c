@@ -112,8 +112,11 @@ aigw_router_match(struct aigw_pool *pool, const char *method, const char *path, 
             return &routes[i];
         }
         path_known = true;
+        /* a GET route serves HEAD too (above): RFC 9110 wants every
+         * method the resource supports in a 405's Allow */
         if (off < allow_cap)
-            off += (size_t)snprintf(allow + off, allow_cap - off, "%s%s", off ? ", " : "", routes[i].method);
+            off += (size_t)snprintf(allow + off, allow_cap - off, "%s%s%s", off ? ", " : "", routes[i].method,
+                                    strcmp(routes[i].method, "GET") == 0 ? ", HEAD" : "");
     }
     *status = path_known ? 405 : 404;
     return NULL;

@@ -384,9 +384,20 @@ main(void)
     expect_error("unknown route", &r, 404, "not_found");
     CHECK(tl_resp_header(&r, "X-Request-Id", buf, sizeof(buf)) && strlen(buf) == 32, "generated X-Request-Id");
     tl_resp_free(&r);
+    /* HEAD runs wherever GET does, so the 405's Allow (RFC 9110: every
+     * method the resource supports) names it too */
     tl_http(port, "DELETE", "/api/ai/limits", NULL, NULL, 0, &r);
     expect_error("wrong method", &r, 405, "method_not_allowed");
-    CHECK(tl_resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "GET") == 0, "Allow: GET (got %s)", buf);
+    CHECK(tl_resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "GET, HEAD") == 0, "Allow: GET, HEAD (got %s)",
+          buf);
+    tl_resp_free(&r);
+    tl_http(port, "HEAD", "/api/ai/limits", NULL, NULL, 0, &r);
+    CHECK(r.status == 401, "HEAD /api/ai/limits runs as GET: 401 without credentials, not 405 (got %ld)", r.status);
+    tl_resp_free(&r);
+    tl_http(port, "PUT", "/api/v1/api-keys", NULL, NULL, 0, &r);
+    expect_error("PUT on the key list", &r, 405, "method_not_allowed");
+    CHECK(tl_resp_header(&r, "Allow", buf, sizeof(buf)) && strcmp(buf, "POST, GET, HEAD") == 0,
+          "Allow: POST, GET, HEAD (got %s)", buf);
     tl_resp_free(&r);
     tl_get(port, "/api/ai/cache/invalidate", NULL, &r);
     expect_error("GET on a POST route", &r, 405, "method_not_allowed");
