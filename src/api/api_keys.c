@@ -28,13 +28,16 @@ static const char INSERT_SQL[] =
     "INSERT INTO api_keys (tenant_id, user_id, name, prefix, secret_sha256, scopes, requests_per_minute, expires_at)"
     " VALUES ($1::uuid, (SELECT u.id FROM users u WHERE u.id = NULLIF($2, '')::uuid), $3, $4, decode($5, 'hex'),"
     " string_to_array($6, ','), NULLIF($7, '0')::int, to_timestamp(NULLIF($8, '0')::bigint))"
-    " RETURNING id, extract(epoch FROM created_at)::bigint";
+    " RETURNING id, floor(extract(epoch FROM created_at))::bigint";
 
-/* Columns read by key_json, in its order. */
+/* Columns read by key_json, in its order. Times as whole seconds, floored:
+ * the second they fall in, as the audit trail prints times (a cast alone
+ * rounds, and 10:00:00.7 read as 10:00:01). */
 #define KEY_COLUMNS                                                                                              \
     "id, name, prefix, array_to_string(scopes, ','), COALESCE(requests_per_minute, 0),"                        \
-    " COALESCE(extract(epoch FROM expires_at)::bigint, 0), COALESCE(extract(epoch FROM revoked_at)::bigint, 0)," \
-    " COALESCE(extract(epoch FROM last_used_at)::bigint, 0), extract(epoch FROM created_at)::bigint"
+    " COALESCE(floor(extract(epoch FROM expires_at))::bigint, 0),"                                             \
+    " COALESCE(floor(extract(epoch FROM revoked_at))::bigint, 0),"                                             \
+    " COALESCE(floor(extract(epoch FROM last_used_at))::bigint, 0), floor(extract(epoch FROM created_at))::bigint"
 
 static const char LIST_SQL[] =
     "SELECT " KEY_COLUMNS " FROM api_keys"

@@ -270,6 +270,46 @@ test_listing(void)
     free(other);
 }
 
+/* The key's times read as the audit trail and the tenants print theirs: the
+ * second they fall in. Cast to bigint, the epoch was rounded, so a key made
+ * at 10:00:00.7 was listed as created at 10:00:01, a second after its
+ * audit row said it was created, and a revocation could be dated after
+ * the 204 that answered it. */
+static void
+test_listed_times(void)
+{
+    char tid[37], code[65], key[128], id[37], got[64], want[64];
+    char *admin = new_tenant("enterprise", tid, code);
+    static const char *const fields[] = {"created_at", "expires_at", "revoked_at"};
+    struct tl_resp r;
+
+    CHECK(create_key(port1, admin, "{\"name\":\"fractions\"}", key, id) == 201, "create");
+    PQclear(tl_sql(owner, true,
+                   "UPDATE api_keys SET created_at = date_trunc('second', now()) - interval '1 hour 0.3 s',"
+                   " expires_at = date_trunc('second', now()) + interval '1 day 0.6 s',"
+                   " revoked_at = date_trunc('second', now()) - interval '0.4 s' WHERE id = $1::uuid",
+                   1, (const char *const[]){id}));
+    tl_get(port1, "/api/v1/api-keys", admin, &r);
+    tl_expect("list", &r, 200, NULL);
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        char *sql = tl_sprintf("SELECT to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+                               " FROM api_keys WHERE id = $1::uuid",
+                               fields[i]);
+        PGresult *res = tl_sql(owner, true, sql, 1, (const char *const[]){id});
+        char *path = tl_sprintf("api_keys.0.%s", fields[i]);
+
+        snprintf(want, sizeof(want), "%s", PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "?");
+        if (tl_json_str(&r, path, got, sizeof(got)) == NULL)
+            snprintf(got, sizeof(got), "nothing");
+        CHECK(strcmp(got, want) == 0, "%s: %s (listed %s)", fields[i], want, got);
+        PQclear(res);
+        free(path);
+        free(sql);
+    }
+    tl_resp_free(&r);
+    free(admin);
+}
+
 static void
 test_admin_routes_refuse_keys(void)
 {
@@ -806,6 +846,7 @@ main(void)
     test_create_and_use();
     test_creator_user();
     test_listing();
+    test_listed_times();
     test_admin_routes_refuse_keys();
     test_rejected_credentials();
     test_scopes();
