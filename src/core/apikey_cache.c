@@ -30,9 +30,12 @@ struct aigw_apikey_cache {
     struct slot *slots;
 };
 
+/* expires_at floored to its second: checked as "expired once the clock's
+ * second reaches it", a key ends no later than its time (a cast alone
+ * rounds, and one expiring at N.55 kept working until N+1) */
 static const char LOOKUP_SQL[] =
     "SELECT id, tenant_id, array_to_string(scopes, ','), COALESCE(requests_per_minute, 0),"
-    " COALESCE(extract(epoch FROM expires_at)::bigint, 0), revoked"
+    " COALESCE(floor(extract(epoch FROM expires_at))::bigint, 0), revoked"
     " FROM aigw_api_key_lookup(decode($1, 'hex'))";
 
 struct aigw_apikey_cache *

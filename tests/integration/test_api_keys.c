@@ -603,6 +603,40 @@ test_expiry(void)
     free(admin);
 }
 
+/* An expires_at with a fraction of a second (set in SQL: "expire it now")
+ * ends the key at that instant. Rounded to the nearest second, one at
+ * N.55 counted as N+1, and the key kept working until then. Each round
+ * sets it just behind the clock, early in the second's last third, and
+ * uses the key at once (a new key: its record is read now). */
+static void
+test_expiry_fraction(void)
+{
+    char tid[37], code[65], key[128], id[37];
+    char *admin = new_tenant("enterprise", tid, code);
+    int accepted = 0, tried = 0;
+
+    for (int round = 0; round < 3; round++) {
+        struct timespec ts;
+        struct tl_resp r;
+
+        CHECK(create_key(port1, admin, "{\"name\":\"expired a moment ago\"}", key, id) == 201, "create");
+        do {
+            usleep(5 * 1000);
+            clock_gettime(CLOCK_REALTIME, &ts);
+        } while (ts.tv_nsec < 650000000L || ts.tv_nsec > 750000000L);
+        PQclear(tl_sql(owner, true,
+                       "UPDATE api_keys SET expires_at = date_trunc('second', now()) + interval '0.55 s'"
+                       " WHERE id = $1::uuid",
+                       1, (const char *const[]){id}));
+        use_key(port1, key, "/api/ai/limits", &r);
+        tried++;
+        accepted += r.status == 200;
+        tl_resp_free(&r);
+    }
+    CHECK(tried == 3 && accepted == 0, "a key past its expires_at is refused (%d of %d uses accepted)", accepted, tried);
+    free(admin);
+}
+
 static void
 test_plan(void)
 {
@@ -854,6 +888,7 @@ main(void)
     test_revocation();
     test_revocation_upper_case_id();
     test_expiry();
+    test_expiry_fraction();
     test_plan();
     test_bad_input();
     test_last_used_batched(cfg_slow);
