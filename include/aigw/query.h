@@ -108,6 +108,11 @@ bool aigw_utf8_has_control(const char *s);
  * tab, and the Unicode spaces (U+00A0, U+1680, U+2000..U+200A, U+2028,
  * U+2029, U+202F, U+205F, U+3000). */
 bool aigw_utf8_is_blank(const char *s);
+/* s (valid UTF-8) without the white space at its ends: ASCII white space
+ * (isspace) and the Unicode spaces of aigw_utf8_is_blank. Returns a pointer
+ * into s and sets *len to the trimmed length in bytes (0 when s is blank).
+ * Cannot fail. */
+const char *aigw_utf8_trim(const char *s, size_t *len);
 /* Query type index for a question with no explicit type (API rules). */
 int aigw_query_classify(const char *normalized);
 /* Whether the answer has parts the shape a cached or coalesced answer is

@@ -92,6 +92,35 @@ aigw_utf8_is_blank(const char *s)
     return true;
 }
 
+/* The white space at p as its length in bytes: ASCII (isspace) or a
+ * Unicode space; 0 if none. */
+static size_t
+white_len(const unsigned char *p)
+{
+    return isspace(*p) ? 1 : space_len(p);
+}
+
+const char *
+aigw_utf8_trim(const char *s, size_t *len)
+{
+    const unsigned char *p = (const unsigned char *)s, *start, *end;
+    size_t n;
+
+    for (n = white_len(p); n > 0; n = white_len(p))
+        p += n;
+    start = end = p;
+    /* a space's bytes are never the inner bytes of another character, so
+     * everything else may be stepped over one byte at a time */
+    while (*p != '\0') {
+        n = white_len(p);
+        p += n > 0 ? n : 1;
+        if (n == 0)
+            end = p;
+    }
+    *len = (size_t)(end - start);
+    return (const char *)start;
+}
+
 /* Whole-word (ASCII) match of word in text. */
 static bool
 has_word(const char *text, const char *word)

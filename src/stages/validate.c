@@ -40,17 +40,14 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
     char *trimmed, *normalized;
     size_t len;
 
-    while (*question == ' ' || *question == '\t' || *question == '\n' || *question == '\r')
-        question++;
-    len = strlen(question);
-    while (len > 0 && strchr(" \t\r\n", question[len - 1]) != NULL)
-        len--;
+    /* the white space a blank question is made of: ASCII (form feed and
+     * vertical tab too) and the Unicode spaces (U+00A0, U+3000, ...); the
+     * 4000 characters are counted without it, and the model is not sent it */
+    question = aigw_utf8_trim(question, &len);
     trimmed = aigw_pool_strndup(req->pool, question, len);
     normalized = aigw_query_normalize(trimmed);
     aigw_pool_cleanup(req->pool, free_ptr, normalized);
-    /* only white space the trim above leaves: form feed, vertical tab (the
-     * normalized form drops them) or Unicode spaces (U+00A0, U+3000, ...) */
-    if (aigw_utf8_is_blank(normalized))
+    if (len == 0)
         return aigw_req_fail(req, 400, "invalid_request", "question: must not be empty");
     if (aigw_utf8_chars(trimmed) > AIGW_QUESTION_MAX_CHARS)
         return aigw_req_fail(req, 400, "invalid_request", "question: at most %d characters",

@@ -334,6 +334,38 @@ test_bad_input(void)
     free(tok);
 }
 
+/* The 4000 characters are counted after trimming, and the Unicode spaces
+ * (U+00A0, U+3000, ...), form feed and vertical tab are trimmed like ASCII
+ * ones: a question that counts as blank when made only of them. Trimmed of
+ * ASCII space, tab, CR and LF only, 4000 characters pasted with a
+ * non-breaking space at an end were refused as 4001, and such spaces went
+ * to the model. */
+static void
+test_question_trimmed(void)
+{
+    char id[37], code[65], answer[256] = "", *tok, *big;
+    struct tl_resp r;
+    size_t o;
+
+    tenant("pro", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    big = malloc(4000 * 2 + 128);
+    o = (size_t)snprintf(big, 64, "{\"question\":\"\\u00a0\\f\xe3\x80\x80");
+    for (int i = 0; i < 4000; i++) {
+        memcpy(big + o, "\xc3\xa9", 2); /* é */
+        o += 2;
+    }
+    memcpy(big + o, "\xc2\xa0\\u000b \\u2003\"}", 18); /* with its NUL */
+    ask(tok, big, &r);
+    tl_expect("4000 characters between Unicode spaces", &r, 200, NULL);
+    /* the mock answers with the start of the question it was sent */
+    CHECK(tl_json_str(&r, "answer", answer, sizeof(answer)) && strncmp(answer, "Mock answer to [\xc3\xa9", 18) == 0,
+          "the model gets the question trimmed: %.40s", answer);
+    tl_resp_free(&r);
+    free(big);
+    free(tok);
+}
+
 /* The id of a tenant by its code. */
 static void
 tenant_id(const char *code, char id[37])
@@ -1348,6 +1380,7 @@ main(void)
     test_basic_and_cache();
     test_routes_apart();
     test_bad_input();
+    test_question_trimmed();
     test_gating();
     test_quota_race();
     test_rebuild();

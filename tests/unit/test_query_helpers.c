@@ -165,6 +165,32 @@ main(void)
           "spaces, Unicode ones too, are blank");
     CHECK(!aigw_utf8_is_blank(" x ") && !aigw_utf8_is_blank("\xe2\x80\x90") && !aigw_utf8_is_blank("\xe2\x80"),
           "a letter, U+2010 and a cut sequence are not blank");
+    {
+        /* trimmed of what counts as white space: ASCII (form feed and
+         * vertical tab too) and the Unicode spaces; inner ones stay */
+        static const struct {
+            const char *in, *want;
+        } trims[] = {
+            {"  a b \t", "a b"},
+            {"\f\v\r\n x\n", "x"},
+            {"\xc2\xa0\xe3\x80\x80"
+             "caf\xc3\xa9 \xc2\xa0"
+             "au lait\xe2\x80\x83\xc2\xa0",
+             "caf\xc3\xa9 \xc2\xa0"
+             "au lait"},
+            {"\xe2\x80\x90x\xf0\x9f\x98\x80", "\xe2\x80\x90x\xf0\x9f\x98\x80"},
+            {" \xc2\xa0 ", ""},
+            {"", ""},
+        };
+
+        for (size_t i = 0; i < sizeof(trims) / sizeof(trims[0]); i++) {
+            size_t len = 0;
+            const char *t = aigw_utf8_trim(trims[i].in, &len);
+
+            CHECK(len == strlen(trims[i].want) && strncmp(t, trims[i].want, len) == 0, "trim case %zu: \"%.*s\"", i,
+                  (int)len, t);
+        }
+    }
 
     {
         /* calendar arithmetic against glibc's gmtime_r/timegm: 200k random
