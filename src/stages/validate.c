@@ -113,15 +113,18 @@ aigw_stage_validate_recommendation(struct aigw_req *req)
     json_t *rx = json_object_get(req->json, "prescription");
     const char *pt = json_string_value(product);
     char *rx_text = NULL, *question;
+    size_t pt_len = 0;
     enum aigw_rc rc;
 
     q->route_label = "recommendation";
     if ((rc = read_stream(req, q)) != AIGW_OK)
         return rc;
-    /* characters, not bytes; blank is no product (the template around it
-     * would still make a question, sent and billed) */
-    if (pt == NULL || strlen(pt) != json_string_length(product) || aigw_utf8_is_blank(pt) ||
-        aigw_utf8_chars(pt) > 200)
+    /* characters, not bytes; blank (white space of any kind, line breaks
+     * too) is no product: the template around it would still make a
+     * question, sent and billed */
+    if (pt != NULL)
+        aigw_utf8_trim(pt, &pt_len);
+    if (pt == NULL || strlen(pt) != json_string_length(product) || pt_len == 0 || aigw_utf8_chars(pt) > 200)
         return aigw_req_fail(req, 400, "invalid_request",
                              "product_type: a string of 1..200 characters, not blank, is required");
     if (rx != NULL && !json_is_null(rx) && !json_is_object(rx))

@@ -184,6 +184,7 @@ test_recommendation(void)
         "{\"product_type\":\"progressive lens\",\"prescription\":[1],\"stream\":true}",
         "{\"product_type\":\"   \"}",                 /* blank: was a billed question about nothing */
         "{\"product_type\":\"\\u00a0\\u3000\"}",
+        "{\"product_type\":\"\\n\\r\\f\\u000b \"}", /* line breaks: blank too, but were sent and billed */
     };
     char id[37], code[65], buf[256], text[4096];
     struct tl_resp r;
