@@ -231,7 +231,9 @@ make_response(struct aigw_req *req)
     aigw_req_settle(req);
     aigw_query_sse_replay(req);
     resp = MHD_create_response_from_buffer(req->resp_len, req->resp_body, MHD_RESPMEM_PERSISTENT);
-    if (resp != NULL)
+    /* a 204 has no content, so no type: clients that parse JSON when the
+     * type says so failed on its empty body */
+    if (resp != NULL && req->status != 204)
         MHD_add_response_header(resp, "Content-Type", req->content_type ? req->content_type : "application/json");
     return resp;
 }

@@ -494,6 +494,14 @@ test_revocation(void)
     snprintf(path, sizeof(path), "/api/v1/api-keys/%s", id);
     tl_delete(port1, path, admin, &r);
     tl_expect("revoke through instance 1", &r, 204, NULL);
+    {
+        /* no content, so no type: a client that parses JSON when the type
+         * says so (fetch + res.json()) failed on the empty 204 */
+        char ct[128];
+
+        CHECK(tl_resp_header(&r, "Content-Type", ct, sizeof(ct)) == NULL && r.body_len == 0,
+              "the 204 has no body and no Content-Type (%s)", tl_resp_header(&r, "Content-Type", ct, sizeof(ct)) ? ct : "none");
+    }
     tl_resp_free(&r);
     /* the very next request, on the other instance */
     expect_use("next query on instance 2", port2, key, NULL, 401, "unauthenticated");
