@@ -1,6 +1,7 @@
 /* idempotency.c - Idempotency-Key: replay the first outcome for 24 h, 409
  * while it runs, 422 when the key comes back with a different body. Records
  * are keyed by tenant + caller + key, so one tenant can never replay another's. */
+#include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -98,6 +99,14 @@ replay(struct aigw_req *req, const char *stored)
     req->content_type = "application/json; charset=utf-8";
     req->q->from_cache = true;
     aigw_req_add_header(req, "Idempotent-Replayed", "true");
+    if (status == 200) {
+        /* every answer of a query route has X-Cache (API.md); the first
+         * outcome's, as its body still says it */
+        json_t *body = json_loads(req->resp_body, 0, NULL);
+
+        aigw_req_add_header(req, "X-Cache", json_is_true(json_object_get(body, "cached")) ? "HIT" : "MISS");
+        json_decref(body);
+    }
     return AIGW_DONE;
 }
 

@@ -964,6 +964,8 @@ test_idempotency(void)
     CHECK(tl_json_str(&r, "answer", a1, sizeof(a1)) && tl_json_str(&r2, "answer", a2, sizeof(a2)) && strcmp(a1, a2) == 0,
           "replay returns the same answer");
     CHECK(strcmp(r.body, r2.body) == 0, "replay returns the same body");
+    CHECK(tl_resp_header(&r2, "X-Cache", a2, sizeof(a2)) && strcmp(a2, "MISS") == 0,
+          "the replay of a miss says X-Cache: MISS, as the first answer did");
     CHECK(tl_mock_stat(mock, "chat_requests") == calls + 1, "one upstream call");
     tl_resp_free(&r);
     tl_resp_free(&r2);
@@ -1028,6 +1030,16 @@ test_idempotency(void)
             tl_post_parallel(port, "/api/ai/query", tok2, h1, bodies, 1, &r);
             CHECK(r.status == 200 && tl_resp_header(&r, "Idempotent-Replayed", a1, sizeof(a1)),
                   "caller {%s}: its retry replayed (%ld)", who[i], r.status);
+            /* X-Cache on every answer of a query route (API.md), a replay's
+             * as its first answer had it: as the body's "cached" says */
+            {
+                char xc[16] = "", cached[16] = "";
+
+                tl_resp_header(&r, "X-Cache", xc, sizeof(xc));
+                tl_json_str(&r, "cached", cached, sizeof(cached));
+                CHECK(strcmp(xc, strcmp(cached, "true") == 0 ? "HIT" : "MISS") == 0 && cached[0] != '\0',
+                      "caller {%s}: the replay has X-Cache '%s' for \"cached\": %s", who[i], xc, cached);
+            }
             tl_resp_free(&r);
             free(tok2);
             free(claims);
