@@ -2,6 +2,7 @@
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "aigw/api.h"
 #include "aigw/config.h"
@@ -16,6 +17,33 @@ free_ptr(void *p)
     free(p);
 }
 
+/* Whether a Cache-Control value has the no-cache directive: its names are
+ * compared case-insensitively (RFC 9111 5.2), and a quoted argument is
+ * skipped (private="no-cache" names a header field, not the directive). */
+static bool
+has_no_cache(const char *cc)
+{
+    const char *p = cc;
+
+    while (p != NULL && *p != '\0') {
+        size_t n;
+
+        p += strspn(p, " \t,");
+        n = strcspn(p, " \t,=");
+        if (n == 8 && strncasecmp(p, "no-cache", 8) == 0)
+            return true;
+        p += n;
+        p += strspn(p, " \t=");
+        if (*p == '"') {
+            for (p++; *p != '\0' && *p != '"'; p++)
+                if (*p == '\\' && p[1] != '\0')
+                    p++;
+        }
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
 struct aigw_query *
 aigw_query_new(struct aigw_req *req)
 {
@@ -26,7 +54,7 @@ aigw_query_new(struct aigw_req *req)
     q->queries_remaining = -1;
     q->sf_pre = -1;
     q->quota_pre = -1;
-    q->no_cache = cc != NULL && strstr(cc, "no-cache") != NULL;
+    q->no_cache = has_no_cache(cc);
     q->respond = aigw_api_query;
     req->q = q;
     return q;

@@ -203,6 +203,18 @@ test_basic_and_cache(void)
         CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
               "Cache-Control: no-cache -> MISS");
         tl_resp_free(&r);
+        /* directive names are case-insensitive (RFC 9111 5.2), and one
+         * directive among others counts; a quoted value naming it does not */
+        h[2] = "Cache-Control: max-age=0, No-Cache";
+        tl_http(port, "POST", "/api/ai/query", h, body, strlen(body), &r);
+        CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
+              "Cache-Control: max-age=0, No-Cache -> MISS");
+        tl_resp_free(&r);
+        h[2] = "Cache-Control: private=\"no-cache\"";
+        tl_http(port, "POST", "/api/ai/query", h, body, strlen(body), &r);
+        CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
+              "Cache-Control: private=\"no-cache\" -> HIT");
+        tl_resp_free(&r);
     }
     /* invalidate -> miss */
     tl_post(port, "/api/ai/cache/invalidate", admin, "{}", &r);
