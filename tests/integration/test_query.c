@@ -204,12 +204,16 @@ test_basic_and_cache(void)
               "Cache-Control: no-cache -> MISS");
         tl_resp_free(&r);
         /* directive names are case-insensitive (RFC 9111 5.2), and one
-         * directive among others counts; a quoted value naming it does not */
+         * directive among others counts; a quoted value naming it does not.
+         * Each request after the previous one's after hook released its
+         * lock: one sent while it is held coalesces with it instead. */
+        CHECK(sf_locks_settled(id) == 0, "the no-cache leader released its lock");
         h[2] = "Cache-Control: max-age=0, No-Cache";
         tl_http(port, "POST", "/api/ai/query", h, body, strlen(body), &r);
         CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "MISS") == 0,
-              "Cache-Control: max-age=0, No-Cache -> MISS");
+              "Cache-Control: max-age=0, No-Cache -> MISS (%ld %s)", r.status, buf);
         tl_resp_free(&r);
+        CHECK(sf_locks_settled(id) == 0, "the second no-cache leader released its lock");
         h[2] = "Cache-Control: private=\"no-cache\"";
         tl_http(port, "POST", "/api/ai/query", h, body, strlen(body), &r);
         CHECK(r.status == 200 && tl_resp_header(&r, "X-Cache", buf, sizeof(buf)) && strcmp(buf, "HIT") == 0,
