@@ -654,6 +654,27 @@ test_slow_reader(void)
     free(tok);
 }
 
+/* An aigw on patch, a pro tenant whose answers may run to 10,000 tokens,
+ * its optician's token (returned, malloc'd) and the mock streaming 10,000
+ * tokens at once: a stream its client can stop reading. NULL when aigw did
+ * not start. */
+static char *
+long_stream_setup(const char *patch, struct tl_aigw *g, char id[37], const char *what)
+{
+    const char *p[1] = {id};
+    char code[65], *cfg = tl_config_patch(patch);
+    int rc = tl_aigw_start(g, cfg);
+
+    free(cfg);
+    CHECK(rc == 0, "%s: aigw started", what);
+    if (rc != 0)
+        return NULL;
+    tl_create_tenant(owner, "pro", "active", id, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
+    return tl_token(code, "optician", 600);
+}
+
 /* A stream that runs past upstream.stream_timeout_ms while its client held
  * it paused (a reader that does not keep up) ends in 504 as documented, but
  * the time was the client's, not the model server's: the backend is not
@@ -668,27 +689,14 @@ test_paused_past_total(void)
         "\"fail_threshold\":1,\"down_ms\":60000,\"routes\":null,"
         "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]},"
         "\"usage\":{\"flush_ms\":20}}";
-    char id[37], code[65], buf[64];
+    char id[37], buf[64];
     struct tl_aigw g;
     struct tl_resp r;
-    char *cfg, *tok;
+    char *tok;
     int fd;
 
-    cfg = tl_config_patch(patch);
-    if (tl_aigw_start(&g, cfg) != 0) {
-        CHECK(false, "paused: aigw started");
-        free(cfg);
+    if ((tok = long_stream_setup(patch, &g, id, "paused")) == NULL)
         return;
-    }
-    free(cfg);
-    tl_create_tenant(owner, "pro", "active", id, code);
-    {
-        const char *p[1] = {id};
-
-        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
-    }
-    tok = tl_token(code, "optician", 600);
-    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
     fd = tl_stream_open(g.port, tok, "Explain lens coatings to a reader who never reads", 2048);
     CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "paused: the stream started");
     usleep(3000 * 1000); /* not reading: paused past the 2 s stream_timeout_ms */
@@ -718,28 +726,15 @@ test_late_publish(void)
         "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\",\"slots\":8,\"max_connections\":8}]},"
         "\"usage\":{\"flush_ms\":20}}";
     const char *plain[1] = {"{\"question\":\"Which flight answers me?\"}"};
-    char id[37], code[65], buf[256];
+    char id[37], buf[256];
     struct tl_resp rb, rc;
     struct tl_parallel *b, *c;
     struct tl_aigw g;
-    char *cfg, *tok;
+    char *tok;
     int fd, i;
 
-    cfg = tl_config_patch(patch);
-    if (tl_aigw_start(&g, cfg) != 0) {
-        CHECK(false, "late: aigw started");
-        free(cfg);
+    if ((tok = long_stream_setup(patch, &g, id, "late")) == NULL)
         return;
-    }
-    free(cfg);
-    tl_create_tenant(owner, "pro", "active", id, code);
-    {
-        const char *p[1] = {id};
-
-        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"max_tokens\": 10000}' WHERE id = $1", 1, p));
-    }
-    tok = tl_token(code, "optician", 600);
-    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":10000,\"token_latency_ms\":0}");
     fd = tl_stream_open(g.port, tok, "Which flight answers me?", 2048);
     CHECK(fd >= 0 && tl_read_until(fd, "delta", 5000), "late: the first flight streams");
     /* not reading: the stream ends at stream_timeout_ms (2 s), its lock at
