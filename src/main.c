@@ -201,11 +201,20 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
     }
 }
 
+/* How often the main thread sends the Redis outbox again, serving or draining. */
+#define OUTBOX_RETRY_MS 1000
+
 /* Wait until no request is in flight or deadline_ms (monotonic) passes; a
- * second SIGTERM/SIGINT ends the wait. true when nothing is in flight. */
+ * second SIGTERM/SIGINT ends the wait. true when nothing is in flight. The
+ * outbox is sent again meanwhile, as while serving: requests that end
+ * during a drain leave their refunds and single-flight publishes there
+ * when Redis misses them, and the waiters on other instances wait for the
+ * publish (before, nothing was resent until the drain was over). */
 static bool
 wait_idle(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set, int64_t deadline_ms)
 {
+    int64_t retry_ms = aigw_now_ms() + OUTBOX_RETRY_MS;
+
     while (aigw_http_in_flight(srv) > 0) {
         int64_t left = deadline_ms - aigw_now_ms();
         int sig;
@@ -213,6 +222,10 @@ wait_idle(struct aigw_server *srv, struct aigw_watchdog *wd, const sigset_t *set
         if (left <= 0)
             return false;
         sig = wait_signal(set, wd, left < 50 ? (int)left : 50);
+        if (aigw_now_ms() >= retry_ms) {
+            aigw_redis_outbox_retry(srv->outbox);
+            retry_ms = aigw_now_ms() + OUTBOX_RETRY_MS;
+        }
         if (sig == SIGTERM || sig == SIGINT) {
             aigw_log(LOG_NOTICE, "drain: signal %d again, not waiting any longer", sig);
             return false;

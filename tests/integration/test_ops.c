@@ -1187,6 +1187,83 @@ out:
     free(cfg);
 }
 
+/* The outbox keeps retrying during a drain, once a second as always: a
+ * refund (and a leader's publish) that Redis missed while a request ended
+ * mid-drain is made as soon as Redis is back, not at the drain's end,
+ * which a slow request may hold off for the whole drain_timeout_ms (the
+ * publish releases the lock waiters on other instances wait for). */
+static void
+test_drain_outbox(void)
+{
+    char *cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000,\"fail_threshold\":100,\"timeout_ms\":1500,"
+                                "\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\"}]},"
+                                "\"tenants\":{\"cache_ttl_s\":3600},\"shutdown\":{\"drain_timeout_ms\":30000}}");
+    char id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET")), *head;
+    const char *body[1] = {"{\"question\":\"a refund while the drain goes on\"}"};
+    struct tl_conn *mon[2];
+    struct tl_parallel *bg;
+    struct tl_resp rs[1], r;
+    struct tl_aigw gw;
+    long long used;
+    int slow;
+
+    tl_mock_reset(mock1);
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    for (int i = 0; i < 2; i++) {
+        mon[i] = tl_conn_open(gw.port);
+        tl_conn_get(mon[i], "/healthz", NULL, &r, NULL);
+        tl_resp_free(&r);
+    }
+    tl_get(gw.port, "/api/ai/limits", tok, &r); /* the tenant cached */
+    tl_resp_free(&r);
+    used = tl_quota_used(id);
+    /* a request whose body never completes holds the drain open */
+    slow = connect_from(1, gw.port, false);
+    head = tl_sprintf("POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"question\"",
+                      tok);
+    CHECK(slow >= 0 && write(slow, head, strlen(head)) == (ssize_t)strlen(head), "drain outbox: a slow upload");
+    free(head);
+    tl_mock_config(mock1, "{\"mode\":\"hang\"}");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_in_flight", 1, 10000) == 1, "drain outbox: a call at the model");
+    CHECK(tl_quota_used(id) == used + 1, "drain outbox: its query reserved (%lld, was %lld)", tl_quota_used(id), used);
+    tl_aigw_signal(&gw, SIGTERM);
+    CHECK(tl_aigw_log_wait(&gw, "drain: listener closed", 10000), "drain outbox: the drain began");
+    tl_stack("redis-stop");
+    tl_parallel_join(bg);
+    CHECK(rs[0].status == 504, "drain outbox: the call times out mid-drain: 504 (%ld)", rs[0].status);
+    tl_resp_free(&rs[0]);
+    tl_conn_get(mon[0], "/metrics", NULL, &r, NULL);
+    CHECK(tl_metric_in(r.body, "aigw_redis_outbox_pending") >= 1, "drain outbox: its refund waits in the outbox (%g)",
+          tl_metric_in(r.body, "aigw_redis_outbox_pending"));
+    tl_resp_free(&r);
+    tl_stack("redis-start");
+    for (int i = 0; i < 200 && tl_quota_used(id) != used; i++)
+        usleep(20 * 1000);
+    CHECK(tl_quota_used(id) == used, "drain outbox: Redis back, the refund is made while the drain goes on (%lld, was %lld)",
+          tl_quota_used(id), used);
+    usleep(1500 * 1000);
+    tl_conn_get(mon[1], "/metrics", NULL, &r, NULL);
+    CHECK(tl_metric_in(r.body, "aigw_redis_outbox_pending") == 0 && tl_metric_in(r.body, "aigw_draining") == 1,
+          "drain outbox: the outbox is empty, still draining (%g, %g)", tl_metric_in(r.body, "aigw_redis_outbox_pending"),
+          tl_metric_in(r.body, "aigw_draining"));
+    tl_resp_free(&r);
+    if (slow >= 0)
+        close(slow); /* the drain can end */
+    CHECK(tl_aigw_wait(&gw, 30000) == 0, "drain outbox: exit 0 (%d)", gw.status);
+    for (int i = 0; i < 2; i++)
+        tl_conn_close(mon[i]);
+    CHECK(tl_aigw_stop(&gw) == 0, "drain outbox: clean exit");
+out:
+    tl_mock_reset(mock1);
+    free(tok);
+    free(cfg);
+}
+
 /* A second signal cancels what is still in flight; a third one, right
  * behind it, ends the wait for their answers at once. The HTTP daemon must
  * not be stopped while a request is still suspended on the engine or on a
@@ -1282,6 +1359,7 @@ main(void)
     test_reloads();
     test_drain();
     test_drain_deadline();
+    test_drain_outbox();
     test_drain_signals();
     PQfinish(owner);
     return tl_done();
