@@ -2,9 +2,11 @@
  * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, readiness that waits
  * for Redis, Redis with a password (and a refused AUTH or SELECT), SIGHUP
  * reloads (JWT key rotation, backends and routes, log level, the stream
- * buffer, refused bad files) on one kept-alive connection, the access log,
- * and the SIGTERM drain (all slow requests answered, new connections
- * refused, usage rows written; cancellation at the deadline). */
+ * buffer, refused bad files) on one kept-alive connection, a reload under
+ * streams in flight, the access log, and the SIGTERM drain (all slow
+ * requests answered, new connections refused, usage rows written;
+ * cancellation at the deadline of every kind of request, with nothing left
+ * in Redis or the quota journal; the outbox retried meanwhile). */
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -1023,6 +1025,127 @@ test_reloads(void)
     free_keys(&k);
 }
 
+/* What fd receives until the peer closes it, what was read holds until
+ * (when not NULL), or timeout_ms pass (malloc'd). */
+static char *
+read_text(int fd, const char *until, int timeout_ms)
+{
+    size_t n = 0, cap = 65536;
+    char *acc = malloc(cap);
+    int64_t end = aigw_now_ms() + timeout_ms;
+
+    while (aigw_now_ms() < end && n < cap - 1) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        ssize_t k;
+
+        if (poll(&pfd, 1, 100) <= 0)
+            continue;
+        k = read(fd, acc + n, cap - 1 - n);
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+        acc[n] = '\0';
+        if (until != NULL && strstr(acc, until) != NULL)
+            break;
+    }
+    acc[n] = '\0';
+    return acc;
+}
+
+/* A streamed OpenAI chat completion on a new connection; nothing is read. */
+static int
+chat_stream_open(int port, const char *tok, const char *content)
+{
+    char *body = tl_sprintf("{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}", content);
+    char *req = tl_sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                           tok, strlen(body), body);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd >= 0 && (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+                    write(fd, req, strlen(req)) != (ssize_t)strlen(req))) {
+        close(fd);
+        fd = -1;
+    }
+    free(body);
+    free(req);
+    return fd;
+}
+
+/* Streams on both routes under way while SIGHUP replaces their backend,
+ * their JWT key and the log level, twice in a row: both run to their
+ * normal end on the old backend and are billed; new requests see the new
+ * configuration. */
+static void
+test_reload_mid_stream(void)
+{
+    struct keys k;
+    struct tl_aigw gw;
+    char id[37], *tok, *cfg, *next, *q, *text_a = NULL, *text_b = NULL;
+    int fd, fd_a = -1, fd_b = -1;
+    struct tl_resp r;
+
+    make_keys(&k);
+    tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET"));
+    cfg = config_with(k.dev_keys, ONLY1, "info");
+    next = config_with(k.k2_keys, ONLY2, "warning");
+    tl_mock_reset(mock1);
+    tl_mock_reset(mock2);
+    tl_mock_config(mock1, "{\"first_token_ms\":100,\"token_latency_ms\":200,\"tokens\":20}");
+    if (start_notified(&gw, cfg, NULL, &fd) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    CHECK(tl_notify_wait(fd, "READY=1", 30000), "READY=1");
+    q = tl_sprintf("Which lens for the reloaded stream of %d?", (int)getpid());
+    fd_a = tl_stream_open(gw.port, tok, q, 0);
+    free(q);
+    CHECK(fd_a >= 0 && tl_read_until(fd_a, "delta", 10000), "reload mid-stream: the query stream is under way");
+    q = tl_sprintf("Which frame for the reloaded chat of %d?", (int)getpid());
+    fd_b = chat_stream_open(gw.port, tok, q);
+    free(q);
+    CHECK(fd_b >= 0 && tl_read_until(fd_b, "data: {", 10000), "reload mid-stream: the chat stream is under way");
+    tl_write_file(gw.config, next);
+    tl_aigw_signal(&gw, SIGHUP);
+    tl_aigw_signal(&gw, SIGHUP);
+    CHECK(tl_notify_wait(fd, "RELOADING=1", 15000) && tl_notify_wait(fd, "READY=1", 15000),
+          "reload mid-stream: RELOADING=1 then READY=1");
+    text_a = read_text(fd_a, "\"done\":true", 20000);
+    text_b = read_text(fd_b, "data: [DONE]", 20000);
+    CHECK(strstr(text_a, "\"done\":true") != NULL && strstr(text_a, "\"error\"") == NULL,
+          "reload mid-stream: the query stream ran to its normal end: %s", text_a);
+    CHECK(strstr(text_b, "data: [DONE]") != NULL && strstr(text_b, "\"error\"") == NULL &&
+              strstr(text_b, "\"finish_reason\":\"stop\"") != NULL,
+          "reload mid-stream: the chat stream ran to its normal end: %s", text_b);
+    CHECK(tl_mock_stat(mock1, "streams") == 2 && tl_mock_stat(mock2, "chat_requests") == 0,
+          "reload mid-stream: both on the old backend");
+    CHECK(usage_rows(id, "AND status_code = 200 AND billed", 2, 10000) == 2, "reload mid-stream: both billed, 200");
+    tl_get(gw.port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 401, "reload mid-stream: the removed key's token now gets 401 (%ld)", r.status);
+    tl_resp_free(&r);
+    tl_post(gw.port, "/api/ai/query", k.k2_tok, "{\"question\":\"Which coating after the reload?\"}", &r);
+    CHECK(r.status == 200 && tl_mock_stat(mock2, "chat_requests") == 1,
+          "reload mid-stream: a new query goes to the new backend (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_aigw_stop(&gw) == 0, "reload mid-stream: clean exit");
+    close(fd);
+out:
+    if (fd_a >= 0)
+        close(fd_a);
+    if (fd_b >= 0)
+        close(fd_b);
+    tl_mock_reset(mock1);
+    tl_mock_reset(mock2);
+    free(text_a);
+    free(text_b);
+    free(next);
+    free(cfg);
+    free(tok);
+    free_keys(&k);
+}
+
 /* ---- SIGTERM drain ---- */
 
 static char *
@@ -1185,6 +1308,93 @@ out:
     tl_mock_reset(mock1);
     free(tok);
     free(cfg);
+}
+
+/* Every kind of request still in flight at the drain deadline: a stream on
+ * each route, a single-flight leader with two waiters, a call holding a
+ * backend slot and one queued for a slot. Each ends with the documented
+ * status and a usage row; after the exit nothing is left behind: no
+ * single-flight lock, a quota counter equal to the billed
+ * rows and no reservation left open in the journal. */
+static void
+test_drain_kinds(void)
+{
+    char *patch = tl_sprintf("{\"upstream\":{\"health_interval_ms\":200,\"fail_threshold\":100,\"timeout_ms\":60000,"
+                             "\"queue_timeout_ms\":60000,\"routes\":null,\"backends\":[{\"name\":\"mock1\","
+                             "\"url\":\"${AIGW_MOCK_URL}\",\"slots\":4,\"max_connections\":4}]},"
+                             "\"shutdown\":{\"drain_timeout_ms\":2000}}");
+    char *cfg = tl_config_patch(patch), id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET"));
+    char *bodies[5], *q = NULL, *text_a = NULL, *text_b = NULL, *spool = NULL;
+    struct tl_resp out[5];
+    struct tl_parallel *bg;
+    struct tl_aigw gw;
+    int fd_a = -1, fd_b = -1, n503 = 0, n504 = 0;
+    long billed;
+
+    tl_mock_reset(mock1);
+    tl_mock_config(mock1, "{\"first_token_ms\":100,\"token_latency_ms\":500,\"tokens\":60,\"slots\":64}");
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    spool = tl_sprintf("%s/spool", gw.dir);
+    q = tl_sprintf("Which lens for the drained stream of %d?", (int)getpid());
+    fd_a = tl_stream_open(gw.port, tok, q, 0);
+    CHECK(fd_a >= 0 && tl_read_until(fd_a, "delta", 10000), "the query stream is under way");
+    free(q);
+    q = tl_sprintf("Which frame for the drained chat of %d?", (int)getpid());
+    fd_b = chat_stream_open(gw.port, tok, q);
+    CHECK(fd_b >= 0 && tl_read_until(fd_b, "data: {", 10000), "the chat stream is under way");
+    for (int i = 0; i < 5; i++)
+        bodies[i] = i < 3 ? tl_sprintf("{\"question\":\"Which lens for the shared drain case of %d?\"}", (int)getpid())
+                          : tl_sprintf("{\"question\":\"Which lens for drain kind %d of %d?\"}", i, (int)getpid());
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, (const char *const *)bodies, 5, out);
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_in_flight", 4, 20000) == 4, "4 calls hold the 4 slots");
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_queued", 1, 20000) == 1, "1 call waits for a slot");
+    CHECK(tl_metric_wait(gw.port, "aigw_requests_in_flight", 8, 20000) == 8, "7 requests in flight (+ the scrape)");
+    tl_aigw_signal(&gw, SIGTERM);
+    tl_parallel_join(bg);
+    text_a = read_text(fd_a, NULL, 30000);
+    text_b = read_text(fd_b, NULL, 30000);
+    CHECK(tl_aigw_wait(&gw, 60000) == 0, "exit 0 (%d)", gw.status);
+    for (int i = 0; i < 5; i++) {
+        char code[64] = "";
+
+        tl_json_str(&out[i], "error.code", code, sizeof(code));
+        n503 += out[i].status == 503 && strcmp(code, "upstream_unavailable") == 0;
+        n504 += out[i].status == 504 && strcmp(code, "upstream_timeout") == 0;
+        tl_resp_free(&out[i]);
+        free(bodies[i]);
+    }
+    CHECK(n503 + n504 == 5 && n503 >= 3, "the 5 calls cancelled at the deadline: %d 503, %d 504", n503, n504);
+    CHECK(strstr(text_a, "upstream_unavailable") != NULL, "the query stream ends with its error event: %s", text_a);
+    CHECK(strstr(text_b, "upstream_unavailable") != NULL && strstr(text_b, "data: [DONE]") != NULL,
+          "the chat stream ends with its error event and [DONE]: %s", text_b);
+    CHECK(usage_rows(id, "", 7, 10000) == 7, "a usage row for each of the 7 requests");
+    CHECK(usage_rows(id, "AND status_code >= 500", 7, 1000) == 7, "each with its 5xx status");
+    billed = usage_rows(id, "AND billed", 2, 1000);
+    CHECK(billed == 2, "the two streams that delivered text are billed (%ld)", billed);
+    CHECK(tl_quota_used(id) == billed, "the quota counter (%lld) is the billed rows (%ld): the rest refunded",
+          tl_quota_used(id), billed);
+    CHECK(tl_sf_locks(id) == 0, "no single-flight lock is left (%lld)", tl_sf_locks(id));
+    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no reservation journal is left open (%d files)",
+          tl_count_files(spool, "quota-reservations-"));
+    CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
+    for (int64_t end = aigw_now_ms() + 40000; tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end;)
+        usleep(100 * 1000);
+out:
+    if (fd_a >= 0)
+        close(fd_a);
+    if (fd_b >= 0)
+        close(fd_b);
+    tl_mock_reset(mock1);
+    free(text_a);
+    free(text_b);
+    free(spool);
+    free(q);
+    free(tok);
+    free(cfg);
+    free(patch);
 }
 
 /* The outbox keeps retrying during a drain, once a second as always: a
@@ -1357,8 +1567,10 @@ main(void)
     test_redis_auth();
     test_redis_setup_refused();
     test_reloads();
+    test_reload_mid_stream();
     test_drain();
     test_drain_deadline();
+    test_drain_kinds();
     test_drain_outbox();
     test_drain_signals();
     PQfinish(owner);
