@@ -110,6 +110,8 @@ struct aigw_upstream_call {
     long stream_error_code; /* its code (llama-server's HTTP-like status), 0 if none */
     int64_t done_ms;       /* monotonic ms [DONE] arrived while in flight; 0 = not (yet) */
     int64_t last_byte_ms;  /* monotonic ms a byte last came (or the transfer started or resumed) */
+    int idle_ms;           /* stream_idle_ms when the transfer started: a reload changes it for later
+                            * calls only, as it does curl's timeouts (set at the start too) */
     long usage_prompt, usage_completion, timings_prompt, timings_predicted;
     uint64_t seq;          /* submit order: queues stay FIFO even for a retried call */
     int64_t submit_ms;
@@ -927,6 +929,7 @@ start(struct aigw_upstream *up, struct aigw_upstream_call *c, int b)
     c->backend = b;
     c->state = CS_ACTIVE;
     c->last_byte_ms = aigw_now_ms();
+    c->idle_ms = up->cfg->stream_idle_ms;
     up->n_streams += c->on_event != NULL;
     list_append(&up->active, c);
     up->added = true;
@@ -1413,7 +1416,7 @@ dispatch(struct aigw_upstream *up, int n)
 
 /* Every SWEEP_MS: end the streams that sent [DONE] DONE_GRACE_MS ago and
  * are still open (the backend holds the response open) as a success, and
- * the ones with no byte for stream_idle_ms (not counting time paused while
+ * the ones with no byte for the stream_idle_ms they started with (not counting time paused while
  * the client was full) as timed out. */
 static void
 sweep_streams(struct aigw_upstream *up, int64_t now)
@@ -1429,8 +1432,7 @@ sweep_streams(struct aigw_upstream *up, int64_t now)
             continue;
         if (c->done_ms != 0 && c->done_ms + DONE_GRACE_MS <= now)
             complete(up, c, CURLE_OK);
-        else if (c->done_ms == 0 && !c->paused && up->cfg->stream_idle_ms > 0 &&
-                 now - c->last_byte_ms >= up->cfg->stream_idle_ms) {
+        else if (c->done_ms == 0 && !c->paused && c->idle_ms > 0 && now - c->last_byte_ms >= c->idle_ms) {
             c->stalled = true;
             complete(up, c, CURLE_OPERATION_TIMEDOUT);
         }

@@ -1146,6 +1146,52 @@ out:
     free_keys(&k);
 }
 
+/* upstream.stream_idle_ms, reloaded lower while a stream waits for its
+ * first token, applies to later streams: the one in flight keeps the limit
+ * it started with, as a call keeps its curl timeouts (it was measured
+ * against the new limit and failed with 504 on the next sweep). */
+static void
+test_reload_stream_idle(void)
+{
+    static const char PATCH[] = "{\"upstream\":{\"health_interval_ms\":200,\"fail_threshold\":100,\"routes\":null,"
+                                "\"backends\":[{\"name\":\"mock1\",\"url\":\"${AIGW_MOCK_URL}\"}],"
+                                "\"stream_idle_ms\":%d}}";
+    char *patch = tl_sprintf(PATCH, 30000), *cfg = tl_config_patch(patch), *next, *q, *text = NULL;
+    char id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET"));
+    struct tl_aigw gw;
+    int fd = -1;
+
+    free(patch);
+    patch = tl_sprintf(PATCH, 1000);
+    next = tl_config_patch(patch);
+    tl_mock_reset(mock1);
+    tl_mock_config(mock1, "{\"first_token_ms\":3000,\"tokens\":4}");
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    q = tl_sprintf("Which lens for the patient stream of %d?", (int)getpid());
+    fd = tl_stream_open(gw.port, tok, q, 0);
+    free(q);
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_in_flight", 1, 10000) == 1, "stream idle: the stream is at the model");
+    tl_write_file(gw.config, next);
+    tl_aigw_signal(&gw, SIGHUP);
+    CHECK(tl_aigw_log_wait(&gw, "upstream: configuration 2 applied", 5000), "stream idle: reloaded to 1000 ms");
+    text = read_text(fd, "\"done\":true", 15000);
+    CHECK(strstr(text, "\"done\":true") != NULL && strstr(text, "\"error\"") == NULL,
+          "stream idle: the stream in flight keeps the 30 s it started with: %s", text);
+    CHECK(tl_aigw_stop(&gw) == 0, "stream idle: clean exit");
+out:
+    if (fd >= 0)
+        close(fd);
+    tl_mock_reset(mock1);
+    free(text);
+    free(next);
+    free(patch);
+    free(cfg);
+    free(tok);
+}
+
 /* ---- SIGTERM drain ---- */
 
 static char *
@@ -1568,6 +1614,7 @@ main(void)
     test_redis_setup_refused();
     test_reloads();
     test_reload_mid_stream();
+    test_reload_stream_idle();
     test_drain();
     test_drain_deadline();
     test_drain_kinds();
