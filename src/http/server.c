@@ -684,17 +684,23 @@ accept_loop(void *arg)
             int err = errno;
 
             acceptor_unused(a);
-            if (err == EINTR || err == ECONNABORTED || err == EAGAIN || err == EPROTO)
+            if (err == EINVAL || err == EBADF || err == ENOTSOCK)
+                break; /* the drain shut the socket down */
+            /* one connection's fault: Linux hands a new connection's pending
+             * network error (ENETDOWN, EHOSTUNREACH, ...) to accept, and a
+             * firewall refuses with EPERM (accept(2): retry as for EAGAIN);
+             * stopping here left aigw taking no connection till a restart */
+            if (err == EINTR || err == ECONNABORTED || err == EAGAIN || err == EPROTO || err == EPERM
+                || err == ENETDOWN || err == ENOPROTOOPT || err == EHOSTDOWN || err == ENONET
+                || err == EHOSTUNREACH || err == EOPNOTSUPP || err == ENETUNREACH)
                 continue;
-            if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM)
-                break; /* EINVAL: the drain shut the socket down */
             if (aigw_now_ms() - last_log_ms > 5000) {
                 char eb[128];
 
                 aigw_log(LOG_ERR, "http: accept: %s; new connections wait", strerror_r(err, eb, sizeof(eb)));
                 last_log_ms = aigw_now_ms();
             }
-            usleep(10 * 1000); /* out of descriptors or memory: let connections close */
+            usleep(10 * 1000); /* out of descriptors or memory (or anything else): let connections close */
             continue;
         }
         /* refused (per-IP limit): libmicrohttpd closed fd, and will not
