@@ -471,11 +471,6 @@ test_redis_setup_refused(void)
             CHECK(tl_redis_int_at(rport, NULL, 2, "DBSIZE") > 0 && redis_keys(rport, NULL, 2) == 0 &&
                       tl_redis_int_at(rport, NULL, 3, "DBSIZE") == 0,
                   "setup: %s: counted in database 2 alone", CASES[c].what);
-            /* the keys go, the scripts stay loaded (as in a Redis other
-             * instances use): a script sent on a refused connection would
-             * run at once, not come back NOSCRIPT */
-            CHECK(tl_redis_int_at(rport, NULL, 0, "FLUSHALL") == 0 && redis_keys(rport, NULL, 4) == 0,
-                  "setup: the keys flushed");
         } else {
             CHECK(tl_aigw_log_wait(&gw, CASES[c].reason, 5000), "setup: %s: the refusal is logged (%s)", CASES[c].what,
                   CASES[c].reason);
@@ -486,6 +481,15 @@ test_redis_setup_refused(void)
             CHECK(model_calls() == calls, "setup refused: %s: nothing reached the model", CASES[c].what);
         }
         CHECK(tl_aigw_stop(&gw) == 0, "setup: %s: clean stop", CASES[c].what);
+        /* the keys go, the scripts stay loaded (as in a Redis other
+         * instances use): a script sent on a refused connection would run
+         * at once, not come back NOSCRIPT. After the stop: the last
+         * answers' after hooks (the cache store) run once the client has
+         * its answer, and one that landed after the flush was counted
+         * below as a script run on a refused connection */
+        if (CASES[c].served)
+            CHECK(tl_redis_int_at(rport, NULL, 0, "FLUSHALL") == 0 && redis_keys(rport, NULL, 4) == 0,
+                  "setup: the keys flushed");
         free(env_url);
     }
     kill(redis, SIGTERM);
