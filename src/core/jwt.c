@@ -185,7 +185,7 @@ aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, in
         *why = "exp claim missing or invalid";
         goto out;
     }
-    if (exp + cfg->jwt_leeway_s < now) {
+    if (exp < now - cfg->jwt_leeway_s) { /* exp + leeway overflows for an exp near INT64_MAX */
         *why = "token expired";
         goto out;
     }

@@ -100,6 +100,12 @@ main(void)
     tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), claims(now + 600, ",\"nbf\":0,\"iat\":0"));
     expect_accept("nbf and iat at the epoch (0)", tok);
     free(tok);
+    /* the largest exp JSON can carry: adding the leeway overflowed (signed
+     * overflow) and the token read as expired */
+    tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET),
+                  "{\"sub\":\"u1\",\"tenant_id\":\"clinic_001\",\"role\":\"admin\",\"exp\":9223372036854775807}");
+    expect_accept("exp at INT64_MAX", tok);
+    free(tok);
     /* the user: sub, else user_id; a number is taken as its digits (it was
      * dropped: usage rows had no user, idempotency shared one scope) */
     {
