@@ -104,6 +104,8 @@ struct aigw_req {
 
 /* Value of request header name (case-insensitive) or NULL. */
 const char *aigw_req_header(struct aigw_req *req, const char *name);
+/* How many times request header name (case-insensitive) was sent. */
+int aigw_req_header_count(struct aigw_req *req, const char *name);
 /* Value of query-string argument name or NULL. */
 const char *aigw_req_arg(struct aigw_req *req, const char *name);
 /* Query-string argument name given at most once: true with *value = its

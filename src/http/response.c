@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "aigw/http.h"
 #include "aigw/util.h"
@@ -35,6 +36,27 @@ count_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value
     if (strcmp(key, c->name) == 0)
         c->n++;
     return MHD_YES;
+}
+
+static enum MHD_Result
+count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    struct arg_count *c = cls;
+
+    (void)kind;
+    (void)value;
+    if (strcasecmp(key, c->name) == 0)
+        c->n++;
+    return MHD_YES;
+}
+
+int
+aigw_req_header_count(struct aigw_req *req, const char *name)
+{
+    struct arg_count c = {.name = name, .n = 0};
+
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_header, &c);
+    return c.n;
 }
 
 bool

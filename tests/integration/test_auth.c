@@ -136,6 +136,35 @@ main(void)
         CHECK(r.status == 401, "Basic auth scheme: %ld", r.status);
         tl_resp_free(&r);
     }
+    /* a credential header sent twice is refused, whichever copy is valid:
+     * libmicrohttpd reads the first, a proxy in front may read the last */
+    {
+        char *good = tl_token("clinic_001", "admin", 600), *bad = tl_token("clinic_002", "admin", 600);
+        char *h1 = tl_sprintf("Authorization: Bearer %s", good), *h2 = tl_sprintf("Authorization: Bearer %s", bad);
+        char *h3 = tl_sprintf("authorization: Bearer %s", good);
+        const char *twice[] = {h1, "Authorization: Bearer garbage", NULL};
+        const char *two_tenants[] = {h1, h2, NULL};
+        const char *case_differs[] = {h1, h3, NULL};
+        const char *const *cases[] = {twice, two_tenants, case_differs};
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            struct tl_resp r;
+            char code[64] = "", www[256];
+
+            tl_http(port, "GET", "/api/ai/limits", cases[i], NULL, 0, &r);
+            CHECK(r.status == 401, "two Authorization headers (case %zu): status %ld (%s)", i, r.status, r.body);
+            CHECK(tl_json_str(&r, "error.code", code, sizeof(code)) && strcmp(code, "unauthenticated") == 0,
+                  "two Authorization headers (case %zu): error code %s", i, code);
+            CHECK(tl_resp_header(&r, "WWW-Authenticate", www, sizeof(www)) != NULL,
+                  "two Authorization headers (case %zu): WWW-Authenticate", i);
+            tl_resp_free(&r);
+        }
+        free(h1);
+        free(h2);
+        free(h3);
+        free(good);
+        free(bad);
+    }
 
     /* tenant status */
     tok = tl_token("clinic_004", "admin", 600);
