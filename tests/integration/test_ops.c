@@ -1061,20 +1061,9 @@ static int
 chat_stream_open(int port, const char *tok, const char *content)
 {
     char *body = tl_sprintf("{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"%s\"}]}", content);
-    char *req = tl_sprintf("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-                           "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                           tok, strlen(body), body);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = tl_post_raw(port, "/v1/chat/completions", tok, body, 0);
 
-    if (fd >= 0 && (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-                    write(fd, req, strlen(req)) != (ssize_t)strlen(req))) {
-        close(fd);
-        fd = -1;
-    }
     free(body);
-    free(req);
     return fd;
 }
 

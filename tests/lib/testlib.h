@@ -265,9 +265,12 @@ void tl_pgbouncer_stop(const char *dir);
  * succeeded. */
 bool tl_stack(const char *cmd);
 
-/* A raw streaming query: POST /api/ai/query with "stream": true and the
- * question (no escaping) on a new connection to port, its receive buffer
- * set to rcvbuf when > 0; nothing is read. The socket, or -1. */
+/* POST body (JSON) to path with a bearer token on a new connection to
+ * port, its receive buffer set to rcvbuf when > 0; nothing is read. The
+ * socket, or -1. */
+int tl_post_raw(int port, const char *path, const char *token, const char *body, int rcvbuf);
+/* A raw streaming query: tl_post_raw of /api/ai/query with "stream": true
+ * and the question (no escaping). */
 int tl_stream_open(int port, const char *token, const char *question, int rcvbuf);
 /* Read fd until needle has appeared in what was read since the call (it may
  * span reads; up to 64 KiB are kept); false after timeout_ms or at EOF. */

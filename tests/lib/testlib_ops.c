@@ -297,14 +297,13 @@ tl_stack(const char *cmd)
 /* ---- raw streams ---- */
 
 int
-tl_stream_open(int port, const char *token, const char *question, int rcvbuf)
+tl_post_raw(int port, const char *path, const char *token, const char *body, int rcvbuf)
 {
     struct sockaddr_in a;
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
-    char *req = tl_sprintf("POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+    char *req = tl_sprintf("POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
                            "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
-                           token, strlen(body), body);
+                           path, token, strlen(body), body);
 
     if (fd >= 0 && rcvbuf > 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
@@ -317,8 +316,17 @@ tl_stream_open(int port, const char *token, const char *question, int rcvbuf)
         close(fd);
         fd = -1;
     }
-    free(body);
     free(req);
+    return fd;
+}
+
+int
+tl_stream_open(int port, const char *token, const char *question, int rcvbuf)
+{
+    char *body = tl_sprintf("{\"question\":\"%s\",\"stream\":true}", question);
+    int fd = tl_post_raw(port, "/api/ai/query", token, body, rcvbuf);
+
+    free(body);
     return fd;
 }
 
