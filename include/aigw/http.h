@@ -104,8 +104,9 @@ struct aigw_req {
 
 /* Value of request header name (case-insensitive) or NULL. */
 const char *aigw_req_header(struct aigw_req *req, const char *name);
-/* How many times request header name (case-insensitive) was sent. */
-int aigw_req_header_count(struct aigw_req *req, const char *name);
+/* How many request headers are named name or other (other may be NULL;
+ * case-insensitive), in one pass over the headers. */
+int aigw_req_header_count(struct aigw_req *req, const char *name, const char *other);
 /* Value of query-string argument name or NULL. */
 const char *aigw_req_arg(struct aigw_req *req, const char *name);
 /* Query-string argument name given at most once: true with *value = its

@@ -21,50 +21,40 @@ aigw_req_arg(struct aigw_req *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
-struct arg_count {
-    const char *name;
+/* Names counted by count_named: header names case-insensitively (HTTP),
+ * query-string argument names exactly. */
+struct name_count {
+    const char *name, *other; /* other: NULL, or a second name that counts too */
     int n;
 };
 
 static enum MHD_Result
-count_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+count_named(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
 {
-    struct arg_count *c = cls;
+    struct name_count *c = cls;
+    int (*cmp)(const char *, const char *) = kind == MHD_HEADER_KIND ? strcasecmp : strcmp;
 
-    (void)kind;
     (void)value;
-    if (strcmp(key, c->name) == 0)
-        c->n++;
-    return MHD_YES;
-}
-
-static enum MHD_Result
-count_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
-{
-    struct arg_count *c = cls;
-
-    (void)kind;
-    (void)value;
-    if (strcasecmp(key, c->name) == 0)
+    if (cmp(key, c->name) == 0 || (c->other != NULL && cmp(key, c->other) == 0))
         c->n++;
     return MHD_YES;
 }
 
 int
-aigw_req_header_count(struct aigw_req *req, const char *name)
+aigw_req_header_count(struct aigw_req *req, const char *name, const char *other)
 {
-    struct arg_count c = {.name = name, .n = 0};
+    struct name_count c = {.name = name, .other = other, .n = 0};
 
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_header, &c);
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_named, &c);
     return c.n;
 }
 
 bool
 aigw_req_arg_once(struct aigw_req *req, const char *name, const char **value)
 {
-    struct arg_count c = {.name = name, .n = 0};
+    struct name_count c = {.name = name, .other = NULL, .n = 0};
 
-    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, count_arg, &c);
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, count_named, &c);
     /* a bare "?name" is given, with the empty value: libmicrohttpd has NULL
      * for it, which read as absent took the default */
     *value = c.n == 1 && aigw_req_arg(req, name) == NULL ? "" : aigw_req_arg(req, name);

@@ -134,7 +134,7 @@ aigw_stage_authenticate(struct aigw_req *req)
     /* one credential header, sent once: libmicrohttpd reads the first of
      * several, a proxy in front or a log may read another */
     if ((xkey != NULL || hdr != NULL) &&
-        aigw_req_header_count(req, "Authorization") + aigw_req_header_count(req, "X-API-Key") > 1)
+        aigw_req_header_count(req, "Authorization", "X-API-Key") > 1)
         return aigw_req_fail(req, 401, "unauthenticated", "send one credential: X-API-Key or Authorization, once");
     if (xkey != NULL)
         return authenticate_key(req, xkey);
