@@ -162,17 +162,49 @@ aigw_query_classify(const char *normalized)
     return aigw_query_type_index("knowledge");
 }
 
-/* The length in bytes of an invisible character at p (soft hyphen,
- * zero-width space, non-joiner and joiner, word joiner, BOM), else 0. */
+/* The code point of the UTF-8 sequence at p, its length in *len; *len = 0
+ * when p holds no complete sequence (a lone or cut one: the NUL that ends
+ * the string is never a continuation byte, so nothing past it is read). */
+static unsigned
+utf8_decode(const unsigned char *p, size_t *len)
+{
+    size_t n = p[0] >= 0xf0 && p[0] <= 0xf4 ? 4 : p[0] >= 0xe0 ? 3 : p[0] >= 0xc2 && p[0] < 0xe0 ? 2 : 0;
+    unsigned cp = n == 2 ? p[0] & 0x1fu : n == 3 ? p[0] & 0x0fu : p[0] & 0x07u;
+
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            n = 0;
+            break;
+        }
+        cp = (cp << 6) | (p[i] & 0x3fu);
+    }
+    *len = n;
+    return cp;
+}
+
+/* The length in bytes of an invisible character at p, else 0: Unicode's
+ * default-ignorable code points (soft hyphen, combining grapheme joiner,
+ * zero-width space, non-joiner and joiner, direction marks, embeddings and
+ * isolates, word joiner and the invisible operators, Hangul fillers,
+ * variation selectors, BOM, tags, ...), which render as nothing. */
 static size_t
 invisible_len(const unsigned char *p)
 {
-    if (p[0] == 0xc2 && p[1] == 0xad)
-        return 2;
-    if (p[0] == 0xe2 && p[1] == 0x80 && p[2] >= 0x8b && p[2] <= 0x8d)
-        return 3;
-    if ((p[0] == 0xe2 && p[1] == 0x81 && p[2] == 0xa0) || (p[0] == 0xef && p[1] == 0xbb && p[2] == 0xbf))
-        return 3;
+    static const unsigned ranges[][2] = {
+        {0x00ad, 0x00ad},   {0x034f, 0x034f},   {0x061c, 0x061c},   {0x115f, 0x1160}, {0x17b4, 0x17b5},
+        {0x180b, 0x180f},   {0x200b, 0x200f},   {0x202a, 0x202e},   {0x2060, 0x206f}, {0x3164, 0x3164},
+        {0xfe00, 0xfe0f},   {0xfeff, 0xfeff},   {0xffa0, 0xffa0},   {0xfff0, 0xfff8}, {0x1bca0, 0x1bca3},
+        {0x1d173, 0x1d17a}, {0xe0000, 0xe0fff},
+    };
+    size_t n;
+    unsigned cp;
+
+    if (*p < 0xc2)
+        return 0;
+    cp = utf8_decode(p, &n);
+    for (size_t i = 0; n > 0 && i < sizeof(ranges) / sizeof(ranges[0]); i++)
+        if (cp >= ranges[i][0] && cp <= ranges[i][1])
+            return n;
     return 0;
 }
 

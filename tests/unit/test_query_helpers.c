@@ -127,6 +127,21 @@ main(void)
     pii("complaints addressed per month", false);
     pii("patients by age band", false);
     pii("renamed frames sold", false);
+    /* every invisible (default-ignorable) character, not only the zero-width
+     * space and the soft hyphen: direction marks and embeddings, invisible
+     * operators, the combining grapheme joiner, variation selectors, tags */
+    pii("patient na\xe2\x80\x8e" "mes", true);     /* U+200E left-to-right mark */
+    pii("patient na\xe2\x80\x8f" "mes", true);     /* U+200F right-to-left mark */
+    pii("patient na\xe2\x80\xae" "mes", true);     /* U+202E right-to-left override */
+    pii("patient na\xe2\x81\xa2" "mes", true);     /* U+2062 invisible times */
+    pii("patient na\xe2\x81\xa6" "mes", true);     /* U+2066 left-to-right isolate */
+    pii("patient na\xcd\x8f" "mes", true);          /* U+034F combining grapheme joiner */
+    pii("patient na\xd8\x9c" "mes", true);          /* U+061C Arabic letter mark */
+    pii("patient na\xe1\xa0\x8e" "mes", true);     /* U+180E Mongolian vowel separator */
+    pii("patient na\xef\xb8\x8f" "mes", true);     /* U+FE0F variation selector 16 */
+    pii("patient na\xf3\xa0\x81\x81" "mes", true); /* U+E0041 tag latin capital a */
+    pii("patient na\xe2\x80\x8e", false);          /* cut short: "na" */
+    pii("patient na\xe2\x80", false);               /* a cut sequence is no character */
 
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, a);
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, b);
