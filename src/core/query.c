@@ -257,21 +257,40 @@ has_term(const char *text, const char *term)
     return false;
 }
 
+/* has_term, and for a phrase also its words written together: nothing
+ * visible between them ("socialsecurity", "social<U+200B>security"). */
+static bool
+has_phrase(const char *text, const char *term)
+{
+    char joined[32];
+    size_t o = 0;
+
+    if (has_term(text, term))
+        return true;
+    if (strchr(term, ' ') == NULL)
+        return false;
+    for (const char *c = term; *c != '\0' && o + 1 < sizeof(joined); c++)
+        if (*c != ' ')
+            joined[o++] = *c;
+    joined[o] = '\0';
+    return has_term(text, joined);
+}
+
 bool
 aigw_query_asks_pii(const char *normalized)
 {
-    /* as words_only spells them (e-mail is "e mail"); plurals match too */
+    /* as words_only spells them (e-mail is "e mail"); plurals match too, and
+     * a phrase written as one word ("dateofbirth", "email") */
     static const char *const pii[] = {
-        "name", "full name", "first name", "last name", "fullname", "firstname", "lastname", "surname",
-        "address", "phone", "phone number", "phonenumber", "telephone", "mobile number", "cellphone",
-        "email", "e mail", "ssn", "social security", "date of birth", "dates of birth", "dateofbirth", "dob",
-        "birth date", "birthdate", "birthday", "contact details", "insurance number", "passport", NULL,
+        "name", "full name", "first name", "last name", "surname", "address", "phone", "phone number",
+        "telephone", "mobile number", "cellphone", "e mail", "ssn", "social security", "date of birth",
+        "dates of birth", "dob", "birth date", "birthday", "contact details", "insurance number", "passport", NULL,
     };
     char *text = words_only(normalized);
     bool found = false;
 
     for (const char *const *w = pii; *w != NULL && !found; w++)
-        found = has_term(text, *w);
+        found = has_phrase(text, *w);
     free(text);
     return found;
 }

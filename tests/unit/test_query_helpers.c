@@ -142,6 +142,16 @@ main(void)
     pii("patient na\xf3\xa0\x81\x81" "mes", true); /* U+E0041 tag latin capital a */
     pii("patient na\xe2\x80\x8e", false);          /* cut short: "na" */
     pii("patient na\xe2\x80", false);               /* a cut sequence is no character */
+    /* the words of a phrase with nothing visible between them: written
+     * together, or split by an invisible character */
+    pii("patients' social\xe2\x80\x8bsecurity numbers", true);
+    pii("patients' socialsecurity numbers", true);
+    pii("patient mobilenumbers", true);
+    pii("patient contactdetails", true);
+    pii("patient insurancenumbers", true);
+    pii("patient datesofbirth", true);
+    pii("patient dates\xe2\x81\xa0of\xe2\x81\xa0" "birth", true); /* word joiners */
+    pii("social securityguard schedule for patients", false);
 
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, a);
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, b);
