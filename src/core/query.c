@@ -121,47 +121,6 @@ aigw_utf8_trim(const char *s, size_t *len)
     return (const char *)start;
 }
 
-/* Whole-word (ASCII) match of word in text. */
-static bool
-has_word(const char *text, const char *word)
-{
-    size_t wl = strlen(word);
-
-    for (const char *p = strstr(text, word); p != NULL; p = strstr(p + 1, word)) {
-        bool start = p == text || !isalnum((unsigned char)p[-1]);
-        bool end = !isalnum((unsigned char)p[wl]);
-
-        if (start && end)
-            return true;
-    }
-    return false;
-}
-
-static bool
-any_word(const char *text, const char *const *words)
-{
-    for (; *words != NULL; words++)
-        if (has_word(text, *words))
-            return true;
-    return false;
-}
-
-int
-aigw_query_classify(const char *normalized)
-{
-    static const char *const sales[] = {"sales", "sale", "revenue", "revenues", "sold", "sell", "selling", NULL};
-    static const char *const inventory[] = {"inventory", "stock", "stocks", "supplies", "supply", "reorder", NULL};
-    static const char *const patients[] = {"patient", "patients", "customer trend", "customer trends", NULL};
-
-    if (any_word(normalized, sales))
-        return aigw_query_type_index("sales");
-    if (any_word(normalized, inventory))
-        return aigw_query_type_index("inventory");
-    if (any_word(normalized, patients))
-        return aigw_query_type_index("patient_analytics");
-    return aigw_query_type_index("knowledge");
-}
-
 /* The code point of the UTF-8 sequence at p, its length in *len; *len = 0
  * when p holds no complete sequence (a lone or cut one: the NUL that ends
  * the string is never a continuation byte, so nothing past it is read). */
@@ -210,13 +169,15 @@ invisible_len(const unsigned char *p)
 
 /* text as words of ASCII letters and digits, one space between them: every
  * other character (punctuation, hyphens and spaces of any kind) separates
- * words, invisible ones are dropped. malloc'd. */
+ * words, invisible ones are dropped. Written to stack when it fits in cap
+ * bytes (most questions), else malloc'd: the caller frees what is not
+ * stack. */
 static char *
-words_only(const char *text)
+words_only(const char *text, char *stack, size_t cap)
 {
     const unsigned char *p = (const unsigned char *)text;
-    char *out = aigw_xmalloc(strlen(text) + 1);
-    size_t o = 0, n;
+    size_t need = strlen(text) + 1, o = 0, n;
+    char *out = need <= cap ? stack : aigw_xmalloc(need);
 
     while (*p) {
         if ((n = invisible_len(p)) > 0) {
@@ -257,6 +218,48 @@ has_term(const char *text, const char *term)
     return false;
 }
 
+/* Whole-word match of word in text (words_only), exactly as written. */
+static bool
+has_word(const char *text, const char *word)
+{
+    size_t wl = strlen(word);
+
+    for (const char *p = strstr(text, word); p != NULL; p = strstr(p + 1, word))
+        if ((p == text || p[-1] == ' ') && word_end(p + wl))
+            return true;
+    return false;
+}
+
+static bool
+any_word(const char *text, const char *const *words)
+{
+    for (; *words != NULL; words++)
+        if (has_word(text, *words))
+            return true;
+    return false;
+}
+
+int
+aigw_query_classify(const char *normalized)
+{
+    static const char *const sales[] = {"sales", "sale", "revenue", "revenues", "sold", "sell", "selling", NULL};
+    static const char *const inventory[] = {"inventory", "stock", "stocks", "supplies", "supply", "reorder", NULL};
+    static const char *const patients[] = {"patient", "patients", "customer trend", "customer trends", NULL};
+    /* the words as the PII guard reads them: a question the guard would see
+     * as asking for "patients' names" is a patient-analytics one here too
+     * (read with an invisible character inside "patients", it was
+     * knowledge, and the guard never ran) */
+    char stack[512], *text = words_only(normalized, stack, sizeof(stack));
+    const char *type = any_word(text, sales)       ? "sales"
+                       : any_word(text, inventory) ? "inventory"
+                       : any_word(text, patients)  ? "patient_analytics"
+                                                   : "knowledge";
+
+    if (text != stack)
+        free(text);
+    return aigw_query_type_index(type);
+}
+
 /* has_term, and for a phrase also its words written together: nothing
  * visible between them ("socialsecurity", "social<U+200B>security"). */
 static bool
@@ -286,12 +289,13 @@ aigw_query_asks_pii(const char *normalized)
         "telephone", "mobile number", "cellphone", "e mail", "ssn", "social security", "date of birth",
         "dates of birth", "dob", "birth date", "birthday", "contact details", "insurance number", "passport", NULL,
     };
-    char *text = words_only(normalized);
+    char stack[512], *text = words_only(normalized, stack, sizeof(stack));
     bool found = false;
 
     for (const char *const *w = pii; *w != NULL && !found; w++)
         found = has_phrase(text, *w);
-    free(text);
+    if (text != stack)
+        free(text);
     return found;
 }
 

@@ -425,7 +425,28 @@ test_gating(void)
     ask(tok, "{\"question\":\"each patient's date\\u00a0of\\u00a0birth\",\"query_type\":\"patient_analytics\"}", &r);
     tl_expect("PII request with no-break spaces", &r, 403, "pii_not_allowed");
     tl_resp_free(&r);
+    /* no query_type, an invisible character inside "patients": classified
+     * as knowledge before, so the guard never ran and the model was asked */
+    ask(tok, "{\"question\":\"List the pa\\u200btients' names\"}", &r);
+    tl_expect("PII request, classified, zero-width space in 'patients'", &r, 403, "pii_not_allowed");
+    tl_resp_free(&r);
+    ask(tok, "{\"question\":\"customer-trends: their e-mail addresses\"}", &r);
+    tl_expect("PII request, classified, 'customer-trends'", &r, 403, "pii_not_allowed");
+    tl_resp_free(&r);
     free(tok);
+    /* each refusal has its usage row: the type it was refused for, 403 and
+     * its code, neither billed nor successful */
+    CHECK(tl_usage_flushed(port), "gated: the usage rows are written");
+    CHECK(tl_usage_rows(owner, id2,
+                        "error_code = 'pii_not_allowed' AND status_code = 403 AND query_type = 'patient_analytics'"
+                        " AND NOT billed AND NOT success AND question_sha256 IS NOT NULL",
+                        4) == 4,
+          "gated (PII): four usage rows, 403 pii_not_allowed, patient_analytics, not billed");
+    CHECK(tl_usage_rows(owner, id3,
+                        "error_code = 'feature_not_in_plan' AND status_code = 403 AND NOT billed AND NOT success"
+                        " AND query_type IN ('sales', 'patient_analytics')",
+                        2) == 2,
+          "gated (plan): two usage rows, 403 feature_not_in_plan with the question's type, not billed");
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "gated: no upstream call");
     CHECK(id3[0] && tl_tenant_redis_kept(id3, redis3, what, sizeof(what)),
           "gated (plan): nothing counted or stored in Redis: %s", what);

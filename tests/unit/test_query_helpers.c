@@ -88,6 +88,15 @@ main(void)
     cls("customer trends in Q3", "patient_analytics");
     cls("How do I clean anti-reflective lenses?", "knowledge");
     cls("wholesale", "knowledge"); /* whole words only */
+    /* the classifier reads the words as the PII guard does: an invisible
+     * character inside "patients" made the question knowledge, and so
+     * passed the guard; a phrase joined by punctuation is the phrase */
+    cls("list the pa\xe2\x80\x8btients' names", "patient_analytics"); /* zero-width space */
+    cls("pa\xc2\xad" "tient names", "patient_analytics");                 /* soft hyphen */
+    cls("pat\xe2\x80\x8eients by month", "patient_analytics");           /* left-to-right mark */
+    cls("customer-trends by store", "patient_analytics");
+    cls("customer_trend in Q3", "patient_analytics");
+    cls("sales\xe2\x80\x8bman of the month", "knowledge"); /* one word: "salesman" */
 
     pii("list the phone numbers of patients", true);
     pii("give me their e-mail addresses", true);
