@@ -410,11 +410,14 @@ test_gating(void)
     ask(tok, "{\"question\":\"What were our sales last month?\"}", &r);
     tl_expect("standard plan, sales question", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "pro") == 0, "required_tier pro");
+    CHECK(tl_json_str(&r, "error.feature", buf, sizeof(buf)) && strcmp(buf, "sales") == 0, "feature sales");
     tl_resp_free(&r);
     ask(tok, "{\"question\":\"x\",\"query_type\":\"patient_analytics\"}", &r);
     tl_expect("standard plan, patient analytics", &r, 403, "feature_not_in_plan");
     CHECK(tl_json_str(&r, "error.required_tier", buf, sizeof(buf)) && strcmp(buf, "enterprise") == 0,
           "required_tier enterprise");
+    CHECK(tl_json_str(&r, "error.feature", buf, sizeof(buf)) && strcmp(buf, "patient_analytics") == 0,
+          "feature patient_analytics");
     tl_resp_free(&r);
     free(tok);
     tok = tl_token("clinic_002", "optician", 600);

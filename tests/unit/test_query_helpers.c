@@ -162,6 +162,18 @@ main(void)
     pii("patient dates\xe2\x81\xa0of\xe2\x81\xa0" "birth", true); /* word joiners */
     pii("social securityguard schedule for patients", false);
 
+    {
+        /* longer than words_only's stack buffer: read from the heap */
+        char q[700];
+
+        memset(q, 'x', 600);
+        snprintf(q + 600, sizeof(q) - 600, " the pa\xe2\x80\x8btients' date-of-birth");
+        cls(q, "patient_analytics");
+        pii(q, true);
+        snprintf(q + 600, sizeof(q) - 600, " patients by age band");
+        pii(q, false);
+    }
+
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, a);
     aigw_query_cache_hex(false, "t1", 0, "hello", "m", 300, b);
     CHECK(strcmp(a, b) == 0 && strlen(a) == 64, "cache key is deterministic hex");
