@@ -113,7 +113,8 @@ bool aigw_utf8_is_blank(const char *s);
  * into s and sets *len to the trimmed length in bytes (0 when s is blank).
  * Cannot fail. */
 const char *aigw_utf8_trim(const char *s, size_t *len);
-/* Query type index for a question with no explicit type (API rules). */
+/* Query type index for a question with no explicit type (API rules): its
+ * keywords matched whole on the words aigw_query_asks_pii reads. */
 int aigw_query_classify(const char *normalized);
 /* Whether the answer has parts the shape a cached or coalesced answer is
  * rebuilt in lacks: tool calls (finish_reason "tool_calls") or a thinking
@@ -122,7 +123,8 @@ int aigw_query_classify(const char *normalized);
 bool aigw_query_fresh_only(const struct aigw_query *q);
 /* True when a patient-analytics question asks for personal identifiers:
  * the words matched whole, plurals too, whatever separates them (spaces,
- * hyphens, punctuation, Unicode spaces), invisible characters ignored. */
+ * hyphens, punctuation, Unicode spaces, or nothing: "dateofbirth"), the
+ * invisible (default-ignorable) characters ignored. */
 bool aigw_query_asks_pii(const char *normalized);
 /* Hex SHA-256 of the cache identity: route (chat: the OpenAI route, whose
  * "question" is the canonical JSON it forwards; else the query routes),
