@@ -663,8 +663,13 @@ deliver_event(struct aigw_upstream_call *c, const char *bytes, size_t len)
     char *joined;
     const char *payload = event_payload(bytes, len, &is_error, &plen, &joined);
 
-    if (payload == NULL && !is_error) /* a comment or keep-alive: nothing for anyone */
+    /* a comment or keep-alive, or an event whose data is empty (`data:`
+     * alone: the SSE rules dispatch an empty string, which no chunk is):
+     * nothing for anyone */
+    if (!is_error && (payload == NULL || plen == 0)) {
+        free(joined);
         return;
+    }
     memset(&ev, 0, sizeof(ev));
     ev.bytes = bytes;
     ev.len = len;

@@ -305,6 +305,41 @@ test_stream(const char *tok, const char *tid)
     CHECK(tl_usage_rows(owner, tid, "billed AND NOT success AND completion_tokens = 2", 1) == 1, "partial stream billed for 2 tokens");
 }
 
+/* An upstream event with empty data (`data:`, or `data: ` then a CRLF
+ * blank line: an empty string under the SSE rules) is skipped, not
+ * relayed and not a failure: it failed the stream mid-way as a 502. */
+static void
+test_stream_empty_data(void)
+{
+    static char ev[64][2048];
+    char id[37], code[65], *tok;
+    struct tl_resp r;
+    int n = 0, deltas = 0;
+    bool errors = false;
+
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    tok = tl_token(code, "admin", 600);
+    tl_mock_config(mock, "{\"empty_data_events\":true}");
+    chat(tok, "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Stream past empty events\"}]}", &r);
+    CHECK(r.status == 200, "empty data event: 200 (%ld)", r.status);
+    CHECK(payloads(r.body, ev, 64, &n), "empty data event: every event is data: + one line: %s", r.body);
+    CHECK(n > 2 && strcmp(ev[n - 1], "[DONE]") == 0, "empty data event: [DONE] last: %s", r.body);
+    for (int i = 0; i < n - 1; i++) {
+        errors = errors || strstr(ev[i], "\"error\"") != NULL || ev[i][0] == '\0';
+        deltas += strstr(ev[i], "\"chat.completion.chunk\"") != NULL && strstr(ev[i], "\"content\":\"") != NULL;
+    }
+    CHECK(!errors, "empty data event: no error event and no empty event relayed: %s", r.body);
+    CHECK(deltas == 6, "empty data event: the 6 content chunks passed through (%d)", deltas);
+    CHECK(strstr(r.body, "Mock answer to [Stream past empty events]") != NULL, "empty data event: the whole answer");
+    tl_resp_free(&r);
+    tl_mock_config(mock, "{\"empty_data_events\":false}");
+    CHECK(tl_usage_rows(owner, id, "status_code = 200 AND success AND error_code IS NULL AND billed AND completion_tokens = 6",
+                        1) == 1,
+          "empty data event: the usage row is a billed 200 with the 6 tokens");
+    CHECK(tl_usage_rows(owner, id, "true", 1) == 1, "empty data event: exactly one row");
+    free(tok);
+}
+
 /* On a tenant of its own: another test's answer may still be on its way
  * into the cache (stored after the response) while this one looks at what
  * its tenant has in Redis. */
@@ -558,6 +593,7 @@ main(void)
     test_length_limits(tok);
     test_finish_and_tools(tok, id);
     test_stream(tok, id);
+    test_stream_empty_data();
     test_bad_input();
     test_gating(tok);
     test_unrouted(tok);

@@ -2,7 +2,7 @@
  * at the end, cache replay as SSE, single-flight, failures before and after
  * the first byte, client disconnect (upstream cancelled, partial usage row),
  * a slow reader (upstream paused, memory flat) and text the upstream had to
- * escape, decoded exactly */
+ * escape, decoded exactly, and empty data events skipped */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -169,6 +169,44 @@ test_stream_and_replay(void)
     tl_resp_free(&r);
     free_events(&e);
     free_events(&e2);
+    free(tok);
+}
+
+/* An event whose data is empty (`data:` alone, or `data: ` then a CRLF
+ * blank line) dispatches an empty string under the SSE rules: nothing to
+ * relay. It was scanned as a broken JSON chunk and the stream failed as a
+ * 502 mid-way; it is skipped, and the stream ends like any other. */
+static void
+test_empty_data_event(void)
+{
+    char id[37], code[65], text[4096];
+    struct tl_resp r;
+    struct events e;
+    json_t *done;
+    char *tok;
+
+    tl_create_tenant(owner, "pro", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_config(mock, "{\"mode\":\"ok\",\"tokens\":12,\"token_latency_ms\":5,\"empty_data_events\":true}");
+    ask_stream(tok, "Do empty events end a stream?", &r);
+    CHECK(r.status == 200, "empty data event: 200 (%ld)", r.status);
+    parse_events(r.body, &e);
+    CHECK(e.framing_ok, "empty data event: every event is data: + one JSON line: %s", r.body);
+    CHECK(e.n == 13, "empty data event: 12 delta events + the closing one (%d): %s", e.n, r.body);
+    joined(&e, text, sizeof(text));
+    CHECK(strncmp(text, "Mock answer to [Do empty events end a stream?]: tok1 tok2", 57) == 0 &&
+              strstr(text, " tok12") != NULL,
+          "empty data event: the deltas join to the whole answer: %s", text);
+    done = last(&e);
+    CHECK(json_is_true(json_object_get(done, "done")) && json_object_get(done, "error") == NULL,
+          "empty data event: the closing event is a success: %s", r.body);
+    tl_resp_free(&r);
+    free_events(&e);
+    CHECK(tl_usage_rows(owner, id, "status_code = 200 AND success AND error_code IS NULL AND billed AND completion_tokens = 12",
+                        1) == 1,
+          "empty data event: the usage row is a billed 200 with the 12 tokens");
+    CHECK(tl_usage_rows(owner, id, "true", 1) == 1, "empty data event: exactly one row");
+    tl_mock_config(mock, "{\"empty_data_events\":false}");
     free(tok);
 }
 
@@ -778,6 +816,7 @@ main(void)
     test_stream_and_replay();
     test_escaped_text();
     test_recommendation();
+    test_empty_data_event();
     test_single_flight();
     test_stream_lock();
     test_stream_idempotency();

@@ -78,6 +78,7 @@ struct config {
     bool nul_text;              /* the answer's last token ends in \u0000x */
     long reasoning_tokens;      /* the first N stream tokens are reasoning_content deltas */
     long token_pad;             /* '.' bytes appended to each token's text */
+    bool empty_data_events;     /* empty data events (`data:` / `data: `) before the first token */
     char model[256];
 };
 
@@ -113,7 +114,7 @@ struct req {
 
     /* generation parameters (fixed when admitted) */
     enum mode kind;
-    bool stream, include_usage, usage_in_finish, stamp, no_done, nul;
+    bool stream, include_usage, usage_in_finish, stamp, no_done, nul, empty_data;
     long n_tokens, prompt_tokens, first_ms, lat_ms, reasoning, pad;
     const char *finish_reason;
     char id[48];
@@ -422,7 +423,7 @@ static bool is_loading_locked(void)
 
 static json_t *config_json_locked(void)
 {
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:b, s:I, s:I, s:s}",
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, s:b, s:b, s:I, s:I, s:b, s:s}",
                      "mode", mode_names[g_cfg.mode],
                      "fail_next", (json_int_t)g_cfg.fail_next,
                      "token_latency_ms", (json_int_t)g_cfg.token_latency_ms,
@@ -436,6 +437,7 @@ static json_t *config_json_locked(void)
                      "nul_text", (int)g_cfg.nul_text,
                      "reasoning_tokens", (json_int_t)g_cfg.reasoning_tokens,
                      "token_pad", (json_int_t)g_cfg.token_pad,
+                     "empty_data_events", (int)g_cfg.empty_data_events,
                      "model", g_cfg.model);
 }
 
@@ -540,6 +542,9 @@ static enum MHD_Result handle_config_post(struct req *r)
             ok = cfg_int(v, 0, MAX_TOKENS_SETTING, &c.reasoning_tokens);
         } else if (strcmp(key, "token_pad") == 0) {
             ok = cfg_int(v, 0, MAX_TOKEN_PAD, &c.token_pad);
+        } else if (strcmp(key, "empty_data_events") == 0) {
+            ok = json_is_boolean(v);
+            c.empty_data_events = json_is_true(v);
         } else if (strcmp(key, "model") == 0) {
             ok = json_is_string(v) && json_string_length(v) > 0 &&
                  json_string_length(v) < sizeof c.model;
@@ -739,7 +744,9 @@ static int stream_produce(struct req *r, int64_t now, int64_t *due)
         if (r->stamp) {
             chunk = stamp_chunk(chunk, now);
         }
-        return out_set(r, "data: ", chunk, "\n\n") ? 1 : -2;
+        /* WHATWG SSE: both dispatch an event whose data is the empty string */
+        const char *prefix = r->empty_data && r->ev == 2 ? "data:\n\ndata: \r\n\r\ndata: " : "data: ";
+        return out_set(r, prefix, chunk, "\n\n") ? 1 : -2;
     }
     if (r->step_i >= r->nsteps) {
         return -1;
@@ -945,6 +952,7 @@ static enum MHD_Result handle_chat(struct req *r)
     r->nul = c.nul_text;
     r->reasoning = c.reasoning_tokens;
     r->pad = c.token_pad;
+    r->empty_data = c.empty_data_events;
     r->n_tokens = c.tokens;
     r->finish_reason = "stop";
     if (pr.max_tokens > 0 && pr.max_tokens < c.tokens) {
@@ -1220,7 +1228,7 @@ static void usage(FILE *f)
         "  --help                this text\n"
         "\n"
         "Control API: POST /__mock/config {mode,fail_next,token_latency_ms,first_token_ms,\n"
-        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,no_done,nul_text,reasoning_tokens,token_pad,model}; GET /__mock/config;\n"
+        "tokens,slots,queue,usage_in_finish_chunk,stamp_events,no_done,nul_text,reasoning_tokens,token_pad,empty_data_events,model}; GET /__mock/config;\n"
         "GET /__mock/stats; POST /__mock/reset.\n",
         f);
 }
