@@ -92,6 +92,8 @@ struct aigw_req {
     struct aigw_sse *sse;              /* a reference, dropped when the connection ends */
     bool sse_live;                     /* the response is the stream (else an ordinary one was queued) */
     bool sse_final;                    /* sse_finalize ran */
+    bool sse_cut;                      /* the connection ended because aigw stopped (the drain's grace ran
+                                        * out), not because the client left */
     /* Runs once on the connection's thread when the stream ends: after the
      * producer closed and the client read everything (client_gone false),
      * or when the connection ended first (client_gone true). Does the

@@ -118,7 +118,9 @@ void aigw_stream_start(struct aigw_req *req, const char *body, size_t len,
 /* At a stream's end (in its finalizer): cancel the call if the client left
  * first, and fill req->q from what was delivered (tokens, model, billed when
  * any text went out). Returns true for a complete answer (q->answer set);
- * false after setting the error (499 client_closed, or the upstream's). */
+ * false after setting the error (499 client_closed; 503 shutting_down when
+ * the connection ended because aigw stopped, the drain's grace over; or
+ * the upstream's). */
 bool aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks);
 
 /* Nesting depth of JSON text (brackets outside strings); pure, for tests. */

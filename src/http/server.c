@@ -603,6 +603,7 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     if (req->sse != NULL) {
         if (req->sse_live && !req->sse_final) { /* the client left mid-stream (or never read the end) */
             req->sse_final = true;
+            req->sse_cut = toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN; /* or aigw closed it, stopping */
             req->sse_finalize(req, true);
         }
         aigw_sse_detach(req->sse);

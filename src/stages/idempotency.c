@@ -222,13 +222,15 @@ aigw_idempotency_finish(struct aigw_req *req)
     code = req->error_code ? req->error_code : "";
     if ((req->status == 503 && !q->billed &&
          (strcmp(code, "service_unavailable") == 0 || strcmp(code, "upstream_unavailable") == 0)) ||
-        (req->status >= 500 && !q->billed && atomic_load(&req->srv->stopping)) || req->status == 499) {
+        (req->status >= 500 && !q->billed && atomic_load(&req->srv->stopping)) || req->status == 499 ||
+        strcmp(code, "shutting_down") == 0) {
         /* our dependency failed before the work ran, no model was free to
          * run it (a 503 that asks for a retry after Retry-After: stored, it
          * was replayed for 24 h), a failure while this instance drains (the
          * drain may have cut the request short: a waiter's 504 was replayed
          * to its retry on another instance for 24 h), or the client left
-         * mid-stream: let a retry run it */
+         * mid-stream, or the drain cut the stream before its end (the
+         * client saw no outcome either way): let a retry run it */
         args[1] = "";
     } else {
         args[1] = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,

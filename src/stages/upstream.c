@@ -158,7 +158,9 @@ aigw_stream_outcome(struct aigw_req *req, bool client_gone, long *chunks)
     q->completion_tokens = !client_gone && res != NULL && res->completion_tokens > 0 ? res->completion_tokens : *chunks;
     q->billed = *chunks > 0;
     if (client_gone || res == NULL || res->status != 200) {
-        if (client_gone)
+        if (client_gone && req->sse_cut) /* aigw stopped with the stream still open, not the client */
+            aigw_req_fail(req, 503, "shutting_down", "aigw shut down before the stream was delivered");
+        else if (client_gone)
             aigw_req_fail(req, 499, "client_closed", "the client closed the connection mid-stream");
         else
             aigw_req_fail(req, res != NULL ? res->status : 502,

@@ -1436,6 +1436,63 @@ out:
     free(patch);
 }
 
+/* A stream whose client reads nothing more cannot end: its call is
+ * cancelled at the drain deadline, and its connection is still open when
+ * the 5 s grace ends, so aigw closes it. The usage row says so (503
+ * shutting_down): it said 499 client_closed, as if the client had left. */
+static void
+test_drain_grace_cut(void)
+{
+    char *cfg = drain_config(500), id[37], *tok = busy_tenant(id, "dev", tl_env("AIGW_JWT_SECRET")), *q = NULL;
+    char *auth = NULL;
+    struct tl_aigw gw;
+    int fd = -1;
+
+    tl_mock_reset(mock1);
+    tl_mock_config(mock1, "{\"tokens\":70,\"token_pad\":65536,\"token_latency_ms\":1,\"slots\":64}");
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        goto out;
+    }
+    q = tl_sprintf("{\"question\":\"Which lens for the stream the drain cuts, %d?\",\"stream\":true}", (int)getpid());
+    auth = tl_sprintf("%s\r\nIdempotency-Key: grace-cut", tok); /* one more header after Authorization */
+    fd = tl_post_raw(gw.port, "/api/ai/query", auth, q, 4096);
+    CHECK(fd >= 0 && tl_read_until(fd, "delta", 10000), "grace cut: the stream is under way");
+    CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:idem:*", "return #redis.call('KEYS', ARGV[1])", id) == 1,
+          "grace cut: the stream holds its pending idempotency record");
+    /* from here the client reads nothing: 4.5 MB of answer fill every buffer on the way */
+    tl_aigw_signal(&gw, SIGTERM);
+    CHECK(tl_aigw_wait(&gw, 60000) == 0, "grace cut: exit 0 (%d)", gw.status);
+    CHECK(tl_aigw_log_wait(&gw, "drain: closing 1 connections that did not finish", 0),
+          "grace cut: the stream was still open when the grace ended");
+    CHECK(usage_rows(id, "AND status_code = 503 AND error_code = 'shutting_down' AND NOT success AND billed", 1, 10000) ==
+              1,
+          "grace cut: the usage row is 503 shutting_down, billed for the text delivered");
+    CHECK(usage_rows(id, "", 1, 1000) == 1, "grace cut: one usage row");
+    CHECK(usage_rows(id, "AND status_code = 499", 0, 1000) == 0, "grace cut: not recorded as the client leaving (499)");
+    /* the client saw no outcome: its retry with the same key runs, as after a client that left */
+    CHECK(tl_redis_int("EVAL %s 0 aigw:{%s}:idem:*", "return #redis.call('KEYS', ARGV[1])", id) == 0,
+          "grace cut: no idempotency record is left to replay the cut stream");
+    {
+        char *line = log_line(&gw, "ERROR_CODE=shutting_down");
+
+        CHECK(line != NULL && strstr(line, "STATUS=503") != NULL, "grace cut: the access log says 503 shutting_down: %s",
+              line ? line : "(none)");
+        free(line);
+    }
+    CHECK(tl_aigw_stop(&gw) == 0, "grace cut: aigw exits 0 (and clean under the sanitizers)");
+    for (int64_t end = aigw_now_ms() + 30000; tl_mock_stat(mock1, "in_flight") > 0 && aigw_now_ms() < end;)
+        usleep(100 * 1000);
+out:
+    if (fd >= 0)
+        close(fd);
+    tl_mock_reset(mock1);
+    free(q);
+    free(auth);
+    free(tok);
+    free(cfg);
+}
+
 /* The outbox keeps retrying during a drain, once a second as always: a
  * refund (and a leader's publish) that Redis missed while a request ended
  * mid-drain is made as soon as Redis is back, not at the drain's end,
@@ -1611,6 +1668,7 @@ main(void)
     test_drain();
     test_drain_deadline();
     test_drain_kinds();
+    test_drain_grace_cut();
     test_drain_outbox();
     test_drain_signals();
     PQfinish(owner);
