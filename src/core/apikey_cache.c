@@ -170,6 +170,11 @@ load(struct aigw_pg_pool *pool, const unsigned char sha[32], struct aigw_api_key
         copy_text(out->tenant_id, sizeof(out->tenant_id), PQgetvalue(r, 0, 1));
         out->scopes = aigw_scope_parse_list(PQgetvalue(r, 0, 2));
         out->requests_per_minute = (int)strtol(PQgetvalue(r, 0, 3), NULL, 10);
+        if (out->requests_per_minute < 0) { /* past the CHECK (> 0): the admission refused every request for ever */
+            aigw_log(LOG_WARNING, "api key %s: requests_per_minute %d cannot work; only the tenant's limit applies",
+                     out->id, out->requests_per_minute);
+            out->requests_per_minute = 0;
+        }
         out->expires_at = strtoll(PQgetvalue(r, 0, 4), NULL, 10);
         out->revoked = PQgetvalue(r, 0, 5)[0] == 't';
         rc = 0;

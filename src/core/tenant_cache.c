@@ -3,7 +3,9 @@
  * before an invalidation is returned to its caller but never cached. */
 #include "aigw/tenant.h"
 
+#include <limits.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +13,7 @@
 #include "aigw/util.h"
 
 #define BUCKETS 1024
+#define WARNED 64 /* impossible limit values remembered as logged */
 
 const char *const aigw_feature_names[AIGW_N_FEATURES] = {
     "knowledge", "sales", "inventory", "patient_analytics", "api_access",
@@ -28,18 +31,34 @@ struct aigw_tenant_cache {
     pthread_mutex_t lock;  /* guards buckets and epoch */
     uint64_t epoch;        /* bumped by every invalidation */
     struct entry *buckets[BUCKETS];
+    uint64_t warned[WARNED]; /* hashes of the impossible values logged (a ring, guarded by lock) */
+    unsigned n_warned;
 };
 
+/* Each limit as the tenant's override (text, read here: a value that
+ * cannot work is not cast in SQL, where it failed the load) beside the
+ * plan's, in the order of LIMITS. */
 static const char LOAD_SQL[] =
     "SELECT t.id, t.code, t.name, t.tier, t.status, t.ai_enabled,"
-    " COALESCE((t.overrides->>'monthly_query_limit')::int, p.monthly_query_limit),"
-    " COALESCE((t.overrides->>'requests_per_minute')::int, p.requests_per_minute),"
-    " COALESCE((t.overrides->>'max_tokens')::int, p.max_tokens),"
+    " t.overrides->>'monthly_query_limit', p.monthly_query_limit,"
+    " t.overrides->>'requests_per_minute', p.requests_per_minute,"
+    " t.overrides->>'max_tokens', p.max_tokens,"
     " array_to_string(p.features, ','), t.cache_ttl_s,"
     " (SELECT string_agg(COALESCE((SELECT x.tier FROM plans x WHERE f = ANY(x.features)"
     "   ORDER BY x.rank LIMIT 1), ''), ',' ORDER BY o)"
     "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics','api_access']) WITH ORDINALITY AS u(f, o))"
     " FROM tenants t JOIN plans p ON p.tier = t.tier";
+
+#define LIMITS_COL 6 /* the first override column of LOAD_SQL */
+
+/* The limits a tenant's plan sets and an override may replace, with the
+ * least value that can work (the API's and the database's lower bounds,
+ * sql/002 and sql/015); at most INT_MAX, the columns' type. */
+static const struct {
+    const char *key;
+    long min;
+} LIMITS[] = {{"monthly_query_limit", -1}, {"requests_per_minute", 1}, {"max_tokens", 1}};
+#define N_LIMITS (sizeof(LIMITS) / sizeof(LIMITS[0]))
 
 bool
 aigw_tenant_active(const struct aigw_tenant *t)
@@ -103,13 +122,62 @@ copy_field(char *dst, size_t cap, const char *src)
     dst[n] = '\0';
 }
 
+/* Whether this value of LIMITS[limit] (the plan's or the override) of
+ * this tenant was not logged yet (and is from now on). */
+static bool
+first_warning(struct aigw_tenant_cache *c, const char *id, bool plan, size_t limit, const char *value)
+{
+    char buf[256];
+    uint64_t h;
+    bool first = true;
+
+    snprintf(buf, sizeof(buf), "%s %c%zu %s", id, plan ? 'p' : 'o', limit, value);
+    h = aigw_hash_str(buf);
+    pthread_mutex_lock(&c->lock);
+    for (unsigned i = 0; i < WARNED && first; i++)
+        first = c->warned[i] != h;
+    if (first)
+        c->warned[c->n_warned++ % WARNED] = h;
+    pthread_mutex_unlock(&c->lock);
+    return first;
+}
+
+/* The limits in force: the override where it can work, else the plan's.
+ * A value that cannot work only gets into the tables past their CHECKs
+ * (an override written before sql/015): an override of 0 requests per
+ * minute refused every request 429 with "Retry-After: 1" for ever. Such an
+ * override is ignored; a plan's makes the load fail (false: its tenants'
+ * requests answer 503). Either is logged once per value. */
+static bool
+read_limits(struct aigw_tenant_cache *c, const PGresult *r, const struct aigw_tenant *t, long out[N_LIMITS])
+{
+    for (size_t i = 0; i < N_LIMITS; i++) {
+        int col = LIMITS_COL + 2 * (int)i;
+        const char *ov = PQgetisnull(r, 0, col) ? NULL : PQgetvalue(r, 0, col), *plan = PQgetvalue(r, 0, col + 1);
+
+        if (ov != NULL && aigw_parse_long(ov, LIMITS[i].min, INT_MAX, &out[i]))
+            continue;
+        if (!aigw_parse_long(plan, LIMITS[i].min, INT_MAX, &out[i])) {
+            if (first_warning(c, t->id, true, i, plan))
+                aigw_log(LOG_ERR, "tenant %s (%s): plan %s has %s = %s, which cannot work (%ld..%d); "
+                         "its requests fail 503", t->code, t->id, t->tier, LIMITS[i].key, plan, LIMITS[i].min, INT_MAX);
+            return false;
+        }
+        if (ov != NULL && first_warning(c, t->id, false, i, ov))
+            aigw_log(LOG_WARNING, "tenant %s (%s): overrides.%s = %.40s cannot work (an integer in %ld..%d); "
+                     "the plan's %ld applies", t->code, t->id, LIMITS[i].key, ov, LIMITS[i].min, INT_MAX, out[i]);
+    }
+    return true;
+}
+
 /* 0 found, 1 not found, -1 error */
 static int
-load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
+load(struct aigw_tenant_cache *c, struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
 {
     PGconn *conn = aigw_pg_acquire(pool, 2000);
     PGresult *r;
     struct aigw_tenant *t;
+    long limits[N_LIMITS];
     int rc;
 
     if (conn == NULL)
@@ -130,13 +198,18 @@ load(struct aigw_pg_pool *pool, const char *ref, struct aigw_tenant **out)
     copy_field(t->tier, sizeof(t->tier), PQgetvalue(r, 0, 3));
     copy_field(t->status, sizeof(t->status), PQgetvalue(r, 0, 4));
     t->ai_enabled = PQgetvalue(r, 0, 5)[0] == 't';
-    t->monthly_limit = strtol(PQgetvalue(r, 0, 6), NULL, 10);
-    t->requests_per_minute = (int)strtol(PQgetvalue(r, 0, 7), NULL, 10);
-    t->max_tokens = (int)strtol(PQgetvalue(r, 0, 8), NULL, 10);
-    t->features = aigw_name_bits(PQgetvalue(r, 0, 9), aigw_feature_names, AIGW_N_FEATURES);
-    t->cache_ttl_s = (int)strtol(PQgetvalue(r, 0, 10), NULL, 10);
+    if (!read_limits(c, r, t, limits)) {
+        free(t);
+        rc = -1;
+        goto out;
+    }
+    t->monthly_limit = limits[0];
+    t->requests_per_minute = (int)limits[1];
+    t->max_tokens = (int)limits[2];
+    t->features = aigw_name_bits(PQgetvalue(r, 0, 12), aigw_feature_names, AIGW_N_FEATURES);
+    t->cache_ttl_s = (int)strtol(PQgetvalue(r, 0, 13), NULL, 10);
     {
-        const char *p = PQgetvalue(r, 0, 11);
+        const char *p = PQgetvalue(r, 0, 14);
 
         for (int i = 0; i < AIGW_N_FEATURES && *p; i++) {
             size_t n = strcspn(p, ",");
@@ -188,7 +261,7 @@ aigw_tenant_get(struct aigw_tenant_cache *c, struct aigw_pg_pool *pool, const ch
         return 0;
     }
 
-    rc = load(pool, ref, &t);
+    rc = load(c, pool, ref, &t);
     if (rc != 0)
         return rc;
     pthread_mutex_lock(&c->lock);

@@ -171,6 +171,200 @@ test_limit_lowered(PGconn *owner)
     PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
 }
 
+/* SQL that must be refused with a CHECK violation (SQLSTATE 23514). */
+static bool
+refused(PGconn *owner, const char *sql, int n, const char *const *params)
+{
+    PGresult *r = tl_sql(owner, false, sql, n, params);
+    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    bool yes = PQresultStatus(r) == PGRES_FATAL_ERROR && state != NULL && strcmp(state, "23514") == 0;
+
+    PQclear(r);
+    return yes;
+}
+
+/* Drop (want NULL) or put back a CHECK constraint of table by name; the
+ * definition to put back is returned by the drop (malloc'd, NULL if absent). */
+static char *
+constraint(PGconn *owner, const char *table, const char *name, const char *def)
+{
+    const char *p[1] = {name};
+    PGresult *r;
+    char *sql, *out = NULL;
+
+    if (def != NULL) {
+        sql = tl_sprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", table, name, def);
+        PQclear(tl_sql(owner, true, sql, 0, NULL));
+        free(sql);
+        return NULL;
+    }
+    r = tl_sql(owner, true, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = $1", 1, p);
+    if (PQntuples(r) == 1)
+        out = tl_sprintf("%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    sql = tl_sprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", table, name);
+    PQclear(tl_sql(owner, true, sql, 0, NULL));
+    free(sql);
+    return out;
+}
+
+static int
+count_in_log(const struct tl_aigw *gw, const char *needle)
+{
+    char *log = tl_aigw_log(gw);
+    int n = 0;
+
+    for (const char *p = log; p != NULL && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    free(log);
+    return n;
+}
+
+/* A per-minute limit or monthly quota that cannot work, written in SQL
+ * (the API refuses it): tenants.overrides had no constraint, and
+ * {"requests_per_minute": 0} refused every request of the tenant 429 with
+ * "Retry-After: 1" for ever. The database refuses it now (sql/015); plans
+ * and API keys refused theirs already; values that work are still taken.
+ * One written before the constraints (dropped here to write it) is
+ * ignored by aigw, the plan's value applies, logged once per value; a plan
+ * whose own value cannot work fails its tenants' requests 503 rather than
+ * 429 for ever. */
+static void
+test_impossible_limits(PGconn *owner, const struct tl_aigw *gw)
+{
+    static const char *const bad[] = {
+        "{\"requests_per_minute\": 0}",     "{\"requests_per_minute\": -5}",  "{\"requests_per_minute\": \"60\"}",
+        "{\"requests_per_minute\": 1.5}",   "{\"requests_per_minute\": null}", "{\"requests_per_minute\": 2147483648}",
+        "{\"requests_per_minute\": [60]}",  "{\"monthly_query_limit\": -2}",  "{\"monthly_query_limit\": \"all\"}",
+        "{\"max_tokens\": 0}",              "{\"max_tokens\": -1}",
+    };
+    static const char *const good[] = {
+        "{\"requests_per_minute\": 1}",  "{\"requests_per_minute\": 100000000}", "{\"monthly_query_limit\": -1}",
+        "{\"monthly_query_limit\": 0}",  "{\"monthly_query_limit\": 2147483647}", "{\"max_tokens\": 1}",
+        "{\"note\": \"kept\"}",         "{}",
+    };
+    char tid[37], tcode[65], *tok, *def_rpm, *def_mql, *def_plan;
+    const char *p[2] = {tid, NULL};
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "standard", "active", tid, tcode);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        p[1] = bad[i];
+        CHECK(refused(owner, "UPDATE tenants SET overrides = $2::jsonb WHERE id = $1", 2, p),
+              "impossible limits: overrides %s refused by the database", bad[i]);
+    }
+    CHECK(refused(owner, "INSERT INTO tenants (code, name, tier, overrides) VALUES ('limits_bad_1', 'x', 'standard', $1)",
+                  1, &bad[0]),
+          "impossible limits: a new tenant with %s refused", bad[0]);
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        PGresult *q;
+
+        p[1] = good[i];
+        q = tl_sql(owner, false, "UPDATE tenants SET overrides = $2::jsonb WHERE id = $1", 2, p);
+        CHECK(PQresultStatus(q) == PGRES_COMMAND_OK, "impossible limits: overrides %s still taken: %s", good[i],
+              PQresultErrorMessage(q));
+        PQclear(q);
+    }
+    CHECK(refused(owner, "UPDATE plans SET requests_per_minute = 0 WHERE tier = 'standard'", 0, NULL),
+          "impossible limits: a plan's requests_per_minute 0 refused");
+    CHECK(refused(owner, "UPDATE plans SET monthly_query_limit = -2 WHERE tier = 'standard'", 0, NULL),
+          "impossible limits: a plan's monthly_query_limit -2 refused");
+    CHECK(refused(owner,
+                  "INSERT INTO api_keys (tenant_id, name, prefix, secret_sha256, requests_per_minute)"
+                  " VALUES ($1, 'k', 'aigw_x', sha256(gen_random_uuid()::text::bytea), 0)",
+                  1, p),
+          "impossible limits: an API key's requests_per_minute 0 refused");
+
+    /* written while the constraints were not there: ignored, logged once */
+    def_rpm = constraint(owner, "tenants", "tenants_overrides_requests_per_minute_check", NULL);
+    def_mql = constraint(owner, "tenants", "tenants_overrides_monthly_query_limit_check", NULL);
+    PQclear(tl_sql(owner, true,
+                   "UPDATE tenants SET overrides = '{\"requests_per_minute\": 0, \"monthly_query_limit\": -5}'"
+                   " WHERE id = $1",
+                   1, p));
+    CHECK(wait_for(tcode, "requests_per_minute", NULL, 10), "impossible limits: the standard plan's 10 per minute apply");
+    CHECK(wait_for(tcode, "monthly_limit", NULL, 100), "impossible limits: the standard plan's 100 a month apply");
+    tok = tl_token(tcode, "optician", 600);
+    for (int i = 0; i < 3; i++) { /* each rename drops the cached tenant (NOTIFY): 3 more loads */
+        char *q = tl_sprintf("How often should I replace lens case %d?", i), *body = tl_sprintf("{\"question\":\"%s\"}", q);
+        const char *pn[2] = {tid, q};
+
+        tl_post(port, "/api/ai/query", tok, body, &r);
+        CHECK(r.status == 200, "impossible limits: query %d answered, not refused for ever (%ld %s)", i, r.status, r.body);
+        tl_resp_free(&r);
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET name = $2 WHERE id = $1", 2, pn));
+        CHECK(wait_for(tcode, "requests_per_minute", NULL, 10), "impossible limits: reloaded %d", i);
+        free(q);
+        free(body);
+    }
+    CHECK(count_in_log(gw, "overrides.requests_per_minute") == 1 && count_in_log(gw, "overrides.monthly_query_limit") == 1,
+          "impossible limits: each value logged once over 4 loads (%d, %d)",
+          count_in_log(gw, "overrides.requests_per_minute"), count_in_log(gw, "overrides.monthly_query_limit"));
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{}' WHERE id = $1", 1, p));
+    if (def_rpm != NULL)
+        constraint(owner, "tenants", "tenants_overrides_requests_per_minute_check", def_rpm);
+    if (def_mql != NULL)
+        constraint(owner, "tenants", "tenants_overrides_monthly_query_limit_check", def_mql);
+
+    /* an API key's negative limit (past its CHECK): refused every request
+     * 429 for ever; now only the tenant's limit applies, like no key limit */
+    {
+        char eid[37], ecode[65], key[128], kid[37], *admin, *def_key;
+        const char *pk[1] = {kid};
+
+        tl_create_tenant(owner, "enterprise", "active", eid, ecode);
+        admin = tl_token(ecode, "admin", 600);
+        CHECK(tl_api_key_create(port, admin, "{\"name\":\"impossible limit\"}", key, sizeof(key), kid) == 201,
+              "impossible limits: an API key");
+        def_key = constraint(owner, "api_keys", "api_keys_requests_per_minute_check", NULL);
+        PQclear(tl_sql(owner, true, "UPDATE api_keys SET requests_per_minute = -1 WHERE id = $1", 1, pk));
+        for (int i = 0; i < 2; i++) {
+            tl_key_request(port, "POST", "/api/ai/query", key, false,
+                           "{\"question\":\"Does a negative key limit refuse everything?\"}", &r);
+            CHECK(r.status == 200, "impossible limits: the key's request %d answered (%ld %s)", i, r.status, r.body);
+            tl_resp_free(&r);
+        }
+        CHECK(count_in_log(gw, "requests_per_minute -1 cannot work") == 1, "impossible limits: the key's value is logged");
+        PQclear(tl_sql(owner, true, "UPDATE api_keys SET requests_per_minute = NULL WHERE id = $1", 1, pk));
+        if (def_key != NULL)
+            constraint(owner, "api_keys", "api_keys_requests_per_minute_check", def_key);
+        free(def_key);
+        free(admin);
+    }
+
+    /* a plan of its own whose requests_per_minute cannot work: 503, not 429 for ever */
+    PQclear(tl_sql(owner, true,
+                   "INSERT INTO plans (tier, display_name, monthly_query_limit, requests_per_minute, max_tokens, features,"
+                   " rank) VALUES ('limits_broken', 'Broken', 100, 5, 300, '{knowledge}', 5)",
+                   0, NULL));
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET tier = 'limits_broken' WHERE id = $1", 1, p));
+    CHECK(wait_for(tcode, "requests_per_minute", NULL, 5), "impossible limits: on the plan of its own");
+    def_plan = constraint(owner, "plans", "plans_requests_per_minute_check", NULL);
+    PQclear(tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 0 WHERE tier = 'limits_broken'", 0, NULL));
+    for (int i = 0; i < 40; i++) { /* the plan's NOTIFY drops the cached tenant */
+        get_limits(tcode, &r);
+        if (r.status != 200)
+            break;
+        tl_resp_free(&r);
+        usleep(50 * 1000);
+    }
+    tl_resp_free(&r);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"Is the broken plan refused?\"}", &r);
+    tl_expect("impossible limits: a plan's 0 per minute", &r, 503, "service_unavailable");
+    tl_resp_free(&r);
+    CHECK(count_in_log(gw, "limits_broken") >= 1, "impossible limits: the plan's value is logged");
+    PQclear(tl_sql(owner, true, "UPDATE plans SET requests_per_minute = 5 WHERE tier = 'limits_broken'", 0, NULL));
+    if (def_plan != NULL)
+        constraint(owner, "plans", "plans_requests_per_minute_check", def_plan);
+    /* the tenant stays (its usage rows may still be on their way), on a plan that stays */
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET tier = 'standard' WHERE id = $1", 1, p));
+    PQclear(tl_sql(owner, true, "DELETE FROM plans WHERE tier = 'limits_broken'", 0, NULL));
+    free(def_rpm);
+    free(def_mql);
+    free(def_plan);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -250,6 +444,7 @@ main(void)
     q = tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p);
     PQclear(q);
     test_limit_lowered(owner);
+    test_impossible_limits(owner, &gw);
     {
         char *log = tl_aigw_log(&gw);
 
