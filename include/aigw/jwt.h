@@ -25,7 +25,9 @@ struct aigw_claims {
  * the key chosen by kid, the signature must verify, exp is required and
  * checked, nbf/iat checked when present (leeway from cfg), iss/aud when
  * configured, tenant_id required (except from a platform key, whose tokens
- * act for no tenant). Returns 0 and fills *out, or -1 with a
+ * act for no tenant); a clinic token's user (sub, else user_id) may not
+ * start with "api_key:" or "platform:" in any case (aigw's names for API keys
+ * and the operator's staff). Returns 0 and fills *out, or -1 with a
  * short static reason in *why (safe to log: never contains token bytes). */
 int aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, int64_t now,
                     struct aigw_claims *out, const char **why);

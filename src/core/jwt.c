@@ -98,6 +98,16 @@ aud_matches(jwt_t *j, const char *want)
     return ok;
 }
 
+/* aigw names its own actors "api_key:<id>" (an API key's requests) and
+ * "platform:<sub>" (the operator's staff): a clinic user named so would pass
+ * for one of them in usage and audit rows and share an API key's
+ * Idempotency-Key records. Any case, as a reader of the audit trail sees it. */
+static bool
+reserved_user(const char *sub)
+{
+    return aigw_has_prefix_ci(sub, "api_key:") || aigw_has_prefix_ci(sub, "platform:");
+}
+
 /* Structural pre-check: three non-empty base64url segments, sane length. */
 static int
 well_formed(const char *tok, size_t len)
@@ -221,6 +231,11 @@ aigw_jwt_verify(const struct aigw_config *cfg, const char *token, size_t len, in
         (out->sub[0] == '\0' && id_claim(j, "user_id", out->sub, sizeof(out->sub)) < 0) ||
         copy_claim(j, "role", out->role, sizeof(out->role)) < 0) {
         *why = "claim too long";
+        goto out;
+    }
+    /* a platform key's users are "platform:<sub>" whatever their sub */
+    if (!key->platform && reserved_user(out->sub)) {
+        *why = "sub or user_id uses a reserved prefix (api_key:, platform:)";
         goto out;
     }
     memcpy(out->kid, key->kid, sizeof(out->kid));

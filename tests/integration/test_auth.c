@@ -53,6 +53,74 @@ claims(const char *tenant, long exp, const char *extra)
     return buf;
 }
 
+static void
+expect_401_post(const char *name, const char *path, const char *token, const char *body)
+{
+    struct tl_resp r;
+    char code[64] = "", www[256] = "";
+
+    tl_post(port, path, token, body, &r);
+    CHECK(r.status == 401, "%s, %s: status %ld (%s)", name, path, r.status, r.body);
+    CHECK(tl_json_str(&r, "error.code", code, sizeof(code)) && strcmp(code, "unauthenticated") == 0,
+          "%s, %s: error code %s", name, path, code);
+    CHECK(tl_resp_header(&r, "WWW-Authenticate", www, sizeof(www)) != NULL &&
+              strstr(www, "error=\"invalid_token\"") != NULL,
+          "%s, %s: WWW-Authenticate %s", name, path, www);
+    tl_resp_free(&r);
+}
+
+/* A clinic token whose user is named like one of aigw's own actors
+ * ("api_key:<id>" for an API key's requests, "platform:<sub>" for the
+ * operator's staff) was served: its usage and audit rows named that actor,
+ * and it shared the API key's Idempotency-Key records. Now 401 on every
+ * route, and nothing is written for it. */
+static void
+test_reserved_users(PGconn *owner, const char *secret)
+{
+    static const char *const who[] = {
+        "\"sub\":\"api_key:0190a1b2-0000-7000-8000-000000000001\"",
+        "\"user_id\":\"api_key:0190a1b2-0000-7000-8000-000000000001\"",
+        "\"sub\":\"platform:ops-1\"",
+    };
+    const char *p[1];
+    char tid[37], tcode[65];
+    char *tok;
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "pro", "active", tid, tcode);
+    p[0] = tid;
+    for (size_t i = 0; i < sizeof(who) / sizeof(who[0]); i++) {
+        char *c = tl_sprintf("{%s,\"tenant_id\":\"%s\",\"role\":\"admin\",\"exp\":%ld}", who[i], tcode, now + 600);
+
+        tok = tl_sign("HS256", "dev", secret, strlen(secret), c);
+        expect_401("a user named like an aigw actor", tok);
+        expect_401_post(who[i], "/api/ai/query", tok, "{\"question\":\"Who am I: an API key?\"}");
+        expect_401_post(who[i], "/v1/chat/completions", tok,
+                        "{\"model\":\"aigw-default\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}");
+        expect_401_post(who[i], "/api/ai/cache/invalidate", tok, "{}");
+        free(tok);
+        free(c);
+    }
+    CHECK(tl_usage_flushed(port), "usage rows flushed");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, p) == 0,
+          "no usage row for a user named like an aigw actor");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1", 1, p) == 0,
+          "no audit row for a user named like an aigw actor");
+    /* the same requests by a user of the clinic's own: the rows above would
+     * have been seen */
+    tok = tl_token(tcode, "admin", 600);
+    tl_post(port, "/api/ai/query", tok, "{\"question\":\"Who am I: an API key?\"}", &r);
+    CHECK(r.status == 200, "an ordinary user's query: %ld (%s)", r.status, r.body);
+    tl_resp_free(&r);
+    tl_post(port, "/api/ai/cache/invalidate", tok, "{}", &r);
+    CHECK(r.status == 200, "an ordinary user's invalidation: %ld (%s)", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_usage_rows(owner, tid, "route = '/api/ai/query'", 1) == 1, "an ordinary user's usage row");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1", 1, p) == 1,
+          "an ordinary user's audit row");
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -165,6 +233,8 @@ main(void)
         free(good);
         free(bad);
     }
+
+    test_reserved_users(owner, secret);
 
     /* tenant status */
     tok = tl_token("clinic_004", "admin", 600);

@@ -188,6 +188,61 @@ main(void)
         expect_reject("numeric tenant_id", tok);
         free(tok);
     }
+    /* a clinic user named like one of aigw's own actors ("api_key:<id>" for
+     * an API key's requests, "platform:<sub>" for the operator's staff)
+     * passed for it in audit rows and shared its idempotency records */
+    {
+        static const char *const who[] = {
+            "\"sub\":\"api_key:0190a1b2-0000-7000-8000-000000000001\"",
+            "\"sub\":\"platform:ops-1\"",
+            "\"sub\":\"API_KEY:x\"",
+            "\"sub\":\"Platform:x\"",
+            "\"user_id\":\"api_key:x\"",
+            "\"sub\":\"\",\"user_id\":\"platform:x\"",
+        };
+
+        for (size_t i = 0; i < sizeof(who) / sizeof(who[0]); i++) {
+            char *cl = tl_sprintf("{\"tenant_id\":\"clinic_001\",\"role\":\"admin\",%s,\"exp\":%ld}", who[i], now + 600);
+
+            tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), cl);
+            why = NULL;
+            CHECK(verify(tok, &why) == -1 && why != NULL && strstr(why, "reserved") != NULL,
+                  "a user named like an aigw actor (%s) is rejected: %s", who[i], why ? why : "accepted");
+            free(tok);
+            free(cl);
+        }
+        /* the prefix only: such words elsewhere in the name are a user's own */
+        tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET),
+                      claims(now + 600, ",\"user_id\":\"api_key:x\"")); /* sub u1 names the user */
+        expect_accept("user_id with the prefix beside a sub", tok);
+        free(tok);
+        {
+            char *cl = tl_sprintf("{\"sub\":\"my-api_key:1\",\"tenant_id\":\"clinic_001\",\"role\":\"admin\","
+                                  "\"exp\":%ld}", now + 600);
+
+            tok = tl_sign("HS256", "hs", SECRET, strlen(SECRET), cl);
+            expect_accept("a sub with api_key: inside", tok);
+            free(tok);
+            free(cl);
+        }
+        /* the operator's tokens are told apart by their key (their actor is
+         * "platform:<sub>" whatever the sub), so their subs are not refused */
+        {
+            static const char PSECRET[] = "fedcba9876543210fedcba9876543210-unit-platform";
+            struct aigw_claims c;
+            char *cl = tl_sprintf("{\"sub\":\"platform:ops-1\",\"role\":\"platform_admin\",\"exp\":%ld}", now + 600);
+
+            add_key("pk", JWT_ALG_HS256, PSECRET);
+            cfg.jwt_keys[cfg.n_jwt_keys - 1].platform = true;
+            tok = tl_sign("HS256", "pk", PSECRET, strlen(PSECRET), cl);
+            why = NULL;
+            CHECK(aigw_jwt_verify(&cfg, tok, strlen(tok), now, &c, &why) == 0 && c.platform_key &&
+                      strcmp(c.sub, "platform:ops-1") == 0,
+                  "a platform token's sub may start with platform: (%s)", why ? why : "");
+            free(tok);
+            free(cl);
+        }
+    }
     tok = tl_sign("HS256", "nope", SECRET, strlen(SECRET), claims(now + 600, NULL));
     expect_reject("unknown kid", tok);
     free(tok);
