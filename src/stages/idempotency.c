@@ -189,14 +189,18 @@ aigw_stage_idempotency(struct aigw_req *req)
     } else if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len >= 65) {
         const char *v = r->element[1]->str;
 
-        if (memcmp(v + 1, q->idem_fp, 64) != 0)
+        if (memcmp(v + 1, q->idem_fp, 64) != 0) {
             ret = aigw_req_fail(req, 422, "idempotency_key_reused",
                                 "this Idempotency-Key was used with a different request body");
-        else if (v[0] == 'P')
+        } else if (v[0] == 'P') {
+            /* when to ask again (the OpenAI SDKs retry a 409 and honour
+             * it): the first request's outcome is replayed once stored */
+            aigw_req_add_header(req, "Retry-After", "1");
             ret = aigw_req_fail(req, 409, "idempotency_in_progress",
                                 "a request with this Idempotency-Key is still being processed");
-        else
+        } else {
             ret = replay(req, v + 65);
+        }
     } else {
         ret = aigw_req_fail(req, 500, "internal", "corrupt idempotency record");
     }

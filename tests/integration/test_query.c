@@ -1030,6 +1030,9 @@ test_idempotency(void)
             ok += pr[i].status == 200;
             conflict += pr[i].status == 409 && tl_json_str(&pr[i], "error.code", c, sizeof(c)) &&
                         strcmp(c, "idempotency_in_progress") == 0;
+            if (pr[i].status == 409)
+                CHECK(tl_resp_header(&pr[i], "Retry-After", c, sizeof(c)) != NULL && strcmp(c, "1") == 0,
+                      "concurrent: the 409 has Retry-After: 1");
         }
         CHECK(ok == 1 && conflict == 1, "concurrent: one 200, one 409 (%d, %d): %ld %s / %ld %s", ok, conflict,
               pr[0].status, pr[0].body, pr[1].status, pr[1].body);

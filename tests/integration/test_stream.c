@@ -436,6 +436,8 @@ test_stream_idempotency(void)
     CHECK(pttl > 60000, "an idempotent stream's pending record lives as long as a stream may (%lld ms left)", pttl);
     tl_post_parallel(port, "/api/ai/query", first.token, h, body, 1, &r);
     tl_expect("the same key while the stream runs", &r, 409, "idempotency_in_progress");
+    CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) != NULL && strcmp(buf, "1") == 0,
+          "the 409 asks for a retry after a second (Retry-After %s)", tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) ? buf : "missing");
     tl_resp_free(&r);
     pthread_join(th, NULL);
     CHECK(first.r.status == 200, "the stream is answered (%ld)", first.r.status);
