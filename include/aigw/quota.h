@@ -65,12 +65,14 @@ void aigw_quota_init(void);
  * "aigw:{<tenant id>}:q:YYYYMM" (hash tag = tenant id). */
 void aigw_quota_key(const char *tenant_id, int64_t now, char *out, size_t cap);
 
-/* Billed queries of tenant t this month. Reads the Redis counter; when the
- * key is missing (first use this month, or Redis lost it) it is rebuilt from
- * the billed rows of ai_usage_logs, never reset to zero. Falls back to the
- * PostgreSQL count when Redis is down. Returns 0 with *used set, or -1 when
- * neither store could answer (logged). */
-int aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, long *used);
+/* Billed queries of tenant t in the UTC month containing now (a request's
+ * start, req->start_wall_us: the month it counts in, and whose end its
+ * answer names, even when the month turns while it runs). Reads the Redis
+ * counter; when the key is missing (first use this month, or Redis lost it)
+ * it is rebuilt from the billed rows of ai_usage_logs, never reset to zero.
+ * Falls back to the PostgreSQL count when Redis is down. Returns 0 with
+ * *used set, or -1 when neither store could answer (logged). */
+int aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *used);
 
 /* Count the billed usage rows of tenant t in the UTC month containing now
  * (the rebuild source). Returns 0 or -1. */

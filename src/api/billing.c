@@ -46,15 +46,16 @@ struct month {
     bool current;
 };
 
-/* period=YYYY-MM (default: the current UTC month). */
+/* period=YYYY-MM (default: the UTC month containing now, the request's
+ * start, as the live quota counter add_quota reads). */
 static bool
-parse_month(const char *period, struct month *m)
+parse_month(const char *period, int64_t now, struct month *m)
 {
     char now_key[8];
     long year, mon;
     char y[5], mm[3];
 
-    aigw_month_key(aigw_wall_s(), now_key);
+    aigw_month_key(now, now_key);
     if (period == NULL) {
         snprintf(y, sizeof(y), "%.4s", now_key);
         snprintf(mm, sizeof(mm), "%.2s", now_key + 4);
@@ -121,7 +122,7 @@ add_quota(struct aigw_req *req, json_t *body, PGresult *t)
 
     if (aigw_tenant_get(req->srv->tenants, req->srv->pg, PQgetvalue(t, 0, 0), &tenant) == 0) {
         json_object_set_new(quota, "monthly_limit", json_integer(tenant->monthly_limit));
-        if (aigw_quota_used(req->srv, tenant, &used) == 0)
+        if (aigw_quota_used(req->srv, tenant, req->start_wall_us / 1000000, &used) == 0)
             json_object_set_new(quota, "counter", json_integer(used));
         aigw_tenant_put(tenant);
     }
@@ -143,7 +144,7 @@ aigw_api_tenant_usage(struct aigw_req *req)
         return aigw_req_fail(req, 404, "not_found", "no such tenant");
     if (!aigw_req_arg_once(req, "period", &period))
         return aigw_req_fail(req, 400, "invalid_request", "period: given more than once");
-    if (!parse_month(period, &m))
+    if (!parse_month(period, req->start_wall_us / 1000000, &m))
         return aigw_req_fail(req, 400, "invalid_request", "period: must be a month, YYYY-MM");
     conn = aigw_pg_acquire(req->srv->pg, 2000);
     if (conn != NULL)

@@ -27,7 +27,7 @@ remaining_now(struct aigw_req *req)
 
     if (t->monthly_limit < 0)
         return -1;
-    if (used < 0 && aigw_quota_used(req->srv, t, &used) != 0)
+    if (used < 0 && aigw_quota_used(req->srv, t, req->start_wall_us / 1000000, &used) != 0)
         return -1;
     return used >= t->monthly_limit ? 0 : t->monthly_limit - used;
 }

@@ -284,7 +284,7 @@ add_quota(struct aigw_req *req, json_t *body, const char *ref)
 
     if (!json_is_object(limits) || aigw_tenant_get(req->srv->tenants, req->srv->pg, ref, &t) != 0)
         return;
-    if (aigw_quota_used(req->srv, t, &used) == 0) {
+    if (aigw_quota_used(req->srv, t, req->start_wall_us / 1000000, &used) == 0) {
         json_object_set_new(limits, "used", json_integer(used));
         json_object_set_new(limits, "remaining",
                             json_integer(t->monthly_limit < 0 ? -1 : used >= t->monthly_limit ? 0 : t->monthly_limit - used));

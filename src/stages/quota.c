@@ -150,9 +150,8 @@ aigw_quota_count_billed(struct aigw_server *srv, const struct aigw_tenant *t, in
 }
 
 int
-aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, long *used)
+aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *used)
 {
-    int64_t now = aigw_wall_s();
     char key[128], val[24], ttl[24];
     const char *argv[2] = {"GET", key};
     size_t lens[2];
@@ -360,6 +359,7 @@ aigw_stage_quota(struct aigw_req *req)
 {
     const struct aigw_tenant *t = req->tenant;
     struct aigw_query *q = req->q;
+    int64_t at = req->start_wall_us / 1000000; /* the month the request counts in */
     long used = q->quota_used;
     int rc;
     char resets[32];
@@ -372,7 +372,7 @@ aigw_stage_quota(struct aigw_req *req)
         char mark[160];
 
         aigw_quota_mark_key(t->id, req->usage_id, mark, sizeof(mark));
-        rc = aigw_quota_reserve(req->srv, t, req->start_wall_us / 1000000, mark, &used);
+        rc = aigw_quota_reserve(req->srv, t, at, mark, &used);
     }
     q->quota_pre = -1;
 
@@ -382,7 +382,9 @@ aigw_stage_quota(struct aigw_req *req)
         return aigw_req_fail(req, 503, "service_unavailable", "quota store is unavailable, retry shortly");
     }
     if (rc > 0) {
-        aigw_rfc3339(aigw_next_month_start(aigw_wall_s()), resets);
+        /* the end of the month it was counted in: a fresh clock read could
+         * be in the next month already and name the month after that */
+        aigw_rfc3339(aigw_next_month_start(at), resets);
         aigw_metrics_quota_exhausted(req->srv->metrics, t->tier);
         return aigw_req_fail_extra(req, 429, "quota_exhausted",
                                    json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)t->monthly_limit, "used",
@@ -390,7 +392,7 @@ aigw_stage_quota(struct aigw_req *req)
                                    "the monthly query limit of %ld is reached", t->monthly_limit);
     }
     q->quota_reserved = true;
-    q->resv = aigw_resv_add(req->srv->resv, req->usage_id, t->id, req->start_wall_us / 1000000);
+    q->resv = aigw_resv_add(req->srv->resv, req->usage_id, t->id, at);
     q->queries_remaining = t->monthly_limit < 0 ? -1 : t->monthly_limit - used;
     return AIGW_OK;
 }
