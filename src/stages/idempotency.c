@@ -9,6 +9,7 @@
 #include "aigw/config.h"
 #include "aigw/log.h"
 #include "aigw/query.h"
+#include "aigw/quota.h"
 #include "aigw/redis.h"
 #include "aigw/snapshot.h"
 #include "aigw/stages.h"
@@ -105,6 +106,17 @@ replay(struct aigw_req *req, const char *stored)
         json_t *body = json_loads(req->resp_body, 0, NULL);
 
         aigw_req_add_header(req, "X-Cache", json_is_true(json_object_get(body, "cached")) ? "HIT" : "MISS");
+        json_decref(body);
+    } else if (status == 429) {
+        /* a quota_exhausted (the one 429 stored: rate limiting comes before
+         * this stage) with the headers it was sent with, or the OpenAI SDKs
+         * retry the replay */
+        json_t *body = json_loads(req->resp_body, 0, NULL);
+        json_t *err = json_object_get(body, "error");
+        const char *code = json_string_value(json_object_get(err, "code"));
+
+        if (code != NULL && strcmp(code, "quota_exhausted") == 0)
+            aigw_quota_exhausted_headers(req, json_string_value(json_object_get(err, "resets_at")));
         json_decref(body);
     }
     return AIGW_DONE;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "aigw/apikey.h"
 #include "aigw/http.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
@@ -354,6 +355,18 @@ aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
     return true;
 }
 
+void
+aigw_quota_exhausted_headers(struct aigw_req *req, const char *resets_at)
+{
+    int64_t resets, left;
+
+    if (resets_at != NULL && aigw_parse_rfc3339(resets_at, &resets)) {
+        left = resets - req->start_wall_us / 1000000;
+        aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%lld", (long long)(left > 1 ? left : 1)));
+    }
+    aigw_req_add_header(req, "x-should-retry", "false");
+}
+
 enum aigw_rc
 aigw_stage_quota(struct aigw_req *req)
 {
@@ -385,6 +398,7 @@ aigw_stage_quota(struct aigw_req *req)
         /* the end of the month it was counted in: a fresh clock read could
          * be in the next month already and name the month after that */
         aigw_rfc3339(aigw_next_month_start(at), resets);
+        aigw_quota_exhausted_headers(req, resets);
         aigw_metrics_quota_exhausted(req->srv->metrics, t->tier);
         return aigw_req_fail_extra(req, 429, "quota_exhausted",
                                    json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)t->monthly_limit, "used",

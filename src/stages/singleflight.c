@@ -286,14 +286,15 @@ from_result(struct aigw_req *req, const char *text)
         json_t *extra = json_object_get(err, "extra");
         int status = (int)json_integer_value(json_object_get(err, "status"));
         const char *retry = json_string_value(json_object_get(err, "retry_after"));
+        const char *code = json_string_value(json_object_get(err, "code"));
 
-        if (retry != NULL) /* the leader's 503 asked its client to retry: so are we */
+        if (code != NULL && strcmp(code, "quota_exhausted") == 0) /* not to be retried until it resets */
+            aigw_quota_exhausted_headers(req, json_string_value(json_object_get(extra, "resets_at")));
+        else if (retry != NULL) /* the leader's 503 asked its client to retry: so are we */
             aigw_req_add_header(req, "Retry-After", aigw_pool_strdup(req->pool, retry));
 
         return aigw_req_fail_extra(req, status >= 400 ? status : 502,
-                                   aigw_pool_strdup(req->pool, json_string_value(json_object_get(err, "code"))
-                                                                   ? json_string_value(json_object_get(err, "code"))
-                                                                   : "upstream_error"),
+                                   aigw_pool_strdup(req->pool, code ? code : "upstream_error"),
                                    json_is_object(extra) ? json_incref(extra) : NULL, "%s",
                                    json_string_value(json_object_get(err, "message"))
                                        ? json_string_value(json_object_get(err, "message"))

@@ -163,6 +163,8 @@ test_limit_lowered(PGconn *owner)
     CHECK(t >= 48 && t <= 53, "lowered limit: t until the window holds fewer than 3 (~51 s): %lld", t);
     CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtoll(buf, NULL, 10) == t,
           "lowered limit: Retry-After = t: %s", buf);
+    CHECK(tl_resp_header(&r, "x-should-retry", buf, sizeof(buf)) == NULL,
+          "rate_limited is for retrying after Retry-After: no x-should-retry");
     CHECK(tl_json_int(&r, "error.retry_after", -1) == t && tl_json_int(&r, "error.limit", -1) == 3,
           "lowered limit: retry_after and limit in the body: %s", r.body);
     tl_resp_free(&r);

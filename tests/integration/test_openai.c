@@ -520,10 +520,41 @@ test_rate_limit(void)
             limited++;
             expect_error("rate limited", &r, 429, "rate_limit_error", NULL);
             CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) != NULL, "429 has Retry-After");
+            CHECK(tl_resp_header(&r, "x-should-retry", buf, sizeof(buf)) == NULL,
+                  "a rate_limited 429 is for retrying: no x-should-retry");
         }
         tl_resp_free(&r);
     }
     CHECK(limited == 1, "third request in a minute: 429 (%d)", limited);
+    free(tok);
+}
+
+/* The monthly quota spent: 429 quota_exhausted in the OpenAI shape, with
+ * Retry-After (the seconds until resets_at) and x-should-retry: false, which
+ * the OpenAI SDKs obey (they retry every other 429, and this one stands
+ * until the month ends), plain and streamed. */
+static void
+test_quota(void)
+{
+    char id[37], code[65];
+    const char *p[1] = {id};
+    struct tl_resp r;
+    char *tok;
+
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"monthly_query_limit\": 1}' WHERE id = $1", 1, p));
+    tok = tl_token(code, "admin", 600);
+    chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"the month's one question\"}]}", &r);
+    CHECK(r.status == 200, "the month's one query (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"one too many\"}]}", &r);
+    expect_error("over the quota", &r, 429, "rate_limit_error", NULL);
+    tl_expect_quota_exhausted("/v1 over the quota", &r);
+    tl_resp_free(&r);
+    chat(tok, "{\"messages\":[{\"role\":\"user\",\"content\":\"one too many\"}],\"stream\":true}", &r);
+    expect_error("over the quota, streamed", &r, 429, "rate_limit_error", NULL);
+    tl_expect_quota_exhausted("/v1 over the quota, streamed", &r);
+    tl_resp_free(&r);
     free(tok);
 }
 
@@ -598,6 +629,7 @@ main(void)
     test_gating(tok);
     test_unrouted(tok);
     test_rate_limit();
+    test_quota();
     test_context_exceeded();
 
     free(tok);

@@ -477,6 +477,8 @@ test_quota_race(void)
 
         ok += r[i].status == 200;
         exhausted += r[i].status == 429 && tl_json_str(&r[i], "error.code", c, sizeof(c)) && strcmp(c, "quota_exhausted") == 0;
+        if (r[i].status == 429)
+            tl_expect_quota_exhausted("quota race", &r[i]);
         tl_resp_free(&r[i]);
         free(bodies[i]);
     }
@@ -521,12 +523,30 @@ test_quota_race(void)
 
             exhausted += r[i].status == 429 && tl_json_str(&r[i], "error.code", c, sizeof(c)) &&
                          strcmp(c, "quota_exhausted") == 0;
+            /* the leader's and the waiters', who got its published 429 */
+            tl_expect_quota_exhausted("identical questions over the quota", &r[i]);
             tl_resp_free(&r[i]);
         }
         CHECK(exhausted == 5, "identical questions over the quota: all 5 quota_exhausted (got %d)", exhausted);
         CHECK(sf_locks_settled(id) == 0, "no single-flight lock left behind");
         CHECK(tl_quota_used(id) == 5, "the counter still says 5 (%lld)", (long long)tl_quota_used(id));
         CHECK(rows(id, 55) == 55, "a usage row for each refusal");
+    }
+    {
+        /* an Idempotency-Key's stored 429 is replayed as it was sent: the
+         * replay, too, says when the quota comes back and not to retry */
+        const char *h[] = {"Idempotency-Key: over-quota-1", NULL};
+        const char *b[1] = {"{\"question\":\"an idempotent question, quota gone\"}"};
+        char buf[16];
+
+        tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
+        tl_expect_quota_exhausted("idempotent, over the quota", &r[0]);
+        tl_resp_free(&r[0]);
+        tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
+        CHECK(tl_resp_header(&r[0], "Idempotent-Replayed", buf, sizeof(buf)) != NULL, "the 429 is replayed (%ld %s)",
+              r[0].status, r[0].body);
+        tl_expect_quota_exhausted("idempotent, over the quota, replayed", &r[0]);
+        tl_resp_free(&r[0]);
     }
     free(tok);
 }

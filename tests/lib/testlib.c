@@ -1,6 +1,7 @@
 /* testlib.c - helpers shared by the integration tests (real PostgreSQL, Redis, aigw) */
 #include "testlib.h"
 
+#include "aigw/apikey.h"
 #include "aigw/util.h"
 
 #include <dirent.h>
@@ -12,6 +13,7 @@
 #include <hiredis.h>
 #include <jansson.h>
 #include <jwt.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1210,6 +1212,24 @@ void
 tl_expect(const char *name, const struct tl_resp *r, long status, const char *code)
 {
     tl_expect_field(name, r, status, code, NULL);
+}
+
+void
+tl_expect_quota_exhausted(const char *name, const struct tl_resp *r)
+{
+    char resets[64] = "", retry[32] = "", should[32] = "";
+    int64_t at = 0;
+    long secs = -1;
+
+    tl_expect_field(name, r, 429, "quota_exhausted", NULL);
+    CHECK(tl_json_str(r, "error.resets_at", resets, sizeof(resets)) && aigw_parse_rfc3339(resets, &at),
+          "%s: resets_at %s", name, resets);
+    CHECK(tl_resp_header(r, "Retry-After", retry, sizeof(retry)) != NULL && aigw_parse_long(retry, 1, LONG_MAX, &secs),
+          "%s: Retry-After %s", name, retry);
+    CHECK(secs >= at - (int64_t)time(NULL) - 5 && secs <= at - (int64_t)time(NULL) + 5,
+          "%s: Retry-After %ld says when resets_at %s comes", name, secs, resets);
+    CHECK(tl_resp_header(r, "x-should-retry", should, sizeof(should)) != NULL && strcmp(should, "false") == 0,
+          "%s: x-should-retry %s, want false", name, should);
 }
 
 long

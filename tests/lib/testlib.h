@@ -202,6 +202,10 @@ int tl_key_request(int port, const char *method, const char *path, const char *k
 int tl_delete(int port, const char *path, const char *token, struct tl_resp *out);
 /* CHECK that r has status and, when code is not NULL, error.code code. */
 void tl_expect(const char *name, const struct tl_resp *r, long status, const char *code);
+/* CHECK that r is a 429 quota_exhausted as clients must see it: Retry-After
+ * the seconds until its resets_at (give or take 5 s of test time), and
+ * x-should-retry: false (the OpenAI SDKs retry a 429 unless told not to). */
+void tl_expect_quota_exhausted(const char *name, const struct tl_resp *r);
 /* POST /api/v1/api-keys with token and body json; on 201 copies the key
  * (cap bytes) and its id. Returns the HTTP status. */
 long tl_api_key_create(int port, const char *token, const char *json, char *key, size_t cap, char id[37]);

@@ -1,6 +1,7 @@
 // openai_sdk.mjs - the official OpenAI Node.js SDK as a real client of aigw.
 // Env: AIGW_BASE_URL (http://127.0.0.1:PORT/v1), AIGW_API_KEY, AIGW_LIMITED_KEY
-// (a credential whose tenant allows 1 request per minute, already used up).
+// (a credential whose tenant allows 1 request per minute, already used up),
+// AIGW_QUOTA_KEY (one whose tenant has spent its monthly quota).
 // Prints one line per check ("ok ..." / "not ok ...") and exits non-zero on
 // any failure; test_sdk.c runs it and checks both.
 import OpenAI from "openai";
@@ -59,6 +60,17 @@ try {
   check(e instanceof OpenAI.RateLimitError, `RateLimitError (${e.constructor.name})`);
   check(e.status === 429, "status 429");
   check(e.error && typeof e.error.message === "string" && e.error.type === "rate_limit_error", "OpenAI error body");
+}
+
+// the monthly quota spent: a 429 the SDK does not retry (x-should-retry:
+// false), though it retries every other 429; test_sdk.c counts the requests
+const spent = new OpenAI({ baseURL: process.env.AIGW_BASE_URL, apiKey: process.env.AIGW_QUOTA_KEY, maxRetries: 2 });
+try {
+  await spent.chat.completions.create({ messages: [{ role: "user", content: "over the quota" }] });
+  check(false, "quota 429 raised");
+} catch (e) {
+  check(e instanceof OpenAI.RateLimitError && e.code === "quota_exhausted",
+        `quota_exhausted raised as RateLimitError (${e.constructor.name} ${e.code})`);
 }
 
 // a typed error: bad request
