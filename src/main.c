@@ -71,6 +71,11 @@ block_signals(sigset_t *set)
     sigaddset(set, SIGPIPE);
     /* before any thread starts, so only the main thread's waits see them */
     pthread_sigmask(SIG_BLOCK, set, NULL);
+    /* a file size limit (LimitFSIZE=) reached by the usage spool or a
+     * journal: the write fails with EFBIG and the row waits in memory
+     * (usage.c), rather than SIGXFSZ ending the process and every row
+     * waiting with it */
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 /* Wait up to max_ms (-1: no limit) for a signal of set, sending the

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,63 @@ test_listener_frozen(void)
 out:
     q = tl_sql(owner, true, "UPDATE tenants SET status = 'active' WHERE id = $1", 1, p);
     PQclear(q);
+    free(cfg);
+    free(tok);
+}
+
+/* Set aigw's file size limit (RLIMIT_FSIZE) to cur, keeping the hard limit. */
+static bool
+fsize_limit(const struct tl_aigw *gw, rlim_t cur)
+{
+    struct rlimit old, lim;
+
+    if (prlimit(gw->pid, RLIMIT_FSIZE, NULL, &old) != 0)
+        return false;
+    lim.rlim_cur = cur;
+    lim.rlim_max = old.rlim_max;
+    return prlimit(gw->pid, RLIMIT_FSIZE, &lim, NULL) == 0;
+}
+
+/* The spool refuses every write (a file size limit of 1 byte on the running
+ * aigw, as LimitFSIZE= or a full disk would): aigw must not be killed by
+ * SIGXFSZ (it was: the default action of the signal the kernel sends with
+ * EFBIG), the answers go on with their rows kept in memory, and once the
+ * spool takes writes again every row reaches PostgreSQL, once. */
+static void
+test_spool_refuses(void)
+{
+    enum { N = 5 };
+    char tid[37], code[65], *tok, *cfg;
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int answered = 0;
+
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
+    for (int i = 0; i < N; i++) {
+        char *b = tl_sprintf("{\"question\":\"asked while the spool refuses writes %d\"}", i);
+
+        tl_post(gw.port, "/api/ai/query", tok, b, &r);
+        answered += r.status == 200;
+        tl_resp_free(&r);
+        free(b);
+    }
+    CHECK(tl_aigw_wait(&gw, 500) == -1, "aigw still runs (exit status %d)", gw.status);
+    CHECK(answered == N, "all %d answered (%d)", N, answered);
+    CHECK(rows_for(tid, 0, 0) == 0, "no row in PostgreSQL while the spool refuses them");
+    CHECK(tl_metric(gw.port, "aigw_usage_backlog_rows") >= N, "the rows wait (backlog %g)",
+          tl_metric(gw.port, "aigw_usage_backlog_rows"));
+    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
+    CHECK(rows_for(tid, N, 15000) == N, "every row written once the spool takes them (%ld)", rows_for(tid, N, 0));
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == N,
+          "billed once each");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+out:
     free(cfg);
     free(tok);
 }
@@ -471,6 +529,8 @@ main(void)
         CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     }
     CHECK(tl_rm_rf(spool), "spool removed");
+    unsetenv("AIGW_SPOOL_DIR");
+    test_spool_refuses();
     test_listener_frozen();
     free(cfg);
     free(tok);
