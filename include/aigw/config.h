@@ -103,6 +103,7 @@ struct aigw_config {
     char *spool_dir;           /* append-only spool of usage rows */
     int usage_batch_rows;      /* rows per INSERT batch */
     int usage_flush_ms;        /* longest a row waits before its batch is written */
+    int usage_memory_max_kb;   /* rows the spool refused, kept in memory; at this size AI requests get 503 */
 
     /* logging */
     int log_level;         /* syslog priority */

@@ -49,11 +49,17 @@ void aigw_usage_stop(struct aigw_usage *u, int deadline_ms);
 
 /* Append row to the spool (one write(2) of one JSON line) and wake the
  * writer. Thread-safe; cheap (no PostgreSQL on the caller's thread). A row
- * the spool refuses (disk full, I/O error) waits in memory (up to 64 MiB of
- * rows) and is appended, before any later row, as soon as the spool takes
- * rows again. Returns 0, or -1 if the row is lost (logged; the caller still
- * answers). */
+ * the spool refuses (disk full, I/O error) waits in memory and is appended,
+ * before any later row, as soon as the spool takes rows again. Once
+ * usage.memory_max_kb of rows wait, aigw_usage_accepting says no and only
+ * billed rows are still kept. Returns 0, or -1 if the row (not billed) is
+ * dropped (logged). */
 int aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row);
+
+/* False while the rows the spool refused fill usage.memory_max_kb: new AI
+ * requests must be refused (503) rather than answered without a durable
+ * row. One relaxed atomic load; NULL-safe (true). */
+bool aigw_usage_accepting(struct aigw_usage *u);
 
 /* Rows recorded but not yet committed to PostgreSQL; spool bytes on disk. */
 size_t aigw_usage_backlog(const struct aigw_usage *u);

@@ -70,7 +70,6 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define READ_MIN ((size_t)64 << 10)
-#define HELD_MAX_BYTES ((size_t)64 << 20) /* rows kept in memory while the spool refuses writes */
 
 /* A plain INSERT first: a duplicate id only comes from a replay (the ids are
  * aigw's own UUIDv7s), and ON CONFLICT costs PostgreSQL ~12k instructions
@@ -172,7 +171,9 @@ struct aigw_usage {
     struct held *held;     /* rows the spool refused, oldest first; held_tail: the end */
     struct held **held_tail;
     size_t held_bytes;
-    size_t lost;           /* rows lost since the spool last took one (too many held) */
+    size_t held_max;       /* usage.memory_max_kb */
+    atomic_bool full;      /* held rows reached held_max: new AI requests are refused */
+    size_t lost;           /* unbilled rows dropped since the spool last took one (held_max reached) */
     bool failing;          /* a spool write failed: logged once, until one succeeds */
     int64_t rotate_retry_ms; /* a new segment could not be created: not again before (writer only) */
     bool stop;
@@ -498,7 +499,8 @@ append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
     if (fresh)
         atomic_fetch_add(&u->backlog, 1);
     if (u->failing && u->lost > 0)
-        aigw_log(LOG_CRIT, "usage: the spool takes rows again; %zu rows were lost meanwhile", u->lost);
+        aigw_log(LOG_WARNING, "usage: the spool takes rows again; %zu rows of requests not billed were dropped "
+                 "meanwhile", u->lost);
     else if (u->failing)
         aigw_log(LOG_NOTICE, "usage: the spool takes rows again");
     u->failing = false;
@@ -510,17 +512,24 @@ append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
 }
 
 /* With u->lock held: keep a row the spool refused (line is malloc'd, taken
- * over); -1 when too much waits already and the row is lost. */
+ * over). Once held_max bytes wait, new AI requests are refused (see
+ * aigw_usage_accepting) and only billed rows are still kept: those of
+ * requests admitted before, so their number is bounded by the requests in
+ * flight. -1 when the row (not billed) is dropped. */
 static int
-hold(struct aigw_usage *u, char *line, size_t len)
+hold(struct aigw_usage *u, char *line, size_t len, bool billed)
 {
     struct held *h;
 
-    if (u->held_bytes + len > HELD_MAX_BYTES) {
-        if (u->lost++ == 0)
-            aigw_log(LOG_CRIT, "usage: the spool refuses writes and %zu bytes of rows wait in memory: usage rows are "
-                     "lost from now on", u->held_bytes);
-        return -1;
+    if (u->held_bytes + len > u->held_max) {
+        if (!atomic_load_explicit(&u->full, memory_order_relaxed))
+            aigw_log(LOG_CRIT, "usage: the spool refuses writes and %zu bytes of rows wait in memory: AI requests "
+                     "are refused with 503 until it takes rows again", u->held_bytes);
+        atomic_store_explicit(&u->full, true, memory_order_relaxed);
+        if (!billed) {
+            u->lost++;
+            return -1;
+        }
     }
     h = aigw_xmalloc(sizeof(*h));
     h->next = NULL;
@@ -550,6 +559,7 @@ flush_held(struct aigw_usage *u)
         free(h->line);
         free(h);
     }
+    atomic_store_explicit(&u->full, false, memory_order_relaxed);
     return 0;
 }
 
@@ -574,7 +584,7 @@ aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row)
     pthread_mutex_lock(&u->lock);
     if ((u->held == NULL || flush_held(u) == 0) && append_line(u, line, len, true) == 0) {
         free(line);
-    } else if ((ret = hold(u, line, len)) != 0) {
+    } else if ((ret = hold(u, line, len, row->billed)) != 0) {
         free(line);
     }
     pthread_mutex_unlock(&u->lock);
@@ -1361,9 +1371,11 @@ aigw_usage_start(const struct aigw_config *cfg)
     u->db_url = aigw_xstrdup(cfg->database_url ? cfg->database_url : "");
     u->batch_rows = cfg->usage_batch_rows > 0 ? cfg->usage_batch_rows : 1;
     u->flush_ms = cfg->usage_flush_ms > 0 ? cfg->usage_flush_ms : 1;
+    u->held_max = (size_t)(cfg->usage_memory_max_kb > 0 ? cfg->usage_memory_max_kb : 65536) << 10;
     atomic_init(&u->backlog, 0);
     atomic_init(&u->spool_bytes, 0);
     u->held_tail = &u->held;
+    atomic_init(&u->full, false);
     if (open_spool(u) != 0 || load_old_segments(u) != 0 || (u->cur = seg_create(u)) == NULL) {
         aigw_log(LOG_ERR, "usage: spool %s unusable; not starting", u->dir);
         destroy(u);
@@ -1416,6 +1428,12 @@ aigw_usage_stop(struct aigw_usage *u, int deadline_ms)
         aigw_log(LOG_WARNING, "usage: %zu rows not in PostgreSQL yet stay in %s (%zu segments) for the next start",
                  atomic_load(&u->backlog), u->dir, left);
     destroy(u);
+}
+
+bool
+aigw_usage_accepting(struct aigw_usage *u)
+{
+    return u == NULL || !atomic_load_explicit(&u->full, memory_order_relaxed);
 }
 
 size_t

@@ -643,6 +643,7 @@ set_defaults(struct aigw_config *cfg)
     cfg->spool_dir = aigw_xstrdup("/var/lib/aigw/spool");
     cfg->usage_batch_rows = 500;
     cfg->usage_flush_ms = 100;
+    cfg->usage_memory_max_kb = 65536;
     cfg->log_level = LOG_INFO;
     cfg->dependency_timeout_ms = 60000;
     cfg->drain_timeout_ms = 30000;
@@ -699,7 +700,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
                                        "timeout_ms", "queue_size", "queue_timeout_ms", "fail_threshold",
                                        "down_ms", "model", "stream_idle_ms", "stream_timeout_ms",
                                        "stream_buffer_bytes", NULL};
-    static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", NULL};
+    static const char *const usage_k[] = {"spool_dir", "batch_rows", "flush_ms", "memory_max_kb", NULL};
     static const char *const log_k[] = {"level", NULL};
     static const char *const openai_k[] = {"models", "cache_sampled", NULL};
     static const char *const startup_k[] = {"dependency_timeout_ms", NULL};
@@ -812,6 +813,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_str(&c, sec, "spool_dir", &cfg->spool_dir);
         get_int(&c, sec, "batch_rows", 1, 10000, &cfg->usage_batch_rows);
         get_int(&c, sec, "flush_ms", 1, 60000, &cfg->usage_flush_ms);
+        get_int(&c, sec, "memory_max_kb", 1, 1048576, &cfg->usage_memory_max_kb);
     }
     /* the spool is opened at start-up, after the checks; "" or a relative
      * path (resolved against whatever the cwd is) passed them and then failed */
@@ -954,7 +956,7 @@ aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *
     note_diff(a->tenant_cache_ttl_s != b->tenant_cache_ttl_s, "tenants", out, cap, &n);
     note_diff(!same_str(a->model, b->model), "upstream.model", out, cap, &n);
     note_diff(!same_str(a->spool_dir, b->spool_dir) || a->usage_batch_rows != b->usage_batch_rows ||
-                  a->usage_flush_ms != b->usage_flush_ms,
+                  a->usage_flush_ms != b->usage_flush_ms || a->usage_memory_max_kb != b->usage_memory_max_kb,
               "usage", out, cap, &n);
     note_diff(a->dependency_timeout_ms != b->dependency_timeout_ms, "startup", out, cap, &n);
     note_diff(a->n_models != b->n_models || memcmp(a->models, b->models, sizeof(a->models)) != 0 ||

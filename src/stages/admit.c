@@ -16,6 +16,7 @@
 #include "aigw/singleflight.h"
 #include "aigw/stages.h"
 #include "aigw/tenant.h"
+#include "aigw/usage.h"
 
 /* Sliding window of one-second buckets: a hash per window with one field per
  * second that admitted something ("<unix second>" -> count), plus "n" (the
@@ -417,8 +418,15 @@ aigw_stage_admit(struct aigw_req *req)
     struct aigw_query *q = req->q;
     redisReply *r;
 
-    if (!q->admit_sent)
+    if (!q->admit_sent) {
+        /* the usage spool refuses writes and its memory is full: an answer
+         * now could not be billed; refused before any quota or model */
+        if (!aigw_usage_accepting(req->srv->usage)) {
+            aigw_req_add_header(req, "Retry-After", "1");
+            return aigw_req_fail(req, 503, "service_unavailable", "usage recording is unavailable, retry shortly");
+        }
         return admit_send(req);
+    }
     if (!atomic_load(&q->admit_done))
         return aigw_req_fail(req, 500, "internal", "resumed before admission answered");
     r = q->admit_reply;

@@ -176,6 +176,69 @@ out:
     free(tok);
 }
 
+/* The spool refuses every write for longer than usage.memory_max_kb of rows
+ * can wait in memory (4 KiB here, a few rows): rows used to be dropped from
+ * then on while every request was still answered, unbilled. Now new AI
+ * requests are refused with 503 before they reach the quota or a model, every
+ * answered request keeps its billed row, and once the spool takes rows again
+ * requests are answered again. */
+static void
+test_spool_full(void)
+{
+    enum { N = 40 };
+    char tid[37], code[65], *tok, *cfg, ra[16] = "";
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int answered = 0, refused = 0, other = 0;
+
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 10000}' WHERE id = $1", 1,
+                   p));
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50,"
+                          "\"memory_max_kb\":4}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
+    for (int i = 0; i < N; i++) {
+        char *b = tl_sprintf("{\"question\":\"asked while the spool is full %d\"}", i);
+
+        tl_post(gw.port, "/api/ai/query", tok, b, &r);
+        if (r.status == 200) {
+            answered++;
+        } else if (r.status == 503 && strstr(r.body, "\"service_unavailable\"") != NULL) {
+            if (refused++ == 0)
+                CHECK(tl_resp_header(&r, "Retry-After", ra, sizeof(ra)) && strcmp(ra, "1") == 0,
+                      "Retry-After: '%s'", ra);
+        } else {
+            other++;
+            fprintf(stderr, "unexpected: %ld %s\n", r.status, r.body);
+        }
+        tl_resp_free(&r);
+        free(b);
+    }
+    CHECK(answered > 0 && refused > 0 && other == 0, "answered %d, then refused %d (other %d)", answered, refused,
+          other);
+    CHECK(tl_quota_used(tid) == answered, "only the answered requests are counted (%lld, want %d)",
+          tl_quota_used(tid), answered);
+    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
+    CHECK(tl_wait_sql(owner, answered, 15000,
+                      "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == answered,
+          "every answered request billed (%ld of %d)",
+          tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p), answered);
+    tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"asked once the spool takes rows again\"}", &r);
+    tl_expect("after", &r, 200, NULL);
+    tl_resp_free(&r);
+    CHECK(tl_wait_sql(owner, answered + 1, 15000,
+                      "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == answered + 1,
+          "and billed");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+out:
+    free(cfg);
+    free(tok);
+}
+
 int
 main(void)
 {
@@ -531,6 +594,7 @@ main(void)
     CHECK(tl_rm_rf(spool), "spool removed");
     unsetenv("AIGW_SPOOL_DIR");
     test_spool_refuses();
+    test_spool_full();
     test_listener_frozen();
     free(cfg);
     free(tok);

@@ -352,6 +352,8 @@ main(void)
                    "usage.spool_dir: must be an absolute path");
     CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"/tmp/x\"}}", err, sizeof(err)) == 0,
           "an absolute spool_dir loads: %s", err);
+    expect_invalid("memory_max_kb 0", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"memory_max_kb\":0}}",
+                   "usage.memory_max_kb: must be an integer in [1, 1048576]");
     expect_invalid("bad backend url",
                    "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"upstream\":{\"backends\":[{\"name\":\"a\",\"url\":\"ftp://x\"}]}}",
                    "url must start");
