@@ -1,4 +1,5 @@
 /* test_metrics.c - GET /metrics: content type, counters that move, histograms, promtool lint */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -228,6 +229,137 @@ test_no_backend(void)
     PQfinish(owner);
 }
 
+/* A new tenant of tier with overrides (JSON), and a token for it. */
+static char *
+tenant_with(PGconn *owner, const char *tier, const char *overrides, char id[37])
+{
+    char code[65];
+    const char *p[2] = {overrides, id};
+
+    tl_create_tenant(owner, tier, "active", id, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = $1::jsonb WHERE id = $2", 2, p));
+    return tl_token(code, "optician", 600);
+}
+
+/* aigw_rate_limited_total and aigw_quota_exhausted_total move by one for
+ * their refusal, under the tenant's tier and no other. */
+static void
+test_refusals(void)
+{
+    static const char RL_STD[] = "aigw_rate_limited_total{tier=\"standard\"}";
+    static const char RL_ENT[] = "aigw_rate_limited_total{tier=\"enterprise\"}";
+    static const char QE_ENT[] = "aigw_quota_exhausted_total{tier=\"enterprise\"}";
+    static const char QE_STD[] = "aigw_quota_exhausted_total{tier=\"standard\"}";
+    PGconn *owner = tl_pg_owner();
+    double rl_std = now_sample(RL_STD), rl_ent = now_sample(RL_ENT), qe_ent = now_sample(QE_ENT),
+           qe_std = now_sample(QE_STD);
+    char id[37], body[160], *tok;
+    struct tl_resp r;
+
+    tok = tenant_with(owner, "standard", "{\"requests_per_minute\": 1}", id);
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof(body), "{\"question\":\"rate limited, metrics run %d, %d?\"}", (int)getpid(), i);
+        tl_post(port, "/api/ai/query", tok, body, &r);
+        tl_expect(i == 0 ? "rate: first" : "rate: second", &r, i == 0 ? 200 : 429, i == 0 ? NULL : "rate_limited");
+        tl_resp_free(&r);
+    }
+    CHECK(wait_sample(RL_STD, rl_std + 1) == rl_std + 1, "rate_limited{tier=standard} +1");
+    CHECK(now_sample(RL_ENT) == rl_ent && now_sample(QE_STD) == qe_std, "no other refusal counted");
+    free(tok);
+
+    tok = tenant_with(owner, "enterprise", "{\"monthly_query_limit\": 1}", id);
+    for (int i = 0; i < 2; i++) {
+        snprintf(body, sizeof(body), "{\"question\":\"over quota, metrics run %d, %d?\"}", (int)getpid(), i);
+        tl_post(port, "/api/ai/query", tok, body, &r);
+        tl_expect(i == 0 ? "quota: first" : "quota: second", &r, i == 0 ? 200 : 429, i == 0 ? NULL : "quota_exhausted");
+        tl_resp_free(&r);
+    }
+    CHECK(wait_sample(QE_ENT, qe_ent + 1) == qe_ent + 1, "quota_exhausted{tier=enterprise} +1");
+    CHECK(now_sample(RL_ENT) == rl_ent, "not counted as rate limited");
+    free(tok);
+    PQfinish(owner);
+}
+
+/* Three identical questions at once while the model takes a second: one
+ * leads, the others wait for its result (aigw_coalesced_total) or, if one
+ * came after the answer was stored, hit the cache. */
+static void
+test_coalesced(void)
+{
+    PGconn *owner = tl_pg_owner();
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    double co = now_sample("aigw_coalesced_total"), hits = now_sample("aigw_cache_hits_total");
+    char id[37], body[160], *tok;
+    const char *bodies[3] = {body, body, body};
+    struct tl_resp r[3];
+    int ok = 0;
+
+    tok = tenant_with(owner, "pro", "{}", id);
+    snprintf(body, sizeof(body), "{\"question\":\"asked three times at once, metrics run %d?\"}", (int)getpid());
+    tl_mock_config(mock, "{\"first_token_ms\":1000}");
+    tl_post_parallel(port, "/api/ai/query", tok, NULL, bodies, 3, r);
+    tl_mock_reset(mock);
+    for (int i = 0; i < 3; i++) {
+        ok += r[i].status == 200;
+        tl_resp_free(&r[i]);
+    }
+    CHECK(ok == 3, "all three answered (%d)", ok);
+    CHECK(wait_sample("aigw_coalesced_total", co + 1) >= co + 1, "at least one waiter coalesced");
+    CHECK(now_sample("aigw_coalesced_total") - co + now_sample("aigw_cache_hits_total") - hits == 2,
+          "the two others: coalesced %g, hits %g", now_sample("aigw_coalesced_total") - co,
+          now_sample("aigw_cache_hits_total") - hits);
+    free(tok);
+    PQfinish(owner);
+}
+
+/* The counters live as long as the process: a SIGHUP reload leaves them
+ * where they were (a reset would read as a counter reset to Prometheus and
+ * lose the increments since the last scrape). */
+static void
+test_reload_keeps_counters(struct tl_aigw *gw)
+{
+    static const char M2[] = "aigw_requests_total{route=\"/metrics\",code=\"2xx\"}";
+    double ok = now_sample("aigw_config_reloads_total{result=\"success\"}"), m2 = now_sample(M2);
+    double hits = now_sample("aigw_cache_hits_total"), co = now_sample("aigw_coalesced_total");
+
+    CHECK(m2 >= 1 && hits >= 1 && co >= 1, "counters moved before the reload: %g %g %g", m2, hits, co);
+    tl_aigw_signal(gw, SIGHUP);
+    CHECK(wait_sample("aigw_config_reloads_total{result=\"success\"}", ok + 1) == ok + 1, "the reload counted");
+    CHECK(now_sample(M2) > m2, "requests_total kept and still counting");
+    CHECK(now_sample("aigw_cache_hits_total") == hits && now_sample("aigw_coalesced_total") == co,
+          "cache hits and coalesced kept");
+    CHECK(now_sample("aigw_config_last_reload_successful") == 1, "last reload successful");
+}
+
+/* PostgreSQL and Redis unreachable (connection refused): every failed
+ * connect counts, in aigw_postgres_errors_total and aigw_redis_errors_total,
+ * already while aigw waits for them at start-up (/metrics answers then). */
+static void
+test_dependency_errors(void)
+{
+    const char *const env[] = {"AIGW_DATABASE_URL=postgresql://aigw@127.0.0.1:1/aigw",
+                               "AIGW_REDIS_URL=redis://127.0.0.1:1/0", NULL};
+    char *cfg = tl_config_patch("{\"startup\":{\"dependency_timeout_ms\":60000}}");
+    struct tl_aigw gw;
+    double pg = -1, rd = -1;
+
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "aigw with unreachable dependencies did not start listening");
+        free(cfg);
+        return;
+    }
+    for (int i = 0; i < 100 && (pg < 2 || rd < 2); i++) {
+        pg = tl_metric(gw.port, "aigw_postgres_errors_total");
+        rd = tl_metric(gw.port, "aigw_redis_errors_total");
+        usleep(50 * 1000);
+    }
+    CHECK(pg >= 2 && rd >= 2, "failed connects counted and counting: postgres %g, redis %g", pg, rd);
+    tl_aigw_signal(&gw, SIGTERM);
+    CHECK(tl_aigw_wait(&gw, 10000) >= 0, "it stops on SIGTERM while waiting");
+    tl_aigw_stop(&gw);
+    free(cfg);
+}
+
 static void
 test_promtool(void)
 {
@@ -273,8 +405,12 @@ main(void)
     test_query();
     test_stream_gone();
     test_no_backend();
+    test_refusals();
+    test_coalesced();
+    test_reload_keeps_counters(&gw);
     test_promtool();
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    test_dependency_errors();
     free(cfg);
     return tl_done();
 }
