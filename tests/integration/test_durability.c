@@ -222,11 +222,19 @@ test_spool_full(void)
           other);
     CHECK(tl_quota_used(tid) == answered, "only the answered requests are counted (%lld, want %d)",
           tl_quota_used(tid), answered);
+    tl_get(gw.port, "/readyz", NULL, &r);
+    CHECK(r.status == 503 && tl_json_str(&r, "checks.usage_spool", ra, sizeof(ra)) && strcmp(ra, "down") == 0,
+          "/readyz: 503, usage_spool down (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
     CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
     CHECK(tl_wait_sql(owner, answered, 15000,
                       "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == answered,
           "every answered request billed (%ld of %d)",
           tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p), answered);
+    tl_get(gw.port, "/readyz", NULL, &r);
+    CHECK(r.status == 200 && tl_json_str(&r, "checks.usage_spool", ra, sizeof(ra)) && strcmp(ra, "ok") == 0,
+          "/readyz: 200, usage_spool ok (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
     tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"asked once the spool takes rows again\"}", &r);
     tl_expect("after", &r, 200, NULL);
     tl_resp_free(&r);
