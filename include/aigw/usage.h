@@ -43,8 +43,9 @@ struct aigw_usage;
 struct aigw_usage *aigw_usage_start(const struct aigw_config *cfg);
 
 /* Write every row still pending to PostgreSQL (trying for at most
- * deadline_ms), stop the thread, close the spool (kept on disk when rows
- * remain, removed when all are in PostgreSQL), free. NULL-safe. */
+ * deadline_ms; rows waiting in memory because the spool refuses them are
+ * inserted directly), stop the thread, close the spool (kept on disk when
+ * rows remain, removed when all are in PostgreSQL), free. NULL-safe. */
 void aigw_usage_stop(struct aigw_usage *u, int deadline_ms);
 
 /* Append row to the spool (one write(2) of one JSON line) and wake the

@@ -1290,6 +1290,112 @@ back_off(struct aigw_usage *u, int ms)
     }
 }
 
+/* Whether rows wait in memory. */
+static bool
+held_waiting(struct aigw_usage *u)
+{
+    bool any;
+
+    pthread_mutex_lock(&u->lock);
+    any = u->held != NULL;
+    pthread_mutex_unlock(&u->lock);
+    return any;
+}
+
+/* Take up to max rows off the front of the held list (under the lock). */
+static struct held *
+held_take(struct aigw_usage *u, size_t max, size_t *n)
+{
+    struct held *first, **pp;
+
+    pthread_mutex_lock(&u->lock);
+    first = u->held;
+    pp = &u->held;
+    for (*n = 0; *pp != NULL && *n < max; (*n)++) {
+        u->held_bytes -= (*pp)->len;
+        pp = &(*pp)->next;
+    }
+    u->held = *pp;
+    *pp = NULL;
+    if (u->held == NULL)
+        u->held_tail = &u->held;
+    pthread_mutex_unlock(&u->lock);
+    return first;
+}
+
+/* Put rows back at the front of the held list, in their order (under the lock). */
+static void
+held_put_back(struct aigw_usage *u, struct held *list)
+{
+    struct held *last = list;
+    size_t bytes = 0;
+
+    if (list == NULL)
+        return;
+    for (;; last = last->next) {
+        bytes += last->len;
+        if (last->next == NULL)
+            break;
+    }
+    pthread_mutex_lock(&u->lock);
+    last->next = u->held;
+    if (u->held == NULL)
+        u->held_tail = &last->next;
+    u->held = list;
+    u->held_bytes += bytes;
+    pthread_mutex_unlock(&u->lock);
+}
+
+/* Stopping, every spooled row written, and rows still wait in memory
+ * because the spool refuses them: insert those straight into PostgreSQL,
+ * a batch at a time, rather than lose them at exit (their ids are primary
+ * keys, so a copy that reaches the spool after all is skipped). What is not
+ * written (PostgreSQL down) goes back to the list. Needs an empty batch. */
+static void
+write_held(struct aigw_usage *u)
+{
+    struct batch *b = &u->b;
+
+    while (!out_of_time(u)) {
+        size_t n, pos = 0, i = 0;
+        struct held *list = held_take(u, (size_t)u->batch_rows, &n), *keep = NULL, **keep_tail = &keep;
+        int rc;
+
+        if (list == NULL)
+            return;
+        for (const struct held *h = list; h != NULL; h = h->next)
+            pos += h->len;
+        if (pos > b->cap) {
+            b->cap = pos;
+            b->buf = aigw_xrealloc(b->buf, b->cap);
+        }
+        pos = 0;
+        for (const struct held *h = list; h != NULL; h = h->next) {
+            memcpy(b->buf + pos, h->line, h->len);
+            pos += h->len;
+        }
+        b->n = 0;
+        split_lines(u, b->buf, pos); /* one row per held line: each ends in its '\n' */
+        rc = commit_batch(u);
+        for (struct held *h = list, *next; h != NULL; h = next, i++) {
+            next = h->next;
+            if (i < b->n && b->rows[i].done) {
+                free(h->line);
+                free(h);
+            } else {
+                h->next = NULL;
+                *keep_tail = h;
+                keep_tail = &h->next;
+            }
+        }
+        b->n = 0;
+        held_put_back(u, keep);
+        if (rc != 0 || keep != NULL)
+            return;
+        aigw_log(LOG_NOTICE, "usage: %zu rows the spool refused written to PostgreSQL directly", n);
+    }
+}
+
 static void *
 run(void *arg)
 {
@@ -1299,6 +1405,9 @@ run(void *arg)
     for (;;) {
         int r = drain(u); /* first round: what earlier runs left */
         bool held = tend(u, true); /* rows that waited in memory: appended now, or still waiting */
+
+        if (held && r == 0 && stopping(u) && held_waiting(u))
+            write_held(u); /* the spool still refuses them; the next round sees what is left */
 
         if (stopping(u) && ((r == 0 && !held) || aigw_now_ms() >= u->deadline_ms))
             break;

@@ -1153,6 +1153,42 @@ test_spool_refuses(const char *url)
     remove_spool(dir);
 }
 
+/* aigw stops while the spool still refuses every write (a file size limit
+ * of 1 byte: even an empty segment takes nothing): the rows waiting in
+ * memory used to be lost at exit; they are inserted straight into
+ * PostgreSQL, once each, and the spool is left empty. */
+static void
+test_stop_spool_refuses(const char *url)
+{
+    enum { N = 30 };
+    char tenant[37], dir[64], path[512];
+    struct rlimit old, lim;
+    struct aigw_usage *u;
+    int fails;
+
+    u = fresh_writer("pro", tenant, dir, url, 20, 8);
+    if (u == NULL)
+        return;
+    signal(SIGXFSZ, SIG_IGN);
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 1;
+    CHECK(setrlimit(RLIMIT_FSIZE, &lim) == 0, "file size limit set");
+    fails = record_n(u, tenant, 0, N);
+    CHECK(fails == 0, "every row kept in memory (%d refused)", fails);
+    CHECK(aigw_usage_backlog(u) == N, "backlog %zu", aigw_usage_backlog(u));
+    CHECK(count_rows(tenant) == 0, "nothing in PostgreSQL yet");
+    aigw_usage_stop(u, 5000);
+    setrlimit(RLIMIT_FSIZE, &old);
+    CHECK(count_rows(tenant) == N, "every row written at the stop: %ld of %d", count_rows(tenant), N);
+    CHECK(queries_used(tenant) == billed(0, N), "billed once each: %ld, want %d", queries_used(tenant),
+          billed(0, N));
+    snprintf(path, sizeof(path), "%s/rejected.jsonl", dir);
+    CHECK(access(path, F_OK) != 0, "nothing rejected");
+    CHECK(segments(dir, NULL, 0) == 0, "no segment left");
+    remove_spool(dir);
+}
+
 /* Set or clear the append-only flag of path (EPERM for ftruncate). */
 static bool
 append_only(const char *path, bool on)
@@ -1462,6 +1498,7 @@ main(void)
     test_rejected(url);
     test_malformed_lines(url);
     test_spool_refuses(url);
+    test_stop_spool_refuses(url);
     test_torn_row(url);
     test_tenant_deleted_during_batch(url);
     test_tenant_delete_waits();
