@@ -62,6 +62,13 @@ int aigw_usage_record(struct aigw_usage *u, struct aigw_usage_row *row);
  * row. One relaxed atomic load; NULL-safe (true). */
 bool aigw_usage_accepting(struct aigw_usage *u);
 
+/* Wait until every row recorded before the call is in PostgreSQL (or
+ * rejected), for at most timeout_ms; the writer does not wait for a full
+ * batch meanwhile. 0 done, -1 not in time (PostgreSQL down, the spool
+ * refusing rows, a large backlog). For a count of the rows that must not
+ * miss those still in the spool (the quota counter's rebuild). NULL-safe. */
+int aigw_usage_sync(struct aigw_usage *u, int timeout_ms);
+
 /* Rows recorded but not yet committed to PostgreSQL; spool bytes on disk. */
 size_t aigw_usage_backlog(const struct aigw_usage *u);
 size_t aigw_usage_spool_bytes(const struct aigw_usage *u);

@@ -164,6 +164,10 @@ struct aigw_usage {
     pthread_t thread;
     pthread_mutex_t lock;  /* guards cur, appends to it, held, pending, stop, deadline_ms */
     pthread_cond_t wake;   /* CLOCK_MONOTONIC */
+    pthread_cond_t written_cv; /* CLOCK_MONOTONIC: a batch is done (aigw_usage_sync) */
+    size_t recorded;       /* lines ever counted in the backlog, in spool order (under lock) */
+    size_t written;        /* of them, the lines of the batches done (under lock) */
+    size_t syncing;        /* callers waiting in aigw_usage_sync: no waiting for a full batch */
     struct seg *segs;      /* oldest first, cur last; the list belongs to the writer */
     struct seg *cur;
     uint64_t last_seq;
@@ -380,6 +384,7 @@ add_old_segment(struct aigw_usage *u, const char *name)
     s->closed = true;
     lines = count_lines(s->fd, s->path);
     atomic_fetch_add(&u->backlog, lines);
+    u->recorded += lines; /* before the writer starts */
     if (lines > 0)
         aigw_log(LOG_NOTICE, "usage: replaying %zu rows from %s", lines, s->path);
     seg_append(u, s); /* an empty one is unlinked by the first collect() */
@@ -483,6 +488,7 @@ append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
         atomic_store(&s->size, ++old);
         atomic_fetch_add(&u->spool_bytes, 1);
         atomic_fetch_add(&u->backlog, 1); /* one more line for the writer */
+        u->recorded++;
     }
     if ((off = aigw_write_all(s->fd, line, len, &err)) < len) {
         if (off > 0 && ftruncate(s->fd, (off_t)old) != 0) {
@@ -496,8 +502,10 @@ append_line(struct aigw_usage *u, const char *line, size_t len, bool fresh)
     }
     atomic_store(&s->size, old + len);
     atomic_fetch_add(&u->spool_bytes, len);
-    if (fresh)
+    if (fresh) {
         atomic_fetch_add(&u->backlog, 1);
+        u->recorded++;
+    }
     if (u->failing && u->lost > 0)
         aigw_log(LOG_WARNING, "usage: the spool takes rows again; %zu rows of requests not billed were dropped "
                  "meanwhile", u->lost);
@@ -539,6 +547,7 @@ hold(struct aigw_usage *u, char *line, size_t len, bool billed)
     u->held_tail = &h->next;
     u->held_bytes += len;
     atomic_fetch_add(&u->backlog, 1);
+    u->recorded++; /* in spool order: held rows go before any later row */
     return 0;
 }
 
@@ -1223,6 +1232,11 @@ drain(struct aigw_usage *u)
             return -1;
         b->seg->done = b->end;
         b->seg = NULL;
+        pthread_mutex_lock(&u->lock);
+        u->written += b->n; /* every line before these is done too: batches go in spool order */
+        if (u->syncing > 0)
+            pthread_cond_broadcast(&u->written_cv);
+        pthread_mutex_unlock(&u->lock);
         b->n = 0;
         tend(u, false);
         if (!full && !stopping(u))
@@ -1242,7 +1256,7 @@ wait_for_rows(struct aigw_usage *u)
         if (pthread_cond_timedwait(&u->wake, &u->lock, &ts) == ETIMEDOUT)
             break;
     abs_time(&ts, aigw_now_ms() + u->flush_ms);
-    while (!u->stop && u->pending > 0 && u->pending < (size_t)u->batch_rows)
+    while (!u->stop && u->syncing == 0 && u->pending > 0 && u->pending < (size_t)u->batch_rows)
         if (pthread_cond_timedwait(&u->wake, &u->lock, &ts) == ETIMEDOUT)
             break;
     u->pending = 0;
@@ -1447,6 +1461,7 @@ destroy(struct aigw_usage *u)
         close(u->dir_fd); /* releases the flock */
     }
     pthread_cond_destroy(&u->wake);
+    pthread_cond_destroy(&u->written_cv);
     pthread_mutex_destroy(&u->lock);
     free(u->b.buf);
     free(u->b.rows);
@@ -1465,6 +1480,7 @@ init_sync(struct aigw_usage *u)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&u->wake, &ca);
+    pthread_cond_init(&u->written_cv, &ca);
     pthread_condattr_destroy(&ca);
 }
 
@@ -1537,6 +1553,31 @@ aigw_usage_stop(struct aigw_usage *u, int deadline_ms)
         aigw_log(LOG_WARNING, "usage: %zu rows not in PostgreSQL yet stay in %s (%zu segments) for the next start",
                  atomic_load(&u->backlog), u->dir, left);
     destroy(u);
+}
+
+int
+aigw_usage_sync(struct aigw_usage *u, int timeout_ms)
+{
+    struct timespec ts;
+    size_t target;
+    int ret;
+
+    if (u == NULL)
+        return 0;
+    pthread_mutex_lock(&u->lock);
+    target = u->recorded;
+    if (u->written < target) {
+        u->syncing++;
+        pthread_cond_signal(&u->wake); /* a writer waiting for a full batch writes what it has */
+        abs_time(&ts, aigw_now_ms() + timeout_ms);
+        while (u->written < target && !u->stop)
+            if (pthread_cond_timedwait(&u->written_cv, &u->lock, &ts) == ETIMEDOUT)
+                break;
+        u->syncing--;
+    }
+    ret = u->written >= target ? 0 : -1;
+    pthread_mutex_unlock(&u->lock);
+    return ret;
 }
 
 bool

@@ -14,6 +14,7 @@
 #include "aigw/pg.h"
 #include "aigw/redis.h"
 #include "aigw/reservations.h"
+#include "aigw/usage.h"
 #include "aigw/util.h"
 
 /* KEYS[1] counter; ARGV[1] rebuilt value, ARGV[2] ttl seconds.
@@ -122,6 +123,24 @@ aigw_quota_key(const char *tenant_id, int64_t now, char *out, size_t cap)
     aigw_concat(out, cap, "aigw:{", tenant_id, "}:q:", month, NULL);
 }
 
+/* How long a rebuild waits for this instance's spooled rows to reach
+ * PostgreSQL (a batch commit, when PostgreSQL keeps up). */
+#define REBUILD_SYNC_MS 1000
+
+/* The billed rows of the month for a counter to be seeded with: the rows
+ * this instance still has in its spool (or in memory) are written first, or
+ * the count would miss them and the tenant get them back for the month. */
+static int
+count_for_seed(struct aigw_server *srv, const struct aigw_tenant *t, int64_t now, long *count)
+{
+    if (aigw_usage_sync(srv->usage, REBUILD_SYNC_MS) != 0) {
+        aigw_log(LOG_WARNING, "quota: counter of tenant %s not rebuilt: usage rows still on their way to PostgreSQL",
+                 t->id);
+        return -1;
+    }
+    return aigw_quota_count_billed(srv, t, now, count);
+}
+
 static int64_t
 month_start(int64_t now)
 {
@@ -178,8 +197,10 @@ aigw_quota_used(struct aigw_server *srv, const struct aigw_tenant *t, int64_t no
     /* missing: rebuild from the billed rows, keep the key a few days past the month */
     freeReplyObject(r);
     r = NULL;
-    if (aigw_quota_count_billed(srv, t, now, &count) != 0)
+    if (count_for_seed(srv, t, now, &count) != 0) {
+        ret = aigw_quota_count_billed(srv, t, now, used); /* shown, not stored */
         goto out;
+    }
     snprintf(val, sizeof(val), "%ld", count);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)(aigw_next_month_start(now) - now + 7 * 86400));
     {
@@ -209,7 +230,7 @@ rebuild(struct aigw_server *srv, redisContext *rc, const struct aigw_tenant *t, 
     long count;
     redisReply *r;
 
-    if (aigw_quota_count_billed(srv, t, now, &count) != 0)
+    if (count_for_seed(srv, t, now, &count) != 0)
         return -1;
     snprintf(val, sizeof(val), "%ld", count);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)(aigw_next_month_start(now) - now + 7 * 86400));

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "testlib.h"
@@ -115,6 +116,71 @@ test_listener_frozen(void)
 out:
     q = tl_sql(owner, true, "UPDATE tenants SET status = 'active' WHERE id = $1", 1, p);
     PQclear(q);
+    free(cfg);
+    free(tok);
+}
+
+/* DEL the tenant's quota counter of this month (as a Redis restarted
+ * without persistence, or FLUSHALL, loses it). */
+static void
+drop_counter(const char *tid)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    char month[8];
+
+    gmtime_r(&now, &tm);
+    strftime(month, sizeof(month), "%Y%m", &tm);
+    tl_redis_int("DEL aigw:{%s}:q:%s", tid, month);
+}
+
+/* The quota counter is lost while billed rows are still in the spool, not in
+ * PostgreSQL yet (flush_ms is a minute here; after a PostgreSQL outage, the
+ * backlog): its rebuild counted only PostgreSQL's rows, so the tenant got
+ * the spooled ones back for the rest of the month. Both rebuilds (a query's,
+ * and GET /api/ai/limits') must count them. */
+static void
+test_rebuild_spooled(void)
+{
+    enum { N = 3 };
+    char tid[37], code[65], *tok, *cfg;
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    int answered = 0;
+
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":60000,"
+                          "\"batch_rows\":10000}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    for (int i = 0; i < N; i++) {
+        char *b = tl_sprintf("{\"question\":\"billed before the counter is lost %d\"}", i);
+
+        tl_post(gw.port, "/api/ai/query", tok, b, &r);
+        answered += r.status == 200;
+        tl_resp_free(&r);
+        free(b);
+    }
+    CHECK(answered == N, "%d answered (%d)", N, answered);
+    CHECK(rows_for(tid, 0, 0) == 0, "their rows are only in the spool");
+    CHECK(tl_quota_used(tid) == N, "counted (%lld)", tl_quota_used(tid));
+    drop_counter(tid);
+    tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"asked once the counter is lost\"}", &r);
+    CHECK(r.status == 200, "the next query is answered (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_quota_used(tid) == N + 1, "a query's rebuild counts the spooled rows (%lld, want %d)",
+          tl_quota_used(tid), N + 1);
+    drop_counter(tid);
+    tl_get(gw.port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 200 && tl_json_int(&r, "used", -1) == N + 1, "GET /api/ai/limits' rebuild too: %s", r.body);
+    tl_resp_free(&r);
+    CHECK(tl_quota_used(tid) == N + 1, "the counter is %d (%lld)", N + 1, tl_quota_used(tid));
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == N + 1,
+          "the billed rows are the counter");
+out:
     free(cfg);
     free(tok);
 }
@@ -601,6 +667,7 @@ main(void)
     }
     CHECK(tl_rm_rf(spool), "spool removed");
     unsetenv("AIGW_SPOOL_DIR");
+    test_rebuild_spooled();
     test_spool_refuses();
     test_spool_full();
     test_listener_frozen();
