@@ -10,7 +10,12 @@
  * flight. A line cut short by a crash (no newline) is ignored: its write
  * never completed, so neither did what it would have recorded. Appends go to
  * the page cache (no fsync): the journal is for a process that dies, as the
- * usage spool's rows are until their periodic sync. */
+ * usage spool's rows are until their periodic sync. An S line the file
+ * refuses (disk full, a file size limit) waits in memory and is written
+ * before the next line that goes to the file: left out, its R line would
+ * stay open and a crash (or a stop that keeps the file for a refund Redis
+ * has not confirmed) would have the next start refund a query that was
+ * kept, or refunded already. */
 #include "aigw/reservations.h"
 
 #include <dirent.h>
@@ -40,6 +45,8 @@ struct aigw_resv_file {
     int fd;
     size_t open;                 /* R lines here without their S line yet */
     size_t bytes;
+    char (*unwritten)[37];       /* settled ids whose S line the file refused so far */
+    size_t n_unwritten, cap_unwritten;
 };
 
 /* A reservation the previous run left unsettled. */
@@ -80,12 +87,51 @@ append(struct aigw_resv_file *f, const char *line, size_t len)
     return 0;
 }
 
+/* Write the S lines f refused before (in any order: an S line only has to
+ * be in the file); 0 when none is left. */
+static int
+write_unwritten(struct aigw_resv_file *f)
+{
+    while (f->n_unwritten > 0) {
+        char line[48];
+        int len = snprintf(line, sizeof(line), "S %s\n", f->unwritten[f->n_unwritten - 1]);
+
+        if (append(f, line, (size_t)len) != 0)
+            return -1;
+        f->n_unwritten--;
+    }
+    return 0;
+}
+
+/* With lock held: f took a line; S lines it refused before go first. */
+static void
+catch_up(struct aigw_resv *j, struct aigw_resv_file *f)
+{
+    size_t n = f->n_unwritten;
+
+    if (n > 0 && write_unwritten(f) == 0) {
+        aigw_log(LOG_NOTICE, "quota journal: %s takes writes again; %zu settlements it refused written", f->path, n);
+        j->warned = false;
+    }
+}
+
+static void
+keep_unwritten(struct aigw_resv_file *f, const char *id)
+{
+    if (f->n_unwritten == f->cap_unwritten) {
+        f->cap_unwritten = f->cap_unwritten ? f->cap_unwritten * 2 : 16;
+        f->unwritten = aigw_xrealloc(f->unwritten, f->cap_unwritten * sizeof(*f->unwritten));
+    }
+    snprintf(f->unwritten[f->n_unwritten++], sizeof(*f->unwritten), "%s", id);
+}
+
 static void
 file_free(struct aigw_resv_file *f, bool remove)
 {
     if (remove && unlink(f->path) != 0 && errno != ENOENT)
         aigw_log(LOG_WARNING, "quota journal: cannot remove %s", f->path);
     close(f->fd);
+    free(f->unwritten);
     free(f->path);
     free(f);
 }
@@ -310,6 +356,8 @@ aigw_resv_add(struct aigw_resv *j, const char *id, const char *tenant_id, int64_
     len = snprintf(line, sizeof(line), "R %s %s %lld\n", id, tenant_id, (long long)at_s);
     pthread_mutex_lock(&j->lock);
     f = j->files;
+    if (f != NULL)
+        catch_up(j, f);
     if (f == NULL || len <= 0 || (size_t)len >= sizeof(line) || append(f, line, (size_t)len) != 0) {
         if (!j->warned)
             aigw_log(LOG_ERR, "quota journal: cannot write to %s: a crash now would leave reservations counted",
@@ -335,9 +383,12 @@ aigw_resv_settle(struct aigw_resv *j, struct aigw_resv_file *f, const char *id)
         return;
     len = snprintf(line, sizeof(line), "S %s\n", id);
     pthread_mutex_lock(&j->lock);
-    if (append(f, line, (size_t)len) != 0 && !j->warned) {
-        aigw_log(LOG_ERR, "quota journal: cannot write to %s: a crash now would refund a settled reservation",
-                 f->path);
+    catch_up(j, f);
+    if (f->n_unwritten > 0 || append(f, line, (size_t)len) != 0) {
+        keep_unwritten(f, id); /* written before the file's next line */
+        if (!j->warned)
+            aigw_log(LOG_ERR, "quota journal: cannot write to %s: settlements wait in memory; a crash now would "
+                     "refund them", f->path);
         j->warned = true;
     }
     if (--f->open == 0 && f != j->files) /* rotated out and nothing left open: done with */
@@ -350,8 +401,15 @@ aigw_resv_close(struct aigw_resv *j)
 {
     if (j == NULL)
         return;
-    while (j->files != NULL)
-        drop_file(j, j->files, j->files->open == 0);
+    while (j->files != NULL) {
+        struct aigw_resv_file *f = j->files;
+
+        /* kept for a refund Redis has not confirmed: its settlements first */
+        if (f->open > 0 && f->n_unwritten > 0 && write_unwritten(f) != 0)
+            aigw_log(LOG_ERR, "quota journal: %s refuses writes: the next start refunds %zu reservations that "
+                     "were settled", f->path, f->n_unwritten);
+        drop_file(j, f, f->open == 0);
+    }
     for (size_t i = 0; i < j->n_old; i++)
         free(j->old[i]);
     free(j->old);

@@ -242,6 +242,81 @@ out:
     free(tok);
 }
 
+/* The quota journal refuses writes (a file size limit of 1 byte) while an
+ * answered request settles: its S line could not be written and was given
+ * up, so its R line stayed open in the journal although the query was kept
+ * (billed). A later kill -9 (here with another call at the model) and the
+ * restart refunded it with the one really left in flight: the counter fell
+ * one below the billed rows. The S line must be written once the journal
+ * takes writes again. */
+static void
+test_journal_refuses(void)
+{
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    const char *body_a[1] = {"{\"question\":\"answered while the journal refuses writes\"}"};
+    const char *body_b[1] = {"{\"question\":\"in flight at the crash, the journal writable again\"}"};
+    char tid[37], code[65], *tok, *cfg, spool[128], *jpath, *jtext;
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r, rs[1];
+    struct tl_parallel *bg;
+    long long before, in_flight = 0;
+
+    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-refuses-%d", (int)getpid());
+    setenv("AIGW_SPOOL_DIR", spool, 1);
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+    tl_resp_free(&r);
+    before = tl_mock_stat(mock, "in_flight");
+    tl_mock_config(mock, "{\"first_token_ms\":1500}");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_a, 1, rs);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1, "A: the call is at the model");
+    jpath = journal_file(spool);
+    jtext = jpath ? tl_read_file(jpath) : NULL;
+    CHECK(jtext != NULL && strncmp(jtext, "R ", 2) == 0, "A: its reservation is journaled");
+    free(jtext);
+    free(jpath);
+    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
+    tl_parallel_join(bg);
+    CHECK(rs[0].status == 200, "A: answered (%ld)", rs[0].status);
+    tl_resp_free(&rs[0]);
+    tl_mock_reset(mock);
+    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
+    CHECK(rows_for(tid, 1, 10000) == 1, "A: its row reaches PostgreSQL");
+    CHECK(tl_quota_used(tid) == 1, "A: counted (%lld)", tl_quota_used(tid));
+    before = tl_mock_stat(mock, "in_flight");
+    tl_mock_config(mock, "{\"mode\":\"hang\"}");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_b, 1, rs);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1 && tl_quota_used(tid) == 2, "B: at the model, reserved (%lld, %lld)", in_flight,
+          tl_quota_used(tid));
+    tl_aigw_kill9(&gw);
+    tl_parallel_join(bg);
+    tl_resp_free(&rs[0]);
+    tl_mock_reset(mock);
+    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
+    CHECK(tl_aigw_log_wait(&gw, "reservations the previous run left unsettled refunded", 10000),
+          "the restart refunds what was left");
+    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations", 0), "only B's reservation was left in flight");
+    CHECK(tl_quota_used(tid) == 1, "the counter is the billed rows (%lld, want 1)", tl_quota_used(tid));
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == 1,
+          "one billed row");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+out:
+    tl_rm_rf(spool);
+    unsetenv("AIGW_SPOOL_DIR");
+    free(cfg);
+    free(tok);
+}
+
 /* The spool refuses every write for longer than usage.memory_max_kb of rows
  * can wait in memory (4 KiB here, a few rows): rows used to be dropped from
  * then on while every request was still answered, unbilled. Now new AI
@@ -668,6 +743,7 @@ main(void)
     CHECK(tl_rm_rf(spool), "spool removed");
     unsetenv("AIGW_SPOOL_DIR");
     test_rebuild_spooled();
+    test_journal_refuses();
     test_spool_refuses();
     test_spool_full();
     test_listener_frozen();
