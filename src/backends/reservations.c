@@ -71,7 +71,8 @@ struct aigw_resv {
     size_t n_old;
 };
 
-/* One line, whole or not at all (a short write is cut back off). */
+/* One line, whole or not at all (a short write is cut back off). -1 with
+ * errno set on failure. */
 static int
 append(struct aigw_resv_file *f, const char *line, size_t len)
 {
@@ -81,6 +82,7 @@ append(struct aigw_resv_file *f, const char *line, size_t len)
     if (off < len) {
         if (off > 0 && ftruncate(f->fd, (off_t)f->bytes) != 0)
             aigw_log(LOG_CRIT, "quota journal: cannot cut a partial line off %s", f->path);
+        errno = err;
         return -1;
     }
     f->bytes += len;
@@ -344,6 +346,28 @@ aigw_resv_recover(struct aigw_resv *j, aigw_resv_refund_fn refund, void *ud)
     return done;
 }
 
+/* With lock held: an R line into the current file; when that file reached
+ * a file size limit (LimitFSIZE=, EFBIG), into a new one (the S lines of
+ * the old file's reservations still go to the old one). The file it went
+ * to, or NULL. */
+static struct aigw_resv_file *
+append_r(struct aigw_resv *j, const char *line, size_t len)
+{
+    struct aigw_resv_file *f = j->files;
+
+    if (f == NULL)
+        return NULL;
+    catch_up(j, f);
+    if (append(f, line, len) == 0)
+        return f;
+    if (errno != EFBIG || f->bytes == 0 || new_file(j) != 0) /* a new file would refuse it too */
+        return NULL;
+    if (f->open == 0)
+        drop_file(j, f, true);
+    f = j->files;
+    return append(f, line, len) == 0 ? f : NULL;
+}
+
 struct aigw_resv_file *
 aigw_resv_add(struct aigw_resv *j, const char *id, const char *tenant_id, int64_t at_s)
 {
@@ -355,10 +379,8 @@ aigw_resv_add(struct aigw_resv *j, const char *id, const char *tenant_id, int64_
         return NULL;
     len = snprintf(line, sizeof(line), "R %s %s %lld\n", id, tenant_id, (long long)at_s);
     pthread_mutex_lock(&j->lock);
-    f = j->files;
-    if (f != NULL)
-        catch_up(j, f);
-    if (f == NULL || len <= 0 || (size_t)len >= sizeof(line) || append(f, line, (size_t)len) != 0) {
+    f = len > 0 && (size_t)len < sizeof(line) ? append_r(j, line, (size_t)len) : NULL;
+    if (f == NULL) {
         if (!j->warned)
             aigw_log(LOG_ERR, "quota journal: cannot write to %s: a crash now would leave reservations counted",
                      j->dir);

@@ -317,6 +317,71 @@ out:
     free(tok);
 }
 
+/* A file size limit (LimitFSIZE=) below the size the quota journal's file
+ * reaches before it rotates (1 MiB): once the file hit it every R line was
+ * refused for as long as aigw ran, so no reservation was covered any more
+ * and one left in flight by a kill -9 stayed counted for the month. The
+ * journal must move on to a new file, as the usage spool does. */
+static void
+test_journal_limit(void)
+{
+    enum { N = 40 };
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    const char *body_b[1] = {"{\"question\":\"in flight at the crash, past the journal's file size limit\"}"};
+    char tid[37], code[65], *tok, *cfg, spool[128];
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r, rs[1];
+    struct tl_parallel *bg;
+    long long before, in_flight = 0;
+    int answered = 0;
+
+    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-limit-%d", (int)getpid());
+    setenv("AIGW_SPOOL_DIR", spool, 1);
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 10000}' WHERE id = $1", 1,
+                   p));
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    CHECK(fsize_limit(&gw, 4096), "aigw's file size limit set to 4 KiB (~32 reservations of the journal)");
+    for (int i = 0; i < N; i++) {
+        char *b = tl_sprintf("{\"question\":\"asked under a 4 KiB file size limit %d\"}", i);
+
+        tl_post(gw.port, "/api/ai/query", tok, b, &r);
+        answered += r.status == 200;
+        tl_resp_free(&r);
+        free(b);
+    }
+    CHECK(answered == N, "all %d answered (%d)", N, answered);
+    CHECK(rows_for(tid, N, 15000) == N, "their rows reach PostgreSQL (%ld)", rows_for(tid, N, 0));
+    before = tl_mock_stat(mock, "in_flight");
+    tl_mock_config(mock, "{\"mode\":\"hang\"}");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_b, 1, rs);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1 && tl_quota_used(tid) == N + 1, "a call at the model, reserved (%lld, %lld)", in_flight,
+          tl_quota_used(tid));
+    tl_aigw_kill9(&gw);
+    tl_parallel_join(bg);
+    tl_resp_free(&rs[0]);
+    tl_mock_reset(mock);
+    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
+    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
+          "the reservation left in flight is refunded");
+    CHECK(tl_quota_used(tid) == N, "the counter is the billed rows (%lld, want %d)", tl_quota_used(tid), N);
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == N,
+          "%d billed rows", N);
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+out:
+    tl_rm_rf(spool);
+    unsetenv("AIGW_SPOOL_DIR");
+    free(cfg);
+    free(tok);
+}
+
 /* The spool refuses every write for longer than usage.memory_max_kb of rows
  * can wait in memory (4 KiB here, a few rows): rows used to be dropped from
  * then on while every request was still answered, unbilled. Now new AI
@@ -744,6 +809,7 @@ main(void)
     unsetenv("AIGW_SPOOL_DIR");
     test_rebuild_spooled();
     test_journal_refuses();
+    test_journal_limit();
     test_spool_refuses();
     test_spool_full();
     test_listener_frozen();
