@@ -363,6 +363,11 @@ aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
     lr->file = file;
     snprintf(lr->id, sizeof(lr->id), "%s", req->usage_id);
     refund_args(&ra, req->usage_id, req->tenant->id, req->start_wall_us / 1000000, REFUND_RECORD_MS);
+    /* the journal refused its R line when it was reserved: journaled now,
+     * or a refund Redis misses would live only in the outbox (memory) and a
+     * stop before Redis is back would lose it. Only on that path. */
+    if (file == NULL)
+        lr->file = aigw_resv_add(req->srv->resv, req->usage_id, req->tenant->id, req->start_wall_us / 1000000);
     r = aigw_redis_outbox_eval_now(req->srv->outbox, &refund_script, NULL, 2, ra.keys, 1, ra.args,
                                    aigw_now_ms() + REFUND_RETRY_MS, "a refund", refunded_late, lr);
     if (r == NULL) {
@@ -372,6 +377,8 @@ aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
     if (r->type == REDIS_REPLY_INTEGER && r->integer < 0)
         aigw_log(LOG_INFO, "quota: reservation %s was refunded already", req->usage_id);
     freeReplyObject(r);
+    if (file == NULL) /* journaled just now: the caller has no file to settle it in */
+        aigw_resv_settle(req->srv->resv, lr->file, req->usage_id);
     free(lr);
     return true;
 }

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,29 @@ journal_file(const char *dir)
             path = tl_sprintf("%s/%s", dir, de->d_name);
     closedir(d);
     return path;
+}
+
+/* The bytes of the quota journal's files in dir. */
+static long
+journal_bytes(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    long total = 0;
+
+    if (d == NULL)
+        return -1;
+    while ((de = readdir(d)) != NULL)
+        if (strncmp(de->d_name, "quota-reservations-", 19) == 0) {
+            char *path = tl_sprintf("%s/%s", dir, de->d_name);
+            struct stat st;
+
+            if (stat(path, &st) == 0)
+                total += (long)st.st_size;
+            free(path);
+        }
+    closedir(d);
+    return total;
 }
 
 /* One idempotent query, for a thread. */
@@ -308,6 +332,69 @@ test_journal_refuses(void)
     CHECK(tl_quota_used(tid) == 1, "the counter is the billed rows (%lld, want 1)", tl_quota_used(tid));
     CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == 1,
           "one billed row");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+out:
+    tl_rm_rf(spool);
+    unsetenv("AIGW_SPOOL_DIR");
+    free(cfg);
+    free(tok);
+}
+
+/* The quota journal refused a reservation's R line (a file size limit of 1
+ * byte when the call started), the limit is lifted, and the call fails
+ * while Redis is down: its refund waits in the outbox, in memory only, and
+ * aigw stops before Redis is back. The refund was lost: nothing journaled
+ * it. It must be journaled when it goes to the outbox, so the next start
+ * makes it. */
+static void
+test_journal_refused_refund(void)
+{
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    const char *body[1] = {"{\"question\":\"a refund Redis misses, its reservation not journaled\"}"};
+    char tid[37], code[65], *tok, *cfg, spool[128];
+    const char *p[1] = {tid};
+    struct tl_aigw gw;
+    struct tl_resp r, rs[1];
+    struct tl_parallel *bg;
+    long long before, in_flight = 0;
+
+    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-refund-%d", (int)getpid());
+    setenv("AIGW_SPOOL_DIR", spool, 1);
+    tl_create_tenant(owner, "pro", "active", tid, code);
+    tok = tl_token(code, "optician", 600);
+    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000,\"timeout_ms\":1500},"
+                          "\"tenants\":{\"cache_ttl_s\":3600},\"usage\":{\"flush_ms\":50}}");
+    if (tl_aigw_start(&gw, cfg) != 0)
+        goto out;
+    tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+    tl_resp_free(&r);
+    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
+    before = tl_mock_stat(mock, "in_flight");
+    tl_mock_config(mock, "{\"mode\":\"hang\"}");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1 && tl_quota_used(tid) == 1, "a call at the model, reserved (%lld, %lld)", in_flight,
+          tl_quota_used(tid));
+    CHECK(tl_count_files(spool, "quota-reservations-") == 1 && journal_bytes(spool) == 0,
+          "its reservation is not journaled");
+    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
+    tl_stack("redis-stop");
+    tl_parallel_join(bg);
+    CHECK(rs[0].status == 504, "the call times out: 504 (%ld)", rs[0].status);
+    tl_resp_free(&rs[0]);
+    tl_mock_reset(mock);
+    CHECK(tl_metric(gw.port, "aigw_redis_outbox_pending") >= 1, "its refund waits in the outbox");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop while Redis is down");
+    tl_stack("redis-start");
+    CHECK(tl_quota_used(tid) == 1, "not refunded yet (%lld)", tl_quota_used(tid));
+    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
+    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
+          "the refund is made at the start");
+    CHECK(tl_quota_used(tid) == 0, "the counter is the billed rows (%lld, want 0)", tl_quota_used(tid));
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == 0,
+          "nothing billed");
     CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
     CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
 out:
@@ -810,6 +897,7 @@ main(void)
     test_rebuild_spooled();
     test_journal_refuses();
     test_journal_limit();
+    test_journal_refused_refund();
     test_spool_refuses();
     test_spool_full();
     test_listener_frozen();
