@@ -181,20 +181,22 @@ cmp_id(const void *a, const void *b)
 }
 
 /* The unsettled R lines of one file of the previous run into j->left;
- * j->old_whole[index] = the length of its whole lines. */
-static void
+ * j->old_whole[index] = the length of its whole lines. -1 when the file
+ * cannot be read (nothing taken from it). */
+static int
 read_old(struct aigw_resv *j, const char *path, size_t index)
 {
     struct stat st;
     char *text = NULL, *p, *end, (*settled)[36] = NULL;
     size_t n_settled = 0, cap_settled = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC), ret = -1;
 
     if (fd < 0 || fstat(fd, &st) != 0 || st.st_size > RESV_READ_MAX)
         goto out;
     text = aigw_xmalloc((size_t)st.st_size + 1);
     if (read(fd, text, (size_t)st.st_size) != (ssize_t)st.st_size)
         goto out;
+    ret = 0;
     end = text + st.st_size;
     /* the S lines first: which ids settled */
     for (p = text; p < end;) {
@@ -240,6 +242,7 @@ out:
         close(fd);
     free(settled);
     free(text);
+    return ret;
 }
 
 struct aigw_resv *
@@ -273,7 +276,14 @@ aigw_resv_open(const char *dir, char *err, size_t cap)
         j->old_whole = aigw_xrealloc(j->old_whole, (j->n_old + 1) * sizeof(*j->old_whole));
         j->old_whole[j->n_old] = 0;
         j->old[j->n_old] = aigw_path_join(dir, de->d_name);
-        read_old(j, j->old[j->n_old], j->n_old);
+        if (read_old(j, j->old[j->n_old], j->n_old) != 0) {
+            /* not one of the files a recovery removes: what it holds is not
+             * known, so it is not thrown away either */
+            aigw_log(LOG_ERR, "quota journal: cannot read %s (unreadable, or over %d MiB): left in place, its "
+                     "reservations are not refunded", j->old[j->n_old], RESV_READ_MAX >> 20);
+            free(j->old[j->n_old]);
+            continue;
+        }
         j->n_old++;
     }
     closedir(d);
