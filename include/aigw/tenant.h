@@ -35,10 +35,14 @@ struct aigw_tenant {
     int max_tokens;
     unsigned features;     /* enum aigw_feature bits */
     int cache_ttl_s;
-    /* lowest-ranked plan that has each feature, in enum aigw_feature bit
-     * order ("" if none) */
+    /* lowest-ranked plan that has each feature (the first by name among
+     * equal ranks), in enum aigw_feature bit order ("" if none) */
     char required_tier[AIGW_N_FEATURES][33];
 };
+
+/* The plan a 403 feature_not_in_plan names for feature index feat (bit
+ * order), NULL when no plan has the feature (required_tier is then null). */
+const char *aigw_tenant_required_tier(const struct aigw_tenant *t, int feat);
 
 /* True when the tenant may use the AI (status active or trial, ai_enabled). */
 bool aigw_tenant_active(const struct aigw_tenant *t);

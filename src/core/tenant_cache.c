@@ -37,7 +37,9 @@ struct aigw_tenant_cache {
 
 /* Each limit as the tenant's override (text, read here: a value that
  * cannot work is not cast in SQL, where it failed the load) beside the
- * plan's, in the order of LIMITS. */
+ * plan's, in the order of LIMITS. The plan a feature requires is the
+ * lowest-ranked one that has it, the first by tier name among plans of
+ * equal rank ('' when no plan has it). */
 static const char LOAD_SQL[] =
     "SELECT t.id, t.code, t.name, t.tier, t.status, t.ai_enabled,"
     " t.overrides->>'monthly_query_limit', p.monthly_query_limit,"
@@ -45,7 +47,7 @@ static const char LOAD_SQL[] =
     " t.overrides->>'max_tokens', p.max_tokens,"
     " array_to_string(p.features, ','), t.cache_ttl_s,"
     " (SELECT string_agg(COALESCE((SELECT x.tier FROM plans x WHERE f = ANY(x.features)"
-    "   ORDER BY x.rank LIMIT 1), ''), ',' ORDER BY o)"
+    "   ORDER BY x.rank, x.tier LIMIT 1), ''), ',' ORDER BY o)"
     "  FROM unnest(ARRAY['knowledge','sales','inventory','patient_analytics','api_access']) WITH ORDINALITY AS u(f, o))"
     " FROM tenants t JOIN plans p ON p.tier = t.tier";
 
@@ -64,6 +66,12 @@ bool
 aigw_tenant_active(const struct aigw_tenant *t)
 {
     return t->ai_enabled && (strcmp(t->status, "active") == 0 || strcmp(t->status, "trial") == 0);
+}
+
+const char *
+aigw_tenant_required_tier(const struct aigw_tenant *t, int feat)
+{
+    return t->required_tier[feat][0] != '\0' ? t->required_tier[feat] : NULL;
 }
 
 struct aigw_tenant_cache *

@@ -12,7 +12,7 @@ aigw_require_api_access(struct aigw_req *req)
     if (t->features & AIGW_FEAT_API_ACCESS)
         return AIGW_OK;
     return aigw_req_fail_extra(req, 403, "feature_not_in_plan",
-                               json_pack("{s:s, s:s}", "required_tier", t->required_tier[feat], "feature",
+                               json_pack("{s:s?, s:s}", "required_tier", aigw_tenant_required_tier(t, feat), "feature",
                                          aigw_feature_names[feat]),
                                "API access is not in the %s plan", t->tier);
 }

@@ -181,10 +181,10 @@ aigw_stage_authorize(struct aigw_req *req)
     unsigned need = 1u << q->qtype; /* feature bits follow the query type order */
 
     if (!(t->features & need)) {
-        const char *tier = t->required_tier[q->qtype];
+        const char *tier = aigw_tenant_required_tier(t, q->qtype); /* NULL: no plan has it */
 
         return aigw_req_fail_extra(req, 403, "feature_not_in_plan",
-                                   json_pack("{s:s, s:s}", "required_tier", tier, "feature",
+                                   json_pack("{s:s?, s:s}", "required_tier", tier, "feature",
                                              aigw_query_type_names[q->qtype]),
                                    "%s questions are not in the %s plan", aigw_query_type_names[q->qtype], t->tier);
     }

@@ -459,6 +459,82 @@ test_gating(void)
     free(redis2);
 }
 
+/* The error's required_tier as JSON: its string in buf, "null", or
+ * "missing" when the member is absent (or the body is no JSON). */
+static void
+required_tier_json(const struct tl_resp *r, char *buf, size_t cap)
+{
+    json_t *root = json_loads(r->body != NULL ? r->body : "", 0, NULL);
+    json_t *v = json_object_get(json_object_get(root, "error"), "required_tier");
+
+    snprintf(buf, cap, "%s", json_is_string(v) ? json_string_value(v) : json_is_null(v) ? "null" : "missing");
+    json_decref(root);
+}
+
+/* required_tier is the lowest-ranked plan with the feature. Of plans of
+ * equal rank it is the first by name: it was whichever row PostgreSQL met
+ * first (here the older "pro" over a new "gating_tie" of the same rank).
+ * With no plan that has the feature it is null: it was "", no plan's name. */
+static void
+test_required_tier(void)
+{
+    static const char ask_sales[] = "{\"question\":\"What were our sales last month?\"}";
+    static const char ask_stock[] = "{\"question\":\"x\",\"query_type\":\"inventory\"}";
+    char id[37], code[65], buf[64], *tok;
+    const char *saved[8][2];
+    struct tl_resp r;
+    PGresult *with;
+    int n;
+
+    PQclear(tl_sql(owner, true,
+                   "INSERT INTO plans (tier, display_name, monthly_query_limit, requests_per_minute, max_tokens, "
+                   "features, rank) VALUES ('gating_tie', 'Tie', 100, 10, 300, '{knowledge,sales}', "
+                   "(SELECT rank FROM plans WHERE tier = 'pro'))",
+                   0, NULL));
+    tenant("standard", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    ask(tok, ask_sales, &r);
+    tl_expect("equal ranks: standard plan, sales question", &r, 403, "feature_not_in_plan");
+    required_tier_json(&r, buf, sizeof(buf));
+    CHECK(strcmp(buf, "gating_tie") == 0, "equal ranks: the first plan by name is required (%s)", buf);
+    tl_resp_free(&r);
+    free(tok);
+    PQclear(tl_sql(owner, true, "DELETE FROM plans WHERE tier = 'gating_tie'", 0, NULL));
+
+    /* no plan has inventory for a moment (each plan's list is put back) */
+    with = tl_sql(owner, true, "SELECT tier, features::text FROM plans WHERE 'inventory' = ANY(features)", 0, NULL);
+    n = PQntuples(with) < 8 ? PQntuples(with) : 8;
+    for (int i = 0; i < n; i++) {
+        saved[i][0] = PQgetvalue(with, i, 0);
+        saved[i][1] = PQgetvalue(with, i, 1);
+    }
+    PQclear(tl_sql(owner, true, "UPDATE plans SET features = array_remove(features, 'inventory')", 0, NULL));
+    tenant("standard", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    ask(tok, ask_stock, &r);
+    tl_expect("no plan has the feature", &r, 403, "feature_not_in_plan");
+    required_tier_json(&r, buf, sizeof(buf));
+    CHECK(strcmp(buf, "null") == 0, "no plan has the feature: required_tier is null (%s)", buf);
+    CHECK(tl_json_str(&r, "error.feature", buf, sizeof(buf)) && strcmp(buf, "inventory") == 0,
+          "no plan has the feature: feature inventory");
+    tl_resp_free(&r);
+    free(tok);
+    for (int i = 0; i < n; i++)
+        PQclear(tl_sql(owner, true, "UPDATE plans SET features = $2::text[] WHERE tier = $1", 2, saved[i]));
+    PQclear(with);
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM plans WHERE 'inventory' = ANY(features)", 0, NULL) == n && n > 0,
+          "the plans have inventory again (%d)", n);
+
+    /* the plans as they were: the lowest rank with the feature */
+    tenant("standard", "{}", id, code);
+    tok = tl_token(code, "optician", 600);
+    ask(tok, ask_stock, &r);
+    required_tier_json(&r, buf, sizeof(buf));
+    CHECK(r.status == 403 && strcmp(buf, "pro") == 0, "inventory back: required_tier pro (%ld %s)", r.status, buf);
+    tl_resp_free(&r);
+    free(tok);
+}
+
 static void
 test_quota_race(void)
 {
@@ -1457,6 +1533,7 @@ main(void)
     test_bad_input();
     test_question_trimmed();
     test_gating();
+    test_required_tier();
     test_quota_race();
     test_rebuild();
     test_single_flight(gw2.port);
