@@ -113,6 +113,12 @@ bool aigw_utf8_is_blank(const char *s);
  * into s and sets *len to the trimmed length in bytes (0 when s is blank).
  * Cannot fail. */
 const char *aigw_utf8_trim(const char *s, size_t *len);
+/* Whether s (valid UTF-8) has a character that shows: one that is neither
+ * white space (as aigw_utf8_trim's), a control character (C0, DEL, C1) nor
+ * one of Unicode's default-ignorable code points (zero-width space and
+ * joiners, word joiner, BOM, soft hyphen, direction marks, variation
+ * selectors, tags, ...). Stops at the first such character. */
+bool aigw_utf8_has_visible(const char *s);
 /* Query type index for a question with no explicit type (API rules): its
  * keywords matched whole on the words aigw_query_asks_pii reads. */
 int aigw_query_classify(const char *normalized);

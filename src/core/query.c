@@ -167,6 +167,29 @@ invisible_len(const unsigned char *p)
     return 0;
 }
 
+bool
+aigw_utf8_has_visible(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    /* a question starts with a visible character almost always: one byte
+     * looked at */
+    while (*p != '\0') {
+        size_t n = white_len(p);
+
+        if (n == 0)
+            n = invisible_len(p);
+        if (n == 0 && (*p < 0x20 || *p == 0x7f))
+            n = 1; /* C0 control, DEL */
+        if (n == 0 && p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            n = 2; /* C1 control */
+        if (n == 0)
+            return true;
+        p += n;
+    }
+    return false;
+}
+
 /* text as words of ASCII letters and digits, one space between them: every
  * other character (punctuation, hyphens and spaces of any kind) separates
  * words, invisible ones are dropped. Written to stack when it fits in cap

@@ -70,13 +70,15 @@ set_question(struct aigw_req *req, struct aigw_query *q, const char *question, i
 
     /* the white space a blank question is made of: ASCII (form feed and
      * vertical tab too) and the Unicode spaces (U+00A0, U+3000, ...); the
-     * 4000 characters are counted without it, and the model is not sent it */
+     * 4000 characters are counted without it, and the model is not sent it.
+     * Nothing visible at all (zero-width spaces, a BOM, word joiners,
+     * control characters) is blank too: it went to the model and was billed */
     question = aigw_utf8_trim(question, &len);
     trimmed = aigw_pool_strndup(req->pool, question, len);
     normalized = aigw_query_normalize(trimmed);
     aigw_pool_cleanup(req->pool, free_ptr, normalized);
-    if (len == 0)
-        return aigw_req_fail(req, 400, "invalid_request", "question: must not be empty");
+    if (len == 0 || !aigw_utf8_has_visible(trimmed))
+        return aigw_req_fail(req, 400, "invalid_request", "question: must not be empty or blank");
     if (aigw_utf8_chars(trimmed) > AIGW_QUESTION_MAX_CHARS)
         return aigw_req_fail(req, 400, "invalid_request", "question: at most %d characters",
                              AIGW_QUESTION_MAX_CHARS);
@@ -148,11 +150,13 @@ aigw_stage_validate_recommendation(struct aigw_req *req)
     if ((rc = read_stream(req, q)) != AIGW_OK)
         return rc;
     /* characters, not bytes; blank (white space of any kind, line breaks
-     * too) is no product: the template around it would still make a
-     * question, sent and billed */
+     * too, or nothing visible: zero-width spaces, a BOM, ...) is no
+     * product: the template around it would still make a question, sent
+     * and billed */
     if (pt != NULL)
         aigw_utf8_trim(pt, &pt_len);
-    if (pt == NULL || strlen(pt) != json_string_length(product) || pt_len == 0 || aigw_utf8_chars(pt) > 200)
+    if (pt == NULL || strlen(pt) != json_string_length(product) || pt_len == 0 || !aigw_utf8_has_visible(pt) ||
+        aigw_utf8_chars(pt) > 200)
         return aigw_req_fail(req, 400, "invalid_request",
                              "product_type: a string of 1..200 characters, not blank, is required");
     if (rx != NULL && !json_is_null(rx) && !json_is_object(rx))

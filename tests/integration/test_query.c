@@ -296,6 +296,13 @@ test_bad_input(void)
         /* white space other than space, tab, CR and LF: was sent to the model and billed */
         {"question form feed and vertical tab", "{\"question\":\" \\f\\u000b \"}", "question"},
         {"question Unicode spaces", "{\"question\":\"\\u00a0 \\u3000\\u2003\"}", "question"},
+        /* nothing visible: went to the model and was billed */
+        {"question a zero-width space", "{\"question\":\"\\u200b\"}", "question"},
+        {"question a BOM", "{\"question\":\"\\ufeff\"}", "question"},
+        {"question invisible characters", "{\"question\":\"\\u2060\\u200d\\u00ad\\u200e\\ufe0f\\udb40\\udc41\"}", "question"},
+        {"question invisible characters and white space", "{\"question\":\" \\u200b\\n\\u3000\\ufeff \\u2060\\t\"}",
+         "question"},
+        {"question control characters", "{\"question\":\"\\u0001 \\u007f\\u0085\\u200b\"}", "question"},
         {"question not a string", "{\"question\":42}", "question"},
         {"question an array", "{\"question\":[\"a\"]}", "question"},
         {"unknown query_type", "{\"question\":\"hi\",\"query_type\":\"astrology\"}", "query_type"},
@@ -303,12 +310,13 @@ test_bad_input(void)
         {"stream not a boolean", "{\"question\":\"hi\",\"stream\":\"yes\"}", "stream"},
     };
     char id[37], code[65], msg[256], *tok, *big, *redis0;
-    long long calls = tl_mock_stat(mock, "chat_requests");
+    long long calls = tl_mock_stat(mock, "chat_requests"), quota0;
     struct tl_resp r;
 
     tenant("pro", "{}", id, code);
     tok = tl_token(code, "optician", 600);
     redis0 = tl_tenant_redis(id);
+    quota0 = tl_quota_used(id);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         ask(tok, cases[i].body, &r);
         tl_expect(cases[i].name, &r, 400, "invalid_request");
@@ -344,6 +352,7 @@ test_bad_input(void)
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "bad input: no upstream call");
     CHECK(tl_usage_flushed(port), "bad input: the usage rows are written");
     CHECK(billed_rows(id, 0) == 0, "bad input: nothing billed");
+    CHECK(tl_quota_used(id) == quota0, "bad input: no quota used (%lld, was %lld)", tl_quota_used(id), quota0);
     CHECK(tl_tenant_redis_kept(id, redis0, msg, sizeof(msg)),
           "bad input: nothing counted or stored in Redis (rate limit window, cache, single-flight): %s", msg);
     free(redis0);
@@ -379,6 +388,10 @@ test_question_trimmed(void)
           "the model gets the question trimmed: %.40s", answer);
     tl_resp_free(&r);
     free(big);
+    /* invisible characters around a visible one: a question like any other */
+    ask(tok, "{\"question\":\"\\ufeff\\u200bIs myopia hereditary?\\u2060\"}", &r);
+    tl_expect("invisible characters around a question", &r, 200, NULL);
+    tl_resp_free(&r);
     free(tok);
 }
 

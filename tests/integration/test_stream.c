@@ -223,6 +223,7 @@ test_recommendation(void)
         "{\"product_type\":\"   \"}",                 /* blank: was a billed question about nothing */
         "{\"product_type\":\"\\u00a0\\u3000\"}",
         "{\"product_type\":\"\\n\\r\\f\\u000b \"}", /* line breaks: blank too, but were sent and billed */
+        "{\"product_type\":\"\\u200b\\ufeff \\u2060\"}", /* nothing visible: was sent and billed too */
     };
     char id[37], code[65], buf[256], text[4096];
     struct tl_resp r;
@@ -243,6 +244,7 @@ test_recommendation(void)
     }
     CHECK(tl_mock_stat(mock, "chat_requests") == calls, "recommendation: no bad request reached the model");
     CHECK(tl_quota_used(id) == q0, "recommendation: no quota used by bad input");
+    CHECK(tl_usage_flushed(port) && tl_usage_rows(owner, id, "billed", 0) == 0, "recommendation: no bad input billed");
 
     tl_post(port, "/api/ai/recommendation", tok,
             "{\"product_type\":\"progressive lens\",\"prescription\":{\"sph\":-1.25},\"stream\":true}", &r);

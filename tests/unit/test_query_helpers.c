@@ -212,6 +212,34 @@ main(void)
     CHECK(!aigw_utf8_is_blank(" x ") && !aigw_utf8_is_blank("\xe2\x80\x90") && !aigw_utf8_is_blank("\xe2\x80"),
           "a letter, U+2010 and a cut sequence are not blank");
     {
+        /* nothing visible: white space, control characters and the
+         * default-ignorable code points, alone or mixed */
+        static const char *const invisible[] = {
+            "",
+            " \t\n",
+            "\xe2\x80\x8b",                                 /* U+200B zero-width space */
+            "\xef\xbb\xbf",                                 /* U+FEFF BOM */
+            "\xe2\x81\xa0\xe2\x80\x8d\xc2\xad",            /* word joiner, ZWJ, soft hyphen */
+            " \xe2\x80\x8b\xe3\x80\x80\xef\xbb\xbf\n",   /* mixed with white space */
+            "\xe2\x80\x8e\xef\xb8\x8f\xf3\xa0\x81\x81", /* LRM, VS16, tag A (U+E0041) */
+            "\x01\x7f\xc2\x85\xc2\x9f",                    /* C0, DEL, C1 */
+        };
+        static const char *const visible[] = {
+            "a",
+            "\xe2\x80\x8bx",                      /* ZWSP then a letter */
+            "\xef\xbb\xbf \xe2\x81\xa0?",          /* a question mark at the end */
+            "\xc3\xa9",                            /* e acute */
+            "\xe2\x80\x90",                       /* U+2010 hyphen */
+            "\xf0\x9f\x98\x80",                   /* an emoji */
+            "\xc2\xa9",                            /* (c), past C1 */
+        };
+
+        for (size_t i = 0; i < sizeof(invisible) / sizeof(invisible[0]); i++)
+            CHECK(!aigw_utf8_has_visible(invisible[i]), "nothing visible, case %zu", i);
+        for (size_t i = 0; i < sizeof(visible) / sizeof(visible[0]); i++)
+            CHECK(aigw_utf8_has_visible(visible[i]), "something visible, case %zu", i);
+    }
+    {
         /* trimmed of what counts as white space: ASCII (form feed and
          * vertical tab too) and the Unicode spaces; inner ones stay */
         static const struct {
