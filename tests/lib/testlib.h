@@ -277,5 +277,6 @@ int tl_post_raw(int port, const char *path, const char *token, const char *body,
  * and the question (no escaping). */
 int tl_stream_open(int port, const char *token, const char *question, int rcvbuf);
 /* Read fd until needle has appeared in what was read since the call (it may
- * span reads; up to 64 KiB are kept); false after timeout_ms or at EOF. */
+ * span reads, and any amount may come before it: the reads are searched as
+ * one text); false after timeout_ms or at EOF. */
 bool tl_read_until(int fd, const char *needle, int timeout_ms);

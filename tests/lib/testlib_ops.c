@@ -334,14 +334,19 @@ bool
 tl_read_until(int fd, const char *needle, int timeout_ms)
 {
     static char acc[65536];
-    size_t n = 0;
+    size_t n = 0, keep = strlen(needle) > 0 ? strlen(needle) - 1 : 0;
     int64_t end = aigw_now_ms() + timeout_ms;
     struct timeval tv = {0, 100000};
 
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    while (aigw_now_ms() < end && n < sizeof(acc) - 1) {
-        ssize_t k = read(fd, acc + n, sizeof(acc) - 1 - n);
+    while (aigw_now_ms() < end) {
+        ssize_t k;
 
+        if (n == sizeof(acc) - 1) { /* full: keep only the tail a needle may start in */
+            memmove(acc, acc + n - keep, keep);
+            n = keep;
+        }
+        k = read(fd, acc + n, sizeof(acc) - 1 - n);
         if (k > 0) {
             n += (size_t)k;
             acc[n] = '\0';
