@@ -266,6 +266,93 @@ out:
     free(tok);
 }
 
+/* One quota-journal test: a tenant of its own, a spool directory of its
+ * own (AIGW_SPOOL_DIR) and an aigw on it. */
+struct jt {
+    char tid[37], code[65], spool[128];
+    const char *mock;
+    char *tok, *cfg;
+    struct tl_aigw gw;
+};
+
+/* Set t up for the test called name, the tenant's overrides (JSON, or NULL)
+ * written before aigw starts; false when aigw did not start. */
+static bool
+jt_start(struct jt *t, const char *name, const char *overrides, const char *cfg_patch)
+{
+    const char *p[2] = {t->tid, overrides};
+
+    memset(t, 0, sizeof(*t));
+    t->mock = tl_env("AIGW_MOCK_URL");
+    snprintf(t->spool, sizeof(t->spool), "/tmp/aigw-%s-%d", name, (int)getpid());
+    setenv("AIGW_SPOOL_DIR", t->spool, 1);
+    tl_create_tenant(owner, "pro", "active", t->tid, t->code);
+    if (overrides != NULL)
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = $2::jsonb WHERE id = $1", 2, p));
+    t->tok = tl_token(t->code, "optician", 600);
+    t->cfg = tl_config_patch(cfg_patch);
+    return tl_aigw_start(&t->gw, t->cfg) == 0;
+}
+
+/* Stop aigw cleanly: no journal file is left when every reservation was
+ * settled. */
+static void
+jt_stop(struct jt *t)
+{
+    CHECK(tl_aigw_stop(&t->gw) == 0, "clean stop");
+    CHECK(tl_count_files(t->spool, "quota-reservations-") == 0, "no journal file left");
+}
+
+static void
+jt_end(struct jt *t)
+{
+    tl_rm_rf(t->spool);
+    unsetenv("AIGW_SPOOL_DIR");
+    free(t->cfg);
+    free(t->tok);
+}
+
+/* The mock set to mock_cfg, one query with body started in the background
+ * (its answer in *rs): returned once its call is at the model, or after 2 s. */
+static struct tl_parallel *
+jt_call_at_model(struct jt *t, const char *mock_cfg, const char *body, struct tl_resp *rs, const char *what)
+{
+    const char *b[1] = {body};
+    long long before = tl_mock_stat(t->mock, "in_flight"), in_flight = 0;
+    struct tl_parallel *bg;
+
+    tl_mock_config(t->mock, mock_cfg);
+    bg = tl_post_parallel_bg(t->gw.port, "/api/ai/query", t->tok, b, 1, rs);
+    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(t->mock, "in_flight") - before) < 1; i++)
+        usleep(20 * 1000);
+    CHECK(in_flight == 1, "%s: the call is at the model (%lld)", what, in_flight);
+    return bg;
+}
+
+/* kill -9 with the call of bg at the model, and start again on the same
+ * spool: the start refunds the n reservations left in flight. */
+static void
+jt_crash_restart(struct jt *t, struct tl_parallel *bg, struct tl_resp *rs, int n)
+{
+    char *line = tl_sprintf("%d of %d reservations the previous run left unsettled refunded", n, n);
+
+    tl_aigw_kill9(&t->gw);
+    tl_parallel_join(bg);
+    tl_resp_free(rs);
+    tl_mock_reset(t->mock);
+    CHECK(tl_aigw_start(&t->gw, t->cfg) == 0, "restart on the same spool");
+    CHECK(tl_aigw_log_wait(&t->gw, line, 10000), "the restart refunds the %d reservation(s) left in flight", n);
+    free(line);
+}
+
+static long
+billed_rows(const char *tid)
+{
+    const char *p[1] = {tid};
+
+    return tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p);
+}
+
 /* The quota journal refuses writes (a file size limit of 1 byte) while an
  * answered request settles: its S line could not be written and was given
  * up, so its R line stayed open in the journal although the query was kept
@@ -276,69 +363,41 @@ out:
 static void
 test_journal_refuses(void)
 {
-    const char *mock = tl_env("AIGW_MOCK_URL");
-    const char *body_a[1] = {"{\"question\":\"answered while the journal refuses writes\"}"};
-    const char *body_b[1] = {"{\"question\":\"in flight at the crash, the journal writable again\"}"};
-    char tid[37], code[65], *tok, *cfg, spool[128], *jpath, *jtext;
-    const char *p[1] = {tid};
-    struct tl_aigw gw;
+    struct jt t;
     struct tl_resp r, rs[1];
     struct tl_parallel *bg;
-    long long before, in_flight = 0;
+    char *jpath, *jtext;
 
-    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-refuses-%d", (int)getpid());
-    setenv("AIGW_SPOOL_DIR", spool, 1);
-    tl_create_tenant(owner, "pro", "active", tid, code);
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}");
-    if (tl_aigw_start(&gw, cfg) != 0)
+    if (!jt_start(&t, "journal-refuses", NULL,
+                  "{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}"))
         goto out;
-    tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+    tl_get(t.gw.port, "/api/ai/limits", t.tok, &r); /* tenant cached in process */
     tl_resp_free(&r);
-    before = tl_mock_stat(mock, "in_flight");
-    tl_mock_config(mock, "{\"first_token_ms\":1500}");
-    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_a, 1, rs);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
-        usleep(20 * 1000);
-    CHECK(in_flight == 1, "A: the call is at the model");
-    jpath = journal_file(spool);
+    bg = jt_call_at_model(&t, "{\"first_token_ms\":1500}",
+                          "{\"question\":\"answered while the journal refuses writes\"}", rs, "A");
+    jpath = journal_file(t.spool);
     jtext = jpath ? tl_read_file(jpath) : NULL;
     CHECK(jtext != NULL && strncmp(jtext, "R ", 2) == 0, "A: its reservation is journaled");
     free(jtext);
     free(jpath);
-    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
+    CHECK(fsize_limit(&t.gw, 1), "aigw's file size limit set to 1 byte");
     tl_parallel_join(bg);
     CHECK(rs[0].status == 200, "A: answered (%ld)", rs[0].status);
     tl_resp_free(&rs[0]);
-    tl_mock_reset(mock);
-    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
-    CHECK(rows_for(tid, 1, 10000) == 1, "A: its row reaches PostgreSQL");
-    CHECK(tl_quota_used(tid) == 1, "A: counted (%lld)", tl_quota_used(tid));
-    before = tl_mock_stat(mock, "in_flight");
-    tl_mock_config(mock, "{\"mode\":\"hang\"}");
-    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_b, 1, rs);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
-        usleep(20 * 1000);
-    CHECK(in_flight == 1 && tl_quota_used(tid) == 2, "B: at the model, reserved (%lld, %lld)", in_flight,
-          tl_quota_used(tid));
-    tl_aigw_kill9(&gw);
-    tl_parallel_join(bg);
-    tl_resp_free(&rs[0]);
-    tl_mock_reset(mock);
-    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
-    CHECK(tl_aigw_log_wait(&gw, "reservations the previous run left unsettled refunded", 10000),
-          "the restart refunds what was left");
-    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations", 0), "only B's reservation was left in flight");
-    CHECK(tl_quota_used(tid) == 1, "the counter is the billed rows (%lld, want 1)", tl_quota_used(tid));
-    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == 1,
-          "one billed row");
-    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
-    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+    tl_mock_reset(t.mock);
+    CHECK(fsize_limit(&t.gw, RLIM_INFINITY), "the limit lifted");
+    CHECK(rows_for(t.tid, 1, 10000) == 1, "A: its row reaches PostgreSQL");
+    CHECK(tl_quota_used(t.tid) == 1, "A: counted (%lld)", tl_quota_used(t.tid));
+    bg = jt_call_at_model(&t, "{\"mode\":\"hang\"}",
+                          "{\"question\":\"in flight at the crash, the journal writable again\"}", rs, "B");
+    CHECK(tl_quota_used(t.tid) == 2, "B: reserved (%lld)", tl_quota_used(t.tid));
+    /* only B's reservation was left in flight */
+    jt_crash_restart(&t, bg, rs, 1);
+    CHECK(tl_quota_used(t.tid) == 1, "the counter is the billed rows (%lld, want 1)", tl_quota_used(t.tid));
+    CHECK(billed_rows(t.tid) == 1, "one billed row");
+    jt_stop(&t);
 out:
-    tl_rm_rf(spool);
-    unsetenv("AIGW_SPOOL_DIR");
-    free(cfg);
-    free(tok);
+    jt_end(&t);
 }
 
 /* The quota journal refused a reservation's R line (a file size limit of 1
@@ -350,58 +409,40 @@ out:
 static void
 test_journal_refused_refund(void)
 {
-    const char *mock = tl_env("AIGW_MOCK_URL");
-    const char *body[1] = {"{\"question\":\"a refund Redis misses, its reservation not journaled\"}"};
-    char tid[37], code[65], *tok, *cfg, spool[128];
-    const char *p[1] = {tid};
-    struct tl_aigw gw;
+    struct jt t;
     struct tl_resp r, rs[1];
     struct tl_parallel *bg;
-    long long before, in_flight = 0;
 
-    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-refund-%d", (int)getpid());
-    setenv("AIGW_SPOOL_DIR", spool, 1);
-    tl_create_tenant(owner, "pro", "active", tid, code);
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000,\"timeout_ms\":1500},"
-                          "\"tenants\":{\"cache_ttl_s\":3600},\"usage\":{\"flush_ms\":50}}");
-    if (tl_aigw_start(&gw, cfg) != 0)
+    if (!jt_start(&t, "journal-refund", NULL,
+                  "{\"upstream\":{\"health_interval_ms\":60000,\"timeout_ms\":1500},"
+                  "\"tenants\":{\"cache_ttl_s\":3600},\"usage\":{\"flush_ms\":50}}"))
         goto out;
-    tl_get(gw.port, "/api/ai/limits", tok, &r); /* tenant cached in process */
+    tl_get(t.gw.port, "/api/ai/limits", t.tok, &r); /* tenant cached in process */
     tl_resp_free(&r);
-    CHECK(fsize_limit(&gw, 1), "aigw's file size limit set to 1 byte");
-    before = tl_mock_stat(mock, "in_flight");
-    tl_mock_config(mock, "{\"mode\":\"hang\"}");
-    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body, 1, rs);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
-        usleep(20 * 1000);
-    CHECK(in_flight == 1 && tl_quota_used(tid) == 1, "a call at the model, reserved (%lld, %lld)", in_flight,
-          tl_quota_used(tid));
-    CHECK(tl_count_files(spool, "quota-reservations-") == 1 && journal_bytes(spool) == 0,
+    CHECK(fsize_limit(&t.gw, 1), "aigw's file size limit set to 1 byte");
+    bg = jt_call_at_model(&t, "{\"mode\":\"hang\"}",
+                          "{\"question\":\"a refund Redis misses, its reservation not journaled\"}", rs, "the call");
+    CHECK(tl_quota_used(t.tid) == 1, "reserved (%lld)", tl_quota_used(t.tid));
+    CHECK(tl_count_files(t.spool, "quota-reservations-") == 1 && journal_bytes(t.spool) == 0,
           "its reservation is not journaled");
-    CHECK(fsize_limit(&gw, RLIM_INFINITY), "the limit lifted");
+    CHECK(fsize_limit(&t.gw, RLIM_INFINITY), "the limit lifted");
     tl_stack("redis-stop");
     tl_parallel_join(bg);
     CHECK(rs[0].status == 504, "the call times out: 504 (%ld)", rs[0].status);
     tl_resp_free(&rs[0]);
-    tl_mock_reset(mock);
-    CHECK(tl_metric(gw.port, "aigw_redis_outbox_pending") >= 1, "its refund waits in the outbox");
-    CHECK(tl_aigw_stop(&gw) == 0, "clean stop while Redis is down");
+    tl_mock_reset(t.mock);
+    CHECK(tl_metric(t.gw.port, "aigw_redis_outbox_pending") >= 1, "its refund waits in the outbox");
+    CHECK(tl_aigw_stop(&t.gw) == 0, "clean stop while Redis is down");
     tl_stack("redis-start");
-    CHECK(tl_quota_used(tid) == 1, "not refunded yet (%lld)", tl_quota_used(tid));
-    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart");
-    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
+    CHECK(tl_quota_used(t.tid) == 1, "not refunded yet (%lld)", tl_quota_used(t.tid));
+    CHECK(tl_aigw_start(&t.gw, t.cfg) == 0, "restart");
+    CHECK(tl_aigw_log_wait(&t.gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
           "the refund is made at the start");
-    CHECK(tl_quota_used(tid) == 0, "the counter is the billed rows (%lld, want 0)", tl_quota_used(tid));
-    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == 0,
-          "nothing billed");
-    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
-    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+    CHECK(tl_quota_used(t.tid) == 0, "the counter is the billed rows (%lld, want 0)", tl_quota_used(t.tid));
+    CHECK(billed_rows(t.tid) == 0, "nothing billed");
+    jt_stop(&t);
 out:
-    tl_rm_rf(spool);
-    unsetenv("AIGW_SPOOL_DIR");
-    free(cfg);
-    free(tok);
+    jt_end(&t);
 }
 
 /* A file size limit (LimitFSIZE=) below the size the quota journal's file
@@ -413,60 +454,35 @@ static void
 test_journal_limit(void)
 {
     enum { N = 40 };
-    const char *mock = tl_env("AIGW_MOCK_URL");
-    const char *body_b[1] = {"{\"question\":\"in flight at the crash, past the journal's file size limit\"}"};
-    char tid[37], code[65], *tok, *cfg, spool[128];
-    const char *p[1] = {tid};
-    struct tl_aigw gw;
+    struct jt t;
     struct tl_resp r, rs[1];
     struct tl_parallel *bg;
-    long long before, in_flight = 0;
     int answered = 0;
 
-    snprintf(spool, sizeof(spool), "/tmp/aigw-journal-limit-%d", (int)getpid());
-    setenv("AIGW_SPOOL_DIR", spool, 1);
-    tl_create_tenant(owner, "pro", "active", tid, code);
-    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 10000}' WHERE id = $1", 1,
-                   p));
-    tok = tl_token(code, "optician", 600);
-    cfg = tl_config_patch("{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}");
-    if (tl_aigw_start(&gw, cfg) != 0)
+    if (!jt_start(&t, "journal-limit", "{\"requests_per_minute\": 10000}",
+                  "{\"upstream\":{\"health_interval_ms\":60000},\"usage\":{\"flush_ms\":50}}"))
         goto out;
-    CHECK(fsize_limit(&gw, 4096), "aigw's file size limit set to 4 KiB (~32 reservations of the journal)");
+    CHECK(fsize_limit(&t.gw, 4096), "aigw's file size limit set to 4 KiB (~32 reservations of the journal)");
     for (int i = 0; i < N; i++) {
         char *b = tl_sprintf("{\"question\":\"asked under a 4 KiB file size limit %d\"}", i);
 
-        tl_post(gw.port, "/api/ai/query", tok, b, &r);
+        tl_post(t.gw.port, "/api/ai/query", t.tok, b, &r);
         answered += r.status == 200;
         tl_resp_free(&r);
         free(b);
     }
     CHECK(answered == N, "all %d answered (%d)", N, answered);
-    CHECK(rows_for(tid, N, 15000) == N, "their rows reach PostgreSQL (%ld)", rows_for(tid, N, 0));
-    before = tl_mock_stat(mock, "in_flight");
-    tl_mock_config(mock, "{\"mode\":\"hang\"}");
-    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, body_b, 1, rs);
-    for (int i = 0; i < 100 && (in_flight = tl_mock_stat(mock, "in_flight") - before) < 1; i++)
-        usleep(20 * 1000);
-    CHECK(in_flight == 1 && tl_quota_used(tid) == N + 1, "a call at the model, reserved (%lld, %lld)", in_flight,
-          tl_quota_used(tid));
-    tl_aigw_kill9(&gw);
-    tl_parallel_join(bg);
-    tl_resp_free(&rs[0]);
-    tl_mock_reset(mock);
-    CHECK(tl_aigw_start(&gw, cfg) == 0, "restart on the same spool");
-    CHECK(tl_aigw_log_wait(&gw, "1 of 1 reservations the previous run left unsettled refunded", 10000),
-          "the reservation left in flight is refunded");
-    CHECK(tl_quota_used(tid) == N, "the counter is the billed rows (%lld, want %d)", tl_quota_used(tid), N);
-    CHECK(tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1 AND billed", 1, p) == N,
-          "%d billed rows", N);
-    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
-    CHECK(tl_count_files(spool, "quota-reservations-") == 0, "no journal file left");
+    CHECK(rows_for(t.tid, N, 15000) == N, "their rows reach PostgreSQL (%ld)", rows_for(t.tid, N, 0));
+    bg = jt_call_at_model(&t, "{\"mode\":\"hang\"}",
+                          "{\"question\":\"in flight at the crash, past the journal's file size limit\"}", rs,
+                          "the last");
+    CHECK(tl_quota_used(t.tid) == N + 1, "the last: reserved (%lld)", tl_quota_used(t.tid));
+    jt_crash_restart(&t, bg, rs, 1);
+    CHECK(tl_quota_used(t.tid) == N, "the counter is the billed rows (%lld, want %d)", tl_quota_used(t.tid), N);
+    CHECK(billed_rows(t.tid) == N, "%d billed rows", N);
+    jt_stop(&t);
 out:
-    tl_rm_rf(spool);
-    unsetenv("AIGW_SPOOL_DIR");
-    free(cfg);
-    free(tok);
+    jt_end(&t);
 }
 
 /* The spool refuses every write for longer than usage.memory_max_kb of rows
