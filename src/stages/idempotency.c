@@ -9,7 +9,6 @@
 #include "aigw/config.h"
 #include "aigw/log.h"
 #include "aigw/query.h"
-#include "aigw/quota.h"
 #include "aigw/redis.h"
 #include "aigw/snapshot.h"
 #include "aigw/stages.h"
@@ -106,17 +105,6 @@ replay(struct aigw_req *req, const char *stored)
         json_t *body = json_loads(req->resp_body, 0, NULL);
 
         aigw_req_add_header(req, "X-Cache", json_is_true(json_object_get(body, "cached")) ? "HIT" : "MISS");
-        json_decref(body);
-    } else if (status == 429) {
-        /* a quota_exhausted (the one 429 stored: rate limiting comes before
-         * this stage) with the headers it was sent with, or the OpenAI SDKs
-         * retry the replay */
-        json_t *body = json_loads(req->resp_body, 0, NULL);
-        json_t *err = json_object_get(body, "error");
-        const char *code = json_string_value(json_object_get(err, "code"));
-
-        if (code != NULL && strcmp(code, "quota_exhausted") == 0)
-            aigw_quota_exhausted_headers(req, json_string_value(json_object_get(err, "resets_at")));
         json_decref(body);
     }
     return AIGW_DONE;
@@ -239,14 +227,17 @@ aigw_idempotency_finish(struct aigw_req *req)
     if ((req->status == 503 && !q->billed &&
          (strcmp(code, "service_unavailable") == 0 || strcmp(code, "upstream_unavailable") == 0)) ||
         (req->status >= 500 && !q->billed && atomic_load(&req->srv->stopping)) || req->status == 499 ||
-        strcmp(code, "shutting_down") == 0) {
+        strcmp(code, "shutting_down") == 0 || strcmp(code, "quota_exhausted") == 0) {
         /* our dependency failed before the work ran, no model was free to
          * run it (a 503 that asks for a retry after Retry-After: stored, it
          * was replayed for 24 h), a failure while this instance drains (the
          * drain may have cut the request short: a waiter's 504 was replayed
          * to its retry on another instance for 24 h), or the client left
          * mid-stream, or the drain cut the stream before its end (the
-         * client saw no outcome either way): let a retry run it */
+         * client saw no outcome either way), or the month's quota was gone
+         * (nothing ran; stored, the 429 was replayed for 24 h, also after
+         * an upgrade or the month's turn gave the tenant queries again):
+         * let a retry run it */
         args[1] = "";
     } else {
         args[1] = aigw_pool_printf(req->pool, "D%s\n%d\n%.*s", q->idem_fp, req->status, (int)req->resp_len,

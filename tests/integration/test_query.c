@@ -622,20 +622,43 @@ test_quota_race(void)
         CHECK(rows(id, 55) == 55, "a usage row for each refusal");
     }
     {
-        /* an Idempotency-Key's stored 429 is replayed as it was sent: the
-         * replay, too, says when the quota comes back and not to retry */
+        /* an Idempotency-Key's 429 quota_exhausted is not stored: nothing
+         * ran, and a stored one was replayed for 24 h, also after the
+         * tenant got queries again (an upgrade, the month's turn); the
+         * retry is refused afresh while the quota is gone, and runs once
+         * the quota is raised */
         const char *h[] = {"Idempotency-Key: over-quota-1", NULL};
         const char *b[1] = {"{\"question\":\"an idempotent question, quota gone\"}"};
         char buf[16];
+        int i;
 
         tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
         tl_expect_quota_exhausted("idempotent, over the quota", &r[0]);
         tl_resp_free(&r[0]);
         tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
-        CHECK(tl_resp_header(&r[0], "Idempotent-Replayed", buf, sizeof(buf)) != NULL, "the 429 is replayed (%ld %s)",
-              r[0].status, r[0].body);
-        tl_expect_quota_exhausted("idempotent, over the quota, replayed", &r[0]);
+        CHECK(tl_resp_header(&r[0], "Idempotent-Replayed", buf, sizeof(buf)) == NULL,
+              "the 429 is not replayed: the retry is refused afresh (%ld %s)", r[0].status, r[0].body);
+        tl_expect_quota_exhausted("idempotent, over the quota, retried", &r[0]);
         tl_resp_free(&r[0]);
+        PQclear(tl_sql(owner, true,
+                       "UPDATE tenants SET overrides = overrides || '{\"monthly_query_limit\": 6}' WHERE id = $1", 1,
+                       p));
+        r[0].status = 0;
+        for (i = 0; i < 40; i++) { /* the change reaches aigw through NOTIFY */
+            tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
+            if (r[0].status != 429)
+                break;
+            tl_resp_free(&r[0]);
+            usleep(50 * 1000);
+        }
+        CHECK(r[0].status == 200 && tl_resp_header(&r[0], "Idempotent-Replayed", buf, sizeof(buf)) == NULL,
+              "the quota raised, the retry with the same key runs (%ld %s)", r[0].status, r[0].body);
+        tl_resp_free(&r[0]);
+        tl_post_parallel(port, "/api/ai/query", tok, h, b, 1, r);
+        CHECK(r[0].status == 200 && tl_resp_header(&r[0], "Idempotent-Replayed", buf, sizeof(buf)) != NULL,
+              "and its answer is what the key replays from then on (%ld)", r[0].status);
+        tl_resp_free(&r[0]);
+        CHECK(tl_quota_used(id) == 6, "the counter says 6 (%lld)", (long long)tl_quota_used(id));
     }
     free(tok);
 }
