@@ -101,13 +101,13 @@ struct aigw_resv_file;
  * stays open for the next start). */
 bool aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file);
 
-/* The response headers of a 429 quota_exhausted whose body names resets_at
- * (RFC 3339): Retry-After, the seconds from the request's start to then (at
- * least 1; left out when resets_at is NULL or unreadable), and
+/* The response headers of a 429 quota_exhausted whose quota resets at
+ * resets_s (Unix seconds): Retry-After, the seconds from the request's start
+ * to then (at least 1; left out when resets_s is 0, not known), and
  * x-should-retry: false, which the OpenAI SDKs obey: they retry every other
  * 429, and this one stands until the month ends. For the quota stage's own
- * refusal and for the ones a request is given from another's outcome (a
- * single-flight leader's, an Idempotency-Key's stored one). Cannot fail. */
-void aigw_quota_exhausted_headers(struct aigw_req *req, const char *resets_at);
+ * refusal and for one a request is given from another's outcome (a
+ * single-flight leader's, whose body names resets_at). Cannot fail. */
+void aigw_quota_exhausted_headers(struct aigw_req *req, int64_t resets_s);
 
 #endif

@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aigw/apikey.h"
 #include "aigw/http.h"
 #include "aigw/log.h"
 #include "aigw/metrics.h"
@@ -384,12 +383,11 @@ aigw_quota_refund_request(struct aigw_req *req, struct aigw_resv_file *file)
 }
 
 void
-aigw_quota_exhausted_headers(struct aigw_req *req, const char *resets_at)
+aigw_quota_exhausted_headers(struct aigw_req *req, int64_t resets_s)
 {
-    int64_t resets, left;
+    if (resets_s > 0) {
+        int64_t left = resets_s - req->start_wall_us / 1000000;
 
-    if (resets_at != NULL && aigw_parse_rfc3339(resets_at, &resets)) {
-        left = resets - req->start_wall_us / 1000000;
         aigw_req_add_header(req, "Retry-After", aigw_pool_printf(req->pool, "%lld", (long long)(left > 1 ? left : 1)));
     }
     aigw_req_add_header(req, "x-should-retry", "false");
@@ -426,7 +424,7 @@ aigw_stage_quota(struct aigw_req *req)
         /* the end of the month it was counted in: a fresh clock read could
          * be in the next month already and name the month after that */
         aigw_rfc3339(aigw_next_month_start(at), resets);
-        aigw_quota_exhausted_headers(req, resets);
+        aigw_quota_exhausted_headers(req, aigw_next_month_start(at));
         aigw_metrics_quota_exhausted(req->srv->metrics, t->tier);
         return aigw_req_fail_extra(req, 429, "quota_exhausted",
                                    json_pack("{s:I, s:I, s:s}", "limit", (json_int_t)t->monthly_limit, "used",

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "aigw/api.h"
+#include "aigw/apikey.h"
 #include "aigw/http.h"
 #include "aigw/snapshot.h"
 #include "aigw/log.h"
@@ -288,9 +289,12 @@ from_result(struct aigw_req *req, const char *text)
         const char *retry = json_string_value(json_object_get(err, "retry_after"));
         const char *code = json_string_value(json_object_get(err, "code"));
 
-        if (code != NULL && strcmp(code, "quota_exhausted") == 0) /* not to be retried until it resets */
-            aigw_quota_exhausted_headers(req, json_string_value(json_object_get(extra, "resets_at")));
-        else if (retry != NULL) /* the leader's 503 asked its client to retry: so are we */
+        if (code != NULL && strcmp(code, "quota_exhausted") == 0) { /* not to be retried until it resets */
+            const char *at = json_string_value(json_object_get(extra, "resets_at"));
+            int64_t resets;
+
+            aigw_quota_exhausted_headers(req, at != NULL && aigw_parse_rfc3339(at, &resets) ? resets : 0);
+        } else if (retry != NULL) /* the leader's 503 asked its client to retry: so are we */
             aigw_req_add_header(req, "Retry-After", aigw_pool_strdup(req->pool, retry));
 
         return aigw_req_fail_extra(req, status >= 400 ? status : 502,
