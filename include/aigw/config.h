@@ -50,6 +50,7 @@ struct aigw_config {
     int max_connections;
     int max_connections_per_ip;
     int connection_timeout_s;
+    int request_timeout_s; /* a whole request must arrive within this of the connection's start or last response */
     int max_json_depth;
 
     /* dependencies */

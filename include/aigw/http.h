@@ -87,6 +87,7 @@ struct aigw_req {
     size_t n_resp_headers;
     const char *error_code;            /* set by aigw_req_fail, for the access log */
     bool responded;                    /* a response was queued to MHD */
+    bool arrived;                      /* the whole request (line, headers, body) was received */
 
     /* streaming response (text/event-stream); sse is NULL otherwise */
     struct aigw_sse *sse;              /* a reference, dropped when the connection ends */

@@ -37,6 +37,10 @@ void aigw_metrics_quota_exhausted(struct aigw_metrics *m, const char *tier);
  * aigw_config_last_reload_successful). */
 void aigw_metrics_reload(struct aigw_metrics *m, bool applied);
 
+/* n connections closed at their request deadline (http.request_timeout_s:
+ * no whole request arrived in time); aigw_http_request_timeouts_total. */
+void aigw_metrics_request_timeouts(struct aigw_metrics *m, unsigned n);
+
 /* A failed PostgreSQL connect / acquire / statement, a failed Redis connect /
  * acquire / command. Process-wide counters: the pools and the usage writer
  * hold no server pointer, so these take none. */

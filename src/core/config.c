@@ -621,6 +621,7 @@ set_defaults(struct aigw_config *cfg)
     cfg->max_connections = 10000;
     cfg->max_connections_per_ip = 0;
     cfg->connection_timeout_s = 30;
+    cfg->request_timeout_s = 30;
     cfg->max_json_depth = 32;
     cfg->db_pool_size = 8;
     cfg->redis_pool_size = 8;
@@ -690,7 +691,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
     static const char *const listen_k[] = {"address", "port", NULL};
     static const char *const http_k[] = {"threads", "max_body_bytes", "max_header_bytes",
                                          "max_connections", "max_connections_per_ip",
-                                         "connection_timeout_s", "max_json_depth", NULL};
+                                         "connection_timeout_s", "request_timeout_s", "max_json_depth", NULL};
     static const char *const db_k[] = {"url", "listen_url", "pool_size", NULL};
     static const char *const redis_k[] = {"url", "password_file", "pool_size", "timeout_ms", NULL};
     static const char *const jwt_k[] = {"issuer", "audience", "leeway_s", "keys", NULL};
@@ -740,6 +741,7 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_int(&c, sec, "max_connections", 1, 1000000, &cfg->max_connections);
         get_int(&c, sec, "max_connections_per_ip", 0, 1000000, &cfg->max_connections_per_ip);
         get_int(&c, sec, "connection_timeout_s", 1, 3600, &cfg->connection_timeout_s);
+        get_int(&c, sec, "request_timeout_s", 1, 3600, &cfg->request_timeout_s);
         get_int(&c, sec, "max_json_depth", 2, 1000, &cfg->max_json_depth);
     }
     if ((sec = SECTION("database", db_k)) != NULL) {
@@ -944,7 +946,8 @@ aigw_config_restart_diff(const struct aigw_config *a, const struct aigw_config *
     note_diff(a->threads != b->threads || a->max_body_bytes != b->max_body_bytes ||
                   a->max_header_bytes != b->max_header_bytes || a->max_connections != b->max_connections ||
                   a->max_connections_per_ip != b->max_connections_per_ip ||
-                  a->connection_timeout_s != b->connection_timeout_s || a->max_json_depth != b->max_json_depth,
+                  a->connection_timeout_s != b->connection_timeout_s || a->request_timeout_s != b->request_timeout_s ||
+                  a->max_json_depth != b->max_json_depth,
               "http", out, cap, &n);
     note_diff(!same_str(a->database_url, b->database_url) ||
                   !same_str(a->database_listen_url, b->database_listen_url) || a->db_pool_size != b->db_pool_size,

@@ -72,6 +72,7 @@ struct aigw_metrics {
     _Atomic uint64_t cache_hits, cache_misses, coalesced;
     _Atomic uint64_t rate_limited[N_TIERS], quota_exhausted[N_TIERS];
     _Atomic uint64_t reloads[2];          /* [0] failed, [1] applied */
+    _Atomic uint64_t request_timeouts;    /* connections closed at their request deadline */
     atomic_bool last_reload_ok;
 };
 
@@ -191,6 +192,13 @@ aigw_metrics_reload(struct aigw_metrics *m, bool applied)
 }
 
 void
+aigw_metrics_request_timeouts(struct aigw_metrics *m, unsigned n)
+{
+    if (m != NULL)
+        atomic_fetch_add_explicit(&m->request_timeouts, n, memory_order_relaxed);
+}
+
+void
 aigw_metrics_count_pg_error(void)
 {
     inc(&pg_errors);
@@ -307,6 +315,9 @@ render_lifecycle(FILE *out, const struct aigw_metrics *m, const struct aigw_serv
 {
     gauge(out, "aigw_requests_in_flight", "Requests received and not yet completed.", atomic_load(&srv->in_flight));
     gauge(out, "aigw_draining", "1 while the process drains after SIGTERM, else 0.", atomic_load(&srv->stopping));
+    meta(out, "aigw_http_request_timeouts_total", "counter",
+         "Connections closed because no whole request arrived within http.request_timeout_s.");
+    fprintf(out, "aigw_http_request_timeouts_total %llu\n", (unsigned long long)get(&m->request_timeouts));
     meta(out, "aigw_config_reloads_total", "counter", "SIGHUP configuration reloads, by result.");
     fprintf(out, "aigw_config_reloads_total{result=\"success\"} %llu\n", (unsigned long long)get(&m->reloads[1]));
     fprintf(out, "aigw_config_reloads_total{result=\"failure\"} %llu\n", (unsigned long long)get(&m->reloads[0]));

@@ -4,10 +4,12 @@
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,12 +59,44 @@ static _Thread_local _Atomic int64_t *busy_stamp;
 struct aigw_acceptor {
     int fd;                        /* -1 once closed (drain) */
     pthread_t thread;
-    pthread_mutex_t lock;          /* guards open, stop */
-    pthread_cond_t wake;           /* a connection closed, or stop was set */
+    pthread_mutex_t lock;          /* guards open, stop, the waiting list and every watch on it */
+    pthread_cond_t wake;           /* a connection closed, or stop was set (CLOCK_MONOTONIC) */
     unsigned open, limit;          /* handed over and not closed; http.max_connections */
     bool stop;
     bool running;                  /* thread started, not joined */
+    /* connections waiting for a request, oldest deadline first (every
+     * deadline is "now + request_timeout_ms" when set, so appending keeps
+     * the order) */
+    struct conn_watch *head, *tail;
+    int64_t request_timeout_ms;    /* http.request_timeout_s */
+    int64_t last_sweep_ms;         /* accept thread only */
 };
+
+/* The request deadline. libmicrohttpd 0.9.75 has only an idle timeout,
+ * which every byte received restarts: a client that sends its request one
+ * byte every few seconds holds one of http.max_connections for as long as
+ * it likes (hours: the header buffer alone takes 10 KiB), and a few
+ * thousand such sockets from one host keep every other client out. So
+ * each connection carries a watch (its libmicrohttpd socket context)
+ * that sits on the acceptor's list while the connection waits for a
+ * request: from its hand-over, and again from the end of each response.
+ * When a request has arrived whole (line, headers and body) it leaves the
+ * list: the time it then takes (a model call, a stream) is the upstream
+ * timeouts' business. The accept thread sweeps the list once a second and
+ * shuts down the socket of every watch past its deadline; libmicrohttpd
+ * reads the end of the stream and closes the connection as if the client
+ * had left. The socket is only ever shut down under the lock, and the
+ * close notification takes the watch off under the same lock before
+ * libmicrohttpd closes the descriptor, so a descriptor number already
+ * reused by a newer connection is never touched. */
+struct conn_watch {
+    struct conn_watch *prev, *next;
+    int fd;
+    int64_t deadline_ms;
+    bool listed;
+};
+
+static void watch_set(struct aigw_server *srv, struct MHD_Connection *conn, bool waiting);
 
 static void
 mhd_logger(void *cls, const char *fmt, va_list ap)
@@ -491,6 +525,11 @@ handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, co
         aigw_uuid7(req->usage_id);
         return on_headers(req);
     }
+    if (*upload_data_size == 0 && !req->arrived) {
+        /* the whole request is in: its deadline no longer applies */
+        req->arrived = true;
+        watch_set(srv, conn, false);
+    }
     if (req->responded) {
         *upload_data_size = 0; /* an early error was queued: drop the rest */
         return MHD_YES;
@@ -597,9 +636,9 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     struct aigw_req *req = *con_cls;
     struct aigw_snapshot *snap;
 
-    (void)conn;
     if (req == NULL)
         return;
+    watch_set(srv, conn, true); /* the next request's deadline runs from here */
     if (req->sse != NULL) {
         if (req->sse_live && !req->sse_final) { /* the client left mid-stream (or never read the end) */
             req->sse_final = true;
@@ -626,36 +665,169 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
     atomic_fetch_sub(&srv->in_flight, 1);
 }
 
-/* MHD_OPTION_NOTIFY_CONNECTION: a handed-over connection closed. */
+/* Caller holds a->lock. */
+static void
+watch_unlist(struct aigw_acceptor *a, struct conn_watch *w)
+{
+    if (!w->listed)
+        return;
+    if (w->prev != NULL)
+        w->prev->next = w->next;
+    else
+        a->head = w->next;
+    if (w->next != NULL)
+        w->next->prev = w->prev;
+    else
+        a->tail = w->prev;
+    w->prev = w->next = NULL;
+    w->listed = false;
+}
+
+/* Caller holds a->lock: the connection waits for a request from now. */
+static void
+watch_list(struct aigw_acceptor *a, struct conn_watch *w)
+{
+    watch_unlist(a, w);
+    w->deadline_ms = aigw_now_ms() + a->request_timeout_ms;
+    w->prev = a->tail;
+    if (a->tail != NULL)
+        a->tail->next = w;
+    else
+        a->head = w;
+    a->tail = w;
+    w->listed = true;
+}
+
+static struct conn_watch *
+watch_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
+/* A request arrived whole (waiting false), or its response ended and the
+ * connection waits for the next one (waiting true). */
+static void
+watch_set(struct aigw_server *srv, struct MHD_Connection *conn, bool waiting)
+{
+    struct aigw_acceptor *a = srv->acceptor;
+    struct conn_watch *w = watch_of(conn);
+
+    if (a == NULL || w == NULL)
+        return;
+    pthread_mutex_lock(&a->lock);
+    if (waiting)
+        watch_list(a, w);
+    else
+        watch_unlist(a, w);
+    pthread_mutex_unlock(&a->lock);
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: a handed-over connection starts (its
+ * watch goes on the list) or closes (before libmicrohttpd closes its
+ * descriptor). */
 static void
 conn_notify(void *cls, struct MHD_Connection *conn, void **socket_context, enum MHD_ConnectionNotificationCode toe)
 {
     struct aigw_acceptor *a = cls;
+    struct conn_watch *w = *socket_context;
 
-    (void)conn;
-    (void)socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+        if (ci == NULL)
+            return;
+        w = aigw_xcalloc(1, sizeof(*w));
+        w->fd = ci->connect_fd;
+        *socket_context = w;
+        pthread_mutex_lock(&a->lock);
+        watch_list(a, w);
+        pthread_mutex_unlock(&a->lock);
+        return;
+    }
     if (toe != MHD_CONNECTION_NOTIFY_CLOSED)
         return;
     pthread_mutex_lock(&a->lock);
+    if (w != NULL)
+        watch_unlist(a, w);
     if (a->open > 0)
         a->open--;
     pthread_cond_signal(&a->wake);
     pthread_mutex_unlock(&a->lock);
+    free(w);
+    *socket_context = NULL;
 }
 
-/* Wait for room under the limit and take it; false once stopping. */
-static bool
-acceptor_room(struct aigw_acceptor *a)
+/* Caller holds a->lock. Shut down the sockets of the connections past
+ * their deadline; returns how many. */
+static unsigned
+sweep_locked(struct aigw_acceptor *a, int64_t now)
 {
+    unsigned n = 0;
+
+    while (a->head != NULL && a->head->deadline_ms <= now) {
+        struct conn_watch *w = a->head;
+
+        watch_unlist(a, w);
+        shutdown(w->fd, SHUT_RDWR);
+        n++;
+    }
+    a->last_sweep_ms = now;
+    return n;
+}
+
+static void
+sweep_done(struct aigw_server *srv, unsigned n)
+{
+    if (n == 0)
+        return;
+    aigw_metrics_request_timeouts(srv->metrics, n);
+    aigw_log(LOG_NOTICE, "http: closed %u connection%s that sent no whole request within %d s", n, n == 1 ? "" : "s",
+             srv->cfg.request_timeout_s);
+}
+
+/* Sweep once a second (accept thread). */
+static void
+sweep(struct aigw_server *srv)
+{
+    struct aigw_acceptor *a = srv->acceptor;
+    int64_t now = aigw_now_ms();
+    unsigned n;
+
+    if (now - a->last_sweep_ms < 1000)
+        return;
+    pthread_mutex_lock(&a->lock);
+    n = sweep_locked(a, now);
+    pthread_mutex_unlock(&a->lock);
+    sweep_done(srv, n);
+}
+
+/* Wait for room under the limit and take it; false once stopping. The
+ * deadlines are swept meanwhile: a full house of connections that never
+ * finish a request is exactly what they are for. */
+static bool
+acceptor_room(struct aigw_server *srv)
+{
+    struct aigw_acceptor *a = srv->acceptor;
+    unsigned swept = 0;
     bool go;
 
     pthread_mutex_lock(&a->lock);
-    while (!a->stop && a->open >= a->limit)
-        pthread_cond_wait(&a->wake, &a->lock);
+    while (!a->stop && a->open >= a->limit) {
+        struct timespec until;
+
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&a->wake, &a->lock, &until);
+        if (aigw_now_ms() - a->last_sweep_ms >= 1000)
+            swept += sweep_locked(a, aigw_now_ms());
+    }
     go = !a->stop;
     if (go)
         a->open++;
     pthread_mutex_unlock(&a->lock);
+    sweep_done(srv, swept);
     return go;
 }
 
@@ -676,11 +848,20 @@ accept_loop(void *arg)
     struct aigw_acceptor *a = srv->acceptor;
     int64_t last_log_ms = 0;
 
-    while (acceptor_room(a)) {
+    while (acceptor_room(srv)) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
-        int fd = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        struct pollfd pfd = {.fd = a->fd, .events = POLLIN};
+        int fd = -1;
 
+        /* wakes at least once a second for the sweep; the listening
+         * socket is non-blocking, so a connection gone between the poll
+         * and the accept is an EAGAIN, not a wait */
+        if (poll(&pfd, 1, 1000) > 0)
+            fd = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        else
+            errno = EAGAIN;
+        sweep(srv);
         if (fd < 0) {
             int err = errno;
 
@@ -716,7 +897,7 @@ accept_loop(void *arg)
 static int
 listen_socket(const struct sockaddr *sa, socklen_t len, uint16_t *port)
 {
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0), on = 1, err;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), on = 1, err;
     struct sockaddr_storage bound;
     socklen_t blen = sizeof(bound);
 
@@ -761,8 +942,16 @@ aigw_http_start(struct aigw_server *srv)
         goto bad_addr;
     a = aigw_xcalloc(1, sizeof(*a));
     pthread_mutex_init(&a->lock, NULL);
-    pthread_cond_init(&a->wake, NULL);
+    {
+        pthread_condattr_t ca;
+
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&a->wake, &ca);
+        pthread_condattr_destroy(&ca);
+    }
     a->limit = (unsigned)cfg->max_connections;
+    a->request_timeout_ms = (int64_t)cfg->request_timeout_s * 1000;
     a->fd = listen_socket((struct sockaddr *)&ss, sslen, &srv->bound_port);
     srv->acceptor = a;
     if (a->fd < 0) {

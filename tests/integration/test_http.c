@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "testlib.h"
@@ -343,6 +344,144 @@ test_declared_length_memory(void)
     free(cfg);
 }
 
+static int64_t
+mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Seconds until fd is closed by the peer while trickle (if not NULL) is
+ * sent one byte per 250 ms; -1 if still open after limit_s. */
+static double
+closed_after(int fd, const char *trickle, double limit_s)
+{
+    int64_t t0 = mono_ms();
+    size_t i = 0, n = trickle != NULL ? strlen(trickle) : 0;
+
+    while (mono_ms() - t0 < (int64_t)(limit_s * 1000)) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        char buf[512];
+
+        if (poll(&pfd, 1, 250) > 0) {
+            ssize_t r = recv(fd, buf, sizeof(buf), 0);
+
+            if (r == 0 || (r < 0 && errno == ECONNRESET))
+                return (double)(mono_ms() - t0) / 1000.0;
+            continue; /* an answer: read on */
+        }
+        if (i < n && send(fd, trickle + i++, 1, MSG_NOSIGNAL) != 1)
+            return (double)(mono_ms() - t0) / 1000.0;
+    }
+    return -1;
+}
+
+/* http.request_timeout_s: a whole request (line, headers, body) must arrive
+ * within it of the connection's start or of the previous response. The
+ * idle timeout alone let a client that sends a byte now and then hold a
+ * connection for hours. A request that has arrived is not cut, however
+ * long the model takes. */
+static void
+test_request_deadline(void)
+{
+    char *cfg = tl_config_patch("{\"http\":{\"request_timeout_s\":2,\"connection_timeout_s\":60}}");
+    const char *mock = tl_env("AIGW_MOCK_URL");
+    PGconn *owner = tl_pg_owner();
+    const char *tid[1] = {CLINIC1};
+    struct tl_aigw gw;
+    struct tl_resp r;
+    char head[4096], *big;
+    long rows_before, rows_after;
+    long long used_before;
+    double t;
+    int fd;
+
+    if (tl_aigw_start(&gw, cfg) != 0) {
+        CHECK(false, "aigw did not start");
+        free(cfg);
+        return;
+    }
+    /* a request line and headers trickled one byte per 250 ms */
+    big = tl_sprintf("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: %0200d\r\n\r\n", 0);
+    fd = raw_connect(gw.port);
+    t = closed_after(fd, big, 12);
+    CHECK(t >= 1.5 && t < 8, "a trickled head is cut at the deadline (after %.1f s; 2 s + the 1 s sweep)", t);
+    if (fd >= 0)
+        close(fd);
+    free(big);
+
+    /* a slow head that makes it in time is served */
+    fd = raw_connect(gw.port);
+    {
+        static const char *const parts[] = {"GET /heal", "thz HTTP/1.1\r\nHo", "st: x\r\nConnection: close\r\n\r\n"};
+        char resp[256] = "";
+
+        for (int i = 0; i < 3 && fd >= 0; i++) {
+            CHECK(send(fd, parts[i], strlen(parts[i]), MSG_NOSIGNAL) > 0, "part %d sent", i);
+            usleep(300 * 1000);
+        }
+        CHECK(fd >= 0 && recv(fd, resp, sizeof(resp) - 1, 0) > 0 && strncmp(resp, "HTTP/1.1 200", 12) == 0,
+              "a head sent in three parts within the deadline gets its 200 (%.20s)", resp);
+    }
+    if (fd >= 0)
+        close(fd);
+
+    /* keep-alive: the next request's deadline runs from the response */
+    fd = raw_connect(gw.port);
+    {
+        static const char req[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        char resp[512] = "";
+
+        CHECK(fd >= 0 && send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof(req) - 1) &&
+                  recv(fd, resp, sizeof(resp) - 1, 0) > 0 && strncmp(resp, "HTTP/1.1 200", 12) == 0,
+              "first request on the connection: 200");
+        t = fd >= 0 ? closed_after(fd, NULL, 12) : -1;
+        CHECK(t >= 1.5 && t < 8, "an idle kept-alive connection is closed at the next request's deadline (%.1f s)", t);
+    }
+    if (fd >= 0)
+        close(fd);
+
+    /* a body trickled after a complete head: cut, nothing run or written */
+    rows_before = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, tid);
+    used_before = tl_quota_used(CLINIC1);
+    snprintf(head, sizeof(head),
+             "POST /api/ai/query HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+             "Content-Type: application/json\r\nContent-Length: 60\r\n\r\n",
+             admin_tok);
+    fd = raw_connect(gw.port);
+    CHECK(fd >= 0 && send(fd, head, strlen(head), MSG_NOSIGNAL) == (ssize_t)strlen(head), "head sent");
+    t = fd >= 0 ? closed_after(fd, "{\"question\":\"What lens coating cuts glare at night, please?\"}", 12) : -1;
+    CHECK(t >= 1.5 && t < 8, "a trickled body is cut at the deadline (%.1f s)", t);
+    if (fd >= 0)
+        close(fd);
+    usleep(500 * 1000);
+    rows_after = tl_sql_long(owner, "SELECT count(*) FROM ai_usage_logs WHERE tenant_id = $1", 1, tid);
+    CHECK(rows_after == rows_before, "no usage row for the cut request (%ld -> %ld)", rows_before, rows_after);
+    CHECK(tl_quota_used(CLINIC1) == used_before, "no quota used by it");
+
+    /* a request that arrived is not cut while the model takes longer */
+    tl_mock_config(mock, "{\"first_token_ms\":3500}");
+    {
+        char *q = tl_sprintf("{\"question\":\"How long do photochromic lenses take to darken, case %d?\"}",
+                             (int)getpid());
+
+        tl_post(gw.port, "/api/ai/query", admin_tok, q, &r);
+        CHECK(r.status == 200, "a 3.5 s model answer is not cut by a 2 s request deadline: %ld %s", r.status,
+              r.body ? r.body : "");
+        tl_resp_free(&r);
+        free(q);
+    }
+    tl_mock_reset(mock);
+
+    CHECK(tl_metric(gw.port, "aigw_http_request_timeouts_total") >= 3, "aigw_http_request_timeouts_total counts them");
+    CHECK(tl_aigw_log_wait(&gw, "sent no whole request within 2 s", 3000), "and the cut is logged");
+    CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
+    PQfinish(owner);
+    free(cfg);
+}
+
 int
 main(void)
 {
@@ -517,6 +656,7 @@ main(void)
 
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
     test_declared_length_memory();
+    test_request_deadline();
     free(admin_tok);
     free(cfg);
     return tl_done();

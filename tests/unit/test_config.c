@@ -352,6 +352,10 @@ main(void)
                    "usage.spool_dir: must be an absolute path");
     CHECK(load("{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"/tmp/x\"}}", err, sizeof(err)) == 0,
           "an absolute spool_dir loads: %s", err);
+    expect_invalid("request_timeout_s 0", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"http\":{\"request_timeout_s\":0}}",
+                   "http.request_timeout_s: must be an integer in [1, 3600]");
+    expect_invalid("request_timeout_s 3601", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"http\":{\"request_timeout_s\":3601}}",
+                   "http.request_timeout_s: must be an integer in [1, 3600]");
     expect_invalid("memory_max_kb 0", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"memory_max_kb\":0}}",
                    "usage.memory_max_kb: must be an integer in [1, 1048576]");
     expect_invalid("bad backend url",
@@ -453,6 +457,17 @@ main(void)
         CHECK(aigw_config_load(path, &a, err, sizeof(err)) == 0, "defaults: %s", err);
         CHECK(a.dependency_timeout_ms == 60000 && a.drain_timeout_ms == 30000, "lifecycle defaults %d %d",
               a.dependency_timeout_ms, a.drain_timeout_ms);
+        CHECK(a.request_timeout_s == 30, "http.request_timeout_s defaults to 30 (%d)", a.request_timeout_s);
+        {
+            struct aigw_config c;
+
+            tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"http\":{\"request_timeout_s\":7}}");
+            CHECK(aigw_config_load(path, &c, err, sizeof(err)) == 0 && c.request_timeout_s == 7, "request_timeout_s read: %s",
+                  err);
+            CHECK(aigw_config_restart_diff(&a, &c, diff, sizeof(diff)) == 1 && strcmp(diff, "http") == 0,
+                  "a request_timeout_s change is for a restart: \"%s\"", diff);
+            aigw_config_free(&c);
+        }
         tl_write_file(path, "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "],\"leeway_s\":5},"
                             "\"listen\":{\"port\":9001},\"http\":{\"max_body_bytes\":4096},"
                             "\"startup\":{\"dependency_timeout_ms\":0},\"shutdown\":{\"drain_timeout_ms\":1500},"
