@@ -25,9 +25,17 @@ known_role(const char *r)
     return false;
 }
 
+/* Each message an object with a known role and string content (an earlier
+ * turn's tool calls may have null content); and at least one message with
+ * something to read: a visible character in its content (as the query
+ * route's blank question), or tool calls. Messages made only of white
+ * space, zero-width or other invisible characters and control characters
+ * went to the model and were billed. The scan stops at the first visible
+ * character found, the first byte of most requests. */
 static enum aigw_rc
 check_messages(struct aigw_req *req, json_t *msgs)
 {
+    bool visible = false;
     size_t i;
     json_t *m;
 
@@ -48,7 +56,12 @@ check_messages(struct aigw_req *req, json_t *msgs)
             !((content == NULL || json_is_null(content)) && strcmp(json_string_value(role), "assistant") == 0 &&
               json_array_size(json_object_get(m, "tool_calls")) > 0)) /* an earlier turn's tool calls */
             return aigw_req_fail(req, 400, "invalid_request", "messages[%zu].content: must be a string", i);
+        if (!visible) /* a string, else null beside tool calls */
+            visible = !json_is_string(content) || aigw_utf8_has_visible(json_string_value(content));
     }
+    if (!visible)
+        return aigw_req_fail(req, 400, "invalid_request",
+                             "messages: no message has a visible character (all are empty, white space or invisible)");
     return AIGW_OK;
 }
 

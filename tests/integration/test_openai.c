@@ -407,6 +407,70 @@ test_bad_input(void)
     free(tok);
 }
 
+/* Messages with no visible character in any of them (empty, white space,
+ * zero-width and other default-ignorable characters, control characters):
+ * 400 invalid_request on param "messages", as the query route refuses a
+ * blank question, before admission: the model not called, nothing billed,
+ * no quota, no rate-limit unit, nothing cached (they went to the model and
+ * were billed). One message with a visible character is enough, in any
+ * position, beside empty ones; an earlier turn's tool calls count too. */
+static void
+test_invisible_messages(void)
+{
+    static const char *const refused[] = {
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"\"}]}",
+        "{\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"\\u200b\\u200b\"}]}",
+        "{\"messages\":[{\"role\":\"system\",\"content\":\" \\t\\n\"},"
+        "{\"role\":\"user\",\"content\":\"\\u3000\\ufeff\\u2060\\u00ad\\u00a0\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"\\u0001\\u007f\\u0085\\u200e\"}]}",
+        "{\"messages\":[{\"role\":\"developer\",\"content\":\"\"},{\"role\":\"user\",\"content\":\"\\udb40\\udc41\"},"
+        "{\"role\":\"assistant\",\"content\":\"\\ufe0f\"}]}", /* a tag character, a variation selector */
+        "{\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"\\u200b\"}]}",
+    };
+    static const char *const accepted[] = {
+        "{\"messages\":[{\"role\":\"system\",\"content\":\"\"},{\"role\":\"user\",\"content\":\"\\u200bvisible\"}]}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"\\u200b\"},{\"role\":\"user\",\"content\":\" \\u00e9 \"}]}",
+        "{\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c1\",\"type\":\"function\","
+        "\"function\":{\"name\":\"w\",\"arguments\":\"{}\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"c1\",\"content\":\"\"}]}",
+    };
+    size_t n = sizeof(refused) / sizeof(refused[0]);
+    long long calls = tl_mock_stat(mock, "chat_requests");
+    char tid[37], code[65], what[256], buf[64], *tok, *redis0;
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "enterprise", "active", tid, code);
+    tok = tl_token(code, "admin", 600);
+    redis0 = tl_tenant_redis(tid);
+    for (size_t i = 0; i < n; i++) {
+        char *name = tl_sprintf("no visible character %zu", i);
+
+        chat(tok, refused[i], &r);
+        expect_error(name, &r, 400, "invalid_request_error", "messages");
+        CHECK(tl_json_str(&r, "error.code", buf, sizeof(buf)) && strcmp(buf, "invalid_request") == 0,
+              "%s: code invalid_request (%s)", name, buf);
+        CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) == NULL, "%s: refused before admission", name);
+        tl_resp_free(&r);
+        free(name);
+    }
+    CHECK(tl_mock_stat(mock, "chat_requests") == calls, "no visible character: the model was not called (%lld)",
+          tl_mock_stat(mock, "chat_requests") - calls);
+    CHECK(tl_usage_flushed(port), "no visible character: the usage rows are written");
+    CHECK(tl_usage_rows(owner, tid, "status_code = 400 AND error_code = 'invalid_request' AND NOT billed", (long)n) ==
+              (long)n,
+          "a 400 invalid_request row, not billed, for each");
+    CHECK(tl_usage_rows(owner, tid, "billed", 0) == 0, "nothing billed");
+    CHECK(tl_quota_used(tid) == -1, "no quota counted or reserved (%lld)", tl_quota_used(tid));
+    CHECK(tl_tenant_redis_kept(tid, redis0, what, sizeof(what)),
+          "no visible character: nothing counted or stored in Redis (window, quota, cache, single-flight): %s", what);
+    for (size_t i = 0; i < sizeof(accepted) / sizeof(accepted[0]); i++) {
+        chat(tok, accepted[i], &r);
+        CHECK(r.status == 200, "a visible character in one message: accepted %zu (%ld %s)", i, r.status, r.body);
+        tl_resp_free(&r);
+    }
+    free(redis0);
+    free(tok);
+}
+
 /* The OpenAI SDKs send everything under /v1: a wrong method on one of its
  * paths, or a path aigw does not serve there, answers in the OpenAI error
  * shape too (the SDK's typed errors read error.type); elsewhere aigw's own. */
@@ -626,6 +690,7 @@ main(void)
     test_stream(tok, id);
     test_stream_empty_data();
     test_bad_input();
+    test_invisible_messages();
     test_gating(tok);
     test_unrouted(tok);
     test_rate_limit();
