@@ -53,6 +53,12 @@ enum aigw_rc aigw_stage_authorize(struct aigw_req *req);
  * Redis round trip; RateLimit headers of the tighter limit; 429
  * rate_limited + Retry-After; 401 when the key was just revoked. */
 enum aigw_rc aigw_stage_admit(struct aigw_req *req);
+/* For a route that is rate-limited and nothing else (GET /api/ai/usage):
+ * a bare req->q for aigw_stage_admit, which runs next, so the request
+ * counts in the tenant's per-minute window (and an API key's) with the
+ * query routes, with their RateLimit headers and 429; no cache lookup,
+ * no quota. Cannot fail. */
+enum aigw_rc aigw_stage_rate_only(struct aigw_req *req);
 void aigw_admit_init(void);
 /* Idempotency-Key: replay / 409 / 422. */
 enum aigw_rc aigw_stage_idempotency(struct aigw_req *req);

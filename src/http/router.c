@@ -9,6 +9,9 @@
 #include "aigw/util.h"
 
 #define CLINIC_GET(handler) {aigw_stage_authenticate, aigw_stage_tenant, handler, NULL}
+/* a read that costs PostgreSQL work: counted in the per-minute admission */
+#define CLINIC_GET_ADMITTED(handler) \
+    {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_rate_only, aigw_stage_admit, handler, NULL}
 #define CLINIC_POST(handler) \
     {aigw_stage_authenticate, aigw_stage_tenant, aigw_stage_json_body, handler, NULL}
 
@@ -44,7 +47,7 @@ static const struct aigw_route routes[] = {
     {.method = "GET", .path = "/readyz", .stages = {aigw_api_readyz, NULL}, .ops = true},
     {.method = "GET", .path = "/metrics", .stages = {aigw_api_metrics, NULL}, .ops = true},
     {.method = "GET", .path = "/api/ai/limits", .stages = CLINIC_GET(aigw_api_limits), .scope = "query"},
-    {.method = "GET", .path = "/api/ai/usage", .stages = CLINIC_GET(aigw_api_usage), .scope = "query"},
+    {.method = "GET", .path = "/api/ai/usage", .stages = CLINIC_GET_ADMITTED(aigw_api_usage), .scope = "query"},
     {.method = "POST", .path = "/api/ai/cache/invalidate", .stages = CLINIC_POST(aigw_api_cache_invalidate)},
     {.method = "POST", .path = "/api/v1/api-keys", .stages = CLINIC_POST(aigw_api_keys_create)},
     {.method = "GET", .path = "/api/v1/api-keys", .stages = CLINIC_GET(aigw_api_keys_list)},

@@ -420,8 +420,9 @@ aigw_stage_admit(struct aigw_req *req)
 
     if (!q->admit_sent) {
         /* the usage spool refuses writes and its memory is full: an answer
-         * now could not be billed; refused before any quota or model */
-        if (!aigw_usage_accepting(req->srv->usage)) {
+         * now could not be billed; refused before any quota or model (a
+         * route that bills nothing, such as a usage read, goes on) */
+        if (!aigw_usage_accepting(req->srv->usage) && req->route->ai) {
             aigw_req_add_header(req, "Retry-After", "1");
             return aigw_req_fail(req, 503, "service_unavailable", "usage recording is unavailable, retry shortly");
         }
@@ -432,4 +433,16 @@ aigw_stage_admit(struct aigw_req *req)
     r = q->admit_reply;
     q->admit_reply = NULL;
     return admit_answer(req, r);
+}
+
+enum aigw_rc
+aigw_stage_rate_only(struct aigw_req *req)
+{
+    struct aigw_query *q = aigw_query_new(req);
+
+    /* no question: no cache lookup, nothing to coalesce or store; and
+     * the chain has no quota stage, so admission reserves none */
+    q->no_cache = q->no_store = true;
+    q->respond = NULL;
+    return AIGW_OK;
 }

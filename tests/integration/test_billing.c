@@ -1,7 +1,8 @@
 /* test_billing.c - GET /api/v1/tenants/{id}/usage: after a mixed run of
  * misses, hits, upstream failures and rejections the billing numbers equal
  * the usage rows and the quota counter; month boundaries; the monthly
- * query is index-only over ai_usage_logs_billing_idx */
+ * query is index-only over ai_usage_logs_billing_idx; GET /api/ai/usage, its
+ * periods and its rate limit */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,6 +286,85 @@ test_clinic_usage(void)
     PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
 }
 
+/* GET /api/ai/usage runs one PostgreSQL aggregate per call: it counts in
+ * the tenant's per-minute window (and an API key's own), as the query
+ * routes do, with their RateLimit headers on every answer and their 429
+ * rate_limited; it reserves no quota and writes no usage row, and a
+ * refused call changes nothing in Redis. GET /api/ai/limits (one Redis
+ * read, the route a client reads to learn where it stands) is not counted. */
+static void
+test_clinic_usage_rate_limit(void)
+{
+    static const char POLICY[] = "\"minute\";q=3;w=60, \"month\";q=100";
+    char id[37], code[65], key[128], key_id[37], buf[160], what[256];
+    const char *p[1] = {id};
+    struct tl_resp r;
+    char *tok, *redis0;
+
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    PQclear(tl_sql(owner, true,
+                   "UPDATE tenants SET overrides = '{\"requests_per_minute\": 3, \"monthly_query_limit\": 100}'"
+                   " WHERE id = $1",
+                   1, p));
+    tok = tl_token(code, "admin", 600);
+    /* an API key's own limit: its window counts the reads too, and so
+     * does the tenant's */
+    CHECK(tl_api_key_create(port, tok, "{\"name\":\"usage reader\",\"scopes\":[\"query\"],\"requests_per_minute\":1}",
+                            key, sizeof(key), key_id) == 201,
+          "a 1 rpm key");
+    tl_key_request(port, "GET", "/api/ai/usage", key, false, NULL, &r);
+    CHECK(r.status == 200, "the key's first read: 200 (%ld %s)", r.status, r.body);
+    tl_resp_free(&r);
+    tl_key_request(port, "GET", "/api/ai/usage?period=week", key, false, NULL, &r);
+    tl_expect("the key's second read", &r, 429, "rate_limited");
+    CHECK(tl_json_str(&r, "error.policy", buf, sizeof(buf)) && strcmp(buf, "api_key") == 0, "policy api_key (%s)",
+          r.body);
+    tl_resp_free(&r);
+    /* the tenant's window: the key's read, then two with the token */
+    for (int i = 0; i < 2; i++) {
+        char want[64];
+
+        tl_get(port, i == 1 ? "/api/ai/usage?period=day" : "/api/ai/usage", tok, &r);
+        CHECK(r.status == 200, "usage read %d within the limit: 200 (%ld %s)", i + 2, r.status, r.body);
+        CHECK(tl_resp_header(&r, "RateLimit-Policy", buf, sizeof(buf)) && strcmp(buf, POLICY) == 0,
+              "usage read %d: RateLimit-Policy (%s)", i + 2, buf);
+        snprintf(want, sizeof(want), "\"minute\";r=%d;t=", 1 - i);
+        CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, want, strlen(want)) == 0,
+              "usage read %d: RateLimit %s... (%s)", i + 2, want, buf);
+        tl_resp_free(&r);
+    }
+    CHECK(tl_redis_int("HGET aigw:{%s}:rlb n", id) == 3, "three reads counted in the tenant's window (%lld)",
+          tl_redis_int("HGET aigw:{%s}:rlb n", id));
+    CHECK(tl_quota_used(id) == -1, "no quota counted or reserved by the reads (%lld)", tl_quota_used(id));
+    /* (limits seeds the month's quota counter from the billed rows: 0) */
+    tl_get(port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 200 && tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) == NULL,
+          "limits: answered and not counted (%ld)", r.status);
+    tl_resp_free(&r);
+    redis0 = tl_tenant_redis(id);
+    tl_get(port, "/api/ai/usage", tok, &r);
+    tl_expect("4th usage read in a minute", &r, 429, "rate_limited");
+    CHECK(tl_json_int(&r, "error.limit", -1) == 3 && tl_json_int(&r, "error.retry_after", -1) >= 1 &&
+              tl_json_str(&r, "error.policy", buf, sizeof(buf)) && strcmp(buf, "tenant") == 0,
+          "429: limit 3, retry_after, policy tenant (%s)", r.body);
+    CHECK(tl_resp_header(&r, "Retry-After", buf, sizeof(buf)) && strtol(buf, NULL, 10) >= 1 &&
+              strtol(buf, NULL, 10) <= 61,
+          "429: Retry-After (%s)", buf);
+    CHECK(tl_resp_header(&r, "RateLimit", buf, sizeof(buf)) && strncmp(buf, "\"minute\";r=0;t=", 15) == 0,
+          "429: RateLimit r=0 (%s)", buf);
+    CHECK(tl_resp_header(&r, "RateLimit-Policy", buf, sizeof(buf)) && strcmp(buf, POLICY) == 0,
+          "429: RateLimit-Policy (%s)", buf);
+    CHECK(tl_resp_header(&r, "x-should-retry", buf, sizeof(buf)) == NULL, "429 rate_limited: no x-should-retry");
+    tl_resp_free(&r);
+    CHECK(tl_tenant_redis_kept(id, redis0, what, sizeof(what)), "the refused read changed nothing in Redis: %s", what);
+    free(redis0);
+    CHECK(tl_usage_flushed(port), "usage rows flushed");
+    CHECK(tl_usage_rows(owner, id, "true", 0) == 0, "no usage row for the reads");
+    /* the same window as the query routes: full, a query is refused too */
+    query(tok, "{\"question\":\"after three usage reads\"}", 429, "rate_limited", NULL);
+    free(tok);
+}
+
 /* With many tenants and months in the table, one tenant's month is read from
  * the covering index alone (the daemon's role, under RLS). */
 static void
@@ -353,6 +433,7 @@ main(void)
     test_mixed_run();
     test_month_boundaries();
     test_clinic_usage();
+    test_clinic_usage_rate_limit();
     test_plan();
 
     CHECK(tl_aigw_stop(&gw) == 0, "clean exit");
