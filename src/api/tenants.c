@@ -40,9 +40,14 @@ static const char INSERT_SQL[] =
     " ON CONFLICT (code) DO NOTHING RETURNING *)"
     " SELECT " TENANT_JSON " FROM t JOIN plans p ON p.tier = t.tier";
 
+/* No join: a locking read that waited for a concurrent plan change
+ * re-checks its join against the committed row with the plan row it had
+ * read before, and the old plan no longer matches the new tier (the row
+ * vanished, a 404). The subquery is evaluated on the row as locked. */
 static const char LOCK_SQL[] =
-    "SELECT t.name, t.status, t.ai_enabled, t.overrides::text, t.cache_ttl_s, t.tier, p.rank"
-    " FROM tenants t JOIN plans p ON p.tier = t.tier WHERE t.id = $1::uuid FOR UPDATE OF t";
+    "SELECT t.name, t.status, t.ai_enabled, t.overrides::text, t.cache_ttl_s, t.tier,"
+    " (SELECT p.rank FROM plans p WHERE p.tier = t.tier)"
+    " FROM tenants t WHERE t.id = $1::uuid FOR UPDATE";
 
 static const char UPDATE_SQL[] =
     "WITH t AS (UPDATE tenants SET name = COALESCE($2, name), status = COALESCE($3, status),"

@@ -3,6 +3,7 @@
  * taking effect on the next request on both instances, keyset listing,
  * validation of every field (400 naming it, nothing written), 409, 404 */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,6 +317,92 @@ test_lifecycle(void)
     free(tok);
 }
 
+/* A platform write in a thread of its own (it waits on a row lock). */
+struct blocked_write {
+    pthread_t th;
+    const char *method, *path, *body;
+    struct tl_resp r;
+};
+
+static void *
+blocked_write_run(void *arg)
+{
+    struct blocked_write *w = arg;
+
+    platform(pa, w->method, w->path, w->body, &w->r);
+    return NULL;
+}
+
+/* Wait until a backend waits for a lock (the write queued behind ours). */
+static bool
+lock_waiter(PGconn *watch)
+{
+    for (int i = 0; i < 200; i++) {
+        if (tl_sql_long(watch, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'", 0, NULL) > 0)
+            return true;
+        usleep(25 * 1000);
+    }
+    return false;
+}
+
+/* Two plan changes (or a PUT and a plan change) on one tenant at once: the
+ * second waits for the first's row lock and then applies on top of it. Its
+ * locking read joined the plan: re-checked against the committed new tier,
+ * the join with the old plan's row failed, and the write answered 404
+ * "no such tenant" for a tenant that exists. */
+static void
+test_concurrent_changes(void)
+{
+    static const struct {
+        const char *method, *suffix, *body, *tier, *action, *diff;
+    } CASES[] = {
+        {"POST", "/upgrade", "{\"tier\":\"enterprise\"}", "enterprise", "tenant.upgrade",
+         "{\"tier\": {\"from\": \"pro\", \"to\": \"enterprise\"}}"},
+        {"PUT", "", "{\"name\":\"Renamed Meanwhile\"}", "pro", "tenant.update",
+         NULL /* the name's, below */},
+        {"POST", "/upgrade", "{\"tier\":\"standard\"}", "standard", "tenant.downgrade",
+         "{\"tier\": {\"from\": \"pro\", \"to\": \"standard\"}}"},
+    };
+    PGconn *watch = tl_pg_owner();
+
+    for (size_t i = 0; i < sizeof(CASES) / sizeof(CASES[0]); i++) {
+        char id[37], code[65], path[160], buf[64], what[128];
+        const char *p[1] = {id};
+        struct blocked_write w = {.method = CASES[i].method, .path = path, .body = CASES[i].body};
+        long audits;
+
+        tl_create_tenant(owner, "standard", "active", id, code);
+        audits = audit_rows(id, NULL);
+        snprintf(path, sizeof(path), "/api/v1/tenants/%s%s", id, CASES[i].suffix);
+        snprintf(what, sizeof(what), "%s %s behind a plan change", CASES[i].method, CASES[i].body);
+        /* another writer holds the row: standard -> pro, not committed yet */
+        PQclear(tl_sql(owner, true, "BEGIN", 0, NULL));
+        PQclear(tl_sql(owner, true, "UPDATE tenants SET tier = 'pro' WHERE id = $1", 1, p));
+        pthread_create(&w.th, NULL, blocked_write_run, &w);
+        CHECK(lock_waiter(watch), "%s: waits for the row lock", what);
+        PQclear(tl_sql(owner, true, "COMMIT", 0, NULL));
+        pthread_join(w.th, NULL);
+        tl_expect_field(what, &w.r, 200, NULL, NULL);
+        CHECK(tl_json_str(&w.r, "tier", buf, sizeof(buf)) && strcmp(buf, CASES[i].tier) == 0, "%s: tier %s: %s",
+              what, CASES[i].tier, w.r.body);
+        tl_resp_free(&w.r);
+        CHECK(audit_rows(id, NULL) == audits + 1 && audit_rows(id, CASES[i].action) == 1, "%s: one %s audit row",
+              what, CASES[i].action);
+        {
+            char *diff = CASES[i].diff != NULL ? tl_sprintf("%s", CASES[i].diff)
+                                               : tl_sprintf("{\"name\": {\"from\": \"Test %s\", \"to\": \"Renamed Meanwhile\"}}", code);
+            const char *q[2] = {id, diff};
+
+            CHECK(tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1 AND details = $2::jsonb", 2,
+                              q) == 1,
+                  "%s: the audit row's diff starts from the committed row: %s", what, diff);
+            free(diff);
+        }
+        PQclear(tl_sql(owner, true, "DELETE FROM tenants WHERE id = $1", 1, p));
+    }
+    PQfinish(watch);
+}
+
 struct listing {
     char last[80];
     long seen;
@@ -611,6 +698,7 @@ main(void)
     test_plans();
     test_platform_identity();
     test_lifecycle();
+    test_concurrent_changes();
     test_listing();
     test_validation();
 
