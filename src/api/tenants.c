@@ -215,6 +215,40 @@ parse_fields(struct aigw_req *req, struct fields *f)
     return get_overrides(req, &f->overrides) && get_scalars(req, f);
 }
 
+/* The fields a body may have, per route. A field aigw does not know is
+ * refused rather than ignored: a misspelled "overides" next to a valid
+ * field answered 200 with the tenant unchanged, as if it had been applied. */
+static const char *const CREATE_FIELDS[] = {"code", "name", "tier", "status", "ai_enabled", "overrides", "cache_ttl_s",
+                                            NULL};
+/* code and tier are known here so that their own messages explain the refusal */
+static const char *const UPDATE_FIELDS[] = {"name", "status", "ai_enabled", "overrides", "cache_ttl_s", "code", "tier",
+                                            NULL};
+static const char *const UPGRADE_FIELDS[] = {"tier", NULL};
+
+static bool
+known_fields(struct aigw_req *req, const char *const *allowed, const char *list)
+{
+    const char *key;
+    json_t *v;
+
+    json_object_foreach(req->json, key, v) {
+        size_t i = 0;
+
+        while (allowed[i] != NULL && strcmp(key, allowed[i]) != 0)
+            i++;
+        if (allowed[i] == NULL) {
+            size_t n = strlen(key);
+            bool plain = n <= 64;
+
+            for (size_t k = 0; k < n && plain; k++) /* echoed only when short and printable ASCII */
+                plain = key[k] >= 0x20 && key[k] < 0x7f;
+            aigw_req_fail(req, 400, "invalid_request", "%s: unknown field (allowed: %s)", plain ? key : "body", list);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool
 require(struct aigw_req *req, const char *field, const char *value)
 {
@@ -343,7 +377,8 @@ aigw_api_tenant_create(struct aigw_req *req)
     long rank;
     int found;
 
-    if (!parse_fields(req, &f) || !require(req, "code", f.code) || !require(req, "name", f.name) ||
+    if (!known_fields(req, CREATE_FIELDS, "code, name, tier, status, ai_enabled, overrides, cache_ttl_s") ||
+        !parse_fields(req, &f) || !require(req, "code", f.code) || !require(req, "name", f.name) ||
         !require(req, "tier", f.tier))
         return AIGW_DONE;
     conn = aigw_pg_acquire(req->srv->pg, 2000);
@@ -569,7 +604,8 @@ aigw_api_tenant_update(struct aigw_req *req)
 
     if (!aigw_admin_is_tenant_ref(req->params[0]))
         return aigw_req_fail(req, 404, "not_found", "no such tenant");
-    if (!parse_fields(req, &f))
+    if (!known_fields(req, UPDATE_FIELDS, "name, status, ai_enabled, overrides, cache_ttl_s") ||
+        !parse_fields(req, &f))
         return AIGW_DONE;
     if (f.code != NULL)
         return aigw_req_fail(req, 400, "invalid_request", "code: cannot be changed");
@@ -590,7 +626,8 @@ aigw_api_tenant_upgrade(struct aigw_req *req)
 
     if (!aigw_admin_is_tenant_ref(req->params[0]))
         return aigw_req_fail(req, 404, "not_found", "no such tenant");
-    if (!get_string(req, "tier", &f.tier) || !require(req, "tier", f.tier) || !check_tier_syntax(req, f.tier))
+    if (!known_fields(req, UPGRADE_FIELDS, "tier") || !get_string(req, "tier", &f.tier) ||
+        !require(req, "tier", f.tier) || !check_tier_syntax(req, f.tier))
         return AIGW_DONE;
     return change_tenant(req, &f);
 }

@@ -507,6 +507,9 @@ test_validation(void)
             {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"pro\",\"cache_ttl_s\":-1}", "cache_ttl_s"},
             {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"pro\",\"cache_ttl_s\":\"60\"}", "cache_ttl_s"},
             {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"pro\",\"cache_ttl_s\":2592001}", "cache_ttl_s"},
+            /* a field aigw does not know was ignored: the tenant was created without what it meant */
+            {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"pro\",\"overides\":{\"max_tokens\":5}}", "overides"},
+            {"{\"code\":\"val_ok_1\",\"name\":\"N\",\"tier\":\"pro\",\"ai_queries_used\":0}", "ai_queries_used"},
         };
 
         snprintf(b_code, sizeof(b_code), "{\"code\":\"%s\",\"name\":\"N\",\"tier\":\"standard\"}", long_code);
@@ -553,6 +556,11 @@ test_validation(void)
             {"{\"cache_ttl_s\":-5}", "cache_ttl_s"},
             {"{\"tier\":\"enterprise\"}", "tier"},
             {"{\"code\":\"other_code\"}", "code"},
+            /* ignored before: 200 and the tenant as it was, the typo unnoticed */
+            {"{\"name\":\"Typo Optics\",\"overides\":{\"monthly_query_limit\":750}}", "overides"},
+            {"{\"status\":\"active\",\"ai_queries_used\":0}", "ai_queries_used"},
+            {"{\"cache_ttl_s\":60,\"plan\":\"enterprise\"}", "plan"},
+            {"{\"cache_ttl_s\":60,\"\\u00e9t\\u0001t\":1}", "body"}, /* a name not echoed */
         };
         long updated = tl_sql_long(owner, "SELECT extract(epoch FROM updated_at)::bigint * 1000000"
                                           " + extract(microseconds FROM updated_at)::bigint FROM tenants WHERE id = $1", 1, p);
@@ -568,6 +576,9 @@ test_validation(void)
             {"{}", "tier"},
             {"{\"tier\":\"gold\"}", "tier"},
             {"{\"tier\":5}", "tier"},
+            /* the upgrade route changes the plan only: the rest was dropped silently */
+            {"{\"tier\":\"enterprise\",\"overrides\":{\"max_tokens\":5}}", "overrides"},
+            {"{\"tier\":\"enterprise\",\"status\":\"active\"}", "status"},
         };
 
         expect_rejected(pa, "POST", path, upgrade, sizeof(upgrade) / sizeof(upgrade[0]));
