@@ -10,8 +10,10 @@
 
 /* Tokens are those of billed queries, as on the billing route: a cache
  * hit's row carries the tokens of the stored answer it repeats, which
- * generated nothing. ROLLUP adds the all-types row (query_type NULL) after
- * the per-type rows. */
+ * generated nothing. The period ends where the next one starts, as the
+ * billing route's month does: a row stamped later (by an aigw whose clock
+ * is ahead of the database's) is not this period's. ROLLUP adds the
+ * all-types row (query_type NULL) after the per-type rows. */
 static const char USAGE_SQL[] =
     "SELECT COALESCE(query_type, 'other') AS qt, grouping(COALESCE(query_type, 'other')) AS is_total,"
     " count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE from_cache),"
@@ -23,6 +25,7 @@ static const char USAGE_SQL[] =
     " FROM ai_usage_logs"
     " WHERE tenant_id = aigw_current_tenant()"
     "   AND created_at >= date_trunc($1, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    "   AND created_at < (date_trunc($1, now() AT TIME ZONE 'UTC') + ('1 ' || $1)::interval) AT TIME ZONE 'UTC'"
     " GROUP BY ROLLUP (COALESCE(query_type, 'other'))"
     " ORDER BY is_total, qt";
 
