@@ -23,8 +23,10 @@
  * quota counter by the billed rows inserted now (not the conflicting
  * replays) whose created_at lies in the current UTC month (a row stamped
  * in another month by a clock ahead or behind is left out), restarting at
- * 0 in a new month; the UPDATE is skipped when there is nothing to add. The
- * column list is explicit so that a column added later gets its default. */
+ * 0 in a new month; the UPDATE is skipped when there is nothing to add, and
+ * leaves updated_at alone (the tenant's settings did not change: the
+ * platform routes show it as their last change). The column list is
+ * explicit so that a column added later gets its default. */
 #define AIGW_USAGE_RETURNING_TAIL                                                                   \
     " RETURNING billed, created_at),"                                                               \
     " n AS (SELECT count(*) AS c FROM ins WHERE billed"                                             \
@@ -33,7 +35,7 @@
     " AT TIME ZONE 'UTC')"                                                                          \
     " UPDATE tenants SET ai_queries_used = CASE WHEN ai_queries_month ="                            \
     " date_trunc('month', now() AT TIME ZONE 'UTC')::date THEN ai_queries_used ELSE 0 END + n.c,"   \
-    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date, updated_at = now()"   \
+    " ai_queries_month = date_trunc('month', now() AT TIME ZONE 'UTC')::date"                       \
     " FROM n WHERE tenants.id = aigw_current_tenant() AND n.c > 0"
 #define AIGW_USAGE_ON_CONFLICT_TAIL " ON CONFLICT (id) DO NOTHING" AIGW_USAGE_RETURNING_TAIL
 

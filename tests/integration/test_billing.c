@@ -66,6 +66,8 @@ num(json_t *o, const char *key)
     return json_is_integer(json_object_get(o, key)) ? json_integer_value(json_object_get(o, key)) : -1;
 }
 
+static const char UPDATED_SQL[] = "SELECT (extract(epoch FROM updated_at) * 1000000)::bigint FROM tenants WHERE id = $1";
+
 static void
 test_mixed_run(void)
 {
@@ -86,6 +88,7 @@ test_mixed_run(void)
     struct tl_resp r;
     json_t *body, *quota;
     long long sum = 0;
+    long updated;
     size_t i;
     json_t *row;
     PGresult *q;
@@ -95,6 +98,7 @@ test_mixed_run(void)
     PQclear(q);
     tok = tl_token(code, "optician", 600);
     tl_mock_reset(mock);
+    updated = tl_sql_long(owner, UPDATED_SQL, 1, p);
 
     query(tok, "{\"question\":\"Billing miss one: lens coatings?\"}", 200, NULL, "MISS");
     query(tok, "{\"question\":\"Billing miss two: frame sizes?\"}", 200, NULL, "MISS");
@@ -114,6 +118,9 @@ test_mixed_run(void)
           "twelve usage rows written");
     CHECK(tl_wait_sql(owner, 5, 5000, "SELECT ai_queries_used FROM tenants WHERE id = $1", 1, p) == 5,
           "the usage writer counted five billed queries");
+    /* the tenant's updated_at (GET /api/v1/tenants/{id}) is its settings' last change: the usage writer
+     * moved it with every billed flush */
+    CHECK(tl_sql_long(owner, UPDATED_SQL, 1, p) == updated, "the usage writer leaves updated_at alone");
 
     snprintf(path, sizeof(path), "/api/v1/tenants/%s/usage", code);
     tl_get(port, path, ops, &r);
