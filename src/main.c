@@ -338,7 +338,7 @@ serve(struct aigw_server *srv, const char *config_path)
     srv->outbox = aigw_redis_outbox_create(srv->pipe);
     srv->listener = aigw_listener_start(srv->cfg.database_listen_url ? srv->cfg.database_listen_url
                                                                      : srv->cfg.database_url,
-                                        srv->tenants, srv->api_keys);
+                                        srv->tenants, srv->api_keys, srv->redis, srv->pg);
     if (aigw_http_start(srv) != 0)
         return 1;
     wd = aigw_watchdog_create(srv);

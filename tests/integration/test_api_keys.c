@@ -579,6 +579,81 @@ test_revocation_upper_case_id(void)
     free(admin);
 }
 
+/* A key revoked or deleted in SQL while an instance whose listener is down
+ * (here: its listen_url names no database) has it cached. It used to be
+ * served from that cache for api_keys.cache_ttl_s (60 s here, up to an
+ * hour): the NOTIFY never reached it, and only the revoke route set the
+ * Redis marker. Now the instances that hear the NOTIFY set the marker
+ * (sql/016), which the deaf one reads on its next request. Changes that
+ * leave the key usable set none, nor does a forged notification. */
+static void
+test_revoked_in_sql_listener_down(void)
+{
+    char tid[37], code[65], key[128], id[37], marker[160];
+    char *admin = new_tenant("enterprise", tid, code), *url, *patch, *cfg, *at;
+    const char *stmts[2] = {"UPDATE api_keys SET revoked_at = now() WHERE id = $1::uuid",
+                            "DELETE FROM api_keys WHERE id = $1::uuid"};
+    struct tl_aigw gw3;
+
+    url = tl_sprintf("%s", tl_env("AIGW_DATABASE_URL"));
+    at = strstr(url, "/aigw?");
+    CHECK(at != NULL, "the database URL names the database aigw: %s", url);
+    if (at == NULL) {
+        free(url);
+        free(admin);
+        return;
+    }
+    *at = '\0';
+    patch = tl_sprintf("{\"api_keys\":{\"last_used_flush_ms\":200},\"log\":{\"level\":\"debug\"},"
+                       "\"database\":{\"listen_url\":\"%s/aigw_no_such_db?%s\"}}",
+                       url, at + strlen("/aigw?"));
+    cfg = tl_config_patch(patch);
+    if (tl_aigw_start(&gw3, cfg) != 0) {
+        CHECK(false, "instance 3 starts");
+        goto out;
+    }
+    CHECK(tl_aigw_log_wait(&gw3, "aigw_no_such_db", 10000), "instance 3's listener cannot connect");
+    for (int i = 0; i < 2; i++) {
+        CHECK(create_key(port1, admin, "{\"name\":\"revoked in SQL\"}", key, id) == 201, "create");
+        expect_use("cached on the deaf instance, query", gw3.port, key, NULL, 200, NULL);
+        expect_use("cached on the deaf instance, limits", gw3.port, key, "/api/ai/limits", 200, NULL);
+        snprintf(marker, sizeof(marker), "aigw:{%s}:kr:%s", tid, id);
+        PQclear(tl_sql(owner, true, stmts[i], 1, (const char *const[]){id}));
+        CHECK(wait_use(gw3.port, key, 401, 3000) == 401, "%s: the deaf instance refuses the key within 3 s", stmts[i]);
+        expect_use("the deaf instance, query", gw3.port, key, NULL, 401, "unauthenticated");
+        CHECK(tl_redis_int("EXISTS %s", marker) == 1, "%s: the marker is set", stmts[i]);
+        CHECK(tl_redis_int("TTL %s", marker) > 86000, "%s: the marker lives a day, as the route's", stmts[i]);
+    }
+    /* changes that leave the key usable set no marker */
+    CHECK(create_key(port1, admin, "{\"name\":\"changed in SQL\"}", key, id) == 201, "create");
+    expect_use("cached on the deaf instance", gw3.port, key, "/api/ai/limits", 200, NULL);
+    PQclear(tl_sql(owner, true,
+                   "UPDATE api_keys SET requests_per_minute = 50, scopes = '{query,chat}', expires_at = now() + "
+                   "interval '1 day' WHERE id = $1::uuid",
+                   1, (const char *const[]){id}));
+    PQclear(tl_sql(owner, true, "UPDATE api_keys SET last_used_at = now() WHERE id = $1::uuid", 1,
+                   (const char *const[]){id}));
+    usleep(300 * 1000);
+    snprintf(marker, sizeof(marker), "aigw:{%s}:kr:%s", tid, id);
+    CHECK(tl_redis_int("EXISTS %s", marker) == 0, "no marker for a key still usable");
+    expect_use("still usable, instance 1", port1, key, NULL, 200, NULL);
+    expect_use("still usable, the deaf instance", gw3.port, key, NULL, 200, NULL);
+    /* any database session may NOTIFY any channel: a forged notice for an
+     * active key must not shut it out for a day */
+    PQclear(tl_sql(owner, true, "SELECT pg_notify('aigw_api_key_revoked', $1 || ':' || $2)", 2,
+                   (const char *const[]){tid, id}));
+    CHECK(tl_aigw_log_wait(&gw1, "which is active", 3000), "instance 1 ignores the forged notice");
+    CHECK(tl_redis_int("EXISTS %s", marker) == 0, "no marker from a forged notice");
+    expect_use("still usable after a forged notice, instance 1", port1, key, NULL, 200, NULL);
+    expect_use("still usable after a forged notice, the deaf instance", gw3.port, key, "/api/ai/limits", 200, NULL);
+    CHECK(tl_aigw_stop(&gw3) == 0, "instance 3 exits 0");
+out:
+    free(cfg);
+    free(patch);
+    free(url);
+    free(admin);
+}
+
 static void
 test_expiry(void)
 {
@@ -895,6 +970,7 @@ main(void)
     test_key_rate_limit();
     test_revocation();
     test_revocation_upper_case_id();
+    test_revoked_in_sql_listener_down();
     test_expiry();
     test_expiry_fraction();
     test_plan();
