@@ -61,6 +61,13 @@ raise_nofile(void)
  * deadline before their connections are closed. */
 #define DRAIN_GRACE_MS 5000
 
+/* Called first thing in main (after the arguments), before the
+ * configuration is read: a SIGHUP in between (a reload asked for as aigw
+ * was being started or restarted) used to end the process, SIGHUP's default
+ * action, and systemd counts a death by SIGHUP as a clean exit, so
+ * Restart=on-failure did not start it again. Blocked, it waits, and the
+ * first wait for signals takes it as a reload (of the file just read, or of
+ * one changed since); a SIGTERM waits likewise and is a drain. */
 static void
 block_signals(sigset_t *set)
 {
@@ -305,13 +312,11 @@ recover_reservations(struct aigw_server *srv)
 /* Start the threads and the listener, wait for the dependencies, then
  * serve until SIGTERM/SIGINT and drain. Returns the exit code. */
 static int
-serve(struct aigw_server *srv, const char *config_path)
+serve(struct aigw_server *srv, const char *config_path, const sigset_t *set)
 {
     struct aigw_watchdog *wd = NULL;
-    sigset_t set;
     int sig = 0, rc = 0;
 
-    block_signals(&set);
     srv->live = aigw_snapshot_slot_create(aigw_snapshot_borrow(&srv->cfg, 1));
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
     srv->tokens = aigw_jwt_cache_create(8192, 300);
@@ -342,7 +347,7 @@ serve(struct aigw_server *srv, const char *config_path)
     if (aigw_http_start(srv) != 0)
         return 1;
     wd = aigw_watchdog_create(srv);
-    sig = wait_dependencies(srv, wd, &set, config_path);
+    sig = wait_dependencies(srv, wd, set, config_path);
     if (sig == 0)
         recover_reservations(srv);
     if (sig == 0) {
@@ -350,7 +355,7 @@ serve(struct aigw_server *srv, const char *config_path)
                    (unsigned long)getpid());
         aigw_log(LOG_NOTICE, "ready: serving on %s:%u", srv->cfg.listen_addr, srv->bound_port);
         while (sig != SIGTERM && sig != SIGINT) {
-            sig = wait_signal(&set, wd, 1000);
+            sig = wait_signal(set, wd, 1000);
             if (sig == SIGHUP)
                 reload(srv, config_path, true);
             aigw_redis_outbox_retry(srv->outbox);
@@ -363,7 +368,7 @@ serve(struct aigw_server *srv, const char *config_path)
     rc = sig < 0 ? 1 : 0;
     aigw_log(LOG_NOTICE, "shutting down (%s)",
              sig == -2 ? "refused the database role" : sig < 0 ? "dependencies unreachable" : "signal");
-    drain(srv, wd, &set, sig < 0 ? 0 : drain_timeout_ms(srv));
+    drain(srv, wd, set, sig < 0 ? 0 : drain_timeout_ms(srv));
     aigw_watchdog_destroy(wd);
     return rc;
 }
@@ -380,6 +385,7 @@ main(int argc, char **argv)
     };
     const char *config_path = "/etc/aigw/aigw.json";
     struct aigw_server srv;
+    sigset_t signals;
     char err[512];
     int check_only = 0, opt, rc = 1;
 
@@ -408,6 +414,8 @@ main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (!check_only) /* a check stays killable, and has no reload to wait for */
+        block_signals(&signals);
     aigw_log_init(LOG_INFO, 0);
     json_object_seed(0);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
@@ -443,7 +451,7 @@ main(int argc, char **argv)
     srv.started_wall_s = aigw_wall_s();
     srv.metrics = aigw_metrics_create();
     srv.pg = aigw_pg_pool_create(srv.cfg.database_url, srv.cfg.db_pool_size);
-    rc = serve(&srv, config_path);
+    rc = serve(&srv, config_path, &signals);
 out:
     aigw_redis_pipe_cancel(srv.pipe); /* resumes requests waiting on it, so before the daemon stops */
     aigw_http_stop(&srv); /* then: requests may still use everything below */

@@ -1,20 +1,23 @@
 /* test_ops.c - the daemon under systemd's eyes: sd_notify (READY, WATCHDOG,
- * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, readiness that waits
- * for Redis, Redis with a password (and a refused AUTH or SELECT), SIGHUP
- * reloads (JWT key rotation, backends and routes, log level, the stream
+ * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, a SIGHUP during
+ * start-up, readiness that waits for Redis, Redis with a password (and a
+ * refused AUTH or SELECT), SIGHUP reloads (JWT key rotation, backends and routes, log level, the stream
  * buffer, refused bad files) on one kept-alive connection, a reload under
  * streams in flight, the access log, and the SIGTERM drain (all slow
  * requests answered, new connections refused, usage rows written;
  * cancellation at the deadline of every kind of request, with nothing left
  * in Redis or the quota journal; the outbox retried meanwhile). */
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -555,6 +558,113 @@ test_ready_waits_for_redis(void)
 out:
     free(redis_env);
     free(cfg);
+}
+
+/* Write data into the FIFO at path once a reader has it open (up to
+ * timeout_ms), then close it: the reader sees data, then EOF. */
+static bool
+fifo_feed(const char *path, const char *data, int timeout_ms)
+{
+    int64_t end = aigw_now_ms() + timeout_ms;
+    size_t len = strlen(data);
+    bool ok;
+    int fd;
+
+    while ((fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO && aigw_now_ms() < end)
+        usleep(5 * 1000);
+    if (fd < 0)
+        return false;
+    ok = write(fd, data, len) == (ssize_t)len;
+    close(fd);
+    return ok;
+}
+
+struct early_hup {
+    const char *fifo;
+    struct tl_aigw *gw;
+    bool sent, fed;
+};
+
+/* Waits for aigw to open the FIFO holding its JWT secret (it is then inside
+ * its configuration, at start-up), sends it SIGHUP, and only then hands it
+ * the secret. */
+static void *
+early_hup_run(void *arg)
+{
+    struct early_hup *h = arg;
+    int64_t end = aigw_now_ms() + 20000;
+    int fd;
+    sigset_t pipe_set;
+
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE); /* aigw may be gone by the write */
+    pthread_sigmask(SIG_BLOCK, &pipe_set, NULL);
+    while ((fd = open(h->fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)) < 0 && errno == ENXIO && aigw_now_ms() < end)
+        usleep(2 * 1000);
+    if (fd < 0)
+        return NULL;
+    h->sent = kill(__atomic_load_n(&h->gw->pid, __ATOMIC_SEQ_CST), SIGHUP) == 0;
+    usleep(300 * 1000); /* the signal has been dealt with, one way or the other */
+    h->fed = write(fd, tl_env("AIGW_JWT_SECRET"), strlen(tl_env("AIGW_JWT_SECRET"))) > 0;
+    close(fd);
+    return NULL;
+}
+
+/* A SIGHUP while aigw is still reading its configuration at start-up (a
+ * reload asked for just as it was started or restarted) killed it: the
+ * signals it handles were blocked only once the configuration was loaded,
+ * so SIGHUP's default action ended the process, and systemd takes a death
+ * by SIGHUP for a clean exit, so Restart=on-failure did not start it again.
+ * Now the SIGHUP waits and is a reload once aigw runs. The HS256 secret
+ * comes through a FIFO here, so the start waits while the signal is sent. */
+static void
+test_early_sighup(void)
+{
+    char dir[] = "/tmp/aigw-early-hup-XXXXXX", *fifo = NULL, *patch = NULL, *cfg = NULL, *tok = NULL;
+    struct tl_aigw gw;
+    struct early_hup h;
+    pthread_t th;
+    struct tl_resp r;
+    int rc;
+
+    if (mkdtemp(dir) == NULL) {
+        CHECK(false, "mkdtemp");
+        return;
+    }
+    fifo = tl_sprintf("%s/jwt-secret", dir);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo %s", fifo);
+    patch = tl_sprintf("{\"jwt\":{\"keys\":[{\"kid\":\"dev\",\"alg\":\"HS256\",\"secret_file\":\"%s\"},"
+                       "{\"kid\":\"platform\",\"alg\":\"HS256\",\"secret\":\"${AIGW_PLATFORM_JWT_SECRET}\","
+                       "\"platform\":true}]}}",
+                       fifo);
+    cfg = tl_config_patch(patch);
+    h = (struct early_hup){.fifo = fifo, .gw = &gw, .sent = false, .fed = false};
+    memset(&gw, 0, sizeof(gw));
+    pthread_create(&th, NULL, early_hup_run, &h);
+    rc = tl_aigw_start(&gw, cfg);
+    pthread_join(th, NULL);
+    CHECK(h.sent, "SIGHUP sent while aigw read its configuration");
+    CHECK(h.fed, "then the secret");
+    CHECK(rc == 0, "aigw survives a SIGHUP during its start-up (exit status %d)", gw.status);
+    if (rc != 0) {
+        tl_aigw_stop(&gw); /* its temp dir */
+        goto out;
+    }
+    /* the SIGHUP waited: once running, aigw reloads, and reads the FIFO again */
+    CHECK(fifo_feed(fifo, tl_env("AIGW_JWT_SECRET"), 20000), "the reload reads the secret again");
+    CHECK(tl_aigw_log_wait(&gw, "reload: configuration 2 applied", 10000), "the early SIGHUP became a reload");
+    tok = tl_token("clinic_001", "admin", 600);
+    tl_get(gw.port, "/api/ai/limits", tok, &r);
+    CHECK(r.status == 200, "the secret read through the FIFO verifies tokens: %ld", r.status);
+    tl_resp_free(&r);
+    CHECK(tl_aigw_stop(&gw) == 0, "clean stop");
+out:
+    unlink(fifo);
+    rmdir(dir);
+    free(tok);
+    free(cfg);
+    free(patch);
+    free(fifo);
 }
 
 /* SIGSTOP (freeze) or SIGCONT every PostgreSQL session of role; how many. */
@@ -1658,6 +1768,7 @@ main(void)
     srand((unsigned)getpid());
     test_notify_and_watchdog();
     test_connection_limits();
+    test_early_sighup();
     test_ready_waits_for_redis();
     test_ready_pg_frozen();
     test_redis_auth();
