@@ -9,8 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "aigw/api.h"
@@ -923,6 +924,49 @@ fail:
  * headers too large or too many even for this room get libmicrohttpd's. */
 #define HEADER_POOL_RESERVE 2048
 
+/* Descriptors aigw keeps for itself besides its clients: the PostgreSQL
+ * pool and its two sessions of their own, the Redis pool and pipe, every
+ * backend's calls and health probe (of the start-up table), each worker's
+ * epoll and wake-up descriptors, and a margin for the rest (spool and
+ * journal files, DNS, the watchdog's check, the log). */
+static unsigned
+fd_reserve(const struct aigw_config *cfg, unsigned threads)
+{
+    unsigned n = 256 + 4 * threads + (unsigned)cfg->db_pool_size + (unsigned)cfg->redis_pool_size;
+
+    for (size_t b = 0; b < cfg->n_backends; b++) {
+        const struct aigw_backend_cfg *be = &cfg->backends[b];
+
+        n += 2 * (unsigned)(be->slots < be->max_connections ? be->slots : be->max_connections) + 1;
+    }
+    return n;
+}
+
+/* http.max_connections, or fewer when the open-file limit leaves no room
+ * for that many clients beside fd_reserve: above it, a crowd of idle clients
+ * took every descriptor, and the health probes, PostgreSQL, Redis and the
+ * upstream calls could open none (every backend down, 503 for the clients
+ * already in). At least a quarter of the limit stays for clients. */
+static unsigned
+client_limit(const struct aigw_config *cfg, unsigned threads)
+{
+    struct rlimit rl;
+    unsigned want = (unsigned)cfg->max_connections, reserve = fd_reserve(cfg, threads), room;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= (rlim_t)want + reserve)
+        return want;
+    room = rl.rlim_cur > (rlim_t)reserve + rl.rlim_cur / 4 ? (unsigned)(rl.rlim_cur - reserve)
+                                                            : (unsigned)(rl.rlim_cur / 4);
+    if (room < 1)
+        room = 1;
+    aigw_log(LOG_WARNING,
+             "http: the open-file limit (%llu) leaves room for %u clients beside the %u descriptors aigw keeps for "
+             "PostgreSQL, Redis and the backends, not http.max_connections %u: at most %u connections at once, "
+             "the rest wait in the backlog (raise LimitNOFILE= or ulimit -n)",
+             (unsigned long long)rl.rlim_cur, room, reserve, want, room);
+    return room;
+}
+
 int
 aigw_http_start(struct aigw_server *srv)
 {
@@ -950,7 +994,7 @@ aigw_http_start(struct aigw_server *srv)
         pthread_cond_init(&a->wake, &ca);
         pthread_condattr_destroy(&ca);
     }
-    a->limit = (unsigned)cfg->max_connections;
+    a->limit = client_limit(cfg, threads);
     a->request_timeout_ms = (int64_t)cfg->request_timeout_s * 1000;
     a->fd = listen_socket((struct sockaddr *)&ss, sslen, &srv->bound_port);
     srv->acceptor = a;

@@ -1,5 +1,6 @@
 /* test_ops.c - the daemon under systemd's eyes: sd_notify (READY, WATCHDOG,
- * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, a SIGHUP during
+ * RELOADING, STOPPING) through a fake NOTIFY_SOCKET, connection limits (and
+ * the open-file limit), a SIGHUP during
  * start-up, readiness that waits for Redis, Redis with a password (and a
  * refused AUTH or SELECT), SIGHUP reloads (JWT key rotation, backends and routes, log level, the stream
  * buffer, refused bad files) on one kept-alive connection, a reload under
@@ -210,6 +211,62 @@ out:
             close(other[i]);
     }
     CHECK(tl_aigw_stop(&gw) == 0, "aigw exits 0 (and clean under the sanitizers)");
+    free(cfg);
+}
+
+static long readyz_wait(int port, long want);
+
+/* http.max_connections above what the open-file limit leaves: a crowd of
+ * idle clients took every descriptor, so the health probes, PostgreSQL and
+ * the upstream calls could open none, every backend went down and the
+ * clients already connected got 503 (and /readyz 503). aigw now takes no
+ * more clients than the limit leaves room for (the rest wait in the
+ * backlog, as beyond http.max_connections) and says so at start. Run under
+ * prlimit with 400 descriptors and the default 10000 connections. */
+static void
+test_nofile_limit(void)
+{
+    static const char *const wrap[] = {"prlimit", "--nofile=400:400", NULL};
+    char *cfg = tl_config_patch("{\"http\":{\"connection_timeout_s\":300},\"upstream\":{\"health_interval_ms\":200}}");
+    struct tl_aigw gw;
+    struct tl_conn *c = NULL;
+    struct tl_resp r;
+    int crowd[600], n = 0;
+    long news = -1;
+
+    if (tl_aigw_start_wrapped(&gw, cfg, NULL, wrap) != 0) {
+        CHECK(false, "aigw did not start under prlimit");
+        free(cfg);
+        return;
+    }
+    CHECK(tl_aigw_log_wait(&gw, "open-file limit", 5000), "the start-up says the open-file limit caps the clients");
+    c = tl_conn_open(gw.port);
+    CHECK(readyz_wait(gw.port, 200) == 200, "nofile: ready");
+    tl_conn_get(c, "/readyz", NULL, &r, &news);
+    CHECK(r.status == 200, "nofile: /readyz on the kept connection before the crowd: %ld", r.status);
+    tl_resp_free(&r);
+    for (; n < 600; n++) {
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)gw.port),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+
+        crowd[n] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (crowd[n] < 0 || connect(crowd[n], (struct sockaddr *)&to, sizeof(to)) != 0) {
+            if (crowd[n] >= 0)
+                close(crowd[n]);
+            break;
+        }
+    }
+    CHECK(n == 600, "nofile: 600 idle clients connected (%d)", n);
+    usleep(2000 * 1000); /* ten health rounds */
+    tl_conn_get(c, "/readyz", NULL, &r, &news);
+    CHECK(r.status == 200 && news == 0, "nofile: with 600 idle clients /readyz on the kept connection is still 200 "
+          "(%ld, new connections %ld): %s", r.status, news, r.body ? r.body : "");
+    tl_resp_free(&r);
+    CHECK(!tl_aigw_log_wait(&gw, "Too many open files", 0), "nofile: no descriptor ran out");
+    for (int i = 0; i < n; i++)
+        close(crowd[i]);
+    tl_conn_close(c);
+    CHECK(tl_aigw_stop(&gw) == 0, "nofile: exit 0");
     free(cfg);
 }
 
@@ -1768,6 +1825,7 @@ main(void)
     srand((unsigned)getpid());
     test_notify_and_watchdog();
     test_connection_limits();
+    test_nofile_limit();
     test_early_sighup();
     test_ready_waits_for_redis();
     test_ready_pg_frozen();
