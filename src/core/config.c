@@ -208,6 +208,21 @@ read_file(const char *path, unsigned char **out, size_t *len)
     return 0;
 }
 
+/* A file the configuration names (where: the object, key: the member, or
+ * NULL when where names it) is an absolute path: a relative one is
+ * read against the working directory, which is not the same for
+ * `aigw --check-config` in a shell (it passed there) and for the service
+ * (/, where a reload or the next start then refused it). */
+static bool
+absolute_file(struct ctx *c, const char *where, const char *key, const char *file)
+{
+    if (file[0] == '/')
+        return true;
+    fail(c, "%s: %s%smust be an absolute path (a relative one depends on the working directory)", where,
+         key != NULL ? key : "", key != NULL ? " " : "");
+    return false;
+}
+
 static EVP_PKEY *
 public_key(const struct aigw_jwt_key *k)
 {
@@ -280,6 +295,8 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             key->key = (unsigned char *)secret;
             key->key_len = strlen(secret);
             secret = NULL;
+        } else if (file != NULL && !absolute_file(c, where, "secret_file", file)) {
+            goto out;
         } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
             fail(c, "%s: cannot read secret_file %s", where, file);
             goto out;
@@ -298,6 +315,8 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             key->key = (unsigned char *)pem;
             key->key_len = strlen(pem);
             pem = NULL;
+        } else if (file != NULL && !absolute_file(c, where, "public_key_file", file)) {
+            goto out;
         } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
             fail(c, "%s: cannot read public_key_file %s", where, file);
             goto out;
@@ -329,6 +348,8 @@ read_redis_password(struct ctx *c, json_t *sec, struct aigw_config *cfg)
     get_str(c, sec, "password_file", &file);
     if (file == NULL)
         return;
+    if (!absolute_file(c, "redis.password_file", NULL, file))
+        goto out;
     if (read_file(file, &buf, &len) != 0) {
         fail(c, "redis.password_file: cannot read %s", file);
         goto out;

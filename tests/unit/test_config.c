@@ -104,6 +104,42 @@ test_public_keys(void)
     free(epriv);
 }
 
+/* secret_file, public_key_file and redis.password_file are absolute
+ * paths: a relative one was read against the working directory, so
+ * `aigw --check-config` run from the directory holding the files passed,
+ * and then the service (working directory /) refused the same file at a
+ * reload or the next start. Each file here is readable from the test's
+ * working directory, under the relative name the configuration gives. */
+static void
+test_relative_files(void)
+{
+    char name[64], pem_name[64], *json, *pub = NULL, *priv = NULL;
+
+    snprintf(name, sizeof(name), "aigw-config-rel-%d.secret", (int)getpid());
+    snprintf(pem_name, sizeof(pem_name), "aigw-config-rel-%d.pem", (int)getpid());
+    tl_write_file(name, "0123456789abcdef0123456789abcdef\n");
+    tl_keypair("ES256", &pub, &priv);
+    tl_write_file(pem_name, pub);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret_file\":\"%s\"}]}}",
+                      name);
+    expect_invalid("a relative secret_file", json, "jwt.keys[0]: secret_file must be an absolute path");
+    free(json);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\","
+                      "\"public_key_file\":\"./%s\"}]}}",
+                      pem_name);
+    expect_invalid("a relative public_key_file", json, "jwt.keys[0]: public_key_file must be an absolute path");
+    free(json);
+    json = tl_sprintf("{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\","
+                      "\"password_file\":\"%s\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                      name);
+    expect_invalid("a relative redis.password_file", json, "redis.password_file: must be an absolute path");
+    free(json);
+    unlink(name);
+    unlink(pem_name);
+    free(pub);
+    free(priv);
+}
+
 int
 main(void)
 {
@@ -346,6 +382,7 @@ main(void)
         free(json);
         free(longurl);
     }
+    test_relative_files();
     expect_invalid("empty spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"${AIGW_NOPE:-}\"}}",
                    "usage.spool_dir: must be an absolute path");
     expect_invalid("relative spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"spool\"}}",
