@@ -926,7 +926,8 @@ fail:
 
 /* Descriptors aigw keeps for itself besides its clients: the PostgreSQL
  * pool and its two sessions of their own, the Redis pool and pipe, every
- * backend's calls and health probe (of the start-up table), each worker's
+ * backend's calls (one socket per connection) and health probe (of the
+ * start-up table), each worker's
  * epoll and wake-up descriptors, and a margin for the rest (spool and
  * journal files, DNS, the watchdog's check, the log). */
 static unsigned
@@ -937,7 +938,7 @@ fd_reserve(const struct aigw_config *cfg, unsigned threads)
     for (size_t b = 0; b < cfg->n_backends; b++) {
         const struct aigw_backend_cfg *be = &cfg->backends[b];
 
-        n += 2 * (unsigned)(be->slots < be->max_connections ? be->slots : be->max_connections) + 1;
+        n += (unsigned)(be->slots < be->max_connections ? be->slots : be->max_connections) + 1;
     }
     return n;
 }
