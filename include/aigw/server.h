@@ -53,7 +53,7 @@ struct aigw_server {
     struct aigw_sf *sf;                     /* single-flight waiter poller */
     struct aigw_metrics *metrics;           /* lock-free counters for GET /metrics */
     struct aigw_busy *busy;                 /* per-worker callback stamps for the watchdog (http.h) */
-    struct aigw_acceptor *acceptor;         /* the listening socket and its accept thread (server.c) */
+    struct aigw_acceptor *acceptor;         /* the listening socket and its accept thread (acceptor.h) */
     atomic_bool stopping;                   /* draining: /readyz 503, new requests 503 + Connection: close */
     atomic_size_t in_flight;                /* requests from their first callback to completion */
     int64_t started_wall_s;
