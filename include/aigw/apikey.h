@@ -76,16 +76,20 @@ struct aigw_api_key {
  * is returned to its caller but never cached. Thread-safe. */
 struct aigw_apikey_cache;
 
-/* slots is rounded up to a power of two; ttl_s 0 disables caching. Never
+/* slots is rounded up to a power of two; ttl_s 0 disables caching.
+ * max_lookups bounds the misses that wait for or use the database pool at
+ * once (aigw passes max(1, database.pool_size / 2)); 0 = no bound. Never
  * fails. Owner: the caller (aigw_apikey_cache_destroy). */
-struct aigw_apikey_cache *aigw_apikey_cache_create(size_t slots, int ttl_s);
+struct aigw_apikey_cache *aigw_apikey_cache_create(size_t slots, int ttl_s, int max_lookups);
 void aigw_apikey_cache_destroy(struct aigw_apikey_cache *c);
 
 /* The record of the key whose SHA-256 is sha: from the cache (stored
  * hashes compared in constant time), else from PostgreSQL through pool
  * (aigw_api_key_lookup). Returns 0 with *out filled (revoked and expired
  * keys too: the caller decides), 1 when no key has that hash, -1 when the
- * database could not be asked (logged). */
+ * database could not be asked (logged), 2 when it was not asked: a miss
+ * while max_lookups others are at the pool (logged, rate-limited). A hit
+ * takes one stripe lock and nothing else. */
 int aigw_apikey_get(struct aigw_apikey_cache *c, struct aigw_pg_pool *pool, const unsigned char sha[32],
                     struct aigw_api_key *out);
 

@@ -33,6 +33,10 @@ void aigw_metrics_coalesced(struct aigw_metrics *m);
 void aigw_metrics_rate_limited(struct aigw_metrics *m, const char *tier);
 void aigw_metrics_quota_exhausted(struct aigw_metrics *m, const char *tier);
 
+/* An API key lookup refused because half the database pool was already
+ * busy with key lookups (aigw_api_key_lookups_refused_total). */
+void aigw_metrics_api_key_lookup_refused(struct aigw_metrics *m);
+
 /* A SIGHUP reload, applied or refused (aigw_config_reloads_total{result},
  * aigw_config_last_reload_successful). */
 void aigw_metrics_reload(struct aigw_metrics *m, bool applied);

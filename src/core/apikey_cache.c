@@ -1,7 +1,10 @@
 /* apikey_cache.c - key records by SHA-256 of the key: a direct-mapped table
  * with lock striping, filled from PostgreSQL through aigw_api_key_lookup()
  * (SECURITY DEFINER: the tenant is not known before the key is) and emptied
- * by NOTIFY aigw_api_key_changed. A hit costs no database query. */
+ * by NOTIFY aigw_api_key_changed. A hit costs no database query. A miss
+ * does, and anyone can present well-formed random keys, which always miss:
+ * so at most max_lookups misses wait for or use the pool at once, and the
+ * others are refused without asking PostgreSQL (no queue). */
 #include "aigw/apikey.h"
 
 #include <openssl/crypto.h>
@@ -15,6 +18,8 @@
 #include "aigw/util.h"
 
 #define STRIPES 16
+/* refused lookups are logged at most this often (with the count since) */
+#define REFUSAL_LOG_MS 10000
 
 struct slot {
     unsigned char sha[32];
@@ -28,6 +33,10 @@ struct aigw_apikey_cache {
     atomic_uint_fast64_t epoch; /* bumped by every invalidation, with every stripe held */
     pthread_mutex_t locks[STRIPES]; /* lock i guards the slots with index % STRIPES == i */
     struct slot *slots;
+    int max_lookups;           /* 0 = unbounded */
+    atomic_int lookups;        /* misses at the pool now */
+    _Atomic int64_t refusal_logged_ms; /* monotonic; 0 = never */
+    atomic_long refused_unlogged;
 };
 
 /* expires_at floored to its second: checked as "expired once the clock's
@@ -39,7 +48,7 @@ static const char LOOKUP_SQL[] =
     " FROM aigw_api_key_lookup(decode($1, 'hex'))";
 
 struct aigw_apikey_cache *
-aigw_apikey_cache_create(size_t slots, int ttl_s)
+aigw_apikey_cache_create(size_t slots, int ttl_s, int max_lookups)
 {
     struct aigw_apikey_cache *c = aigw_xcalloc(1, sizeof(*c));
     size_t n = 64;
@@ -49,6 +58,10 @@ aigw_apikey_cache_create(size_t slots, int ttl_s)
     c->n = n;
     c->ttl_ms = ttl_s * 1000;
     atomic_init(&c->epoch, 0);
+    c->max_lookups = max_lookups > 0 ? max_lookups : 0;
+    atomic_init(&c->lookups, 0);
+    atomic_init(&c->refusal_logged_ms, 0);
+    atomic_init(&c->refused_unlogged, 0);
     c->slots = aigw_xcalloc(n, sizeof(*c->slots));
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_init(&c->locks[i], NULL);
@@ -183,6 +196,28 @@ load(struct aigw_pg_pool *pool, const unsigned char sha[32], struct aigw_api_key
     return rc;
 }
 
+/* A lookup refused by the bound: logged at most every REFUSAL_LOG_MS, with
+ * how many were refused since the last line (never a key or its hash). */
+static void
+note_refusal(struct aigw_apikey_cache *c)
+{
+    int64_t now = aigw_now_ms();
+    int64_t last = atomic_load_explicit(&c->refusal_logged_ms, memory_order_relaxed);
+    long n;
+
+    atomic_fetch_add_explicit(&c->refused_unlogged, 1, memory_order_relaxed);
+    if (last != 0 && now - last < REFUSAL_LOG_MS)
+        return;
+    if (!atomic_compare_exchange_strong(&c->refusal_logged_ms, &last, now))
+        return; /* another thread logs */
+    n = atomic_exchange(&c->refused_unlogged, 0);
+    aigw_log(LOG_NOTICE,
+             "api keys: %ld API key lookups refused with 503 since the last report: %d already wait for or use "
+             "PostgreSQL (half of database.pool_size); keys not cached arrive faster than PostgreSQL answers "
+             "(a flood of unknown keys?)",
+             n, c->max_lookups);
+}
+
 int
 aigw_apikey_get(struct aigw_apikey_cache *c, struct aigw_pg_pool *pool, const unsigned char sha[32],
                 struct aigw_api_key *out)
@@ -192,9 +227,17 @@ aigw_apikey_get(struct aigw_apikey_cache *c, struct aigw_pg_pool *pool, const un
 
     if (aigw_apikey_cache_peek(c, sha, out))
         return 0;
+    if (c->max_lookups > 0 &&
+        atomic_fetch_add_explicit(&c->lookups, 1, memory_order_relaxed) >= c->max_lookups) {
+        atomic_fetch_sub_explicit(&c->lookups, 1, memory_order_relaxed);
+        note_refusal(c);
+        return 2;
+    }
     epoch = aigw_apikey_cache_epoch(c);
     rc = load(pool, sha, out);
     if (rc == 0)
         aigw_apikey_cache_put(c, sha, out, epoch);
+    if (c->max_lookups > 0)
+        atomic_fetch_sub_explicit(&c->lookups, 1, memory_order_relaxed);
     return rc;
 }

@@ -73,6 +73,7 @@ struct aigw_metrics {
     _Atomic uint64_t rate_limited[N_TIERS], quota_exhausted[N_TIERS];
     _Atomic uint64_t reloads[2];          /* [0] failed, [1] applied */
     _Atomic uint64_t request_timeouts;    /* connections closed at their request deadline */
+    _Atomic uint64_t key_lookups_refused; /* API key misses over the lookup bound */
     atomic_bool last_reload_ok;
 };
 
@@ -180,6 +181,13 @@ aigw_metrics_quota_exhausted(struct aigw_metrics *m, const char *tier)
 {
     if (m != NULL)
         inc(&m->quota_exhausted[tier_index(tier)]);
+}
+
+void
+aigw_metrics_api_key_lookup_refused(struct aigw_metrics *m)
+{
+    if (m != NULL)
+        inc(&m->key_lookups_refused);
 }
 
 void
@@ -356,6 +364,9 @@ aigw_metrics_render(const struct aigw_metrics *m, const struct aigw_server *srv,
                  m->rate_limited);
     tier_counter(out, "aigw_quota_exhausted_total", "Queries refused by the monthly quota, by tier.",
                  m->quota_exhausted);
+    counter(out, "aigw_api_key_lookups_refused_total",
+            "API key requests refused with 503 because half the database pool was busy with key lookups.",
+            get(&m->key_lookups_refused));
     render_gauges(out, srv);
     render_lifecycle(out, m, srv);
     counter(out, "aigw_postgres_errors_total", "Failed PostgreSQL connects, pool acquires and statements.",

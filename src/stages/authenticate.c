@@ -4,6 +4,7 @@
 
 #include "aigw/apikey.h"
 #include "aigw/log.h"
+#include "aigw/metrics.h"
 #include "aigw/redis.h"
 #include "aigw/snapshot.h"
 #include "aigw/stages.h"
@@ -96,6 +97,13 @@ authenticate_key(struct aigw_req *req, const char *key)
     aigw_sha256(key, len, sha);
     k = aigw_pool_alloc(req->pool, sizeof(*k));
     rc = aigw_apikey_get(req->srv->api_keys, req->srv->pg, sha, k);
+    if (rc == 2) {
+        /* not asked: the key may well be real, so no 401; the refusal is
+         * the server's load, not this caller's rate (no 429) */
+        aigw_metrics_api_key_lookup_refused(req->srv->metrics);
+        aigw_req_add_header(req, "Retry-After", "1");
+        return aigw_req_fail(req, 503, "service_unavailable", "too many API key lookups in progress, retry shortly");
+    }
     if (rc < 0) {
         aigw_req_add_header(req, "Retry-After", "1");
         return aigw_req_fail(req, 503, "service_unavailable", "key data is unavailable, retry shortly");

@@ -3,6 +3,8 @@
  * expiry, last_used_at batching, audit rows, and no key in any log */
 #include <ctype.h>
 #include <openssl/sha.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -936,6 +938,172 @@ test_truncate(void)
     free(admin);
 }
 
+/* ---- a flood of unknown keys ---- */
+
+#define FLOOD_CLIENTS 32
+
+struct flood {
+    int port;
+    atomic_bool stop;
+    pthread_mutex_t lock;
+    long refused;       /* 503 by the bound on key lookups */
+    long unavailable;   /* 503: the lookup ran and PostgreSQL did not answer in time */
+    long other;         /* anything else */
+    char other_what[256];
+};
+
+/* A well-formed key that belongs to nobody. */
+static void
+random_key(char out[64], unsigned *seed)
+{
+    static const char b64u[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    memcpy(out, "aigw_", 5);
+    for (int i = 0; i < 43; i++)
+        out[5 + i] = b64u[rand_r(seed) % 64];
+    out[48] = '\0';
+}
+
+static void *
+flood_main(void *arg)
+{
+    struct flood *f = arg;
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)&seed;
+
+    while (!atomic_load(&f->stop)) {
+        char key[64], msg[256] = "", retry[16] = "";
+        struct tl_resp r;
+        long *slot;
+
+        random_key(key, &seed);
+        if (tl_key_request(f->port, "GET", "/api/ai/limits", key, false, NULL, &r) != 0)
+            r.status = 0;
+        tl_json_str(&r, "error.message", msg, sizeof(msg));
+        tl_resp_header(&r, "Retry-After", retry, sizeof(retry));
+        pthread_mutex_lock(&f->lock);
+        if (r.status == 503 && strcmp(retry, "1") == 0 && strstr(r.body, "\"service_unavailable\"") &&
+            strcmp(msg, "too many API key lookups in progress, retry shortly") == 0)
+            slot = &f->refused;
+        else if (r.status == 503 && strcmp(retry, "1") == 0 && strcmp(msg, "key data is unavailable, retry shortly") == 0)
+            slot = &f->unavailable;
+        else {
+            slot = &f->other;
+            snprintf(f->other_what, sizeof(f->other_what), "%ld %s", r.status, r.body ? r.body : "");
+        }
+        (*slot)++;
+        pthread_mutex_unlock(&f->lock);
+        tl_resp_free(&r);
+    }
+    return NULL;
+}
+
+/* Key lookups running in PostgreSQL right now (aigw's sessions). */
+static long
+lookups_running(PGconn *c)
+{
+    return tl_sql_long(c,
+                       "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active'"
+                       " AND query LIKE '%aigw_api_key_lookup%'",
+                       0, NULL);
+}
+
+/* Anyone can send well-formed random keys, and each used to cost a
+ * PostgreSQL lookup on the request pool: with key lookups slow (here the
+ * api_keys table is locked, so each waits out lock_timeout, 2 s), a flood
+ * took all 8 connections and a JWT request of a tenant not cached yet
+ * waited the pool's 2 s and got 503. Now at most pool_size / 2 = 4 lookups
+ * run at once and the rest are refused at once with 503 + Retry-After: 1;
+ * the tenant load finds a free connection. It runs after test_truncate: the
+ * key created here is the only one, so nothing else moves last_used_at. */
+static void
+test_unknown_key_flood(const char *cfg_flood)
+{
+    char tid[37], code[65], key[128], id[37], jtid[37], jcode[65];
+    char *admin = new_tenant("enterprise", tid, code);
+    char *jwt;
+    pthread_t th[FLOOD_CLIENTS];
+    struct flood f = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    struct tl_aigw gw3;
+    PGconn *locker = tl_pg_owner(), *watch = tl_pg_owner();
+    long usage_before, most = 0, refused_metric;
+    int64_t jwt_ms;
+    struct tl_resp r;
+    PGresult *q;
+
+    CHECK(create_key(port1, admin, "{\"name\":\"flood survivor\"}", key, id) == 201, "create");
+    tl_create_tenant(owner, "standard", "active", jtid, jcode);
+    jwt = tl_token(jcode, "admin", 3600);
+    if (tl_aigw_start(&gw3, cfg_flood) != 0) {
+        CHECK(false, "flood instance starts");
+        goto out;
+    }
+    f.port = gw3.port;
+    usage_before = tl_count_rows(owner, "ai_usage_logs");
+    q = tl_sql(locker, true, "BEGIN", 0, NULL);
+    PQclear(q);
+    q = tl_sql(locker, true, "LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE", 0, NULL);
+    PQclear(q);
+    for (int i = 0; i < FLOOD_CLIENTS; i++)
+        pthread_create(&th[i], NULL, flood_main, &f);
+    for (int i = 0; i < 10; i++) {
+        long n = lookups_running(watch);
+
+        most = n > most ? n : most;
+        usleep(50 * 1000);
+    }
+    {
+        struct timespec a, b;
+
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        tl_get(gw3.port, "/api/ai/limits", jwt, &r);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        jwt_ms = (int64_t)(b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
+    }
+    /* 200 within the pool's acquire time; a worker thread that is busy with
+     * one of the 4 admitted lookups may hold the connection that long */
+    tl_expect("a JWT of an uncached tenant during the flood", &r, 200, NULL);
+    CHECK(jwt_ms < 2500, "answered in %" PRId64 " ms", jwt_ms);
+    tl_resp_free(&r);
+    for (int i = 0; i < 20; i++) {
+        long n = lookups_running(watch);
+
+        most = n > most ? n : most;
+        usleep(50 * 1000);
+    }
+    atomic_store(&f.stop, true);
+    for (int i = 0; i < FLOOD_CLIENTS; i++)
+        pthread_join(th[i], NULL);
+    q = tl_sql(locker, true, "ROLLBACK", 0, NULL);
+    PQclear(q);
+
+    printf("flood: %ld refused, %ld timed out in PostgreSQL, at most %ld lookups at once, the JWT in %" PRId64 " ms\n",
+           f.refused, f.unavailable, most, jwt_ms);
+    CHECK(most >= 1 && most <= 4, "at most pool_size / 2 key lookups in PostgreSQL at once (%ld)", most);
+    CHECK(f.refused > 0, "the excess got 503 service_unavailable, Retry-After: 1 (%ld refused, %ld timed out)",
+          f.refused, f.unavailable);
+    CHECK(f.other == 0, "nothing else: %ld, last %s", f.other, f.other_what);
+    refused_metric = (long)tl_metric(gw3.port, "aigw_api_key_lookups_refused_total");
+    CHECK(refused_metric == f.refused, "aigw_api_key_lookups_refused_total %ld = %ld refusals", refused_metric,
+          f.refused);
+    CHECK(tl_aigw_log_wait(&gw3, "API key lookups refused", 1000), "refusals logged");
+
+    /* refused requests wrote nothing */
+    CHECK(tl_usage_flushed(gw3.port), "usage backlog flushed");
+    CHECK(tl_count_rows(owner, "ai_usage_logs") == usage_before, "no usage rows");
+    usleep(500 * 1000); /* two last_used_at flushes */
+    CHECK(sql1("SELECT count(*) FROM api_keys WHERE last_used_at IS NOT NULL", NULL, NULL) == 0,
+          "no last_used_at written");
+
+    /* the flood is over: a real key nobody cached authenticates */
+    expect_use("a real uncached key after the flood", gw3.port, key, "/api/ai/limits", 200, NULL);
+    CHECK(tl_aigw_stop(&gw3) == 0, "flood instance exits 0");
+out:
+    PQfinish(locker);
+    PQfinish(watch);
+    free(jwt);
+    free(admin);
+}
+
 static void
 check_log(const struct tl_aigw *gw, const char *name)
 {
@@ -953,6 +1121,9 @@ main(void)
 {
     char *cfg = tl_config_patch("{\"api_keys\":{\"last_used_flush_ms\":200},\"log\":{\"level\":\"debug\"}}");
     char *cfg_slow = tl_config_patch("{\"api_keys\":{\"last_used_flush_ms\":600000},\"log\":{\"level\":\"debug\"}}");
+    /* 32 worker threads, so that the pool, not the threads, is what a flood exhausts */
+    char *cfg_flood = tl_config_patch("{\"api_keys\":{\"last_used_flush_ms\":200},\"http\":{\"threads\":32},"
+                                      "\"database\":{\"pool_size\":8},\"log\":{\"level\":\"debug\"}}");
 
     owner = tl_pg_owner();
     if (tl_aigw_start(&gw1, cfg) != 0 || tl_aigw_start(&gw2, cfg) != 0)
@@ -978,6 +1149,7 @@ main(void)
     test_last_used_batched(cfg_slow);
     test_last_used_outage(cfg_slow, cfg);
     test_truncate();
+    test_unknown_key_flood(cfg_flood);
 
     check_log(&gw1, "instance 1");
     check_log(&gw2, "instance 2");
@@ -985,6 +1157,7 @@ main(void)
     CHECK(tl_aigw_stop(&gw2) == 0, "instance 2 exits 0");
     free(cfg);
     free(cfg_slow);
+    free(cfg_flood);
     PQfinish(owner);
     return tl_done();
 }

@@ -203,7 +203,7 @@ test_calendar(void)
 static void
 test_cache(void)
 {
-    struct aigw_apikey_cache *c = aigw_apikey_cache_create(100, 60);
+    struct aigw_apikey_cache *c = aigw_apikey_cache_create(100, 60, 0);
     struct aigw_api_key k = {.id = "6f1d2c3b-4a5e-4f60-8a7b-9c8d7e6f5a4b",
                              .tenant_id = "22222222-2222-4222-8222-222222222222",
                              .scopes = AIGW_SCOPE_QUERY,
@@ -234,7 +234,7 @@ test_cache(void)
     CHECK(!aigw_apikey_cache_peek(c, sha, &out), "invalidate all");
     aigw_apikey_cache_destroy(c);
 
-    c = aigw_apikey_cache_create(10, 0);
+    c = aigw_apikey_cache_create(10, 0, 0);
     aigw_apikey_cache_put(c, sha, &k, aigw_apikey_cache_epoch(c));
     CHECK(!aigw_apikey_cache_peek(c, sha, &out), "ttl 0 caches nothing");
     aigw_apikey_cache_destroy(c);
