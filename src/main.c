@@ -320,9 +320,14 @@ serve(struct aigw_server *srv, const char *config_path, const sigset_t *set)
     srv->live = aigw_snapshot_slot_create(aigw_snapshot_borrow(&srv->cfg, 1));
     srv->tenants = aigw_tenant_cache_create(srv->cfg.tenant_cache_ttl_s);
     srv->tokens = aigw_jwt_cache_create(8192, 300);
-    /* half the pool at most for key lookups: anyone can send keys that miss */
-    srv->api_keys = aigw_apikey_cache_create(4096, srv->cfg.api_key_cache_ttl_s,
-                                             srv->cfg.db_pool_size / 2 > 1 ? srv->cfg.db_pool_size / 2 : 1);
+    {
+        /* anyone can send keys that miss: at most half the pool, and half
+         * the HTTP workers (a lookup holds its worker), look keys up */
+        int by_pool = srv->cfg.db_pool_size / 2, by_threads = (int)(aigw_http_threads(&srv->cfg) / 2);
+        int most = by_pool < by_threads ? by_pool : by_threads;
+
+        srv->api_keys = aigw_apikey_cache_create(4096, srv->cfg.api_key_cache_ttl_s, most > 1 ? most : 1);
+    }
     srv->usage = aigw_usage_start(&srv->cfg);
     if (srv->usage == NULL)
         return 1;

@@ -153,6 +153,9 @@ void aigw_req_settle(struct aigw_req *req);
 
 /* Start the HTTP daemon on srv (uses srv->cfg). Returns 0, or -1 (logged). */
 int aigw_http_start(struct aigw_server *srv);
+/* The number of libmicrohttpd worker threads cfg asks for (http.threads, 0 =
+ * one per online CPU). */
+unsigned aigw_http_threads(const struct aigw_config *cfg);
 /* Stop accepting new connections and close the listening socket, so new
  * clients are refused at once instead of waiting in the kernel backlog
  * (in-flight requests go on). Safe before start and after stop; idempotent. */

@@ -608,14 +608,21 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_Re
  * headers too large or too many even for this room get libmicrohttpd's. */
 #define HEADER_POOL_RESERVE 2048
 
+unsigned
+aigw_http_threads(const struct aigw_config *cfg)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return cfg->threads > 0 ? (unsigned)cfg->threads : (unsigned)(ncpu > 0 ? ncpu : 2);
+}
+
 int
 aigw_http_start(struct aigw_server *srv)
 {
     const struct aigw_config *cfg = &srv->cfg;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    unsigned threads = cfg->threads > 0 ? (unsigned)cfg->threads : (unsigned)(ncpu > 0 ? ncpu : 2);
+    unsigned threads = aigw_http_threads(cfg);
     /* each worker gets limit / threads: this way none can be full before the
      * acceptor's own limit is (see acceptor.c) */
     unsigned mhd_limit = (unsigned)cfg->max_connections * threads + threads;
