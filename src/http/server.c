@@ -335,6 +335,39 @@ framing_error(const struct head_scan *h)
     return NULL;
 }
 
+static int
+hex_value(char c)
+{
+    return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
+/* MHD_OPTION_UNESCAPE_CALLBACK: decodes %HH in the path and in each query
+ * argument's name and value as libmicrohttpd 0.9.75 does (an escape that
+ * is not two hex digits stays as sent), except %00, which stays as sent
+ * too. libmicrohttpd hands the path and the arguments over as C strings,
+ * so a decoded NUL cut them short: DELETE /api/v1/api-keys/<id>%00junk
+ * revoked <id>, period=month%00x read as month. Undecoded, the longer text
+ * matches no route and no parameter's syntax (404 or 400). */
+static size_t
+unescape_cb(void *cls, struct MHD_Connection *conn, char *s)
+{
+    char *w = s;
+
+    (void)cls;
+    (void)conn;
+    for (const char *r = s; *r != '\0'; r++) {
+        if (r[0] == '%' && isxdigit((unsigned char)r[1]) && isxdigit((unsigned char)r[2]) &&
+            (r[1] != '0' || r[2] != '0')) {
+            *w++ = (char)(hex_value(r[1]) << 4 | hex_value(r[2]));
+            r += 2;
+        } else {
+            *w++ = *r;
+        }
+    }
+    *w = '\0';
+    return (size_t)(w - s);
+}
+
 /* Checks that need only the headers: body framing, route, header size,
  * content type, declared length. */
 static enum MHD_Result
@@ -640,7 +673,7 @@ aigw_http_start(struct aigw_server *srv)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes + HEADER_POOL_RESERVE,
         MHD_OPTION_NOTIFY_COMPLETED, completed_cb, srv, MHD_OPTION_NOTIFY_CONNECTION, aigw_acceptor_notify,
-        srv->acceptor, MHD_OPTION_END);
+        srv->acceptor, MHD_OPTION_UNESCAPE_CALLBACK, unescape_cb, NULL, MHD_OPTION_END);
     if (srv->mhd == NULL) {
         aigw_log(LOG_ERR, "http: cannot start the HTTP workers");
         return -1;

@@ -273,6 +273,60 @@ test_ambiguous_framing(void)
     }
 }
 
+/* A %00 in the path or the query. libmicrohttpd decodes the URL in place
+ * and hands aigw C strings, so a decoded NUL cut the path or the argument
+ * short: DELETE /api/v1/api-keys/<id>%00junk revoked <id>, and
+ * period=month%00x read as month. aigw leaves %00 undecoded: the route or
+ * the argument sees the longer text, which matches nothing. */
+static void
+test_nul_escape(void)
+{
+    PGconn *owner = tl_pg_owner();
+    char tid[37], tcode[65], key[128], id[37], path[160], *tok;
+    const char *p[1] = {tid};
+    struct tl_resp r;
+
+    tl_create_tenant(owner, "enterprise", "active", tid, tcode);
+    tok = tl_token(tcode, "admin", 600);
+    CHECK(tl_api_key_create(port, tok, "{\"name\":\"nul\"}", key, sizeof(key), id) == 201, "%%00: key created");
+    snprintf(path, sizeof(path), "/api/v1/api-keys/%s%%00junk", id);
+    tl_delete(port, path, tok, &r);
+    expect_error("%00 in the key id", &r, 404, "not_found");
+    tl_resp_free(&r);
+    snprintf(path, sizeof(path), "/api/v1/api-keys/%s%%00", id);
+    tl_delete(port, path, tok, &r);
+    expect_error("%00 at the end of the key id", &r, 404, "not_found");
+    tl_resp_free(&r);
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL AND tenant_id = $1", 1, p) == 1,
+          "%%00: the key is still active");
+    CHECK(tl_sql_long(owner, "SELECT count(*) FROM audit_logs WHERE tenant_id = $1 AND action = 'api_key.revoke'", 1,
+                      p) == 0,
+          "%%00: no revoke audit row");
+    tl_key_request(port, "GET", "/api/ai/limits", key, false, NULL, &r);
+    tl_expect("%00: the key still works", &r, 200, NULL);
+    tl_resp_free(&r);
+
+    tl_get(port, "/healthz%00", NULL, &r);
+    expect_error("%00 after a route", &r, 404, "not_found");
+    tl_resp_free(&r);
+    tl_get(port, "/api/ai/usage?period=month%00x", tok, &r);
+    expect_error("%00 in a query value", &r, 400, "invalid_request");
+    tl_resp_free(&r);
+    tl_get(port, "/api/ai/usage?period=day%00", tok, &r);
+    expect_error("%00 at the end of a query value", &r, 400, "invalid_request");
+    tl_resp_free(&r);
+    /* every other escape still decodes */
+    tl_get(port, "/api/ai/usage?period=%64ay", tok, &r);
+    tl_expect("an escaped letter in a query value", &r, 200, NULL);
+    CHECK(strstr(r.body, "\"period\":\"day\"") != NULL, "%%64ay reads as day: %s", r.body);
+    tl_resp_free(&r);
+    tl_get(port, "/health%7a", NULL, &r);
+    tl_expect("an escaped letter in the path", &r, 200, NULL);
+    tl_resp_free(&r);
+    free(tok);
+    PQfinish(owner);
+}
+
 static long
 rss_kb(pid_t pid)
 {
@@ -633,6 +687,7 @@ main(void)
     test_header_limit();
     test_endless_chunked_body();
     test_ambiguous_framing();
+    test_nul_escape();
     {
         /* a tab in the method (libmicrohttpd splits the request line on
          * spaces only) must not forge fields in the access log's NAME=value
