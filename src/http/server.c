@@ -277,7 +277,7 @@ is_json_type(const char *ct)
 /* What one pass over the request's head finds. */
 struct head_scan {
     size_t bytes;              /* see head_scan() */
-    unsigned cl, te;           /* Content-Length / Transfer-Encoding header lines */
+    unsigned cl, te, host;     /* Content-Length / Transfer-Encoding / Host header lines */
     const char *te_value;
 };
 
@@ -294,6 +294,8 @@ scan_value(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_len, 
     } else if (key_len == 17 && strcasecmp(key, "Transfer-Encoding") == 0) {
         h->te++;
         h->te_value = value;
+    } else if (key_len == 4 && strcasecmp(key, "Host") == 0) {
+        h->host++;
     }
     return MHD_YES;
 }
@@ -368,24 +370,40 @@ unescape_cb(void *cls, struct MHD_Connection *conn, char *s)
     return (size_t)(w - s);
 }
 
-/* Checks that need only the headers: body framing, route, header size,
- * content type, declared length. */
+/* RFC 9112 section 3.2: an HTTP/1.1 request must carry one Host header
+ * (it may be empty), any request at most one; libmicrohttpd 0.9.75 serves
+ * either way. NULL when Host is as it should be, else the reason. */
+static const char *
+host_error(const struct head_scan *h, const char *version)
+{
+    if (h->host > 1)
+        return "Host: sent more than once";
+    if (h->host == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0)
+        return "Host: required in an HTTP/1.1 request";
+    return NULL;
+}
+
+/* Checks that need only the headers: body framing, Host, route, header
+ * size, content type, declared length. */
 static enum MHD_Result
-on_headers(struct aigw_req *req)
+on_headers(struct aigw_req *req, const char *version)
 {
     int status = 0;
     char allow[64];
-    const char *path = req->url, *framing;
+    const char *path = req->url, *bad_head;
     struct head_scan head;
 
     head_scan(req, &head);
-    framing = framing_error(&head);
+    bad_head = framing_error(&head);
+    if (bad_head == NULL)
+        bad_head = host_error(&head, version);
 
-    if (framing != NULL) {
-        /* where this request ends is unknown: nothing after it on this
-         * connection can be trusted to be a request of its own */
+    if (bad_head != NULL) {
+        /* where this request ends is unknown (or, without a good Host,
+         * whom it is for): nothing after it on this connection can be
+         * trusted to be a request of its own */
         aigw_req_add_header(req, "Connection", "close");
-        aigw_req_fail(req, 400, "invalid_request", "%s", framing);
+        aigw_req_fail(req, 400, "invalid_request", "%s", bad_head);
         return queue(req);
     }
     req->route = aigw_router_match(req->pool, req->method, path, req->params, &status, allow, sizeof(allow));
@@ -473,7 +491,7 @@ on_upload(struct aigw_req *req, const char *data, size_t size)
 
 static enum MHD_Result
 handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, const char *method,
-       const char *upload_data, size_t *upload_data_size, void **con_cls)
+       const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
     struct aigw_req *req = *con_cls;
 
@@ -493,7 +511,7 @@ handle(struct aigw_server *srv, struct MHD_Connection *conn, const char *url, co
         *con_cls = req;
         set_request_id(req);
         aigw_uuid7(req->usage_id);
-        return on_headers(req);
+        return on_headers(req, version);
     }
     if (*upload_data_size == 0 && !req->arrived) {
         /* the whole request is in: its deadline no longer applies */
@@ -554,9 +572,8 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     struct aigw_server *srv = cls;
     enum MHD_Result ret;
 
-    (void)version;
     busy_enter(srv);
-    ret = handle(srv, conn, url, method, upload_data, upload_data_size, con_cls);
+    ret = handle(srv, conn, url, method, version, upload_data, upload_data_size, con_cls);
     busy_leave();
     return ret;
 }

@@ -327,6 +327,84 @@ test_nul_escape(void)
     PQfinish(owner);
 }
 
+/* Send req on a new connection and read until the server closes it or
+ * 3 s pass without a byte; closed tells which. */
+static void
+raw_exchange(const char *req, char *resp, size_t cap, bool *closed)
+{
+    int fd = raw_connect(port);
+    size_t got = 0;
+
+    *closed = false;
+    if (fd >= 0 && send(fd, req, strlen(req), MSG_NOSIGNAL) != (ssize_t)strlen(req)) {
+        close(fd);
+        fd = -1;
+    }
+    while (fd >= 0 && got < cap - 1) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        ssize_t r;
+
+        if (poll(&pfd, 1, 3000) <= 0)
+            break;
+        r = recv(fd, resp + got, cap - 1 - got, 0);
+        if (r <= 0) {
+            *closed = true;
+            break;
+        }
+        got += (size_t)r;
+    }
+    resp[got] = '\0';
+    if (fd >= 0)
+        close(fd);
+}
+
+/* RFC 9112 section 3.2: an HTTP/1.1 request without Host, or any request
+ * with two, is answered 400 and not served (it was served). HTTP/1.0 may
+ * leave Host out; an empty Host is allowed. */
+static void
+test_host_header(void)
+{
+    static const char next[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    char req[8192], resp[8192], *p;
+    bool closed;
+    int answers;
+    long long before = generation();
+
+    snprintf(req, sizeof(req), "GET /healthz HTTP/1.1\r\n\r\n%s", next);
+    raw_exchange(req, resp, sizeof(resp), &closed);
+    answers = 0;
+    for (p = resp; (p = strstr(p, "HTTP/1.1 ")) != NULL; p++)
+        answers += p == resp || p[-1] == '\n'; /* a status line, not the message's text */
+    CHECK(strncmp(resp, "HTTP/1.1 400", 12) == 0 && strstr(resp, "\"invalid_request\"") != NULL,
+          "HTTP/1.1 without Host: 400 invalid_request (got %.60s)", resp);
+    CHECK(strcasestr(resp, "\r\nConnection: close\r\n") != NULL, "without Host: Connection: close");
+    CHECK(answers == 1 && closed, "without Host: the pipelined request is not served, the connection is closed");
+
+    snprintf(req, sizeof(req),
+             "POST /api/ai/cache/invalidate HTTP/1.1\r\nAuthorization: Bearer %s\r\n"
+             "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+             admin_tok);
+    raw_exchange(req, resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 400", 12) == 0 && strstr(resp, "\"invalid_request\"") != NULL && closed,
+          "a POST without Host: 400 invalid_request, closed (got %.60s)", resp);
+    CHECK(generation() == before, "a POST without Host changes nothing");
+
+    raw_exchange("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 400", 12) == 0 && strstr(resp, "\"invalid_request\"") != NULL && closed,
+          "two Host headers: 400 invalid_request, closed (got %.60s)", resp);
+    raw_exchange("GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 400", 12) == 0 && strstr(resp, "\"invalid_request\"") != NULL,
+          "HTTP/1.0, two Host headers: 400 invalid_request (got %.60s)", resp);
+
+    raw_exchange("GET /healthz HTTP/1.0\r\n\r\n", resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 200", 12) == 0 && strstr(resp, "\"status\":\"ok\"") != NULL,
+          "HTTP/1.0 without Host is served (got %.60s)", resp);
+    raw_exchange("GET /healthz HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n", resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 200", 12) == 0, "HTTP/1.1 with an empty Host is served (got %.60s)", resp);
+    raw_exchange("GET /healthz HTTP/1.1\r\nhost: x\r\nConnection: close\r\n\r\n", resp, sizeof(resp), &closed);
+    CHECK(strncmp(resp, "HTTP/1.1 200", 12) == 0, "HTTP/1.1 with a lower-case host is served (got %.60s)", resp);
+}
+
 static long
 rss_kb(pid_t pid)
 {
@@ -688,6 +766,7 @@ main(void)
     test_endless_chunked_body();
     test_ambiguous_framing();
     test_nul_escape();
+    test_host_header();
     {
         /* a tab in the method (libmicrohttpd splits the request line on
          * spaces only) must not forge fields in the access log's NAME=value
