@@ -187,25 +187,46 @@ get_str(struct ctx *c, json_t *obj, const char *key, char **out)
     *out = s;
 }
 
-static int
-read_file(const char *path, unsigned char **out, size_t *len)
+/* The largest key or secret file read: far more than any key needs. */
+#define KEY_FILE_MAX (1024 * 1024)
+
+/* The whole of a key or secret file into *out (malloc'd, *len bytes). NULL
+ * when read, else why not (in eb when from errno): a directory, a read
+ * error or a file over KEY_FILE_MAX are refused, not read as empty or cut
+ * short. */
+static const char *
+read_file(const char *path, unsigned char **out, size_t *len, char *eb, size_t eb_cap)
 {
     FILE *f = fopen(path, "rb");
     unsigned char *buf = NULL;
     size_t cap = 0, n = 0, r;
+    const char *why = NULL;
 
     if (f == NULL)
-        return -1;
+        return strerror_r(errno, eb, eb_cap);
     do {
-        if (n == cap)
-            buf = aigw_xrealloc(buf, cap = cap ? cap * 2 : 4096);
+        if (n == cap) {
+            cap = cap ? cap * 2 : 4096;
+            if (cap > KEY_FILE_MAX + 1)
+                cap = KEY_FILE_MAX + 1; /* one byte more tells a longer file */
+            buf = aigw_xrealloc(buf, cap);
+        }
         r = fread(buf + n, 1, cap - n, f);
         n += r;
-    } while (r > 0 && n < (1 << 20));
+    } while (r > 0 && n <= KEY_FILE_MAX);
+    if (ferror(f)) /* a directory: EISDIR */
+        why = strerror_r(errno, eb, eb_cap);
+    else if (n > KEY_FILE_MAX)
+        why = "larger than 1 MiB";
     fclose(f);
+    if (why != NULL) {
+        explicit_bzero(buf, n);
+        free(buf);
+        return why;
+    }
     *out = buf;
     *len = n;
-    return 0;
+    return NULL;
 }
 
 /* A file the configuration names (where: the object, key: the member, or
@@ -262,7 +283,8 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
 {
     static const char *const allowed[] = {"kid", "alg", "secret", "secret_file",
                                           "public_key", "public_key_file", "platform", NULL};
-    char where[32], *kid = NULL, *alg = NULL, *secret = NULL, *file = NULL, *pem = NULL;
+    char where[32], *kid = NULL, *alg = NULL, *secret = NULL, *file = NULL, *pem = NULL, eb[128];
+    const char *why;
     json_t *platform = json_object_get(k, "platform");
 
     const char *outer = c->where;
@@ -297,8 +319,8 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             secret = NULL;
         } else if (file != NULL && !absolute_file(c, where, "secret_file", file)) {
             goto out;
-        } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
-            fail(c, "%s: cannot read secret_file %s", where, file);
+        } else if (file != NULL && (why = read_file(file, &key->key, &key->key_len, eb, sizeof(eb))) != NULL) {
+            fail(c, "%s: cannot read secret_file %s: %s", where, file, why);
             goto out;
         }
         /* trailing CR/LF dropped: a file's final newline is not part of the secret */
@@ -317,8 +339,8 @@ parse_key(struct ctx *c, json_t *k, size_t idx, struct aigw_jwt_key *key)
             pem = NULL;
         } else if (file != NULL && !absolute_file(c, where, "public_key_file", file)) {
             goto out;
-        } else if (file != NULL && read_file(file, &key->key, &key->key_len) != 0) {
-            fail(c, "%s: cannot read public_key_file %s", where, file);
+        } else if (file != NULL && (why = read_file(file, &key->key, &key->key_len, eb, sizeof(eb))) != NULL) {
+            fail(c, "%s: cannot read public_key_file %s: %s", where, file, why);
             goto out;
         }
         if (key->key == NULL || memmem(key->key, key->key_len, "PRIVATE KEY", 11) != NULL ||
@@ -344,14 +366,16 @@ read_redis_password(struct ctx *c, json_t *sec, struct aigw_config *cfg)
     char *file = NULL;
     unsigned char *buf = NULL;
     size_t len = 0;
+    char eb[128];
+    const char *why;
 
     get_str(c, sec, "password_file", &file);
     if (file == NULL)
         return;
     if (!absolute_file(c, "redis.password_file", NULL, file))
         goto out;
-    if (read_file(file, &buf, &len) != 0) {
-        fail(c, "redis.password_file: cannot read %s", file);
+    if ((why = read_file(file, &buf, &len, eb, sizeof(eb))) != NULL) {
+        fail(c, "redis.password_file: cannot read %s: %s", file, why);
         goto out;
     }
     while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -138,6 +139,86 @@ test_relative_files(void)
     unlink(pem_name);
     free(pub);
     free(priv);
+}
+
+/* A key or secret file that is a directory, or over 1 MiB: a clear error
+ * naming the key (a directory read as empty: "needs a secret of at least
+ * 32 bytes", "holds no password"; a longer file was cut at 1 MiB and
+ * loaded). */
+static void
+test_unreadable_files(void)
+{
+    char dir[64], big[64], *json, *want, *text, *pub = NULL, *priv = NULL;
+    size_t mib = 1024 * 1024;
+    char err[512];
+
+    snprintf(dir, sizeof(dir), "/tmp/aigw-config-dir-%d", (int)getpid());
+    snprintf(big, sizeof(big), "/tmp/aigw-config-big-%d", (int)getpid());
+    CHECK(mkdir(dir, 0700) == 0, "mkdir %s", dir);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret_file\":\"%s\"}]}}",
+                      dir);
+    want = tl_sprintf("jwt.keys[0]: cannot read secret_file %s: Is a directory", dir);
+    expect_invalid("secret_file a directory", json, want);
+    free(json);
+    free(want);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\",\"public_key_file\":\"%s\"}]}}",
+                      dir);
+    want = tl_sprintf("jwt.keys[0]: cannot read public_key_file %s: Is a directory", dir);
+    expect_invalid("public_key_file a directory", json, want);
+    free(json);
+    free(want);
+    json = tl_sprintf("{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\","
+                      "\"password_file\":\"%s\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                      dir);
+    want = tl_sprintf("redis.password_file: cannot read %s: Is a directory", dir);
+    expect_invalid("redis.password_file a directory", json, want);
+    free(json);
+    free(want);
+
+    /* exactly 1 MiB loads; one byte more is refused, not cut */
+    text = malloc(mib + 2);
+    memset(text, 'a', mib + 1);
+    text[mib] = '\0';
+    tl_write_file(big, text);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"HS256\",\"secret_file\":\"%s\"}]}}",
+                      big);
+    CHECK(load(json, err, sizeof(err)) == 0, "a secret_file of 1 MiB loads: %s", err);
+    text[mib] = 'a';
+    text[mib + 1] = '\0';
+    tl_write_file(big, text);
+    want = tl_sprintf("jwt.keys[0]: cannot read secret_file %s: larger than 1 MiB", big);
+    expect_invalid("secret_file over 1 MiB", json, want);
+    free(json);
+    free(want);
+    json = tl_sprintf("{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\","
+                      "\"password_file\":\"%s\"},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                      big);
+    want = tl_sprintf("redis.password_file: cannot read %s: larger than 1 MiB", big);
+    expect_invalid("redis.password_file over 1 MiB", json, want);
+    free(json);
+    free(want);
+    /* a public key followed by padding: it loaded from its first MiB */
+    tl_keypair("ES256", &pub, &priv);
+    memset(text, '\n', mib + 1);
+    memcpy(text, pub, strlen(pub));
+    tl_write_file(big, text);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\",\"public_key_file\":\"%s\"}]}}",
+                      big);
+    want = tl_sprintf("jwt.keys[0]: cannot read public_key_file %s: larger than 1 MiB", big);
+    expect_invalid("public_key_file over 1 MiB", json, want);
+    free(json);
+    free(want);
+    text[mib] = '\0';
+    tl_write_file(big, text);
+    json = tl_sprintf("{" BASE_DB ",\"jwt\":{\"keys\":[{\"kid\":\"k\",\"alg\":\"ES256\",\"public_key_file\":\"%s\"}]}}",
+                      big);
+    CHECK(load(json, err, sizeof(err)) == 0, "a public_key_file of 1 MiB loads: %s", err);
+    free(json);
+    free(text);
+    free(pub);
+    free(priv);
+    unlink(big);
+    rmdir(dir);
 }
 
 int
@@ -383,6 +464,7 @@ main(void)
         free(longurl);
     }
     test_relative_files();
+    test_unreadable_files();
     expect_invalid("empty spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"${AIGW_NOPE:-}\"}}",
                    "usage.spool_dir: must be an absolute path");
     expect_invalid("relative spool_dir", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"usage\":{\"spool_dir\":\"spool\"}}",
