@@ -184,7 +184,12 @@ wait_dependencies(struct aigw_server *srv, struct aigw_watchdog *wd, const sigse
         return aigw_pg_role_refused() ? -2 : 0;
     }
     for (;;) {
-        bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
+        /* each check waits at most 1 s, redis.timeout_ms (up to 60 s) or
+         * not: this thread sends WATCHDOG=1, and systemd arms its watchdog
+         * on the first one, before READY=1, so a Redis that takes the
+         * connection and never answers (frozen, or a stopped process)
+         * would get aigw killed instead of waited for */
+        bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis, 1000);
         const char *missing = !pg && !redis ? "PostgreSQL and Redis" : !pg ? "PostgreSQL" : "Redis";
         int64_t now = aigw_now_ms();
         int sig;

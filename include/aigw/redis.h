@@ -46,10 +46,11 @@ redisReply *aigw_redis_cmd(redisContext *ctx, int argc, const char **argv, const
 long long aigw_redis_key_int(struct aigw_redis_pool *pool, const char *cmd, const char *key);
 
 /* Whether Redis takes a write on a pooled context (SET of the expiring key
- * aigw:ready, within the pool timeout): a Redis that answers but refuses
- * writes (READONLY replica, OOM, MISCONF; logged) is down for aigw. For
- * /readyz and the start-up wait. Never fails (false = down). */
-bool aigw_redis_ping(struct aigw_redis_pool *pool);
+ * aigw:ready, within the pool timeout, or max_ms when that is shorter;
+ * max_ms <= 0: the pool timeout): a Redis that answers but refuses writes
+ * (READONLY replica, OOM, MISCONF; logged) is down for aigw. For /readyz
+ * and the start-up wait. Never fails (false = down). */
+bool aigw_redis_ping(struct aigw_redis_pool *pool, int max_ms);
 
 /* A Lua script run with EVALSHA, falling back to EVAL on NOSCRIPT. */
 struct aigw_redis_script {

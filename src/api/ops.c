@@ -18,7 +18,7 @@ enum aigw_rc
 aigw_api_readyz(struct aigw_req *req)
 {
     struct aigw_server *srv = req->srv;
-    bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis);
+    bool pg = aigw_pg_ping(srv->pg, 1000), redis = aigw_redis_ping(srv->redis, 0);
     bool draining = atomic_load(&srv->stopping);
     size_t up = aigw_health_up_count(srv->health);
     bool spool = aigw_usage_accepting(srv->usage); /* else AI requests get 503 (usage.c) */

@@ -262,10 +262,12 @@ aigw_redis_log_error(struct aigw_redis_pool *p, const char *what, const char *de
     aigw_log(LOG_ERR, "redis: %s: %s", what, detail);
 }
 
+/* A new connection whose connect, AUTH, SELECT and later commands each
+ * wait up to timeout_ms. */
 static redisContext *
-connect_one(struct aigw_redis_pool *p)
+connect_one(struct aigw_redis_pool *p, int timeout_ms)
 {
-    struct timeval tv = {p->timeout_ms / 1000, (p->timeout_ms % 1000) * 1000};
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     redisContext *c = p->path ? redisConnectUnixWithTimeout(p->path, tv)
                               : redisConnectWithTimeout(p->host, p->port, tv);
 
@@ -320,15 +322,17 @@ idle_alive(const redisContext *c)
     return poll(&pfd, 1, 0) == 0;
 }
 
-redisContext *
-aigw_redis_acquire(struct aigw_redis_pool *p)
+/* aigw_redis_acquire, waiting up to timeout_ms for a free slot and for a
+ * new connection (which then keeps timeout_ms for its commands). */
+static redisContext *
+acquire_within(struct aigw_redis_pool *p, int timeout_ms)
 {
     struct timespec deadline;
     redisContext *c = NULL;
     int64_t idle_since = 0;
     int reserved = 0;
 
-    aigw_deadline_ms(&deadline, p->timeout_ms);
+    aigw_deadline_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&p->lock);
     while (p->n_idle == 0 && p->n_out >= p->size)
         if (pthread_cond_timedwait(&p->freed, &p->lock, &deadline) == ETIMEDOUT)
@@ -353,7 +357,7 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
         c = NULL;
     }
     if (c == NULL) {
-        c = connect_one(p);
+        c = connect_one(p, timeout_ms);
         if (c == NULL) {
             pthread_mutex_lock(&p->lock);
             p->n_out--;
@@ -362,6 +366,12 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
         }
     }
     return c;
+}
+
+redisContext *
+aigw_redis_acquire(struct aigw_redis_pool *p)
+{
+    return acquire_within(p, p->timeout_ms);
 }
 
 void
@@ -531,17 +541,25 @@ aigw_redis_eval(redisContext *c, const struct aigw_redis_script *s, int nkeys, c
  * request got 503. The key expires on its own; SET is a command aigw
  * needs anyway (the answer cache). */
 bool
-aigw_redis_ping(struct aigw_redis_pool *pool)
+aigw_redis_ping(struct aigw_redis_pool *pool, int max_ms)
 {
-    redisContext *c = aigw_redis_acquire(pool);
+    int t = max_ms > 0 && max_ms < pool->timeout_ms ? max_ms : pool->timeout_ms;
+    redisContext *c = acquire_within(pool, t);
     const char *argv[5] = {"SET", "aigw:ready", "1", "PX", "10000"};
     size_t lens[5] = {3, 10, 1, 2, 5};
+    struct timeval tv = {t / 1000, (t % 1000) * 1000};
     redisReply *r;
     bool ok;
 
     if (c == NULL)
         return false;
+    if (t != pool->timeout_ms)
+        redisSetTimeout(c, tv);
     r = aigw_redis_cmd(c, 5, argv, lens);
+    if (t != pool->timeout_ms && c->err == 0) { /* back to the pool's timeout (a timed-out one is dropped) */
+        tv = (struct timeval){pool->timeout_ms / 1000, (pool->timeout_ms % 1000) * 1000};
+        redisSetTimeout(c, tv);
+    }
     ok = r != NULL && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0;
     if (r != NULL && r->type == REDIS_REPLY_ERROR)
         aigw_redis_log_error(pool, "write refused", r->str);

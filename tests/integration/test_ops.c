@@ -617,6 +617,73 @@ out:
     free(cfg);
 }
 
+/* A Redis that takes the connection and never answers (here SIGSTOPped;
+ * a frozen server after a failover alike) while aigw waits for it at
+ * start: the wait's Redis check waited redis.timeout_ms (up to 60 s) on
+ * the main thread, which sends WATCHDOG=1, and systemd arms its watchdog
+ * on the first one even before READY=1, so it would have killed aigw
+ * instead of letting it wait. The check now waits at most 1 s, and the
+ * pings keep their pace (every WatchdogSec/2 = 2 s here). */
+static void
+test_ready_waits_for_frozen_redis(void)
+{
+    int rport = tl_free_port(), fd = -1, pings = 0;
+    char *redis_env = tl_sprintf("AIGW_REDIS_URL=redis://127.0.0.1:%d", rport), path[108], sock_env[160], buf[4096];
+    const char *env[4] = {sock_env, redis_env, "WATCHDOG_USEC=4000000", NULL};
+    char *cfg = tl_config_patch("{\"redis\":{\"timeout_ms\":60000},\"startup\":{\"dependency_timeout_ms\":120000}}");
+    struct tl_aigw gw;
+    int64_t last, gap, max_gap = 0, end;
+    bool ready = false, started = false;
+    pid_t redis = start_redis(rport);
+
+    redis_wait_up(rport);
+    CHECK(kill(redis, SIGSTOP) == 0, "frozen Redis: SIGSTOP");
+    fd = tl_notify_open(path, sizeof(path));
+    snprintf(sock_env, sizeof(sock_env), "NOTIFY_SOCKET=%s", path);
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "frozen Redis: aigw did not start");
+        goto out;
+    }
+    started = true;
+    /* 10 s of waiting: a WATCHDOG=1 every 2 s (give or take the 1 s
+     * check), never a gap near WatchdogSec (4 s), and no READY=1 */
+    last = aigw_now_ms();
+    end = last + 10000;
+    while (aigw_now_ms() < end) {
+        int64_t left = end - aigw_now_ms();
+
+        if (tl_notify_next(fd, buf, sizeof(buf), (int)(left > 0 ? left : 1)) < 0)
+            break;
+        if (strstr(buf, "READY=1") != NULL)
+            ready = true;
+        if (strstr(buf, "WATCHDOG=1") != NULL) {
+            gap = aigw_now_ms() - last;
+            max_gap = gap > max_gap ? gap : max_gap;
+            last = aigw_now_ms();
+            pings++;
+        }
+    }
+    gap = aigw_now_ms() - last;
+    max_gap = gap > max_gap ? gap : max_gap;
+    printf("frozen Redis: %d WATCHDOG=1 in 10 s, longest gap %lld ms\n", pings, (long long)max_gap);
+    CHECK(!ready, "frozen Redis: no READY=1 while Redis does not answer");
+    CHECK(pings >= 4 && max_gap < 3500, "frozen Redis: WATCHDOG=1 keeps coming (%d in 10 s, longest gap %lld ms)",
+          pings, (long long)max_gap);
+    CHECK(tl_aigw_log_wait(&gw, "startup: waiting for Redis", 0), "frozen Redis: the wait is logged");
+    kill(redis, SIGCONT);
+    CHECK(tl_notify_wait(fd, "READY=1", 15000), "frozen Redis: READY=1 once Redis answers");
+out:
+    kill(redis, SIGCONT); /* whatever happened */
+    if (started)
+        CHECK(tl_aigw_stop(&gw) == 0, "frozen Redis: clean stop");
+    kill(redis, SIGTERM);
+    waitpid(redis, NULL, 0);
+    if (fd >= 0)
+        close(fd);
+    free(redis_env);
+    free(cfg);
+}
+
 /* Write data into the FIFO at path once a reader has it open (up to
  * timeout_ms), then close it: the reader sees data, then EOF. */
 static bool
@@ -1828,6 +1895,7 @@ main(void)
     test_nofile_limit();
     test_early_sighup();
     test_ready_waits_for_redis();
+    test_ready_waits_for_frozen_redis();
     test_ready_pg_frozen();
     test_redis_auth();
     test_redis_setup_refused();
