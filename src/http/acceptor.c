@@ -184,13 +184,19 @@ aigw_acceptor_notify(void *cls, struct MHD_Connection *conn, void **socket_conte
     *socket_context = NULL;
 }
 
-/* Caller holds a->lock. Shut down the sockets of the connections past
- * their deadline; returns how many. */
+/* How often the accept thread sweeps the deadlines. */
+#define SWEEP_MS 1000
+
+/* Caller holds a->lock (and is the accept thread). When a sweep is due,
+ * shut down the sockets of the connections past their deadline; returns
+ * how many. */
 static unsigned
 sweep_locked(struct aigw_acceptor *a, int64_t now)
 {
     unsigned n = 0;
 
+    if (now - a->last_sweep_ms < SWEEP_MS)
+        return 0;
     while (a->head != NULL && a->head->deadline_ms <= now) {
         struct conn_watch *w = a->head;
 
@@ -212,14 +218,15 @@ sweep_done(struct aigw_acceptor *a, unsigned n)
              a->request_timeout_s);
 }
 
-/* Sweep once a second (accept thread). */
+/* Sweep when due (accept thread: last_sweep_ms is its own, so the lock
+ * is only taken when a sweep is due). */
 static void
 sweep(struct aigw_acceptor *a)
 {
     int64_t now = aigw_now_ms();
     unsigned n;
 
-    if (now - a->last_sweep_ms < 1000)
+    if (now - a->last_sweep_ms < SWEEP_MS)
         return;
     pthread_mutex_lock(&a->lock);
     n = sweep_locked(a, now);
@@ -243,8 +250,7 @@ acceptor_room(struct aigw_acceptor *a)
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_sec += 1;
         pthread_cond_timedwait(&a->wake, &a->lock, &until);
-        if (aigw_now_ms() - a->last_sweep_ms >= 1000)
-            swept += sweep_locked(a, aigw_now_ms());
+        swept += sweep_locked(a, aigw_now_ms());
     }
     go = !a->stop;
     if (go)
@@ -279,7 +285,7 @@ accept_loop(void *arg)
         /* wakes at least once a second for the sweep; the listening
          * socket is non-blocking, so a connection gone between the poll
          * and the accept is an EAGAIN, not a wait */
-        if (poll(&pfd, 1, 1000) > 0)
+        if (poll(&pfd, 1, SWEEP_MS) > 0)
             fd = accept4(a->fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
         else
             errno = EAGAIN;
