@@ -29,8 +29,19 @@ void aigw_redis_pool_destroy(struct aigw_redis_pool *pool);
 void aigw_redis_log_error(struct aigw_redis_pool *pool, const char *what, const char *detail);
 
 /* Check out a connected context (waits up to the pool timeout); NULL when
- * Redis cannot be reached (logged, rate-limited). */
+ * Redis cannot be reached (logged, rate-limited).
+ * Once a command or connect on the pool has timed out, the pool is
+ * stalled: Redis takes connections or commands but does not answer (a
+ * frozen or overloaded server). Until a reply comes back on one of its
+ * connections or on a pipe, a caller may wait for Redis (the probe) at most once a
+ * second and one at a time; every other acquire returns NULL at once. A
+ * frozen Redis then blocks an HTTP worker for at most one timeout a
+ * second, instead of one timeout per Redis call of every request. */
 redisContext *aigw_redis_acquire(struct aigw_redis_pool *pool);
+/* Whether the pool is stalled (see aigw_redis_acquire). NULL-safe (false). */
+bool aigw_redis_pool_stalled(const struct aigw_redis_pool *pool);
+/* Acquires refused at once because the pool was stalled. NULL-safe (0). */
+uint64_t aigw_redis_pool_refused(const struct aigw_redis_pool *pool);
 /* Return ctx; a context with an I/O error (c->err) is closed, not reused. */
 void aigw_redis_release(struct aigw_redis_pool *pool, redisContext *ctx);
 
@@ -100,7 +111,8 @@ void aigw_redis_pipe_eval(struct aigw_redis_pipe *p, const struct aigw_redis_scr
 /* The direct path: when Redis is otherwise idle, a blocking round trip on
  * the caller's thread answers sooner than a hand-off to the pipe's thread
  * and back, which costs two thread wake-ups. When no call is in flight on
- * the pipe and no other caller is on this path, runs s on a pool connection
+ * the pipe, no other caller is on this path and the pool is not stalled
+ * (see aigw_redis_acquire), runs s on a pool connection
  * (aigw_redis_eval) and returns true with *reply (NULL: Redis unavailable;
  * the caller frees it). Else returns false: use aigw_redis_pipe_eval.
  * NULL-safe (false). */

@@ -32,6 +32,21 @@ struct aigw_redis_pool {
     redisContext **idle;
     int64_t *idle_ms;      /* when each idle connection was released (aigw_now_ms) */
     int n_idle, n_out;
+    /* Redis stopped answering: a command or a connect on a pooled
+     * connection timed out. Until a reply comes back, one caller at a time
+     * (the probe) waits for Redis; every other one is refused at once.
+     * Without this, each HTTP worker waited timeout_ms per Redis call in
+     * turn, and with a few dozen requests ending at once (their leaders'
+     * publish, their refunds) a worker was blocked for many seconds: every
+     * connection it served, /healthz and the watchdog's check included.
+     * A probe goes at most every STALL_PROBE_MS, so a worker that makes one
+     * call after another is not blocked by each of them in turn either. */
+    bool stalled;          /* guarded by lock */
+    int64_t probe_at_ms;   /* guarded by lock: no probe before this (aigw_now_ms) */
+    bool probing;          /* guarded by lock: a probe holds a connection (or is connecting) */
+    redisContext *probe;   /* guarded by lock: the probe's connection once it has one */
+    _Atomic bool stalled_now;  /* stalled, for readers without the lock (metrics) */
+    _Atomic uint64_t refused;  /* calls refused at once while stalled */
     _Atomic int64_t last_error_log_ms;
 };
 
@@ -262,6 +277,43 @@ aigw_redis_log_error(struct aigw_redis_pool *p, const char *what, const char *de
     aigw_log(LOG_ERR, "redis: %s: %s", what, detail);
 }
 
+/* While the pool is stalled, how often a caller may wait for Redis. */
+#define STALL_PROBE_MS 1000
+
+/* The pool is stalled from now (lock held). */
+static void
+stall(struct aigw_redis_pool *p)
+{
+    p->stalled = true;
+    atomic_store(&p->stalled_now, true);
+    p->probe_at_ms = aigw_now_ms() + STALL_PROBE_MS;
+}
+
+/* Redis answered a call (on the pipe): the pool is no longer stalled. */
+static void
+pool_answered(struct aigw_redis_pool *p)
+{
+    if (!atomic_load_explicit(&p->stalled_now, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stalled = false;
+    atomic_store(&p->stalled_now, false);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Whether c failed because Redis did not answer within the timeout (a
+ * read or write that would block past SO_RCVTIMEO/SO_SNDTIMEO, or a
+ * connect that timed out), not because it refused or closed: hiredis 0.14
+ * reports every I/O failure as REDIS_ERR_IO with the text of errno. */
+static bool
+timed_out(const redisContext *c)
+{
+    char b1[128], b2[128];
+
+    return c->err == REDIS_ERR_IO && (strcmp(c->errstr, strerror_r(EAGAIN, b1, sizeof(b1))) == 0 ||
+                                      strcmp(c->errstr, strerror_r(ETIMEDOUT, b2, sizeof(b2))) == 0);
+}
+
 /* A new connection whose connect, AUTH, SELECT and later commands each
  * wait up to timeout_ms. */
 static redisContext *
@@ -273,6 +325,11 @@ connect_one(struct aigw_redis_pool *p, int timeout_ms)
 
     if (c == NULL || c->err) {
         aigw_redis_log_error(p, "connect failed", c ? c->errstr : "out of memory");
+        if (c != NULL && timed_out(c)) {
+            pthread_mutex_lock(&p->lock);
+            stall(p);
+            pthread_mutex_unlock(&p->lock);
+        }
         redisFree(c);
         return NULL;
     }
@@ -323,7 +380,8 @@ idle_alive(const redisContext *c)
 }
 
 /* aigw_redis_acquire, waiting up to timeout_ms for a free slot and for a
- * new connection (which then keeps timeout_ms for its commands). */
+ * new connection (which then keeps timeout_ms for its commands). While
+ * the pool is stalled, only the probe gets a connection. */
 static redisContext *
 acquire_within(struct aigw_redis_pool *p, int timeout_ms)
 {
@@ -331,9 +389,18 @@ acquire_within(struct aigw_redis_pool *p, int timeout_ms)
     redisContext *c = NULL;
     int64_t idle_since = 0;
     int reserved = 0;
+    bool probe = false;
 
     aigw_deadline_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&p->lock);
+    if (p->stalled && (p->probing || aigw_now_ms() < p->probe_at_ms)) {
+        pthread_mutex_unlock(&p->lock);
+        atomic_fetch_add_explicit(&p->refused, 1, memory_order_relaxed);
+        aigw_redis_log_error(p, "not asked", "Redis did not answer in time; one call a second waits for it until it does");
+        return NULL;
+    }
+    if (p->stalled) /* this caller is the probe */
+        probe = p->probing = true;
     while (p->n_idle == 0 && p->n_out >= p->size)
         if (pthread_cond_timedwait(&p->freed, &p->lock, &deadline) == ETIMEDOUT)
             break;
@@ -348,7 +415,7 @@ acquire_within(struct aigw_redis_pool *p, int timeout_ms)
     pthread_mutex_unlock(&p->lock);
     if (c == NULL && !reserved) {
         aigw_redis_log_error(p, "pool exhausted", "all connections busy");
-        return NULL;
+        goto probe_done;
     }
     if (c != NULL && aigw_now_ms() - idle_since >= IDLE_CHECK_MS && !idle_alive(c)) {
         /* Redis closed it while it sat idle (a restart, a timeout): a
@@ -365,7 +432,28 @@ acquire_within(struct aigw_redis_pool *p, int timeout_ms)
             pthread_mutex_unlock(&p->lock);
         }
     }
+probe_done:
+    if (probe) {
+        pthread_mutex_lock(&p->lock);
+        if (c != NULL)
+            p->probe = c; /* its release decides */
+        else
+            p->probing = false; /* the next caller probes */
+        pthread_mutex_unlock(&p->lock);
+    }
     return c;
+}
+
+bool
+aigw_redis_pool_stalled(const struct aigw_redis_pool *p)
+{
+    return p != NULL && atomic_load(&p->stalled_now);
+}
+
+uint64_t
+aigw_redis_pool_refused(const struct aigw_redis_pool *p)
+{
+    return p != NULL ? atomic_load_explicit(&p->refused, memory_order_relaxed) : 0;
 }
 
 redisContext *
@@ -377,25 +465,39 @@ aigw_redis_acquire(struct aigw_redis_pool *p)
 void
 aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
 {
+    bool stalled = false, answered;
     int64_t now;
 
     if (c == NULL)
         return;
-    if (c->err) {
+    /* every caller runs a command between acquire and release: a context
+     * without an error got its reply, so Redis answers */
+    answered = c->err == 0;
+    if (!answered) {
+        stalled = timed_out(c);
         /* a timed-out context may still receive a late reply: never reuse it */
         aigw_redis_log_error(p, "connection dropped", c->errstr);
-        redisFree(c);
-        c = NULL;
     }
     now = aigw_now_ms();
     pthread_mutex_lock(&p->lock);
+    if (c == p->probe) {
+        p->probe = NULL;
+        p->probing = false;
+    }
+    if (answered && p->stalled) {
+        p->stalled = false;
+        atomic_store(&p->stalled_now, false);
+    } else if (stalled)
+        stall(p);
     p->n_out--;
-    if (c != NULL) {
+    if (answered) {
         p->idle_ms[p->n_idle] = now;
         p->idle[p->n_idle++] = c;
     }
     pthread_cond_signal(&p->freed);
     pthread_mutex_unlock(&p->lock);
+    if (!answered)
+        redisFree(c);
 }
 
 /* The RESP array of bulk strings for argv, written by hand: hiredis's
@@ -925,6 +1027,7 @@ pipe_read(struct aigw_redis_pipe *p)
         }
         if (reply == NULL)
             return;
+        pool_answered(p->pool); /* Redis answers: the pool's calls need not wait for a probe */
         op = ops_pop(&p->sent);
         if (op == NULL) {
             freeReplyObject(reply);
@@ -1130,6 +1233,13 @@ aigw_redis_pipe_try_direct(struct aigw_redis_pipe *p, const struct aigw_redis_sc
      * numbers) */
     if (p == NULL || !atomic_compare_exchange_strong(&p->in_flight, &idle, 1))
         return false;
+    /* Redis stalled: the pool would refuse the call, and a Redis that is
+     * only slow for a moment still answers on the pipe, which also waits
+     * for a frozen one without blocking this thread */
+    if (aigw_redis_pool_stalled(p->pool)) {
+        atomic_fetch_sub(&p->in_flight, 1);
+        return false;
+    }
     *reply = NULL;
     if ((c = aigw_redis_acquire(p->pool)) != NULL) {
         *reply = aigw_redis_eval(c, s, nkeys, keys, nargs, args);

@@ -798,7 +798,10 @@ aigw_config_load(const char *path, struct aigw_config *cfg, char *err, size_t er
         get_str(&c, sec, "url", &cfg->redis_url);
         read_redis_password(&c, sec, cfg);
         get_int(&c, sec, "pool_size", 1, 1000, &cfg->redis_pool_size);
-        get_int(&c, sec, "timeout_ms", 1, 60000, &cfg->redis_timeout_ms);
+        /* at most 5 s: one call a second may wait this long on an HTTP
+         * worker while Redis does not answer (redis.h), and the watchdog's
+         * /healthz check allows 5 s at most */
+        get_int(&c, sec, "timeout_ms", 1, 5000, &cfg->redis_timeout_ms);
     }
     if ((sec = SECTION("jwt", jwt_k)) != NULL) {
         get_str(&c, sec, "issuer", &cfg->jwt_issuer);

@@ -346,6 +346,12 @@ render_gauges(FILE *out, const struct aigw_server *srv)
     gauge(out, "aigw_usage_spool_bytes", "Bytes of usage spool on disk.", aigw_usage_spool_bytes(srv->usage));
     gauge(out, "aigw_redis_outbox_pending", "Redis writes sent again until Redis confirms them, not confirmed yet.",
           aigw_redis_outbox_pending(srv->outbox));
+    gauge(out, "aigw_redis_stalled",
+          "1 while Redis has stopped answering in time (a call timed out, none answered since), else 0.",
+          aigw_redis_pool_stalled(srv->redis) ? 1 : 0);
+    counter(out, "aigw_redis_calls_refused_total",
+            "Redis calls given up at once, without waiting, because Redis had stopped answering in time.",
+            aigw_redis_pool_refused(srv->redis));
 }
 
 int

@@ -619,7 +619,7 @@ out:
 
 /* A Redis that takes the connection and never answers (here SIGSTOPped;
  * a frozen server after a failover alike) while aigw waits for it at
- * start: the wait's Redis check waited redis.timeout_ms (up to 60 s) on
+ * start: the wait's Redis check waited redis.timeout_ms (up to 5 s) on
  * the main thread, which sends WATCHDOG=1, and systemd arms its watchdog
  * on the first one even before READY=1, so it would have killed aigw
  * instead of letting it wait. The check now waits at most 1 s, and the
@@ -630,7 +630,7 @@ test_ready_waits_for_frozen_redis(void)
     int rport = tl_free_port(), fd = -1, pings = 0;
     char *redis_env = tl_sprintf("AIGW_REDIS_URL=redis://127.0.0.1:%d", rport), path[108], sock_env[160], buf[4096];
     const char *env[4] = {sock_env, redis_env, "WATCHDOG_USEC=4000000", NULL};
-    char *cfg = tl_config_patch("{\"redis\":{\"timeout_ms\":60000},\"startup\":{\"dependency_timeout_ms\":120000}}");
+    char *cfg = tl_config_patch("{\"redis\":{\"timeout_ms\":5000},\"startup\":{\"dependency_timeout_ms\":120000}}");
     struct tl_aigw gw;
     int64_t last, gap, max_gap = 0, end;
     bool ready = false, started = false;
@@ -680,6 +680,132 @@ out:
     waitpid(redis, NULL, 0);
     if (fd >= 0)
         close(fd);
+    free(redis_env);
+    free(cfg);
+}
+
+/* The leaders' single-flight locks (not their published results) in the
+ * private Redis on port; -1 when it did not answer. */
+static long long
+redis_sf_locks(int port)
+{
+    return tl_redis_int_at(port, NULL, 0, "EVAL %s 0",
+                           "local n = 0 for _, k in ipairs(redis.call('KEYS', 'aigw:*:sf:*')) do "
+                           "if string.sub(k, -2) ~= ':r' then n = n + 1 end end return n");
+}
+
+/* Redis freezes (SIGSTOP: it takes connections and never answers) while
+ * 32 leaders are at the model. Each of them publishes its outcome when its
+ * answer has gone, a blocking call on its HTTP worker: with every call
+ * waiting out redis.timeout_ms (500 ms) in turn, the 2 workers were blocked
+ * for about 8 s, and so was every connection they served, /healthz (the
+ * watchdog's check, 5 s at most) included. Now once a call has timed out
+ * only one call a second waits for Redis, the others give up at once (the
+ * publish goes to the outbox), so /healthz keeps answering; /readyz says
+ * Redis is down without waiting; and when Redis is back the outbox
+ * publishes what was left (the locks go) and queries are answered again. */
+static void
+test_frozen_redis_serving(void)
+{
+    enum { N = 32 };
+    int rport = tl_free_port();
+    char *redis_env = tl_sprintf("AIGW_REDIS_URL=redis://127.0.0.1:%d", rport), buf[64];
+    const char *env[2] = {redis_env, NULL};
+    char *cfg = tl_config_patch("{\"redis\":{\"timeout_ms\":500},\"http\":{\"threads\":2},"
+                                "\"upstream\":{\"routes\":null,\"backends\":[{\"name\":\"mock1\",\"url\":"
+                                "\"${AIGW_MOCK_URL}\",\"slots\":64,\"max_connections\":64}]}}");
+    char *bodies[N], id[37], code[65], *tok = NULL;
+    struct tl_resp out[N], r;
+    struct tl_parallel *bg = NULL;
+    struct tl_aigw gw;
+    int64_t end, t0, took, worst = 0;
+    int checks = 0, ok = 0;
+    bool started = false, frozen = false;
+    pid_t redis = start_redis(rport);
+
+    redis_wait_up(rport);
+    for (int i = 0; i < N; i++)
+        bodies[i] = tl_sprintf("{\"question\":\"Which lens suits driver %d at night, asked as Redis froze?\"}", i);
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    tok = tl_token(code, "optician", 600);
+    tl_mock_reset(mock1);
+    tl_mock_config(mock1, "{\"first_token_ms\":1500,\"slots\":64}"); /* all answer at once */
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "frozen Redis serving: aigw did not start");
+        goto out;
+    }
+    started = true;
+    CHECK(readyz_wait(gw.port, 200) == 200, "frozen Redis serving: ready before");
+    bg = tl_post_parallel_bg(gw.port, "/api/ai/query", tok, (const char *const *)bodies, N, out);
+    CHECK(tl_metric_wait(gw.port, "aigw_upstream_in_flight", N, 15000) == N, "frozen Redis serving: %d leaders at the model", N);
+    CHECK(kill(redis, SIGSTOP) == 0, "frozen Redis serving: SIGSTOP");
+    frozen = true;
+    /* the answers leave about 1.5 s after the calls went out, and their
+     * publishes follow: watch /healthz until well past them */
+    end = aigw_now_ms() + 4500;
+    while (aigw_now_ms() < end) {
+        t0 = aigw_now_ms();
+        tl_get(gw.port, "/healthz", NULL, &r);
+        took = aigw_now_ms() - t0;
+        worst = took > worst ? took : worst;
+        checks++;
+        ok += r.status == 200;
+        tl_resp_free(&r);
+        usleep(50 * 1000);
+    }
+    printf("frozen Redis serving: %d /healthz, slowest %lld ms\n", checks, (long long)worst);
+    CHECK(ok == checks, "frozen Redis serving: /healthz answered 200 every time (%d of %d)", ok, checks);
+    CHECK(worst < 2000, "frozen Redis serving: /healthz never waited for Redis (slowest %lld ms)", (long long)worst);
+    tl_parallel_join(bg);
+    bg = NULL;
+    for (int i = 0; i < N; i++) {
+        CHECK(out[i].status == 200, "frozen Redis serving: leader %d answered from the model: %ld", i, out[i].status);
+        tl_resp_free(&out[i]);
+    }
+    t0 = aigw_now_ms();
+    tl_get(gw.port, "/readyz", NULL, &r);
+    took = aigw_now_ms() - t0;
+    CHECK(r.status == 503 && tl_json_str(&r, "checks.redis", buf, sizeof(buf)) && strcmp(buf, "down") == 0,
+          "frozen Redis serving: /readyz names Redis: %ld %s", r.status, r.body);
+    CHECK(took < 1000, "frozen Redis serving: /readyz answered without waiting out the timeout (%lld ms)", (long long)took);
+    tl_resp_free(&r);
+    CHECK(tl_metric(gw.port, "aigw_redis_stalled") == 1, "frozen Redis serving: metrics say Redis stalled");
+    CHECK(tl_metric(gw.port, "aigw_redis_calls_refused_total") > 0,
+          "frozen Redis serving: calls given up without waiting are counted (%.0f)",
+          tl_metric(gw.port, "aigw_redis_calls_refused_total"));
+    kill(redis, SIGCONT);
+    frozen = false;
+    /* the outbox sends the publishes again (once a second): the locks go */
+    for (end = aigw_now_ms() + 15000; redis_sf_locks(rport) != 0 && aigw_now_ms() < end;)
+        usleep(100 * 1000);
+    CHECK(redis_sf_locks(rport) == 0, "frozen Redis serving: the leaders' locks released once Redis is back (%lld left)",
+          redis_sf_locks(rport));
+    tl_mock_config(mock1, "{\"first_token_ms\":0}");
+    for (end = aigw_now_ms() + 10000;; usleep(200 * 1000)) {
+        tl_post(gw.port, "/api/ai/query", tok, "{\"question\":\"Is Redis answering again?\"}", &r);
+        if (r.status == 200 || aigw_now_ms() >= end)
+            break;
+        tl_resp_free(&r);
+    }
+    CHECK(r.status == 200, "frozen Redis serving: queries answered again: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_metric(gw.port, "aigw_redis_stalled") == 0, "frozen Redis serving: no longer stalled");
+out:
+    if (frozen)
+        kill(redis, SIGCONT);
+    if (bg != NULL) {
+        tl_parallel_join(bg);
+        for (int i = 0; i < N; i++)
+            tl_resp_free(&out[i]);
+    }
+    if (started)
+        CHECK(tl_aigw_stop(&gw) == 0, "frozen Redis serving: clean stop");
+    tl_mock_reset(mock1);
+    kill(redis, SIGTERM);
+    waitpid(redis, NULL, 0);
+    for (int i = 0; i < N; i++)
+        free(bodies[i]);
+    free(tok);
     free(redis_env);
     free(cfg);
 }
@@ -1896,6 +2022,7 @@ main(void)
     test_early_sighup();
     test_ready_waits_for_redis();
     test_ready_waits_for_frozen_redis();
+    test_frozen_redis_serving();
     test_ready_pg_frozen();
     test_redis_auth();
     test_redis_setup_refused();

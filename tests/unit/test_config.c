@@ -410,6 +410,10 @@ main(void)
                    "AIGW_SURELY_UNSET_VAR is not set");
     expect_invalid("port out of range", "{" BASE_DB ",\"listen\":{\"port\":70000},\"jwt\":{\"keys\":[" HS_KEY "]}}",
                    "port");
+    expect_invalid("redis timeout over 5 s",
+                   "{\"database\":{\"url\":\"postgresql:///x\"},\"redis\":{\"url\":\"redis://127.0.0.1:1\","
+                   "\"timeout_ms\":5001},\"jwt\":{\"keys\":[" HS_KEY "]}}",
+                   "timeout_ms");
     expect_invalid("duplicate JSON key", "{" BASE_DB ",\"jwt\":{\"keys\":[" HS_KEY "]},\"log\":{},\"log\":{}}",
                    "duplicate");
     /* backend URLs are parsed as libcurl parses them: a query or a fragment
