@@ -4,6 +4,7 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 struct aigw_pg_pool;
 
@@ -24,8 +25,21 @@ void aigw_pg_pool_destroy(struct aigw_pg_pool *pool);
 PGconn *aigw_pg_connect(const char *url);
 
 /* Check out a healthy connection, waiting at most timeout_ms for a free one.
- * NULL when none could be had or connecting failed (logged). */
+ * NULL when none could be had or connecting failed (logged).
+ * Every statement run through this module waits at most 3 s for
+ * PostgreSQL's answer; one that gets none has its connection shut down
+ * (its results come back as errors, aigw_pg_release closes it), and so
+ * does a connect that times out. PostgreSQL then counts as stalled (a
+ * frozen server, a partition without a reset) until it answers again:
+ * meanwhile acquire hands out a connection at most once a second, to one
+ * caller at a time, and returns NULL at once to every other caller. So a
+ * frozen server holds an HTTP worker for at most one wait a second, not
+ * one per statement of every request. */
 PGconn *aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms);
+/* Whether PostgreSQL counts as stalled (see aigw_pg_acquire), and how many
+ * acquires were refused at once for it. Process-wide. */
+bool aigw_pg_stalled(void);
+uint64_t aigw_pg_refused(void);
 
 /* Return conn to the pool. A connection that is broken is closed; one left
  * inside a transaction is rolled back first, so no tenant setting or open
@@ -66,6 +80,11 @@ PGresult *aigw_pg_exec_tenant_stmt(PGconn *conn, const char *tenant_ref, const c
  * answers 42P05. */
 int aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types,
                     const char *quiet_states, char *state);
+
+/* sql (one or more statements, no parameters) in the simple-query
+ * protocol, like PQexec: the last result (the caller PQclears it; check its
+ * status), or NULL when none came. */
+PGresult *aigw_pg_exec_simple(PGconn *conn, const char *sql);
 
 /* A multi-statement transaction under RLS: BEGIN and the transaction-local
  * tenant setting (tenant_ref resolved as in aigw_pg_exec_tenant) in one

@@ -49,7 +49,7 @@ int
 aigw_admin_begin_platform(PGconn *conn, const char *tenant_id)
 {
     /* simple-query protocol: both statements in one round trip */
-    PGresult *r = PQexec(conn, "BEGIN; SET LOCAL ROLE aigw_platform");
+    PGresult *r = aigw_pg_exec_simple(conn, "BEGIN; SET LOCAL ROLE aigw_platform");
 
     if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
         const char *why = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "aigw/log.h"
@@ -22,6 +23,8 @@ struct aigw_pg_pool {
     PGconn **idle;
     int n_idle;
     int n_out;             /* checked out (or being connected) */
+    bool probing;          /* guarded by lock: while stalled, a caller is trying PostgreSQL */
+    PGconn *probe;         /* guarded by lock: that caller's connection once it has one */
 };
 
 /* A connection of this process was refused because its role bypasses RLS:
@@ -29,6 +32,113 @@ struct aigw_pg_pool {
  * reconnect by themselves after a restart of PostgreSQL while nothing may
  * ask the pool for one). */
 static atomic_bool role_refused_any;
+
+/* PostgreSQL stopped answering: a statement on one of this process's
+ * connections got no answer within ANSWER_WAIT_MS, or a connect timed out
+ * (a frozen server, a partition without a reset). Until PostgreSQL answers
+ * again, a pool hands out a connection at most once every STALL_PROBE_MS,
+ * to one caller at a time (the probe); every other acquire gets NULL at
+ * once. Process-wide, like role_refused_any: every connection of the
+ * process talks to the same server. */
+static atomic_bool stalled;
+static _Atomic int64_t probe_at_ms;     /* aigw_now_ms: no probe before this */
+static _Atomic uint64_t refused;        /* acquires refused while stalled */
+
+/* How long a statement's answer is waited for on the caller's thread. The
+ * server's own statement_timeout (5 s) cannot end a wait on a server that
+ * does not run at all; an HTTP worker held longer than this is held past
+ * the watchdog's check (5 s), so every connection it serves with it. */
+#define ANSWER_WAIT_MS 3000
+#define STALL_PROBE_MS 1000
+
+static void
+stall(void)
+{
+    atomic_store(&probe_at_ms, aigw_now_ms() + STALL_PROBE_MS);
+    atomic_store(&stalled, true);
+}
+
+static void
+answered(void)
+{
+    if (atomic_load_explicit(&stalled, memory_order_relaxed))
+        atomic_store(&stalled, false);
+}
+
+/* Wait until conn has a result to hand out without blocking (the query
+ * sent, its answer read); false at deadline_ms or on a broken connection. */
+static bool
+wait_result(PGconn *conn, int64_t deadline_ms)
+{
+    for (;;) {
+        int flush = PQflush(conn), left, rc;
+        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
+
+        if (flush < 0)
+            return false;
+        if (flush == 0 && !PQisBusy(conn))
+            return true;
+        if (flush > 0)
+            pfd.events |= POLLOUT;
+        left = (int)(deadline_ms - aigw_now_ms());
+        if (left <= 0)
+            return false;
+        rc = poll(&pfd, 1, left);
+        if (rc < 0 && errno != EINTR)
+            return false;
+        if (rc > 0 && PQconsumeInput(conn) != 1)
+            return false;
+    }
+}
+
+/* The statement on conn got no answer in time: shut its socket down, so
+ * libpq reads the end at once (the results still awaited come back as
+ * errors, the connection reads CONNECTION_BAD and aigw_pg_release closes
+ * it) and PostgreSQL's late answer is never taken for a later statement's. */
+static void
+give_up(PGconn *conn)
+{
+    aigw_metrics_count_pg_error();
+    aigw_log(LOG_ERR, "postgresql: no answer within %d ms; connection dropped", ANSWER_WAIT_MS);
+    stall();
+    shutdown(PQsocket(conn), SHUT_RDWR);
+}
+
+/* PQgetResult, waiting for the answer until deadline_ms at most. */
+static PGresult *
+await_result(PGconn *conn, int64_t deadline_ms)
+{
+    if (wait_result(conn, deadline_ms))
+        answered();
+    else if (PQstatus(conn) == CONNECTION_OK && aigw_now_ms() >= deadline_ms)
+        give_up(conn);
+    return PQgetResult(conn);
+}
+
+/* After a PQsend*: every result until the end, each within ANSWER_WAIT_MS
+ * of the send; the last one is returned (PQexec's rule), NULL when there
+ * was none. */
+static PGresult *
+collect(PGconn *conn)
+{
+    int64_t deadline = aigw_now_ms() + ANSWER_WAIT_MS;
+    PGresult *r, *last = NULL;
+
+    while ((r = await_result(conn, deadline)) != NULL) {
+        PQclear(last);
+        last = r;
+        if (PQstatus(conn) != CONNECTION_OK)
+            break;
+    }
+    return last;
+}
+
+/* PQexec, with the answer waited for ANSWER_WAIT_MS at most. */
+PGresult *
+aigw_pg_exec_simple(PGconn *conn, const char *sql)
+{
+    return PQsendQuery(conn, sql) == 1 ? collect(conn) : NULL;
+}
 
 static const char SET_TENANT_SQL[] =
     "SELECT set_config('app.current_tenant', COALESCE(aigw_tenant_id($1)::text, ''), true)";
@@ -80,8 +190,8 @@ first_line(const char *msg, char *out, size_t cap)
 static int
 bypasses_rls(PGconn *conn)
 {
-    PGresult *r = PQexec(conn, "SELECT (r.rolsuper OR r.rolbypassrls)::int, current_user"
-                               " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user");
+    PGresult *r = aigw_pg_exec_simple(conn, "SELECT (r.rolsuper OR r.rolbypassrls)::int, current_user"
+                                    " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user");
     int rc = -1;
 
     if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
@@ -106,6 +216,11 @@ aigw_pg_connect(const char *url)
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     char why[256];
     int bypass = -1;
+
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK)
+        answered(); /* the server took the session */
+    else if (conn != NULL && strstr(PQerrorMessage(conn), "timeout expired") != NULL)
+        stall(); /* libpq's words for connect_timeout */
 
     if (conn != NULL && PQstatus(conn) == CONNECTION_OK && (bypass = bypasses_rls(conn)) == 0)
         return conn;
@@ -144,14 +259,36 @@ idle_alive(PGconn *conn)
     return PQconsumeInput(conn) == 1 && PQstatus(conn) == CONNECTION_OK && !(pfd.revents & (POLLHUP | POLLERR));
 }
 
+/* The probe has its answer, or none (conn NULL: it got no connection). */
+static void
+probe_done(struct aigw_pg_pool *pool, PGconn *conn)
+{
+    pthread_mutex_lock(&pool->lock);
+    if (conn == NULL || pool->probe == conn) {
+        pool->probe = NULL;
+        pool->probing = false;
+    }
+    pthread_mutex_unlock(&pool->lock);
+}
+
 PGconn *
 aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
 {
     struct timespec deadline;
     PGconn *conn = NULL;
+    bool probe = false;
 
     aigw_deadline_ms(&deadline, timeout_ms);
     pthread_mutex_lock(&pool->lock);
+    if (atomic_load(&stalled)) {
+        if (pool->probing || aigw_now_ms() < atomic_load(&probe_at_ms)) {
+            pthread_mutex_unlock(&pool->lock);
+            atomic_fetch_add_explicit(&refused, 1, memory_order_relaxed);
+            aigw_metrics_count_pg_error();
+            return NULL;
+        }
+        probe = pool->probing = true;
+    }
     while (pool->n_idle == 0 && pool->n_out >= pool->size) {
         if (pthread_cond_timedwait(&pool->freed, &pool->lock, &deadline) == ETIMEDOUT)
             break;
@@ -165,6 +302,8 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
         pthread_mutex_unlock(&pool->lock);
         aigw_metrics_count_pg_error();
         aigw_log(LOG_WARNING, "postgresql: pool exhausted (%d connections busy)", pool->size);
+        if (probe)
+            probe_done(pool, NULL);
         return NULL;
     }
     pthread_mutex_unlock(&pool->lock);
@@ -181,27 +320,38 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
         pthread_cond_signal(&pool->freed);
         pthread_mutex_unlock(&pool->lock);
     }
+    if (probe) {
+        pthread_mutex_lock(&pool->lock);
+        if (conn != NULL)
+            pool->probe = conn; /* its statements decide; its release ends the probe */
+        else
+            pool->probing = false;
+        pthread_mutex_unlock(&pool->lock);
+    }
     return conn;
 }
 
 void
 aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn)
 {
+    PGconn *kept = NULL;
+
     if (conn == NULL)
         return;
+    probe_done(pool, conn); /* a probe that got this far had its answer, or gave up */
     if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQstatus(conn) != CONNECTION_OK) {
         PQfinish(conn);
-        conn = NULL;
     } else if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(conn, "ROLLBACK");
-
-        PQclear(r);
-        if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PQclear(aigw_pg_exec_simple(conn, "ROLLBACK"));
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE)
             PQfinish(conn);
-            conn = NULL;
-        }
+        else
+            kept = conn;
+    } else {
+        kept = conn;
     }
     pthread_mutex_lock(&pool->lock);
+    conn = kept;
     pool->n_out--;
     if (conn != NULL)
         pool->idle[pool->n_idle++] = conn;
@@ -231,7 +381,7 @@ log_result_error(const char *what, PGconn *conn, PGresult *r)
 PGresult *
 aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *params)
 {
-    PGresult *r = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *r = PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0) == 1 ? collect(conn) : NULL;
 
     if (r != NULL && result_ok(r))
         return r;
@@ -243,7 +393,7 @@ aigw_pg_exec(PGconn *conn, const char *sql, int nparams, const char *const *para
 int
 aigw_pg_begin_tenant(PGconn *conn, const char *tenant_ref)
 {
-    PGresult *r = PQexec(conn, "BEGIN");
+    PGresult *r = aigw_pg_exec_simple(conn, "BEGIN");
 
     if (r == NULL || PQresultStatus(r) != PGRES_COMMAND_OK) {
         log_result_error("begin", conn, r);
@@ -263,7 +413,7 @@ aigw_pg_begin_tenant(PGconn *conn, const char *tenant_ref)
 int
 aigw_pg_commit(PGconn *conn)
 {
-    PGresult *r = PQexec(conn, "COMMIT");
+    PGresult *r = aigw_pg_exec_simple(conn, "COMMIT");
     /* COMMIT of a failed transaction "succeeds" with the tag ROLLBACK */
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") == 0 ? 0 : -1;
 
@@ -276,7 +426,7 @@ aigw_pg_commit(PGconn *conn)
 void
 aigw_pg_rollback(PGconn *conn)
 {
-    PQclear(PQexec(conn, "ROLLBACK"));
+    PQclear(aigw_pg_exec_simple(conn, "ROLLBACK"));
 }
 
 PGresult *
@@ -310,6 +460,7 @@ exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, const char *s
     PGresult *r, *out = NULL;
     bool failed = false, synced = false;
     int idx = 0, sent;
+    int64_t deadline = aigw_now_ms() + ANSWER_WAIT_MS;
 
     if (state != NULL)
         state[0] = '\0';
@@ -329,7 +480,7 @@ exec_tenant(PGconn *conn, const char *tenant_ref, const char *sql, const char *s
     }
     /* results: set_config, NULL, statement, NULL, SYNC */
     while (!synced) {
-        r = PQgetResult(conn);
+        r = await_result(conn, deadline);
         if (r == NULL) {
             if (PQstatus(conn) != CONNECTION_OK) {
                 failed = true;
@@ -389,7 +540,7 @@ int
 aigw_pg_prepare(PGconn *conn, const char *stmt, const char *sql, int nparams, const Oid *types,
                 const char *quiet_states, char *state)
 {
-    PGresult *r = PQprepare(conn, stmt, sql, nparams, types);
+    PGresult *r = PQsendPrepare(conn, stmt, sql, nparams, types) == 1 ? collect(conn) : NULL;
     int rc = r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
 
     if (state != NULL)
@@ -425,32 +576,6 @@ aigw_pg_check_timeouts(struct aigw_pg_pool *pool)
                  PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
     PQclear(r);
     aigw_pg_release(pool, conn);
-}
-
-/* Wait until conn has a result to hand out without blocking (the query
- * sent, its answer read); false at deadline_ms or on a broken connection. */
-static bool
-wait_result(PGconn *conn, int64_t deadline_ms)
-{
-    for (;;) {
-        int flush = PQflush(conn), left, rc;
-        struct pollfd pfd = {.fd = PQsocket(conn), .events = POLLIN};
-
-        if (flush < 0)
-            return false;
-        if (flush == 0 && !PQisBusy(conn))
-            return true;
-        if (flush > 0)
-            pfd.events |= POLLOUT;
-        left = (int)(deadline_ms - aigw_now_ms());
-        if (left <= 0)
-            return false;
-        rc = poll(&pfd, 1, left);
-        if (rc < 0 && errno != EINTR)
-            return false;
-        if (rc > 0 && PQconsumeInput(conn) != 1)
-            return false;
-    }
 }
 
 /* SELECT 1 that gives up after timeout_ms: a server that stopped answering
@@ -491,15 +616,33 @@ aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms)
         return false;
     rc = select1_within(conn, timeout_ms);
     if (rc >= 0) {
+        answered();
         aigw_pg_release(pool, conn);
         return rc == 1;
     }
     aigw_metrics_count_pg_error();
     aigw_log(LOG_ERR, "postgresql: no answer to SELECT 1 within %d ms; connection dropped", timeout_ms);
+    stall();
     PQfinish(conn); /* never back to the pool: its answer may still come */
     pthread_mutex_lock(&pool->lock);
+    if (pool->probe == conn) {
+        pool->probe = NULL;
+        pool->probing = false;
+    }
     pool->n_out--;
     pthread_cond_signal(&pool->freed);
     pthread_mutex_unlock(&pool->lock);
     return false;
+}
+
+bool
+aigw_pg_stalled(void)
+{
+    return atomic_load(&stalled);
+}
+
+uint64_t
+aigw_pg_refused(void)
+{
+    return atomic_load_explicit(&refused, memory_order_relaxed);
 }

@@ -8,6 +8,7 @@
 
 #include "aigw/health.h"
 #include "aigw/http.h"
+#include "aigw/pg.h"
 #include "aigw/query.h"
 #include "aigw/redis.h"
 #include "aigw/server.h"
@@ -377,6 +378,12 @@ aigw_metrics_render(const struct aigw_metrics *m, const struct aigw_server *srv,
     render_lifecycle(out, m, srv);
     counter(out, "aigw_postgres_errors_total", "Failed PostgreSQL connects, pool acquires and statements.",
             get(&pg_errors));
+    gauge(out, "aigw_postgres_stalled",
+          "1 while PostgreSQL has stopped answering in time (a statement or connect timed out, none answered since).",
+          aigw_pg_stalled() ? 1 : 0);
+    counter(out, "aigw_postgres_calls_refused_total",
+            "Database connections refused at once, without waiting, because PostgreSQL had stopped answering in time.",
+            aigw_pg_refused());
     counter(out, "aigw_redis_errors_total", "Failed Redis connects and pool acquires, timed-out calls, dropped connections.",
             get(&redis_errors));
     meta(out, "aigw_build_info", "gauge", "Build information; the value is always 1.");

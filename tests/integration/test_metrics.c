@@ -23,6 +23,7 @@ static const char *const METRICS[] = {
     "aigw_draining",              "aigw_config_reloads_total",     "aigw_config_last_reload_successful",
     "aigw_http_request_timeouts_total", "aigw_api_key_lookups_refused_total",
     "aigw_redis_stalled",         "aigw_redis_calls_refused_total",
+    "aigw_postgres_stalled",      "aigw_postgres_calls_refused_total",
 };
 
 static int port;

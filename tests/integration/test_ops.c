@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -983,6 +984,174 @@ out:
     PQclear(tl_sql(owner, true, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'aigw_ops_frozen'",
                    0, NULL));
     PQclear(tl_sql(owner, false, "DROP ROLE IF EXISTS aigw_ops_frozen", 0, NULL));
+    free(url_env);
+    free(cfg);
+}
+
+/* A GET on its own thread, for requests that may hang. */
+struct bg_get {
+    pthread_t th;
+    int port;
+    const char *path, *token;
+    struct tl_resp r;
+    int64_t took_ms;
+    atomic_bool done;
+};
+
+static void *
+bg_get_run(void *arg)
+{
+    struct bg_get *g = arg;
+    int64_t t0 = aigw_now_ms();
+
+    tl_get(g->port, g->path, g->token, &g->r);
+    g->took_ms = aigw_now_ms() - t0;
+    atomic_store(&g->done, true);
+    return NULL;
+}
+
+/* PostgreSQL stops answering (aigw's sessions SIGSTOPped; a frozen server
+ * or a partition alike) while aigw serves. Its statements used to wait for
+ * an answer on the HTTP worker for as long as the freeze lasted: a request
+ * that reads PostgreSQL (here GET /api/ai/usage) held its worker, and
+ * with it every connection the worker served: /healthz, and queries of a
+ * cached tenant that need no PostgreSQL at all; the watchdog would have
+ * restarted aigw. Now a statement's answer is waited for 3 s at most (the
+ * connection is then dropped), PostgreSQL counts as stalled and the other
+ * requests that need it are refused at once, so /healthz and cached
+ * queries keep being served, every request gets its answer while the
+ * freeze lasts, and the usage rows of the queries made meanwhile reach
+ * PostgreSQL once it answers again. */
+static void
+test_pg_frozen_serving(void)
+{
+    enum { N = 4 };
+    static const char ROLE[] = "aigw_ops_pgfrz";
+    static const char APP[] = "user=aigw_app";
+    const char *url = tl_env("AIGW_DATABASE_URL"), *u = strstr(url, APP);
+    char *url_env = NULL, *cfg = tl_config_patch("{\"http\":{\"threads\":2}}"), *sql, *tok = NULL, id[37], code[65];
+    const char *env[2] = {NULL, NULL};
+    struct bg_get g[N];
+    struct tl_resp r, both[2];
+    const char *warm[2] = {"{\"question\":\"Which frames suit a narrow face?\"}",
+                           "{\"question\":\"How often should contact lenses be replaced?\"}"};
+    struct tl_aigw gw;
+    int64_t t0, took, worst = 0, end;
+    int finished = 0, ok = 0, checks = 0, queries = 0, threads = 0;
+    bool started = false, frozen = false;
+    const char *p[1] = {id};
+    char *log;
+    long rows;
+
+    memset(g, 0, sizeof(g));
+    CHECK(u != NULL, "pg frozen serving: the application URL names user=aigw_app: %s", url);
+    if (u == NULL)
+        goto out;
+    url_env = tl_sprintf("AIGW_DATABASE_URL=%.*suser=%s%s", (int)(u - url), url, ROLE, u + strlen(APP));
+    env[0] = url_env;
+    PQclear(tl_sql(owner, true, "DROP ROLE IF EXISTS aigw_ops_pgfrz", 0, NULL));
+    sql = tl_sprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS INHERIT IN ROLE aigw_app", ROLE);
+    PQclear(tl_sql(owner, true, sql, 0, NULL));
+    free(sql);
+    tl_create_tenant(owner, "enterprise", "active", id, code);
+    PQclear(tl_sql(owner, true, "UPDATE tenants SET overrides = '{\"requests_per_minute\": 100000}' WHERE id = $1", 1, p));
+    tok = tl_token(code, "admin", 600);
+    tl_mock_reset(mock1);
+    tl_mock_reset(mock2);
+    if (tl_aigw_start_env(&gw, cfg, env) != 0) {
+        CHECK(false, "pg frozen serving: aigw did not start");
+        goto out;
+    }
+    started = true;
+    CHECK(readyz_wait(gw.port, 200) == 200, "pg frozen serving: ready before");
+    /* the tenant in the cache, connections idle in the pool */
+    tl_post_parallel(gw.port, "/api/ai/query", tok, NULL, warm, 2, both);
+    for (int i = 0; i < 2; i++) {
+        CHECK(both[i].status == 200, "pg frozen serving: warm-up query %d: %ld", i, both[i].status);
+        tl_resp_free(&both[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        g[i] = (struct bg_get){.port = gw.port, .path = "/api/ai/usage", .token = tok};
+        CHECK(pthread_create(&g[i].th, NULL, bg_get_run, &g[i]) == 0, "pg frozen serving: warm-up reader %d", i);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(g[i].th, NULL);
+        CHECK(g[i].r.status == 200, "pg frozen serving: usage before: %ld %s", g[i].r.status, g[i].r.body);
+        tl_resp_free(&g[i].r);
+    }
+    CHECK(tl_usage_flushed(gw.port), "pg frozen serving: usage rows written before");
+
+    CHECK(signal_sessions(ROLE, SIGSTOP) > 0, "pg frozen serving: aigw's PostgreSQL sessions stopped");
+    frozen = true;
+    for (int i = 0; i < N; i++) {
+        g[i] = (struct bg_get){.port = gw.port, .path = "/api/ai/usage", .token = tok};
+        if (pthread_create(&g[i].th, NULL, bg_get_run, &g[i]) == 0)
+            threads++;
+    }
+    /* 6 s: /healthz and a query of the cached tenant, again and again */
+    for (end = aigw_now_ms() + 6000; aigw_now_ms() < end; usleep(100 * 1000)) {
+        char *q = tl_sprintf("{\"question\":\"Is lens %d in stock while the database sleeps?\"}", checks);
+
+        t0 = aigw_now_ms();
+        tl_get(gw.port, "/healthz", NULL, &r);
+        took = aigw_now_ms() - t0;
+        worst = took > worst ? took : worst;
+        ok += r.status == 200;
+        tl_resp_free(&r);
+        tl_post(gw.port, "/api/ai/query", tok, q, &r);
+        queries += r.status == 200;
+        tl_resp_free(&r);
+        free(q);
+        checks++;
+    }
+    for (int i = 0; i < N; i++)
+        finished += atomic_load(&g[i].done);
+    printf("pg frozen serving: %d rounds, slowest /healthz %lld ms, %d of %d readers answered\n", checks,
+           (long long)worst, finished, N);
+    CHECK(ok == checks && worst < 4500, "pg frozen serving: /healthz answered at once every time (%d of %d, slowest %lld ms)",
+          ok, checks, (long long)worst);
+    CHECK(queries == checks, "pg frozen serving: queries of the cached tenant answered (%d of %d)", queries, checks);
+    CHECK(finished == N, "pg frozen serving: every request that reads PostgreSQL got its answer during the freeze "
+                         "(%d of %d)", finished, N);
+    log = tl_aigw_log(&gw);
+    CHECK(log != NULL && strstr(log, "postgresql: no answer within 3000 ms; connection dropped") != NULL,
+          "pg frozen serving: the statement given up on is logged");
+    free(log);
+    signal_sessions(ROLE, SIGCONT);
+    frozen = false;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(g[i].th, NULL);
+        CHECK(g[i].r.status == 200 || g[i].r.status == 503, "pg frozen serving: reader %d: %ld %s", i, g[i].r.status,
+              g[i].r.body);
+        tl_resp_free(&g[i].r);
+    }
+    threads = 0;
+    /* PostgreSQL is back: the rows of the queries made meanwhile arrive */
+    rows = usage_rows(id, "AND route = '/api/ai/query'", 2 + checks, 20000);
+    CHECK(rows == 2 + checks, "pg frozen serving: every query's usage row is in PostgreSQL (%ld, want %d)", rows,
+          2 + checks);
+    for (end = aigw_now_ms() + 10000;; usleep(200 * 1000)) {
+        tl_get(gw.port, "/api/ai/usage", tok, &r);
+        if (r.status == 200 || aigw_now_ms() >= end)
+            break;
+        tl_resp_free(&r);
+    }
+    CHECK(r.status == 200, "pg frozen serving: usage answered again: %ld %s", r.status, r.body);
+    tl_resp_free(&r);
+    CHECK(tl_metric(gw.port, "aigw_postgres_stalled") == 0, "pg frozen serving: no longer stalled");
+out:
+    if (frozen)
+        signal_sessions(ROLE, SIGCONT);
+    for (int i = 0; i < threads; i++) {
+        pthread_join(g[i].th, NULL);
+        tl_resp_free(&g[i].r);
+    }
+    if (started)
+        CHECK(tl_aigw_stop(&gw) == 0, "pg frozen serving: clean stop");
+    PQclear(tl_sql(owner, true, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'aigw_ops_pgfrz'",
+                   0, NULL));
+    PQclear(tl_sql(owner, false, "DROP ROLE IF EXISTS aigw_ops_pgfrz", 0, NULL));
+    free(tok);
     free(url_env);
     free(cfg);
 }
@@ -2024,6 +2193,7 @@ main(void)
     test_ready_waits_for_frozen_redis();
     test_frozen_redis_serving();
     test_ready_pg_frozen();
+    test_pg_frozen_serving();
     test_redis_auth();
     test_redis_setup_refused();
     test_reloads();
