@@ -259,16 +259,31 @@ idle_alive(PGconn *conn)
     return PQconsumeInput(conn) == 1 && PQstatus(conn) == CONNECTION_OK && !(pfd.revents & (POLLHUP | POLLERR));
 }
 
-/* The probe has its answer, or none (conn NULL: it got no connection). */
+/* The probe has its answer, or none (conn NULL: it got no connection);
+ * pool->lock held. */
 static void
-probe_done(struct aigw_pg_pool *pool, PGconn *conn)
+probe_done_locked(struct aigw_pg_pool *pool, PGconn *conn)
 {
-    pthread_mutex_lock(&pool->lock);
     if (conn == NULL || pool->probe == conn) {
         pool->probe = NULL;
         pool->probing = false;
     }
+}
+
+/* conn leaves the caller: back to the idle list (keep), else closed. A
+ * probe that got this far had its answer, or gave up. */
+static void
+give_back(struct aigw_pg_pool *pool, PGconn *conn, bool keep)
+{
+    pthread_mutex_lock(&pool->lock);
+    probe_done_locked(pool, conn);
+    pool->n_out--;
+    if (keep)
+        pool->idle[pool->n_idle++] = conn;
+    pthread_cond_signal(&pool->freed);
     pthread_mutex_unlock(&pool->lock);
+    if (!keep)
+        PQfinish(conn);
 }
 
 PGconn *
@@ -299,11 +314,11 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
     } else if (pool->n_out < pool->size) {
         pool->n_out++; /* reserve the slot, connect outside the lock */
     } else {
+        if (probe)
+            probe_done_locked(pool, NULL);
         pthread_mutex_unlock(&pool->lock);
         aigw_metrics_count_pg_error();
         aigw_log(LOG_WARNING, "postgresql: pool exhausted (%d connections busy)", pool->size);
-        if (probe)
-            probe_done(pool, NULL);
         return NULL;
     }
     pthread_mutex_unlock(&pool->lock);
@@ -314,18 +329,16 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
     }
     if (conn == NULL)
         conn = aigw_pg_connect(pool->url);
-    if (conn == NULL) {
+    if (conn == NULL || probe) {
         pthread_mutex_lock(&pool->lock);
-        pool->n_out--;
-        pthread_cond_signal(&pool->freed);
-        pthread_mutex_unlock(&pool->lock);
-    }
-    if (probe) {
-        pthread_mutex_lock(&pool->lock);
-        if (conn != NULL)
+        if (conn == NULL) {
+            pool->n_out--;
+            pthread_cond_signal(&pool->freed);
+        }
+        if (probe && conn != NULL)
             pool->probe = conn; /* its statements decide; its release ends the probe */
-        else
-            pool->probing = false;
+        else if (probe)
+            probe_done_locked(pool, NULL); /* the next caller probes */
         pthread_mutex_unlock(&pool->lock);
     }
     return conn;
@@ -334,29 +347,16 @@ aigw_pg_acquire(struct aigw_pg_pool *pool, int timeout_ms)
 void
 aigw_pg_release(struct aigw_pg_pool *pool, PGconn *conn)
 {
-    PGconn *kept = NULL;
+    bool keep;
 
     if (conn == NULL)
         return;
-    probe_done(pool, conn); /* a probe that got this far had its answer, or gave up */
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQstatus(conn) != CONNECTION_OK) {
-        PQfinish(conn);
-    } else if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+    keep = PQpipelineStatus(conn) == PQ_PIPELINE_OFF && PQstatus(conn) == CONNECTION_OK;
+    if (keep && PQtransactionStatus(conn) != PQTRANS_IDLE) {
         PQclear(aigw_pg_exec_simple(conn, "ROLLBACK"));
-        if (PQtransactionStatus(conn) != PQTRANS_IDLE)
-            PQfinish(conn);
-        else
-            kept = conn;
-    } else {
-        kept = conn;
+        keep = PQtransactionStatus(conn) == PQTRANS_IDLE;
     }
-    pthread_mutex_lock(&pool->lock);
-    conn = kept;
-    pool->n_out--;
-    if (conn != NULL)
-        pool->idle[pool->n_idle++] = conn;
-    pthread_cond_signal(&pool->freed);
-    pthread_mutex_unlock(&pool->lock);
+    give_back(pool, conn, keep);
 }
 
 static bool
@@ -623,15 +623,7 @@ aigw_pg_ping(struct aigw_pg_pool *pool, int timeout_ms)
     aigw_metrics_count_pg_error();
     aigw_log(LOG_ERR, "postgresql: no answer to SELECT 1 within %d ms; connection dropped", timeout_ms);
     stall();
-    PQfinish(conn); /* never back to the pool: its answer may still come */
-    pthread_mutex_lock(&pool->lock);
-    if (pool->probe == conn) {
-        pool->probe = NULL;
-        pool->probing = false;
-    }
-    pool->n_out--;
-    pthread_cond_signal(&pool->freed);
-    pthread_mutex_unlock(&pool->lock);
+    give_back(pool, conn, false); /* never back to the pool: its answer may still come */
     return false;
 }
 

@@ -41,11 +41,10 @@ struct aigw_redis_pool {
      * connection it served, /healthz and the watchdog's check included.
      * A probe goes at most every STALL_PROBE_MS, so a worker that makes one
      * call after another is not blocked by each of them in turn either. */
-    bool stalled;          /* guarded by lock */
+    _Atomic bool stalled;  /* set with lock held (with probe_at_ms); cleared by any answer */
     int64_t probe_at_ms;   /* guarded by lock: no probe before this (aigw_now_ms) */
     bool probing;          /* guarded by lock: a probe holds a connection (or is connecting) */
     redisContext *probe;   /* guarded by lock: the probe's connection once it has one */
-    _Atomic bool stalled_now;  /* stalled, for readers without the lock (metrics) */
     _Atomic uint64_t refused;  /* calls refused at once while stalled */
     _Atomic int64_t last_error_log_ms;
 };
@@ -284,8 +283,7 @@ aigw_redis_log_error(struct aigw_redis_pool *p, const char *what, const char *de
 static void
 stall(struct aigw_redis_pool *p)
 {
-    p->stalled = true;
-    atomic_store(&p->stalled_now, true);
+    atomic_store(&p->stalled, true);
     p->probe_at_ms = aigw_now_ms() + STALL_PROBE_MS;
 }
 
@@ -293,12 +291,8 @@ stall(struct aigw_redis_pool *p)
 static void
 pool_answered(struct aigw_redis_pool *p)
 {
-    if (!atomic_load_explicit(&p->stalled_now, memory_order_relaxed))
-        return;
-    pthread_mutex_lock(&p->lock);
-    p->stalled = false;
-    atomic_store(&p->stalled_now, false);
-    pthread_mutex_unlock(&p->lock);
+    if (atomic_load_explicit(&p->stalled, memory_order_relaxed))
+        atomic_store(&p->stalled, false);
 }
 
 /* Whether c failed because Redis did not answer within the timeout (a
@@ -447,7 +441,7 @@ probe_done:
 bool
 aigw_redis_pool_stalled(const struct aigw_redis_pool *p)
 {
-    return p != NULL && atomic_load(&p->stalled_now);
+    return p != NULL && atomic_load(&p->stalled);
 }
 
 uint64_t
@@ -484,10 +478,9 @@ aigw_redis_release(struct aigw_redis_pool *p, redisContext *c)
         p->probe = NULL;
         p->probing = false;
     }
-    if (answered && p->stalled) {
-        p->stalled = false;
-        atomic_store(&p->stalled_now, false);
-    } else if (stalled)
+    if (answered)
+        pool_answered(p);
+    else if (stalled)
         stall(p);
     p->n_out--;
     if (answered) {
